@@ -1,0 +1,204 @@
+"""Command line: python -m pneumo {train,evaluate,predict,summarize}."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Sequence
+
+
+def _bar(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _progress(desc: str) -> Any:
+    """A callback(done, total) drawing a tqdm bar on stderr."""
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = _bar(total, desc)
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .runs import read_json
+    from .train import TrainConfig, train
+
+    values: dict[str, Any] = {}
+    if args.config:
+        values.update(read_json(args.config, None) or {})
+    for key in ("data", "model", "epochs", "image_size", "batch_size", "val_fraction", "seed", "learning_rate", "max_images", "weights"):
+        value = getattr(args, key)
+        if value is not None:
+            values[key] = value
+    if "data" not in values:
+        print("error: --data DIR is required (or --config with a data entry)", file=sys.stderr)
+        return 2
+    if args.no_augment:
+        values["augment"] = False
+    config = TrainConfig.from_dict(values)
+    bars: dict[str, Any] = {}
+
+    def hook(record: dict[str, Any]) -> None:
+        if record["type"] == "progress":
+            bar = bars.get("bar")
+            if bar is None or bars.get("epoch") != record["epoch"]:
+                if bar is not None:
+                    bar.close()
+                from tqdm import tqdm
+
+                bar = bars["bar"] = tqdm(total=record["batches"], desc=f"epoch {record['epoch']}/{record['epochs']}",
+                                         unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
+                bars["epoch"] = record["epoch"]
+            bar.update(record["batch"] - bar.n)
+            bar.set_postfix(loss=f"{record['loss']:.3f}", eta=f"{record['eta_s']:.0f}s")
+        elif record["type"] == "epoch":
+            print(
+                f"epoch {record['epoch']}/{record['epochs']}  loss {record.get('loss', 0):.4f}  "
+                f"val_loss {record.get('val_loss', 0):.4f}  val_auc {record.get('val_auc', 0):.4f}  "
+                f"val_recall {record.get('val_recall', 0):.3f}  lr {record['lr']:.2e}  {record['seconds']:.0f}s"
+                + ("  *best" if record.get("best") else ""),
+                file=sys.stderr,
+                flush=True,
+            )
+
+    card = train(config, args.out, hook=hook)
+    vm = card["validation_metrics"]
+    print(json.dumps({"run": str(args.out), "threshold": card["threshold"], "validation": vm}, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate_data
+    from .runs import atomic_write_json
+
+    report = evaluate_data(args.model, args.data, args.threshold, args.split, progress=_progress("evaluate"))
+    atomic_write_json(args.out, report)
+    keys = ("n", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold")
+    print("  ".join(f"{k} {report[k]:.4f}" if isinstance(report[k], float) else f"{k} {report[k]}" for k in keys))
+    print(f"report written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .explain import explain_to_png
+    from .imaging import InvalidImageError, load_image
+    from .models import load_model
+
+    loaded = load_model(args.model)
+    threshold = loaded.threshold if args.threshold is None else args.threshold
+    results, rejected = [], False
+    for path in args.paths:
+        entry: dict[str, Any] = {"path": path, "probability": None, "prediction": None, "threshold": threshold, "error": None}
+        try:
+            img = load_image(path)
+            prob = float(loaded.predict(img)[0])
+            entry.update(probability=prob, prediction="PNEUMONIA" if prob >= threshold else "NORMAL")
+            if args.cam:
+                entry["cam"] = str(explain_to_png(loaded, img, Path(args.cam) / f"{Path(path).stem}_gradcam.png"))
+        except InvalidImageError as exc:
+            entry["error"] = str(exc)
+            rejected = True
+        results.append(entry)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            if r["error"]:
+                print(f"{r['path']}: ERROR {r['error']}")
+            else:
+                print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {threshold:.4f})")
+    return 2 if rejected else 0
+
+
+def cmd_summarize(args: argparse.Namespace) -> int:
+    from .data import summarize
+
+    summary = summarize(args.data, progress=_progress("summarize"))
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+        return 0
+    d = summary.to_dict()
+    print(f"{d['root']}  ({d['layout']}, {d['n_images']} images)\n")
+    print(summary.counts.to_string())
+    print(f"\nimbalance ratio      {d['imbalance_ratio']}  (class weights {d['class_weights']})")
+    print(f"patients per class   {d['patients_per_class']}")
+    print(f"images per patient   mean {d['images_per_patient']['mean']}, max {d['images_per_patient']['max']}")
+    print(f"subtypes             {d['subtypes']}")
+    print(f"duplicate groups     {len(d['duplicate_groups'])}")
+    print(f"image size           {d['image_size']}")
+    print(f"unreadable           {len(d['unreadable'])}")
+    for u in d["unreadable"][:20]:
+        print(f"  {u['path']}: {u['reason']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pneumo", description="Chest X-ray pneumonia screening: train, evaluate, predict, explain.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model into a run directory")
+    p.add_argument("--data", help="labelled folder, CSV manifest or pneumoniamnist .npz")
+    p.add_argument("--model", help="architecture name (default compact_cnn)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--image-size", dest="image_size", type=int)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--val-fraction", dest="val_fraction", type=float)
+    p.add_argument("--learning-rate", dest="learning_rate", type=float)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--max-images", dest="max_images", type=int, help="train on a stratified subsample")
+    p.add_argument("--weights", choices=["none", "imagenet"])
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--config", help="a config.json to start from (flags override it)")
+    p.add_argument("--out", required=True, help="run directory to create or reuse")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a model on a labelled folder")
+    p.add_argument("--model", help="path to a .keras model (default: the shipped model)")
+    p.add_argument("--data", required=True)
+    p.add_argument("--threshold", type=float, help="default: the operating threshold in the model card")
+    p.add_argument("--split", help="only this split (train/val/test) of a split-folder layout")
+    p.add_argument("--out", required=True, help="report JSON path")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="probability of pneumonia for image files")
+    p.add_argument("--model")
+    p.add_argument("--threshold", type=float)
+    p.add_argument("--cam", help="write a Grad-CAM overlay PNG per image into this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("summarize", help="dataset summary")
+    p.add_argument("data")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_summarize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .data import DatasetError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (DatasetError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,462 @@
+"""Find labelled X-rays in a folder, summarise them, split them by patient, and feed them to training."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import pandas as pd
+
+from .imaging import InvalidImageError, load_image, to_uint8
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
+SPLIT_NAMES = ("train", "val", "test")
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+NPZ_SEPARATOR = "::"
+# Files Pillow reads but TensorFlow's decoder does not go through the Python path in make_dataset.
+TF_DECODABLE = {".png", ".jpg", ".jpeg", ".bmp"}
+
+Progress = Callable[[int, int], None]
+
+_PERSON = re.compile(r"person(\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
+_IM = re.compile(r"(?:NORMAL2-)?IM-(\d+)-\d+", re.IGNORECASE)
+
+
+class DatasetError(ValueError):
+    """A folder that does not hold labelled X-rays in a known layout."""
+
+
+@dataclass
+class Dataset:
+    """The labelled images found under a root: one row per image."""
+
+    root: Path
+    layout: str
+    frame: pd.DataFrame  # path, label, class_name, split, patient_id, subtype
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+@dataclass
+class Summary:
+    """What an analyst wants to know about a labelled collection before training on it."""
+
+    root: str
+    layout: str
+    n_images: int
+    counts: pd.DataFrame  # rows: split, columns: class names
+    imbalance_ratio: float  # majority / minority class count
+    class_weights: dict[int, float]
+    patients_per_class: dict[str, int]
+    images_per_patient: pd.Series  # index: patient_id
+    subtypes: dict[str, int]
+    duplicate_groups: list[list[str]]
+    image_stats: pd.DataFrame  # path, class_name, width, height, mean, std
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "layout": self.layout,
+            "n_images": self.n_images,
+            "counts": {split: {k: int(v) for k, v in row.items()} for split, row in self.counts.iterrows()},
+            "imbalance_ratio": round(self.imbalance_ratio, 3),
+            "class_weights": {CLASS_NAMES[k]: round(v, 4) for k, v in self.class_weights.items()},
+            "patients_per_class": self.patients_per_class,
+            "images_per_patient": {
+                "mean": round(float(self.images_per_patient.mean()), 3) if len(self.images_per_patient) else 0.0,
+                "max": int(self.images_per_patient.max()) if len(self.images_per_patient) else 0,
+                "patients_with_several": int((self.images_per_patient > 1).sum()),
+            },
+            "subtypes": self.subtypes,
+            "duplicate_groups": self.duplicate_groups,
+            "image_size": _describe(self.image_stats, ["width", "height"]),
+            "intensity": _describe(self.image_stats, ["mean", "std"]),
+            "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+        }
+
+
+def _describe(frame: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, float]]:
+    if frame.empty:
+        return {}
+    desc = frame[columns].describe().loc[["min", "mean", "max"]]
+    return {c: {k: round(float(v), 4) for k, v in desc[c].items()} for c in columns}
+
+
+def parse_name(path: str) -> tuple[str, str]:
+    """Patient id and pneumonia subtype from a Kermany-style file name."""
+    stem = Path(path.split(NPZ_SEPARATOR)[0] if NPZ_SEPARATOR in path else path).stem
+    if NPZ_SEPARATOR in path:
+        return path, ""
+    m = _PERSON.search(stem)
+    if m:
+        return f"person{m.group(1)}", {"bacteria": "bacterial", "virus": "viral"}[m.group(2).lower()]
+    m = _IM.search(stem)
+    if m:
+        # IM-XXXX and NORMAL2-IM-XXXX carry the same patient number; grouping them errs on the safe side.
+        return f"IM-{int(m.group(1)):04d}", ""
+    return str(path), ""
+
+
+def _class_from(name: str) -> int | None:
+    upper = name.upper()
+    return CLASS_NAMES.index(upper) if upper in CLASS_NAMES else None
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_dirs(folder: Path) -> dict[int, Path]:
+    found: dict[int, Path] = {}
+    for child in sorted(folder.iterdir()):
+        if child.is_dir():
+            label = _class_from(child.name)
+            if label is not None:
+                found[label] = child
+    return found
+
+
+def scan(root: str | Path) -> Dataset:
+    """Find labelled images under root: split folders, class folders, a CSV manifest or a MedMNIST .npz."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DatasetError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix == ".npz":
+            return _scan_npz(root)
+        if root.suffix == ".csv":
+            return _scan_manifest(root)
+        raise DatasetError(f"{root}: expected a folder, a .csv manifest or a pneumoniamnist .npz file")
+    rows: list[dict[str, Any]] = []
+    layout = ""
+    split_dirs = {c.name.lower(): c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() in SPLIT_NAMES}
+    if split_dirs:
+        layout = "split folders"
+        for split, folder in split_dirs.items():
+            rows += _rows_from_class_dirs(folder, split)
+    elif _class_dirs(root):
+        layout = "class folders"
+        rows = _rows_from_class_dirs(root, "train")
+    else:
+        manifests = sorted(root.glob("*.csv"))
+        npz = sorted(root.glob("pneumoniamnist*.npz"))
+        if manifests:
+            return _scan_manifest(manifests[0])
+        if npz:
+            return _scan_npz(npz[0])
+    if not rows:
+        found = sorted(c.name + ("/" if c.is_dir() else "") for c in root.iterdir())[:20]
+        raise DatasetError(
+            f"{root}: no labelled images found. Expected train/val/test folders or NORMAL/ and PNEUMONIA/ "
+            f"folders with images, a CSV manifest (path,label[,patient_id][,split]) or pneumoniamnist*.npz; "
+            f"found: {', '.join(found) if found else 'an empty folder'}"
+        )
+    return Dataset(root, layout, _frame(rows))
+
+
+def _rows_from_class_dirs(folder: Path, split: str) -> list[dict[str, Any]]:
+    rows = []
+    for label, class_dir in _class_dirs(folder).items():
+        for path in _image_files(class_dir):
+            rows.append({"path": str(path), "label": label, "split": split})
+    return rows
+
+
+def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    parsed = [parse_name(p) for p in frame["path"]]
+    if "patient_id" not in frame or frame["patient_id"].isna().all():
+        frame["patient_id"] = [p for p, _ in parsed]
+    else:
+        frame["patient_id"] = [str(pid) if pd.notna(pid) and str(pid) else p for pid, (p, _) in zip(frame["patient_id"], parsed)]
+    frame["subtype"] = [s for _, s in parsed]
+    frame["label"] = frame["label"].astype(int)
+    frame["class_name"] = [CLASS_NAMES[i] for i in frame["label"]]
+    frame["split"] = frame["split"].fillna("train").astype(str).str.lower()
+    return frame[["path", "label", "class_name", "split", "patient_id", "subtype"]].reset_index(drop=True)
+
+
+def _parse_label(value: Any, where: str) -> int:
+    text = str(value).strip().upper()
+    if text in ("0", "NORMAL", "FALSE", "NEGATIVE"):
+        return 0
+    if text in ("1", "PNEUMONIA", "TRUE", "POSITIVE"):
+        return 1
+    raise DatasetError(f"{where}: label '{value}' is neither NORMAL/0 nor PNEUMONIA/1")
+
+
+def _scan_manifest(csv_path: Path) -> Dataset:
+    try:
+        table = pd.read_csv(csv_path)
+    except Exception as exc:
+        raise DatasetError(f"{csv_path}: cannot read the CSV manifest ({exc})") from exc
+    table.columns = [c.strip().lower() for c in table.columns]
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise DatasetError(f"{csv_path}: manifest needs columns path,label[,patient_id][,split]; missing {sorted(missing)}")
+    if table.empty:
+        raise DatasetError(f"{csv_path}: the manifest lists no images")
+    rows = []
+    for i, rec in table.iterrows():
+        path = Path(str(rec["path"]))
+        path = path if path.is_absolute() else csv_path.parent / path
+        rows.append(
+            {
+                "path": str(path),
+                "label": _parse_label(rec["label"], f"{csv_path.name} row {i + 2}"),
+                "split": rec.get("split", "train") if pd.notna(rec.get("split", "train")) else "train",
+                "patient_id": rec.get("patient_id"),
+            }
+        )
+    return Dataset(csv_path, "CSV manifest", _frame(rows))
+
+
+def _scan_npz(npz_path: Path) -> Dataset:
+    try:
+        arrays = np.load(npz_path)
+        keys = set(arrays.files)
+    except Exception as exc:
+        raise DatasetError(f"{npz_path}: cannot read the .npz file ({exc})") from exc
+    rows = []
+    for split in SPLIT_NAMES:
+        if f"{split}_images" in keys and f"{split}_labels" in keys:
+            labels = np.asarray(arrays[f"{split}_labels"]).reshape(-1)
+            rows += [
+                {"path": f"{npz_path}{NPZ_SEPARATOR}{split}{NPZ_SEPARATOR}{i}", "label": int(lab), "split": split}
+                for i, lab in enumerate(labels)
+            ]
+    if not rows:
+        raise DatasetError(f"{npz_path}: expected MedMNIST arrays like train_images/train_labels; found {sorted(keys)}")
+    return Dataset(npz_path, "MedMNIST npz", _frame(rows))
+
+
+_NPZ_CACHE: dict[str, Any] = {}
+
+
+def read_item(path: str) -> np.ndarray:
+    """Decode one dataset item (a file, or an image inside a MedMNIST .npz) to [0, 1] grayscale."""
+    if NPZ_SEPARATOR in path:
+        file, split, index = path.split(NPZ_SEPARATOR)
+        if file not in _NPZ_CACHE:
+            _NPZ_CACHE[file] = np.load(file)
+        img = np.asarray(_NPZ_CACHE[file][f"{split}_images"][int(index)], dtype=np.float32)
+        img = img.mean(axis=-1) if img.ndim == 3 else img
+        return img / 255.0
+    return load_image(path)
+
+
+def _inspect(path: str) -> dict[str, Any]:
+    try:
+        img = read_item(path)
+    except (InvalidImageError, OSError, ValueError) as exc:
+        return {"path": path, "error": str(getattr(exc, "reason", exc))}
+    pixels = to_uint8(img)
+    return {
+        "path": path,
+        "height": img.shape[0],
+        "width": img.shape[1],
+        "mean": float(img.mean()),
+        "std": float(img.std()),
+        "hash": hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest(),
+    }
+
+
+def inspect_images(paths: Iterable[str], progress: Progress | None = None, workers: int = 4) -> pd.DataFrame:
+    """Decode every image once: size, intensity, pixel hash, or the reason it is unreadable."""
+    paths = list(paths)
+    results = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, result in enumerate(pool.map(_inspect, paths, chunksize=16)):
+            results.append(result)
+            if progress and (i % 50 == 0 or i + 1 == len(paths)):
+                progress(i + 1, len(paths))
+    frame = pd.DataFrame(results, columns=["path", "height", "width", "mean", "std", "hash", "error"])
+    return frame
+
+
+def duplicate_groups(stats: pd.DataFrame) -> list[list[str]]:
+    """Groups of paths whose decoded pixels are identical."""
+    ok = stats[stats["error"].isna()]
+    groups = ok.groupby("hash")["path"].apply(list)
+    return sorted((sorted(g) for g in groups if len(g) > 1), key=lambda g: g[0])
+
+
+def summarize(root: str | Path | Dataset, progress: Progress | None = None) -> Summary:
+    """Counts, imbalance, patients, subtypes, duplicates and image statistics for a labelled collection."""
+    dataset = root if isinstance(root, Dataset) else scan(root)
+    frame = dataset.frame
+    stats = inspect_images(frame["path"], progress)
+    merged = frame.merge(stats, on="path", how="left")
+    unreadable = [(r.path, r.error) for r in merged.itertuples() if isinstance(r.error, str)]
+    readable = merged[merged["error"].isna()]
+    counts = (
+        frame.groupby(["split", "class_name"]).size().unstack(fill_value=0).reindex(columns=list(CLASS_NAMES), fill_value=0)
+    )
+    counts = counts.reindex([s for s in (*SPLIT_NAMES, *sorted(set(counts.index) - set(SPLIT_NAMES))) if s in counts.index])
+    per_class = frame["label"].value_counts()
+    minority = per_class.min() if len(per_class) == 2 else 0
+    imbalance = float(per_class.max() / minority) if minority else float("inf")
+    return Summary(
+        root=str(dataset.root),
+        layout=dataset.layout,
+        n_images=len(frame),
+        counts=counts,
+        imbalance_ratio=imbalance,
+        class_weights=class_weights(frame["label"].to_numpy()),
+        patients_per_class={c: int(frame.loc[frame.class_name == c, "patient_id"].nunique()) for c in CLASS_NAMES},
+        images_per_patient=frame.groupby("patient_id").size().sort_values(ascending=False),
+        subtypes={k: int(v) for k, v in frame.loc[frame.subtype != "", "subtype"].value_counts().items()},
+        duplicate_groups=duplicate_groups(stats),
+        image_stats=readable[["path", "class_name", "width", "height", "mean", "std"]].reset_index(drop=True),
+        unreadable=unreadable,
+    )
+
+
+def class_weights(labels: np.ndarray) -> dict[int, float]:
+    """'Balanced' class weights (n_samples / (n_classes × count)) for the classes present."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.asarray(labels).astype(int)
+    present = np.unique(labels)
+    if len(present) == 0:
+        return {}
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights)}
+
+
+def _groups(frame: pd.DataFrame, duplicates: list[list[str]]) -> np.ndarray:
+    """One group id per image: patients joined with every duplicate group they share an image with."""
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        parent.setdefault(x, x)
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(a: str, b: str) -> None:
+        parent[find(a)] = find(b)
+
+    patient_of = dict(zip(frame["path"], frame["patient_id"]))
+    for group in duplicates:
+        patients = [patient_of[p] for p in group if p in patient_of]
+        for other in patients[1:]:
+            union(patients[0], other)
+    return np.array([find(p) for p in frame["patient_id"]])
+
+
+def split(
+    data: Dataset | pd.DataFrame,
+    val_fraction: float = 0.15,
+    seed: int = 0,
+    duplicates: list[list[str]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Carve a validation split from the non-test images, stratified by class and grouped by patient
+    and by duplicate group, so no patient and no duplicated image sits on both sides."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    frame = data.frame if isinstance(data, Dataset) else data
+    pool = frame[frame["split"] != "test"].reset_index(drop=True)
+    if not 0.0 < val_fraction < 0.5:
+        raise ValueError(f"val_fraction must be between 0 and 0.5, got {val_fraction}")
+    if duplicates is None:
+        duplicates = duplicate_groups(inspect_images(pool["path"]))
+    groups = _groups(pool, duplicates)
+    n_splits = max(2, int(round(1.0 / val_fraction)))
+    if len(np.unique(groups)) < n_splits:
+        raise DatasetError(f"only {len(np.unique(groups))} patients: too few to carve a {val_fraction:.0%} validation split")
+    folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    train_idx, val_idx = next(folds.split(pool, pool["label"], groups))
+    return pool.iloc[train_idx].reset_index(drop=True), pool.iloc[val_idx].reset_index(drop=True)
+
+
+def file_list_hash(frame: pd.DataFrame) -> str:
+    """A short hash of the sorted file names and labels, to tell which data a model saw."""
+    names = sorted(f"{Path(p).name}:{lab}" for p, lab in zip(frame["path"], frame["label"]))
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- tf.data
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Small geometric and photometric changes an X-ray survives without changing its label."""
+
+    rotation_deg: float = 7.0
+    shift: float = 0.06
+    zoom: float = 0.10
+    brightness: float = 0.10
+    contrast: float = 0.15
+
+
+def make_dataset(
+    frame: pd.DataFrame,
+    image_size: int,
+    batch_size: int = 32,
+    training: bool = False,
+    augmentation: Augmentation | None = None,
+    seed: int = 0,
+    cache: bool = True,
+) -> Any:
+    """A tf.data pipeline of (image, label) batches: parallel decode and resize, cached, augmented, prefetched."""
+    import tensorflow as tf
+
+    paths = frame["path"].astype(str).tolist()
+    labels = frame["label"].astype("float32").to_numpy()
+    if not paths:
+        raise DatasetError("no images to build a dataset from")
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    native = all(Path(p).suffix.lower() in TF_DECODABLE and NPZ_SEPARATOR not in p for p in paths)
+
+    def decode_native(path: Any, label: Any) -> tuple[Any, Any]:
+        raw = tf.io.read_file(path)
+        img = tf.io.decode_image(raw, channels=1, expand_animations=False)
+        img = tf.image.convert_image_dtype(img, tf.float32)
+        img = tf.image.resize(img, (image_size, image_size), method="area")
+        return tf.ensure_shape(img, (image_size, image_size, 1)), label
+
+    def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
+        def load(p: bytes) -> np.ndarray:
+            from .imaging import resize
+
+            return resize(read_item(p.decode()), image_size)[..., None].astype(np.float32)
+
+        img = tf.numpy_function(load, [path], tf.float32)
+        return tf.ensure_shape(img, (image_size, image_size, 1)), label
+
+    ds = ds.map(decode_native if native else decode_python, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()  # unreadable files are reported by summarize(); training skips them
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if training and augmentation is not None:
+        augment = augmenter(augmentation, seed)
+        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def augmenter(aug: Augmentation, seed: int = 0) -> Any:
+    """Batched Keras augmentation layers (one vectorised call per batch, not per image)."""
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(aug.rotation_deg / 360.0, fill_mode="reflect", seed=seed),
+            keras.layers.RandomTranslation(aug.shift, aug.shift, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom((-aug.zoom, aug.zoom), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomBrightness(aug.brightness, value_range=(0.0, 1.0), seed=seed + 3),
+            keras.layers.RandomContrast(aug.contrast, value_range=(0.0, 1.0), seed=seed + 4),
+        ],
+        name="augment",
+    )

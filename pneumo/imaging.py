@@ -1,0 +1,227 @@
+"""Decode X-ray files (PNG, JPEG, BMP, TIFF, DICOM) into a 2-D float32 image in [0, 1]."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+Source = Union[bytes, bytearray, str, Path]
+
+DEFAULT_MAX_PIXELS = 50_000_000
+MIN_SIDE = 32
+
+# Formats Pillow may decode for us; anything else it recognises (PDF, GIF animations, ICO...) is refused.
+PIL_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "MPO"}
+
+
+class InvalidImageError(ValueError):
+    """An input that cannot be read as an X-ray; the message names the file and the reason."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        self.reason = reason
+        super().__init__(f"{name}: {reason}")
+
+
+@dataclass
+class XRay:
+    """A decoded image with where it came from and, for DICOM, the header fields worth showing."""
+
+    pixels: np.ndarray  # float32, 2-D, in [0, 1]
+    name: str
+    format: str
+    original_shape: tuple[int, ...]
+    dicom: dict[str, Any] = field(default_factory=dict)
+
+
+def _read(source: Source, name: str | None) -> tuple[bytes, str]:
+    if isinstance(source, (bytes, bytearray)):
+        return bytes(source), name or "<upload>"
+    path = Path(source)
+    label = name or str(path)
+    if not path.exists():
+        raise InvalidImageError(label, "file not found")
+    if path.is_dir():
+        raise InvalidImageError(label, "is a folder, not an image file")
+    try:
+        return path.read_bytes(), label
+    except OSError as exc:
+        raise InvalidImageError(label, f"cannot be read ({exc.strerror or exc})") from exc
+
+
+def sniff_format(data: bytes) -> str | None:
+    """Name the format from the leading bytes, whatever the file is called."""
+    if len(data) >= 132 and data[128:132] == b"DICM":
+        return "DICOM"
+    signatures = {
+        b"\x89PNG\r\n\x1a\n": "PNG",
+        b"\xff\xd8\xff": "JPEG",
+        b"BM": "BMP",
+        b"II*\x00": "TIFF",
+        b"MM\x00*": "TIFF",
+        b"%PDF": "PDF",
+        b"GIF8": "GIF",
+        b"PK\x03\x04": "ZIP",
+    }
+    for magic, fmt in signatures.items():
+        if data.startswith(magic):
+            return fmt
+    return None
+
+
+def load_image(source: Source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Decode bytes or a path into a 2-D float32 grayscale image in [0, 1]."""
+    return load_xray(source, name=name, max_pixels=max_pixels).pixels
+
+
+def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> XRay:
+    """Decode bytes or a path, keeping the format and (for DICOM) the displayable header fields."""
+    data, label = _read(source, name)
+    if not data:
+        raise InvalidImageError(label, "empty file (0 bytes)")
+    fmt = sniff_format(data)
+    header: dict[str, Any] = {}
+    if fmt == "DICOM":
+        pixels, header = _decode_dicom(data, label, max_pixels)
+    elif fmt in {"PNG", "JPEG", "BMP", "TIFF"}:
+        pixels = _decode_pil(data, label, max_pixels)
+    elif fmt is not None:
+        raise InvalidImageError(label, f"not an image: the content is {fmt}, expected PNG, JPEG, BMP, TIFF or DICOM")
+    else:
+        raise InvalidImageError(label, "not an image: unrecognised content (expected PNG, JPEG, BMP, TIFF or DICOM)")
+    original_shape = pixels.shape
+    return XRay(_finish(pixels, label), label, fmt, tuple(original_shape), header)
+
+
+def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
+    if width * height > max_pixels:
+        raise InvalidImageError(
+            label, f"too large: {width}×{height} = {width * height / 1e6:.1f} MP exceeds the {max_pixels / 1e6:.0f} MP limit"
+        )
+    if min(width, height) < MIN_SIDE:
+        raise InvalidImageError(label, f"too small: {width}×{height}, each side must be at least {MIN_SIDE} px")
+
+
+def _decode_pil(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in PIL_FORMATS:
+                raise InvalidImageError(label, f"unsupported image format {img.format}")
+            _check_size(label, *img.size, max_pixels)
+            img.load()
+    except InvalidImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImageError(label, f"too large: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError(label, "not an image: Pillow cannot identify the content") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImageError(label, f"truncated or corrupt image data ({exc})") from exc
+    return _to_gray(img)
+
+
+def _to_gray(img: Image.Image) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        if arr.ndim == 3:
+            arr = arr.mean(axis=2)
+        return arr
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA"):
+        # Composite transparency on black: transparent padding reads as air, not bone.
+        background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+        img = Image.alpha_composite(background, img.convert("RGBA"))
+    if img.mode != "L":
+        img = img.convert("L")
+    return np.asarray(img, dtype=np.float32) / 255.0
+
+
+def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except Exception as exc:  # pydicom raises many types for damaged headers
+        raise InvalidImageError(label, f"corrupt DICOM header ({exc})") from exc
+    if "PixelData" not in ds:
+        raise InvalidImageError(label, "DICOM file has no pixel data")
+    rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
+    _check_size(label, cols, rows, max_pixels)
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", str(syntax))
+        if syntax is not None and getattr(syntax, "is_compressed", False):
+            raise InvalidImageError(
+                label, f"DICOM transfer syntax '{name}' cannot be decoded by the installed handlers ({exc})"
+            ) from exc
+        raise InvalidImageError(label, f"DICOM pixel data is corrupt or truncated ({exc})") from exc
+    if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
+        arr = arr[0]  # multi-frame: the first frame
+    arr = apply_modality_lut(arr, ds)
+    windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
+    arr = apply_voi_lut(arr, ds) if windowed else arr
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim == 3:
+        arr = arr.mean(axis=2)
+    photometric = str(ds.get("PhotometricInterpretation", ""))
+    if photometric == "MONOCHROME1":
+        arr = arr.max() - arr  # MONOCHROME1 shows low values white; invert so air is dark
+    header = {
+        "Modality": str(ds.get("Modality", "")),
+        "View position": str(ds.get("ViewPosition", "")),
+        "Body part": str(ds.get("BodyPartExamined", "")),
+        "Photometric interpretation": photometric,
+        "Windowing": _window_text(ds) if windowed else "none in file (min-max scaling)",
+        "Rows × columns": f"{rows} × {cols}",
+        "Bits stored": str(ds.get("BitsStored", "")),
+        "Transfer syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
+    }
+    return arr, header
+
+
+def _window_text(ds: Any) -> str:
+    if "VOILUTSequence" in ds:
+        return "VOI LUT sequence"
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    return f"center {center}, width {width}"
+
+
+def _finish(arr: np.ndarray, label: str) -> np.ndarray:
+    if arr.ndim != 2:
+        raise InvalidImageError(label, f"unexpected pixel array shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        raise InvalidImageError(label, "pixel data contains NaN or infinite values")
+    lo, hi = float(arr.min()), float(arr.max())
+    if hi - lo < 1e-6:
+        raise InvalidImageError(label, f"constant image (every pixel is {lo:g}): nothing to read")
+    if lo < 0.0 or hi > 1.0:
+        arr = (arr - lo) / (hi - lo)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def to_uint8(img: np.ndarray) -> np.ndarray:
+    """A [0, 1] image as 8-bit, for display and hashing."""
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def resize(img: np.ndarray, size: int) -> np.ndarray:
+    """Resize a 2-D image to size×size with area averaging (the training pipeline's resize)."""
+    import cv2
+
+    if img.shape == (size, size):
+        return img
+    interp = cv2.INTER_AREA if min(img.shape) > size else cv2.INTER_LINEAR
+    return cv2.resize(img, (size, size), interpolation=interp)

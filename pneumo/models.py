@@ -1,0 +1,238 @@
+"""Named architectures, loading of saved models with their cards, and single-image inference."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras
+import numpy as np
+from keras import layers
+
+CLASS_NAMES = ("NORMAL", "PNEUMONIA")
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_DIR = PROJECT_ROOT / "models"
+DEFAULT_MODEL_PATH = DEFAULT_MODEL_DIR / "model.keras"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """How to build a network, what it expects, and where Grad-CAM looks."""
+
+    name: str
+    input_size: int
+    preprocessing: str
+    gradcam_layer: str
+    builder: Callable[[int, str | None, float], keras.Model]
+    description: str
+
+
+def _gray_input(size: int) -> keras.KerasTensor:
+    return keras.Input(shape=(size, size, 1), name="xray")
+
+
+def _head(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    x = layers.Dropout(dropout, name="head_dropout")(x)
+    # float32 output keeps the sigmoid stable under mixed precision
+    return layers.Dense(1, activation="sigmoid", dtype="float32", name="pneumonia")(x)
+
+
+def build_compact_cnn(size: int, weights: str | None = None, dropout: float = 0.3) -> keras.Model:
+    """A small residual CNN trained from scratch; fast enough for a 2-core CPU."""
+    if weights not in (None, "none"):
+        raise ValueError("compact_cnn has no pretrained weights; use weights=None")
+    inp = _gray_input(size)
+    # Per-image standardisation: removes exposure and contrast differences between sites and devices.
+    x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, name="standardize")(inp)
+    x = layers.Conv2D(24, 5, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for i, filters in enumerate((32, 64, 96, 128, 160)):
+        x = _residual_block(x, filters, f"block{i + 1}")
+    return keras.Model(inp, _head(x, dropout), name="compact_cnn")
+
+
+def _residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False, name=f"{name}_proj")(x)
+    shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.Activation("relu", name=f"{name}_relu1")(y)
+    y = layers.SeparableConv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)
+
+
+def _backbone_builder(
+    app: Callable[..., keras.Model], scale: float, offset: Any, mean: Any = None, variance: Any = None
+) -> Callable[[int, str | None, float], keras.Model]:
+    """Wrap a keras.applications backbone so it takes a [0, 1] grayscale image.
+
+    The backbone is built on our own input tensor (input_tensor=...) so its layers sit in the outer
+    graph: Grad-CAM can then reach any of them by name.
+    """
+
+    def build(size: int, weights: str | None = None, dropout: float = 0.3) -> keras.Model:
+        inp = _gray_input(size)
+        x = layers.Concatenate(name="gray_to_rgb")([inp, inp, inp])
+        x = layers.Rescaling(scale, offset=offset, name="app_scale")(x)
+        if mean is not None:
+            x = layers.Normalization(mean=mean, variance=variance, name="app_normalize")(x)
+        try:
+            base = app(include_top=False, weights=_weights_arg(weights), input_tensor=x)
+        except Exception as exc:  # network or cache failure while fetching weights
+            if weights in (None, "none"):
+                raise
+            raise WeightsUnavailableError(app.__name__, exc) from exc
+        model = keras.Model(inp, _head(base.output, dropout), name=app.__name__.lower())
+        return model
+
+    return build
+
+
+def _weights_arg(weights: str | None) -> str | None:
+    return None if weights in (None, "none") else weights
+
+
+class WeightsUnavailableError(RuntimeError):
+    """ImageNet weights could not be obtained (no network and nothing in the Keras cache)."""
+
+    def __init__(self, app_name: str, cause: Exception):
+        cache = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+        super().__init__(
+            f"Could not obtain ImageNet weights for {app_name} ({cause}). Keras downloads them on first use; "
+            f"without network access, copy the '*_notop.h5' weights file for {app_name} into {cache} "
+            "or train with weights=None (--weights none)."
+        )
+
+
+def _registry() -> dict[str, Architecture]:
+    apps = keras.applications
+    imagenet_mean = [0.485, 0.456, 0.406]
+    imagenet_var = [0.229**2, 0.224**2, 0.225**2]
+    caffe_mean = [103.939, 116.779, 123.68]
+    return {
+        a.name: a
+        for a in (
+            Architecture(
+                "compact_cnn", 224, "gray [0,1] → per-image standardisation (inside the model)",
+                "block5_out", build_compact_cnn,
+                "Residual separable CNN, ~0.2 M parameters, trained from scratch (default).",
+            ),
+            Architecture(
+                "efficientnet_b0", 224, "gray [0,1] → RGB ×255 (EfficientNet rescales internally)",
+                "top_activation", _backbone_builder(apps.EfficientNetB0, 255.0, 0.0),
+                "EfficientNet-B0 backbone (ImageNet weights when available).",
+            ),
+            Architecture(
+                "densenet121", 224, "gray [0,1] → RGB, ImageNet mean/std normalisation",
+                "relu", _backbone_builder(apps.DenseNet121, 1.0, 0.0, imagenet_mean, imagenet_var),
+                "DenseNet-121 backbone (CheXNet's architecture).",
+            ),
+            Architecture(
+                "resnet50", 224, "gray [0,1] → RGB ×255, Caffe mean subtraction",
+                "conv5_block3_out", _backbone_builder(apps.ResNet50, 255.0, 0.0, caffe_mean, [1.0, 1.0, 1.0]),
+                "ResNet-50 backbone.",
+            ),
+            Architecture(
+                "mobilenet_v2", 224, "gray [0,1] → RGB scaled to [-1, 1]",
+                "out_relu", _backbone_builder(apps.MobileNetV2, 2.0, -1.0),
+                "MobileNet-V2 backbone; the lightest ImageNet option.",
+            ),
+        )
+    }
+
+
+ARCHITECTURES: dict[str, Architecture] = _registry()
+DEFAULT_ARCHITECTURE = "compact_cnn"
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None
+
+
+def build_model(name: str, image_size: int | None = None, weights: str | None = None, dropout: float = 0.3) -> keras.Model:
+    arch = get_architecture(name)
+    return arch.builder(image_size or arch.input_size, weights, dropout)
+
+
+@dataclass
+class LoadedModel:
+    """A saved network with its card: everything inference and the app need."""
+
+    model: keras.Model
+    card: dict[str, Any]
+    path: Path
+
+    @property
+    def input_size(self) -> int:
+        return int(self.model.input_shape[1])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.card.get("threshold", 0.5))
+
+    @property
+    def gradcam_layer(self) -> str:
+        name = self.card.get("gradcam_layer")
+        if name:
+            return str(name)
+        arch = ARCHITECTURES.get(str(self.card.get("architecture", "")))
+        return arch.gradcam_layer if arch else _last_conv_layer(self.model)
+
+    def prepare(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        """Resize [0, 1] gray images to the model input and stack them into a batch."""
+        from .imaging import resize
+
+        if isinstance(images, np.ndarray) and images.ndim == 2:
+            images = [images]
+        return np.stack([resize(img, self.input_size) for img in images])[..., None].astype(np.float32)
+
+    def predict(self, images: list[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Probability of pneumonia for each [0, 1] grayscale image."""
+        batch = self.prepare(images)
+        out = []
+        for start in range(0, len(batch), batch_size):
+            # Direct call: model.predict() rebuilds a tf.data pipeline per call, ~10× slower for one image.
+            out.append(np.asarray(self.model(batch[start : start + batch_size], training=False)))
+        return np.concatenate(out).reshape(-1).astype(float)
+
+
+def _last_conv_layer(model: keras.Model) -> str:
+    for layer in reversed(model.layers):
+        if len(getattr(layer, "output", None).shape or ()) == 4:
+            return layer.name
+    raise ValueError("model has no 4-D feature map for Grad-CAM")
+
+
+def card_path(model_path: Path) -> Path:
+    """The card beside a model: card.json in its folder (runs and models/ alike)."""
+    return Path(model_path).with_name("card.json")
+
+
+def read_card(model_path: Path) -> dict[str, Any]:
+    path = card_path(model_path)
+    if not path.exists():
+        return {}
+    return json.loads(path.read_text())
+
+
+def load_model(path: str | Path | None = None) -> LoadedModel:
+    """Load a .keras model (safe_mode on) with its card; the shipped default when no path is given."""
+    model_path = Path(path) if path else DEFAULT_MODEL_PATH
+    if model_path.is_dir():
+        model_path = model_path / "model.keras"
+    if not model_path.exists():
+        raise FileNotFoundError(f"no model at {model_path}")
+    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    return LoadedModel(model, read_card(model_path), model_path)

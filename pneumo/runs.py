@@ -1,0 +1,227 @@
+"""Training runs as directories: atomic files, status, metrics, launch and stop from any process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+STATUSES = ("queued", "running", "finished", "failed", "stopped")
+STOP_FILE = "STOP"
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write to a temporary file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | Path, default: Any = None) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def append_jsonl(path: str | Path, record: dict[str, Any]) -> None:
+    # One write() of a whole line: a concurrent reader sees complete lines or nothing of the new one.
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, default=_jsonable) + "\n")
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every complete line of metrics.jsonl; a half-written last line is skipped."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def epochs_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if r.get("type") == "epoch"]
+
+
+def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, Any]:
+    """Update status.json, keeping the fields already there."""
+    if state not in STATUSES:
+        raise ValueError(f"unknown status {state}")
+    path = Path(run_dir) / "status.json"
+    status = read_json(path, {}) or {}
+    status.update(fields)
+    status["state"] = state
+    status["updated"] = now_iso()
+    atomic_write_json(path, status)
+    return status
+
+
+def pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{int(pid)}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """status.json, with a run whose process vanished while running reported as failed."""
+    status = read_json(Path(run_dir) / "status.json", {}) or {}
+    if status.get("state") in ("queued", "running") and status.get("pid") and not pid_alive(status["pid"]):
+        # Give a freshly launched process a moment to write its own status first.
+        if time.time() - Path(run_dir, "status.json").stat().st_mtime > 5:
+            status["state"] = "failed"
+            status.setdefault("error", "the training process ended without reporting (killed or crashed); see train.log")
+    return status
+
+
+@dataclass
+class RunInfo:
+    """One row of the runs table."""
+
+    path: Path
+    name: str
+    state: str
+    model: str
+    best_val_auc: float | None
+    epochs_done: int
+    epochs: int | None
+    duration_s: float | None
+    started: str | None
+    has_model: bool
+
+
+def run_info(run_dir: str | Path) -> RunInfo:
+    run_dir = Path(run_dir)
+    status = read_status(run_dir)
+    config = read_json(run_dir / "config.json", {}) or {}
+    epochs = epochs_of(read_metrics(run_dir))
+    aucs = [e["val_auc"] for e in epochs if e.get("val_auc") is not None]
+    return RunInfo(
+        path=run_dir,
+        name=run_dir.name,
+        state=status.get("state", "unknown"),
+        model=str(config.get("model", "")),
+        best_val_auc=max(aucs) if aucs else None,
+        epochs_done=len(epochs),
+        epochs=config.get("epochs"),
+        duration_s=sum(e.get("seconds", 0.0) for e in epochs) if epochs else None,
+        started=status.get("started"),
+        has_model=(run_dir / "model.keras").exists(),
+    )
+
+
+def list_runs(runs_root: str | Path) -> list[RunInfo]:
+    """Every run under runs_root (folders with a config.json), newest first."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        return []
+    runs = [run_info(d) for d in root.iterdir() if d.is_dir() and (d / "config.json").exists()]
+    return sorted(runs, key=lambda r: (r.started or "", r.name), reverse=True)
+
+
+def new_run_dir(runs_root: str | Path, model: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_root) / f"{stamp}-{model}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    path.mkdir(parents=True)
+    return path
+
+
+def launch(config: Any, runs_root: str | Path, python: str | None = None) -> Path:
+    """Start `python -m pneumo train` for config in its own process group; returns the run folder.
+
+    The process is detached (new session, own log), so closing the browser tab or restarting the
+    app neither kills nor duplicates it.
+    """
+    from dataclasses import asdict
+
+    run_dir = new_run_dir(runs_root, config.model)
+    atomic_write_json(run_dir / "config.json", asdict(config))
+    write_status(run_dir, "queued", created=now_iso())
+    log = open(run_dir / "train.log", "ab")
+    proc = subprocess.Popen(
+        [python or sys.executable, "-m", "pneumo", "train", "--config", str(run_dir / "config.json"), "--out", str(run_dir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=str(Path(__file__).resolve().parent.parent),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log.close()
+    write_status(run_dir, "queued", pid=proc.pid)
+    return run_dir
+
+
+def request_stop(run_dir: str | Path) -> None:
+    """Ask a run to stop at the next batch; it keeps the best model so far."""
+    atomic_write_text(Path(run_dir) / STOP_FILE, now_iso() + "\n")
+
+
+def stop_requested(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / STOP_FILE).exists()
+
+
+def kill(run_dir: str | Path) -> bool:
+    """Terminate a run's process group (used when a clean stop is not enough)."""
+    status = read_status(run_dir)
+    pid = status.get("pid")
+    if not pid_alive(pid):
+        return False
+    os.killpg(os.getpgid(int(pid)), signal.SIGTERM)
+    return True
+
+
+def log_tail(run_dir: str | Path, lines: int = 40) -> str:
+    path = Path(run_dir) / "train.log"
+    if not path.exists():
+        return ""
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
