@@ -186,10 +186,17 @@ def train(config: TrainConfig, run_dir: str | Path, hook: MetricsHook | None = N
 
 
 def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started: float) -> dict[str, Any]:
+    import warnings
+
     import keras
     import tensorflow as tf
 
     from . import data as D
+
+    # Our datasets are shuffled by tf.data and have unknown length (unreadable files are skipped):
+    # Keras warns about both on every run.
+    warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
+    warnings.filterwarnings("ignore", message="Your input ran out of data")
     from . import evaluate as E
     from .models import build_model, get_architecture, load_model
 

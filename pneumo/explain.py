@@ -1,0 +1,128 @@
+"""Grad-CAM and Grad-CAM++ heatmaps (tf-keras-vis) and their overlay on the X-ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import cv2
+import keras
+import numpy as np
+
+from .imaging import to_uint8
+from .models import LoadedModel
+
+METHODS = ("gradcam", "gradcam++")
+TARGET_ALIAS = "gradcam_target"
+
+_explainers: dict[tuple[int, str, str], Any] = {}
+
+
+def _find_layer(model: keras.Model, name: str) -> tuple[keras.Model | None, keras.layers.Layer]:
+    """The layer called name, and the nested model holding it (None when it sits in the top graph)."""
+    try:
+        return None, model.get_layer(name)
+    except ValueError:
+        pass
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            try:
+                return layer, layer.get_layer(name)
+            except ValueError:
+                continue
+    raise ValueError(f"layer '{name}' not found in model '{model.name}'")
+
+
+def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, str]:
+    """A model in which the Grad-CAM layer is a top-level layer.
+
+    tf-keras-vis reads the target layer's output from the model's own graph, which a layer inside a
+    nested backbone is not part of. We replay the model with the backbone's layers inlined (same
+    weights) and an identity layer after the target, so the gradient flows through a top-level tensor.
+    Only models whose top level is a chain of layers are supported.
+    """
+    holder, layer = _find_layer(model, layer_name)
+    if holder is None:
+        return model, layer_name
+    alias = keras.layers.Identity(name=TARGET_ALIAS)
+
+    def replay(operation: Any) -> Any:
+        if operation is layer:
+            return lambda *args, **kwargs: alias(operation(*args, **kwargs))
+        return operation
+
+    inputs = keras.Input(shape=model.input_shape[1:], name="xray")
+    x = inputs
+    for top in model.layers:
+        if isinstance(top, keras.layers.InputLayer):
+            continue
+        if top is holder:
+            # Re-run the backbone's own layers (shared weights) on our tensor, node by node, so they
+            # land in the outer graph instead of behind one opaque nested call.
+            x = holder._run_through_graph(x, operation_fn=replay)
+        else:
+            x = top(x)
+    return keras.Model(inputs, x, name=f"{model.name}_for_gradcam"), TARGET_ALIAS
+
+
+def _explainer(model: keras.Model, method: str, layer: str) -> tuple[Any, str]:
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+
+    key = (id(model), method, layer)
+    if key not in _explainers:
+        target_model, target_layer = reachable_model(model, layer)
+        cls = GradcamPlusPlus if method == "gradcam++" else Gradcam
+        # clone=False: the model is never modified, and a copy would double its memory.
+        _explainers[key] = (cls(target_model, clone=False), target_layer)
+    return _explainers[key]
+
+
+def gradcam(
+    loaded: LoadedModel,
+    image: np.ndarray,
+    method: str = "gradcam",
+    target: int | None = None,
+    layer: str | None = None,
+) -> np.ndarray:
+    """A heatmap in [0, 1] at the image's size showing what drove the score of the target class.
+
+    target: 1 explains the pneumonia score, 0 the normal score, None the predicted class.
+    """
+    from tf_keras_vis.utils.scores import BinaryScore
+
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}")
+    batch = loaded.prepare(image)
+    if target is None:
+        target = int(loaded.predict(image)[0] >= loaded.threshold)
+    explainer, target_layer = _explainer(loaded.model, method, layer or loaded.gradcam_layer)
+    cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
+    cam = np.nan_to_num(np.asarray(cam[0], dtype=np.float32))
+    cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    span = float(cam.max() - cam.min())
+    return (cam - cam.min()) / span if span > 1e-8 else np.zeros_like(cam)
+
+
+def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The heatmap blended on the gray X-ray as an RGB uint8 picture; alpha is the heatmap's opacity."""
+    if heatmap.shape != image.shape:
+        heatmap = cv2.resize(heatmap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    gray = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB)
+    colored = cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), colormap), cv2.COLOR_BGR2RGB)
+    return cv2.addWeighted(colored, float(alpha), gray, 1.0 - float(alpha), 0.0)
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def explain_to_png(loaded: LoadedModel, image: np.ndarray, path: str | Path, method: str = "gradcam", alpha: float = 0.4) -> Path:
+    """Write a Grad-CAM overlay PNG and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(png_bytes(overlay(image, gradcam(loaded, image, method), alpha)))
+    return path

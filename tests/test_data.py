@@ -1,0 +1,152 @@
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo import data as D
+from tests.conftest import make_folder, synthetic_xray, write_png
+
+
+@pytest.mark.parametrize(
+    "name, patient, subtype",
+    [
+        ("person1417_bacteria_3631.jpeg", "person1417", "bacterial"),
+        ("person22_virus_55.jpeg", "person22", "viral"),
+        ("IM-0115-0001.jpeg", "IM-0115", ""),
+        ("NORMAL2-IM-0115-0002.jpeg", "IM-0115", ""),
+        ("scan_042.png", "scan_042.png", ""),
+    ],
+)
+def test_parse_name(name: str, patient: str, subtype: str) -> None:
+    pid, sub = D.parse_name(name)
+    assert sub == subtype
+    assert pid == patient or pid.endswith(patient)
+
+
+def test_class_folders_case_insensitive(tmp_path: Path) -> None:
+    make_folder(tmp_path / "x", n_per_class=4)
+    (tmp_path / "x" / "NORMAL").rename(tmp_path / "x" / "normal")
+    ds = D.scan(tmp_path / "x")
+    assert ds.layout == "class folders"
+    assert sorted(ds.frame["class_name"].value_counts().to_dict().items()) == [("NORMAL", 4), ("PNEUMONIA", 4)]
+
+
+def test_split_folders(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        make_folder(tmp_path / split, n_per_class=3, seed=len(split))
+    ds = D.scan(tmp_path)
+    assert ds.layout == "split folders"
+    assert ds.frame.groupby("split").size().to_dict() == {"test": 6, "train": 6}
+
+
+def test_csv_manifest_with_patients_and_splits(tmp_path: Path, rng: np.random.Generator) -> None:
+    rows = []
+    for i in range(6):
+        write_png(tmp_path / "img" / f"{i}.png", synthetic_xray(rng, pneumonia=i % 2 == 1))
+        rows.append({"path": f"img/{i}.png", "label": "PNEUMONIA" if i % 2 else "NORMAL", "patient_id": f"p{i // 2}",
+                     "split": "test" if i >= 4 else "train"})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    ds = D.scan(tmp_path / "labels.csv")
+    assert ds.layout == "CSV manifest"
+    assert ds.frame["patient_id"].tolist() == ["p0", "p0", "p1", "p1", "p2", "p2"]
+    assert ds.frame["label"].tolist() == [0, 1, 0, 1, 0, 1]
+    assert (ds.frame["split"] == "test").sum() == 2
+
+
+def test_medmnist_npz(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    np.savez(tmp_path / "pneumoniamnist.npz",
+             train_images=(rng.random((10, 28, 28)) * 255).astype(np.uint8), train_labels=np.array([[0], [1]] * 5),
+             test_images=(rng.random((4, 28, 28)) * 255).astype(np.uint8), test_labels=np.array([[1]] * 4))
+    ds = D.scan(tmp_path)
+    assert ds.layout == "MedMNIST npz" and len(ds) == 14
+    img = D.read_item(ds.frame["path"][0])
+    assert img.shape == (28, 28) and 0.0 <= img.min() and img.max() <= 1.0
+
+
+def test_bad_roots_name_the_problem(tmp_path: Path) -> None:
+    with pytest.raises(D.DatasetError, match="no such file"):
+        D.scan(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(D.DatasetError, match="empty folder"):
+        D.scan(tmp_path / "empty")
+    (tmp_path / "other" / "cats").mkdir(parents=True)
+    with pytest.raises(D.DatasetError, match="cats/"):
+        D.scan(tmp_path / "other")
+
+
+def test_summarize_counts_duplicates_and_unreadable(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "x", n_per_class=6)
+    shutil.copy(root / "NORMAL" / "IM-0000-0000.png", root / "NORMAL" / "IM-0099-0001.png")
+    (root / "PNEUMONIA" / "person77_virus_1.png").write_bytes(b"%PDF-1.4 not an image")
+    summary = D.summarize(root)
+    assert summary.counts.loc["train", "NORMAL"] == 7 and summary.counts.loc["train", "PNEUMONIA"] == 7
+    assert [Path(p).name for p in summary.duplicate_groups[0]] == ["IM-0000-0000.png", "IM-0099-0001.png"]
+    assert len(summary.unreadable) == 1 and "PDF" in summary.unreadable[0][1]
+    assert summary.subtypes == {"bacterial": 4, "viral": 3}
+    assert summary.imbalance_ratio == pytest.approx(1.0)
+    assert summary.patients_per_class["NORMAL"] == 4  # IM-0000..0002 and IM-0099
+    as_json = summary.to_dict()
+    assert as_json["images_per_patient"]["max"] == 2
+
+
+def test_split_keeps_patients_and_duplicates_on_one_side(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "x", n_per_class=40, images_per_patient=3)
+    # A duplicate under another patient's name must pull both patients to the same side.
+    shutil.copy(root / "NORMAL" / "IM-0000-0000.png", root / "NORMAL" / "IM-0500-0001.png")
+    ds = D.scan(root)
+    for seed in range(3):
+        train, val = D.split(ds, val_fraction=0.2, seed=seed)
+        assert not set(train["patient_id"]) & set(val["patient_id"])
+        assert len(train) + len(val) == len(ds)
+        same_side = {"IM-0000", "IM-0500"} <= set(train["patient_id"]) or {"IM-0000", "IM-0500"} <= set(val["patient_id"])
+        assert same_side
+        assert 0.3 < val["label"].mean() < 0.7  # stratified
+    a, _ = D.split(ds, 0.2, seed=5)
+    b, _ = D.split(ds, 0.2, seed=5)
+    assert a["path"].tolist() == b["path"].tolist()
+
+
+def test_split_never_uses_test_rows(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        make_folder(tmp_path / split, n_per_class=20, seed=len(split))
+    train, val = D.split(D.scan(tmp_path), 0.2)
+    assert set(train["split"]) | set(val["split"]) == {"train"}
+
+
+def test_class_weights_balance_the_loss() -> None:
+    weights = D.class_weights(np.array([0] * 10 + [1] * 30))
+    assert weights[0] * 10 == pytest.approx(weights[1] * 30)
+
+
+def test_make_dataset_batches_and_augments(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "x", n_per_class=5, size=48)
+    frame = D.scan(root).frame
+    plain = D.make_dataset(frame, 32, batch_size=4)
+    batches = list(plain)
+    assert [b[0].shape[0] for b in batches] == [4, 4, 2]
+    x = np.concatenate([b[0].numpy() for b in batches])
+    assert x.shape == (10, 32, 32, 1) and 0.0 <= x.min() and x.max() <= 1.0
+    aug = D.make_dataset(frame, 32, batch_size=10, training=True, augmentation=D.Augmentation(), seed=1)
+    first = next(iter(aug))[0].numpy()
+    assert first.shape == (10, 32, 32, 1)
+    assert not np.allclose(np.sort(first.ravel()), np.sort(x.ravel()))
+
+
+def test_make_dataset_skips_unreadable_and_reads_dicom_via_python(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "x", n_per_class=3, size=48)
+    (root / "NORMAL" / "IM-0900-0001.png").write_bytes(b"garbage")
+    frame = D.scan(root).frame
+    x = np.concatenate([b[0].numpy() for b in D.make_dataset(frame, 32, batch_size=4)])
+    assert len(x) == 6
+    tif = root / "NORMAL" / "IM-0901-0001.tif"
+    from PIL import Image
+
+    Image.fromarray((synthetic_xray(np.random.default_rng(3), 48) * 255).astype(np.uint8)).save(tif)
+    frame = D.scan(root).frame
+    x = np.concatenate([b[0].numpy() for b in D.make_dataset(frame, 32, batch_size=4)])
+    assert len(x) == 7  # the TIFF went through the Python decoder, the garbage file was skipped

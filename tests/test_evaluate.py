@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pneumo import evaluate as E
+
+
+def test_metrics_at_threshold_match_hand_count() -> None:
+    y = [0, 0, 0, 1, 1, 1, 1]
+    p = [0.1, 0.6, 0.3, 0.7, 0.2, 0.9, 0.8]
+    m = E.metrics_at(y, p, 0.5)
+    assert m["confusion"] == {"tn": 2, "fp": 1, "fn": 1, "tp": 3}
+    assert m["sensitivity"] == pytest.approx(3 / 4) and m["specificity"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(3 / 4) and m["npv"] == pytest.approx(2 / 3)
+    assert m["accuracy"] == pytest.approx(5 / 7) and m["flagged_fraction"] == pytest.approx(4 / 7)
+    assert m["roc_auc"] == pytest.approx(10 / 12)
+
+
+def test_threshold_for_recall_is_the_highest_that_reaches_target() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 500)
+    p = np.clip(y * 0.3 + rng.random(500) * 0.7, 0, 1)
+    for target in (0.8, 0.9, 0.98, 1.0):
+        t = E.threshold_for_recall(y, p, target)
+        assert E.metrics_at(y, p, t)["sensitivity"] >= target
+        above = np.min(p[p > t]) if (p > t).any() else 1.0
+        assert E.metrics_at(y, p, above)["sensitivity"] < target or above == t
+
+
+def test_max_f1_and_youden_thresholds_separate_clean_scores() -> None:
+    y = np.array([0] * 50 + [1] * 50)
+    p = np.concatenate([np.linspace(0.0, 0.4, 50), np.linspace(0.6, 1.0, 50)])
+    assert 0.4 < E.max_f1_threshold(y, p) <= 0.6
+    assert 0.4 < E.youden_threshold(y, p) <= 0.6
+    assert E.metrics_at(y, p, E.max_f1_threshold(y, p))["f1"] == pytest.approx(1.0)
+
+
+def test_curves_and_calibration() -> None:
+    rng = np.random.default_rng(1)
+    p = rng.random(2000)
+    y = (rng.random(2000) < p).astype(int)  # perfectly calibrated by construction
+    c = E.curves(y, p)
+    assert c.roc["fpr"].is_monotonic_increasing and c.roc["tpr"].iloc[-1] == 1.0
+    cal = E.calibration(y, p, bins=5)
+    assert np.abs(cal["observed"] - cal["predicted"]).max() < 0.08
+    assert cal["count"].sum() == 2000
+
+
+def test_recall_undefined_without_positives() -> None:
+    with pytest.raises(ValueError, match="no positive"):
+        E.threshold_for_recall([0, 0], [0.1, 0.2])
