@@ -236,3 +236,18 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         raise FileNotFoundError(f"no model at {model_path}")
     model = keras.models.load_model(model_path, compile=False, safe_mode=True)
     return LoadedModel(model, read_card(model_path), model_path)
+
+
+def save_operating_point(model_path: str | Path, threshold: float, rule: str) -> dict[str, Any]:
+    """Write a new operating threshold (and how it was chosen) into the model's card, atomically."""
+    from .runs import atomic_write_json, now_iso
+
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+    path = card_path(Path(model_path))
+    card = read_card(Path(model_path))
+    history = card.setdefault("threshold_history", [])
+    history.append({"threshold": card.get("threshold"), "rule": card.get("threshold_rule"), "replaced": now_iso()})
+    card.update(threshold=float(threshold), threshold_rule=rule)
+    atomic_write_json(path, card)
+    return card

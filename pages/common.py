@@ -1,0 +1,124 @@
+"""Streamlit glue shared by the pages: cached loaders and the sidebar pickers. No maths here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import streamlit as st
+
+from pneumo import data as D
+from pneumo.models import LoadedModel, load_model, read_card
+from pneumo.settings import AppSettings
+
+DISCLAIMER = (
+    "**Research use only — not a medical device.** pneumo has not been cleared by any regulator; its output "
+    "must not be used to diagnose or treat patients without a qualified clinician's own reading."
+)
+
+
+def settings() -> AppSettings:
+    try:
+        secrets: Any = dict(st.secrets)
+    except Exception:  # no secrets.toml: defaults and the environment only
+        secrets = {}
+    return AppSettings.load(secrets)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def _cached_model(path: str, mtime: float) -> LoadedModel:
+    return load_model(path)
+
+
+def active_model() -> LoadedModel | None:
+    """The model picked in the sidebar, with its card read afresh (the threshold may have changed)."""
+    path = st.session_state.get("model_path")
+    if not path or not Path(path).exists():
+        return None
+    cached = _cached_model(path, Path(path).stat().st_mtime)
+    return LoadedModel(cached.model, read_card(Path(path)), Path(path))
+
+
+def data_root() -> Path | None:
+    root = st.session_state.get("data_root")
+    return Path(root) if root else None
+
+
+@st.cache_resource(show_spinner=False)
+def device_description() -> str:
+    from pneumo.train import detect_device
+
+    return detect_device().describe()
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def summary_for(root: str, _progress: Any = None) -> D.Summary:
+    return D.summarize(root, progress=_progress)
+
+
+def summarize_with_bar(root: Path) -> D.Summary:
+    bar = st.progress(0.0, text="Reading images…")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(done / max(total, 1), text=f"Reading images… {done}/{total}")
+
+    try:
+        return summary_for(str(root), _progress=progress)
+    finally:
+        bar.empty()
+
+
+def sidebar(cfg: AppSettings) -> None:
+    """Model and data pickers; values live in session_state for every page."""
+    with st.sidebar:
+        st.markdown("### Model")
+        choices = cfg.model_choices()
+        if choices:
+            labels = list(choices)
+            current = st.session_state.get("model_path")
+            index = next((i for i, label in enumerate(labels) if str(choices[label]) == current), 0)
+            label = st.selectbox("Active model", labels, index=index, key="model_choice")
+            st.session_state["model_path"] = str(choices[label])
+        else:
+            st.warning("No model found: train one on the Train page.")
+            st.session_state["model_path"] = None
+        st.markdown("### Data")
+        roots = [r for r in cfg.data_roots if r.exists()]
+        labels = [_root_label(r) for r in roots]
+        if roots:
+            current = st.session_state.get("data_root")
+            index = next((i for i, r in enumerate(roots) if str(r) == current), 0)
+            picked = st.selectbox("Data folder", labels, index=index, key="data_choice",
+                                  help="Configured roots only: the bundled samples, data/, and paths from "
+                                       ".streamlit/secrets.toml ([pneumo] data_roots) or PNEUMO_DATA_ROOTS.")
+            st.session_state["data_root"] = str(roots[labels.index(picked)])
+        else:
+            st.session_state["data_root"] = None
+        st.caption(f"Device: {device_description()}")
+        st.caption("Research use only — not a medical device.")
+
+
+def activate_model(path: Path) -> None:
+    """on_click callback: make path the sidebar's chosen model (widget state may only change before it renders)."""
+    for label, candidate in settings().model_choices().items():
+        if candidate == path:
+            st.session_state["model_choice"] = label
+    st.session_state["model_path"] = str(path)
+
+
+def _root_label(root: Path) -> str:
+    from pneumo.settings import PROJECT_ROOT, SAMPLES_DIR
+
+    if root == SAMPLES_DIR:
+        return "Bundled samples (48 images)"
+    try:
+        return str(root.resolve().relative_to(PROJECT_ROOT.resolve().parent))
+    except ValueError:
+        return str(root)
+
+
+def metric_row(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> None:
+    cols = st.columns(len(keys))
+    for col, (key, label) in zip(cols, keys):
+        value = metrics.get(key)
+        col.metric(label, "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value)))

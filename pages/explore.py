@@ -1,0 +1,78 @@
+"""Dataset Explorer: what is in a labelled collection before training on it."""
+
+import random
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from pages.common import data_root, summarize_with_bar
+from pneumo import data as D
+from pneumo import plots
+
+st.title("Dataset Explorer")
+root = data_root()
+if root is None:
+    st.info("No data folder is configured. Add one under data/, in .streamlit/secrets.toml ([pneumo] data_roots) "
+            "or in the PNEUMO_DATA_ROOTS environment variable.")
+    st.stop()
+try:
+    summary = summarize_with_bar(root)
+except D.DatasetError as exc:
+    st.error(str(exc))
+    st.stop()
+
+st.caption(f"`{summary.root}` — {summary.layout}, {summary.n_images:,} images")
+cols = st.columns(5)
+cols[0].metric("Images", f"{summary.n_images:,}")
+cols[1].metric("Imbalance (majority : minority)", f"{summary.imbalance_ratio:.2f} : 1")
+cols[2].metric("Patients", f"{len(summary.images_per_patient):,}")
+cols[3].metric("Duplicate groups", len(summary.duplicate_groups))
+cols[4].metric("Unreadable files", len(summary.unreadable))
+
+left, right = st.columns(2)
+left.plotly_chart(plots.class_counts(summary.counts), width="stretch")
+with right:
+    weights = ", ".join(f"{D.CLASS_NAMES[k]} × {v:.2f}" for k, v in summary.class_weights.items())
+    st.markdown(
+        f"**What the imbalance means for training.** The majority class has {summary.imbalance_ratio:.2f}× the images "
+        f"of the minority. Unweighted, a model can score well by leaning towards the majority; training weights the "
+        f"loss per class ({weights}) so both classes count equally. Held-out sets may have a different mix (the "
+        "official test split of the Kermany collection is 37.5 % normal against 26 % in train), which is why the "
+        "operating threshold is chosen on a patient-level validation split and checked on the Threshold page."
+    )
+    st.markdown("**Patients per class:** " + ", ".join(f"{k}: {v:,}" for k, v in summary.patients_per_class.items()))
+    if summary.subtypes:
+        st.markdown("**Pneumonia subtype (from file names):** " + ", ".join(f"{k}: {v:,}" for k, v in summary.subtypes.items()))
+
+left, right = st.columns(2)
+left.plotly_chart(plots.images_per_patient(summary.images_per_patient), width="stretch")
+right.plotly_chart(plots.distribution(summary.image_stats, "mean", "Mean intensity per image"), width="stretch")
+left, right = st.columns(2)
+left.plotly_chart(plots.distribution(summary.image_stats, "width", "Image width (px)"), width="stretch")
+right.plotly_chart(plots.distribution(summary.image_stats, "std", "Contrast (intensity std) per image"), width="stretch")
+
+with st.expander(f"Exact duplicates: {len(summary.duplicate_groups)} groups (same pixels under different names)"):
+    if summary.duplicate_groups:
+        st.dataframe(pd.DataFrame({"group": [" · ".join(Path(p).name for p in g) for g in summary.duplicate_groups]}),
+                     hide_index=True, width="stretch")
+        st.caption("Duplicates are kept on one side of the validation split together with their patients.")
+    else:
+        st.write("None found.")
+if summary.unreadable:
+    with st.expander(f"Unreadable files: {len(summary.unreadable)}", expanded=True):
+        st.dataframe(pd.DataFrame(summary.unreadable, columns=["path", "reason"]), hide_index=True, width="stretch")
+
+st.subheader("Sample grid")
+frame = D.scan(root).frame
+readable = set(summary.image_stats["path"])
+seed = st.number_input("Shuffle", 0, 10_000, 0, help="Another draw of images")
+for cls in D.CLASS_NAMES:
+    paths = [p for p in frame.loc[frame.class_name == cls, "path"] if p in readable]
+    if not paths:
+        continue
+    st.markdown(f"**{cls}**")
+    pick = random.Random(seed).sample(paths, min(8, len(paths)))
+    cols = st.columns(8)
+    for col, path in zip(cols, pick):
+        col.image(D.read_item(path), caption=Path(path.split(D.NPZ_SEPARATOR)[0]).name, clamp=True, width="stretch")

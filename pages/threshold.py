@@ -1,0 +1,138 @@
+"""Threshold: tune the operating point on labelled predictions and save it into the model card."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages.common import active_model, data_root, metric_row
+from pneumo import data as D
+from pneumo import evaluate as E
+from pneumo import explain, plots
+from pneumo.models import PROJECT_ROOT, save_operating_point
+
+st.title("Threshold")
+loaded = active_model()
+if loaded is None:
+    st.error("No model is available. Train one on the Train page.")
+    st.stop()
+model_key = f"{loaded.path}:{loaded.path.stat().st_mtime}"
+
+
+@st.cache_data(show_spinner=False)
+def stored_predictions(path: str, mtime: float) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def folder_predictions(root: str, key: str, _progress=None) -> pd.DataFrame:
+    frame = D.scan(root).frame
+    return E.predict_frame(loaded, frame, progress=_progress)
+
+
+stored = loaded.path.with_name("val_predictions.csv")
+sources = []
+if stored.exists():
+    sources.append("Stored validation predictions")
+root = data_root()
+if root is not None:
+    sources.append(f"Predict the data folder ({root.name})")
+if not sources:
+    st.info("This model has no stored validation predictions and no data folder is selected.")
+    st.stop()
+source = st.radio("Labelled set", sources, horizontal=True)
+if source.startswith("Stored"):
+    preds = stored_predictions(str(stored), stored.stat().st_mtime)
+else:
+    bar = st.progress(0.0, text="Predicting…")
+    try:
+        preds = folder_predictions(str(root), model_key,
+                                   _progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicting… {d}/{t}"))
+    except D.DatasetError as exc:
+        st.error(str(exc))
+        st.stop()
+    finally:
+        bar.empty()
+preds = preds[preds["probability"].notna()]
+y, p = preds["label"].to_numpy(), preds["probability"].to_numpy()
+if len(np.unique(y)) < 2:
+    st.warning("This set holds only one class: curves and most metrics need both NORMAL and PNEUMONIA images.")
+    st.stop()
+
+def _snap(t: float) -> float:
+    # Round down to the slider's resolution: rounding up could drop recall below the target.
+    return math.floor(t * 10_000) / 10_000
+
+
+if "threshold" not in st.session_state:
+    st.session_state["threshold"] = _snap(loaded.threshold)
+
+
+def apply_target() -> None:
+    st.session_state["threshold"] = _snap(E.threshold_for_recall(y, p, st.session_state["target_recall"]))
+    st.session_state["rule"] = f"target recall {st.session_state['target_recall']:.3f}"
+
+
+def apply_rule(name: str) -> None:
+    st.session_state["threshold"] = _snap(E.THRESHOLD_RULES[name](y, p))
+    st.session_state["rule"] = name
+
+
+controls = st.columns([3, 2, 2])
+threshold = controls[0].slider("Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key="threshold")
+controls[1].number_input("Target recall", 0.5, 1.0, 0.98, 0.005, format="%.3f", key="target_recall", on_change=apply_target,
+                         help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.")
+with controls[2]:
+    st.button("Max F1", on_click=apply_rule, args=("max F1",))
+    st.button("Youden J", on_click=apply_rule, args=("Youden J",))
+
+m = E.metrics_at(y, p, threshold)
+metric_row(m, [("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"),
+               ("npv", "NPV"), ("f1", "F1"), ("flagged_fraction", "Flagged for review")])
+left, right = st.columns([1, 2])
+left.plotly_chart(plots.confusion(m["confusion"]), width="stretch")
+c = E.curves(y, p)
+right.plotly_chart(plots.roc_pr(c.roc, c.pr, m), width="stretch")
+left2, right2 = st.columns(2)
+left2.plotly_chart(plots.probability_histogram(y, p, threshold), width="stretch")
+right2.plotly_chart(plots.calibration(E.calibration(y, p)), width="stretch")
+st.caption(f"n = {m['n']} · ROC AUC {m['roc_auc']:.4f} · PR AUC {m['pr_auc']:.4f}")
+
+save_cols = st.columns([2, 3])
+rule = st.session_state.get("rule", "set by hand on the Threshold page")
+if save_cols[0].button("Save operating point", type="primary"):
+    save_operating_point(loaded.path, threshold, f"{rule} (on {source.lower()}, n={m['n']})")
+    st.success(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json').name}; Predict uses it now.")
+save_cols[1].caption(f"Card threshold now: {loaded.threshold:.4f}")
+
+st.subheader("Errors at this threshold")
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def overlay_for(path: str, key: str) -> np.ndarray:
+    img = D.read_item(path)
+    return explain.overlay(img, explain.gradcam(loaded, img, target=1), 0.45)
+
+
+def resolve(path: str) -> Path:
+    candidate = Path(path)
+    return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
+
+
+for title, mask in (("False negatives (missed pneumonia)", (y == 1) & (p < threshold)),
+                    ("False positives (normal flagged)", (y == 0) & (p >= threshold))):
+    rows = preds[mask].sort_values("probability", ascending=title.startswith("False n") is False)
+    st.markdown(f"**{title}: {len(rows)}**")
+    if rows.empty:
+        continue
+    present = [r for r in rows.itertuples() if resolve(r.path).exists() or D.NPZ_SEPARATOR in r.path]
+    if not present:
+        st.info("The images behind these predictions are not on this machine (a fresh clone has only the samples); "
+                "everything above still works.")
+        continue
+    cols = st.columns(4)
+    for i, r in enumerate(present[:8]):
+        path = str(resolve(r.path)) if D.NPZ_SEPARATOR not in r.path else r.path
+        cols[i % 4].image(overlay_for(path, model_key), caption=f"{Path(r.path).name} · p={r.probability:.3f}", width="stretch")

@@ -1,0 +1,106 @@
+"""Plotly figures for the dashboard; each takes plain tables and returns a figure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+CLASS_COLORS = {"NORMAL": "#2a9d8f", "PNEUMONIA": "#e76f51"}
+LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+
+
+def class_counts(counts: pd.DataFrame) -> go.Figure:
+    long = counts.reset_index().melt(id_vars=counts.index.name or "split", var_name="class", value_name="images")
+    fig = px.bar(long, x=long.columns[0], y="images", color="class", barmode="group", text="images",
+                 color_discrete_map=CLASS_COLORS, title="Images per split and class")
+    return fig.update_layout(**LAYOUT)
+
+
+def images_per_patient(per_patient: pd.Series) -> go.Figure:
+    counts = per_patient.value_counts().sort_index()
+    fig = px.bar(x=counts.index, y=counts.values, labels={"x": "images per patient", "y": "patients"},
+                 title="How many images each patient contributes")
+    return fig.update_layout(**LAYOUT)
+
+
+def distribution(stats: pd.DataFrame, column: str, title: str) -> go.Figure:
+    fig = px.histogram(stats, x=column, color="class_name", barmode="overlay", opacity=0.65, nbins=40,
+                       color_discrete_map=CLASS_COLORS, title=title)
+    return fig.update_layout(**LAYOUT)
+
+
+def confusion(conf: dict[str, int]) -> go.Figure:
+    z = [[conf["tn"], conf["fp"]], [conf["fn"], conf["tp"]]]
+    fig = go.Figure(go.Heatmap(z=z, x=["predicted NORMAL", "predicted PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
+                               text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
+    fig.update_yaxes(autorange="reversed", title="actual")
+    return fig.update_layout(title="Confusion matrix", height=320, **LAYOUT)
+
+
+def roc_pr(roc: pd.DataFrame, pr: pd.DataFrame, point: dict[str, Any]) -> go.Figure:
+    """ROC and precision-recall curves with the current operating point marked."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("ROC", "Precision–recall"))
+    fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name="ROC", customdata=roc["threshold"],
+                             hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>t=%{customdata:.3f}"), 1, 1)
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), showlegend=False), 1, 1)
+    fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name="PR", customdata=pr["threshold"],
+                             hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<br>t=%{customdata:.3f}"), 1, 2)
+    spec, sens, prec = point.get("specificity"), point.get("sensitivity"), point.get("precision")
+    if spec is not None and sens is not None:
+        fig.add_trace(go.Scatter(x=[1 - spec], y=[sens], mode="markers", marker=dict(size=13, color="red"),
+                                 name="operating point"), 1, 1)
+    if prec is not None and sens is not None:
+        fig.add_trace(go.Scatter(x=[sens], y=[prec], mode="markers", marker=dict(size=13, color="red"),
+                                 showlegend=False), 1, 2)
+    fig.update_xaxes(title_text="1 − specificity", row=1, col=1)
+    fig.update_yaxes(title_text="sensitivity", row=1, col=1)
+    fig.update_xaxes(title_text="recall (sensitivity)", row=1, col=2)
+    fig.update_yaxes(title_text="precision", row=1, col=2)
+    return fig.update_layout(height=380, **LAYOUT)
+
+
+def probability_histogram(y: np.ndarray, p: np.ndarray, threshold: float) -> go.Figure:
+    frame = pd.DataFrame({"probability": p, "class": np.where(np.asarray(y) == 1, "PNEUMONIA", "NORMAL")})
+    fig = px.histogram(frame, x="probability", color="class", nbins=40, barmode="overlay", opacity=0.65,
+                       color_discrete_map=CLASS_COLORS, title="Predicted probability by true class", range_x=[0, 1])
+    fig.add_vline(x=threshold, line_color="red", line_dash="dash", annotation_text=f"threshold {threshold:.3f}")
+    return fig.update_layout(**LAYOUT)
+
+
+def calibration(cal: pd.DataFrame) -> go.Figure:
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect"))
+    fig.add_trace(go.Scatter(x=cal["predicted"], y=cal["observed"], mode="lines+markers", name="model",
+                             text=cal["count"], hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}"))
+    fig.update_xaxes(title="mean predicted probability", range=[0, 1])
+    fig.update_yaxes(title="observed pneumonia rate", range=[0, 1])
+    return fig.update_layout(title="Calibration", height=340, **LAYOUT)
+
+
+CURVE_METRICS = ("loss", "auc", "recall", "precision")
+
+
+def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
+    """Loss, AUC, recall and precision per epoch, train (solid) and validation (dashed), one colour per run."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=[m.upper() if m == "auc" else m.capitalize() for m in CURVE_METRICS])
+    palette = px.colors.qualitative.Plotly
+    for i, (name, epochs) in enumerate(histories.items()):
+        if not epochs:
+            continue
+        x = [e["epoch"] for e in epochs]
+        color = palette[i % len(palette)]
+        for j, metric in enumerate(CURVE_METRICS):
+            row, col = j // 2 + 1, j % 2 + 1
+            for prefix, dash in (("", "solid"), ("val_", "dash")):
+                key = prefix + metric
+                if key in epochs[0]:
+                    fig.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], mode="lines+markers",
+                                             line=dict(color=color, dash=dash), name=f"{name} {'val' if prefix else 'train'}",
+                                             legendgroup=name, showlegend=(j == 0)), row, col)
+    fig.update_xaxes(title_text="epoch")
+    return fig.update_layout(height=520, **LAYOUT)

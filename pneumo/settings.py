@@ -1,0 +1,64 @@
+"""Where the app may read data and models from: configured roots only, never a visitor's typed path."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from .models import DEFAULT_MODEL_DIR, PROJECT_ROOT
+
+SAMPLES_DIR = PROJECT_ROOT / "data" / "samples"
+DATA_DIR = PROJECT_ROOT / "data"
+RUNS_DIR = PROJECT_ROOT / "runs"
+ENV_DATA_ROOTS = "PNEUMO_DATA_ROOTS"
+ENV_RUNS_DIR = "PNEUMO_RUNS_DIR"
+ENV_MODELS_DIR = "PNEUMO_MODELS_DIR"
+
+
+@dataclass
+class AppSettings:
+    """The folders the dashboard offers; built from defaults, secrets and the environment."""
+
+    data_roots: list[Path] = field(default_factory=list)
+    runs_dir: Path = RUNS_DIR
+    models_dir: Path = DEFAULT_MODEL_DIR
+
+    @classmethod
+    def load(cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "AppSettings":
+        environ = os.environ if environ is None else environ
+        section = dict((secrets or {}).get("pneumo", {}) or {})
+        roots: list[Path] = [SAMPLES_DIR]
+        roots += [DATA_DIR / c.name for c in sorted(DATA_DIR.iterdir()) if c.is_dir() and c != SAMPLES_DIR] if DATA_DIR.is_dir() else []
+        shared = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
+        if shared.is_dir():
+            roots.append(shared / "train" if (shared / "train").is_dir() else shared)
+        roots += [Path(p).expanduser() for p in section.get("data_roots", [])]
+        roots += [Path(p).expanduser() for p in environ.get(ENV_DATA_ROOTS, "").split(os.pathsep) if p]
+        unique: list[Path] = []
+        for root in roots:
+            if root not in unique:
+                unique.append(root)
+        runs_dir = Path(environ.get(ENV_RUNS_DIR) or section.get("runs_dir") or RUNS_DIR).expanduser()
+        models_dir = Path(environ.get(ENV_MODELS_DIR) or DEFAULT_MODEL_DIR).expanduser()
+        return cls(data_roots=unique, runs_dir=runs_dir, models_dir=models_dir)
+
+    def model_choices(self) -> dict[str, Path]:
+        """Label → model path: the shipped default, then every run that has a model, newest first."""
+        from .runs import list_runs
+
+        choices: dict[str, Path] = {}
+        default = self.models_dir / "model.keras"
+        if default.exists():
+            choices["Default (shipped) model"] = default
+        for run in list_runs(self.runs_dir):
+            if run.has_model and run.state in ("finished", "stopped"):
+                auc = f", val AUC {run.best_val_auc:.3f}" if run.best_val_auc is not None else ""
+                choices[f"Run {run.name} ({run.state}{auc})"] = run.path / "model.keras"
+        return choices
+
+    def is_allowed_model(self, path: Path) -> bool:
+        """Models load only from models/ and the runs folder."""
+        resolved = Path(path).resolve()
+        return any(resolved.is_relative_to(root.resolve()) for root in (self.models_dir, self.runs_dir))

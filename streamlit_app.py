@@ -1,0 +1,18 @@
+"""pneumo dashboard entry point: page config, navigation and the shared sidebar."""
+
+import streamlit as st
+
+st.set_page_config(page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide")
+
+from pages.common import settings, sidebar  # noqa: E402
+
+pages = [
+    st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),
+    st.Page("pages/predict.py", title="Predict", icon=":material/radiology:"),
+    st.Page("pages/threshold.py", title="Threshold", icon=":material/tune:"),
+    st.Page("pages/explore.py", title="Dataset Explorer", icon=":material/bar_chart:"),
+    st.Page("pages/train.py", title="Train", icon=":material/model_training:"),
+]
+navigation = st.navigation(pages)
+sidebar(settings())
+navigation.run()

@@ -1,0 +1,116 @@
+"""Every page through Streamlit's AppTest: renders on a fresh start, and widgets change what is shown."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from pneumo import evaluate as E
+from pneumo import runs
+from tests.conftest import ROOT
+
+APP = str(ROOT / "streamlit_app.py")
+PAGES = ["pages/home.py", "pages/predict.py", "pages/threshold.py", "pages/explore.py", "pages/train.py"]
+
+
+@pytest.fixture
+def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of the shipped model (so saving an operating point never touches models/) and an empty runs folder."""
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models)
+    monkeypatch.setenv("PNEUMO_MODELS_DIR", str(models))
+    monkeypatch.setenv("PNEUMO_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setenv("PNEUMO_DATA_ROOTS", "")
+    return tmp_path
+
+
+def _open(page: str) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.run()
+    if page != PAGES[0]:
+        at.switch_page(page)
+        at.run()
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_renders_on_fresh_start(app_env: Path, page: str) -> None:
+    at = _open(page)
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert at.title[0].value
+
+
+def test_home_shows_card_and_disclaimer(app_env: Path) -> None:
+    at = _open(PAGES[0])
+    card = json.loads((app_env / "models" / "card.json").read_text())
+    assert any("not a medical device" in w.value for w in at.warning)
+    assert any(f"{card['threshold']:.4f}" in m.value for m in at.markdown)
+    assert {m.label for m in at.metric} >= {"ROC AUC", "Sensitivity", "Specificity"}
+
+
+def _metric(at: AppTest, label: str) -> str:
+    return next(m.value for m in at.metric if m.label == label)
+
+
+def test_threshold_slider_changes_confusion_and_target_recall_sets_it(app_env: Path) -> None:
+    at = _open("pages/threshold.py")
+    preds = pd.read_csv(app_env / "models" / "val_predictions.csv")
+    slider = at.slider(key="threshold")
+    slider.set_value(0.0).run()
+    assert _metric(at, "Sensitivity") == "1.000" and _metric(at, "Specificity") == "0.000"
+    flagged_all = _metric(at, "Flagged for review")
+    at.slider(key="threshold").set_value(1.0).run()
+    assert _metric(at, "Flagged for review") != flagged_all
+    at.number_input(key="target_recall").set_value(0.9).run()
+    expected = E.threshold_for_recall(preds["label"], preds["probability"], 0.9)
+    assert expected - 1e-4 <= at.slider(key="threshold").value <= expected
+    sens = E.metrics_at(preds["label"], preds["probability"], at.slider(key="threshold").value)["sensitivity"]
+    assert sens >= 0.9
+
+
+def test_save_operating_point_writes_card(app_env: Path) -> None:
+    at = _open("pages/threshold.py")
+    at.slider(key="threshold").set_value(0.4242).run()
+    next(b for b in at.button if b.label == "Save operating point").click().run()
+    card = json.loads((app_env / "models" / "card.json").read_text())
+    assert card["threshold"] == pytest.approx(0.4242) and card["threshold_history"]
+
+
+def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
+    at = _open("pages/predict.py")
+    at.toggle(key="use_samples").set_value(True).run()
+    assert not at.exception
+    probs = [float(m.value) for m in at.metric if m.label == "Probability of pneumonia"]
+    assert len(probs) == 2 and all(0.0 <= p <= 1.0 for p in probs)
+    assert {m.value for m in at.metric if m.label == "Decision"} <= {"PNEUMONIA", "NORMAL", "UNCERTAIN — review"}
+
+
+def _fake_run(root: Path, name: str, aucs: list[float]) -> Path:
+    run = root / name
+    runs.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": len(aucs)})
+    runs.write_status(run, "finished", started=f"2026-01-01T00:00:0{len(aucs)}")
+    for i, auc in enumerate(aucs):
+        runs.append_jsonl(run / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": len(aucs), "loss": 1 - auc,
+                                                  "val_loss": 1.1 - auc, "auc": auc, "val_auc": auc, "lr": 1e-3, "seconds": 1})
+    return run
+
+
+def test_train_page_lists_runs_and_shows_selected_curves(app_env: Path) -> None:
+    _fake_run(app_env / "runs", "run-a", [0.7, 0.8])
+    _fake_run(app_env / "runs", "run-b", [0.6, 0.75, 0.9])
+    at = _open("pages/train.py")
+    table = at.dataframe[0].value
+    assert set(table["run"]) == {"run-a", "run-b"} and set(table["status"]) == {"finished"}
+    watch = at.selectbox[-1]
+    watch.set_value(1).run()
+    charts = at.get("plotly_chart")
+    assert charts, "no learning curves shown"
+    spec = json.loads(charts[0].proto.spec)
+    names = {trace.get("name", "") for trace in spec["data"]}
+    assert any(n.startswith(at.selectbox[-1].format_func(1)) for n in names)
