@@ -122,3 +122,21 @@ def metric_row(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> None:
     for col, (key, label) in zip(cols, keys):
         value = metrics.get(key)
         col.metric(label, "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value)))
+
+
+def _leave_pages_directory_mode() -> None:
+    """Route a deep link through streamlit_app.py.
+
+    Streamlit treats a folder named pages/ beside the entry point as an old-style multipage app until
+    st.navigation has run once in the server process: a first visitor opening /predict directly would
+    run the page alone, without the sidebar. Clearing that flag and rerunning sends the request through
+    the entry point, which then opens the same page.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
+_leave_pages_directory_mode()

@@ -441,22 +441,39 @@ def make_dataset(
         ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=False)
     if training and augmentation is not None:
-        augment = augmenter(augmentation, seed)
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, y: (augment_batch(x, augmentation), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def augmenter(aug: Augmentation, seed: int = 0) -> Any:
-    """Batched Keras augmentation layers (one vectorised call per batch, not per image)."""
-    import keras
+def augment_batch(images: Any, aug: Augmentation) -> Any:
+    """Random rotation, shift and zoom as one affine warp per image, then brightness and contrast.
 
-    return keras.Sequential(
-        [
-            keras.layers.RandomRotation(aug.rotation_deg / 360.0, fill_mode="reflect", seed=seed),
-            keras.layers.RandomTranslation(aug.shift, aug.shift, fill_mode="reflect", seed=seed + 1),
-            keras.layers.RandomZoom((-aug.zoom, aug.zoom), fill_mode="reflect", seed=seed + 2),
-            keras.layers.RandomBrightness(aug.brightness, value_range=(0.0, 1.0), seed=seed + 3),
-            keras.layers.RandomContrast(aug.contrast, value_range=(0.0, 1.0), seed=seed + 4),
-        ],
-        name="augment",
+    One fused resampling pass per batch instead of one per geometric layer (Keras' RandomRotation,
+    RandomTranslation and RandomZoom each resample the whole batch).
+    """
+    import math
+
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+    angle = tf.random.uniform([n], -aug.rotation_deg, aug.rotation_deg) * (math.pi / 180.0)
+    scale = tf.random.uniform([n], 1.0 - aug.zoom, 1.0 + aug.zoom)
+    tx = tf.random.uniform([n], -aug.shift, aug.shift) * float(w)
+    ty = tf.random.uniform([n], -aug.shift, aug.shift) * float(h)
+    # The transform maps each output pixel to the input pixel it samples: rotate and scale about the centre.
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
+    b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
+    a2 = cx - a0 * cx - a1 * cy - tx
+    b2 = cy - b0 * cx - b1 * cy - ty
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.constant([h, w], tf.int32),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
     )
+    delta = tf.random.uniform([n, 1, 1, 1], -aug.brightness, aug.brightness)
+    factor = tf.random.uniform([n, 1, 1, 1], 1.0 - aug.contrast, 1.0 + aug.contrast)
+    mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
+    return tf.clip_by_value((out - mean) * factor + mean + delta, 0.0, 1.0)

@@ -150,3 +150,17 @@ def test_make_dataset_skips_unreadable_and_reads_dicom_via_python(tmp_path: Path
     frame = D.scan(root).frame
     x = np.concatenate([b[0].numpy() for b in D.make_dataset(frame, 32, batch_size=4)])
     assert len(x) == 7  # the TIFF went through the Python decoder, the garbage file was skipped
+
+
+def test_augmentation_warp_is_identity_when_switched_off_and_moves_pixels_otherwise() -> None:
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    batch = tf.constant(np.stack([synthetic_xray(rng, 48, pneumonia=True) for _ in range(4)])[..., None])
+    off = D.Augmentation(rotation_deg=0, shift=0, zoom=0, brightness=0, contrast=0)
+    np.testing.assert_allclose(D.augment_batch(batch, off).numpy(), batch.numpy(), atol=1e-5)
+    shift_only = D.Augmentation(rotation_deg=0, shift=0.2, zoom=0, brightness=0, contrast=0)
+    moved = D.augment_batch(batch, shift_only).numpy()
+    assert moved.shape == batch.shape and np.abs(moved - batch.numpy()).mean() > 0.01
+    # A pure shift keeps the intensity histogram roughly (reflect padding), unlike a brightness change.
+    assert abs(moved.mean() - batch.numpy().mean()) < 0.05

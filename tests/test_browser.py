@@ -1,0 +1,200 @@
+"""The app as a user sees it: headless Chromium (Debian's) driving `streamlit run` on a loopback port.
+
+Screenshots of every page land in artifacts/screenshots/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "artifacts" / "screenshots"
+SAMPLE = next((ROOT / "data" / "samples" / "PNEUMONIA").glob("*.jpeg"))
+
+pytestmark = pytest.mark.browser
+if not CHROMIUM.exists():
+    reason = "Debian chromium is not installed (make test installs it)"
+    if os.environ.get("CI"):
+        raise RuntimeError(reason)  # in CI a missing browser is a failure, not a skip
+    pytestmark = [pytest.mark.browser, pytest.mark.skip(reason=reason)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`streamlit run` in its own process group, restartable."""
+
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log, self.port, self.proc = env, log, _free_port(), None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(self.port),
+               "--server.address", "127.0.0.1", "--server.headless", "true"]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"streamlit did not start; log:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("browser")
+    shutil.copytree(ROOT / "models", root / "models")
+    (root / "runs").mkdir()
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path) -> Iterator[Server]:
+    env = {**os.environ, "PNEUMO_MODELS_DIR": str(workspace / "models"), "PNEUMO_RUNS_DIR": str(workspace / "runs"),
+           "PNEUMO_DATA_ROOTS": "", "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    srv = Server(env, workspace / "streamlit.log")
+    srv.start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                  "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser: object, server: Server) -> Iterator[object]:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(120_000)
+    yield pg
+    ctx.close()
+
+
+def _goto(page: object, server: Server, path: str) -> None:
+    page.goto(f"{server.url}/{path}")
+    page.get_by_role("heading", level=1).first.wait_for()
+    _settle(page)
+
+
+def _settle(page: object) -> None:
+    """Wait until Streamlit has finished running the script."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=120_000)
+
+
+def _shot(page: object, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def test_overview_and_explorer_render(page: object, server: Server) -> None:
+    _goto(page, server, "")
+    page.get_by_text("not a medical device").first.wait_for()
+    page.get_by_text("Active model").first.wait_for()
+    _shot(page, "1-overview")
+    _goto(page, server, "explore")
+    page.get_by_text("Images per split and class").first.wait_for()
+    page.get_by_text("Sample grid").wait_for()
+    _shot(page, "4-explorer")
+
+
+def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, server: Server, tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt_scan.png"
+    corrupt.write_bytes(b"%PDF-1.5 this is a document, not an X-ray")
+    _goto(page, server, "predict")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(SAMPLE), str(corrupt)])
+    page.get_by_text("Probability of pneumonia").first.wait_for()
+    _settle(page)
+    page.get_by_text("corrupt_scan.png could not be read").wait_for()
+    assert page.get_by_text("PDF").count() >= 1
+    value = page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia").locator(
+        '[data-testid="stMetricValue"]').first.inner_text()
+    assert 0.0 <= float(value) <= 1.0
+    cam = page.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM").first
+    cam.wait_for()
+    assert cam.locator("img").evaluate("img => img.naturalWidth") > 0
+    page.get_by_text("Worklist", exact=True).wait_for()
+    _shot(page, "2-predict")
+
+
+def test_threshold_slider_moves_the_numbers(page: object, server: Server) -> None:
+    _goto(page, server, "threshold")
+    spec = page.locator('[data-testid="stMetric"]').filter(has_text="Specificity").locator('[data-testid="stMetricValue"]')
+    before = spec.inner_text()
+    handle = page.get_by_role("slider").first
+    handle.focus()
+    for _ in range(3):
+        handle.press("End")  # threshold 1.0: nothing flagged
+    _settle(page)
+    deadline = time.time() + 60
+    while spec.inner_text() == before and time.time() < deadline:
+        page.wait_for_timeout(500)
+    assert spec.inner_text() != before
+    assert spec.inner_text() == "1.000"
+    _shot(page, "3-threshold")
+
+
+def test_training_run_from_the_page_survives_an_app_restart(page: object, server: Server, workspace: Path) -> None:
+    _goto(page, server, "train")
+    page.get_by_label("Epochs").fill("2")
+    page.get_by_label("Epochs").press("Tab")
+    page.get_by_text("Start", exact=True).click()
+    page.get_by_text("Watch run").wait_for()
+    runs_dir = workspace / "runs"
+    deadline = time.time() + 60
+    while not list(runs_dir.glob("*/status.json")) and time.time() < deadline:
+        time.sleep(0.5)
+    run = next(runs_dir.iterdir())
+
+    # Kill the app while the run trains and start it again: the run goes on and is still listed.
+    server.kill()
+    server.start()
+    _goto(page, server, "train")  # a deep link as the first request: must still go through the entry point
+    page.locator('[data-testid="stSidebar"]').get_by_text("Active model").wait_for()
+    page.get_by_text(run.name).first.wait_for()
+    page.get_by_text("finished").first.wait_for(timeout=300_000)
+    page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
+    _shot(page, "5-train")
+    from pneumo import runs
+
+    assert runs.read_status(run)["state"] == "finished"
+    assert len(runs.epochs_of(runs.read_metrics(run))) == 2
