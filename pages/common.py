@@ -36,7 +36,8 @@ def active_model() -> LoadedModel | None:
     if not path or not Path(path).exists():
         return None
     cached = _cached_model(path, Path(path).stat().st_mtime)
-    return LoadedModel(cached.model, read_card(Path(path)), Path(path))
+    cached.card = read_card(Path(path))  # keep the traced graph; only the card may have changed
+    return cached
 
 
 def data_root() -> Path | None:

@@ -93,23 +93,19 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .explain import explain_to_png
-    from .imaging import InvalidImageError, load_image
     from .models import load_model
+    from .predict import read
 
     loaded = load_model(args.model)
-    threshold = loaded.threshold if args.threshold is None else args.threshold
-    results, rejected = [], False
+    if args.threshold is not None:
+        loaded.card["threshold"] = args.threshold
+    results = []
     for path in args.paths:
-        entry: dict[str, Any] = {"path": path, "probability": None, "prediction": None, "threshold": threshold, "error": None}
-        try:
-            img = load_image(path)
-            prob = float(loaded.predict(img)[0])
-            entry.update(probability=prob, prediction="PNEUMONIA" if prob >= threshold else "NORMAL")
-            if args.cam:
-                entry["cam"] = str(explain_to_png(loaded, img, Path(args.cam) / f"{Path(path).stem}_gradcam.png"))
-        except InvalidImageError as exc:
-            entry["error"] = str(exc)
-            rejected = True
+        reading = read(loaded, path)
+        entry: dict[str, Any] = {"path": path, "probability": reading.probability, "prediction": reading.decision,
+                                 "threshold": loaded.threshold, "error": f"{reading.name}: {reading.error}" if reading.error else None}
+        if args.cam and reading.xray is not None:
+            entry["cam"] = str(explain_to_png(loaded, reading.xray.pixels, Path(args.cam) / f"{Path(path).stem}_gradcam.png"))
         results.append(entry)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -118,8 +114,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if r["error"]:
                 print(f"{r['path']}: ERROR {r['error']}")
             else:
-                print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {threshold:.4f})")
-    return 2 if rejected else 0
+                print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {r['threshold']:.4f})")
+    return 2 if any(r["error"] for r in results) else 0
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:

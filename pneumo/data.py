@@ -23,6 +23,20 @@ TF_DECODABLE = {".png", ".jpg", ".jpeg", ".bmp"}
 
 Progress = Callable[[int, int], None]
 
+KERMANY_ATTRIBUTION = (
+    "Kermany, D. S., Goldbaum, M., Cai, W. et al. Identifying Medical Diagnoses and Treatable Diseases by "
+    "Image-Based Deep Learning. Cell 172(5), 1122-1131.e9 (2018), https://doi.org/10.1016/j.cell.2018.02.010. "
+    "Data: Kermany, D., Zhang, K., Goldbaum, M. (2018), Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+    "Images for Classification, Mendeley Data v2, https://doi.org/10.17632/rscbjbr9sj.2. "
+    "Licence: CC BY 4.0, https://creativecommons.org/licenses/by/4.0/"
+)
+
+
+def looks_like_kermany(frame: pd.DataFrame) -> bool:
+    """True when most file names follow the Kermany collection's patterns (personN_*, IM-XXXX-YYYY)."""
+    names = frame["path"].map(lambda p: Path(p).name)
+    return bool(len(names)) and names.str.contains(r"person\d+_|IM-\d+-\d+", regex=True).mean() > 0.5
+
 _PERSON = re.compile(r"person(\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _IM = re.compile(r"(?:NORMAL2-)?IM-(\d+)-\d+", re.IGNORECASE)
 

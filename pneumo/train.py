@@ -287,6 +287,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "library_versions": library_versions(),
         "config": asdict(config),
         "command": _command(config, run_dir),
+        "data_attribution": D.KERMANY_ATTRIBUTION if D.looks_like_kermany(frame) else "",
         "created": runs.now_iso(),
     }
     runs.atomic_write_json(run_dir / "card.json", card)
