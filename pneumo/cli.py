@@ -38,7 +38,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_json(args.config, None) or {})
-    for key in ("data", "model", "epochs", "image_size", "batch_size", "val_fraction", "seed", "learning_rate", "max_images", "weights"):
+    for key in ("data", "model", "epochs", "image_size", "batch_size", "val_fraction", "seed", "split_seed",
+                "learning_rate", "max_images", "weights"):
         value = getattr(args, key)
         if value is not None:
             values[key] = value
@@ -76,6 +77,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     card = train(config, args.out, hook=hook)
     vm = card["validation_metrics"]
     print(json.dumps({"run": str(args.out), "threshold": card["threshold"], "validation": vm}, indent=2))
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .train import ensemble
+
+    card = ensemble(args.runs, args.out, args.target_recall)
+    print(json.dumps({"model": str(Path(args.out) / "model.keras"), "threshold": card["threshold"],
+                      "validation": card["validation_metrics"]}, indent=2))
     return 0
 
 
@@ -153,12 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", dest="val_fraction", type=float)
     p.add_argument("--learning-rate", dest="learning_rate", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--split-seed", dest="split_seed", type=int, help="validation split seed (default: --seed)")
     p.add_argument("--max-images", dest="max_images", type=int, help="train on a stratified subsample")
     p.add_argument("--weights", choices=["none", "imagenet"])
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--config", help="a config.json to start from (flags override it)")
     p.add_argument("--out", required=True, help="run directory to create or reuse")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("ensemble", help="average several runs (one validation split) into one model")
+    p.add_argument("runs", nargs="+", help="run directories")
+    p.add_argument("--target-recall", dest="target_recall", type=float, default=0.98)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled folder")
     p.add_argument("--model", help="path to a .keras model (default: the shipped model)")

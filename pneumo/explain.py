@@ -39,7 +39,6 @@ def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, s
     tf-keras-vis reads the target layer's output from the model's own graph, which a layer inside a
     nested backbone is not part of. We replay the model with the backbone's layers inlined (same
     weights) and an identity layer after the target, so the gradient flows through a top-level tensor.
-    Only models whose top level is a chain of layers are supported.
     """
     holder, layer = _find_layer(model, layer_name)
     if holder is None:
@@ -51,17 +50,16 @@ def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, s
             return lambda *args, **kwargs: alias(operation(*args, **kwargs))
         return operation
 
+    def inline(operation: Any) -> Any:
+        if operation is holder:
+            # Re-run the backbone's own layers (shared weights) node by node, so they land in the
+            # outer graph instead of behind one opaque nested call.
+            return lambda x, *args, **kwargs: holder._run_through_graph(x, operation_fn=replay)
+        return operation
+
+    outer = getattr(model, "_functional", model)  # a Sequential keeps its graph in _functional
     inputs = keras.Input(shape=model.input_shape[1:], name="xray")
-    x = inputs
-    for top in model.layers:
-        if isinstance(top, keras.layers.InputLayer):
-            continue
-        if top is holder:
-            # Re-run the backbone's own layers (shared weights) on our tensor, node by node, so they
-            # land in the outer graph instead of behind one opaque nested call.
-            x = holder._run_through_graph(x, operation_fn=replay)
-        else:
-            x = top(x)
+    x = outer._run_through_graph(inputs, operation_fn=inline)
     return keras.Model(inputs, x, name=f"{model.name}_for_gradcam"), TARGET_ALIAS
 
 

@@ -36,6 +36,7 @@ class TrainConfig:
     dropout: float = 0.3
     weights: str = "none"  # "imagenet" for keras.applications backbones when the file can be obtained
     seed: int = 0
+    split_seed: int | None = None  # None: same as seed; fix it to train several models on one validation split
     mixed_precision: bool = True  # used only on a GPU
     target_recall: float = 0.98
     max_images: int = 0  # 0: all; otherwise a stratified subsample, for quick trials
@@ -211,7 +212,8 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     dataset = D.scan(config.data)
     frame = _subsample(dataset.frame[dataset.frame["split"] != "test"], config.max_images, config.seed)
     dups = D.duplicate_groups(D.inspect_images(frame["path"]))
-    train_df, val_df = D.split(frame, config.val_fraction, config.seed, dups)
+    split_seed = config.seed if config.split_seed is None else config.split_seed
+    train_df, val_df = D.split(frame, config.val_fraction, split_seed, dups)
     aug = D.Augmentation() if config.augment else None
     train_ds = D.make_dataset(train_df, size, config.batch_size, training=True, augmentation=aug, seed=config.seed)
     val_ds = D.make_dataset(val_df, size, config.batch_size)
@@ -298,10 +300,80 @@ def _command(config: TrainConfig, run_dir: Path) -> str:
     defaults = TrainConfig()
     parts = ["python -m pneumo train", f"--data {config.data}"]
     flags = {"model": "--model", "epochs": "--epochs", "image_size": "--image-size", "batch_size": "--batch-size",
-             "val_fraction": "--val-fraction", "seed": "--seed", "learning_rate": "--learning-rate"}
+             "val_fraction": "--val-fraction", "seed": "--seed", "split_seed": "--split-seed",
+             "learning_rate": "--learning-rate"}
     for key, flag in flags.items():
         if getattr(config, key) != getattr(defaults, key):
             parts.append(f"{flag} {getattr(config, key)}")
     parts.append(f"--out {run_dir}")
     return " ".join(parts)
 
+
+
+def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98) -> dict[str, Any]:
+    """Average the probabilities of several runs trained on one validation split into one model.
+
+    The members must share their validation images (same data and split seed), so the ensemble's
+    threshold and figures still come from images none of its members trained on.
+    """
+    import keras
+    import pandas as pd
+
+    from . import evaluate as E
+    from .models import load_model
+
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    members = [load_model(r / "model.keras") for r in run_dirs]
+    vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
+    if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):
+        raise ValueError("the runs do not share one validation split; train them with the same --split-seed")
+    sizes = {m.input_size for m in members}
+    if len(sizes) != 1:
+        raise ValueError(f"members have different input sizes {sorted(sizes)}")
+    size = sizes.pop()
+    inp = keras.Input((size, size, 1), name="xray")
+    outputs = []
+    for i, member in enumerate(members):
+        member.model.name = f"member{i + 1}"  # nested models need distinct names
+        outputs.append(member.model(inp))
+    model = keras.Model(inp, keras.layers.Average(name="mean_probability")(outputs), name="ensemble")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _save_model(model, out_dir / "model.keras")
+
+    loaded = load_model(out_dir / "model.keras")
+    val = vals[0][["path", "label", "patient_id"]]
+    predicted = E.predict_frame(loaded, val)
+    predicted[["path", "label", "probability", "patient_id"]].to_csv(out_dir / "val_predictions.csv", index=False)
+    threshold = E.threshold_for_recall(predicted["label"], predicted["probability"], target_recall)
+    cards = [m.card for m in members]
+    first = cards[0]
+    histories = {r.name: runs.read_json(r / "history.json", []) for r in run_dirs}
+    runs.atomic_write_json(out_dir / "history.json", histories)
+    card = {
+        **{k: first.get(k) for k in ("input", "preprocessing", "class_names", "output", "training_data", "data_attribution")},
+        "name": out_dir.name,
+        "architecture": f"ensemble of {len(members)} × {first.get('architecture')}",
+        "description": f"Mean probability of {len(members)} {first.get('architecture')} models trained with different "
+                       "initialisation and augmentation seeds on one patient-level split.",
+        "members": [{"run": r.name, "seed": c.get("config", {}).get("seed"), "best_epoch": c.get("best_epoch"),
+                     "val_roc_auc": c.get("validation_metrics", {}).get("roc_auc")} for r, c in zip(run_dirs, cards)],
+        "input_size": size,
+        "gradcam_layer": first.get("gradcam_layer"),
+        "gradcam_note": "Grad-CAM is taken on the first member's feature map.",
+        "parameters": int(model.count_params()),
+        "validation_metrics": E.metrics_at(predicted["label"], predicted["probability"], threshold),
+        "threshold": threshold,
+        "threshold_rule": f"highest threshold with validation sensitivity >= {target_recall}",
+        "training_seconds": round(sum(c.get("training_seconds", 0.0) for c in cards), 1),
+        "device": first.get("device"),
+        "library_versions": library_versions(),
+        "config": first.get("config"),
+        "command": " && ".join(c.get("command", "") for c in cards)
+        + f" && python -m pneumo ensemble {' '.join(str(r) for r in run_dirs)} --out {out_dir}",
+        "created": runs.now_iso(),
+    }
+    runs.atomic_write_json(out_dir / "card.json", card)
+    return card

@@ -67,3 +67,28 @@ def test_failure_is_recorded(tmp_path: Path) -> None:
 def test_config_rejects_unknown_keys() -> None:
     with pytest.raises(ValueError, match="colour"):
         TrainConfig.from_dict({"colour": "blue"})
+
+
+def test_ensemble_averages_members_on_their_shared_split(tiny_run: Path, tmp_path: Path) -> None:
+    from pneumo import explain
+    from pneumo.train import ensemble
+
+    config = TrainConfig.from_dict({**json.loads((tiny_run / "config.json").read_text()), "seed": 1, "split_seed": 0})
+    other = tmp_path / "other"
+    train(config, other)
+    card = ensemble([tiny_run, other], tmp_path / "ens")
+    preds = pd.read_csv(tmp_path / "ens" / "val_predictions.csv").set_index("path")
+    members = [pd.read_csv(r / "val_predictions.csv").set_index("path") for r in (tiny_run, other)]
+    mean = (members[0]["probability"] + members[1]["probability"]) / 2
+    np.testing.assert_allclose(preds["probability"], mean.loc[preds.index], atol=1e-5)
+    pos = preds[preds.label == 1]
+    assert (pos.probability >= card["threshold"]).mean() >= 0.98
+    loaded = load_model(tmp_path / "ens")
+    img = np.random.default_rng(0).random((64, 64)).astype("float32")
+    heat = explain.gradcam(loaded, img)  # the target layer sits inside a nested member
+    assert heat.shape == (64, 64)
+
+    config = TrainConfig.from_dict({**config.__dict__, "split_seed": 5})
+    train(config, tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="split"):
+        ensemble([tiny_run, tmp_path / "elsewhere"], tmp_path / "bad")
