@@ -33,7 +33,7 @@ def _cached_model(path: str, mtime: float) -> LoadedModel:
 def active_model() -> LoadedModel | None:
     """The model picked in the sidebar, with its card read afresh (the threshold may have changed)."""
     path = st.session_state.get("model_path")
-    if not path or not Path(path).exists():
+    if not path or not Path(path).exists() or not settings().is_allowed_model(Path(path)):
         return None
     cached = _cached_model(path, Path(path).stat().st_mtime)
     cached.card = read_card(Path(path))  # keep the traced graph; only the card may have changed

@@ -25,7 +25,7 @@ except D.DatasetError as exc:
 st.caption(f"`{summary.root}` — {summary.layout}, {summary.n_images:,} images")
 cols = st.columns(5)
 cols[0].metric("Images", f"{summary.n_images:,}")
-cols[1].metric("Imbalance (majority : minority)", f"{summary.imbalance_ratio:.2f} : 1")
+cols[1].metric("Imbalance ratio", f"{summary.imbalance_ratio:.2f} : 1", help="majority : minority class")
 cols[2].metric("Patients", f"{len(summary.images_per_patient):,}")
 cols[3].metric("Duplicate groups", len(summary.duplicate_groups))
 cols[4].metric("Unreadable files", len(summary.unreadable))

@@ -5,6 +5,7 @@ Screenshots of every page land in artifacts/screenshots/.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
+import psutil
 import pytest
 
 from tests.conftest import ROOT
@@ -141,9 +143,11 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     corrupt = tmp_path / "corrupt_scan.png"
     corrupt.write_bytes(b"%PDF-1.5 this is a document, not an X-ray")
     _goto(page, server, "predict")
+    started = time.perf_counter()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(SAMPLE), str(corrupt)])
     page.get_by_text("Probability of pneumonia").first.wait_for()
     _settle(page)
+    shown_s = time.perf_counter() - started
     page.get_by_text("corrupt_scan.png could not be read").wait_for()
     assert page.get_by_text("PDF").count() >= 1
     value = page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia").locator(
@@ -154,6 +158,10 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     assert cam.locator("img").evaluate("img => img.naturalWidth") > 0
     page.get_by_text("Worklist", exact=True).wait_for()
     _shot(page, "2-predict")
+    rss_mb = psutil.Process(server.proc.pid).memory_info().rss / 2**20
+    SHOTS.parent.joinpath("predict_timing.json").write_text(json.dumps(
+        {"upload_to_prediction_with_gradcam_s": round(shown_s, 2), "app_rss_mb_after_predict": round(rss_mb, 1)}, indent=2))
+    assert rss_mb < 1024, f"app uses {rss_mb:.0f} MB after a prediction with Grad-CAM"
 
 
 def test_threshold_slider_moves_the_numbers(page: object, server: Server) -> None:
