@@ -83,6 +83,8 @@ for digest, reading in readings:
         cam = explain.overlay(reading.xray.pixels, heat, opacity)
         images[1].image(cam, caption="Grad-CAM", width="stretch")
         images[2].image(explain.overlay(reading.xray.pixels, heat_pp, opacity), caption="Grad-CAM++", width="stretch")
+        st.caption("Warm colours mark the regions that drove the model towards its decision for this image; they "
+                   "are not a segmentation of disease.")
         st.download_button("Download Grad-CAM overlay (PNG)", explain.png_bytes(cam),
                            f"{Path(reading.name).stem}_gradcam.png", "image/png", key=f"dl-{digest}")
         if reading.xray.dicom:

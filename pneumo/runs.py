@@ -27,6 +27,7 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp makes 0600; run files are read by the app, possibly as another user
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
