@@ -105,9 +105,9 @@ def _describe(frame: pd.DataFrame, columns: list[str]) -> dict[str, dict[str, fl
 
 def parse_name(path: str) -> tuple[str, str]:
     """Patient id and pneumonia subtype from a Kermany-style file name."""
-    stem = Path(path.split(NPZ_SEPARATOR)[0] if NPZ_SEPARATOR in path else path).stem
-    if NPZ_SEPARATOR in path:
+    if NPZ_SEPARATOR in path:  # MedMNIST items carry no patient: each image is its own group
         return path, ""
+    stem = Path(path).stem
     m = _PERSON.search(stem)
     if m:
         return f"person{m.group(1)}", {"bacteria": "bacterial", "virus": "viral"}[m.group(2).lower()]

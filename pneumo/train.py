@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import platform
 import time
 import traceback
@@ -101,60 +102,57 @@ def _subsample(frame: Any, n: int, seed: int) -> Any:
     return keep.sort_index()
 
 
-class _RunCallback:
-    """Keras callback factory kept lazy so importing this module stays cheap."""
+def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: MetricsHook | None) -> Any:
+    """The Keras callback that writes metrics.jsonl, keeps the best model and honours the STOP file."""
+    import keras
 
-    @staticmethod
-    def make(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: MetricsHook | None) -> Any:
-        import keras
+    class RunLogger(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.best_auc = -math.inf
+            self.every = max(1, steps // 25)
+            self.t_epoch = time.time()
+            self.t_start = time.time()
+            self.epoch = 1
 
-        class RunLogger(keras.callbacks.Callback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.best_auc = -math.inf
-                self.every = max(1, steps // 25)
-                self.t_epoch = time.time()
-                self.t_start = time.time()
-                self.epoch = 1
+        def _emit(self, record: dict[str, Any]) -> None:
+            runs.append_jsonl(run_dir / "metrics.jsonl", record)
+            if hook:
+                hook(record)
 
-            def _emit(self, record: dict[str, Any]) -> None:
-                runs.append_jsonl(run_dir / "metrics.jsonl", record)
-                if hook:
-                    hook(record)
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.t_epoch = time.time()
+            self.epoch = epoch + 1
 
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self.t_epoch = time.time()
-                self.epoch = epoch + 1
+        def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
+            if runs.stop_requested(run_dir):
+                self.model.stop_training = True
+            done = batch + 1
+            if done % self.every == 0 or done == steps:
+                elapsed = time.time() - self.t_epoch
+                epoch = self.epoch
+                per_step = elapsed / done
+                remaining = (steps - done) * per_step + (epochs - epoch) * steps * per_step
+                self._emit({
+                    "type": "progress", "epoch": epoch, "epochs": epochs, "batch": done, "batches": steps,
+                    "loss": float((logs or {}).get("loss", float("nan"))), "eta_s": round(remaining, 1),
+                    "elapsed_s": round(time.time() - self.t_start, 1),
+                })
 
-            def on_train_batch_end(self, batch: int, logs: Any = None) -> None:
-                if runs.stop_requested(run_dir):
-                    self.model.stop_training = True
-                done = batch + 1
-                if done % self.every == 0 or done == steps:
-                    elapsed = time.time() - self.t_epoch
-                    epoch = self.epoch
-                    per_step = elapsed / done
-                    remaining = (steps - done) * per_step + (epochs - epoch) * steps * per_step
-                    self._emit({
-                        "type": "progress", "epoch": epoch, "epochs": epochs, "batch": done, "batches": steps,
-                        "loss": float((logs or {}).get("loss", float("nan"))), "eta_s": round(remaining, 1),
-                        "elapsed_s": round(time.time() - self.t_start, 1),
-                    })
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = dict(logs or {})
+            lr = float(schedule(self.model.optimizer.iterations)) if callable(schedule) else float(schedule)
+            record = {"type": "epoch", "epoch": epoch + 1, "epochs": epochs, "lr": lr,
+                      "seconds": round(time.time() - self.t_epoch, 2)}
+            record.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
+            val_auc = record.get("val_auc", -math.inf)
+            if val_auc > self.best_auc:
+                self.best_auc = val_auc
+                _save_model(self.model, run_dir / "model.keras")
+                record["best"] = True
+            self._emit(record)
 
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                logs = dict(logs or {})
-                lr = float(schedule(self.model.optimizer.iterations)) if callable(schedule) else float(schedule)
-                record = {"type": "epoch", "epoch": epoch + 1, "epochs": epochs, "lr": lr,
-                          "seconds": round(time.time() - self.t_epoch, 2)}
-                record.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
-                val_auc = record.get("val_auc", -math.inf)
-                if val_auc > self.best_auc:
-                    self.best_auc = val_auc
-                    _save_model(self.model, run_dir / "model.keras")
-                    record["best"] = True
-                self._emit(record)
-
-        return RunLogger()
+    return RunLogger()
 
 
 def _save_model(model: Any, path: Path) -> None:
@@ -170,8 +168,6 @@ def train(config: TrainConfig, run_dir: str | Path, hook: MetricsHook | None = N
     run_dir.mkdir(parents=True, exist_ok=True)
     runs.atomic_write_json(run_dir / "config.json", asdict(config))
     started = time.time()
-    import os
-
     runs.write_status(run_dir, "running", pid=os.getpid(), started=runs.now_iso(), error=None)
     try:
         card = _train(config, run_dir, hook, started)
@@ -255,7 +251,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
     }
     runs.atomic_write_json(run_dir / "data_summary.json", summary)
-    callback = _RunCallback.make(run_dir, steps, config.epochs, schedule, hook)
+    callback = _run_logger(run_dir, steps, config.epochs, schedule, hook)
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, class_weight=weights, callbacks=[callback], verbose=0)
     if not (run_dir / "model.keras").exists():  # stopped before the first epoch ended
         _save_model(model, run_dir / "model.keras")
