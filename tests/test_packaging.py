@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-import tomllib
+import pytest
 
 from tests.conftest import ROOT
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    tomllib = pytest.importorskip("tomli")
 
 
 def _names(specs: list[str]) -> set[str]:
