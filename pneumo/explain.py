@@ -63,13 +63,28 @@ def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, s
     return keras.Model(inputs, x, name=f"{model.name}_for_gradcam"), TARGET_ALIAS
 
 
+def explained_network(model: keras.Model, layer_name: str) -> keras.Model:
+    """The network Grad-CAM runs through.
+
+    For an ensemble (an Average over member networks) it is the member holding the target layer: the
+    other members do not depend on that feature map, so the ensemble's Grad-CAM weights are the
+    member's scaled by 1/N, which normalisation removes — the same map at a fraction of the cost.
+    """
+    holder, _ = _find_layer(model, layer_name)
+    last = model.layers[-1]
+    is_average = isinstance(last, keras.layers.Average)
+    if holder is not None and is_average and holder.input_shape == model.input_shape and holder.output_shape == model.output_shape:
+        return holder
+    return model
+
+
 def _explainer(model: keras.Model, method: str, layer: str) -> tuple[Any, str]:
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 
     key = (id(model), method, layer)
     if key not in _explainers:
-        target_model, target_layer = reachable_model(model, layer)
+        target_model, target_layer = reachable_model(explained_network(model, layer), layer)
         cls = GradcamPlusPlus if method == "gradcam++" else Gradcam
         # clone=False: the model is never modified, and a copy would double its memory.
         _explainers[key] = (cls(target_model, clone=False), target_layer)
