@@ -68,7 +68,8 @@ def explained_network(model: keras.Model, layer_name: str) -> keras.Model:
 
     For an ensemble (an Average over member networks) it is the member holding the target layer: the
     other members do not depend on that feature map, so the ensemble's Grad-CAM weights are the
-    member's scaled by 1/N, which normalisation removes — the same map at a fraction of the cost.
+    member's scaled by 1/N, which normalisation removes: the same map at a fraction of the cost.
+    (Grad-CAM++ weighs by the score itself, so there it is the member's own map.)
     """
     holder, _ = _find_layer(model, layer_name)
     last = model.layers[-1]
