@@ -171,13 +171,13 @@ def test_threshold_slider_moves_the_numbers(page: object, server: Server) -> Non
     handle = page.get_by_role("slider").first
     handle.focus()
     for _ in range(3):
-        handle.press("End")  # threshold 1.0: nothing flagged
+        handle.press("Home")  # threshold 0.0: every image flagged, so no normal is cleared
     _settle(page)
     deadline = time.time() + 60
     while spec.inner_text() == before and time.time() < deadline:
         page.wait_for_timeout(500)
     assert spec.inner_text() != before
-    assert spec.inner_text() == "1.000"
+    assert spec.inner_text() == "0.000"
     _shot(page, "3-threshold")
 
 
