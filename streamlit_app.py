@@ -4,7 +4,9 @@ import streamlit as st
 
 st.set_page_config(page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide")
 
-from pages.common import settings, sidebar  # noqa: E402
+from pages.common import ENTRY_MARK, settings, sidebar  # noqa: E402
+
+st.session_state[ENTRY_MARK] = True
 
 pages = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),

@@ -11,6 +11,7 @@ from pneumo import data as D
 from pneumo.models import LoadedModel, load_model, read_card
 from pneumo.settings import AppSettings
 
+ENTRY_MARK = "_entry_point_ran"
 DISCLAIMER = (
     "**Research use only — not a medical device.** pneumo has not been cleared by any regulator; its output "
     "must not be used to diagnose or treat patients without a qualified clinician's own reading."
@@ -125,19 +126,16 @@ def metric_row(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> None:
         col.metric(label, "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value)))
 
 
-def _leave_pages_directory_mode() -> None:
-    """Route a deep link through streamlit_app.py.
+def require_entry_point() -> None:
+    """Make sure this run went through streamlit_app.py; call first on every page.
 
     Streamlit treats a folder named pages/ beside the entry point as an old-style multipage app until
-    st.navigation has run once in the server process: a first visitor opening /predict directly would
-    run the page alone, without the sidebar. Clearing that flag and rerunning sends the request through
-    the entry point, which then opens the same page.
+    st.navigation has run once in the server process: a visitor whose first request after a (re)start
+    is a deep link (/predict) would get the page alone, without the sidebar and navigation. Clearing
+    that flag and rerunning sends the session through the entry point, which opens the same page.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
-    if PagesManager.uses_pages_directory:
+    if not st.session_state.get(ENTRY_MARK):
         PagesManager.uses_pages_directory = False
         st.rerun()
-
-
-_leave_pages_directory_mode()

@@ -6,9 +6,11 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.common import data_root, summarize_with_bar
+from pages.common import data_root, require_entry_point, summarize_with_bar
 from pneumo import data as D
 from pneumo import plots
+
+require_entry_point()
 
 st.title("Dataset Explorer")
 root = data_root()

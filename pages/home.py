@@ -2,7 +2,9 @@
 
 import streamlit as st
 
-from pages.common import DISCLAIMER, active_model, data_root, device_description, metric_row
+from pages.common import DISCLAIMER, active_model, data_root, device_description, metric_row, require_entry_point
+
+require_entry_point()
 
 st.title("pneumo — chest X-ray pneumonia screening")
 st.warning(DISCLAIMER, icon=":material/warning:")

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from pages.common import DISCLAIMER, active_model
+from pages.common import DISCLAIMER, active_model, require_entry_point
 from pneumo import explain, predict
 from pneumo.settings import SAMPLES_DIR
+
+require_entry_point()
 
 st.title("Predict")
 st.caption(DISCLAIMER)

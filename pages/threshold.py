@@ -7,11 +7,13 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.common import active_model, data_root, metric_row
+from pages.common import active_model, data_root, metric_row, require_entry_point
 from pneumo import data as D
 from pneumo import evaluate as E
 from pneumo import explain, plots
 from pneumo.models import PROJECT_ROOT, save_operating_point
+
+require_entry_point()
 
 st.title("Threshold")
 loaded = active_model()

@@ -5,10 +5,12 @@ from dataclasses import fields
 import pandas as pd
 import streamlit as st
 
-from pages.common import activate_model, data_root, device_description, settings
+from pages.common import activate_model, data_root, device_description, require_entry_point, settings
 from pneumo import plots, runs
 from pneumo.models import ARCHITECTURES
 from pneumo.train import TrainConfig
+
+require_entry_point()
 
 st.title("Train")
 cfg = settings()
