@@ -54,12 +54,11 @@ def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, s
         if operation is holder:
             # Re-run the backbone's own layers (shared weights) node by node, so they land in the
             # outer graph instead of behind one opaque nested call.
-            return lambda x, *args, **kwargs: holder._run_through_graph(x, operation_fn=replay)
+            return lambda x, *args, **kwargs: _graph(holder)._run_through_graph(x, operation_fn=replay)
         return operation
 
-    outer = getattr(model, "_functional", model)  # a Sequential keeps its graph in _functional
     inputs = keras.Input(shape=model.input_shape[1:], name="xray")
-    x = outer._run_through_graph(inputs, operation_fn=inline)
+    x = _graph(model)._run_through_graph(inputs, operation_fn=inline)
     return keras.Model(inputs, x, name=f"{model.name}_for_gradcam"), TARGET_ALIAS
 
 
@@ -77,6 +76,11 @@ def explained_network(model: keras.Model, layer_name: str) -> keras.Model:
     if holder is not None and is_average and holder.input_shape == model.input_shape and holder.output_shape == model.output_shape:
         return holder
     return model
+
+
+def _graph(model: keras.Model) -> Any:
+    """The functional graph of a model (a Sequential keeps its own in _functional)."""
+    return getattr(model, "_functional", model)
 
 
 def _explainer(model: keras.Model, method: str, layer: str) -> tuple[Any, str]:

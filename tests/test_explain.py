@@ -24,46 +24,37 @@ def _blob_data(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray
     return np.clip(x, 0, 1), y, centers
 
 
-def _features(name: str) -> list[layers.Layer]:
-    return [
+def _blob_model(nested: bool, seed: int) -> LoadedModel:
+    """A small CNN trained on the blob task; with nested=True its feature layers sit in a backbone sub-model."""
+    keras.utils.set_random_seed(seed)
+    name = "deep_feat" if nested else "feat"
+    features = [
         layers.Conv2D(8, 3, padding="same", activation="relu"),
         layers.MaxPooling2D(2),
         layers.Conv2D(16, 3, padding="same", activation="relu", name=name),
     ]
-
-
-def _train(model: keras.Model, rng: np.random.Generator) -> None:
-    x, y, _ = _blob_data(400, rng)
+    inp = keras.Input((SIZE, SIZE, 1))
+    if nested:
+        x = keras.Sequential([keras.Input((SIZE, SIZE, 1)), *features], name="backbone")(inp)
+    else:
+        x = inp
+        for layer in features:
+            x = layer(x)
+    model = keras.Model(inp, layers.Dense(1, activation="sigmoid")(layers.GlobalAveragePooling2D()(x)))
+    x_train, y_train, _ = _blob_data(400, np.random.default_rng(seed))
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
-    model.fit(x[..., None], y, epochs=8, batch_size=32, verbose=0)
+    model.fit(x_train[..., None], y_train, epochs=8, batch_size=32, verbose=0)
+    return LoadedModel(model, {"gradcam_layer": name, "threshold": 0.5}, Path(f"{name}.keras"))
 
 
 @pytest.fixture(scope="module")
 def flat_model() -> LoadedModel:
-    keras.utils.set_random_seed(0)
-    inp = keras.Input((SIZE, SIZE, 1))
-    x = inp
-    for layer in _features("feat"):
-        x = layer(x)
-    out = layers.Dense(1, activation="sigmoid")(layers.GlobalAveragePooling2D()(x))
-    model = keras.Model(inp, out)
-    _train(model, np.random.default_rng(0))
-    return LoadedModel(model, {"gradcam_layer": "feat", "threshold": 0.5}, Path("flat.keras"))
+    return _blob_model(nested=False, seed=0)
 
 
 @pytest.fixture(scope="module")
 def nested_model() -> LoadedModel:
-    keras.utils.set_random_seed(1)
-    b_in = keras.Input((SIZE, SIZE, 1))
-    x = b_in
-    for layer in _features("deep_feat"):
-        x = layer(x)
-    backbone = keras.Model(b_in, x, name="backbone")
-    inp = keras.Input((SIZE, SIZE, 1))
-    out = layers.Dense(1, activation="sigmoid")(layers.GlobalAveragePooling2D()(backbone(inp)))
-    model = keras.Model(inp, out)
-    _train(model, np.random.default_rng(1))
-    return LoadedModel(model, {"gradcam_layer": "deep_feat", "threshold": 0.5}, Path("nested.keras"))
+    return _blob_model(nested=True, seed=1)
 
 
 def _peak_distance(loaded: LoadedModel, method: str) -> list[float]:
