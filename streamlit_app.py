@@ -4,6 +4,10 @@ import streamlit as st
 
 st.set_page_config(page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide")
 
+from pneumo.settings import limit_malloc_arenas  # noqa: E402
+
+limit_malloc_arenas()  # before TensorFlow starts its thread pools
+
 from pages.common import ENTRY_MARK, settings, sidebar  # noqa: E402
 
 st.session_state[ENTRY_MARK] = True
