@@ -4,7 +4,7 @@ import streamlit as st
 
 st.set_page_config(page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide")
 
-from pneumo.settings import limit_malloc_arenas  # noqa: E402
+from pneumo.memory import limit_malloc_arenas  # noqa: E402
 
 limit_malloc_arenas()  # before TensorFlow starts its thread pools
 

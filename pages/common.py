@@ -8,6 +8,8 @@ from typing import Any
 import streamlit as st
 
 from pneumo import data as D
+from pneumo import explain
+from pneumo.memory import release_file_pages
 from pneumo.models import LoadedModel, load_model, read_card
 from pneumo.settings import AppSettings
 
@@ -28,7 +30,10 @@ def settings() -> AppSettings:
 
 @st.cache_resource(show_spinner="Loading model…")
 def _cached_model(path: str, mtime: float) -> LoadedModel:
-    return load_model(path)
+    loaded = load_model(path)
+    explain.warm_up(loaded)
+    release_file_pages()  # the start-up pages of TensorFlow, now that everything has been traced once
+    return loaded
 
 
 def active_model() -> LoadedModel | None:

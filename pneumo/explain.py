@@ -144,3 +144,12 @@ def explain_to_png(loaded: LoadedModel, image: np.ndarray, path: str | Path, met
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png_bytes(overlay(image, gradcam(loaded, image, method), alpha)))
     return path
+
+
+def warm_up(loaded: LoadedModel) -> None:
+    """Trace the forward pass and both explainers once, so the first real X-ray is as fast as the rest."""
+    ramp = np.linspace(0.0, 1.0, loaded.input_size, dtype=np.float32)
+    image = np.outer(ramp, ramp[::-1])
+    loaded.predict(image)
+    for method in METHODS:
+        gradcam(loaded, image, method=method, target=1)

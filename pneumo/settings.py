@@ -62,17 +62,3 @@ class AppSettings:
         """Models load only from models/ and the runs folder."""
         resolved = Path(path).resolve()
         return any(resolved.is_relative_to(root.resolve()) for root in (self.models_dir, self.runs_dir))
-
-
-def limit_malloc_arenas(arenas: int = 2) -> bool:
-    """Cap glibc's malloc arenas for this process.
-
-    TensorFlow's thread pools each get an arena of their own, which shows up as a few hundred MB of
-    resident memory in a long-running app; two arenas keep the dashboard well under 1 GB. No-op off glibc.
-    """
-    import ctypes
-
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(-8, arenas))  # -8 is M_ARENA_MAX
-    except (OSError, AttributeError):
-        return False

@@ -93,3 +93,13 @@ def test_overlay_blends_with_opacity() -> None:
     assert full[35, 45, 2] > 100 and full[35, 45, 0] < 50  # cold region is blue
     png = explain.png_bytes(full)
     assert png.startswith(b"\x89PNG")
+
+
+def test_warm_up_builds_both_explainers_for_the_model(flat_model: LoadedModel) -> None:
+    def built() -> set[str]:
+        return {method for (model_id, method, _), _ in explain._explainers.items() if model_id == id(flat_model.model)}
+
+    for key in [k for k in explain._explainers if k[0] == id(flat_model.model)]:
+        del explain._explainers[key]
+    explain.warm_up(flat_model)
+    assert built() == set(explain.METHODS)
