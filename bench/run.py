@@ -31,7 +31,8 @@ SHARED = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
 BATCH = 32
 
 
-def median_time(fn: Callable[[], Any], repeats: int) -> list[float]:
+def timings(fn: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall-clock seconds of repeats calls of fn."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -104,8 +105,8 @@ def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[s
     ours(), theirs()  # warm-up: graph tracing, file cache
     t_ours, t_theirs = [], []
     for _ in range(repeats):  # alternate, so drift in machine load hits both
-        t_ours += median_time(ours, 1)
-        t_theirs += median_time(theirs, 1)
+        t_ours += timings(ours, 1)
+        t_theirs += timings(theirs, 1)
     n = len(frame) * epochs
     ours_ips, theirs_ips = n / statistics.median(t_ours), n / statistics.median(t_theirs)
     return {"pipeline_images_per_s": round(ours_ips, 1), "keras_pipeline_images_per_s": round(theirs_ips, 1),
@@ -124,7 +125,7 @@ def bench_training(folder: Path, steps: int, repeats: int) -> dict[str, float]:
     model = build_model(DEFAULT_ARCHITECTURE, size)
     model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy", metrics=[keras.metrics.AUC()])
     model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)  # warm-up: tracing, cache fill
-    times = median_time(lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0), repeats)
+    times = timings(lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0), repeats)
     return {"train_images_per_s": round(steps * BATCH / statistics.median(times), 1)}
 
 
@@ -151,8 +152,8 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int) -> dict
     t_ours, t_keras = [], []
     for i in range(repeats):
         data = blobs[i % len(blobs)]
-        t_ours += median_time(lambda: ours(data), 1)
-        t_keras += median_time(lambda: keras_predict(data), 1)
+        t_ours += timings(lambda: ours(data), 1)
+        t_keras += timings(lambda: keras_predict(data), 1)
     out = {
         "predict_latency_ms_p50": round(1000 * statistics.median(t_ours), 2),
         "predict_latency_ms_p95": round(1000 * percentile(t_ours, 95), 2),
@@ -162,10 +163,10 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int) -> dict
     img = load_image(blobs[0])
     for method, key in (("gradcam", "gradcam_latency_ms_p50"), ("gradcam++", "gradcampp_latency_ms_p50")):
         explain.overlay(img, explain.gradcam(loaded, img, method=method))  # warm-up
-        times = median_time(lambda: explain.overlay(img, explain.gradcam(loaded, img, method=method)), max(5, repeats // 2))
+        times = timings(lambda: explain.overlay(img, explain.gradcam(loaded, img, method=method)), max(5, repeats // 2))
         out[key] = round(1000 * statistics.median(times), 2)
     E.predict_frame(loaded, frame.head(BATCH))
-    times = median_time(lambda: E.predict_frame(loaded, frame), 2)
+    times = timings(lambda: E.predict_frame(loaded, frame), 2)
     out["batch_predict_images_per_s"] = round(len(frame) / statistics.median(times), 1)
     return out
 
@@ -174,6 +175,7 @@ def rss_probe(model_path: str | None, image: str) -> None:
     """Run in a fresh process: load the model, predict and explain one X-ray, print peak RSS in MB."""
     from pneumo import explain
     from pneumo.imaging import load_image
+    from pneumo.memory import resident
     from pneumo.models import load_model
 
     loaded = load_model(model_path or None)
@@ -181,9 +183,7 @@ def rss_probe(model_path: str | None, image: str) -> None:
     loaded.predict(img)
     explain.overlay(img, explain.gradcam(loaded, img))
     explain.overlay(img, explain.gradcam(loaded, img, method="gradcam++"))
-    # VmHWM is this process image's own peak; ru_maxrss would carry the parent's peak across fork/exec.
-    hwm_kb = next(int(line.split()[1]) for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))
-    print(hwm_kb / 1024)
+    print(resident().peak_mb)
 
 
 def peak_rss(model_path: Path | None, image: Path) -> dict[str, float]:

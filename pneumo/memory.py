@@ -18,11 +18,12 @@ _MADV_PAGEOUT = 21  # Linux >= 5.4
 
 @dataclass(frozen=True)
 class Resident:
-    """A process's resident set in MiB, split into private data and pages backed by files."""
+    """A process's resident set in MiB, split into private data and pages backed by files, and its peak."""
 
     total_mb: float
     anonymous_mb: float
     file_mb: float
+    peak_mb: float = 0.0
 
 
 def resident(pid: int | str = "self") -> Resident:
@@ -30,12 +31,13 @@ def resident(pid: int | str = "self") -> Resident:
     try:
         fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
     except OSError:
-        return Resident(0.0, 0.0, 0.0)
+        return Resident(0.0, 0.0, 0.0, 0.0)
 
     def mb(key: str) -> float:
         return int(fields.get(key, "0 kB").split()[0]) / 1024
 
-    return Resident(mb("VmRSS"), mb("RssAnon"), mb("RssFile") + mb("RssShmem"))
+    # VmHWM is this process image's own peak; ru_maxrss would carry a parent's peak across fork/exec.
+    return Resident(mb("VmRSS"), mb("RssAnon"), mb("RssFile") + mb("RssShmem"), mb("VmHWM"))
 
 
 def limit_malloc_arenas(arenas: int = 2) -> bool:

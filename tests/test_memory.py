@@ -17,11 +17,12 @@ def test_resident_splits_into_anonymous_and_file_pages() -> None:
     after = memory.resident()
     assert after.anonymous_mb - before.anonymous_mb > 50
     assert after.total_mb == pytest.approx(after.anonymous_mb + after.file_mb, abs=2)
+    assert after.peak_mb >= after.total_mb
     del block
 
 
 def test_resident_of_a_missing_process_is_zero() -> None:
-    assert memory.resident(2**22 + 12345) == memory.Resident(0.0, 0.0, 0.0)
+    assert memory.resident(2**22 + 12345) == memory.Resident(0.0, 0.0, 0.0, 0.0)
 
 
 @linux
