@@ -11,7 +11,7 @@ from pneumo import data as D
 from pneumo import explain
 from pneumo.memory import release_file_pages
 from pneumo.models import LoadedModel, load_model, read_card
-from pneumo.settings import AppSettings
+from pneumo.settings import PROJECT_ROOT, SAMPLES_DIR, AppSettings
 
 ENTRY_MARK = "_entry_point_ran"
 DISCLAIMER = (
@@ -114,10 +114,8 @@ def activate_model(path: Path) -> None:
 
 
 def _root_label(root: Path) -> str:
-    from pneumo.settings import PROJECT_ROOT, SAMPLES_DIR
-
     if root == SAMPLES_DIR:
-        return "Bundled samples (48 images)"
+        return f"Bundled samples ({sum(1 for _ in SAMPLES_DIR.glob('*/*.jpeg'))} images)"
     try:
         return str(root.resolve().relative_to(PROJECT_ROOT.resolve().parent))
     except ValueError:

@@ -66,11 +66,10 @@ if summary.unreadable:
         st.dataframe(pd.DataFrame(summary.unreadable, columns=["path", "reason"]), hide_index=True, width="stretch")
 
 st.subheader("Sample grid")
-frame = D.scan(root).frame
-readable = set(summary.image_stats["path"])
+readable = summary.image_stats
 seed = st.number_input("Shuffle", 0, 10_000, 0, help="Another draw of images")
 for cls in D.CLASS_NAMES:
-    paths = [p for p in frame.loc[frame.class_name == cls, "path"] if p in readable]
+    paths = readable.loc[readable.class_name == cls, "path"].tolist()
     if not paths:
         continue
     st.markdown(f"**{cls}**")

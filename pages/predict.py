@@ -3,6 +3,7 @@
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import streamlit as st
 
 from pages.common import DISCLAIMER, active_model, require_entry_point
@@ -25,7 +26,7 @@ def cached_reading(digest: str, name: str, _data: bytes, model_key: str, thresho
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
-def cached_heatmap(digest: str, method: str, model_key: str, _pixels) -> "object":
+def cached_heatmap(digest: str, method: str, model_key: str, _pixels: np.ndarray) -> np.ndarray:
     return explain.gradcam(loaded, _pixels, method=method)
 
 

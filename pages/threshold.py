@@ -123,9 +123,10 @@ def resolve(path: str) -> Path:
     return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
 
 
-for title, mask in (("False negatives (missed pneumonia)", (y == 1) & (p < threshold)),
-                    ("False positives (normal flagged)", (y == 0) & (p >= threshold))):
-    rows = preds[mask].sort_values("probability", ascending=title.startswith("False n") is False)
+# Closest to the threshold first: those are the cases a small change of threshold would flip.
+for title, mask, ascending in (("False negatives (missed pneumonia)", (y == 1) & (p < threshold), False),
+                               ("False positives (normal flagged)", (y == 0) & (p >= threshold), True)):
+    rows = preds[mask].sort_values("probability", ascending=ascending)
     st.markdown(f"**{title}: {len(rows)}**")
     if rows.empty:
         continue

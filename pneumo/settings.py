@@ -30,7 +30,7 @@ class AppSettings:
         environ = os.environ if environ is None else environ
         section = dict((secrets or {}).get("pneumo", {}) or {})
         roots: list[Path] = [SAMPLES_DIR]
-        roots += [DATA_DIR / c.name for c in sorted(DATA_DIR.iterdir()) if c.is_dir() and c != SAMPLES_DIR] if DATA_DIR.is_dir() else []
+        roots += [c for c in sorted(DATA_DIR.iterdir()) if c.is_dir() and c != SAMPLES_DIR] if DATA_DIR.is_dir() else []
         shared = PROJECT_ROOT.parent / "shared" / "data" / "chest_xray"
         if shared.is_dir():
             roots.append(shared / "train" if (shared / "train").is_dir() else shared)

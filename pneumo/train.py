@@ -189,13 +189,13 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     import tensorflow as tf
 
     from . import data as D
+    from . import evaluate as E
+    from .models import build_model, get_architecture, load_model
 
     # Our datasets are shuffled by tf.data and have unknown length (unreadable files are skipped):
     # Keras warns about both on every run.
     warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
     warnings.filterwarnings("ignore", message="Your input ran out of data")
-    from . import evaluate as E
-    from .models import build_model, get_architecture, load_model
 
     arch = get_architecture(config.model)
     size = config.resolved_image_size()
@@ -303,7 +303,6 @@ def _command(config: TrainConfig, run_dir: Path) -> str:
             parts.append(f"{flag} {getattr(config, key)}")
     parts.append(f"--out {run_dir}")
     return " ".join(parts)
-
 
 
 def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98) -> dict[str, Any]:
