@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,17 +38,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     values: dict[str, Any] = {}
     if args.config:
         values.update(read_json(args.config, None) or {})
-    for key in ("data", "model", "epochs", "image_size", "batch_size", "val_fraction", "seed", "split_seed",
-                "learning_rate", "max_images", "weights"):
-        value = getattr(args, key)
-        if value is not None:
-            values[key] = value
-    if "data" not in values:
+    values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None})
+    if args.config is None and args.data is None:
         print("error: --data DIR is required (or --config with a data entry)", file=sys.stderr)
         return 2
-    if args.no_augment:
-        values["augment"] = False
-    config = TrainConfig.from_dict(values)
+    config = TrainConfig.from_dict(values).validate()
     bars: dict[str, Any] = {}
 
     def hook(record: dict[str, Any]) -> None:
@@ -74,9 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    card = train(config, args.out, hook=hook)
-    vm = card["validation_metrics"]
-    print(json.dumps({"run": str(args.out), "threshold": card["threshold"], "validation": vm}, indent=2))
+    card = train(config, args.out, hook=hook, overwrite=args.overwrite)
+    print(json.dumps({"run": str(args.out), "threshold": card.threshold, "validation": card.validation,
+                      "stress_worst": card.shift_checks.get("stress", {}).get("worst_auc")}, indent=2))
     return 0
 
 
@@ -84,8 +78,8 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from .train import ensemble
 
     card = ensemble(args.runs, args.out, args.target_recall)
-    print(json.dumps({"model": str(Path(args.out) / "model.keras"), "threshold": card["threshold"],
-                      "validation": card["validation_metrics"]}, indent=2))
+    print(json.dumps({"model": str(Path(args.out) / "model.keras"), "threshold": card.threshold,
+                      "validation": card.validation}, indent=2))
     return 0
 
 
@@ -102,13 +96,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .card import check_threshold
     from .explain import explain_to_png
     from .models import load_model
     from .predict import read
 
     loaded = load_model(args.model)
     if args.threshold is not None:
-        loaded.card["threshold"] = args.threshold
+        loaded.card.threshold = check_threshold(args.threshold, "--threshold")
     results = []
     for path in args.paths:
         reading = read(loaded, path)
@@ -150,25 +145,33 @@ def cmd_summarize(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, typed and documented from the field itself."""
+    from .models import ARCHITECTURES
+    from .train import TrainConfig
+
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        meta, default = f.metadata, f.default
+        choices = tuple(ARCHITECTURES) if f.name == "model" else meta.get("choices")
+        help_text = f"{meta.get('help', '')} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            kind = type(default) if default is not None else int
+            parser.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None, help=help_text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pneumo", description="Chest X-ray pneumonia screening: train, evaluate, predict, explain.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model into a run directory")
-    p.add_argument("--data", help="labelled folder, CSV manifest or pneumoniamnist .npz")
-    p.add_argument("--model", help="architecture name (default compact_cnn)")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--image-size", dest="image_size", type=int)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--val-fraction", dest="val_fraction", type=float)
-    p.add_argument("--learning-rate", dest="learning_rate", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--split-seed", dest="split_seed", type=int, help="validation split seed (default: --seed)")
-    p.add_argument("--max-images", dest="max_images", type=int, help="train on a stratified subsample")
-    p.add_argument("--weights", choices=["none", "imagenet"])
-    p.add_argument("--no-augment", action="store_true")
+    add_config_flags(p)
     p.add_argument("--config", help="a config.json to start from (flags override it)")
-    p.add_argument("--out", required=True, help="run directory to create or reuse")
+    p.add_argument("--out", required=True, help="run directory to create (must be new, empty, or prepared by the app)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an ended (finished, failed or stopped) pneumo run in --out; other files are never touched")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ensemble", help="average several runs (one validation split) into one model")
@@ -206,7 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (DatasetError, FileNotFoundError, ValueError) as exc:
+    except (DatasetError, ValueError, OSError, TypeError, KeyError) as exc:
+        # User errors (bad data, card, model, folder, arguments): one line, never a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,8 +18,6 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".di
 SPLIT_NAMES = ("train", "val", "test")
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 NPZ_SEPARATOR = "::"
-# Files Pillow reads but TensorFlow's decoder does not go through the Python path in make_dataset.
-TF_DECODABLE = {".png", ".jpg", ".jpeg", ".bmp"}
 
 Progress = Callable[[int, int], None]
 
@@ -345,7 +343,7 @@ def class_weights(labels: np.ndarray) -> dict[int, float]:
     return {int(c): float(w) for c, w in zip(present, weights)}
 
 
-def _groups(frame: pd.DataFrame, duplicates: list[list[str]]) -> np.ndarray:
+def patient_groups(frame: pd.DataFrame, duplicates: list[list[str]]) -> np.ndarray:
     """One group id per image: patients joined with every duplicate group they share an image with."""
     parent: dict[str, str] = {}
 
@@ -383,7 +381,7 @@ def split(
         raise ValueError(f"val_fraction must be between 0 and 0.5, got {val_fraction}")
     if duplicates is None:
         duplicates = duplicate_groups(inspect_images(pool["path"]))
-    groups = _groups(pool, duplicates)
+    groups = patient_groups(pool, duplicates)
     n_splits = max(2, int(round(1.0 / val_fraction)))
     if len(np.unique(groups)) < n_splits:
         raise DatasetError(f"only {len(np.unique(groups))} patients: too few to carve a {val_fraction:.0%} validation split")
@@ -396,98 +394,3 @@ def file_list_hash(frame: pd.DataFrame) -> str:
     """A short hash of the sorted file names and labels, to tell which data a model saw."""
     names = sorted(f"{Path(p).name}:{lab}" for p, lab in zip(frame["path"], frame["label"]))
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- tf.data
-
-
-@dataclass(frozen=True)
-class Augmentation:
-    """Small geometric and photometric changes an X-ray survives without changing its label."""
-
-    rotation_deg: float = 7.0
-    shift: float = 0.06
-    zoom: float = 0.10
-    brightness: float = 0.10
-    contrast: float = 0.15
-
-
-def make_dataset(
-    frame: pd.DataFrame,
-    image_size: int,
-    batch_size: int = 32,
-    training: bool = False,
-    augmentation: Augmentation | None = None,
-    seed: int = 0,
-    cache: bool = True,
-) -> Any:
-    """A tf.data pipeline of (image, label) batches: parallel decode and resize, cached, augmented, prefetched."""
-    import tensorflow as tf
-
-    paths = frame["path"].astype(str).tolist()
-    labels = frame["label"].astype("float32").to_numpy()
-    if not paths:
-        raise DatasetError("no images to build a dataset from")
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    native = all(Path(p).suffix.lower() in TF_DECODABLE and NPZ_SEPARATOR not in p for p in paths)
-
-    def decode_native(path: Any, label: Any) -> tuple[Any, Any]:
-        raw = tf.io.read_file(path)
-        img = tf.io.decode_image(raw, channels=1, expand_animations=False)
-        img = tf.image.convert_image_dtype(img, tf.float32)
-        img = tf.image.resize(img, (image_size, image_size), method="area")
-        return tf.ensure_shape(img, (image_size, image_size, 1)), label
-
-    def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
-        def load(p: bytes) -> np.ndarray:
-            from .imaging import resize
-
-            return resize(read_item(p.decode()), image_size)[..., None].astype(np.float32)
-
-        img = tf.numpy_function(load, [path], tf.float32)
-        return tf.ensure_shape(img, (image_size, image_size, 1)), label
-
-    ds = ds.map(decode_native if native else decode_python, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.ignore_errors()  # unreadable files are reported by summarize(); training skips them
-    if cache:
-        ds = ds.cache()
-    if training:
-        ds = ds.shuffle(min(len(paths), 4096), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=False)
-    if training and augmentation is not None:
-        ds = ds.map(lambda x, y: (augment_batch(x, augmentation), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
-def augment_batch(images: Any, aug: Augmentation) -> Any:
-    """Random rotation, shift and zoom as one affine warp per image, then brightness and contrast.
-
-    One fused resampling pass per batch instead of one per geometric layer (Keras' RandomRotation,
-    RandomTranslation and RandomZoom each resample the whole batch).
-    """
-    import math
-
-    import tensorflow as tf
-
-    n = tf.shape(images)[0]
-    h, w = images.shape[1], images.shape[2]
-    angle = tf.random.uniform([n], -aug.rotation_deg, aug.rotation_deg) * (math.pi / 180.0)
-    scale = tf.random.uniform([n], 1.0 - aug.zoom, 1.0 + aug.zoom)
-    tx = tf.random.uniform([n], -aug.shift, aug.shift) * float(w)
-    ty = tf.random.uniform([n], -aug.shift, aug.shift) * float(h)
-    # The transform maps each output pixel to the input pixel it samples: rotate and scale about the centre.
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    a0, a1 = tf.cos(angle) / scale, -tf.sin(angle) / scale
-    b0, b1 = tf.sin(angle) / scale, tf.cos(angle) / scale
-    a2 = cx - a0 * cx - a1 * cy - tx
-    b2 = cy - b0 * cx - b1 * cy - ty
-    zeros = tf.zeros_like(a0)
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.constant([h, w], tf.int32),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
-    )
-    delta = tf.random.uniform([n, 1, 1, 1], -aug.brightness, aug.brightness)
-    factor = tf.random.uniform([n, 1, 1, 1], 1.0 - aug.contrast, 1.0 + aug.contrast)
-    mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
-    return tf.clip_by_value((out - mean) * factor + mean + delta, 0.0, 1.0)

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Source = Union[bytes, bytearray, str, Path]
 
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 32
+# Larger films are kept at this longest side once decoded: the model reads 224 px and a screen shows
+# at most about this much, while a 50 MP float image would hold 200 MB per upload.
+MAX_KEPT_SIDE = 2048
 
 # Formats Pillow may decode for us; anything else it recognises (PDF, GIF animations, ICO...) is refused.
 PIL_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "MPO"}
@@ -59,6 +62,8 @@ def sniff_format(data: bytes) -> str | None:
     """Name the format from the leading bytes, whatever the file is called."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "DICOM"
+    if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] in (b"\x00\x00", b"\x01\x00", b"\x02\x00", b"\x05\x00", b"\x10\x00", b"\x16\x00", b"\x18\x00"):
+        return "DICOM"  # no 128-byte preamble: the file starts with a group 0002 or 0008 element
     signatures = {
         b"\x89PNG\r\n\x1a\n": "PNG",
         b"\xff\xd8\xff": "JPEG",
@@ -87,16 +92,23 @@ def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT
         raise InvalidImageError(label, "empty file (0 bytes)")
     fmt = sniff_format(data)
     header: dict[str, Any] = {}
-    if fmt == "DICOM":
-        pixels, header = _decode_dicom(data, label, max_pixels)
-    elif fmt in {"PNG", "JPEG", "BMP", "TIFF"}:
-        pixels = _decode_pil(data, label, max_pixels)
-    elif fmt is not None:
-        raise InvalidImageError(label, f"not an image: the content is {fmt}, expected PNG, JPEG, BMP, TIFF or DICOM")
-    else:
-        raise InvalidImageError(label, "not an image: unrecognised content (expected PNG, JPEG, BMP, TIFF or DICOM)")
-    original_shape = pixels.shape
-    return XRay(_finish(pixels, label), label, fmt, tuple(original_shape), header)
+    if fmt not in {"DICOM", "PNG", "JPEG", "BMP", "TIFF"}:
+        what = f"the content is {fmt}" if fmt else "unrecognised content"
+        raise InvalidImageError(label, f"not an image: {what} (expected PNG, JPEG, BMP, TIFF or DICOM)")
+    try:
+        if fmt == "DICOM":
+            pixels, header = _decode_dicom(data, label, max_pixels)
+        else:
+            pixels = _decode_pil(data, label, max_pixels)
+        original_shape = pixels.shape
+        pixels = _finish(pixels, label)
+    except InvalidImageError:
+        raise
+    except MemoryError as exc:
+        raise InvalidImageError(label, "too large to decode in the memory available") from exc
+    except Exception as exc:  # the one place pixels are read: whatever a decoder raises becomes a message
+        raise InvalidImageError(label, f"cannot be decoded as {fmt} ({type(exc).__name__}: {exc})") from exc
+    return XRay(pixels, label, fmt, tuple(original_shape), header)
 
 
 def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
@@ -116,7 +128,11 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> np.ndarray:
             if img.format not in PIL_FORMATS:
                 raise InvalidImageError(label, f"unsupported image format {img.format}")
             _check_size(label, *img.size, max_pixels)
+            _check_complete(data, img.format, label)
+            if img.format == "JPEG" and max(img.size) > MAX_KEPT_SIDE:
+                img.draft("L", (MAX_KEPT_SIDE, MAX_KEPT_SIDE))  # decode at a reduced scale: less memory, same film
             img.load()
+            img = ImageOps.exif_transpose(img)  # a phone or scanner may store the film rotated with an EXIF tag
     except InvalidImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
@@ -126,6 +142,15 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(label, f"truncated or corrupt image data ({exc})") from exc
     return _to_gray(img)
+
+
+def _check_complete(data: bytes, fmt: str | None, label: str) -> None:
+    """Refuse files whose data stops before the image does: a decoder may fill the rest with grey."""
+    tail = data[-4096:]
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        raise InvalidImageError(label, "truncated JPEG: the data ends before the image does (no end-of-image marker)")
+    if fmt == "PNG" and b"IEND" not in tail:
+        raise InvalidImageError(label, "truncated PNG: the data ends before the image does (no IEND chunk)")
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:
@@ -150,9 +175,10 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data))
+        ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        "PixelData" in ds  # noqa: B015 - parses the (deferred) elements up to the pixel data now
     except Exception as exc:  # pydicom raises many types for damaged headers
-        raise InvalidImageError(label, f"corrupt DICOM header ({exc})") from exc
+        raise InvalidImageError(label, f"corrupt DICOM header ({type(exc).__name__}: {exc})") from exc
     if "PixelData" not in ds:
         raise InvalidImageError(label, "DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
@@ -169,9 +195,22 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
         raise InvalidImageError(label, f"DICOM pixel data is corrupt or truncated ({exc})") from exc
     if arr.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1:
         arr = arr[0]  # multi-frame: the first frame
-    arr = apply_modality_lut(arr, ds)
+    try:
+        arr = apply_modality_lut(arr, ds)
+    except Exception as exc:
+        raise InvalidImageError(label, f"DICOM modality LUT cannot be applied ({type(exc).__name__}: {exc})") from exc
     windowed = "WindowCenter" in ds or "VOILUTSequence" in ds
-    arr = apply_voi_lut(arr, ds) if windowed else arr
+    window_note = ""
+    if windowed:
+        try:
+            windowed_arr = np.asarray(apply_voi_lut(arr, ds), dtype=np.float32)
+            if not np.isfinite(windowed_arr).all() or float(np.ptp(windowed_arr)) <= 0:
+                raise ValueError("the window maps every pixel to one value")
+            arr = windowed_arr
+        except Exception as exc:
+            # A broken window is a display hint gone wrong, not broken pixels: fall back to the full range
+            # and say so beside the reading.
+            windowed, window_note = False, f"invalid window in file, ignored ({type(exc).__name__}: {exc}); min-max scaling"
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim == 3:
         arr = arr.mean(axis=2)
@@ -183,7 +222,7 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
         "View position": str(ds.get("ViewPosition", "")),
         "Body part": str(ds.get("BodyPartExamined", "")),
         "Photometric interpretation": photometric,
-        "Windowing": _window_text(ds) if windowed else "none in file (min-max scaling)",
+        "Windowing": _window_text(ds) if windowed else window_note or "none in file (min-max scaling)",
         "Rows × columns": f"{rows} × {cols}",
         "Bits stored": str(ds.get("BitsStored", "")),
         "Transfer syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")),
@@ -209,6 +248,12 @@ def _finish(arr: np.ndarray, label: str) -> np.ndarray:
         raise InvalidImageError(label, f"constant image (every pixel is {lo:g}): nothing to read")
     if lo < 0.0 or hi > 1.0:
         arr = (arr - lo) / (hi - lo)
+    if max(arr.shape) > MAX_KEPT_SIDE:
+        import cv2
+
+        scale = MAX_KEPT_SIDE / max(arr.shape)
+        arr = cv2.resize(arr, (max(1, round(arr.shape[1] * scale)), max(1, round(arr.shape[0] * scale))),
+                         interpolation=cv2.INTER_AREA)
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

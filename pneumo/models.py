@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -13,6 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 from keras import layers
+
+from .card import ModelCard, check_threshold
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +59,42 @@ def build_compact_cnn(size: int, weights: str | None = None, dropout: float = 0.
     for i, filters in enumerate((32, 64, 96, 128, 160)):
         x = _residual_block(x, filters, f"block{i + 1}")
     return keras.Model(inp, _head(x, dropout), name="compact_cnn")
+
+
+def build_shift_cnn(
+    size: int, weights: str | None = None, dropout: float = 0.3, work: int = 112, widths: tuple[int, ...] = (32, 64, 128)
+) -> keras.Model:
+    """A residual CNN that reads the film at a working resolution and keeps a 7×7 final map at 224 px.
+
+    Pooling to `work` pixels inside the model drops the fine texture (detector noise, compression,
+    processing) that differs between sites more than the lung opacities do, and makes each step cheap
+    on a CPU. Plain 3×3 convolutions: they run near the machine's FLOP limit where depthwise ones do not.
+    """
+    if weights not in (None, "none"):
+        raise ValueError("shift_cnn has no pretrained weights; use weights=None")
+    inp = _gray_input(size)
+    x = layers.LayerNormalization(axis=(1, 2, 3), center=False, scale=False, name="standardize")(inp)
+    factor = max(1, size // work)
+    if factor > 1:
+        x = layers.AveragePooling2D(factor, name="to_working_resolution")(x)
+    x = layers.Conv2D(24, 3, strides=2, padding="same", use_bias=False, name="stem_conv")(x)
+    x = layers.BatchNormalization(name="stem_bn")(x)
+    x = layers.Activation("relu", name="stem_relu")(x)
+    for i, filters in enumerate(widths):
+        x = _plain_residual_block(x, filters, f"stage{i + 1}")
+    return keras.Model(inp, _head(x, dropout), name="shift_cnn")
+
+
+def _plain_residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False, name=f"{name}_proj")(x)
+    shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+    y = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.Activation("relu", name=f"{name}_relu1")(y)
+    y = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.Activation("relu", name=f"{name}_out")(y)
 
 
 def _residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
@@ -127,6 +166,21 @@ def _registry() -> dict[str, Architecture]:
                 "Residual separable CNN, ~0.2 M parameters, trained from scratch (default).",
             ),
             Architecture(
+                "shift_cnn", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
+                "stage3_out", build_shift_cnn,
+                "Residual CNN at 112 px working resolution, ~0.3 M parameters, 7×7 Grad-CAM map, from scratch.",
+            ),
+            Architecture(
+                "shift_cnn_wide", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
+                "stage3_out", functools.partial(build_shift_cnn, widths=(48, 96, 192)),
+                "Wider shift_cnn (48/96/192 channels), ~0.7 M parameters, 7×7 Grad-CAM map, from scratch.",
+            ),
+            Architecture(
+                "shift_cnn_64", 224, "gray [0,1] → per-image standardisation → mean pooling to 56 px (inside the model)",
+                "stage3_out", functools.partial(build_shift_cnn, work=56, widths=(48, 96, 192)),
+                "shift_cnn reading the film at 56 px with 48/96/192 channels; 4×4 Grad-CAM map.",
+            ),
+            Architecture(
                 "efficientnet_b0", 224, "gray [0,1] → RGB ×255 (EfficientNet rescales internally)",
                 "top_activation", _backbone_builder(apps.EfficientNetB0, 255.0, 0.0),
                 "EfficientNet-B0 backbone (ImageNet weights when available).",
@@ -171,7 +225,7 @@ class LoadedModel:
     """A saved network with its card: everything inference and the app need."""
 
     model: keras.Model
-    card: dict[str, Any]
+    card: ModelCard
     path: Path
     _compiled: Any = field(default=None, repr=False, compare=False)
 
@@ -181,14 +235,13 @@ class LoadedModel:
 
     @property
     def threshold(self) -> float:
-        return float(self.card.get("threshold", 0.5))
+        return self.card.threshold
 
     @property
     def gradcam_layer(self) -> str:
-        name = self.card.get("gradcam_layer")
-        if name:
-            return str(name)
-        arch = ARCHITECTURES.get(str(self.card.get("architecture", "")))
+        if self.card.gradcam_layer:
+            return self.card.gradcam_layer
+        arch = ARCHITECTURES.get(self.card.architecture)
         return arch.gradcam_layer if arch else _last_conv_layer(self.model)
 
     def prepare(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
@@ -222,7 +275,7 @@ class LoadedModel:
 
 def _last_conv_layer(model: keras.Model) -> str:
     for layer in reversed(model.layers):
-        if len(getattr(layer, "output", None).shape or ()) == 4:
+        if not isinstance(layer, keras.layers.InputLayer) and len(getattr(layer, "output", None).shape or ()) == 4:
             return layer.name
     raise ValueError("model has no 4-D feature map for Grad-CAM")
 
@@ -232,11 +285,16 @@ def card_path(model_path: Path) -> Path:
     return Path(model_path).with_name("card.json")
 
 
-def read_card(model_path: Path) -> dict[str, Any]:
+def read_card(model_path: Path) -> ModelCard:
+    """The model's card, validated; a model without one gets the default card (threshold 0.5)."""
     path = card_path(model_path)
     if not path.exists():
-        return {}
-    return json.loads(path.read_text())
+        return ModelCard.default(Path(model_path).parent.name)
+    return ModelCard.read(path)
+
+
+class ModelLoadError(ValueError):
+    """A model file that cannot be loaded; the message names it and says why."""
 
 
 def load_model(path: str | Path | None = None) -> LoadedModel:
@@ -246,20 +304,26 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         model_path = model_path / "model.keras"
     if not model_path.exists():
         raise FileNotFoundError(f"no model at {model_path}")
-    model = keras.models.load_model(model_path, compile=False, safe_mode=True)
-    return LoadedModel(model, read_card(model_path), model_path)
+    card = read_card(model_path)  # a bad card is refused before the model is loaded
+    try:
+        model = keras.models.load_model(model_path, compile=False, safe_mode=True)
+    except Exception as exc:  # Keras raises many types for damaged, foreign or unsafe files
+        raise ModelLoadError(f"{model_path}: cannot be loaded as a Keras model ({type(exc).__name__}: {exc})") from exc
+    if len(model.inputs) != 1 or len(model.input_shape) != 4 or model.input_shape[1] != model.input_shape[2]:
+        raise ModelLoadError(f"{model_path}: expected one square image input, got {model.input_shape}")
+    return LoadedModel(model, card, model_path)
 
 
-def save_operating_point(model_path: str | Path, threshold: float, rule: str) -> dict[str, Any]:
-    """Write a new operating threshold (and how it was chosen) into the model's card, atomically."""
-    from .runs import atomic_write_json, now_iso
+def save_operating_point(model_path: str | Path, threshold: float, rule: str, **record: Any) -> ModelCard:
+    """Write a new operating threshold (and how it was chosen) into the model's card, atomically.
 
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    path = card_path(Path(model_path))
+    Extra keyword fields (who confirmed what) are kept in the card's threshold history.
+    """
+    from .runs import now_iso
+
+    threshold = check_threshold(threshold, str(model_path))
     card = read_card(Path(model_path))
-    history = card.setdefault("threshold_history", [])
-    history.append({"threshold": card.get("threshold"), "rule": card.get("threshold_rule"), "replaced": now_iso()})
-    card.update(threshold=float(threshold), threshold_rule=rule)
-    atomic_write_json(path, card)
+    card.threshold_history.append({"threshold": card.threshold, "rule": card.threshold_rule, "replaced": now_iso(), **record})
+    card.threshold, card.threshold_rule = threshold, rule
+    card.write(card_path(Path(model_path)))
     return card

@@ -12,10 +12,23 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 STATUSES = ("queued", "running", "finished", "failed", "stopped")
+ENDED = ("finished", "failed", "stopped")
 STOP_FILE = "STOP"
+LOCK_FILE = ".lock"
+# A running run writes a heartbeat into status.json at least this often; silence for longer means it died
+# somewhere its pid cannot be checked from here (another machine, another container).
+HEARTBEAT_S = 15.0
+HEARTBEAT_DEAD_S = 300.0
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "card.json", "val_predictions.csv",
+             "history.json", "checks.json", "data_summary.json", "train.log", STOP_FILE)
+
+
+class RunFolderError(ValueError):
+    """A run folder that training must not write into; the message says why and what to do."""
 
 
 def now_iso() -> str:
@@ -111,13 +124,61 @@ def pid_alive(pid: int | None) -> bool:
 
 def read_status(run_dir: str | Path) -> dict[str, Any]:
     """status.json, with a run whose process vanished while running reported as failed."""
-    status = read_json(Path(run_dir) / "status.json", {}) or {}
-    if status.get("state") in ("queued", "running") and status.get("pid") and not pid_alive(status["pid"]):
+    path = Path(run_dir) / "status.json"
+    status = read_json(path, {}) or {}
+    if status.get("state") in ("queued", "running"):
+        age = time.time() - path.stat().st_mtime
         # Give a freshly launched process a moment to write its own status first.
-        if time.time() - Path(run_dir, "status.json").stat().st_mtime > 5:
+        if status.get("pid") and not pid_alive(status["pid"]) and age > 5:
             status["state"] = "failed"
-            status.setdefault("error", "the training process ended without reporting (killed or crashed); see train.log")
+            status["error"] = status.get("error") or "the training process ended without reporting (killed or crashed); see train.log"
+        elif status.get("state") == "running" and age > HEARTBEAT_DEAD_S:
+            status["state"] = "failed"
+            status["error"] = status.get("error") or f"no heartbeat for {age / 60:.0f} min: the training process stopped answering"
     return status
+
+
+@contextmanager
+def claim(run_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Hold run_dir for one training: refuse folders with other people's files or a live run, lock it
+    against a second writer, and clear a stale STOP request.
+
+    A folder prepared by launch() (status queued) is taken as it is; one holding an ended run of ours is
+    replaced only with overwrite=True, and then only our own files are removed.
+    """
+    import fcntl
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: exists and is a file, not a folder; choose a new --out folder")
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        extra = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
+        if extra:
+            raise RunFolderError(f"{run_dir}: not empty and not a pneumo run (holds {', '.join(extra[:5]) or 'other files'}); "
+                                 "choose a new --out folder")
+        state = read_status(run_dir).get("state")
+        if state in ENDED:
+            if not overwrite:
+                raise RunFolderError(f"{run_dir}: holds a {state} run; pass --overwrite to replace it, or choose a new folder")
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
+        elif state not in ("queued", None):
+            raise RunFolderError(f"{run_dir}: a run is in progress there ({state}); stop it first or choose a new folder")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOCK_FILE, "a+") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{run_dir}: another training is writing into this folder") from None
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a request left from an earlier run is not for this one
+        try:
+            yield run_dir
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @dataclass

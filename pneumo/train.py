@@ -14,47 +14,100 @@ from typing import Any, Callable
 import numpy as np
 
 from . import runs
+from .card import ModelCard
 
 MetricsHook = Callable[[dict[str, Any]], None]
 
 
+def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
+         maximum: float | None = None) -> Any:
+    """A config field with what the CLI, the Train form and validation need to know about it."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": minimum, "max": maximum})
+
+
+AUGMENTATIONS = ("none", "basic", "shift")
+KEEP = ("last", "best")
+
+
 @dataclass
 class TrainConfig:
-    """Everything that decides a training run; saved as config.json next to it."""
+    """Everything that decides a training run; saved as config.json next to it.
 
-    data: str = "../shared/data/chest_xray/train"
-    model: str = "compact_cnn"
-    image_size: int = 0  # 0: the architecture's own input size
-    epochs: int = 30
-    batch_size: int = 32
-    learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: int = 1
-    val_fraction: float = 0.15
-    augment: bool = True
-    class_weighting: bool = True
-    label_smoothing: float = 0.05
-    dropout: float = 0.3
-    weights: str = "none"  # "imagenet" for keras.applications backbones when the file can be obtained
-    seed: int = 0
-    split_seed: int | None = None  # None: same as seed; fix it to train several models on one validation split
-    mixed_precision: bool = True  # used only on a GPU
-    target_recall: float = 0.98
-    max_images: int = 0  # 0: all; otherwise a stratified subsample, for quick trials
-    notes: str = ""
+    Each field's metadata generates its CLI flag and its Train-form widget, and `validate()` checks
+    its range, so a rule written here holds everywhere a run is started.
+    """
+
+    data: str = _opt("../shared/data/chest_xray/train", "labelled folder, CSV manifest or pneumoniamnist .npz")
+    model: str = _opt("shift_cnn", "architecture", choices=None)
+    image_size: int = _opt(0, "input side in pixels; 0: the architecture's own", minimum=0, maximum=1024)
+    epochs: int = _opt(40, "passes over the training images", minimum=1, maximum=1000)
+    batch_size: int = _opt(32, "images per step", minimum=1, maximum=1024)
+    learning_rate: float = _opt(2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", minimum=1e-7, maximum=1.0)
+    weight_decay: float = _opt(1e-4, "AdamW weight decay", minimum=0.0, maximum=1.0)
+    warmup_epochs: int = _opt(1, "epochs of linear warm-up", minimum=0, maximum=100)
+    split: str = _opt("temporal", "how the validation images are held out", choices=("patient", "temporal", "family"))
+    val_fraction: float = _opt(0.15, "share of images held out for validation", minimum=0.05, maximum=0.45)
+    augmentation: str = _opt("shift", "augmentation recipe", choices=AUGMENTATIONS)
+    mixup: float = _opt(0.0, "mixup Beta(α, α) parameter; 0 turns it off", minimum=0.0, maximum=2.0)
+    class_weighting: bool = _opt(True, "balance the classes' weight in the loss")
+    label_smoothing: float = _opt(0.05, "binary label smoothing", minimum=0.0, maximum=0.5)
+    dropout: float = _opt(0.3, "dropout before the classifier", minimum=0.0, maximum=0.9)
+    keep: str = _opt("last", "model kept: the last epoch, or the best validation AUC", choices=KEEP)
+    weights: str = _opt("none", "initial weights for keras.applications backbones", choices=("none", "imagenet"))
+    seed: int = _opt(0, "initialisation, shuffling and augmentation seed", minimum=0)
+    split_seed: int | None = _opt(None, "validation split seed (default: the seed)", minimum=0)
+    mixed_precision: bool = _opt(True, "float16 compute on a GPU (ignored on a CPU)")
+    target_recall: float = _opt(0.98, "sensitivity the operating threshold must keep", minimum=0.5, maximum=1.0)
+    max_images: int = _opt(0, "stratified subsample for quick trials; 0: all", minimum=0)
+    notes: str = _opt("", "free text kept with the run")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        values = dict(values)
+        if "augment" in values:  # config.json files written before augmentation recipes had names
+            values.setdefault("augmentation", "basic" if values.pop("augment") else "none")
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**values)
 
+    def validate(self) -> "TrainConfig":
+        """Raise ValueError naming the first field outside its allowed values."""
+        from .models import ARCHITECTURES
+
+        for f in fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None:
+                continue
+            choices = tuple(ARCHITECTURES) if f.name == "model" else meta.get("choices")
+            if choices and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                if not math.isfinite(value):
+                    raise ValueError(f"{f.name} must be a finite number; got {value}")
+                if meta.get("min") is not None and value < meta["min"]:
+                    raise ValueError(f"{f.name} must be at least {meta['min']}; got {value}")
+                if meta.get("max") is not None and value > meta["max"]:
+                    raise ValueError(f"{f.name} must be at most {meta['max']}; got {value}")
+        return self
+
     def resolved_image_size(self) -> int:
         from .models import get_architecture
 
         return self.image_size or get_architecture(self.model).input_size
+
+    def flags(self) -> list[str]:
+        """The CLI flags that reproduce this config (fields left at their defaults are omitted)."""
+        defaults = TrainConfig()
+        out = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "data" or value == getattr(defaults, f.name):
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            out.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+        return out
 
 
 @dataclass
@@ -102,7 +155,7 @@ def _subsample(frame: Any, n: int, seed: int) -> Any:
     return keep.sort_index()
 
 
-def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: MetricsHook | None) -> Any:
+def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: MetricsHook | None, keep: str = "last") -> Any:
     """The Keras callback that writes metrics.jsonl, keeps the best model and honours the STOP file."""
     import keras
 
@@ -113,10 +166,14 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
             self.every = max(1, steps // 25)
             self.t_epoch = time.time()
             self.t_start = time.time()
+            self.t_beat = 0.0
             self.epoch = 1
 
         def _emit(self, record: dict[str, Any]) -> None:
             runs.append_jsonl(run_dir / "metrics.jsonl", record)
+            if time.time() - self.t_beat > runs.HEARTBEAT_S:
+                runs.write_status(run_dir, "running", heartbeat=runs.now_iso(), phase="training")
+                self.t_beat = time.time()
             if hook:
                 hook(record)
 
@@ -148,8 +205,10 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
             val_auc = record.get("val_auc", -math.inf)
             if val_auc > self.best_auc:
                 self.best_auc = val_auc
-                _save_model(self.model, run_dir / "model.keras")
                 record["best"] = True
+            if keep == "last" or record.get("best"):
+                _save_model(self.model, run_dir / "model.keras")
+                record["kept"] = True
             self._emit(record)
 
     return RunLogger()
@@ -158,38 +217,49 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
 def _save_model(model: Any, path: Path) -> None:
     # Keras insists on the .keras suffix; the temporary name keeps it and the rename is atomic.
     tmp = path.with_name(f".tmp-{path.stem}.keras")
-    model.save(tmp)
-    tmp.replace(path)
-
-
-def train(config: TrainConfig, run_dir: str | Path, hook: MetricsHook | None = None) -> dict[str, Any]:
-    """Run a training job into run_dir and return the card; status.json records how it ended."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.atomic_write_json(run_dir / "config.json", asdict(config))
-    started = time.time()
-    runs.write_status(run_dir, "running", pid=os.getpid(), started=runs.now_iso(), error=None)
     try:
-        card = _train(config, run_dir, hook, started)
-    except BaseException as exc:
-        runs.write_status(
-            run_dir, "failed", ended=runs.now_iso(), error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=8),
-        )
-        raise
-    state = "stopped" if runs.stop_requested(run_dir) else "finished"
-    runs.write_status(run_dir, state, ended=runs.now_iso(), seconds=round(time.time() - started, 1))
+        model.save(tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save (full disk) never leaves a half file behind
+
+
+def train(config: TrainConfig, run_dir: str | Path, hook: MetricsHook | None = None, overwrite: bool = False) -> ModelCard:
+    """Run a training job into run_dir and return the card; status.json records how it ended.
+
+    The config is checked and the folder claimed (see runs.claim) before any work starts.
+    """
+    config.validate()
+    with runs.claim(run_dir, overwrite) as run_dir:
+        runs.atomic_write_json(run_dir / "config.json", asdict(config))
+        started = time.time()
+        runs.write_status(run_dir, "running", pid=os.getpid(), started=runs.now_iso(), error=None,
+                          heartbeat=runs.now_iso(), phase="reading data")
+        try:
+            card = _train(config, run_dir, hook, started)
+        except BaseException as exc:
+            try:
+                runs.write_status(
+                    run_dir, "failed", ended=runs.now_iso(), error=f"{type(exc).__name__}: {exc}",
+                    traceback=traceback.format_exc(limit=8),
+                )
+            except OSError:
+                pass  # a full disk or read-only folder: read_status reports the dead pid as failed
+            raise
+        state = "stopped" if runs.stop_requested(run_dir) else "finished"
+        runs.write_status(run_dir, state, ended=runs.now_iso(), seconds=round(time.time() - started, 1), phase="done")
     return card
 
 
-def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started: float) -> dict[str, Any]:
+def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started: float) -> ModelCard:
     import warnings
 
     import keras
     import tensorflow as tf
 
     from . import data as D
-    from . import evaluate as E
+    from . import pipeline as P
+    from . import validate as V
     from .models import build_model, get_architecture, load_model
 
     # Our datasets are shuffled by tf.data and have unknown length (unreadable files are skipped):
@@ -207,12 +277,31 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
 
     dataset = D.scan(config.data)
     frame = _subsample(dataset.frame[dataset.frame["split"] != "test"], config.max_images, config.seed)
-    dups = D.duplicate_groups(D.inspect_images(frame["path"]))
+    present = set(frame["label"])
+    if present != {0, 1}:
+        missing = [D.CLASS_NAMES[c] for c in (0, 1) if c not in present]
+        raise D.DatasetError(f"{config.data}: training needs both classes; no {', '.join(missing)} images found")
+
+    def phase(name: str, done: int = 0, total: int = 0) -> None:
+        runs.write_status(run_dir, "running", phase=name, phase_done=done, phase_total=total, heartbeat=runs.now_iso())
+
+    phase("checking images for duplicates", 0, len(frame))
+    last = [0.0]
+
+    def inspect_progress(done: int, total: int) -> None:
+        if time.time() - last[0] > 2 or done == total:
+            phase("checking images for duplicates", done, total)
+            last[0] = time.time()
+
+    dups = D.duplicate_groups(D.inspect_images(frame["path"], progress=inspect_progress))
+    phase("building the model")
     split_seed = config.seed if config.split_seed is None else config.split_seed
-    train_df, val_df = D.split(frame, config.val_fraction, split_seed, dups)
-    aug = D.Augmentation() if config.augment else None
-    train_ds = D.make_dataset(train_df, size, config.batch_size, training=True, augmentation=aug, seed=config.seed)
-    val_ds = D.make_dataset(val_df, size, config.batch_size)
+    train_df, val_df = V.holdout(frame, config.split, config.val_fraction, split_seed, dups)
+    weights = D.class_weights(train_df["label"].to_numpy()) if config.class_weighting else None
+    train_ds = P.make_dataset(train_df, size, config.batch_size, training=True,
+                              augmentation=P.Augmentation.preset(config.augmentation), seed=config.seed,
+                              class_weights=weights, mixup=config.mixup)
+    val_ds = P.make_dataset(val_df, size, config.batch_size)
     steps = math.ceil(len(train_df) / config.batch_size)
     warmup = min(config.warmup_epochs * steps, max(config.epochs * steps - 1, 0))
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -236,7 +325,6 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
                 keras.metrics.Precision(name="precision"),
             ],
         )
-    weights = D.class_weights(train_df["label"].to_numpy()) if config.class_weighting else None
     summary = {
         "images": int(len(frame)),
         "train_images": int(len(train_df)),
@@ -247,74 +335,111 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "val_patients": int(val_df["patient_id"].nunique()),
         "duplicate_groups": len(dups),
         "file_list_sha256_16": D.file_list_hash(frame),
-        "split": "stratified by class, grouped by patient and exact-duplicate group (StratifiedGroupKFold)",
+        "split": V.describe_holdout(config.split, frame),
         "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
     }
     runs.atomic_write_json(run_dir / "data_summary.json", summary)
-    callback = _run_logger(run_dir, steps, config.epochs, schedule, hook)
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, class_weight=weights, callbacks=[callback], verbose=0)
+    callback = _run_logger(run_dir, steps, config.epochs, schedule, hook, config.keep)
+    phase("tracing the first training step")
+    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[callback], verbose=0)
     if not (run_dir / "model.keras").exists():  # stopped before the first epoch ended
         _save_model(model, run_dir / "model.keras")
 
+    phase("checking the model on held-out and stressed images")
     best = load_model(run_dir / "model.keras")
-    predicted = E.predict_frame(best, val_df)
-    predicted[["path", "label", "probability", "patient_id"]].to_csv(run_dir / "val_predictions.csv", index=False)
-    ok = predicted[predicted["probability"].notna()]
-    threshold = E.threshold_for_recall(ok["label"], ok["probability"], config.target_recall)
     history = runs.epochs_of(runs.read_metrics(run_dir))
     runs.atomic_write_json(run_dir / "history.json", history)
-    card = {
-        "name": run_dir.name,
-        "architecture": config.model,
-        "description": arch.description,
-        "input_size": size,
-        "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
-        "preprocessing": arch.preprocessing,
-        "gradcam_layer": arch.gradcam_layer,
-        "class_names": list(D.CLASS_NAMES),
-        "output": "sigmoid probability of PNEUMONIA",
-        "parameters": int(best.model.count_params()),
-        "training_data": {"path": str(config.data), "layout": dataset.layout, **summary},
-        "validation_metrics": E.metrics_at(ok["label"], ok["probability"], threshold),
-        "threshold": threshold,
-        "threshold_rule": f"highest threshold with validation sensitivity >= {config.target_recall}",
-        "best_epoch": next((h["epoch"] for h in reversed(history) if h.get("best")), None),
-        "epochs_run": len(history),
-        "training_seconds": round(time.time() - started, 1),
-        "device": device.describe(),
-        "library_versions": library_versions(),
-        "config": asdict(config),
-        "command": _command(config, run_dir),
-        "data_attribution": D.KERMANY_ATTRIBUTION if D.looks_like_kermany(frame) else "",
-        "created": runs.now_iso(),
-    }
-    runs.atomic_write_json(run_dir / "card.json", card)
+    card = finish_run(
+        run_dir, best, val_df, config.target_recall,
+        architecture=config.model, description=arch.description, preprocessing=arch.preprocessing,
+        gradcam_layer=arch.gradcam_layer,
+        training_data={"path": str(config.data), "layout": dataset.layout, **summary},
+        validation_kind=config.split,
+        training={"best_epoch": next((h["epoch"] for h in reversed(history) if h.get("kept")), None),
+                  "epochs_run": len(history), "seconds": round(time.time() - started, 1), "device": device.describe(),
+                  "library_versions": library_versions(), "config": asdict(config),
+                  "command": _command(config, run_dir)},
+        attribution=D.KERMANY_ATTRIBUTION if D.looks_like_kermany(frame) else "",
+    )
     return card
 
 
+def finish_run(
+    run_dir: Path, loaded: Any, val_df: Any, target_recall: float, *, architecture: str, description: str,
+    preprocessing: str, gradcam_layer: str | None, training_data: dict[str, Any], validation_kind: str,
+    training: dict[str, Any], attribution: str,
+) -> ModelCard:
+    """Check a trained model on its held-out images and write val_predictions.csv, checks.json and its
+    card: the one place a card is built, for single runs and ensembles alike."""
+    loaded.card.gradcam_layer = gradcam_layer  # the card is written below; the checks need its layer now
+    checks = shift_checks(loaded, val_df, target_recall)
+    predicted = val_df.assign(probability=checks.pop("clean_probabilities"))
+    predicted[["path", "label", "probability", "patient_id"]].to_csv(run_dir / "val_predictions.csv", index=False)
+    runs.atomic_write_json(run_dir / "checks.json", checks)
+    card = ModelCard(
+        name=run_dir.name,
+        architecture=architecture,
+        threshold=checks["threshold"],
+        threshold_rule=checks["threshold_rule"],
+        input_size=loaded.input_size,
+        gradcam_layer=gradcam_layer,
+        description=description,
+        preprocessing=preprocessing,
+        parameters=int(loaded.model.count_params()),
+        training_data=training_data,
+        validation={"kind": validation_kind, "split": training_data.get("split", ""),
+                    "predictions": "val_predictions.csv", **checks["clean"]},
+        shift_checks={"stress": checks["stress"], "bootstrap_95": checks["bootstrap_95"]},
+        explanation_trust=checks["explanation_trust"],
+        training=training,
+        data_attribution=attribution,
+        created=runs.now_iso(),
+        extra={"input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
+               "output": "sigmoid probability of PNEUMONIA"},
+    )
+    card.write(run_dir / "card.json")
+    return card
+
+
+def shift_checks(loaded: Any, val_df: Any, target_recall: float, explain_limit: int = 48) -> dict[str, Any]:
+    """Threshold, clean figures, stress suite, bootstrap spread and explanation trust on held-out images.
+
+    The threshold is the highest one that keeps `target_recall` pooled over the clean held-out films and
+    every stressed copy of them, so that it still holds under acquisition shift.
+    """
+    from . import evaluate as E
+    from . import validate as V
+
+    images = V.load_images(val_df["path"].tolist(), loaded.input_size)
+    labels = val_df["label"].to_numpy()
+    probs = V.stressed_probabilities(loaded, images)
+    threshold = V.robust_threshold(labels, probs, target_recall)
+    stress = V.stress_report(labels, probs, threshold)
+    return {
+        "threshold": threshold,
+        "threshold_rule": f"highest threshold with sensitivity >= {target_recall} pooled over the held-out images "
+                          f"and {len(V.STRESS)} stressed copies of them",
+        "clean": E.metrics_at(labels, probs["clean"], threshold),
+        "clean_probabilities": probs["clean"].tolist(),
+        "bootstrap_95": V.bootstrap(labels, probs["clean"], val_df["patient_id"].to_numpy(), threshold),
+        "stress": {k: v for k, v in stress.to_dict().items() if k != "probabilities"},
+        "explanation_trust": V.explanation_trust(loaded, images, limit=explain_limit),
+    }
+
+
 def _command(config: TrainConfig, run_dir: Path) -> str:
-    defaults = TrainConfig()
-    parts = ["python -m pneumo train", f"--data {config.data}"]
-    flags = {"model": "--model", "epochs": "--epochs", "image_size": "--image-size", "batch_size": "--batch-size",
-             "val_fraction": "--val-fraction", "seed": "--seed", "split_seed": "--split-seed",
-             "learning_rate": "--learning-rate"}
-    for key, flag in flags.items():
-        if getattr(config, key) != getattr(defaults, key):
-            parts.append(f"{flag} {getattr(config, key)}")
-    parts.append(f"--out {run_dir}")
-    return " ".join(parts)
+    return " ".join(["python -m pneumo train", f"--data {config.data}", *config.flags(), f"--out {run_dir}"])
 
 
-def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98) -> dict[str, Any]:
+def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98) -> ModelCard:
     """Average the probabilities of several runs trained on one validation split into one model.
 
-    The members must share their validation images (same data and split seed), so the ensemble's
-    threshold and figures still come from images none of its members trained on.
+    The members must share their validation images (same data and split), so the ensemble's threshold
+    and checks still come from images none of its members trained on.
     """
     import keras
     import pandas as pd
 
-    from . import evaluate as E
     from .models import load_model
 
     run_dirs = [Path(r) for r in run_dirs]
@@ -323,7 +448,7 @@ def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: flo
     members = [load_model(r / "model.keras") for r in run_dirs]
     vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
     if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):
-        raise ValueError("the runs do not share one validation split; train them with the same --split-seed")
+        raise ValueError("the runs do not share one validation split; train them with the same --split and --split-seed")
     sizes = {m.input_size for m in members}
     if len(sizes) != 1:
         raise ValueError(f"members have different input sizes {sorted(sizes)}")
@@ -337,38 +462,29 @@ def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: flo
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_model(model, out_dir / "model.keras")
-
-    loaded = load_model(out_dir / "model.keras")
-    val = vals[0][["path", "label", "patient_id"]]
-    predicted = E.predict_frame(loaded, val)
-    predicted[["path", "label", "probability", "patient_id"]].to_csv(out_dir / "val_predictions.csv", index=False)
-    threshold = E.threshold_for_recall(predicted["label"], predicted["probability"], target_recall)
-    cards = [m.card for m in members]
-    first = cards[0]
     histories = {r.name: runs.read_json(r / "history.json", []) for r in run_dirs}
     runs.atomic_write_json(out_dir / "history.json", histories)
-    card = {
-        **{k: first.get(k) for k in ("input", "preprocessing", "class_names", "output", "training_data", "data_attribution")},
-        "name": out_dir.name,
-        "architecture": f"ensemble of {len(members)} × {first.get('architecture')}",
-        "description": f"Mean probability of {len(members)} {first.get('architecture')} models trained with different "
-                       "initialisation and augmentation seeds on one patient-level split.",
-        "members": [{"run": r.name, "seed": c.get("config", {}).get("seed"), "best_epoch": c.get("best_epoch"),
-                     "val_roc_auc": c.get("validation_metrics", {}).get("roc_auc")} for r, c in zip(run_dirs, cards)],
-        "input_size": size,
-        "gradcam_layer": first.get("gradcam_layer"),
-        "gradcam_note": "Grad-CAM is taken on the first member's feature map.",
-        "parameters": int(model.count_params()),
-        "validation_metrics": E.metrics_at(predicted["label"], predicted["probability"], threshold),
-        "threshold": threshold,
-        "threshold_rule": f"highest threshold with validation sensitivity >= {target_recall}",
-        "training_seconds": round(sum(c.get("training_seconds", 0.0) for c in cards), 1),
-        "device": first.get("device"),
-        "library_versions": library_versions(),
-        "config": first.get("config"),
-        "command": " && ".join(c.get("command", "") for c in cards)
-        + f" && python -m pneumo ensemble {' '.join(str(r) for r in run_dirs)} --out {out_dir}",
-        "created": runs.now_iso(),
-    }
-    runs.atomic_write_json(out_dir / "card.json", card)
-    return card
+    cards = [m.card for m in members]
+    first = cards[0]
+    return finish_run(
+        out_dir, load_model(out_dir / "model.keras"), vals[0][["path", "label", "patient_id"]], target_recall,
+        architecture=f"ensemble of {len(members)} × {first.architecture}",
+        description=f"Mean probability of {len(members)} {first.architecture} models trained with different "
+                    "initialisation and augmentation seeds on one held-out split.",
+        preprocessing=first.preprocessing,
+        gradcam_layer=first.gradcam_layer,
+        training_data=first.training_data,
+        validation_kind=first.validation_kind,
+        training={
+            "members": [{"run": r.name, "seed": c.training.get("config", {}).get("seed"),
+                         "val_roc_auc": c.validation.get("roc_auc")} for r, c in zip(run_dirs, cards)],
+            "seconds": round(sum(c.training.get("seconds", 0.0) for c in cards), 1),
+            "device": first.training.get("device"),
+            "library_versions": library_versions(),
+            "config": first.training.get("config"),
+            "command": " && ".join(c.training.get("command", "") for c in cards)
+            + f" && python -m pneumo ensemble {' '.join(str(r) for r in run_dirs)} --out {out_dir}",
+            "gradcam_note": "Grad-CAM is taken on the first member's feature map.",
+        },
+        attribution=first.data_attribution,
+    )

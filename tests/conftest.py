@@ -63,6 +63,6 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_folder(root / "data", n_per_class=40, size=64, images_per_patient=2)
-    config = TrainConfig(data=str(data), image_size=64, epochs=1, batch_size=16, val_fraction=0.25, augment=False)
+    config = TrainConfig(data=str(data), image_size=64, epochs=1, batch_size=16, val_fraction=0.25, augmentation="none")
     train(config, root / "run")
     return root / "run"

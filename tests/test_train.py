@@ -14,7 +14,8 @@ from tests.conftest import make_folder
 
 
 def test_run_directory_holds_everything(tiny_run: Path) -> None:
-    for name in ("config.json", "metrics.jsonl", "status.json", "model.keras", "card.json", "val_predictions.csv", "history.json"):
+    for name in ("config.json", "metrics.jsonl", "status.json", "model.keras", "card.json", "val_predictions.csv",
+                 "history.json", "checks.json"):
         assert (tiny_run / name).exists(), name
     status = json.loads((tiny_run / "status.json").read_text())
     assert status["state"] == "finished" and status["device"].startswith(("CPU", "1×", "2×"))
@@ -27,16 +28,23 @@ def test_run_directory_holds_everything(tiny_run: Path) -> None:
     assert not list(tiny_run.glob(".tmp-*"))
 
 
-def test_card_threshold_reaches_target_recall_on_validation(tiny_run: Path) -> None:
-    card = json.loads((tiny_run / "card.json").read_text())
+def test_card_records_held_out_figures_and_shift_checks(tiny_run: Path) -> None:
+    from pneumo.card import ModelCard
+    from pneumo.validate import STRESS
+
+    card = ModelCard.read(tiny_run / "card.json")
     preds = pd.read_csv(tiny_run / "val_predictions.csv")
     pos = preds[preds.label == 1]
-    assert (pos.probability >= card["threshold"]).mean() >= 0.98
-    assert card["validation_metrics"]["n"] == len(preds)
-    assert card["input_size"] == 64 and card["class_names"] == ["NORMAL", "PNEUMONIA"]
-    assert card["training_data"]["train_patients"] > 0 and len(card["training_data"]["file_list_sha256_16"]) == 16
+    assert card.validation["n"] == len(preds) and card.validation["kind"] == "temporal"
+    assert card.validation["sensitivity"] == pytest.approx((pos.probability >= card.threshold).mean())
+    assert "pooled" in card.threshold_rule
+    assert len(card.shift_checks["stress"]["conditions"]) == len(STRESS)
+    assert set(card.shift_checks["bootstrap_95"]) >= {"sensitivity", "specificity"}
+    assert 0.0 <= card.explanation_trust["outside_chest_mean"] <= 1.0
+    assert card.input_size == 64 and card.class_names == ["NORMAL", "PNEUMONIA"]
+    assert card.training_data["train_patients"] > 0 and len(card.training_data["file_list_sha256_16"]) == 16
     loaded = load_model(tiny_run / "model.keras")
-    assert loaded.threshold == card["threshold"]
+    assert loaded.threshold == card.threshold
     summary = json.loads((tiny_run / "data_summary.json").read_text())
     assert summary["val_images"] == len(preds)
     assert summary["train_images"] + summary["val_images"] == summary["images"]
@@ -46,11 +54,16 @@ def test_stop_file_stops_with_a_readable_model(tmp_path: Path) -> None:
     data = make_folder(tmp_path / "d", n_per_class=40, size=48)
     run = tmp_path / "run"
     run.mkdir()
-    runs.request_stop(run)  # present from the start: the run stops after its first batch
-    config = TrainConfig(data=str(data), image_size=48, epochs=50, batch_size=8, augment=False, val_fraction=0.25)
-    card = train(config, run)
+    runs.request_stop(run)  # a stale request from before the run: cleared at its start
+    config = TrainConfig(data=str(data), image_size=48, epochs=50, batch_size=8, augmentation="none", val_fraction=0.25)
+
+    def stop_at_first_progress(record: dict) -> None:
+        if record["type"] == "progress":
+            runs.request_stop(run)
+
+    card = train(config, run, hook=stop_at_first_progress)
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
-    assert card["epochs_run"] == 1
+    assert card.training["epochs_run"] == 1
     progress = [r for r in runs.read_metrics(run) if r["type"] == "progress"]
     assert progress[0]["batch"] < progress[0]["batches"]  # stopped inside the epoch
     model = load_model(run / "model.keras")
@@ -81,14 +94,65 @@ def test_ensemble_averages_members_on_their_shared_split(tiny_run: Path, tmp_pat
     members = [pd.read_csv(r / "val_predictions.csv").set_index("path") for r in (tiny_run, other)]
     mean = (members[0]["probability"] + members[1]["probability"]) / 2
     np.testing.assert_allclose(preds["probability"], mean.loc[preds.index], atol=1e-5)
-    pos = preds[preds.label == 1]
-    assert (pos.probability >= card["threshold"]).mean() >= 0.98
+    assert card.validation["n"] == len(preds) and card.architecture.startswith("ensemble of 2")
     loaded = load_model(tmp_path / "ens")
     img = np.random.default_rng(0).random((64, 64)).astype("float32")
     heat = explain.gradcam(loaded, img)  # the target layer sits inside a nested member
     assert heat.shape == (64, 64)
 
-    config = TrainConfig.from_dict({**config.__dict__, "split_seed": 5})
+    config = TrainConfig.from_dict({**config.__dict__, "split": "patient", "split_seed": 5})
     train(config, tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="split"):
         ensemble([tiny_run, tmp_path / "elsewhere"], tmp_path / "bad")
+
+
+def test_run_folders_are_never_overwritten_or_shared(tmp_path: Path) -> None:
+    import fcntl
+
+    from pneumo.runs import RunFolderError, claim
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.docx").write_text("years of work")
+    with pytest.raises(RunFolderError, match="not a pneumo run"):
+        train(TrainConfig(data=str(tmp_path), epochs=1), foreign)
+    assert (foreign / "thesis.docx").read_text() == "years of work"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunFolderError, match="is a file"):
+        train(TrainConfig(data=str(tmp_path), epochs=1), tmp_path / "file")
+
+    ended = tmp_path / "ended"
+    ended.mkdir()
+    runs.atomic_write_json(ended / "config.json", {})
+    runs.write_status(ended, "finished")
+    with pytest.raises(RunFolderError, match="--overwrite"):
+        with claim(ended):
+            pass
+    with claim(ended, overwrite=True):
+        assert not (ended / "status.json").exists()
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    with open(busy / runs.LOCK_FILE, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another process holds the folder
+        with pytest.raises(RunFolderError, match="another training"):
+            with claim(busy):
+                pass
+
+
+@pytest.mark.parametrize("change, message", [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
+                                             ({"model": "gpt"}, "model"), ({"learning_rate": float("nan")}, "finite")])
+def test_arguments_are_checked_before_any_work(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        train(TrainConfig(data=str(tmp_path), **change), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_single_class_data_is_refused_before_training(tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "d", n_per_class=6, size=48)
+    import shutil
+
+    shutil.rmtree(data / "NORMAL")
+    with pytest.raises(ValueError, match="both classes"):
+        train(TrainConfig(data=str(data), image_size=48, epochs=1), tmp_path / "run")
+    assert runs.read_status(tmp_path / "run")["state"] == "failed"

@@ -1,0 +1,191 @@
+"""The training input pipeline: parallel decode, cache, shuffle, augmentation, mixup, class weights, prefetch."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data import NPZ_SEPARATOR, DatasetError, read_item
+
+# Files TensorFlow's own decoder reads; anything else (DICOM, TIFF, MedMNIST) goes through read_item.
+TF_DECODABLE = {".png", ".jpg", ".jpeg", ".bmp"}
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Changes an X-ray survives without changing its label: geometry, exposure, sharpness and noise.
+
+    Every field is a range bound; 0 turns that change off. The photometric ones imitate what differs
+    between acquisition sites and periods (exposure, detector gamma, processing sharpness, noise).
+    """
+
+    rotation_deg: float = 7.0
+    shift: float = 0.06  # fraction of the side
+    zoom: float = 0.10  # scale in [1 - zoom, 1 + zoom]
+    aspect: float = 0.0  # log aspect-ratio jitter: the film's width and height scaled apart
+    brightness: float = 0.10
+    contrast: float = 0.15
+    gamma: float = 0.0  # gamma in [1 / (1 + g), 1 + g], log-uniform
+    blur: float = 0.0  # blend towards a Gaussian blur (t ∈ (0, blur]) or away from it, sharpening (t ∈ [-blur/2, 0))
+    noise: float = 0.0  # std of additive Gaussian noise, drawn per image in [0, noise]
+
+    @classmethod
+    def preset(cls, name: str) -> "Augmentation | None":
+        """Named recipes: 'none', 'basic' (small geometry and exposure) and 'shift' (acquisition shift)."""
+        presets = {
+            "none": None,
+            "basic": cls(),
+            "shift": cls(rotation_deg=10.0, shift=0.08, zoom=0.15, aspect=0.10, brightness=0.12, contrast=0.25,
+                         gamma=0.5, blur=0.8, noise=0.03),
+        }
+        try:
+            return presets[name]
+        except KeyError:
+            raise ValueError(f"unknown augmentation '{name}'; choose one of: {', '.join(presets)}") from None
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def make_dataset(
+    frame: pd.DataFrame,
+    image_size: int,
+    batch_size: int = 32,
+    training: bool = False,
+    augmentation: Augmentation | None = None,
+    seed: int = 0,
+    cache: bool = True,
+    class_weights: dict[int, float] | None = None,
+    mixup: float = 0.0,
+) -> Any:
+    """A tf.data pipeline of (image, label[, weight]) batches: parallel decode and resize, cached,
+    augmented, mixed, prefetched.
+
+    Class weights travel as per-sample weights (a third element) rather than Keras' class_weight, so
+    that mixup can blend them with the labels.
+    """
+    import tensorflow as tf
+
+    paths = frame["path"].astype(str).tolist()
+    labels = frame["label"].astype("float32").to_numpy()
+    if not paths:
+        raise DatasetError("no images to build a dataset from")
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    native = all(Path(p).suffix.lower() in TF_DECODABLE and NPZ_SEPARATOR not in p for p in paths)
+
+    def decode_native(path: Any, label: Any) -> tuple[Any, Any]:
+        raw = tf.io.read_file(path)
+        img = tf.io.decode_image(raw, channels=1, expand_animations=False)
+        img = tf.image.convert_image_dtype(img, tf.float32)
+        img = tf.image.resize(img, (image_size, image_size), method="area")
+        return tf.ensure_shape(img, (image_size, image_size, 1)), label
+
+    def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
+        def load(p: bytes) -> np.ndarray:
+            from .imaging import resize
+
+            return resize(read_item(p.decode()), image_size)[..., None].astype(np.float32)
+
+        img = tf.numpy_function(load, [path], tf.float32)
+        return tf.ensure_shape(img, (image_size, image_size, 1)), label
+
+    ds = ds.map(decode_native if native else decode_python, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.ignore_errors()  # unreadable files are reported by summarize(); training skips them
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(min(len(paths), 8192), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=False)
+    if class_weights:
+        table = tf.constant([class_weights.get(0, 1.0), class_weights.get(1, 1.0)], tf.float32)
+        ds = ds.map(lambda x, y: (x, y, tf.gather(table, tf.cast(y, tf.int32))))
+    if training and augmentation is not None:
+        ds = ds.map(lambda x, *rest: (augment_batch(x, augmentation), *rest), num_parallel_calls=tf.data.AUTOTUNE)
+    if training and mixup > 0:
+        ds = ds.map(lambda *batch: mix_batch(batch, mixup), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def mix_batch(batch: tuple[Any, ...], alpha: float) -> tuple[Any, ...]:
+    """Mixup: each image, its label and weight blended with another of the batch by λ ~ Beta(α, α)."""
+    import tensorflow as tf
+
+    n = tf.shape(batch[0])[0]
+    a = tf.random.gamma([n], alpha)
+    b = tf.random.gamma([n], alpha)
+    lam = a / (a + b)
+    lam = tf.maximum(lam, 1.0 - lam)  # the first image dominates: its label stays the main one
+    perm = tf.random.shuffle(tf.range(n))
+
+    def mix(t: Any) -> Any:
+        shape = tf.concat([[n], tf.ones([tf.rank(t) - 1], tf.int32)], 0)
+        w = tf.reshape(lam, shape)
+        return w * t + (1.0 - w) * tf.gather(t, perm)
+
+    return tuple(mix(t) for t in batch)
+
+
+def _gaussian_blur(images: Any, sigma: float) -> Any:
+    import tensorflow as tf
+
+    radius = max(1, int(math.ceil(2.5 * sigma)))
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    k = np.exp(-(x**2) / (2 * sigma**2))
+    k /= k.sum()
+    kx = tf.constant(k.reshape(1, -1, 1, 1))
+    ky = tf.constant(k.reshape(-1, 1, 1, 1))
+    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    return tf.nn.conv2d(tf.nn.conv2d(padded, kx, 1, "VALID"), ky, 1, "VALID")
+
+
+def augment_batch(images: Any, aug: Augmentation) -> Any:
+    """Rotation, shift, zoom and aspect as one affine warp per image, then gamma, blur or sharpening,
+    brightness and contrast, and noise.
+
+    One fused resampling pass per batch instead of one per geometric layer (Keras' RandomRotation,
+    RandomTranslation and RandomZoom each resample the whole batch).
+    """
+    import tensorflow as tf
+
+    n = tf.shape(images)[0]
+    h, w = images.shape[1], images.shape[2]
+
+    def uniform(bound: float, shape: list[Any] | None = None) -> Any:
+        return tf.random.uniform(shape or [n], -bound, bound)
+
+    angle = uniform(aug.rotation_deg) * (math.pi / 180.0)
+    scale = tf.random.uniform([n], 1.0 - aug.zoom, 1.0 + aug.zoom)
+    log_aspect = uniform(aug.aspect) if aug.aspect else tf.zeros([n])
+    sx, sy = scale * tf.exp(log_aspect / 2), scale * tf.exp(-log_aspect / 2)
+    tx, ty = uniform(aug.shift) * float(w), uniform(aug.shift) * float(h)
+    # The transform maps each output pixel to the input pixel it samples: rotate and scale about the centre.
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    a0, a1 = tf.cos(angle) / sx, -tf.sin(angle) / sx
+    b0, b1 = tf.sin(angle) / sy, tf.cos(angle) / sy
+    a2 = cx - a0 * cx - a1 * cy - tx
+    b2 = cy - b0 * cx - b1 * cy - ty
+    zeros = tf.zeros_like(a0)
+    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.constant([h, w], tf.int32),
+        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
+    )
+    per_image = [n, 1, 1, 1]
+    if aug.gamma:
+        bound = math.log1p(aug.gamma)
+        out = tf.pow(tf.clip_by_value(out, 1e-4, 1.0), tf.exp(uniform(bound, per_image)))
+    if aug.blur:
+        t = tf.random.uniform(per_image, -aug.blur / 2, aug.blur)
+        out = out + t * (_gaussian_blur(out, sigma=max(1.0, h / 150)) - out)
+    delta = uniform(aug.brightness, per_image)
+    factor = 1.0 + uniform(aug.contrast, per_image)
+    mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
+    out = (out - mean) * factor + mean + delta
+    if aug.noise:
+        out = out + tf.random.normal(tf.shape(out)) * tf.random.uniform(per_image, 0.0, aug.noise)
+    return tf.clip_by_value(out, 0.0, 1.0)

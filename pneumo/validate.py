@@ -1,0 +1,296 @@
+"""Checks that can tell a robust recipe from a fragile one: shifted hold-out splits, an acquisition
+stress suite, bootstrap spread, and where the explanations fall.
+
+A random patient-level split of one collection is saturated (every candidate scores AUC ≈ 0.999), so
+it cannot rank recipes. These checks hold out a different population instead:
+
+- ``temporal``: the lowest-numbered patients of each file-name series and class (a proxy for another
+  acquisition period: patient numbers were assigned in order);
+- ``family``: one whole series of normal films (``NORMAL2-IM-*``) against a patient-level draw of the
+  pneumonias, so specificity is measured on normals from a series the model never saw;
+- the stress suite: the held-out films under exposure, gamma, contrast, blur, sharpening, noise, crop,
+  zoom, rotation, JPEG re-compression, resampling and CLAHE.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+import pandas as pd
+
+from . import data as D
+from .evaluate import metrics_at, threshold_for_recall
+
+SPLITS = ("patient", "temporal", "family")
+_NUMBER = re.compile(r"(\d+)$")
+
+
+def series(path: str) -> str:
+    """The file-name series of a Kermany-style image: NORMAL2-IM, IM or person; '' otherwise."""
+    name = Path(path).name.upper()
+    if name.startswith("NORMAL2-IM-"):
+        return "NORMAL2-IM"
+    if name.startswith("IM-"):
+        return "IM"
+    if name.startswith("PERSON"):
+        return "person"
+    return ""
+
+
+def patient_number(patient_id: str) -> int | None:
+    m = _NUMBER.search(str(patient_id))
+    return int(m.group(1)) if m and not str(patient_id).endswith((".png", ".jpeg", ".jpg")) else None
+
+
+def _group_frame(frame: pd.DataFrame, duplicates: list[list[str]]) -> pd.DataFrame:
+    out = frame.copy()
+    out["group"] = D.patient_groups(frame, duplicates)
+    out["series"] = [series(p) for p in frame["path"]]
+    out["number"] = [patient_number(p) for p in frame["patient_id"]]
+    return out
+
+
+def holdout(
+    frame: pd.DataFrame,
+    kind: str = "temporal",
+    fraction: float = 0.15,
+    seed: int = 0,
+    duplicates: list[list[str]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split the non-test images into (train, held-out) by kind: patient, temporal or family.
+
+    Every split keeps each patient and each exact-duplicate group on one side. Where the file names
+    carry no series or patient number (not a Kermany-style collection), temporal and family fall back
+    to the patient split and say so through ``describe_holdout``.
+    """
+    if kind not in SPLITS:
+        raise ValueError(f"unknown split '{kind}'; choose one of: {', '.join(SPLITS)}")
+    pool = frame[frame["split"] != "test"].reset_index(drop=True)
+    if duplicates is None:
+        duplicates = D.duplicate_groups(D.inspect_images(pool["path"]))
+    if kind == "patient" or not _has_series(pool):
+        return D.split(pool, fraction, seed, duplicates)
+    g = _group_frame(pool, duplicates)
+    if kind == "temporal":
+        held_groups = _lowest_numbers(g, fraction)
+    else:
+        normals = set(g.loc[(g["label"] == 0) & (g["series"] == "NORMAL2-IM"), "group"])
+        positives = g[(g["label"] == 1) & ~g["group"].isin(normals)]
+        _, held_pos = D.split(positives.drop(columns=["group", "series", "number"]), max(fraction, 0.1), seed, duplicates)
+        held_groups = normals | set(g.loc[g["path"].isin(held_pos["path"]), "group"])
+    held = g["group"].isin(held_groups)
+    if pool.loc[held, "label"].nunique() < 2 or pool.loc[~held, "label"].nunique() < 2:
+        raise D.DatasetError(f"a {kind} split needs both classes on both sides")
+    return pool[~held].reset_index(drop=True), pool[held].reset_index(drop=True)
+
+
+def _has_series(frame: pd.DataFrame) -> bool:
+    known = frame["path"].map(series) != ""
+    return bool(known.mean() > 0.9) and frame.loc[known, "label"].nunique() == 2
+
+
+def _lowest_numbers(g: pd.DataFrame, fraction: float) -> set[str]:
+    """Groups whose smallest patient number is among the lowest `fraction` of images in their series and class."""
+    held: set[str] = set()
+    for _, part in g[g["number"].notna()].groupby(["label", "series"]):
+        first = part.groupby("group")["number"].min().sort_values(kind="stable")
+        sizes = part.groupby("group").size().reindex(first.index)
+        take = sizes.cumsum() <= max(1, round(fraction * len(part)))
+        held |= set(first.index[take])
+    return held
+
+
+def describe_holdout(kind: str, frame: pd.DataFrame) -> str:
+    if kind == "patient" or not _has_series(frame):
+        return "random patient-level draw (StratifiedGroupKFold by patient and exact-duplicate group)"
+    if kind == "temporal":
+        return "lowest-numbered patients of each file-name series and class (a proxy for another period)"
+    return "the whole NORMAL2-IM series of normals and a patient-level draw of pneumonias"
+
+
+# ---------------------------------------------------------------- stress suite
+
+Transform = Callable[[np.ndarray], np.ndarray]
+
+
+def _affine(img: np.ndarray, angle: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    h, w = img.shape
+    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
+
+
+def _contrast(img: np.ndarray, factor: float) -> np.ndarray:
+    return (img - img.mean()) * factor + img.mean()
+
+
+def _sharpen(img: np.ndarray) -> np.ndarray:
+    return img + 1.0 * (img - cv2.GaussianBlur(img, (0, 0), 2.0))
+
+
+def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
+    ok, buf = cv2.imencode(".jpg", (np.clip(img, 0, 1) * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
+
+
+def _resample(img: np.ndarray, side: int) -> np.ndarray:
+    h, w = img.shape
+    small = cv2.resize(img, (side, side), interpolation=cv2.INTER_NEAREST)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
+
+
+def _clahe(img: np.ndarray) -> np.ndarray:
+    u8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
+    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(u8).astype(np.float32) / 255.0
+
+
+def _noise(img: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
+    return img + np.random.default_rng(seed).normal(0.0, sigma, img.shape).astype(np.float32)
+
+
+STRESS: dict[str, Transform] = {
+    "darker (exposure ×0.7)": lambda x: x * 0.7,
+    "brighter (+0.15)": lambda x: x + 0.15,
+    "gamma 0.6": lambda x: np.power(np.clip(x, 0, 1), 0.6),
+    "gamma 1.6": lambda x: np.power(np.clip(x, 0, 1), 1.6),
+    "low contrast ×0.6": lambda x: _contrast(x, 0.6),
+    "high contrast ×1.4": lambda x: _contrast(x, 1.4),
+    "blur σ=2 px": lambda x: cv2.GaussianBlur(x, (0, 0), 2.0),
+    "sharpened": _sharpen,
+    "noise σ=0.04": lambda x: _noise(x, 0.04),
+    "crop 85 % (zoom in)": lambda x: _affine(x, scale=1 / 0.85),
+    "zoom out 85 %": lambda x: _affine(x, scale=0.85),
+    "rotate +8°": lambda x: _affine(x, angle=8.0),
+    "rotate -8°": lambda x: _affine(x, angle=-8.0),
+    "JPEG quality 20": lambda x: _jpeg(x, 20),
+    "resampled from 96 px": lambda x: _resample(x, 96),
+    "CLAHE": _clahe,
+}
+
+
+@dataclass
+class ConditionResult:
+    condition: str
+    roc_auc: float | None
+    sensitivity: float | None
+    specificity: float | None
+
+
+@dataclass
+class StressReport:
+    threshold: float
+    conditions: list[ConditionResult]
+    probabilities: dict[str, list[float]] = field(repr=False, default_factory=dict)
+
+    @property
+    def worst_auc(self) -> ConditionResult:
+        return min(self.conditions, key=lambda c: c.roc_auc if c.roc_auc is not None else 1.0)
+
+    @property
+    def worst_specificity(self) -> ConditionResult:
+        return min(self.conditions, key=lambda c: c.specificity if c.specificity is not None else 1.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "conditions": [asdict(c) for c in self.conditions],
+            "worst_auc": asdict(self.worst_auc),
+            "worst_specificity": asdict(self.worst_specificity),
+            "mean_auc": float(np.mean([c.roc_auc for c in self.conditions if c.roc_auc is not None])),
+            "mean_specificity": float(np.mean([c.specificity for c in self.conditions if c.specificity is not None])),
+        }
+
+
+def load_images(paths: list[str], size: int) -> np.ndarray:
+    """Decode and resize the held-out films once; every condition starts from these."""
+    from .imaging import resize
+
+    return np.stack([resize(D.read_item(p), size) for p in paths]).astype(np.float32)
+
+
+def stressed_probabilities(
+    loaded: Any, images: np.ndarray, conditions: dict[str, Transform] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Probabilities for the clean images and under each stress condition."""
+    conditions = STRESS if conditions is None else conditions
+    out = {"clean": loaded.predict(images, batch_size=64)}
+    for i, (name, transform) in enumerate(conditions.items()):
+        changed = np.stack([np.clip(transform(img), 0.0, 1.0) for img in images]).astype(np.float32)
+        out[name] = loaded.predict(changed, batch_size=64)
+        if progress:
+            progress(i + 1, len(conditions))
+    return out
+
+
+def stress_report(labels: np.ndarray, probabilities: dict[str, np.ndarray], threshold: float) -> StressReport:
+    results = []
+    for name, p in probabilities.items():
+        if name == "clean":
+            continue
+        m = metrics_at(labels, p, threshold)
+        results.append(ConditionResult(name, m["roc_auc"], m["sensitivity"], m["specificity"]))
+    return StressReport(threshold, results, {k: [float(x) for x in v] for k, v in probabilities.items()})
+
+
+def robust_threshold(labels: np.ndarray, probabilities: dict[str, np.ndarray], target: float) -> float:
+    """The highest threshold whose sensitivity, pooled over the clean and every stressed copy of the
+    held-out films, reaches target: the operating point keeps its recall under acquisition shift."""
+    pooled_y = np.concatenate([labels] * len(probabilities))
+    pooled_p = np.concatenate(list(probabilities.values()))
+    return threshold_for_recall(pooled_y, pooled_p, target)
+
+
+def bootstrap(
+    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, threshold: float, rounds: int = 300, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Percentile 95 % intervals of AUC, sensitivity and specificity, resampling patients (not films)."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    labels, probs, groups = np.asarray(labels), np.asarray(probs), np.asarray(groups)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == i) for i in range(len(unique))]
+    draws: dict[str, list[float]] = {"roc_auc": [], "sensitivity": [], "specificity": []}
+    for _ in range(rounds):
+        idx = np.concatenate([members[i] for i in rng.integers(0, len(unique), len(unique))])
+        y, p = labels[idx], probs[idx]
+        if len(np.unique(y)) < 2:
+            continue
+        pred = p >= threshold
+        draws["roc_auc"].append(roc_auc_score(y, p))
+        draws["sensitivity"].append(float(pred[y == 1].mean()))
+        draws["specificity"].append(float((~pred[y == 0]).mean()))
+    return {k: {"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5)), "sd": float(np.std(v))}
+            for k, v in draws.items() if v}
+
+
+# ---------------------------------------------------------------- explanation trust
+
+# The chest occupies roughly this box of a frontal paediatric film; heat outside it sits on the border,
+# the corners, the neck or the abdomen, where no pneumonia is.
+CHEST_BOX = (0.10, 0.12, 0.90, 0.85)  # left, top, right, bottom as fractions of the side
+
+
+def outside_chest_fraction(heatmap: np.ndarray, box: tuple[float, float, float, float] = CHEST_BOX) -> float:
+    h, w = heatmap.shape
+    left, top, right, bottom = box
+    mask = np.zeros_like(heatmap, dtype=bool)
+    mask[int(top * h): int(np.ceil(bottom * h)), int(left * w): int(np.ceil(right * w))] = True
+    total = float(np.clip(heatmap, 0, None).sum())
+    return float(np.clip(heatmap, 0, None)[~mask].sum() / total) if total > 0 else 0.0
+
+
+def explanation_trust(loaded: Any, images: np.ndarray, limit: int = 48, seed: int = 0) -> dict[str, float]:
+    """Share of Grad-CAM mass outside the chest box on up to `limit` films: mean and 90th percentile."""
+    from .explain import gradcam
+
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(images), size=min(limit, len(images)), replace=False)
+    shares = [outside_chest_fraction(gradcam(loaded, images[i])) for i in pick]
+    return {"outside_chest_mean": float(np.mean(shares)), "outside_chest_p90": float(np.percentile(shares, 90)),
+            "n": len(shares)}

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo import data as D
+from pneumo import validate as V
+from tests.conftest import make_folder, synthetic_xray, write_png
+
+
+def _kermany_like(root: Path) -> Path:
+    """IM-, NORMAL2-IM- and person- series with numbered patients, two films each."""
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        write_png(root / "NORMAL" / f"IM-{100 + i // 2:04d}-{i:04d}.png", synthetic_xray(rng, 40))
+        write_png(root / "NORMAL" / f"NORMAL2-IM-{500 + i // 2:04d}-{i:04d}.png", synthetic_xray(rng, 40))
+        write_png(root / "PNEUMONIA" / f"person{10 + i // 2}_bacteria_{i}.png", synthetic_xray(rng, 40, pneumonia=True))
+    return root
+
+
+def _no_shared_patient(train: pd.DataFrame, held: pd.DataFrame) -> None:
+    assert not set(train["patient_id"]) & set(held["patient_id"])
+    assert set(train["label"]) == set(held["label"]) == {0, 1}
+
+
+def test_temporal_split_holds_out_the_lowest_numbers_of_each_series(tmp_path: Path) -> None:
+    frame = D.scan(_kermany_like(tmp_path / "k")).frame
+    train, held = V.holdout(frame, "temporal", 0.2, duplicates=[])
+    _no_shared_patient(train, held)
+    assert len(held) == pytest.approx(0.2 * len(frame), abs=4)
+    for series in ("IM", "NORMAL2-IM", "person"):
+        numbers = lambda f: [V.patient_number(p) for p, s in zip(f["patient_id"], f["path"]) if V.series(s) == series]
+        assert max(numbers(held)) < min(numbers(train)), series
+
+
+def test_family_split_holds_out_a_whole_normal_series(tmp_path: Path) -> None:
+    frame = D.scan(_kermany_like(tmp_path / "k")).frame
+    train, held = V.holdout(frame, "family", 0.2, duplicates=[])
+    _no_shared_patient(train, held)
+    held_normals = held[held.label == 0]["path"].map(V.series)
+    assert set(held_normals) == {"NORMAL2-IM"} and len(held_normals) == 40
+    assert not (train["path"].map(V.series) == "NORMAL2-IM").any()
+
+
+def test_split_falls_back_to_patients_without_kermany_names(tmp_path: Path) -> None:
+    root = tmp_path / "plain"
+    rng = np.random.default_rng(1)
+    for i in range(30):
+        write_png(root / "NORMAL" / f"a{i}.png", synthetic_xray(rng, 40))
+        write_png(root / "PNEUMONIA" / f"b{i}.png", synthetic_xray(rng, 40, pneumonia=True))
+    frame = D.scan(root).frame
+    train, held = V.holdout(frame, "temporal", 0.2, duplicates=[])
+    assert len(train) + len(held) == 60 and "patient-level" in V.describe_holdout("temporal", frame)
+    with pytest.raises(ValueError, match="unknown split"):
+        V.holdout(frame, "random")
+
+
+def test_duplicates_stay_on_one_side(tmp_path: Path) -> None:
+    root = _kermany_like(tmp_path / "k")
+    low, high = root / "NORMAL" / "IM-0100-0000.png", root / "NORMAL" / "IM-0119-0039.png"
+    high.write_bytes(low.read_bytes())  # the same film under a low and a high patient number
+    frame = D.scan(root).frame
+    train, held = V.holdout(frame, "temporal", 0.2)
+    assert (str(low) in set(held["path"])) == (str(high) in set(held["path"]))
+
+
+def test_stress_conditions_keep_shape_and_change_the_image() -> None:
+    img = synthetic_xray(np.random.default_rng(2), 64, pneumonia=True)
+    for name, transform in V.STRESS.items():
+        out = np.clip(transform(img), 0, 1)
+        assert out.shape == img.shape, name
+        assert np.abs(out - img).mean() > 1e-3, name
+
+
+class _Scorer:
+    """A stand-in model whose score is the mean brightness of the image's centre."""
+
+    input_size = 32
+
+    def predict(self, images: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        return np.asarray(images)[:, 8:24, 8:24].mean(axis=(1, 2))
+
+
+def test_stress_report_and_robust_threshold_keep_recall_pooled() -> None:
+    rng = np.random.default_rng(3)
+    labels = np.array([0] * 30 + [1] * 30)
+    images = np.stack([np.full((32, 32), 0.3 + 0.3 * y + 0.1 * rng.random(), np.float32) for y in labels])
+    probs = V.stressed_probabilities(_Scorer(), images)
+    assert set(probs) == {"clean", *V.STRESS}
+    t = V.robust_threshold(labels, probs, 0.95)
+    pooled = np.concatenate([p[labels == 1] for p in probs.values()])
+    assert (pooled >= t).mean() >= 0.95
+    report = V.stress_report(labels, probs, t).to_dict()
+    assert len(report["conditions"]) == len(V.STRESS)
+    assert report["worst_auc"]["roc_auc"] == min(c["roc_auc"] for c in report["conditions"])
+
+
+def test_bootstrap_interval_brackets_the_estimate() -> None:
+    rng = np.random.default_rng(4)
+    labels = np.array([0] * 100 + [1] * 100)
+    probs = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1)
+    groups = np.arange(200) // 2
+    ci = V.bootstrap(labels, probs, groups, 0.5, rounds=200)
+    from sklearn.metrics import roc_auc_score
+
+    auc = roc_auc_score(labels, probs)
+    assert ci["roc_auc"]["low"] < auc < ci["roc_auc"]["high"] and ci["roc_auc"]["sd"] > 0
+
+
+def test_outside_chest_fraction() -> None:
+    central = np.zeros((100, 100))
+    central[40:60, 40:60] = 1
+    border = np.zeros((100, 100))
+    border[:5] = 1
+    assert V.outside_chest_fraction(central) == 0.0
+    assert V.outside_chest_fraction(border) == 1.0
+    assert V.outside_chest_fraction(np.ones((100, 100))) == pytest.approx(1 - 0.8 * 0.73, abs=0.02)
