@@ -105,12 +105,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.threshold is not None:
         loaded.card.threshold = check_threshold(args.threshold, "--threshold")
     results = []
+    cam_names: set[str] = set()
     for path in args.paths:
         reading = read(loaded, path)
         entry: dict[str, Any] = {"path": path, "probability": reading.probability, "prediction": reading.decision,
-                                 "threshold": loaded.threshold, "error": f"{reading.name}: {reading.error}" if reading.error else None}
+                                 "threshold": loaded.threshold, "warnings": reading.warnings,
+                                 "error": f"{reading.name}: {reading.error}" if reading.error else None}
         if args.cam and reading.xray is not None:
-            entry["cam"] = str(explain_to_png(loaded, reading.xray.pixels, Path(args.cam) / f"{Path(path).stem}_gradcam.png"))
+            stem, n = Path(path).stem, 1
+            while f"{stem}_gradcam.png" in cam_names:  # two inputs with one stem never share a file
+                n += 1
+                stem = f"{Path(path).stem}-{n}"
+            cam_names.add(f"{stem}_gradcam.png")
+            entry["cam"] = str(explain_to_png(loaded, reading.xray.pixels, Path(args.cam) / f"{stem}_gradcam.png"))
         results.append(entry)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -119,7 +126,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if r["error"]:
                 print(f"{r['path']}: ERROR {r['error']}")
             else:
-                print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {r['threshold']:.4f})")
+                print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {r['threshold']:.4f})"
+                      + "".join(f"\n  warning: {w}" for w in r["warnings"]))
     return 2 if any(r["error"] for r in results) else 0
 
 

@@ -50,6 +50,7 @@ class Dataset:
     root: Path
     layout: str
     frame: pd.DataFrame  # path, label, class_name, split, patient_id, subtype
+    problems: list[tuple[str, str]] = field(default_factory=list)  # entries refused at scan time, with the reason
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -125,13 +126,14 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def _class_dirs(folder: Path) -> dict[int, Path]:
-    found: dict[int, Path] = {}
+def _class_dirs(folder: Path) -> dict[int, list[Path]]:
+    """Class folders by label; NORMAL/ and normal/ side by side are both read (merged), never one dropped."""
+    found: dict[int, list[Path]] = {}
     for child in sorted(folder.iterdir()):
         if child.is_dir():
             label = _class_from(child.name)
             if label is not None:
-                found[label] = child
+                found.setdefault(label, []).append(child)
     return found
 
 
@@ -175,9 +177,10 @@ def scan(root: str | Path) -> Dataset:
 
 def _rows_from_class_dirs(folder: Path, split: str) -> list[dict[str, Any]]:
     rows = []
-    for label, class_dir in _class_dirs(folder).items():
-        for path in _image_files(class_dir):
-            rows.append({"path": str(path), "label": label, "split": split})
+    for label, class_dirs in _class_dirs(folder).items():
+        for class_dir in class_dirs:
+            for path in _image_files(class_dir):
+                rows.append({"path": str(path), "label": label, "split": split})
     return rows
 
 
@@ -216,9 +219,16 @@ def _scan_manifest(csv_path: Path) -> Dataset:
     if table.empty:
         raise DatasetError(f"{csv_path}: the manifest lists no images")
     rows = []
+    problems: list[tuple[str, str]] = []
+    root = csv_path.parent.resolve()
     for i, rec in table.iterrows():
         path = Path(str(rec["path"]))
         path = path if path.is_absolute() else csv_path.parent / path
+        # Resolved (symlinks followed) before anything is opened: a manifest names files under its own
+        # folder only, so it cannot be used to read, show or probe other files on the machine.
+        if not path.resolve().is_relative_to(root):
+            problems.append((str(rec["path"]), f"row {i + 2}: outside the manifest's folder {root}; refused, not opened"))
+            continue
         rows.append(
             {
                 "path": str(path),
@@ -227,19 +237,35 @@ def _scan_manifest(csv_path: Path) -> Dataset:
                 "patient_id": rec.get("patient_id"),
             }
         )
-    return Dataset(csv_path, "CSV manifest", _frame(rows))
+    if not rows:
+        raise DatasetError(f"{csv_path}: no usable rows; " + "; ".join(r for _, r in problems[:3]))
+    frame = _frame(rows)
+    labels_per_file = frame.groupby("path")["label"].nunique()
+    for path in labels_per_file[labels_per_file > 1].index:
+        problems.append((path, "listed with both labels in the manifest; left out"))
+    frame = frame[~frame["path"].isin(labels_per_file[labels_per_file > 1].index)]
+    frame = frame.drop_duplicates("path").reset_index(drop=True)
+    return Dataset(csv_path, "CSV manifest", frame, problems)
 
 
 def _scan_npz(npz_path: Path) -> Dataset:
     try:
-        arrays = np.load(npz_path)
+        arrays = np.load(npz_path, allow_pickle=False)
         keys = set(arrays.files)
+        contents = {k: (np.asarray(arrays[k]).reshape(-1) if k.endswith("_labels") else arrays[k].shape) for k in keys}
     except Exception as exc:
-        raise DatasetError(f"{npz_path}: cannot read the .npz file ({exc})") from exc
+        raise DatasetError(f"{npz_path}: cannot read the .npz file ({type(exc).__name__}: {exc})") from exc
     rows = []
     for split in SPLIT_NAMES:
         if f"{split}_images" in keys and f"{split}_labels" in keys:
-            labels = np.asarray(arrays[f"{split}_labels"]).reshape(-1)
+            labels = contents[f"{split}_labels"]
+            shape = contents[f"{split}_images"]
+            if len(shape) not in (3, 4) or shape[0] != len(labels) or min(shape[1:3]) < 8:
+                raise DatasetError(f"{npz_path}: {split}_images has shape {shape}; expected N×H×W (or N×H×W×C) "
+                                   f"with N = {len(labels)} labels")
+            if not np.isin(labels, (0, 1)).all():
+                bad = sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]
+                raise DatasetError(f"{npz_path}: {split}_labels must be 0 (normal) or 1 (pneumonia); found {bad}")
             rows += [
                 {"path": f"{npz_path}{NPZ_SEPARATOR}{split}{NPZ_SEPARATOR}{i}", "label": int(lab), "split": split}
                 for i, lab in enumerate(labels)
@@ -306,7 +332,7 @@ def summarize(root: str | Path | Dataset, progress: Progress | None = None) -> S
     frame = dataset.frame
     stats = inspect_images(frame["path"], progress)
     merged = frame.merge(stats, on="path", how="left")
-    unreadable = [(r.path, r.error) for r in merged.itertuples() if isinstance(r.error, str)]
+    unreadable = [(r.path, r.error) for r in merged.itertuples() if isinstance(r.error, str)] + dataset.problems
     readable = merged[merged["error"].isna()]
     counts = (
         frame.groupby(["split", "class_name"]).size().unstack(fill_value=0).reindex(columns=list(CLASS_NAMES), fill_value=0)

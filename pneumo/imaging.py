@@ -41,6 +41,7 @@ class XRay:
     format: str
     original_shape: tuple[int, ...]
     dicom: dict[str, Any] = field(default_factory=dict)
+    colour: float = 0.0  # mean spread between colour channels before conversion to gray (0 for gray files)
 
 
 def _read(source: Source, name: str | None) -> tuple[bytes, str]:
@@ -92,6 +93,7 @@ def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT
         raise InvalidImageError(label, "empty file (0 bytes)")
     fmt = sniff_format(data)
     header: dict[str, Any] = {}
+    colour = 0.0
     if fmt not in {"DICOM", "PNG", "JPEG", "BMP", "TIFF"}:
         what = f"the content is {fmt}" if fmt else "unrecognised content"
         raise InvalidImageError(label, f"not an image: {what} (expected PNG, JPEG, BMP, TIFF or DICOM)")
@@ -99,7 +101,7 @@ def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT
         if fmt == "DICOM":
             pixels, header = _decode_dicom(data, label, max_pixels)
         else:
-            pixels = _decode_pil(data, label, max_pixels)
+            pixels, colour = _decode_pil(data, label, max_pixels)
         original_shape = pixels.shape
         pixels = _finish(pixels, label)
     except InvalidImageError:
@@ -108,7 +110,7 @@ def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT
         raise InvalidImageError(label, "too large to decode in the memory available") from exc
     except Exception as exc:  # the one place pixels are read: whatever a decoder raises becomes a message
         raise InvalidImageError(label, f"cannot be decoded as {fmt} ({type(exc).__name__}: {exc})") from exc
-    return XRay(pixels, label, fmt, tuple(original_shape), header)
+    return XRay(pixels, label, fmt, tuple(original_shape), header, colour)
 
 
 def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
@@ -120,7 +122,7 @@ def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
         raise InvalidImageError(label, f"too small: {width}×{height}, each side must be at least {MIN_SIDE} px")
 
 
-def _decode_pil(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, float]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -141,7 +143,14 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         raise InvalidImageError(label, "not an image: Pillow cannot identify the content") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise InvalidImageError(label, f"truncated or corrupt image data ({exc})") from exc
-    return _to_gray(img)
+    colour = 0.0
+    if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
+        from .quality import colourfulness
+
+        small = img.convert("RGB")
+        small.thumbnail((256, 256))
+        colour = colourfulness(np.asarray(small, dtype=np.float32) / 255.0)
+    return _to_gray(img), colour
 
 
 def _check_complete(data: bytes, fmt: str | None, label: str) -> None:

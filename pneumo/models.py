@@ -228,6 +228,7 @@ class LoadedModel:
     card: ModelCard
     path: Path
     _compiled: Any = field(default=None, repr=False, compare=False)
+    _density: Any = field(default=False, repr=False, compare=False)
 
     @property
     def input_size(self) -> int:
@@ -236,6 +237,15 @@ class LoadedModel:
     @property
     def threshold(self) -> float:
         return self.card.threshold
+
+    @property
+    def density(self) -> Any:
+        """The input check's feature density (ood.npz beside the model), or None when there is none."""
+        if self._density is False:
+            from .quality import FILE_NAME, FeatureDensity
+
+            self._density = FeatureDensity.load(self.path.with_name(FILE_NAME))
+        return self._density
 
     @property
     def gradcam_layer(self) -> str:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
+from . import quality
 from .imaging import InvalidImageError, Source, XRay, load_xray
 from .models import LoadedModel
 
@@ -29,6 +30,7 @@ class Reading:
     probability: float | None
     decision: str | None
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 def read(loaded: LoadedModel, source: Source, name: str | None = None, band: float = 0.0) -> Reading:
@@ -38,7 +40,8 @@ def read(loaded: LoadedModel, source: Source, name: str | None = None, band: flo
     except InvalidImageError as exc:
         return Reading(exc.name, None, None, None, exc.reason)
     probability = float(loaded.predict(xray.pixels)[0])
-    return Reading(xray.name, xray, probability, decide(probability, loaded.threshold, band))
+    warnings = quality.check(loaded, xray.pixels, loaded.density, xray.colour)
+    return Reading(xray.name, xray, probability, decide(probability, loaded.threshold, band), warnings=warnings)
 
 
 def worklist(readings: list[Reading]) -> pd.DataFrame:

@@ -24,7 +24,7 @@ LOCK_FILE = ".lock"
 HEARTBEAT_S = 15.0
 HEARTBEAT_DEAD_S = 300.0
 RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "card.json", "val_predictions.csv",
-             "history.json", "checks.json", "data_summary.json", "train.log", STOP_FILE)
+             "history.json", "checks.json", "data_summary.json", "train.log", "ood.npz", STOP_FILE)
 
 
 class RunFolderError(ValueError):
@@ -37,13 +37,17 @@ def now_iso() -> str:
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write to a temporary file in the same folder and rename: readers never see half a file."""
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.fchmod(fd, 0o644)  # mkstemp makes 0600; run files are read by the app, possibly as another user
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

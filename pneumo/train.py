@@ -371,11 +371,15 @@ def finish_run(
 ) -> ModelCard:
     """Check a trained model on its held-out images and write val_predictions.csv, checks.json and its
     card: the one place a card is built, for single runs and ensembles alike."""
+    from . import validate as V
+
     loaded.card.gradcam_layer = gradcam_layer  # the card is written below; the checks need its layer now
-    checks = shift_checks(loaded, val_df, target_recall)
+    images = V.load_images(val_df["path"].tolist(), loaded.input_size)
+    checks = shift_checks(loaded, val_df, images, target_recall)
     predicted = val_df.assign(probability=checks.pop("clean_probabilities"))
     predicted[["path", "label", "probability", "patient_id"]].to_csv(run_dir / "val_predictions.csv", index=False)
     runs.atomic_write_json(run_dir / "checks.json", checks)
+    input_check = _fit_input_check(loaded, images, run_dir)
     card = ModelCard(
         name=run_dir.name,
         architecture=architecture,
@@ -394,14 +398,28 @@ def finish_run(
         training=training,
         data_attribution=attribution,
         created=runs.now_iso(),
-        extra={"input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
+        extra={"input_check": input_check,
+               "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
                "output": "sigmoid probability of PNEUMONIA"},
     )
     card.write(run_dir / "card.json")
     return card
 
 
-def shift_checks(loaded: Any, val_df: Any, target_recall: float, explain_limit: int = 48) -> dict[str, Any]:
+def _fit_input_check(loaded: Any, images: np.ndarray, run_dir: Path) -> dict[str, Any]:
+    """Fit the wrong-input check on the held-out films' features and save it beside the model."""
+    from . import quality
+
+    try:
+        density = quality.fit(quality.features(loaded, images))
+    except ValueError as exc:
+        return {"available": False, "reason": str(exc)}
+    density.save(run_dir / quality.FILE_NAME)
+    return {"available": True, "alarm_distance": density.alarm, "false_alarm_rate_on_held_out": density.false_alarm_rate,
+            "fit_images": density.n_fit, "calibration_images": density.n_calibrate}
+
+
+def shift_checks(loaded: Any, val_df: Any, images: np.ndarray, target_recall: float, explain_limit: int = 48) -> dict[str, Any]:
     """Threshold, clean figures, stress suite, bootstrap spread and explanation trust on held-out images.
 
     The threshold is the highest one that keeps `target_recall` pooled over the clean held-out films and
@@ -410,7 +428,6 @@ def shift_checks(loaded: Any, val_df: Any, target_recall: float, explain_limit: 
     from . import evaluate as E
     from . import validate as V
 
-    images = V.load_images(val_df["path"].tolist(), loaded.input_size)
     labels = val_df["label"].to_numpy()
     probs = V.stressed_probabilities(loaded, images)
     threshold = V.robust_threshold(labels, probs, target_recall)

@@ -121,3 +121,48 @@ def test_split_never_uses_test_rows(tmp_path: Path) -> None:
 def test_class_weights_balance_the_loss() -> None:
     weights = D.class_weights(np.array([0] * 10 + [1] * 30))
     assert weights[0] * 10 == pytest.approx(weights[1] * 30)
+
+
+def test_manifest_rows_outside_its_folder_are_refused_unopened(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "m", n_per_class=3, size=40)
+    secret = tmp_path / "secret.png"
+    secret.write_bytes((root / "NORMAL").iterdir().__next__().read_bytes())
+    (root / "link.png").symlink_to(secret)
+    rows = [f"NORMAL/{p.name},NORMAL" for p in (root / "NORMAL").iterdir()]
+    rows += [f"PNEUMONIA/{p.name},PNEUMONIA" for p in (root / "PNEUMONIA").iterdir()]
+    rows += ["../secret.png,NORMAL", f"{secret},PNEUMONIA", "link.png,NORMAL", "/etc/passwd,NORMAL"]
+    (root / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    ds = D.scan(root / "list.csv")
+    assert len(ds) == 6 and not any("secret" in p or "link" in p for p in ds.frame["path"])
+    assert len(ds.problems) == 4 and all("outside" in reason for _, reason in ds.problems)
+    summary = D.summarize(ds)
+    assert sum("outside" in reason for _, reason in summary.unreadable) == 4
+
+
+def test_conflicting_manifest_labels_are_reported(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "m", n_per_class=3, size=40)
+    first = sorted((root / "NORMAL").iterdir())[0].name
+    rows = [f"NORMAL/{p.name},NORMAL" for p in (root / "NORMAL").iterdir()]
+    rows += [f"PNEUMONIA/{p.name},1" for p in (root / "PNEUMONIA").iterdir()] + [f"NORMAL/{first},PNEUMONIA"]
+    (root / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    ds = D.scan(root / "list.csv")
+    assert len(ds) == 5 and any("both labels" in reason for _, reason in ds.problems)
+
+
+def test_case_variant_class_folders_are_merged(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "c", n_per_class=4, size=40)
+    extra = root / "normal"
+    extra.mkdir()
+    write_png(extra / "IM-0900-0001.png", synthetic_xray(np.random.default_rng(5), 40))
+    frame = D.scan(root).frame
+    assert (frame.label == 0).sum() == 5
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (np.zeros((4, 28, 28)), np.array([0, 1, 2, 1]), "must be 0"),
+    (np.zeros((4, 28)), np.array([0, 1, 0, 1]), "shape"),
+])
+def test_bad_medmnist_files_are_refused_with_a_reason(tmp_path: Path, images, labels, message: str) -> None:
+    np.savez(tmp_path / "pneumoniamnist.npz", train_images=images, train_labels=labels)
+    with pytest.raises(D.DatasetError, match=message):
+        D.scan(tmp_path / "pneumoniamnist.npz")
