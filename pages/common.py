@@ -10,7 +10,7 @@ import streamlit as st
 from pneumo import data as D
 from pneumo import explain
 from pneumo.memory import release_file_pages
-from pneumo.models import LoadedModel, load_model, read_card
+from pneumo.models import LoadedModel, card_path, load_model, read_card
 from pneumo.settings import PROJECT_ROOT, SAMPLES_DIR, AppSettings
 
 ENTRY_MARK = "_entry_point_ran"
@@ -28,7 +28,8 @@ def settings() -> AppSettings:
     return AppSettings.load(secrets)
 
 
-@st.cache_resource(show_spinner="Loading model…")
+# One model resident at a time: a switch replaces it instead of piling networks up in memory.
+@st.cache_resource(show_spinner="Loading model…", max_entries=1)
 def _cached_model(path: str, mtime: float) -> LoadedModel:
     loaded = load_model(path)
     explain.warm_up(loaded)
@@ -37,13 +38,38 @@ def _cached_model(path: str, mtime: float) -> LoadedModel:
 
 
 def active_model() -> LoadedModel | None:
-    """The model picked in the sidebar, with its card read afresh (the threshold may have changed)."""
+    """The model picked in the sidebar, with its card read afresh (the threshold may have changed).
+
+    A model or card that cannot be used shows an error box naming the file, never a traceback.
+    """
     path = st.session_state.get("model_path")
     if not path or not Path(path).exists() or not settings().is_allowed_model(Path(path)):
         return None
-    cached = _cached_model(path, Path(path).stat().st_mtime)
-    cached.card = read_card(Path(path))  # keep the traced graph; only the card may have changed
+    try:
+        cached = _cached_model(path, Path(path).stat().st_mtime)
+        cached.card = read_card(Path(path))  # keep the traced graph; only the card may have changed
+    except (ValueError, OSError) as exc:
+        st.error(f"The selected model cannot be used: {exc}", icon=":material/error:")
+        return None
     return cached
+
+
+def model_state_key(loaded: LoadedModel) -> str:
+    """What widget state depending on the model is keyed by: its path and its card's version.
+
+    Switching model or saving a new operating point changes the key, so sliders and figures start
+    again from the card instead of keeping a value that belonged to another model or card.
+    """
+    card = card_path(loaded.path)
+    version = card.stat().st_mtime_ns if card.exists() else 0
+    return f"{loaded.path}:{loaded.path.stat().st_mtime_ns}:{version}"
+
+
+def remember_choice(key: str, value: str | None) -> None:
+    """Keep the active model and data folder in the URL, so a reload or a shared link restores them."""
+    st.session_state[key] = value
+    if value is not None and st.query_params.get(key) != value:
+        st.query_params[key] = value
 
 
 def data_root() -> Path | None:
@@ -82,10 +108,10 @@ def sidebar(cfg: AppSettings) -> None:
         choices = cfg.model_choices()
         if choices:
             labels = list(choices)
-            current = st.session_state.get("model_path")
+            current = st.session_state.get("model_path") or st.query_params.get("model_path")
             index = next((i for i, label in enumerate(labels) if str(choices[label]) == current), 0)
             label = st.selectbox("Active model", labels, index=index, key="model_choice")
-            st.session_state["model_path"] = str(choices[label])
+            remember_choice("model_path", str(choices[label]))
         else:
             st.warning("No model found: train one on the Train page.")
             st.session_state["model_path"] = None
@@ -93,12 +119,12 @@ def sidebar(cfg: AppSettings) -> None:
         roots = [r for r in cfg.data_roots if r.exists()]
         labels = [_root_label(r) for r in roots]
         if roots:
-            current = st.session_state.get("data_root")
+            current = st.session_state.get("data_root") or st.query_params.get("data_root")
             index = next((i for i, r in enumerate(roots) if str(r) == current), 0)
             picked = st.selectbox("Data folder", labels, index=index, key="data_choice",
                                   help="Configured roots only: the bundled samples, data/, and paths from "
                                        ".streamlit/secrets.toml ([pneumo] data_roots) or PNEUMO_DATA_ROOTS.")
-            st.session_state["data_root"] = str(roots[labels.index(picked)])
+            remember_choice("data_root", str(roots[labels.index(picked)]))
         else:
             st.session_state["data_root"] = None
         st.caption(f"Device: {device_description()}")
@@ -122,11 +148,11 @@ def _root_label(root: Path) -> str:
         return str(root)
 
 
-def metric_row(metrics: dict[str, Any], keys: list[tuple[str, str]]) -> None:
+def metric_row(metrics: dict[str, Any], keys: list[tuple[str, str]], digits: int = 3) -> None:
     cols = st.columns(len(keys))
     for col, (key, label) in zip(cols, keys):
         value = metrics.get(key)
-        col.metric(label, "—" if value is None else (f"{value:.3f}" if isinstance(value, float) else str(value)))
+        col.metric(label, "—" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value)))
 
 
 def require_entry_point() -> None:

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.common import active_model, data_root, metric_row, require_entry_point
+from pages.common import active_model, data_root, metric_row, model_state_key, require_entry_point, settings, summary_for
 from pneumo import data as D
 from pneumo import evaluate as E
 from pneumo import explain, plots
@@ -20,7 +20,8 @@ loaded = active_model()
 if loaded is None:
     st.error("No model is available. Train one on the Train page.")
     st.stop()
-model_key = f"{loaded.path}:{loaded.path.stat().st_mtime}"
+model_key = model_state_key(loaded)
+cfg = settings()
 
 
 @st.cache_data(show_spinner=False)
@@ -57,6 +58,12 @@ else:
         st.stop()
     finally:
         bar.empty()
+leak = None if source.startswith("Stored") else E.leakage(loaded.path, summary_for(str(root)).image_stats["hash"])
+if leak and leak["fraction"] > 0:
+    st.warning(
+        f"**{leak['train'] + leak['validation']} of {leak['n']} images ({leak['fraction']:.0%}) in this folder are images "
+        f"this model was trained on ({leak['train']}) or validated on ({leak['validation']}).** Figures here are "
+        "optimistic, and a threshold tuned on them will not hold on new patients.", icon=":material/warning:")
 preds = preds[preds["probability"].notna()]
 y, p = preds["label"].to_numpy(), preds["probability"].to_numpy()
 if len(np.unique(y)) < 2:
@@ -68,22 +75,25 @@ def _snap(t: float) -> float:
     return math.floor(t * 10_000) / 10_000
 
 
-if "threshold" not in st.session_state:
-    st.session_state["threshold"] = _snap(loaded.threshold)
+# Keyed by the model and its card's version: switching model or saving starts again from the card.
+slider_key = f"threshold:{model_key}"
+if slider_key not in st.session_state:
+    st.session_state[slider_key] = _snap(loaded.threshold)
+    st.session_state["rule"] = "set by hand on the Threshold page"
 
 
 def apply_target() -> None:
-    st.session_state["threshold"] = _snap(E.threshold_for_recall(y, p, st.session_state["target_recall"]))
+    st.session_state[slider_key] = _snap(E.threshold_for_recall(y, p, st.session_state["target_recall"]))
     st.session_state["rule"] = f"target recall {st.session_state['target_recall']:.3f}"
 
 
 def apply_rule(name: str) -> None:
-    st.session_state["threshold"] = _snap(E.THRESHOLD_RULES[name](y, p))
+    st.session_state[slider_key] = _snap(E.THRESHOLD_RULES[name](y, p))
     st.session_state["rule"] = name
 
 
 controls = st.columns([3, 2, 2])
-threshold = controls[0].slider("Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key="threshold")
+threshold = controls[0].slider("Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key=slider_key)
 controls[1].number_input("Target recall", 0.5, 1.0, 0.98, 0.005, format="%.3f", key="target_recall", on_change=apply_target,
                          help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.")
 with controls[2]:
@@ -104,10 +114,20 @@ st.caption(f"n = {m['n']} · ROC AUC {m['roc_auc']:.4f} · PR AUC {m['pr_auc']:.
 
 save_cols = st.columns([2, 3])
 rule = st.session_state.get("rule", "set by hand on the Threshold page")
-if save_cols[0].button("Save operating point", type="primary"):
-    save_operating_point(loaded.path, threshold, f"{rule} (on {source.lower()}, n={m['n']})")
-    st.success(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json').name}; Predict uses it now.")
-save_cols[1].caption(f"Card threshold now: {loaded.threshold:.4f}")
+shipped = loaded.path.resolve().parent == cfg.models_dir.resolve()
+with save_cols[1]:
+    st.caption(f"Card threshold now: {loaded.threshold:.4f} — {loaded.card.threshold_rule}")
+    confirm_leak = st.checkbox("I know this folder overlaps the model's own images and still want to save",
+                               key=f"leak-ok:{model_key}") if leak and leak["fraction"] > 0 else True
+    confirm_shipped = st.checkbox("Replace the shipped model's operating point for every user of this app",
+                                  key=f"shipped-ok:{model_key}") if shipped else True
+blocked = (None if cfg.allow_changes else "Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 or "
+           "[pneumo] allow_changes = true).") or (None if confirm_leak and confirm_shipped else "Tick the confirmation first.")
+if save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked):
+    record = {"overlap_confirmed": leak} if leak and leak["fraction"] > 0 else {}
+    save_operating_point(loaded.path, threshold, f"{rule} (on {source.lower()}, n={m['n']})", **record)
+    st.toast(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json')}; every page uses it now.")
+    st.rerun()
 
 st.subheader("Errors at this threshold")
 

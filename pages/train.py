@@ -1,6 +1,7 @@
 """Train: launch a background training run, watch it live, compare runs, activate a model."""
 
 from dataclasses import fields
+from typing import Any
 
 import pandas as pd
 import streamlit as st
@@ -17,33 +18,42 @@ cfg = settings()
 root = data_root()
 st.caption(f"Device: **{device_description()}** · runs folder `{cfg.runs_dir}`")
 
+FORM_SKIP = {"data", "split_seed", "mixed_precision", "notes"}
+
+
+def config_widget(f: Any, column: Any) -> Any:
+    """One form widget per TrainConfig field, typed, bounded and explained by the field itself."""
+    meta, default, label = f.metadata, f.default, f.name.replace("_", " ").capitalize()
+    choices = list(ARCHITECTURES) if f.name == "model" else meta.get("choices")
+    if isinstance(default, bool):
+        return column.checkbox(label, default, help=meta.get("help"))
+    if choices:
+        return column.selectbox(label, choices, index=list(choices).index(default), help=meta.get("help"))
+    kind = int if isinstance(default, int) else float
+    lo = kind(meta["min"]) if meta.get("min") is not None else None
+    hi = kind(meta["max"]) if meta.get("max") is not None else None
+    return column.number_input(label, min_value=lo, max_value=hi, value=default, help=meta.get("help"),
+                               format="%.5g" if kind is float else "%d")
+
+
 with st.form("config"):
     st.markdown(f"Training data: `{root}`" if root else "Select a data folder in the sidebar first.")
-    c = st.columns(4)
-    model = c[0].selectbox("Model", list(ARCHITECTURES), help="compact_cnn trains from scratch; the others are "
-                           "keras.applications backbones (ImageNet weights only where they can be downloaded).")
-    image_size = c[1].selectbox("Image size", [64, 96, 128, 160, 192, 224, 256], index=5)
-    epochs = c[2].number_input("Epochs", 1, 500, 30)
-    batch_size = c[3].selectbox("Batch size", [8, 16, 32, 64, 128], index=2)
-    c = st.columns(4)
-    learning_rate = c[0].number_input("Learning rate", 1e-5, 1.0, 2e-3, format="%.5f")
-    val_fraction = c[1].slider("Validation fraction (by patient)", 0.05, 0.45, 0.15, 0.01)
-    seed = c[2].number_input("Seed", 0, 1_000_000, 0)
-    max_images = c[3].number_input("Subsample (0 = all images)", 0, 1_000_000, 0)
-    c = st.columns(3)
-    augment = c[0].checkbox("Augmentation", True)
-    class_weighting = c[1].checkbox("Class weighting", True)
-    weights = c[2].selectbox("Initial weights", ["none", "imagenet"])
-    start = st.form_submit_button("Start", type="primary", disabled=root is None)
+    shown = [f for f in fields(TrainConfig) if f.name not in FORM_SKIP]
+    columns = st.columns(4)
+    values = {f.name: config_widget(f, columns[i % 4]) for i, f in enumerate(shown)}
+    blocked = None if cfg.allow_changes else ("Training is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 "
+                                              "or [pneumo] allow_changes = true).")
+    start = st.form_submit_button("Start", type="primary", disabled=root is None or blocked is not None, help=blocked)
 
-if start and root is not None:
-    config = TrainConfig(data=str(root), model=model, image_size=int(image_size), epochs=int(epochs),
-                         batch_size=int(batch_size), learning_rate=float(learning_rate), val_fraction=float(val_fraction),
-                         augment=augment, class_weighting=class_weighting, weights=weights, seed=int(seed),
-                         max_images=int(max_images))
-    run_dir = runs.launch(config, cfg.runs_dir)
-    st.session_state["watch_run"] = str(run_dir)
-    st.toast(f"Started {run_dir.name}")
+if start and root is not None and cfg.allow_changes:
+    try:
+        config = TrainConfig.from_dict({**values, "data": str(root)}).validate()
+        run_dir = runs.launch(config, cfg.runs_dir, max_concurrent=cfg.max_concurrent_runs)
+    except ValueError as exc:
+        st.error(f"Not started: {exc}", icon=":material/block:")
+    else:
+        st.session_state["watch_run"] = str(run_dir)
+        st.toast(f"Started {run_dir.name}")
 
 all_runs = runs.list_runs(cfg.runs_dir)
 if not all_runs:
@@ -67,6 +77,10 @@ def live_view() -> None:
             "failed": ":red[:material/error:]"}.get(info.state, ":material/help:")
     cols = st.columns([2, 2, 2, 1])
     cols[0].markdown(f"**Status:** {icon} `{info.state}`  \n{status.get('device', '')}")
+    if info.state == "running" and status.get("phase") not in (None, "training", "done"):
+        total = status.get("phase_total") or 0
+        st.progress(status.get("phase_done", 0) / total if total else 0.0,
+                    text=f"{status['phase']}" + (f" · {status.get('phase_done', 0)}/{total}" if total else " …"))
     if epochs:
         last = epochs[-1]
         cols[1].markdown(f"**Epoch** {last['epoch']}/{last['epochs']} · lr {last.get('lr', 0):.2e}  \n"
@@ -92,16 +106,40 @@ def live_view() -> None:
 live_view()
 
 st.subheader("All runs")
-table = pd.DataFrame([{"run": r.name, "status": r.state, "model": r.model, "best val AUC": r.best_val_auc,
-                       "epochs": f"{r.epochs_done}/{r.epochs}", "duration (min)": round((r.duration_s or 0) / 60, 1),
-                       "started": r.started} for r in all_runs])
-event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="multi-row", key="runs_table")
+HYPER = ("split", "augmentation", "mixup", "epochs", "batch_size", "learning_rate", "image_size", "seed")
+
+
+@st.fragment(run_every=5)
+def runs_table() -> Any:
+    # Re-read with the live view's period: the table and the live view read one status source.
+    rows = []
+    for r in runs.list_runs(cfg.runs_dir):
+        config = runs.read_json(r.path / "config.json", {}) or {}
+        rows.append({"run": r.name, "status": r.state, "model": r.model, "best val AUC": r.best_val_auc,
+                     **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
+                     "duration (min)": round((r.duration_s or 0) / 60, 1), "started": r.started})
+    return st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun",
+                        selection_mode="multi-row", key="runs_table")
+
+
+event = runs_table()
 selected = [all_runs[i] for i in event.selection.rows] if event and event.selection else []
 if selected:
     st.plotly_chart(plots.learning_curves({r.name: runs.epochs_of(runs.read_metrics(r.path)) for r in selected}),
                     width="stretch", key="compare-curves")
     done = [r for r in selected if r.has_model and r.state in ("finished", "stopped")]
     if len(done) == 1:
-        st.button(f"Make {done[0].name} the active model", on_click=activate_model, args=(done[0].path / "model.keras",))
-with st.expander("Config fields"):
-    st.write({f.name: f.default for f in fields(TrainConfig)})
+        card = runs.read_json(done[0].path / "card.json", {}) or {}
+        validation = card.get("validation") or card.get("validation_metrics") or {}
+        ci = (card.get("shift_checks", {}).get("bootstrap_95", {}) or {}).get("roc_auc")
+        n = validation.get("n") or 0
+        width = (ci["high"] - ci["low"]) if ci else None
+        if n < 100 or (width is not None and width > 0.05):
+            st.warning(f"{done[0].name} was validated on {n} images"
+                       + (f" (AUC 95 % interval {ci['low']:.3f}–{ci['high']:.3f})" if ci else "")
+                       + ": too few, or too uncertain, to trust its figures or its threshold.", icon=":material/warning:")
+        st.button(f"Make {done[0].name} the active model", on_click=activate_model, args=(done[0].path / "model.keras",),
+                  help="For this browser session only; other visitors keep their own choice.")
+for r in selected[:1]:
+    with st.expander(f"Config of {r.name}"):
+        st.json(runs.read_json(r.path / "config.json", {}) or {})

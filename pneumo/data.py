@@ -70,7 +70,7 @@ class Summary:
     images_per_patient: pd.Series  # index: patient_id
     subtypes: dict[str, int]
     duplicate_groups: list[list[str]]
-    image_stats: pd.DataFrame  # path, class_name, width, height, mean, std
+    image_stats: pd.DataFrame  # path, class_name, width, height, mean, std, hash (of the decoded pixels)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,7 +352,7 @@ def summarize(root: str | Path | Dataset, progress: Progress | None = None) -> S
         images_per_patient=frame.groupby("patient_id").size().sort_values(ascending=False),
         subtypes={k: int(v) for k, v in frame.loc[frame.subtype != "", "subtype"].value_counts().items()},
         duplicate_groups=duplicate_groups(stats),
-        image_stats=readable[["path", "class_name", "width", "height", "mean", "std"]].reset_index(drop=True),
+        image_stats=readable[["path", "class_name", "width", "height", "mean", "std", "hash"]].reset_index(drop=True),
         unreadable=unreadable,
     )
 

@@ -161,3 +161,17 @@ def evaluate_data(
         unreadable=[{"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()],
     )
     return report
+
+
+def leakage(model_path: str | Path, hashes: Any) -> dict[str, Any] | None:
+    """How many of a folder's images (by decoded-pixel hash) the model trained or was validated on;
+    None when the model kept no record of its images."""
+    from .runs import read_json
+
+    seen = read_json(Path(model_path).with_name("image_hashes.json"))
+    if not isinstance(seen, dict):
+        return None
+    folder = {h for h in hashes if isinstance(h, str)}
+    train, val = folder & set(seen.get("train", [])), folder & set(seen.get("validation", []))
+    return {"n": len(folder), "train": len(train), "validation": len(val),
+            "fraction": (len(train) + len(val)) / len(folder) if folder else 0.0}

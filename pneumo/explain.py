@@ -131,6 +131,22 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
     return cv2.addWeighted(colored, float(alpha), gray, 1.0 - float(alpha), 0.0)
 
 
+def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The overlay with a vertical colour bar on its right, labelled from 'low' to 'high' influence."""
+    h, w = rgb.shape[:2]
+    bar_w, pad = max(12, w // 28), max(4, w // 100)
+    ramp = np.linspace(255, 0, h, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
+    bar = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
+    label_w = max(40, w // 7)
+    panel = np.full((h, pad + bar_w + label_w, 3), 255, np.uint8)
+    panel[:, pad: pad + bar_w] = bar
+    scale = max(0.35, h / 700)
+    thick = max(1, int(round(scale * 1.5)))
+    for text, y in (("high", int(14 * scale * 2)), ("low", h - int(6 * scale * 2))):
+        cv2.putText(panel, text, (pad + bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (30, 30, 30), thick, cv2.LINE_AA)
+    return np.concatenate([rgb, panel], axis=1)
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
     if not ok:

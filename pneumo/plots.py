@@ -104,3 +104,17 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
                                              legendgroup=name, showlegend=(j == 0)), row, col)
     fig.update_xaxes(title_text="epoch")
     return fig.update_layout(height=520, **LAYOUT)
+
+
+def stress_chart(conditions: pd.DataFrame, threshold: float) -> go.Figure:
+    """ROC AUC and specificity of the held-out films under each acquisition change, worst first."""
+    frame = conditions.sort_values("specificity", ascending=False)
+    fig = go.Figure()
+    fig.add_bar(y=frame["change"], x=frame["roc_auc"], orientation="h", name="ROC AUC",
+                hovertemplate="%{y}: AUC %{x:.4f}<extra></extra>")
+    fig.add_bar(y=frame["change"], x=frame["specificity"], orientation="h", name=f"specificity at {threshold:.3f}",
+                hovertemplate="%{y}: specificity %{x:.3f}<extra></extra>")
+    low = float(min(frame["roc_auc"].min(), frame["specificity"].min()))
+    fig.update_layout(barmode="group", height=80 + 26 * len(frame), margin=dict(l=10, r=10, t=30, b=10),
+                      xaxis=dict(range=[max(0.0, low - 0.05), 1.0]), legend=dict(orientation="h", y=1.08))
+    return fig

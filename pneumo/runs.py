@@ -24,7 +24,7 @@ LOCK_FILE = ".lock"
 HEARTBEAT_S = 15.0
 HEARTBEAT_DEAD_S = 300.0
 RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "card.json", "val_predictions.csv",
-             "history.json", "checks.json", "data_summary.json", "train.log", "ood.npz", STOP_FILE)
+             "history.json", "checks.json", "data_summary.json", "train.log", "ood.npz", "image_hashes.json", STOP_FILE)
 
 
 class RunFolderError(ValueError):
@@ -241,14 +241,24 @@ def new_run_dir(runs_root: str | Path, model: str) -> Path:
     return path
 
 
-def launch(config: Any, runs_root: str | Path, python: str | None = None) -> Path:
+def active_runs(runs_root: str | Path) -> list["RunInfo"]:
+    return [r for r in list_runs(runs_root) if r.state in ("queued", "running")]
+
+
+def launch(config: Any, runs_root: str | Path, python: str | None = None, max_concurrent: int = 1) -> Path:
     """Start `python -m pneumo train` for config in its own process group; returns the run folder.
 
     The process is detached (new session, own log), so closing the browser tab or restarting the
-    app neither kills nor duplicates it.
+    app neither kills nor duplicates it. At most max_concurrent runs go at once: a further one is
+    refused with the names of those running.
     """
     from dataclasses import asdict
 
+    config.validate()
+    busy = active_runs(runs_root)
+    if len(busy) >= max_concurrent:
+        raise RunFolderError(f"{', '.join(r.name for r in busy)} is still {busy[0].state}; "
+                             f"at most {max_concurrent} training run(s) at a time: stop it or wait")
     run_dir = new_run_dir(runs_root, config.model)
     atomic_write_json(run_dir / "config.json", asdict(config))
     write_status(run_dir, "queued", created=now_iso())

@@ -15,6 +15,7 @@ RUNS_DIR = PROJECT_ROOT / "runs"
 ENV_DATA_ROOTS = "PNEUMO_DATA_ROOTS"
 ENV_RUNS_DIR = "PNEUMO_RUNS_DIR"
 ENV_MODELS_DIR = "PNEUMO_MODELS_DIR"
+ENV_ALLOW_CHANGES = "PNEUMO_ALLOW_CHANGES"
 
 
 @dataclass
@@ -24,6 +25,10 @@ class AppSettings:
     data_roots: list[Path] = field(default_factory=list)
     runs_dir: Path = RUNS_DIR
     models_dir: Path = DEFAULT_MODEL_DIR
+    # Saving an operating point and starting training change what every visitor sees and uses the shared
+    # machine: off unless the deployment turns them on (make run does, for a local single-user app).
+    allow_changes: bool = False
+    max_concurrent_runs: int = 1
 
     @classmethod
     def load(cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "AppSettings":
@@ -42,7 +47,10 @@ class AppSettings:
                 unique.append(root)
         runs_dir = Path(environ.get(ENV_RUNS_DIR) or section.get("runs_dir") or RUNS_DIR).expanduser()
         models_dir = Path(environ.get(ENV_MODELS_DIR) or DEFAULT_MODEL_DIR).expanduser()
-        return cls(data_roots=unique, runs_dir=runs_dir, models_dir=models_dir)
+        allow = str(environ.get(ENV_ALLOW_CHANGES, section.get("allow_changes", False))).strip().lower()
+        max_runs = int(section.get("max_concurrent_runs", 1))
+        return cls(data_roots=unique, runs_dir=runs_dir, models_dir=models_dir,
+                   allow_changes=allow in ("1", "true", "yes", "on"), max_concurrent_runs=max(1, max_runs))
 
     def model_choices(self) -> dict[str, Path]:
         """Label → model path: the shipped default, then every run that has a model, newest first."""

@@ -17,6 +17,7 @@ from . import runs
 from .card import ModelCard
 
 MetricsHook = Callable[[dict[str, Any]], None]
+LEAKAGE_FILE = "image_hashes.json"
 
 
 def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
@@ -167,6 +168,8 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
             self.t_epoch = time.time()
             self.t_start = time.time()
             self.t_beat = 0.0
+            self.t_first = time.time()
+            self.epoch_seconds: list[float] = []
             self.epoch = 1
 
         def _emit(self, record: dict[str, Any]) -> None:
@@ -185,11 +188,15 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
             if runs.stop_requested(run_dir):
                 self.model.stop_training = True
             done = batch + 1
+            if done == 1:
+                self.t_first = time.time()  # the first step includes tracing: the rate is measured after it
             if done % self.every == 0 or done == steps:
-                elapsed = time.time() - self.t_epoch
                 epoch = self.epoch
-                per_step = elapsed / done
-                remaining = (steps - done) * per_step + (epochs - epoch) * steps * per_step
+                measured = done > 1 and time.time() > self.t_first
+                per_step = (time.time() - self.t_first) / (done - 1) if measured else time.time() - self.t_epoch
+                # Later epochs cost what finished ones did (validation included); before any, the step rate.
+                per_epoch = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else steps * per_step
+                remaining = (steps - done) * per_step + (epochs - epoch) * per_epoch
                 self._emit({
                     "type": "progress", "epoch": epoch, "epochs": epochs, "batch": done, "batches": steps,
                     "loss": float((logs or {}).get("loss", float("nan"))), "eta_s": round(remaining, 1),
@@ -201,6 +208,7 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
             lr = float(schedule(self.model.optimizer.iterations)) if callable(schedule) else float(schedule)
             record = {"type": "epoch", "epoch": epoch + 1, "epochs": epochs, "lr": lr,
                       "seconds": round(time.time() - self.t_epoch, 2)}
+            self.epoch_seconds.append(record["seconds"])
             record.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
             val_auc = record.get("val_auc", -math.inf)
             if val_auc > self.best_auc:
@@ -293,7 +301,8 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
             phase("checking images for duplicates", done, total)
             last[0] = time.time()
 
-    dups = D.duplicate_groups(D.inspect_images(frame["path"], progress=inspect_progress))
+    stats = D.inspect_images(frame["path"], progress=inspect_progress)
+    dups = D.duplicate_groups(stats)
     phase("building the model")
     split_seed = config.seed if config.split_seed is None else config.split_seed
     train_df, val_df = V.holdout(frame, config.split, config.val_fraction, split_seed, dups)
@@ -339,6 +348,13 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
     }
     runs.atomic_write_json(run_dir / "data_summary.json", summary)
+    # Content hashes of every image the model learned from or was checked on: the app warns when a
+    # folder it is asked to tune a threshold on overlaps them.
+    hash_of = dict(zip(stats["path"], stats["hash"]))
+    runs.atomic_write_json(run_dir / LEAKAGE_FILE, {
+        "train": sorted({hash_of[p] for p in train_df["path"] if isinstance(hash_of.get(p), str)}),
+        "validation": sorted({hash_of[p] for p in val_df["path"] if isinstance(hash_of.get(p), str)}),
+    })
     callback = _run_logger(run_dir, steps, config.epochs, schedule, hook, config.keep)
     phase("tracing the first training step")
     model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[callback], verbose=0)
@@ -479,6 +495,9 @@ def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: flo
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_model(model, out_dir / "model.keras")
+    hashes = runs.read_json(run_dirs[0] / LEAKAGE_FILE)
+    if hashes:
+        runs.atomic_write_json(out_dir / LEAKAGE_FILE, hashes)
     histories = {r.name: runs.read_json(r / "history.json", []) for r in run_dirs}
     runs.atomic_write_json(out_dir / "history.json", histories)
     cards = [m.card for m in members]

@@ -26,6 +26,7 @@ def app_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("PNEUMO_MODELS_DIR", str(models))
     monkeypatch.setenv("PNEUMO_RUNS_DIR", str(tmp_path / "runs"))
     monkeypatch.setenv("PNEUMO_DATA_ROOTS", "")
+    monkeypatch.setenv("PNEUMO_ALLOW_CHANGES", "1")
     return tmp_path
 
 
@@ -52,6 +53,12 @@ def test_home_shows_card_and_disclaimer(app_env: Path) -> None:
     assert any("not a medical device" in w.value for w in at.warning)
     assert any(f"{card['threshold']:.4f}" in m.value for m in at.markdown)
     assert {m.label for m in at.metric} >= {"ROC AUC", "Sensitivity", "Specificity"}
+    # Four digits: 0.9996 must not read as 1.000.
+    assert all(len(m.value.split(".")[-1]) == 4 for m in at.metric if m.label == "ROC AUC")
+
+
+def _threshold_slider(at: AppTest):
+    return next(s for s in at.slider if s.label == "Decision threshold")
 
 
 def _metric(at: AppTest, label: str) -> str:
@@ -61,25 +68,47 @@ def _metric(at: AppTest, label: str) -> str:
 def test_threshold_slider_changes_confusion_and_target_recall_sets_it(app_env: Path) -> None:
     at = _open("pages/threshold.py")
     preds = pd.read_csv(app_env / "models" / "val_predictions.csv")
-    slider = at.slider(key="threshold")
+    slider = _threshold_slider(at)
     slider.set_value(0.0).run()
     assert _metric(at, "Sensitivity") == "1.000" and _metric(at, "Specificity") == "0.000"
     flagged_all = _metric(at, "Flagged for review")
-    at.slider(key="threshold").set_value(1.0).run()
+    _threshold_slider(at).set_value(1.0).run()
     assert _metric(at, "Flagged for review") != flagged_all
     at.number_input(key="target_recall").set_value(0.9).run()
     expected = E.threshold_for_recall(preds["label"], preds["probability"], 0.9)
-    assert expected - 1e-4 <= at.slider(key="threshold").value <= expected
-    sens = E.metrics_at(preds["label"], preds["probability"], at.slider(key="threshold").value)["sensitivity"]
+    assert expected - 1e-4 <= _threshold_slider(at).value <= expected
+    sens = E.metrics_at(preds["label"], preds["probability"], _threshold_slider(at).value)["sensitivity"]
     assert sens >= 0.9
 
 
-def test_save_operating_point_writes_card(app_env: Path) -> None:
+def _save(at: AppTest) -> AppTest:
+    return next(b for b in at.button if b.label == "Save operating point")
+
+
+def test_save_operating_point_writes_card_and_every_page_follows(app_env: Path) -> None:
     at = _open("pages/threshold.py")
-    at.slider(key="threshold").set_value(0.4242).run()
-    next(b for b in at.button if b.label == "Save operating point").click().run()
+    _threshold_slider(at).set_value(0.4242).run()
+    assert _save(at).disabled  # the shipped card changes for everyone: an explicit confirmation first
+    next(c for c in at.checkbox if "shipped model" in c.label).check().run()
+    _save(at).click().run()
     card = json.loads((app_env / "models" / "card.json").read_text())
     assert card["threshold"] == pytest.approx(0.4242) and card["threshold_history"]
+    assert _threshold_slider(at).value == pytest.approx(0.4242)  # the slider now starts from the new card
+    assert any("0.4242" in c.value for c in at.caption)
+    at.switch_page("pages/home.py").run()
+    assert any("0.4242" in m.value for m in at.markdown)
+    preds = pd.read_csv(app_env / "models" / "val_predictions.csv")
+    expected = E.metrics_at(preds["label"], preds["probability"], 0.4242)["specificity"]
+    assert _metric(at, "Specificity") == f"{expected:.4f}"
+
+
+def test_changes_are_refused_unless_the_deployment_allows_them(app_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PNEUMO_ALLOW_CHANGES", "0")
+    at = _open("pages/threshold.py")
+    next(c for c in at.checkbox if "shipped model" in c.label).check().run()
+    assert _save(at).disabled
+    at.switch_page("pages/train.py").run()
+    assert next(b for b in at.button if b.label == "Start").disabled
 
 
 def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
@@ -88,7 +117,9 @@ def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
     assert not at.exception
     probs = [float(m.value) for m in at.metric if m.label == "Probability of pneumonia"]
     assert len(probs) == 2 and all(0.0 <= p <= 1.0 for p in probs)
-    assert {m.value for m in at.metric if m.label == "Decision"} <= {"PNEUMONIA", "NORMAL", "UNCERTAIN — review"}
+    assert probs == sorted(probs, reverse=True)  # cards in worklist order
+    decisions = [m.value for m in at.markdown if m.value.startswith("Decision")]
+    assert len(decisions) == 2 and all(any(d in m for d in ("PNEUMONIA", "NORMAL", "UNCERTAIN — review")) for m in decisions)
 
 
 def _fake_run(root: Path, name: str, aucs: list[float]) -> Path:
