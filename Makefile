@@ -17,14 +17,17 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# Debian's Chromium drives the browser tests (Playwright never downloads a browser here).
+# Debian's Chromium drives the browser tests (Playwright never downloads a browser here); poppler's
+# pdftoppm renders the PDF reports the tests look at.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing Debian packages chromium chromium-driver"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 || { \
+	  echo "installing Debian packages chromium chromium-driver poppler-utils"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver poppler-utils >/dev/null; }
 
+# A local, single-user app: bound to this machine, with saving thresholds and training switched on.
 run: setup
-	$(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.headless true
+	PNEUMO_ALLOW_CHANGES=1 $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.address 127.0.0.1 \
+	  --server.headless true
 
 test: setup browser
 	$(PY) -m pytest -q

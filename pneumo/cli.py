@@ -89,6 +89,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     report = evaluate_data(args.model, args.data, args.threshold, args.split, progress=_progress("evaluate"))
     atomic_write_json(args.out, report)
+    if args.record:
+        from .evaluate import record_evaluation
+
+        card = record_evaluation(report, args.record)
+        print(f"recorded '{args.record}' in {card}", file=sys.stderr)
     keys = ("n", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold")
     print("  ".join(f"{k} {report[k]:.4f}" if isinstance(report[k], float) else f"{k} {report[k]}" for k in keys))
     print(f"report written to {args.out}", file=sys.stderr)
@@ -194,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="default: the operating threshold in the model card")
     p.add_argument("--split", help="only this split (train/val/test) of a split-folder layout")
     p.add_argument("--out", required=True, help="report JSON path")
+    p.add_argument("--record", metavar="NAME",
+                   help="append this evaluation (name, file-list hash, date, n, figures) to the model card's external evaluations")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="probability of pneumonia for image files")
@@ -214,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from .data import DatasetError
 
+    from . import import_tensorflow_quietly
+
+    words = sys.argv[1:] if argv is None else list(argv)
+    if set(words) & {"train", "ensemble", "evaluate", "predict"}:
+        import_tensorflow_quietly()  # before the parser: train's flags come from the model registry
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))

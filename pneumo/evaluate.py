@@ -152,11 +152,15 @@ def evaluate_data(
     ok = predicted[predicted["probability"].notna()]
     if ok.empty:
         raise ValueError(f"{data}: no readable images to evaluate")
-    t = loaded.threshold if threshold is None else float(threshold)
+    from .card import check_threshold
+    from .data import file_list_hash
+
+    t = loaded.threshold if threshold is None else check_threshold(threshold, "--threshold")
     report = metrics_at(ok["label"], ok["probability"], t)
     report.update(
         model=str(loaded.path),
         data=str(data),
+        file_list_sha256_16=file_list_hash(frame),
         threshold_source="given" if threshold is not None else "model card",
         unreadable=[{"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()],
     )
@@ -175,3 +179,20 @@ def leakage(model_path: str | Path, hashes: Any) -> dict[str, Any] | None:
     train, val = folder & set(seen.get("train", [])), folder & set(seen.get("validation", []))
     return {"n": len(folder), "train": len(train), "validation": len(val),
             "fraction": (len(train) + len(val)) / len(folder) if folder else 0.0}
+
+
+def record_evaluation(report: dict[str, Any], name: str) -> Path:
+    """Append an evaluation report to its model's card (external evaluations); returns the card's path."""
+    from .card import ModelCard
+    from .models import card_path
+    from .runs import now_iso
+
+    path = card_path(Path(report["model"]))
+    card = ModelCard.read(path) if path.exists() else ModelCard.default(Path(report["model"]).parent.name)
+    keys = ("n", "threshold", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
+            "confusion")
+    card.external_evaluations.append({"name": name, "data": report["data"], "file_list_sha256_16":
+                                      report["file_list_sha256_16"], "date": now_iso(),
+                                      "threshold_source": report["threshold_source"], **{k: report[k] for k in keys}})
+    card.write(path)
+    return path

@@ -72,3 +72,67 @@ def test_integration_on_real_xrays(tmp_path: Path) -> None:
     sample = next((subset / "PNEUMONIA").iterdir())
     pr = _cli("predict", "--model", str(run / "model.keras"), "--json", str(sample))
     assert pr.returncode == 0 and 0.0 <= json.loads(pr.stdout)[0]["probability"] <= 1.0
+
+
+def test_predict_keeps_its_json_contract_with_a_broken_dicom_in_the_batch(tiny_run: Path, tmp_path: Path) -> None:
+    data = make_folder(tmp_path / "d", n_per_class=1, size=64)
+    good = next((data / "PNEUMONIA").iterdir())
+    twin = tmp_path / "other" / good.name  # the same file name in another folder
+    twin.parent.mkdir()
+    shutil.copy(next((data / "NORMAL").iterdir()), twin)
+    from tests.test_imaging import _dicom, _ramp
+
+    import pydicom
+    import io
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp())))
+    ds.PixelData = ds.PixelData[:100]  # the header promises 64×64 pixels the file does not hold
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    out = _cli("predict", "--model", str(tiny_run), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad), str(twin))
+    results = json.loads(out.stdout)
+    assert out.returncode == 2 and len(results) == 3
+    assert results[1]["probability"] is None and "bad.dcm" in results[1]["error"]
+    assert results[0]["probability"] is not None and results[2]["probability"] is not None
+    assert all(isinstance(r["warnings"], list) for r in results)
+    assert len(list((tmp_path / "cams").iterdir())) == 2  # two inputs with one stem: two files
+    assert "cuInit" not in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("threshold", ["NaN", "5", '"high"', "null"])
+def test_a_bad_card_threshold_is_refused_with_one_line(tiny_run: Path, tmp_path: Path, threshold: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    card = (run / "card.json").read_text()
+    card = json.loads(card)
+    (run / "card.json").write_text(json.dumps(card).replace(json.dumps(card["threshold"]), threshold, 1))
+    out = _cli("predict", "--model", str(run), "--json", str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg"))
+    assert out.returncode == 2 and "card.json" in out.stderr and "threshold" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+
+
+def test_user_errors_exit_2_with_one_line(tiny_run: Path, tmp_path: Path) -> None:
+    sample = str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg")
+    (tmp_path / "afile").write_text("x")
+    for args in (["predict", "--model", str(tiny_run), "--threshold", "5", sample],
+                 ["train", "--data", str(tmp_path), "--epochs", "0", "--out", str(tmp_path / "r")],
+                 ["train", "--data", str(tmp_path), "--batch-size", "0", "--out", str(tmp_path / "r")],
+                 ["train", "--data", str(tmp_path), "--out", str(tmp_path / "afile")],
+                 ["evaluate", "--model", str(tmp_path / "afile"), "--data", str(tmp_path), "--out", str(tmp_path / "r.json")]):
+        out = _cli(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+def test_evaluate_record_appends_an_external_evaluation(tiny_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = make_folder(tmp_path / "d", n_per_class=6, size=64, seed=11)
+    for name in ("first", "second"):
+        out = _cli("evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "r.json"), "--record", name)
+        assert out.returncode == 0, out.stderr
+    from pneumo.card import ModelCard
+
+    evaluations = ModelCard.read(run / "card.json").external_evaluations
+    assert [e["name"] for e in evaluations] == ["first", "second"]
+    assert evaluations[0]["n"] == 12 and len(evaluations[0]["file_list_sha256_16"]) == 16 and "roc_auc" in evaluations[0]
