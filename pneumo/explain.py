@@ -102,24 +102,78 @@ def gradcam(
     method: str = "gradcam",
     target: int | None = None,
     layer: str | None = None,
+    engine: str = "compiled",
 ) -> np.ndarray:
     """A heatmap in [0, 1] at the image's size showing what drove the score of the target class.
 
     target: 1 explains the pneumonia score, 0 the normal score, None the predicted class.
+    engine: "compiled" (one traced graph: forward pass, gradient and weighting) or "tf-keras-vis",
+    the reference implementation the compiled one is tested against.
     """
-    from tf_keras_vis.utils.scores import BinaryScore
-
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     batch = loaded.prepare(image)
     if target is None:
         target = int(loaded.predict(image)[0] >= loaded.threshold)
-    explainer, target_layer = _explainer(loaded.model, method, layer or loaded.gradcam_layer)
-    cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
-    cam = np.nan_to_num(np.asarray(cam[0], dtype=np.float32))
+    if engine == "compiled":
+        cam = np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(
+            batch, np.array([1.0 if target else -1.0], np.float32)))[0]
+        cam = _expand(cam, batch.shape[1:3])
+    else:
+        from tf_keras_vis.utils.scores import BinaryScore
+
+        explainer, target_layer = _explainer(loaded.model, method, layer or loaded.gradcam_layer)
+        cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
+        cam = np.asarray(cam[0], dtype=np.float32)
+    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
     cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
     span = float(cam.max() - cam.min())
     return (cam - cam.min()) / span if span > 1e-8 else np.zeros_like(cam)
+
+
+def _expand(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Stretch a feature-map CAM to the input and scale it to [0, 1], exactly as tf-keras-vis does."""
+    from scipy.ndimage import zoom
+
+    cam = zoom(cam, (shape[0] / cam.shape[0], shape[1] / cam.shape[1]), order=1)
+    return (cam - cam.min()) / (cam.max() - cam.min() + keras.backend.epsilon())
+
+
+def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
+    """Grad-CAM or Grad-CAM++ as one traced graph (the formulas of tf-keras-vis 0.8), cached on the model."""
+    import tensorflow as tf
+
+    cache = loaded.__dict__.setdefault("_cams", {})
+    key = (method, layer)
+    if key in cache:
+        return cache[key]
+    target_model, target_layer = reachable_model(explained_network(loaded.model, layer), layer)
+    grad_model = keras.Model(target_model.inputs, [target_model.output, target_model.get_layer(target_layer).output])
+    size = loaded.input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.float32)])
+    def cam(x: Any, sign: Any) -> Any:
+        with tf.GradientTape() as tape:
+            output, features = grad_model(x, training=False)
+            tape.watch(features)
+            score = sign * tf.reshape(tf.cast(output, tf.float32), [-1])
+        features = tf.cast(features, tf.float32)
+        grads = tf.cast(tape.gradient(score, features), tf.float32)
+        if method == "gradcam":
+            weights = tf.reduce_mean(grads, axis=[1, 2], keepdims=True)
+            return tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
+        first = tf.reshape(tf.exp(score), [-1, 1, 1, 1]) * grads
+        second, third = first * grads, first * grads * grads
+        total = tf.reduce_sum(features, axis=[1, 2], keepdims=True)
+        denom = second * 2.0 + third * total
+        alphas = second / (denom + tf.cast(second == 0.0, second.dtype))
+        norm = tf.reduce_sum(alphas, axis=[1, 2], keepdims=True)
+        alphas = alphas / (norm + tf.cast(norm == 0.0, norm.dtype))
+        weights = tf.reduce_sum(tf.nn.relu(first) * alphas, axis=[1, 2], keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
+
+    cache[key] = cam
+    return cam
 
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:

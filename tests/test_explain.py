@@ -8,6 +8,7 @@ import pytest
 from keras import layers
 
 from pneumo import explain
+from pneumo.card import ModelCard
 from pneumo.models import LoadedModel
 
 SIZE = 48
@@ -44,7 +45,8 @@ def _blob_model(nested: bool, seed: int) -> LoadedModel:
     x_train, y_train, _ = _blob_data(400, np.random.default_rng(seed))
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
     model.fit(x_train[..., None], y_train, epochs=8, batch_size=32, verbose=0)
-    return LoadedModel(model, {"gradcam_layer": name, "threshold": 0.5}, Path(f"{name}.keras"))
+    card = ModelCard(name=name, architecture="blob test", threshold=0.5, gradcam_layer=name)
+    return LoadedModel(model, card, Path(f"{name}.keras"))
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +97,27 @@ def test_overlay_blends_with_opacity() -> None:
     assert png.startswith(b"\x89PNG")
 
 
-def test_warm_up_builds_both_explainers_for_the_model(flat_model: LoadedModel) -> None:
-    def built() -> set[str]:
-        return {method for (model_id, method, _), _ in explain._explainers.items() if model_id == id(flat_model.model)}
-
-    for key in [k for k in explain._explainers if k[0] == id(flat_model.model)]:
-        del explain._explainers[key]
+def test_warm_up_traces_both_compiled_explainers(flat_model: LoadedModel) -> None:
+    flat_model.__dict__.pop("_cams", None)
     explain.warm_up(flat_model)
-    assert built() == set(explain.METHODS)
+    assert {method for method, _ in flat_model._cams} == set(explain.METHODS)
+
+
+@pytest.mark.parametrize("method", explain.METHODS)
+@pytest.mark.parametrize("target", [0, 1])
+def test_compiled_maps_equal_the_tf_keras_vis_reference(flat_model: LoadedModel, nested_model: LoadedModel,
+                                                        method: str, target: int) -> None:
+    x, _, _ = _blob_data(4, np.random.default_rng(3))
+    for loaded in (flat_model, nested_model):
+        for img in x:
+            fast = explain.gradcam(loaded, img, method=method, target=target)
+            reference = explain.gradcam(loaded, img, method=method, target=target, engine="tf-keras-vis")
+            np.testing.assert_allclose(fast, reference, atol=2e-3)
+
+
+def test_colorbar_is_appended_beside_the_overlay() -> None:
+    rgb = np.zeros((100, 80, 3), np.uint8)
+    out = explain.with_colorbar(rgb)
+    assert out.shape[0] == 100 and out.shape[1] > 80 and (out[:, :80] == 0).all()
+    bar = out[:, 80:].reshape(-1, 3)
+    assert len({tuple(px) for px in bar}) > 20  # a colour ramp, not a blank strip
