@@ -78,8 +78,11 @@ def batch_report() -> bytes:
 table = predict.worklist(readings, loaded)
 st.subheader("Worklist")
 links = table.assign(open=[f"#item-{i}" for i in table["item"]])
+HUES = {predict.PNEUMONIA: "#c0392b", predict.NORMAL: "#1e8449", predict.UNCERTAIN: "#d68910", "rejected": "#7f8c8d"}
+styled = links[["item", "open", "path", "probability", "decision", "warnings", "error"]].style.map(
+    lambda v: f"color: {HUES.get(v, 'inherit')}; font-weight: 600", subset=["decision"])
 st.dataframe(
-    links[["item", "open", "path", "probability", "decision", "warnings", "error"]], hide_index=True, width="stretch",
+    styled, hide_index=True, width="stretch",
     column_config={
         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f"),
         "open": st.column_config.LinkColumn("card", display_text="open ↓"),
