@@ -135,6 +135,16 @@ def detect_device() -> DeviceInfo:
     return DeviceInfo("GPU", names)
 
 
+def cluster_workers() -> int:
+    """How many workers TF_CONFIG names (1 when it is unset or malformed)."""
+    import json
+
+    try:
+        return max(1, len(json.loads(os.environ.get("TF_CONFIG", "{}")).get("cluster", {}).get("worker", [])))
+    except (ValueError, AttributeError):
+        return 1
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -277,6 +287,12 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
 
     arch = get_architecture(config.model)
     size = config.resolved_image_size()
+    if cluster_workers() > 1:
+        # Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585): refuse
+        # clearly rather than fail inside the first step.
+        raise ValueError("TF_CONFIG names several workers, but multi-worker training is not supported by Keras 3's "
+                         "fit(); unset TF_CONFIG to train on this machine (several local GPUs are used automatically)")
+    strategy = None
     keras.utils.set_random_seed(config.seed)
     device = detect_device()
     runs.write_status(run_dir, "running", device=device.describe())
@@ -321,7 +337,8 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         alpha=0.02,
     )
 
-    strategy = tf.distribute.MirroredStrategy() if len(device.names) > 1 else tf.distribute.get_strategy()
+    if strategy is None:
+        strategy = tf.distribute.MirroredStrategy() if len(device.names) > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(config.model, size, None if config.weights == "none" else config.weights, config.dropout)
         model.compile(

@@ -156,3 +156,11 @@ def test_single_class_data_is_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="both classes"):
         train(TrainConfig(data=str(data), image_size=48, epochs=1), tmp_path / "run")
     assert runs.read_status(tmp_path / "run")["state"] == "failed"
+
+
+def test_multi_worker_config_is_refused_clearly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = make_folder(tmp_path / "d", n_per_class=6, size=48)
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    with pytest.raises(ValueError, match="multi-worker"):
+        train(TrainConfig(data=str(data), image_size=48, epochs=1), tmp_path / "run")
