@@ -8,7 +8,7 @@ from pneumo.memory import limit_malloc_arenas  # noqa: E402
 
 limit_malloc_arenas()  # before TensorFlow starts its thread pools
 
-from pages.common import ENTRY_MARK, settings, sidebar  # noqa: E402
+from pneumo.ui import ENTRY_MARK, settings, sidebar  # noqa: E402
 
 st.session_state[ENTRY_MARK] = True
 

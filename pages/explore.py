@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pages.common import data_root, require_entry_point, summarize_with_bar
+from pneumo.ui import data_root, require_entry_point, summarize_with_bar
 from pneumo import data as D
 from pneumo import plots
 

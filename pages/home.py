@@ -3,7 +3,7 @@
 import pandas as pd
 import streamlit as st
 
-from pages.common import DISCLAIMER, active_model, data_root, device_description, metric_row, require_entry_point
+from pneumo.ui import DISCLAIMER, active_model, data_root, device_description, metric_row, require_entry_point
 from pneumo import evaluate as E
 from pneumo import plots
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from pages.common import DISCLAIMER, active_model, model_state_key, require_entry_point
+from pneumo.ui import DISCLAIMER, active_model, model_state_key, require_entry_point
 from pneumo import explain, predict, report
 from pneumo.imaging import resize
 from pneumo.settings import SAMPLES_DIR

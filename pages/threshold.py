@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages.common import active_model, data_root, metric_row, model_state_key, require_entry_point, settings, summary_for
+from pneumo.ui import active_model, data_root, metric_row, model_state_key, require_entry_point, settings, summary_for
 from pneumo import data as D
 from pneumo import evaluate as E
 from pneumo import explain, plots

@@ -6,7 +6,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pages.common import activate_model, data_root, device_description, require_entry_point, settings
+from pneumo.ui import activate_model, data_root, device_description, require_entry_point, settings
 from pneumo import plots, runs
 from pneumo.models import ARCHITECTURES
 from pneumo.train import TrainConfig

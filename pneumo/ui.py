@@ -1,4 +1,5 @@
-"""Streamlit glue shared by the pages: cached loaders and the sidebar pickers. No maths here."""
+"""Streamlit glue shared by the pages: cached loaders, the sidebar pickers, state keys. The only module of the
+package that imports Streamlit; the library never imports it. No maths here."""
 
 from __future__ import annotations
 
@@ -162,6 +163,9 @@ def require_entry_point() -> None:
     st.navigation has run once in the server process: a visitor whose first request after a (re)start
     is a deep link (/predict) would get the page alone, without the sidebar and navigation. Clearing
     that flag and rerunning sends the session through the entry point, which opens the same page.
+    Streamlit has no public switch for this (its issue #9624 was closed as not reproducible without a
+    pages/ folder), and the project keeps its pages in pages/, so this private flag stays; the browser
+    test's deep link after a restart fails if an upgrade breaks it.
     """
     from streamlit.runtime.pages_manager import PagesManager
 
