@@ -20,8 +20,8 @@ if root is None:
     st.stop()
 try:
     summary = summarize_with_bar(root)
-except D.DatasetError as exc:
-    st.error(str(exc))
+except (ValueError, OSError) as exc:  # DatasetError and any unreadable folder: a message, never a traceback
+    st.error(f"This data folder cannot be read: {exc}", icon=":material/error:")
     st.stop()
 
 st.caption(f"`{summary.root}` — {summary.layout}, {summary.n_images:,} images")
@@ -41,23 +41,35 @@ with right:
         f"of the minority. Unweighted, a model can score well by leaning towards the majority; training weights the "
         f"loss per class ({weights}) so both classes count equally. Held-out sets may have a different mix (the "
         "official test split of the Kermany collection is 37.5 % normal against 26 % in train), which is why the "
-        "operating threshold is chosen on a patient-level validation split and checked on the Threshold page."
+        "operating threshold is chosen on held-out patients from another period and stressed copies of their films, and "
+        "checked on the Threshold page."
     )
     st.markdown("**Patients per class:** " + ", ".join(f"{k}: {v:,}" for k, v in summary.patients_per_class.items()))
-    if summary.subtypes:
-        st.markdown("**Pneumonia subtype (from file names):** " + ", ".join(f"{k}: {v:,}" for k, v in summary.subtypes.items()))
 
 left, right = st.columns(2)
 left.plotly_chart(plots.images_per_patient(summary.images_per_patient), width="stretch")
-right.plotly_chart(plots.distribution(summary.image_stats, "mean", "Mean intensity per image"), width="stretch")
+if summary.subtypes:
+    right.plotly_chart(plots.subtypes(summary.subtypes), width="stretch")
+stats = summary.image_stats
 left, right = st.columns(2)
-left.plotly_chart(plots.distribution(summary.image_stats, "width", "Image width (px)"), width="stretch")
-right.plotly_chart(plots.distribution(summary.image_stats, "std", "Contrast (intensity std) per image"), width="stretch")
+left.plotly_chart(plots.violins(stats, "mean", "Mean intensity per image, by class"), width="stretch")
+right.plotly_chart(plots.violins(stats, "std", "Contrast (intensity std) per image, by class"), width="stretch")
+varying = [c for c in ("width", "height") if not stats.empty and stats[c].nunique() > 1]
+if varying:
+    cols = st.columns(len(varying))
+    for col, c in zip(cols, varying):
+        col.plotly_chart(plots.distribution(stats, c, f"Image {c} (px)"), width="stretch")
+elif not stats.empty:
+    st.caption(f"Every image is {int(stats['width'].iloc[0])}×{int(stats['height'].iloc[0])} px.")
 
 with st.expander(f"Exact duplicates: {len(summary.duplicate_groups)} groups (same pixels under different names)"):
     if summary.duplicate_groups:
-        st.dataframe(pd.DataFrame({"group": [" · ".join(Path(p).name for p in g) for g in summary.duplicate_groups]}),
-                     hide_index=True, width="stretch")
+        for group in summary.duplicate_groups[:12]:
+            cols = st.columns(max(len(group), 4))
+            for col, path in zip(cols, group):
+                col.image(D.read_item(path), caption=Path(path.split(D.NPZ_SEPARATOR)[0]).name, clamp=True, width="stretch")
+        if len(summary.duplicate_groups) > 12:
+            st.caption(f"… and {len(summary.duplicate_groups) - 12} more groups.")
         st.caption("Duplicates are kept on one side of the validation split together with their patients.")
     else:
         st.write("None found.")

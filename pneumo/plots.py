@@ -28,6 +28,21 @@ def images_per_patient(per_patient: pd.Series) -> go.Figure:
     return fig.update_layout(**LAYOUT)
 
 
+def subtypes(counts: dict[str, int]) -> go.Figure:
+    """Pneumonia subtypes (bacterial / viral, from file names) as bars."""
+    fig = px.bar(x=list(counts), y=list(counts.values()), text=list(counts.values()),
+                 labels={"x": "subtype", "y": "images"}, title="Pneumonia subtype (from file names)",
+                 color=list(counts), color_discrete_sequence=["#e76f51", "#f4a261", "#e9c46a"])
+    return fig.update_layout(**LAYOUT, showlegend=False)
+
+
+def violins(stats: pd.DataFrame, column: str, title: str) -> go.Figure:
+    """One violin per class side by side: no class hides behind the other."""
+    fig = px.violin(stats, x="class_name", y=column, color="class_name", box=True, points=False,
+                    color_discrete_map=CLASS_COLORS, title=title, labels={"class_name": "class"})
+    return fig.update_layout(**LAYOUT, showlegend=False)
+
+
 def distribution(stats: pd.DataFrame, column: str, title: str) -> go.Figure:
     fig = px.histogram(stats, x=column, color="class_name", barmode="overlay", opacity=0.65, nbins=40,
                        color_discrete_map=CLASS_COLORS, title=title)

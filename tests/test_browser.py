@@ -214,6 +214,36 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     assert used.anonymous_mb * 2**20 < 1e9, f"app holds {used.anonymous_mb:.0f} MiB of private memory"
 
 
+def test_hostile_uploads_keep_memory_bounded(page: object, server: Server, tmp_path: Path) -> None:
+    """Truncated giants, huge valid films and noise, in one batch: every one answered, memory bounded."""
+    import numpy as np
+    from PIL import Image
+
+    files = []
+    for i in range(4):  # 6000×6000 films (36 MP, under the 50 MP limit), each different
+        ramp = np.linspace(0, 255, 6000, dtype=np.float32)
+        img = ((np.add.outer(ramp, ramp[::-1]) / 2 + i * 7) % 256).astype(np.uint8)
+        path = tmp_path / f"giant_{i}.png"
+        Image.fromarray(img).save(path, optimize=False, compress_level=1)
+        files.append(path)
+    jpeg = tmp_path / "full.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (7000, 7000), dtype=np.uint8)).save(jpeg, quality=30)
+    for i in range(3):  # a header that declares 7000×7000 with 1 KB of data behind it
+        cut = tmp_path / f"liar_{i}.jpg"
+        cut.write_bytes(jpeg.read_bytes()[: 1024 + i])
+        files.append(cut)
+    _goto(page, server, "predict")
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(f) for f in files])
+    page.get_by_text("liar_2.jpg could not be read").wait_for(timeout=300_000)
+    page.get_by_text("Readings, highest probability first").wait_for(timeout=300_000)
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    used = resident(server.proc.pid)
+    _record(app_rss_mb_after_hostile_uploads=round(used.total_mb, 1), app_peak_rss_mb=round(used.peak_mb, 1))
+    assert used.total_mb * 2**20 < 1.5e9, f"app holds {used.total_mb:.0f} MiB after hostile uploads"
+    _shot(page, "2b-hostile-uploads")
+
+
 def test_threshold_slider_moves_the_numbers(page: object, server: Server) -> None:
     _goto(page, server, "threshold")
     spec = page.locator('[data-testid="stMetric"]').filter(has_text="Specificity").locator('[data-testid="stMetricValue"]')
