@@ -136,6 +136,19 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 2 if any(r["error"] for r in results) else 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .validate import compare
+
+    rows, recipes = compare(args.runs)
+    if args.json:
+        print(json.dumps({"runs": rows.to_dict("records"), "recipes": recipes.to_dict("records")}, indent=2, default=str))
+    else:
+        print(rows.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print()
+        print(recipes.T.to_string(float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     from .data import summarize
 
@@ -210,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON array")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("validate", help="compare runs on their shift checks (held-out split, stress suite, seeds)")
+    p.add_argument("runs", nargs="+", help="run directories trained with this version")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("summarize", help="dataset summary")
     p.add_argument("data")

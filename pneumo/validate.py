@@ -294,3 +294,41 @@ def explanation_trust(loaded: Any, images: np.ndarray, limit: int = 48, seed: in
     shares = [outside_chest_fraction(gradcam(loaded, images[i])) for i in pick]
     return {"outside_chest_mean": float(np.mean(shares)), "outside_chest_p90": float(np.percentile(shares, 90)),
             "n": len(shares)}
+
+
+# ---------------------------------------------------------------- comparing runs
+
+
+def check_row(run_dir: str | Path) -> dict[str, Any]:
+    """One run's figures on every check (from its checks.json and config.json), for a comparison table."""
+    from .runs import read_json
+
+    run_dir = Path(run_dir)
+    checks = read_json(run_dir / "checks.json")
+    if not isinstance(checks, dict):
+        raise ValueError(f"{run_dir}: no checks.json (train the run with this version of pneumo)")
+    config = read_json(run_dir / "config.json", {}) or {}
+    stress, clean, ci = checks["stress"], checks["clean"], checks["bootstrap_95"]
+    return {
+        "run": run_dir.name, "split": config.get("split", "patient"), "model": config.get("model"),
+        "augmentation": config.get("augmentation"), "mixup": config.get("mixup", 0.0), "seed": config.get("seed"),
+        "n": clean["n"], "threshold": checks["threshold"],
+        "auc": clean["roc_auc"], "auc_low": ci["roc_auc"]["low"], "auc_high": ci["roc_auc"]["high"],
+        "sensitivity": clean["sensitivity"], "specificity": clean["specificity"],
+        "stress_mean_auc": stress["mean_auc"], "stress_worst_auc": stress["worst_auc"]["roc_auc"],
+        "stress_mean_specificity": stress["mean_specificity"],
+        "stress_worst_specificity": stress["worst_specificity"]["specificity"],
+        "stress_worst_condition": stress["worst_specificity"]["condition"],
+        "outside_chest": checks["explanation_trust"]["outside_chest_mean"],
+    }
+
+
+def compare(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Runs side by side, and per recipe (runs differing only in seed) the mean and spread over seeds."""
+    rows = pd.DataFrame([check_row(r) for r in run_dirs])
+    keys = ["split", "model", "augmentation", "mixup"]
+    figures = ["auc", "specificity", "stress_mean_auc", "stress_worst_auc", "stress_mean_specificity",
+               "stress_worst_specificity", "outside_chest"]
+    grouped = rows.groupby(keys, dropna=False)[figures].agg(["mean", "std", "count"])
+    grouped.columns = [f"{a}_{b}" for a, b in grouped.columns]
+    return rows, grouped.reset_index()

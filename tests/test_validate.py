@@ -118,3 +118,18 @@ def test_outside_chest_fraction() -> None:
     assert V.outside_chest_fraction(central) == 0.0
     assert V.outside_chest_fraction(border) == 1.0
     assert V.outside_chest_fraction(np.ones((100, 100))) == pytest.approx(1 - 0.8 * 0.73, abs=0.02)
+
+
+def test_compare_runs_groups_seeds_of_one_recipe(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pneumo.runs import atomic_write_json, read_json
+
+    other = tmp_path / "seed1"
+    shutil.copytree(tiny_run, other)
+    atomic_write_json(other / "config.json", {**read_json(tiny_run / "config.json"), "seed": 1})
+    rows, recipes = V.compare([tiny_run, other])
+    assert list(rows["seed"]) == [0, 1] and len(recipes) == 1 and recipes["auc_count"].iloc[0] == 2
+    assert rows["stress_worst_auc"].iloc[0] <= rows["stress_mean_auc"].iloc[0]
+    with pytest.raises(ValueError, match="checks.json"):
+        V.compare([tmp_path])
