@@ -263,8 +263,9 @@ def test_threshold_slider_moves_the_numbers(page: object, server: Server) -> Non
 
 def test_training_run_from_the_page_survives_an_app_restart(page: object, server: Server, workspace: Path) -> None:
     _goto(page, server, "train")
-    page.get_by_label("Epochs").fill("2")
-    page.get_by_label("Epochs").press("Tab")
+    epochs = page.get_by_role("spinbutton", name="Epochs", exact=True)
+    epochs.fill("2")
+    epochs.press("Tab")
     page.get_by_text("Start", exact=True).click()
     page.get_by_text("Watch run").wait_for()
     runs_dir = workspace / "runs"
@@ -298,8 +299,8 @@ def test_training_run_from_the_page_survives_an_app_restart(page: object, server
     page.get_by_role("option").filter(has_text=run.name).first.click()
     _settle(page)
     page.get_by_text(f"Card threshold now: {threshold:.4f}").wait_for()
-    slider = page.get_by_role("slider").first
-    assert abs(float(slider.get_attribute("aria-valuenow")) - threshold) < 1e-3
+    shown = page.locator('[data-testid="stSliderThumbValue"]').first.inner_text()
+    assert abs(float(shown) - threshold) < 1e-3, shown
     page.reload()
     page.get_by_role("heading", level=1).first.wait_for()
     _settle(page)
