@@ -53,8 +53,8 @@ else:
     try:
         preds = folder_predictions(str(root), model_key,
                                    _progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicting… {d}/{t}"))
-    except D.DatasetError as exc:
-        st.error(str(exc))
+    except (ValueError, OSError) as exc:  # DatasetError and unreadable folders: a message, never a traceback
+        st.error(f"This data folder cannot be predicted: {exc}", icon=":material/error:")
         st.stop()
     finally:
         bar.empty()

@@ -35,6 +35,27 @@ def test_status_of_a_vanished_process_reads_failed(tmp_path: Path) -> None:
     assert runs.read_status(tmp_path)["state"] == "running"
 
 
+def test_a_run_that_stops_beating_reads_failed(tmp_path: Path) -> None:
+    runs.write_status(tmp_path, "running", pid=os.getpid())  # alive here, but silent for too long
+    old = os.path.getmtime(tmp_path / "status.json") - runs.HEARTBEAT_DEAD_S - 60
+    os.utime(tmp_path / "status.json", (old, old))
+    status = runs.read_status(tmp_path)
+    assert status["state"] == "failed" and "no heartbeat" in status["error"]
+
+
+def test_launch_refuses_a_second_concurrent_run(tmp_path: Path) -> None:
+    from pneumo.train import TrainConfig
+
+    busy = tmp_path / "busy"
+    runs.atomic_write_json(busy / "config.json", {"model": "shift_cnn"})
+    runs.write_status(busy, "running", pid=os.getpid(), started="2026-01-01")
+    import pytest
+
+    with pytest.raises(runs.RunFolderError, match="at most 1"):
+        runs.launch(TrainConfig(data=str(tmp_path)), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["busy"]
+
+
 def test_list_runs_and_info(tmp_path: Path) -> None:
     for name, aucs in (("r1", [0.7, 0.9, 0.8]), ("r2", [])):
         d = tmp_path / name
