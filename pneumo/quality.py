@@ -139,3 +139,19 @@ def check(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colour
                             f"{density.alarm:.1f}): not a frontal chest X-ray, or from a very different source; "
                             "the score is not reliable")
     return warnings
+
+
+def detection_rates(loaded: Any, images: np.ndarray, density: FeatureDensity, limit: int = 200,
+                    seed: int = 0) -> dict[str, float]:
+    """Share of held-out films warned about as they are (false alarms), and once inverted, turned or
+    replaced by noise (detections): the figures the card reports for the input check."""
+    rng = np.random.default_rng(seed)
+    pick = images[rng.choice(len(images), size=min(limit, len(images)), replace=False)]
+    cases = {
+        "real films (false alarms)": list(pick),
+        "inverted": [1.0 - x for x in pick],
+        "rotated by 90°": [np.rot90(x) for x in pick],
+        "upside down": [np.rot90(x, 2) for x in pick],
+        "uniform noise": [rng.random(x.shape).astype(np.float32) for x in pick[:50]],
+    }
+    return {name: float(np.mean([bool(check(loaded, x, density)) for x in batch])) for name, batch in cases.items()}

@@ -449,7 +449,8 @@ def _fit_input_check(loaded: Any, images: np.ndarray, run_dir: Path) -> dict[str
         return {"available": False, "reason": str(exc)}
     density.save(run_dir / quality.FILE_NAME)
     return {"available": True, "alarm_distance": density.alarm, "false_alarm_rate_on_held_out": density.false_alarm_rate,
-            "fit_images": density.n_fit, "calibration_images": density.n_calibrate}
+            "fit_images": density.n_fit, "calibration_images": density.n_calibrate,
+            "warned_share": quality.detection_rates(loaded, images, density)}
 
 
 def shift_checks(loaded: Any, val_df: Any, images: np.ndarray, target_recall: float, explain_limit: int = 48) -> dict[str, Any]:

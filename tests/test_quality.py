@@ -66,3 +66,12 @@ def test_a_trained_run_checks_its_inputs(tiny_run: Path, tmp_path: Path) -> None
     Image.fromarray(photo).save(buf, format="PNG")
     reading = read(loaded, buf.getvalue(), name="holiday.png")
     assert reading.probability is not None and any("colour" in w for w in reading.warnings)
+
+
+def test_detection_rates_cover_real_films_and_wrong_inputs(tiny_run: Path) -> None:
+    from pneumo.card import ModelCard
+
+    rates = ModelCard.read(tiny_run / "card.json").extra["input_check"]["warned_share"]
+    assert set(rates) == {"real films (false alarms)", "inverted", "rotated by 90°", "upside down", "uniform noise"}
+    assert all(0.0 <= v <= 1.0 for v in rates.values())
+    assert rates["uniform noise"] >= rates["real films (false alarms)"]
