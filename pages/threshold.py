@@ -93,7 +93,8 @@ def apply_rule(name: str) -> None:
 
 
 controls = st.columns([3, 2, 2])
-threshold = controls[0].slider("Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key=slider_key)
+threshold = controls[0].slider("Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key=slider_key,
+                               on_change=lambda: st.session_state.update(rule="set by hand on the Threshold page"))
 controls[1].number_input("Target recall", 0.5, 1.0, 0.98, 0.005, format="%.3f", key="target_recall", on_change=apply_target,
                          help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.")
 with controls[2]:

@@ -49,7 +49,7 @@ if start and root is not None and cfg.allow_changes:
     try:
         config = TrainConfig.from_dict({**values, "data": str(root)}).validate()
         run_dir = runs.launch(config, cfg.runs_dir, max_concurrent=cfg.max_concurrent_runs)
-    except ValueError as exc:
+    except (ValueError, OSError) as exc:
         st.error(f"Not started: {exc}", icon=":material/block:")
     else:
         st.session_state["watch_run"] = str(run_dir)
@@ -88,7 +88,7 @@ def live_view() -> None:
     if info.state in ("running", "queued"):
         if cols[3].button("Stop", key=f"stop-{watched.name}"):
             runs.request_stop(watched)
-            st.toast("Stop requested: the run ends after the current batch and keeps its best model.")
+            st.toast("Stop requested: the run ends after the current batch and keeps the model it has so far.")
         if progress:
             p = progress[-1]
             done = ((p["epoch"] - 1) * p["batches"] + p["batch"]) / (p["epochs"] * p["batches"])
@@ -110,20 +110,24 @@ HYPER = ("split", "augmentation", "mixup", "epochs", "batch_size", "learning_rat
 
 
 @st.fragment(run_every=5)
-def runs_table() -> Any:
+def runs_table() -> tuple[Any, list[runs.RunInfo]]:
     # Re-read with the live view's period: the table and the live view read one status source.
+    listed = runs.list_runs(cfg.runs_dir)
     rows = []
-    for r in runs.list_runs(cfg.runs_dir):
+    for r in listed:
         config = runs.read_json(r.path / "config.json", {}) or {}
         rows.append({"run": r.name, "status": r.state, "model": r.model, "best val AUC": r.best_val_auc,
                      **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
                      "duration (min)": round((r.duration_s or 0) / 60, 1), "started": r.started})
-    return st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun",
-                        selection_mode="multi-row", key="runs_table")
+    # Keyed by the runs listed: a new run shifts the rows, and a selection must not then point at another run.
+    names = "|".join(r.name for r in listed)
+    event = st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun",
+                         selection_mode="multi-row", key=f"runs_table:{hash(names)}")
+    return event, listed
 
 
-event = runs_table()
-selected = [all_runs[i] for i in event.selection.rows] if event and event.selection else []
+event, listed = runs_table()
+selected = [listed[i] for i in event.selection.rows if i < len(listed)] if event and event.selection else []
 if selected:
     st.plotly_chart(plots.learning_curves({r.name: runs.epochs_of(runs.read_metrics(r.path)) for r in selected}),
                     width="stretch", key="compare-curves")

@@ -32,12 +32,14 @@ def _progress(desc: str) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .runs import read_json
     from .train import TrainConfig, train
 
     values: dict[str, Any] = {}
     if args.config:
-        values.update(read_json(args.config, None) or {})
+        loaded = json.loads(Path(args.config).read_text())  # a missing or broken file is an error, not defaults
+        if not isinstance(loaded, dict):
+            raise ValueError(f"{args.config}: a config must be a JSON object")
+        values.update(loaded)
     values.update({f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name) is not None})
     if args.config is None and args.data is None:
         print("error: --data DIR is required (or --config with a data entry)", file=sys.stderr)
@@ -77,7 +79,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_ensemble(args: argparse.Namespace) -> int:
     from .train import ensemble
 
-    card = ensemble(args.runs, args.out, args.target_recall)
+    card = ensemble(args.runs, args.out, args.target_recall, overwrite=args.overwrite)
     print(json.dumps({"model": str(Path(args.out) / "model.keras"), "threshold": card.threshold,
                       "validation": card.validation}, indent=2))
     return 0
@@ -204,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--target-recall", dest="target_recall", type=float, default=0.98)
     p.add_argument("--out", required=True)
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble in --out")
     p.set_defaults(func=cmd_ensemble)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled folder")

@@ -101,8 +101,8 @@ def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT
         if fmt == "DICOM":
             pixels, header = _decode_dicom(data, label, max_pixels)
         else:
-            pixels, colour = _decode_pil(data, label, max_pixels)
-        original_shape = pixels.shape
+            pixels, colour, (width, height) = _decode_pil(data, label, max_pixels)
+        original_shape = pixels.shape if fmt == "DICOM" else (height, width)
         pixels = _finish(pixels, label)
     except InvalidImageError:
         raise
@@ -122,7 +122,7 @@ def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
         raise InvalidImageError(label, f"too small: {width}×{height}, each side must be at least {MIN_SIDE} px")
 
 
-def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, float]:
+def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, float, tuple[int, int]]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -131,8 +131,10 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, f
                 raise InvalidImageError(label, f"unsupported image format {img.format}")
             _check_size(label, *img.size, max_pixels)
             _check_complete(data, img.format, label)
+            declared = img.size
             if img.format == "JPEG" and max(img.size) > MAX_KEPT_SIDE:
-                img.draft("L", (MAX_KEPT_SIDE, MAX_KEPT_SIDE))  # decode at a reduced scale: less memory, same film
+                # Decode at a reduced scale (less memory, same film), keeping the colour mode for the photo check.
+                img.draft(img.mode, (MAX_KEPT_SIDE, MAX_KEPT_SIDE))
             img.load()
             img = ImageOps.exif_transpose(img)  # a phone or scanner may store the film rotated with an EXIF tag
     except InvalidImageError:
@@ -150,13 +152,14 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, f
         small = img.convert("RGB")
         small.thumbnail((256, 256))
         colour = colourfulness(np.asarray(small, dtype=np.float32) / 255.0)
-    return _to_gray(img), colour
+    return _to_gray(img), colour, declared
 
 
 def _check_complete(data: bytes, fmt: str | None, label: str) -> None:
     """Refuse files whose data stops before the image does: a decoder may fill the rest with grey."""
     tail = data[-4096:]
-    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+    # The end-of-image marker after the last start-of-scan: an EXIF thumbnail's own marker comes earlier.
+    if fmt == "JPEG" and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
         raise InvalidImageError(label, "truncated JPEG: the data ends before the image does (no end-of-image marker)")
     if fmt == "PNG" and b"IEND" not in tail:
         raise InvalidImageError(label, "truncated PNG: the data ends before the image does (no IEND chunk)")
@@ -192,6 +195,10 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
         raise InvalidImageError(label, "DICOM file has no pixel data")
     rows, cols = int(ds.get("Rows", 0)), int(ds.get("Columns", 0))
     _check_size(label, cols, rows, max_pixels)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames * rows * cols > max_pixels:  # every frame is decoded: the limit holds for all of them
+        raise InvalidImageError(label, f"too large: {frames} frames of {cols}×{rows} exceed the "
+                                       f"{max_pixels / 1e6:.0f} MP limit")
     try:
         arr = ds.pixel_array
     except Exception as exc:

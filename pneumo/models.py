@@ -139,7 +139,7 @@ def _weights_arg(weights: str | None) -> str | None:
     return None if weights in (None, "none") else weights
 
 
-class WeightsUnavailableError(RuntimeError):
+class WeightsUnavailableError(RuntimeError, ValueError):
     """ImageNet weights could not be obtained (no network and nothing in the Keras cache)."""
 
     def __init__(self, app_name: str, cause: Exception):
@@ -162,7 +162,7 @@ def _registry() -> dict[str, Architecture]:
             Architecture(
                 "compact_cnn", 224, "gray [0,1] → per-image standardisation (inside the model)",
                 "block5_out", build_compact_cnn,
-                "Residual separable CNN, ~0.2 M parameters, trained from scratch (default).",
+                "Residual separable CNN, ~0.2 M parameters, trained from scratch (the previous default).",
             ),
             Architecture(
                 "shift_cnn", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
@@ -204,7 +204,7 @@ def _registry() -> dict[str, Architecture]:
 
 
 ARCHITECTURES: dict[str, Architecture] = _registry()
-DEFAULT_ARCHITECTURE = "compact_cnn"
+DEFAULT_ARCHITECTURE = "shift_cnn"
 
 
 def get_architecture(name: str) -> Architecture:

@@ -12,8 +12,9 @@ import pandas as pd
 
 from .data import NPZ_SEPARATOR, DatasetError, read_item
 
-# Files TensorFlow's own decoder reads; anything else (DICOM, TIFF, MedMNIST) goes through read_item.
-TF_DECODABLE = {".png", ".jpg", ".jpeg", ".bmp"}
+# Files TensorFlow's own decoder reads as pneumo.imaging does (8-bit JPEG); anything else (PNG with 16 bits
+# or alpha, BMP, TIFF, DICOM, MedMNIST) goes through read_item, the one decoder inference uses too.
+TF_DECODABLE = {".jpg", ".jpeg"}
 
 
 @dataclass(frozen=True)

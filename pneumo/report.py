@@ -16,8 +16,6 @@ DISCLAIMER = (
     "Research use only - not a medical device. pneumo has not been cleared by any regulator. Its output must not "
     "be used to diagnose or treat patients without a qualified clinician's own reading."
 )
-# DICOM fields that identify a patient: left out unless the user asks for them.
-IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName")
 
 
 def _text(value: Any) -> str:
@@ -27,6 +25,11 @@ def _text(value: Any) -> str:
     for a, b in replacements.items():
         text = text.replace(a, b)
     return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    """A figure for the report; a missing one (one class only, no cases) prints as '-'."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def _image(pdf: Any, pixels: np.ndarray, x: float, y: float, w: float) -> float:
@@ -39,12 +42,11 @@ def study_pdf(
     readings: list[Reading],
     loaded: Any,
     heatmaps: dict[int, np.ndarray] | None = None,
-    include_identifiers: bool = False,
     title: str = "Chest X-ray pneumonia screening report",
 ) -> bytes:
     """PDF bytes: a summary table of the batch, then a page per image with the X-ray, the Grad-CAM overlay
     with its colour bar, probability, decision, operating point, model and card figures, warnings and the
-    DICOM study fields. heatmaps maps a reading's index to its Grad-CAM map (computed when missing)."""
+    DICOM study fields (the decoder never keeps patient identifiers). heatmaps maps a reading's index to its Grad-CAM map (computed when missing)."""
     from fpdf import FPDF
 
     from .explain import gradcam
@@ -76,12 +78,12 @@ def study_pdf(
     line(f"Operating threshold {card.threshold:.4f}: {card.threshold_rule}")
     if validation:
         line(f"Held-out validation ({validation.get('kind', 'patient')} split, n = {validation.get('n')}): "
-             f"ROC AUC {validation.get('roc_auc', float('nan')):.4f}, sensitivity {validation.get('sensitivity', 0):.3f}, "
-             f"specificity {validation.get('specificity', 0):.3f}")
+             f"ROC AUC {_num(validation.get('roc_auc'), 4)}, sensitivity {_num(validation.get('sensitivity'))}, "
+             f"specificity {_num(validation.get('specificity'))}")
     for ev in card.external_evaluations[-3:]:
         line(f"External evaluation '{ev.get('name')}' (n = {ev.get('n')}, {str(ev.get('date', ''))[:10]}): ROC AUC "
-             f"{ev.get('roc_auc', float('nan')):.4f}, sensitivity {ev.get('sensitivity', 0):.3f}, "
-             f"specificity {ev.get('specificity', 0):.3f} at threshold {ev.get('threshold', 0):.4f}")
+             f"{_num(ev.get('roc_auc'), 4)}, sensitivity {_num(ev.get('sensitivity'))}, "
+             f"specificity {_num(ev.get('specificity'))} at threshold {_num(ev.get('threshold'), 4)}")
     pdf.ln(3)
     line("Worklist (rejected and warned inputs first, then highest probability)", bold=True)
     pdf.set_font("Helvetica", "", 9)
@@ -114,8 +116,7 @@ def study_pdf(
         line("Left: the X-ray as read. Right: Grad-CAM, the regions that drove the score (not a segmentation of disease).",
              size=8)
         if r.xray.dicom:
-            fields = {k: v for k, v in r.xray.dicom.items() if include_identifiers or k not in IDENTIFYING}
-            line("DICOM study fields" + ("" if include_identifiers else " (no patient identifiers)"), bold=True)
-            for key, value in fields.items():
+            line("DICOM study fields (no patient identifiers)", bold=True)
+            for key, value in r.xray.dicom.items():
                 line(f"{key}: {value}", size=9)
     return bytes(pdf.output())

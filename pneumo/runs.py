@@ -133,7 +133,10 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     if status.get("state") in ("queued", "running"):
         age = time.time() - path.stat().st_mtime
         # Give a freshly launched process a moment to write its own status first.
-        if status.get("pid") and not pid_alive(status["pid"]) and age > 5:
+        if status.get("state") == "queued" and not status.get("pid") and age > 120:
+            status["state"] = "failed"
+            status["error"] = status.get("error") or "the training process never started; see train.log"
+        elif status.get("pid") and not pid_alive(status["pid"]) and age > 5:
             status["state"] = "failed"
             status["error"] = status.get("error") or "the training process ended without reporting (killed or crashed); see train.log"
         elif status.get("state") == "running" and age > HEARTBEAT_DEAD_S:
@@ -155,30 +158,18 @@ def claim(run_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: exists and is a file, not a folder; choose a new --out folder")
-    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
-        extra = sorted(p.name for p in run_dir.iterdir() if p.name not in RUN_FILES and not p.name.startswith("."))
-        if extra:
-            raise RunFolderError(f"{run_dir}: not empty and not a pneumo run (holds {', '.join(extra[:5]) or 'other files'}); "
-                                 "choose a new --out folder")
-        state = read_status(run_dir).get("state")
-        if state in ENDED:
-            if not overwrite:
-                raise RunFolderError(f"{run_dir}: holds a {state} run; pass --overwrite to replace it, or choose a new folder")
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
-        elif state not in ("queued", None):
-            raise RunFolderError(f"{run_dir}: a run is in progress there ({state}); stop it first or choose a new folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOCK_FILE, "a+") as lock:
+        # The lock first: nothing is read or removed while another process may be writing here.
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise RunFolderError(f"{run_dir}: another training is writing into this folder") from None
+        _check_folder(run_dir, overwrite)
         lock.seek(0)
         lock.truncate()
         lock.write(f"{os.getpid()}\n")
         lock.flush()
-        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a request left from an earlier run is not for this one
         try:
             yield run_dir
         finally:
@@ -241,6 +232,29 @@ def new_run_dir(runs_root: str | Path, model: str) -> Path:
     return path
 
 
+def _check_folder(run_dir: Path, overwrite: bool) -> None:
+    present = [p.name for p in run_dir.iterdir() if p.name != LOCK_FILE]
+    extra = sorted(n for n in present if n not in RUN_FILES and not n.startswith("."))
+    if extra:
+        raise RunFolderError(f"{run_dir}: not empty and not a pneumo run (holds {', '.join(extra[:5])}); "
+                             "choose a new --out folder")
+    state = read_status(run_dir).get("state") if "status.json" in present else None
+    if state == "queued":
+        return  # prepared by launch(): its config, and a Stop pressed before the process started, stay
+    if state is None:
+        if set(present) - {STOP_FILE}:
+            raise RunFolderError(f"{run_dir}: holds {', '.join(sorted(present)[:5])} but no run status; "
+                                 "choose a new --out folder")
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a request left from an earlier run is not for this one
+        return
+    if state not in ENDED:
+        raise RunFolderError(f"{run_dir}: a run is in progress there ({state}); stop it first or choose a new folder")
+    if not overwrite:
+        raise RunFolderError(f"{run_dir}: holds a {state} run; pass --overwrite to replace it, or choose a new folder")
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+
+
 def active_runs(runs_root: str | Path) -> list["RunInfo"]:
     return [r for r in list_runs(runs_root) if r.state in ("queued", "running")]
 
@@ -278,7 +292,7 @@ def launch(config: Any, runs_root: str | Path, python: str | None = None, max_co
 
 
 def request_stop(run_dir: str | Path) -> None:
-    """Ask a run to stop at the next batch; it keeps the best model so far."""
+    """Ask a run to stop at the next batch; it keeps the model it has so far (the best one with --keep best)."""
     atomic_write_text(Path(run_dir) / STOP_FILE, now_iso() + "\n")
 
 

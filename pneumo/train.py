@@ -318,6 +318,10 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
             last[0] = time.time()
 
     stats = D.inspect_images(frame["path"], progress=inspect_progress)
+    unreadable = int(stats["error"].notna().sum())
+    # Unreadable files are left out here, once: tf.data would skip them, but the checks after training
+    # read every held-out film and must not fail on one.
+    frame = frame[frame["path"].isin(stats.loc[stats["error"].isna(), "path"])].reset_index(drop=True)
     dups = D.duplicate_groups(stats)
     phase("building the model")
     split_seed = config.seed if config.split_seed is None else config.split_seed
@@ -360,6 +364,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "train_patients": int(train_df["patient_id"].nunique()),
         "val_patients": int(val_df["patient_id"].nunique()),
         "duplicate_groups": len(dups),
+        "unreadable_left_out": unreadable,
         "file_list_sha256_16": D.file_list_hash(frame),
         "split": V.describe_holdout(config.split, frame),
         "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
@@ -380,6 +385,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
 
     phase("checking the model on held-out and stressed images")
     best = load_model(run_dir / "model.keras")
+    beat = lambda done, total: phase("checking the model on held-out and stressed images", done, total)  # noqa: E731
     history = runs.epochs_of(runs.read_metrics(run_dir))
     runs.atomic_write_json(run_dir / "history.json", history)
     card = finish_run(
@@ -393,6 +399,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
                   "library_versions": library_versions(), "config": asdict(config),
                   "command": _command(config, run_dir)},
         attribution=D.KERMANY_ATTRIBUTION if D.looks_like_kermany(frame) else "",
+        progress=beat,
     )
     return card
 
@@ -400,7 +407,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
 def finish_run(
     run_dir: Path, loaded: Any, val_df: Any, target_recall: float, *, architecture: str, description: str,
     preprocessing: str, gradcam_layer: str | None, training_data: dict[str, Any], validation_kind: str,
-    training: dict[str, Any], attribution: str,
+    training: dict[str, Any], attribution: str, progress: Callable[[int, int], None] | None = None,
 ) -> ModelCard:
     """Check a trained model on its held-out images and write val_predictions.csv, checks.json and its
     card: the one place a card is built, for single runs and ensembles alike."""
@@ -408,10 +415,12 @@ def finish_run(
 
     loaded.card.gradcam_layer = gradcam_layer  # the card is written below; the checks need its layer now
     images = V.load_images(val_df["path"].tolist(), loaded.input_size)
-    checks = shift_checks(loaded, val_df, images, target_recall)
+    checks = shift_checks(loaded, val_df, images, target_recall, progress=progress)
     predicted = val_df.assign(probability=checks.pop("clean_probabilities"))
     predicted[["path", "label", "probability", "patient_id"]].to_csv(run_dir / "val_predictions.csv", index=False)
     runs.atomic_write_json(run_dir / "checks.json", checks)
+    if progress:
+        progress(len(V.STRESS) + 1, len(V.STRESS) + 2)  # a heartbeat between the stages
     input_check = _fit_input_check(loaded, images, run_dir)
     card = ModelCard(
         name=run_dir.name,
@@ -453,7 +462,8 @@ def _fit_input_check(loaded: Any, images: np.ndarray, run_dir: Path) -> dict[str
             "warned_share": quality.detection_rates(loaded, images, density)}
 
 
-def shift_checks(loaded: Any, val_df: Any, images: np.ndarray, target_recall: float, explain_limit: int = 48) -> dict[str, Any]:
+def shift_checks(loaded: Any, val_df: Any, images: np.ndarray, target_recall: float, explain_limit: int = 48,
+                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
     """Threshold, clean figures, stress suite, bootstrap spread and explanation trust on held-out images.
 
     The threshold is the highest one that keeps `target_recall` pooled over the clean held-out films and
@@ -463,7 +473,7 @@ def shift_checks(loaded: Any, val_df: Any, images: np.ndarray, target_recall: fl
     from . import validate as V
 
     labels = val_df["label"].to_numpy()
-    probs = V.stressed_probabilities(loaded, images)
+    probs = V.stressed_probabilities(loaded, images, progress=progress)
     threshold = V.robust_threshold(labels, probs, target_recall)
     stress = V.stress_report(labels, probs, threshold)
     return {
@@ -482,20 +492,31 @@ def _command(config: TrainConfig, run_dir: Path) -> str:
     return " ".join(["python -m pneumo train", f"--data {config.data}", *config.flags(), f"--out {run_dir}"])
 
 
-def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98) -> ModelCard:
+def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98, overwrite: bool = False) -> ModelCard:
     """Average the probabilities of several runs trained on one validation split into one model.
 
     The members must share their validation images (same data and split), so the ensemble's threshold
-    and checks still come from images none of its members trained on.
+    and checks still come from images none of its members trained on. out_dir is claimed like a run
+    folder (new, or an ended run replaced with overwrite=True).
     """
+    run_dirs = [Path(r) for r in run_dirs]
+    if len(run_dirs) < 2:
+        raise ValueError("an ensemble needs at least two runs")
+    if Path(out_dir).resolve() in {r.resolve() for r in run_dirs}:
+        raise ValueError(f"{out_dir}: the ensemble cannot be written into one of its members")
+    with runs.claim(out_dir, overwrite) as out:
+        runs.write_status(out, "running", pid=os.getpid(), started=runs.now_iso(), heartbeat=runs.now_iso())
+        card = _ensemble(run_dirs, out, target_recall)
+        runs.write_status(out, "finished", ended=runs.now_iso())
+    return card
+
+
+def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> ModelCard:
     import keras
     import pandas as pd
 
     from .models import load_model
 
-    run_dirs = [Path(r) for r in run_dirs]
-    if len(run_dirs) < 2:
-        raise ValueError("an ensemble needs at least two runs")
     members = [load_model(r / "model.keras") for r in run_dirs]
     vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
     if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):

@@ -100,6 +100,11 @@ def test_ensemble_averages_members_on_their_shared_split(tiny_run: Path, tmp_pat
     heat = explain.gradcam(loaded, img)  # the target layer sits inside a nested member
     assert heat.shape == (64, 64)
 
+    with pytest.raises(ValueError, match="one of its members"):
+        ensemble([tiny_run, other], other)
+    with pytest.raises(ValueError, match="--overwrite"):
+        ensemble([tiny_run, other], tmp_path / "ens")
+
     config = TrainConfig.from_dict({**config.__dict__, "split": "patient", "split_seed": 5})
     train(config, tmp_path / "elsewhere")
     with pytest.raises(ValueError, match="split"):
@@ -130,6 +135,14 @@ def test_run_folders_are_never_overwritten_or_shared(tmp_path: Path) -> None:
             pass
     with claim(ended, overwrite=True):
         assert not (ended / "status.json").exists()
+
+    shipped = tmp_path / "models"  # run-file names, but no run status: someone's model folder
+    shipped.mkdir()
+    (shipped / "model.keras").write_bytes(b"precious")
+    with pytest.raises(RunFolderError, match="no run status"):
+        with claim(shipped, overwrite=True):
+            pass
+    assert (shipped / "model.keras").read_bytes() == b"precious"
 
     busy = tmp_path / "busy"
     busy.mkdir()
