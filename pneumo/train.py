@@ -534,7 +534,8 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _save_model(model, out_dir / "model.keras")
-    hashes = runs.read_json(run_dirs[0] / LEAKAGE_FILE)
+    # Members share one split, so any member's record of its images is the ensemble's.
+    hashes = next((h for h in (runs.read_json(r / LEAKAGE_FILE) for r in run_dirs) if h), None)
     if hashes:
         runs.atomic_write_json(out_dir / LEAKAGE_FILE, hashes)
     histories = {r.name: runs.read_json(r / "history.json", []) for r in run_dirs}
@@ -549,7 +550,8 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
         preprocessing=first.preprocessing,
         gradcam_layer=first.gradcam_layer,
         training_data=first.training_data,
-        validation_kind=first.validation_kind,
+        validation_kind=str(first.validation.get("kind") or runs.read_json(run_dirs[0] / "config.json", {}).get("split")
+                            or "patient"),
         training={
             "members": [{"run": r.name, "seed": c.training.get("config", {}).get("seed"),
                          "val_roc_auc": c.validation.get("roc_auc")} for r, c in zip(run_dirs, cards)],

@@ -9,7 +9,6 @@ import pytest
 from pneumo import quality
 from pneumo.models import load_model
 from pneumo.predict import read
-from tests.conftest import synthetic_xray
 
 
 def test_density_alarm_level_is_calibrated_on_unseen_half() -> None:

@@ -8,7 +8,7 @@ import pytest
 
 from pneumo import data as D
 from pneumo import validate as V
-from tests.conftest import make_folder, synthetic_xray, write_png
+from tests.conftest import synthetic_xray, write_png
 
 
 def _kermany_like(root: Path) -> Path:
