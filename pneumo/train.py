@@ -542,23 +542,26 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
     runs.atomic_write_json(out_dir / "history.json", histories)
     cards = [m.card for m in members]
     first = cards[0]
+    configs = [c.training.get("config") or c.extra.get("config") or {} for c in cards]
+    recipes = [f"{c.architecture} ({cfg.get('augmentation', 'basic' if cfg.get('augment') else 'none')} augmentation, "
+               f"seed {cfg.get('seed')})" for c, cfg in zip(cards, configs)]
     return finish_run(
         out_dir, load_model(out_dir / "model.keras"), vals[0][["path", "label", "patient_id"]], target_recall,
-        architecture=f"ensemble of {len(members)} × {first.architecture}",
-        description=f"Mean probability of {len(members)} {first.architecture} models trained with different "
-                    "initialisation and augmentation seeds on one held-out split.",
+        architecture=f"ensemble of {len(members)} × {first.architecture}" if len({c.architecture for c in cards}) == 1
+        else "ensemble of " + " + ".join(c.architecture for c in cards),
+        description=f"Mean probability of {len(members)} models trained on one held-out split: " + "; ".join(recipes) + ".",
         preprocessing=first.preprocessing,
         gradcam_layer=first.gradcam_layer,
         training_data=first.training_data,
         validation_kind=str(first.validation.get("kind") or runs.read_json(run_dirs[0] / "config.json", {}).get("split")
                             or "patient"),
         training={
-            "members": [{"run": r.name, "seed": c.training.get("config", {}).get("seed"),
-                         "val_roc_auc": c.validation.get("roc_auc")} for r, c in zip(run_dirs, cards)],
-            "seconds": round(sum(c.training.get("seconds", 0.0) for c in cards), 1),
+            "members": [{"run": r.name, "recipe": recipe, "val_roc_auc": c.validation.get("roc_auc")}
+                        for r, c, recipe in zip(run_dirs, cards, recipes)],
+            "seconds": round(sum(c.training.get("seconds", c.extra.get("training_seconds", 0.0)) for c in cards), 1),
             "device": first.training.get("device"),
             "library_versions": library_versions(),
-            "config": first.training.get("config"),
+            "config": configs[0],
             "command": " && ".join(c.training.get("command", "") for c in cards)
             + f" && python -m pneumo ensemble {' '.join(str(r) for r in run_dirs)} --out {out_dir}",
             "gradcam_note": "Grad-CAM is taken on the first member's feature map.",
