@@ -302,6 +302,7 @@ def main() -> None:
     parser.add_argument("--model", help="model to time (default: the shipped one)")
     parser.add_argument("--out", help="results path (default bench/results.json, -quick / -gpu variants)")
     args = parser.parse_args()
+    pneumo.import_tensorflow_quietly()
 
     results: dict[str, Any] = environment()
     results["mode"] = "quick" if args.quick else "full"
@@ -311,7 +312,7 @@ def main() -> None:
         if args.quick:
             folder, epochs, repeats, steps, lat = make_folder(48, work / "data"), 2, 2, 4, 12
         else:
-            folder, epochs, repeats, steps, lat = (SHARED if SHARED.is_dir() else make_folder(400, work / "data")), 2, 3, 30, 45
+            folder, epochs, repeats, steps, lat = (SHARED if SHARED.is_dir() else make_folder(400, work / "data")), 1, 2, 30, 45
         eval_folder = folder if args.quick else make_folder(200, work / "eval")
         paths = [str(p) for p in sorted(folder.rglob("*.jp*g"))]
         results["data"] = {"folder": "shared training set" if folder == SHARED else "temporary subset",
