@@ -217,9 +217,14 @@ def explain_to_png(loaded: LoadedModel, image: np.ndarray, path: str | Path, met
 
 
 def warm_up(loaded: LoadedModel) -> None:
-    """Trace the forward pass and both explainers once, so the first real X-ray is as fast as the rest."""
+    """Trace the forward pass, both explainers and the input check once, so the first real X-ray is as fast
+    as the rest."""
+    from .quality import check
+
     ramp = np.linspace(0.0, 1.0, loaded.input_size, dtype=np.float32)
     image = np.outer(ramp, ramp[::-1])
     loaded.predict(image)
     for method in METHODS:
         gradcam(loaded, image, method=method, target=1)
+    if loaded.density is not None:
+        check(loaded, image, loaded.density)
