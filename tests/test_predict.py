@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import predict, report
+from pneumo.models import load_model
+from tests.conftest import synthetic_xray, write_png
+
+
+def _readings(tiny_run: Path, tmp_path: Path) -> tuple[object, list[predict.Reading]]:
+    loaded = load_model(tiny_run)
+    rng = np.random.default_rng(2)
+    paths = [write_png(tmp_path / f"film{i}.png", synthetic_xray(rng, 64, pneumonia=bool(i % 2))) for i in range(3)]
+    readings = [predict.read(loaded, str(p)) for p in paths]
+    readings.append(predict.read(loaded, b"not an image", name="junk.png"))
+    return loaded, readings
+
+
+def test_worklist_puts_rejected_and_warned_first_then_highest_probability(tiny_run: Path, tmp_path: Path) -> None:
+    loaded, readings = _readings(tiny_run, tmp_path)
+    readings[1].warnings = ["looks inverted"]
+    table = predict.worklist(readings, loaded, when="2026-01-01T00:00:00+00:00")
+    assert list(table["item"][:2]) == [4, 2]  # the rejected file, then the warned one
+    rest = table["probability"][2:].tolist()
+    assert rest == sorted(rest, reverse=True)
+    assert set(table.columns) >= {"path", "probability", "decision", "warnings", "threshold", "model", "card_sha256_12", "time"}
+    assert table["threshold"].iloc[0] == loaded.threshold and len(table["card_sha256_12"].iloc[0]) == 12
+    before = predict.card_hash(loaded)
+    loaded.card.threshold = 0.123
+    assert predict.card_hash(loaded) != before  # a reading records which operating point it was made under
+
+
+def test_study_report_renders_every_readable_image(tiny_run: Path, tmp_path: Path) -> None:
+    loaded, readings = _readings(tiny_run, tmp_path)
+    loaded.card.external_evaluations.append({"name": "normals only", "n": 5, "roc_auc": None, "sensitivity": None,
+                                             "specificity": 0.8, "threshold": 0.5})
+    pdf = report.study_pdf(readings, loaded)
+    assert pdf.startswith(b"%PDF")
+    if shutil.which("pdftoppm"):
+        out = tmp_path / "page"
+        (tmp_path / "r.pdf").write_bytes(pdf)
+        subprocess.run(["pdftoppm", "-r", "30", "-png", str(tmp_path / "r.pdf"), str(out)], check=True)
+        assert len(list(tmp_path.glob("page*.png"))) == 1 + 3  # the worklist, then one page per readable image
