@@ -3,7 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import DISCLAIMER, active_model, data_root, device_description, metric_row, require_entry_point
+from pneumo.ui import (DISCLAIMER, active_model, data_root, device_description, metric_row, require_entry_point,
+                       stored_predictions)
 from pneumo import evaluate as E
 from pneumo import plots
 
@@ -19,11 +20,6 @@ st.markdown(
 if st.button("Try it on a sample X-ray →", type="primary"):
     st.session_state["use_samples"] = True
     st.switch_page("pages/predict.py")
-
-
-@st.cache_data(show_spinner=False, max_entries=8)
-def stored_predictions(path: str, mtime: float) -> pd.DataFrame:
-    return pd.read_csv(path)
 
 
 FIGURES = [("roc_auc", "ROC AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
@@ -44,9 +40,10 @@ with left:
         )
         st.markdown("##### External evaluations")
         if card.external_evaluations:
-            st.dataframe(pd.DataFrame(card.external_evaluations)[
+            evaluations = pd.DataFrame(card.external_evaluations)
+            st.dataframe(evaluations[
                 [c for c in ("name", "date", "n", "threshold", "roc_auc", "sensitivity", "specificity", "accuracy")
-                 if c in pd.DataFrame(card.external_evaluations)]], hide_index=True, width="stretch",
+                 if c in evaluations]], hide_index=True, width="stretch",
                 column_config={k: st.column_config.NumberColumn(format="%.4f")
                                for k in ("threshold", "roc_auc", "sensitivity", "specificity", "accuracy")})
             st.caption("Recorded with `python -m pneumo evaluate --data DIR --record NAME` on collections the model "

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import active_model, data_root, metric_row, model_state_key, require_entry_point, settings, summary_for
+from pneumo.ui import (active_model, data_root, metric_row, model_state_key, require_entry_point, settings,
+                       stored_predictions, summary_for)
 from pneumo import data as D
 from pneumo import evaluate as E
 from pneumo import explain, plots
@@ -22,11 +23,6 @@ if loaded is None:
     st.stop()
 model_key = model_state_key(loaded)
 cfg = settings()
-
-
-@st.cache_data(show_spinner=False)
-def stored_predictions(path: str, mtime: float) -> pd.DataFrame:
-    return pd.read_csv(path)
 
 
 @st.cache_data(show_spinner=False, max_entries=8)

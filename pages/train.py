@@ -8,8 +8,7 @@ import streamlit as st
 
 from pneumo.ui import activate_model, data_root, device_description, require_entry_point, settings
 from pneumo import plots, runs
-from pneumo.models import ARCHITECTURES
-from pneumo.train import TrainConfig
+from pneumo.train import TrainConfig, field_choices
 
 require_entry_point()
 
@@ -24,7 +23,7 @@ FORM_SKIP = {"data", "split_seed", "mixed_precision", "notes"}
 def config_widget(f: Any, column: Any) -> Any:
     """One form widget per TrainConfig field, typed, bounded and explained by the field itself."""
     meta, default, label = f.metadata, f.default, f.name.replace("_", " ").capitalize()
-    choices = list(ARCHITECTURES) if f.name == "model" else meta.get("choices")
+    choices = field_choices(f)
     if isinstance(default, bool):
         return column.checkbox(label, default, help=meta.get("help"))
     if choices:

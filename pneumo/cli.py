@@ -175,13 +175,12 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, typed and documented from the field itself."""
-    from .models import ARCHITECTURES
-    from .train import TrainConfig
+    from .train import TrainConfig, field_choices
 
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         meta, default = f.metadata, f.default
-        choices = tuple(ARCHITECTURES) if f.name == "model" else meta.get("choices")
+        choices = field_choices(f)
         help_text = f"{meta.get('help', '')} (default: {default})"
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_text)

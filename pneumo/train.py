@@ -26,6 +26,15 @@ def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimu
     return field(default=default, metadata={"help": help, "choices": choices, "min": minimum, "max": maximum})
 
 
+def field_choices(f: Any) -> tuple[Any, ...] | None:
+    """The values a TrainConfig field may take, if it is a choice (the model's come from the registry)."""
+    if f.name == "model":
+        from .models import ARCHITECTURES
+
+        return tuple(ARCHITECTURES)
+    return f.metadata.get("choices")
+
+
 AUGMENTATIONS = ("none", "basic", "shift")
 KEEP = ("last", "best")
 
@@ -75,13 +84,11 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first field outside its allowed values."""
-        from .models import ARCHITECTURES
-
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
             if value is None:
                 continue
-            choices = tuple(ARCHITECTURES) if f.name == "model" else meta.get("choices")
+            choices = field_choices(f)
             if choices and value not in choices:
                 raise ValueError(f"{f.name} must be one of {', '.join(map(str, choices))}; got {value!r}")
             if isinstance(value, (int, float)) and not isinstance(value, bool):

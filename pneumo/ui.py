@@ -73,6 +73,14 @@ def remember_choice(key: str, value: str | None) -> None:
         st.query_params[key] = value
 
 
+@st.cache_data(show_spinner=False, max_entries=8)
+def stored_predictions(path: str, mtime: float) -> Any:
+    """A model's val_predictions.csv, re-read when the file changes."""
+    import pandas as pd
+
+    return pd.read_csv(path)
+
+
 def data_root() -> Path | None:
     root = st.session_state.get("data_root")
     return Path(root) if root else None
