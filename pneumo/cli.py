@@ -1,4 +1,4 @@
-"""Command line: python -m pneumo {train,evaluate,predict,summarize}."""
+"""Command line: python -m pneumo {train,ensemble,evaluate,predict,export,validate,summarize}."""
 
 from __future__ import annotations
 
@@ -85,6 +85,17 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine import export_onnx
+    from .models import DEFAULT_MODEL_PATH, LoadedModel, load_keras_model, read_card
+
+    path = Path(args.model) if args.model else DEFAULT_MODEL_PATH
+    path = path / "model.keras" if path.is_dir() else path
+    loaded = LoadedModel(load_keras_model(path), read_card(path), path)
+    print(f"written {export_onnx(loaded.model, path, loaded.gradcam_layer)}", file=sys.stderr)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_data
     from .runs import atomic_write_json
@@ -104,7 +115,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from .card import check_threshold
-    from .explain import explain_to_png
     from .models import load_model
     from .predict import read
 
@@ -124,6 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 n += 1
                 stem = f"{Path(path).stem}-{n}"
             cam_names.add(f"{stem}_gradcam.png")
+            from .explain import explain_to_png  # Grad-CAM needs TensorFlow; plain predictions do not
+
             entry["cam"] = str(explain_to_png(loaded, reading.xray.pixels, Path(args.cam) / f"{stem}_gradcam.png"))
         results.append(entry)
     if args.json:
@@ -189,12 +201,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, dest=f.name, type=kind, choices=choices, default=None, help=help_text)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """The command line; train_flags=False skips train's flags, whose model choices import Keras."""
     parser = argparse.ArgumentParser(prog="pneumo", description="Chest X-ray pneumonia screening: train, evaluate, predict, explain.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model into a run directory")
-    add_config_flags(p)
+    if train_flags:
+        add_config_flags(p)
     p.add_argument("--config", help="a config.json to start from (flags override it)")
     p.add_argument("--out", required=True, help="run directory to create (must be new, empty, or prepared by the app)")
     p.add_argument("--overwrite", action="store_true",
@@ -226,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_predict)
 
+    p = sub.add_parser("export", help="write model.onnx beside a model, so ONNX Runtime serves it (faster on a CPU)")
+    p.add_argument("model", nargs="?", help="a .keras model or its folder (default: the shipped model)")
+    p.set_defaults(func=cmd_export)
+
     p = sub.add_parser("validate", help="compare runs on their shift checks (held-out split, stress suite, seeds)")
     p.add_argument("runs", nargs="+", help="run directories trained with this version")
     p.add_argument("--json", action="store_true")
@@ -244,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from . import import_tensorflow_quietly
 
     words = sys.argv[1:] if argv is None else list(argv)
-    if set(words) & {"train", "ensemble", "evaluate", "predict"}:
+    if set(words) & {"train", "ensemble", "export"}:
         import_tensorflow_quietly()  # before the parser: train's flags come from the model registry
-    args = build_parser().parse_args(argv)
+    args = build_parser(train_flags="train" in words).parse_args(argv)
     try:
         return int(args.func(args))
     except (DatasetError, ValueError, OSError, TypeError, KeyError) as exc:

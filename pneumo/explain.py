@@ -1,4 +1,8 @@
-"""Grad-CAM and Grad-CAM++ heatmaps (tf-keras-vis) and their overlay on the X-ray."""
+"""Grad-CAM and Grad-CAM++ heatmaps and their overlay on the X-ray.
+
+Three engines give the same maps: the exported ONNX graph when the model has one (pneumo.engine), a
+traced TensorFlow graph otherwise, and tf-keras-vis, the reference both are tested against.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import cv2
-import keras
 import numpy as np
 
 from .imaging import to_uint8
@@ -15,11 +18,15 @@ from .models import LoadedModel
 METHODS = ("gradcam", "gradcam++")
 TARGET_ALIAS = "gradcam_target"
 
+EPSILON = 1e-7  # keras.backend.epsilon(), which tf-keras-vis adds when it scales a map to [0, 1]
+
 _explainers: dict[tuple[int, str, str], Any] = {}
 
 
-def _find_layer(model: keras.Model, name: str) -> tuple[keras.Model | None, keras.layers.Layer]:
+def _find_layer(model: Any, name: str) -> tuple[Any, Any]:
     """The layer called name, and the nested model holding it (None when it sits in the top graph)."""
+    import keras
+
     try:
         return None, model.get_layer(name)
     except ValueError:
@@ -33,13 +40,15 @@ def _find_layer(model: keras.Model, name: str) -> tuple[keras.Model | None, kera
     raise ValueError(f"layer '{name}' not found in model '{model.name}'")
 
 
-def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, str]:
+def reachable_model(model: Any, layer_name: str) -> tuple[Any, str]:
     """A model in which the Grad-CAM layer is a top-level layer.
 
     tf-keras-vis reads the target layer's output from the model's own graph, which a layer inside a
     nested backbone is not part of. We replay the model with the backbone's layers inlined (same
     weights) and an identity layer after the target, so the gradient flows through a top-level tensor.
     """
+    import keras
+
     holder, layer = _find_layer(model, layer_name)
     if holder is None:
         return model, layer_name
@@ -62,7 +71,7 @@ def reachable_model(model: keras.Model, layer_name: str) -> tuple[keras.Model, s
     return keras.Model(inputs, x, name=f"{model.name}_for_gradcam"), TARGET_ALIAS
 
 
-def explained_network(model: keras.Model, layer_name: str) -> keras.Model:
+def explained_network(model: Any, layer_name: str) -> Any:
     """The network Grad-CAM runs through.
 
     For an ensemble (an Average over member networks) it is the member holding the target layer: the
@@ -70,6 +79,8 @@ def explained_network(model: keras.Model, layer_name: str) -> keras.Model:
     member's scaled by 1/N, which normalisation removes: the same map at a fraction of the cost.
     (Grad-CAM++ weighs by the score itself, so there it is the member's own map.)
     """
+    import keras
+
     holder, _ = _find_layer(model, layer_name)
     last = model.layers[-1]
     is_average = isinstance(last, keras.layers.Average)
@@ -78,12 +89,12 @@ def explained_network(model: keras.Model, layer_name: str) -> keras.Model:
     return model
 
 
-def _graph(model: keras.Model) -> Any:
+def _graph(model: Any) -> Any:
     """The functional graph of a model (a Sequential keeps its own in _functional)."""
     return getattr(model, "_functional", model)
 
 
-def _explainer(model: keras.Model, method: str, layer: str) -> tuple[Any, str]:
+def _explainer(model: Any, method: str, layer: str) -> tuple[Any, str]:
     from tf_keras_vis.gradcam import Gradcam
     from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 
@@ -107,17 +118,22 @@ def gradcam(
     """A heatmap in [0, 1] at the image's size showing what drove the score of the target class.
 
     target: 1 explains the pneumonia score, 0 the normal score, None the predicted class.
-    engine: "compiled" (one traced graph: forward pass, gradient and weighting) or "tf-keras-vis",
-    the reference implementation the compiled one is tested against.
+    engine: "compiled" (one graph for the forward pass, gradient and weighting: the model's ONNX export
+    when it has one, else traced TensorFlow) or "tf-keras-vis", the reference the compiled maps are
+    tested against.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}")
     batch = loaded.prepare(image)
     if target is None:
         target = int(loaded.predict(image)[0] >= loaded.threshold)
+    sign = np.array([1.0 if target else -1.0], np.float32)
     if engine == "compiled":
-        cam = np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(
-            batch, np.array([1.0 if target else -1.0], np.float32)))[0]
+        onnx = loaded.engine if loaded.engine is not None and loaded.engine.explains(layer or loaded.gradcam_layer) else None
+        if onnx is not None:
+            cam = onnx.cam(batch, sign, method)[0]
+        else:
+            cam = np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(batch, sign))[0]
         cam = _expand(cam, batch.shape[1:3])
     else:
         from tf_keras_vis.utils.scores import BinaryScore
@@ -136,22 +152,31 @@ def _expand(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     from scipy.ndimage import zoom
 
     cam = zoom(cam, (shape[0] / cam.shape[0], shape[1] / cam.shape[1]), order=1)
-    return (cam - cam.min()) / (cam.max() - cam.min() + keras.backend.epsilon())
+    return (cam - cam.min()) / (cam.max() - cam.min() + EPSILON)
 
 
 def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
-    """Grad-CAM or Grad-CAM++ as one traced graph (the formulas of tf-keras-vis 0.8), cached on the model."""
+    """Grad-CAM or Grad-CAM++ as one traced TensorFlow graph, cached on the model."""
     import tensorflow as tf
 
     cache = loaded.__dict__.setdefault("_cams", {})
     key = (method, layer)
-    if key in cache:
-        return cache[key]
-    target_model, target_layer = reachable_model(explained_network(loaded.model, layer), layer)
-    grad_model = keras.Model(target_model.inputs, [target_model.output, target_model.get_layer(target_layer).output])
-    size = loaded.input_size
+    if key not in cache:
+        size = loaded.input_size
+        cache[key] = tf.function(cam_function(loaded.model, method, layer), input_signature=[
+            tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.float32)])
+    return cache[key]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.float32)])
+
+def cam_function(model: Any, method: str, layer: str) -> Any:
+    """(images, ±1 per image) → raw Grad-CAM or Grad-CAM++ maps at the layer's resolution, written with
+    TensorFlow operations (the formulas of tf-keras-vis 0.8) so it can be traced or exported."""
+    import keras
+    import tensorflow as tf
+
+    target_model, target_layer = reachable_model(explained_network(model, layer), layer)
+    grad_model = keras.Model(target_model.inputs, [target_model.output, target_model.get_layer(target_layer).output])
+
     def cam(x: Any, sign: Any) -> Any:
         with tf.GradientTape() as tape:
             output, features = grad_model(x, training=False)
@@ -172,7 +197,6 @@ def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
         weights = tf.reduce_sum(tf.nn.relu(first) * alphas, axis=[1, 2], keepdims=True)
         return tf.nn.relu(tf.reduce_sum(weights * features, axis=-1))
 
-    cache[key] = cam
     return cam
 
 

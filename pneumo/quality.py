@@ -74,17 +74,23 @@ def feature_model(model: Any) -> Any:
 
 
 def features(loaded: Any, images: np.ndarray | list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-    """Pooled features of [0, 1] grayscale images, through a traced graph kept on the loaded model."""
-    import tensorflow as tf
+    """Pooled features of [0, 1] grayscale images: from the ONNX engine, or a traced graph kept on the model."""
+    batch = loaded.prepare(images)
+    engine = getattr(loaded, "engine", None)
+    run = engine.features if engine is not None and engine.has_features else _traced_features(loaded)
+    return np.concatenate([np.asarray(run(batch[i: i + batch_size])) for i in range(0, len(batch), batch_size)])
 
+
+def _traced_features(loaded: Any) -> Any:
     fn = getattr(loaded, "_features_fn", None)
     if fn is None:
+        import tensorflow as tf
+
         net = feature_model(loaded.model)
         size = loaded.input_size
         fn = tf.function(lambda x: net(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
         loaded._features_fn = fn
-    batch = loaded.prepare(images)
-    return np.concatenate([np.asarray(fn(batch[i: i + batch_size])) for i in range(0, len(batch), batch_size)])
+    return fn
 
 
 def fit(feats: np.ndarray, seed: int = 0) -> FeatureDensity:

@@ -23,7 +23,7 @@ LOCK_FILE = ".lock"
 # somewhere its pid cannot be checked from here (another machine, another container).
 HEARTBEAT_S = 15.0
 HEARTBEAT_DEAD_S = 300.0
-RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "card.json", "val_predictions.csv",
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "model.onnx", "gradcam.onnx", "card.json", "val_predictions.csv",
              "history.json", "checks.json", "data_summary.json", "train.log", "ood.npz", "image_hashes.json", STOP_FILE)
 
 

@@ -29,7 +29,7 @@ def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimu
 def field_choices(f: Any) -> tuple[Any, ...] | None:
     """The values a TrainConfig field may take, if it is a choice (the model's come from the registry)."""
     if f.name == "model":
-        from .models import ARCHITECTURES
+        from .architectures import ARCHITECTURES
 
         return tuple(ARCHITECTURES)
     return f.metadata.get("choices")
@@ -101,7 +101,7 @@ class TrainConfig:
         return self
 
     def resolved_image_size(self) -> int:
-        from .models import get_architecture
+        from .architectures import get_architecture
 
         return self.image_size or get_architecture(self.model).input_size
 
@@ -285,7 +285,8 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     from . import data as D
     from . import pipeline as P
     from . import validate as V
-    from .models import build_model, get_architecture, load_model
+    from .architectures import build_model, get_architecture
+    from .models import load_model
 
     # Our datasets are shuffled by tf.data and have unknown length (unreadable files are skipped):
     # Keras warns about both on every run.
@@ -421,6 +422,7 @@ def finish_run(
     from . import validate as V
 
     loaded.card.gradcam_layer = gradcam_layer  # the card is written below; the checks need its layer now
+    serving = _export_for_serving(loaded)  # before the checks, so they measure the engine that will serve
     images = V.load_images(val_df["path"].tolist(), loaded.input_size)
     checks = shift_checks(loaded, val_df, images, target_recall, progress=progress)
     predicted = val_df.assign(probability=checks.pop("clean_probabilities"))
@@ -447,12 +449,24 @@ def finish_run(
         training=training,
         data_attribution=attribution,
         created=runs.now_iso(),
-        extra={"input_check": input_check,
+        extra={"input_check": input_check, "serving": serving,
                "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
                "output": "sigmoid probability of PNEUMONIA"},
     )
     card.write(run_dir / "card.json")
     return card
+
+
+def _export_for_serving(loaded: Any) -> dict[str, Any]:
+    """Export model.onnx beside the saved model and serve it from there; TensorFlow when export fails."""
+    from .engine import ExportError, export_onnx, open_onnx
+
+    try:
+        export_onnx(loaded.model, loaded.path, loaded.gradcam_layer)
+    except ExportError as exc:
+        return {"engine": loaded.engine_name, "onnx_export": str(exc)}
+    loaded.engine = open_onnx(loaded.path)
+    return {"engine": loaded.engine_name, "onnx_export": "model.onnx"}
 
 
 def _fit_input_check(loaded: Any, images: np.ndarray, run_dir: Path) -> dict[str, Any]:
