@@ -68,17 +68,44 @@ def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = 
 
     source = file_sha256(model_path)
     dest = onnx_path(model_path)
+    # A converter slip must never reach a reading: the export is checked against Keras on probe images
+    # (the 1e-4 tolerance of the tests) and removed when it differs.
+    probe = np.random.default_rng(0).random((4, size, size, 1)).astype(np.float32)
     _convert(serve, [image], {SOURCE_KEY: source}, dest)
+    _check(dest, {"probability": np.asarray(model(probe, training=False)).reshape(-1)}, {"xray": probe})
+    dest.with_name(CAM_NAME).unlink(missing_ok=True)
     if gradcam_layer:
         from .explain import METHODS, cam_function
 
         _register_gradient_ops()
-        cams = {m: cam_function(model, m, gradcam_layer) for m in METHODS}
+        try:
+            cams = {m: cam_function(model, m, gradcam_layer) for m in METHODS}
+        except ValueError:  # no such layer: the card's Grad-CAM layer is checked where maps are drawn
+            return dest
         # One image at a time, with static shapes: the gradient's shape arithmetic then folds into constants.
         one = [tf.TensorSpec([1, size, size, 1], tf.float32, name="xray"), tf.TensorSpec([1], tf.float32, name="sign")]
-        _convert(lambda x, sign: {CAM_OUTPUTS[m]: fn(x, sign) for m, fn in cams.items()}, one,
-                 {SOURCE_KEY: source, LAYER_KEY: gradcam_layer}, dest.with_name(CAM_NAME))
+        try:
+            cam_dest = dest.with_name(CAM_NAME)
+            _convert(lambda x, sign: {CAM_OUTPUTS[m]: fn(x, sign) for m, fn in cams.items()}, one,
+                     {SOURCE_KEY: source, LAYER_KEY: gradcam_layer}, cam_dest)
+            sign = np.ones(1, np.float32)
+            _check(cam_dest, {CAM_OUTPUTS[m]: np.asarray(fn(probe[:1], sign)) for m, fn in cams.items()},
+                   {"xray": probe[:1], "sign": sign}, relative=1e-3)
+        except ExportError:
+            pass  # probabilities from ONNX Runtime, Grad-CAM from the traced TensorFlow graph
     return dest
+
+
+def _check(path: Path, expected: dict[str, np.ndarray], feeds: dict[str, np.ndarray], relative: float = 0.0) -> None:
+    """Refuse an export whose outputs differ from Keras': by 1e-4 (probabilities), or by `relative` of the
+    largest value (Grad-CAM maps, whose scale is arbitrary: they are normalised before display)."""
+    session = _session(path)
+    for name, want in expected.items():
+        got = session.run([name], feeds)[0]
+        tolerance = relative * float(np.abs(want).max()) if relative else 1e-4
+        if got.shape != want.shape or not np.allclose(got, want, atol=tolerance, rtol=0):
+            path.unlink(missing_ok=True)
+            raise ExportError(f"{path}: ONNX Runtime's '{name}' differs from Keras' on probe images; export removed")
 
 
 def _convert(fn: Any, signature: list[Any], metadata: dict[str, str], dest: Path) -> None:

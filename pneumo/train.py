@@ -18,7 +18,6 @@ from .card import ModelCard
 
 MetricsHook = Callable[[dict[str, Any]], None]
 LEAKAGE_FILE = "image_hashes.json"
-JIT_COMPILE: bool | str = "auto"  # Keras' choice; see compile_for_training
 
 
 def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
@@ -60,6 +59,9 @@ class TrainConfig:
     val_fraction: float = _opt(0.15, "share of images held out for validation", minimum=0.05, maximum=0.45)
     augmentation: str = _opt("shift", "augmentation recipe", choices=AUGMENTATIONS)
     mixup: float = _opt(0.0, "mixup Beta(α, α) parameter; 0 turns it off", minimum=0.0, maximum=2.0)
+    work_resolution_augmentation: bool = _opt(
+        False, "augment at the network's working resolution (shift_cnn: 112 px, 4× cheaper; off by default: in "
+               "one check it cost robustness to CLAHE, see models/EXPERIMENTS.md)")
     class_weighting: bool = _opt(True, "balance the classes' weight in the loss")
     label_smoothing: float = _opt(0.05, "binary label smoothing", minimum=0.0, maximum=0.5)
     dropout: float = _opt(0.3, "dropout before the classifier", minimum=0.0, maximum=0.9)
@@ -407,7 +409,8 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     shard = train_df.iloc[worker::workers] if workers > 1 else train_df
     train_ds = P.make_dataset(shard, size, config.batch_size, training=True,
                               augmentation=P.Augmentation.preset(config.augmentation), seed=config.seed,
-                              class_weights=weights, mixup=config.mixup, augment_size=arch.augmentation_size(size))
+                              class_weights=weights, mixup=config.mixup,
+                              augment_size=arch.augmentation_size(size) if config.work_resolution_augmentation else None)
     val_ds = P.make_dataset(val_df, size, config.batch_size)
     steps = math.ceil(len(train_df) / (config.batch_size * workers))
     warmup = min(config.warmup_epochs * steps, max(config.epochs * steps - 1, 0))
@@ -483,8 +486,11 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     return card
 
 
-def compile_for_training(model: Any, config: TrainConfig, learning_rate: Any, jit_compile: bool | None = None) -> None:
-    """The optimiser, loss and metrics every run trains with (the benchmark times this same step)."""
+def compile_for_training(model: Any, config: TrainConfig, learning_rate: Any, jit_compile: bool | str = "auto") -> None:
+    """The optimiser, loss and metrics every run trains with (the benchmark times this same step).
+
+    jit_compile "auto" is Keras' choice, XLA off on a CPU: bench/ measures XLA beside it on each run.
+    """
     import keras
 
     model.compile(
@@ -496,7 +502,7 @@ def compile_for_training(model: Any, config: TrainConfig, learning_rate: Any, ji
             keras.metrics.Recall(name="recall"),
             keras.metrics.Precision(name="precision"),
         ],
-        jit_compile=JIT_COMPILE if jit_compile is None else jit_compile,
+        jit_compile=jit_compile,
     )
 
 

@@ -312,10 +312,38 @@ def test_leakage_warning_on_the_models_own_images(page: object, server: Server, 
     if not (workspace / "models" / "image_hashes.json").exists():
         pytest.skip("the shipped model keeps no record of its images")
     _goto(page, server, "threshold")
+    started = time.perf_counter()
     page.get_by_text("Predict the data folder").first.click()
     page.get_by_text("this model was trained on").first.wait_for(timeout=180_000)
     _settle(page)
+    in_app = time.perf_counter() - started
     _shot(page, "7-leakage-warning")
+    # The same folder through the command line, for the record: the app should stay within 1.5× of it.
+    samples = ROOT / "data" / "samples"
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pneumo", "evaluate", "--model", str(workspace / "models"), "--data",
+                    str(samples), "--out", str(workspace / "samples-report.json")], check=True, capture_output=True,
+                   cwd=ROOT)
+    cli = time.perf_counter() - started
+    _record(folder_prediction_in_app_s=round(in_app, 2), folder_prediction_evaluate_cli_s=round(cli, 2),
+            folder_prediction_app_over_cli=round(in_app / cli, 2),
+            folder_images=len([p for p in samples.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".png")]))
+
+
+def test_dark_preference_gives_the_dark_theme(browser: object, server: Server) -> None:
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+    dark = ctx.new_page()
+    dark.set_default_timeout(120_000)
+    try:
+        for name in ("overview", "predict"):
+            _goto(dark, server, PAGES[name])
+            background = dark.evaluate(
+                "getComputedStyle(document.querySelector('[data-testid=\"stApp\"]')).backgroundColor")
+            red, green, blue = [int(v) for v in background[background.index("(") + 1: background.index(")")].split(",")[:3]]
+            assert (0.2126 * red + 0.7152 * green + 0.0722 * blue) < 80, f"{name}: background {background} is not dark"
+            _shot(dark, f"dark-{name}")
+    finally:
+        ctx.close()
 
 
 @pytest.mark.parametrize("name", list(PAGES))

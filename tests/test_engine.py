@@ -113,3 +113,17 @@ def test_a_loaded_model_without_keras_loads_it_on_first_use(exported: Path) -> N
     loaded = load_model(exported)
     assert isinstance(loaded, LoadedModel) and loaded.keras_model is None
     assert loaded.model.count_params() > 0 and loaded.keras_model is not None
+
+
+def test_an_export_that_differs_from_keras_is_removed(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / E.ONNX_NAME
+    shutil.copy(exported / E.ONNX_NAME, copy)
+    probe = np.random.default_rng(0).random((2, 64, 64, 1)).astype(np.float32)
+    right = E.OnnxEngine(copy).probabilities(probe)
+    E._check(copy, {"probability": right + 5e-5}, {"xray": probe})  # within 1e-4: kept
+    assert copy.exists()
+    with pytest.raises(E.ExportError, match="differs"):
+        E._check(copy, {"probability": right + 1e-3}, {"xray": probe})
+    assert not copy.exists()

@@ -77,3 +77,20 @@ def test_class_weights_and_mixup_travel_as_sample_weights(tmp_path: Path) -> Non
     y, w = y.numpy(), w.numpy()
     assert ((y > 0) & (y < 1)).any()  # labels blended
     assert (y >= 0).all() and (y <= 1).all() and (w >= 0.5 - 1e-6).all() and (w <= 2.0 + 1e-6).all()
+
+
+def test_working_resolution_augmentation_feeds_the_full_size_in_pooled_blocks(tmp_path: Path) -> None:
+    from pneumo import data as D
+    from pneumo import pipeline as P
+
+    frame = D.scan(make_folder(tmp_path / "d", n_per_class=4, size=64)).frame.assign(
+        path=lambda f: f["path"].astype(str))
+    ds = P.make_dataset(frame, 64, 4, training=True, augmentation=P.Augmentation.preset("shift"), augment_size=32)
+    x = next(iter(ds))[0].numpy()
+    assert x.shape == (4, 64, 64, 1)
+    blocks = x.reshape(4, 32, 2, 32, 2, 1)
+    # Every 2×2 block is one augmented pixel: the network's 2×2 mean pooling gives back the augmented image.
+    np.testing.assert_array_equal(blocks, np.broadcast_to(blocks[:, :, :1, :, :1], blocks.shape))
+    assert x.std() > 0.01
+    with pytest.raises(ValueError, match="divide"):
+        P.make_dataset(frame, 64, 4, training=True, augmentation=P.Augmentation(), augment_size=48)
