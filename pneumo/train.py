@@ -170,8 +170,7 @@ def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, val_df: Any, siz
     import tensorflow as tf
 
     from . import evaluate as E
-    from .data import read_item
-    from .imaging import resize
+    from . import validate as V
 
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded by hand
@@ -197,7 +196,7 @@ def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, val_df: Any, siz
         total = tf.distribute.ReduceOp.SUM
         return strategy.reduce(total, loss, axis=None), strategy.reduce(total, stops, axis=None)
 
-    val_images = np.stack([resize(read_item(p), size) for p in val_df["path"]])[..., None].astype(np.float32)
+    val_images = V.load_images(val_df["path"].tolist(), size)[..., None]
     y_val = val_df["label"].to_numpy()
     callback.set_model(model)
     model.stop_training = False
