@@ -157,6 +157,9 @@ def _expand(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
     """Grad-CAM or Grad-CAM++ as one traced TensorFlow graph, cached on the model."""
+    from . import import_tensorflow_quietly
+
+    import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
     import tensorflow as tf
 
     cache = loaded.__dict__.setdefault("_cams", {})

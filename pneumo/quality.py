@@ -84,6 +84,9 @@ def features(loaded: Any, images: np.ndarray | list[np.ndarray], batch_size: int
 def _traced_features(loaded: Any) -> Any:
     fn = getattr(loaded, "_features_fn", None)
     if fn is None:
+        from . import import_tensorflow_quietly
+
+        import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
         import tensorflow as tf
 
         net = feature_model(loaded.model)
