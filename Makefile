@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-fast bench browser clean default-model
+.PHONY: setup run test test-fast bench browser pacs-deps pacs clean default-model
 
 # Re-install whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -24,12 +24,25 @@ browser:
 	  echo "installing Debian packages chromium chromium-driver poppler-utils"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver poppler-utils >/dev/null; }
 
+# Orthanc with its DICOMweb plugin, from Debian's packages, for `make pacs` and the PACS tests (the
+# packaged service is never started: pneumo runs Orthanc as its own process with its own configuration).
+pacs-deps:
+	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || { \
+	  echo "installing Debian packages orthanc orthanc-dicomweb"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; }
+
+# A local Orthanc on 127.0.0.1:$(PACS_PORT) (no authentication, loopback only, temporary storage) seeded with
+# the sample films as DICOM studies; serves until Ctrl-C.
+PACS_PORT ?= 8042
+pacs: setup pacs-deps
+	$(PY) -m pneumo.pacs_server --port $(PACS_PORT)
+
 # A local, single-user app: bound to this machine, with saving thresholds and training switched on.
 run: setup
 	PNEUMO_ALLOW_CHANGES=1 $(PY) -m streamlit run streamlit_app.py --server.port $(PORT) --server.address 127.0.0.1 \
 	  --server.headless true
 
-test: setup browser
+test: setup browser pacs-deps
 	$(PY) -m pytest -q
 
 test-fast: setup
@@ -53,4 +66,4 @@ default-model: setup
 	$(PY) -m pneumo ensemble runs/shift-s1 runs/shift-s0 runs/basic-s0 --out runs/ensemble --overwrite
 	cp runs/ensemble/model.keras runs/ensemble/card.json runs/ensemble/val_predictions.csv runs/ensemble/history.json \
 	  runs/ensemble/checks.json runs/ensemble/ood.npz runs/ensemble/image_hashes.json \
-	  runs/ensemble/model.onnx runs/ensemble/gradcam.onnx models/
+	  runs/ensemble/model.onnx runs/ensemble/gradcam.onnx runs/ensemble/onnx_probe.json models/

@@ -6,7 +6,8 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import data_root, require_entry_point, summarize_with_bar
+from pneumo.ui import active_model, data_root, model_state_key, require_entry_point, settings, summarize_with_bar
+from pneumo import audit
 from pneumo import data as D
 from pneumo import plots
 
@@ -36,13 +37,13 @@ left, right = st.columns(2)
 left.plotly_chart(plots.class_counts(summary.counts), width="stretch")
 with right:
     weights = ", ".join(f"{D.CLASS_NAMES[k]} × {v:.2f}" for k, v in summary.class_weights.items())
+    normal_share = summary.counts.get("NORMAL", pd.Series(dtype=int)).sum() / max(summary.n_images, 1)
     st.markdown(
-        f"**What the imbalance means for training.** The majority class has {summary.imbalance_ratio:.2f}× the images "
-        f"of the minority. Unweighted, a model can score well by leaning towards the majority; training weights the "
-        f"loss per class ({weights}) so both classes count equally. Held-out sets may have a different mix (the "
-        "official test split of the Kermany collection is 37.5 % normal against 26 % in train), which is why the "
-        "operating threshold is chosen on held-out patients from another period and stressed copies of their films, and "
-        "checked on the Threshold page."
+        f"**What the imbalance means for training.** In this folder {normal_share:.1%} of the images are NORMAL; the "
+        f"majority class has {summary.imbalance_ratio:.2f}× the images of the minority. Unweighted, a model can score "
+        f"well by leaning towards the majority; training weights the loss per class ({weights}) so both classes count "
+        "equally. Another site or period may have a different mix, which moves precision and the share flagged at any "
+        "threshold: check it on the Threshold page with that site's own labelled films."
     )
     st.markdown("**Patients per class:** " + ", ".join(f"{k}: {v:,}" for k, v in summary.patients_per_class.items()))
 
@@ -89,3 +90,54 @@ for cls in D.CLASS_NAMES:
     cols = st.columns(8)
     for col, path in zip(cols, pick):
         col.image(D.read_item(path), caption=Path(path.split(D.NPZ_SEPARATOR)[0]).name, clamp=True, width="stretch")
+
+
+st.subheader("Suspected label errors")
+loaded = active_model()
+
+
+@st.cache_data(show_spinner="Auditing labels…", max_entries=4)
+def audited_for(root: str, model_key: str) -> pd.DataFrame:
+    return audit.audit_folder(root, loaded.path)
+
+
+if loaded is None:
+    st.info("Select a model in the sidebar: the audit reads its predictions out of fold.")
+else:
+    try:
+        audited = audited_for(str(root), model_state_key(loaded))
+    except (ValueError, OSError) as exc:
+        st.error(f"The labels of this folder cannot be audited: {exc}", icon=":material/error:")
+        st.stop()
+    info = audit.summary(audited)
+    sources = audited["source"].value_counts().to_dict()
+    st.caption(f"Confident learning (cleanlab) on {info['n']:,} films: scores out of fold for "
+               f"{sources.get('out of fold', 0):,}, from the model itself for {sources.get('model', 0):,} (out of "
+               "sample only where it never trained on them). The images are never changed; verdicts are saved beside "
+               f"the data as {audit.REVIEW_FILE}, and `pneumo train --label-review` applies them.")
+    suspects = audited[audited["suspect"]]
+    st.markdown(f"**{info['suspects']} of {info['n']:,} films ({info['suspect_share']:.1%}) are suspects**: their "
+                "given label is contradicted by the score of a model that never saw them.")
+    if not suspects.empty:
+        order = st.radio("Sort", ["most suspicious first", "least suspicious first"], horizontal=True,
+                         key=f"audit-sort:{root}")
+        shown = suspects.sort_values("score", ascending=order.startswith("least")).head(24)
+        verdicts: dict[str, str] = {}
+        cols = st.columns(6)
+        for i, r in enumerate(shown.itertuples()):
+            with cols[i % 6]:
+                st.image(D.read_item(r.path), clamp=True, width="stretch")
+                st.caption(f"{Path(r.path).name} · labelled {D.CLASS_NAMES[int(r.label)]} · p={r.probability:.3f} · "
+                           f"score {r.score:.3f}")
+                verdicts[r.path] = st.selectbox("Verdict", audit.VERDICTS, key=f"verdict:{root}:{r.path}",
+                                                label_visibility="collapsed")
+        cfg = settings()
+        blocked = None if cfg.allow_changes else ("Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 "
+                                                  "or [pneumo] allow_changes = true).")
+        if st.button("Save verdicts", disabled=blocked is not None, help=blocked, key=f"save-verdicts:{root}"):
+            try:
+                written = audit.write_review(audit.review_path(root), verdicts, audited)
+            except (ValueError, OSError) as exc:
+                st.error(f"The verdicts cannot be saved: {exc}", icon=":material/error:")
+            else:
+                st.toast(f"Saved {len(verdicts)} verdicts into {written.name}.")

@@ -3,8 +3,9 @@
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import (DISCLAIMER, active_model, data_root, device_description, metric_row, require_entry_point,
-                       stored_predictions)
+from pneumo.models import STORED_KINDS, stored_predictions_file
+from pneumo.ui import (DISCLAIMER, active_model, card_summary, data_root, device_description, figure_table, plain,
+                       require_entry_point, stored_predictions)
 from pneumo import evaluate as E
 from pneumo import plots
 
@@ -22,9 +23,6 @@ if st.button("Try it on a sample X-ray →", type="primary"):
     st.switch_page("pages/predict.py")
 
 
-FIGURES = [("roc_auc", "ROC AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-           ("accuracy", "Accuracy"), ("precision", "Precision")]
-
 loaded = active_model()
 left, right = st.columns([3, 2])
 with left:
@@ -33,12 +31,18 @@ with left:
         st.info("No model loaded yet: train one on the Train page.")
     else:
         card = loaded.card
-        st.markdown(
-            f"**{card.name}** · {card.architecture} · input {loaded.input_size}×{loaded.input_size} grayscale · "
-            f"{(card.parameters or loaded.model.count_params()):,} parameters  \n"
-            f"Operating threshold **{loaded.threshold:.4f}** — {card.threshold_rule}"
-        )
-        st.markdown("##### External evaluations")
+        for caution in card.cautions():
+            st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
+        st.markdown(f"**{plain(card.name)}** · {plain(card.architecture)} · input {loaded.input_size}×{loaded.input_size} "
+                    f"grayscale · {(card.parameters or 0):,} parameters")
+        point = getattr(loaded, "operating_point", None) or "shipped"
+        st.markdown(f"**Operating point in force: {plain(point)}**, threshold **{loaded.threshold:.4f}**  \n"
+                    f"{plain(card.threshold_rule)}")
+        last_drift = st.session_state.get("last_drift")
+        if last_drift:
+            st.caption(f"Drift of the last batch read on Predict: {plain(last_drift)}")
+
+        st.markdown("##### Evaluations on films the model never saw")
         if card.external_evaluations:
             evaluations = pd.DataFrame(card.external_evaluations)
             st.dataframe(evaluations[
@@ -49,54 +53,70 @@ with left:
             st.caption("Recorded with `python -m pneumo evaluate --data DIR --record NAME` on collections the model "
                        "never saw; each at the threshold in force when it was run.")
         else:
-            st.caption("None recorded yet: `python -m pneumo evaluate --data DIR --out R.json --record NAME` adds one.")
+            st.caption("None recorded yet: `python -m pneumo evaluate --data DIR --out R.json --record NAME` adds one. "
+                       "Until then every figure below is in-distribution.")
 
-        stress = card.shift_checks.get("stress")
-        if stress:
-            st.markdown("##### Shift checks (held-out films under acquisition changes)")
-            table = pd.DataFrame(stress["conditions"]).rename(columns={"condition": "change"})
-            st.plotly_chart(plots.stress_chart(table, stress["threshold"]), width="stretch")
-            ci = card.shift_checks.get("bootstrap_95", {})
-            worst = stress["worst_specificity"]
-            st.caption(
-                f"Worst ROC AUC {stress['worst_auc']['roc_auc']:.4f} ({stress['worst_auc']['condition']}); worst "
-                f"specificity {worst['specificity']:.3f} ({worst['condition']}) at the threshold the checks were run "
-                f"at ({stress['threshold']:.4f})."
-                + (f" 95 % interval of the held-out AUC, resampling patients: {ci['roc_auc']['low']:.4f}–"
-                   f"{ci['roc_auc']['high']:.4f}." if "roc_auc" in ci else "")
-            )
-
-        stored = loaded.path.with_name("val_predictions.csv")
-        if stored.exists():
+        stored = stored_predictions_file(loaded.path)
+        if stored is not None:
             preds = stored_predictions(str(stored), stored.stat().st_mtime)
             preds = preds[preds["probability"].notna()]
             figures = E.metrics_at(preds["label"], preds["probability"], loaded.threshold)
-            kind = card.validation_kind
-            label = ("in-distribution: a random patient-level draw of the training collection" if card.in_distribution
-                     else f"{kind} hold-out: {card.validation.get('split') or card.training_data.get('split', '')}")
-            st.markdown("##### Held-out validation")
-            st.caption(f"{label}; n = {figures['n']}, recomputed at the current threshold {loaded.threshold:.4f}")
-            metric_row(figures, FIGURES, digits=4)
+            kind = STORED_KINDS[stored.name]
+            st.markdown(f"##### {kind.capitalize()} figures ({'in-distribution' if card.in_distribution else 'shifted hold-out'})")
+            st.caption(f"{plain(card.validation.get('split') or card.training_data.get('split', ''))}; n = {figures['n']:,}, "
+                       f"recomputed from {stored.name} at the threshold in force ({loaded.threshold:.4f}).")
+            st.dataframe(figure_table(figures), hide_index=True, width="stretch")
             if card.in_distribution:
-                st.caption("In-distribution figures describe images like the training ones; expect lower figures on "
-                           "other hospitals, devices and periods.")
-        trust = card.explanation_trust
-        if trust:
-            st.caption(f"Explanation trust: on average {trust['outside_chest_mean']:.1%} of the Grad-CAM heat falls "
-                       f"outside the chest (border, corners, neck, abdomen); 90th percentile "
-                       f"{trust['outside_chest_p90']:.1%}, over {trust['n']} held-out films. Lower is better.")
+                st.caption("Children of the same hospital and period as the training films: expect lower figures on "
+                           "other hospitals, devices and periods, and check a site's own films on the Threshold page.")
+        audit_info = card.extra.get("label_audit")
+        if audit_info:
+            st.caption(f"Label audit: {audit_info['suspects']} of {audit_info['n']:,} training films "
+                       f"({audit_info['suspect_share']:.1%}) are suspected label errors "
+                       f"(by given label {audit_info['suspects_by_label']}); the threshold's recall target is asked of "
+                       "the others. See the Dataset Explorer.")
+
+        pops = card.shift_checks.get("populations")
+        if pops:
+            st.markdown("##### Populations (out of fold, at the threshold in force when the card was written)")
+            st.plotly_chart(plots.population_chart(pops["by_population"], "File-name series and subtypes"),
+                            width="stretch", key="populations")
+            if pops.get("by_band"):
+                st.plotly_chart(plots.population_chart(pops["by_band"], "Bands of patient numbers, in order"),
+                                width="stretch", key="bands")
+        for held in card.shift_checks.get("leave_population_out", []):
+            st.caption(f"Leave-population-out run {plain(held['run'])} ({plain(held['held_out'])}): n = {held['n']:,}, "
+                       f"ROC AUC {held['roc_auc']:.4f}, sensitivity {held['sensitivity']:.3f}, specificity "
+                       f"{held['specificity']:.3f} at the card's threshold.")
+        stress = card.shift_checks.get("stress")
+        if stress and stress.get("conditions"):
+            st.markdown("##### Shift checks (held-out films under acquisition changes)")
+            table = pd.DataFrame(stress["conditions"]).rename(columns={"condition": "change"})
+            st.plotly_chart(plots.stress_chart(table, stress["threshold"]), width="stretch", key="stress")
+            st.caption(f"Worst ROC AUC {stress['worst_auc']['roc_auc']:.4f} ({plain(stress['worst_auc']['condition'])}), "
+                       f"at the threshold the checks were run at ({stress['threshold']:.4f}).")
+        elif stress and stress.get("folds"):
+            st.caption(f"Stress suite (16 acquisition changes), each fold network on its own held-out films: mean ROC "
+                       f"AUC {stress['mean_auc']:.4f}, worst {stress['worst_auc']:.4f}.")
+        faith = card.extra.get("explanation")
+        if faith:
+            st.markdown("##### Do the maps show what drives the score?")
+            st.dataframe(pd.DataFrame(faith["table"]), hide_index=True, width="stretch")
+            st.caption(plain(faith["how"]))
         td = card.training_data
         if td:
-            st.markdown(
-                f"Trained on {td.get('train_images', '?')} images ({td.get('train_patients', '?')} patients), "
-                f"validated on {td.get('val_images', '?')} images ({td.get('val_patients', '?')} patients)."
-            )
-        with st.expander("Full model card"):
-            st.json(card.to_dict(), expanded=False)
+            st.markdown(f"Trained on {td.get('train_images', '?')} images of {td.get('images', '?')}; "
+                        f"{plain(td.get('split', ''))}.")
+        with st.expander("Model card"):
+            st.dataframe(card_summary(card), hide_index=True, width="stretch")
+            st.download_button("Download card.json", loaded.path.with_name("card.json").read_bytes()
+                               if loaded.path.with_name("card.json").exists() else b"{}", "card.json",
+                               "application/json", key="card-json")
 with right:
     st.subheader("Environment")
     root = data_root()
-    st.markdown(f"**Data folder:** `{root if root else 'none configured'}`")
+    st.markdown("**Data folder:**")
+    st.text(str(root) if root else "none configured")
     st.markdown(f"**Device:** {device_description()}")
     st.markdown(
         "**Limits:** trained on pediatric (ages 1–5) anterior-posterior films from one hospital; not validated on "

@@ -2,12 +2,16 @@
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import streamlit as st
 
-from pneumo.ui import DISCLAIMER, active_model, model_state_key, require_entry_point
-from pneumo import explain, predict, report
+from pneumo.report import safe_csv
+from pneumo.memory import trim
+from pneumo.ui import (DISCLAIMER, active_model, cached_reading, model_state_key, pacs_source, plain, progress_bar,
+                       require_entry_point, ui_pacs_config)
+from pneumo import drift, explain, predict, report
 from pneumo.imaging import resize
 from pneumo.settings import SAMPLES_DIR
 
@@ -22,16 +26,23 @@ if loaded is None:
 model_key = model_state_key(loaded)
 
 
-# Bounded by entry count over inputs the decoder already keeps under 2048 px a side (16 MB at most each).
-@st.cache_data(show_spinner=False, max_entries=16, ttl=3600)
-def cached_reading(digest: str, name: str, _data: bytes, model_key: str, band: float) -> predict.Reading:
-    return predict.read(loaded, _data, name=name, band=band)
-
-
 # Heat maps are kept at the model's input size (200 KB each) and stretched onto the film when drawn.
 @st.cache_data(show_spinner=False, max_entries=64, ttl=3600)
 def cached_heatmap(digest: str, method: str, model_key: str, _small: np.ndarray) -> np.ndarray:
     return explain.gradcam(loaded, _small, method=method)
+
+
+@st.cache_data(show_spinner="Checking the batch for drift…", max_entries=16, ttl=3600)
+def cached_drift(digests: tuple[str, ...], model_key: str, _images: list[np.ndarray], _probabilities: list[float]) -> Any:
+    return drift.check_batch(loaded, _images, _probabilities)
+
+
+# What the screen shows: the film and its overlays at most 640 px a side, encoded once per opacity, so a
+# change of opacity re-sends small pictures instead of re-blending and re-encoding whole films.
+@st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
+def screen_overlay(digest: str, method: str, model_key: str, opacity: float, _film: np.ndarray,
+                   _heat: np.ndarray) -> bytes:
+    return explain.png_bytes(explain.with_colorbar(explain.overlay(_film, _heat, opacity), transparent=True))
 
 
 controls = st.columns([2, 2, 3])
@@ -40,31 +51,69 @@ band = controls[0].number_input("Uncertain band (± probability)", 0.0, 0.3, 0.0
 opacity = controls[1].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
 controls[2].markdown(f"Operating threshold **{loaded.threshold:.4f}**  \n{loaded.card.threshold_rule}")
 
-uploads = st.file_uploader("Drop chest X-rays (PNG, JPEG, BMP, TIFF or DICOM)", accept_multiple_files=True,
-                           help="The format is read from the content, not the file name.")
-files: list[tuple[str, bytes]] = [(u.name, u.getvalue()) for u in uploads or []]
-if not files:
+pacs_config = ui_pacs_config()
+source_kind = (st.radio("Source", ["Upload files", "From PACS"], horizontal=True, key="predict-source")
+               if pacs_config is not None else "Upload files")
+files: list[tuple[str, Any]] = []
+pacs_run = None
+if source_kind == "From PACS":
+    pacs_run = pacs_source(pacs_config, loaded, model_key)
+    if pacs_run is None:
+        st.stop()
+else:
+    uploads = st.file_uploader("Drop chest X-rays (PNG, JPEG, BMP, TIFF or DICOM)", accept_multiple_files=True,
+                               help="The format is read from the content, not the file name.")
+    files = [(u.name, u) for u in uploads or []]
+if not files and pacs_run is None:
     st.session_state.setdefault("use_samples", False)
     use = st.toggle("Use the bundled sample images", key="use_samples")
     if use:
         samples = sorted(SAMPLES_DIR.glob("*/*.jpeg"))
         picked = st.multiselect("Samples", [str(p.relative_to(SAMPLES_DIR)) for p in samples],
                                 default=[str(p.relative_to(SAMPLES_DIR)) for p in samples[:1] + samples[-1:]])
-        files = [(name, (SAMPLES_DIR / name).read_bytes()) for name in picked]
-if not files:
+        files = [(name, SAMPLES_DIR / name) for name in picked]
+if not files and pacs_run is None:
     st.info("Drop one or more X-rays above, or switch on the sample images.")
     st.stop()
 
 digests, readings = [], []
-progress = st.progress(0.0, text="Reading…") if len(files) > 1 else None
-for i, (name, data) in enumerate(files):
+if pacs_run is not None:
+    readings = [predict.compact(r) for r in pacs_run.readings()]
+    digests = [hashlib.sha256(f"{r.study_uid}/{r.sop_uid}".encode()).hexdigest() for r in pacs_run.results
+               if r.reading is not None]
+bar, update = progress_bar("Reading…") if len(files) > 1 else (None, None)
+for i, (name, source) in enumerate(files):
+    # One file's bytes at a time: an upload is read when its turn comes and dropped after.
+    data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     digests.append(digest)
-    readings.append(cached_reading(digest, name, data, model_key, band))
-    if progress:
-        progress.progress((i + 1) / len(files), text=f"Reading… {i + 1}/{len(files)}")
-if progress:
-    progress.empty()
+    readings.append(cached_reading(loaded, digest, name, data, model_key, band))
+    del data
+    if update:
+        update(i + 1, len(files))
+if bar:
+    bar.empty()
+trim()  # the decoders' large buffers go back to the system, not into the heap's free lists
+readings = predict.mark_repeats(readings)
+assessed = [r for r in readings if r.xray is not None]
+if len(readings) > 1:
+    # Drift is a property of a batch, not of a film: one test over every film read here.
+    drift_result = cached_drift(tuple(d for d, r in zip(digests, readings) if r.xray is not None), model_key,
+                                [r.xray.pixels for r in assessed], [r.probability for r in assessed])
+    st.session_state["last_drift"] = (f"{'shifted' if drift_result.shifted else 'no shift detected'} "
+                                      f"({drift_result.method}, n = {drift_result.n}, p = {drift_result.p_value:.2g})"
+                                      if drift_result is not None else None)
+    if drift_result is None:
+        st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
+    elif drift_result.shifted:
+        st.error(f"**This batch is unlike the films the operating point was set on** ({plain(drift_result.method)}: "
+                 f"n = {drift_result.n}, p = {drift_result.p_value:.2g}). {plain(drift.advice(True, drift_result.p_value, drift_result.n))}",
+                 icon=":material/trending_up:")
+    else:
+        st.caption(f"Drift check: no shift detected ({drift_result.method}, n = {drift_result.n}, "
+                   f"p = {drift_result.p_value:.2g}).")
+for caution in loaded.card.cautions():
+    st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
 
 
 def heatmap(i: int, method: str = "gradcam") -> np.ndarray:
@@ -77,53 +126,66 @@ def batch_report() -> bytes:
 
 table = predict.worklist(readings, loaded)
 st.subheader("Worklist")
-links = table.assign(open=[f"#item-{i}" for i in table["item"]])
-HUES = {predict.PNEUMONIA: "#c0392b", predict.NORMAL: "#1e8449", predict.UNCERTAIN: "#d68910", "rejected": "#7f8c8d"}
-styled = links[["item", "open", "path", "probability", "decision", "warnings", "error"]].style.map(
+HUES = {predict.PNEUMONIA: "#c0392b", predict.NORMAL: "#1e8449", predict.UNCERTAIN: "#d68910",
+        predict.NOT_ASSESSABLE: "#7f8c8d", "rejected": "#7f8c8d"}
+# The decision leads, right after the item number: on a phone the grid shows its first columns only.
+styled = table[["item", "decision", "probability", "path", "warnings", "error"]].style.map(
     lambda v: f"color: {HUES.get(v, 'inherit')}; font-weight: 600", subset=["decision"])
 st.dataframe(
     styled, hide_index=True, width="stretch",
     column_config={
+        "item": st.column_config.NumberColumn("#", width="small"),
         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f"),
-        "open": st.column_config.LinkColumn("card", display_text="open ↓"),
         "decision": st.column_config.TextColumn("decision", width="medium"),
     },
 )
+# Links to the cards below, in this page and tab (item numbers only: no user text in markup).
+st.markdown("Go to: " + " · ".join(f"[{i}](#item-{i})" for i in table["item"]))
 downloads = st.columns(2)
-downloads[0].download_button("Download worklist CSV", table.to_csv(index=False), "pneumo_worklist.csv", "text/csv",
+downloads[0].download_button("Download worklist CSV", safe_csv(table), "pneumo_worklist.csv", "text/csv",
                              help="Path, probability, decision, warnings, threshold, model name, card hash and time.")
 downloads[1].download_button("Download study report (PDF)", batch_report, "pneumo_report.pdf", "application/pdf",
                              key=f"pdf-batch-{model_key}",
                              help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.")
 
-COLOURS = {predict.PNEUMONIA: "red", predict.NORMAL: "green", predict.UNCERTAIN: "orange"}
+COLOURS = {predict.PNEUMONIA: "red", predict.NORMAL: "green", predict.UNCERTAIN: "orange", predict.NOT_ASSESSABLE: "gray"}
 
 
 def show_card(i: int) -> None:
     reading = readings[i]
     with st.container(border=True):
-        st.subheader(f"{i + 1}. {Path(reading.name).name}", anchor=f"item-{i + 1}")
+        # A heading holds the item number only; the file name (a visitor's text) is shown as plain text.
+        st.subheader(f"Item {i + 1}", anchor=f"item-{i + 1}")
+        st.text(Path(reading.name).name)
         if reading.error:
-            st.error(f"**{reading.name}** could not be read: {reading.error}", icon=":material/block:")
+            st.error(f"This file could not be read: {plain(reading.error)}", icon=":material/block:")
             return
         cols = st.columns([1, 1, 2])
         cols[0].metric("Probability of pneumonia", f"{reading.probability:.3f}")
         cols[1].markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]")
+        if reading.decision == predict.NOT_ASSESSABLE:
+            cols[1].caption("The input check does not take this for a chest film the model can read: the probability "
+                            "is listed, no decision is made.")
+        if reading.repeat_of is not None:
+            cols[2].markdown(f"Repeats [item {reading.repeat_of + 1}](#item-{reading.repeat_of + 1}).")
         for warning in reading.warnings:
-            cols[2].warning(warning, icon=":material/warning:")
+            cols[2].warning(plain(warning), icon=":material/warning:")
         pixels = reading.xray.pixels
         heat, heat_pp = heatmap(i), heatmap(i, "gradcam++")
+        screen = explain.shrink(pixels)
         images = st.columns(3)
-        images[0].image(pixels, caption="X-ray", clamp=True, width="stretch")
-        cam = explain.with_colorbar(explain.overlay(pixels, heat, opacity))
-        images[1].image(cam, caption="Grad-CAM", width="stretch")
-        images[2].image(explain.with_colorbar(explain.overlay(pixels, heat_pp, opacity)), caption="Grad-CAM++",
+        images[0].image(screen, caption="X-ray", clamp=True, width="stretch")
+        images[1].image(screen_overlay(digests[i], "gradcam", model_key, opacity, screen, heat), caption="Grad-CAM",
                         width="stretch")
+        images[2].image(screen_overlay(digests[i], "gradcam++", model_key, opacity, screen, heat_pp),
+                        caption="Grad-CAM++", width="stretch")
         st.caption("Warm colours mark the regions that drove the model towards its decision for this image; they "
-                   "are not a segmentation of disease.")
+                   "are not a segmentation of disease. Each map is scaled to its own peak (1.0 on the bar): compare "
+                   "regions within a film, not colours between films.")
         buttons = st.columns(2)
         buttons[0].download_button(
-            f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)", explain.png_bytes(cam),
+            f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)",
+            lambda: explain.png_bytes(explain.with_colorbar(explain.overlay(pixels, heat, opacity))),
             f"{Path(reading.name).stem}_gradcam.png", "image/png", key=f"png-{i}-{digests[i]}")
         buttons[1].download_button(
             "Report for this image (PDF)", lambda: report.study_pdf([reading], loaded, {0: heat}),
@@ -134,7 +196,8 @@ def show_card(i: int) -> None:
 
 
 ordered = predict.order(readings)
-attention = [i for i in ordered if readings[i].error or readings[i].warnings]
+attention = [i for i in ordered if readings[i].error or readings[i].warnings
+             or readings[i].decision == predict.NOT_ASSESSABLE]
 if attention:
     st.subheader(f"Needs attention ({len(attention)})")
     for i in attention:

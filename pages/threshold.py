@@ -7,8 +7,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import (active_model, data_root, metric_row, model_state_key, require_entry_point, settings,
-                       stored_predictions, summary_for)
+from pneumo.models import STORED_KINDS, stored_predictions_file
+from pneumo.ui import (active_model, data_root, folder_predictions, metric_row, model_state_key, require_entry_point,
+                       settings, stored_predictions)
 from pneumo import data as D
 from pneumo import evaluate as E
 from pneumo import explain, plots
@@ -25,36 +26,30 @@ model_key = model_state_key(loaded)
 cfg = settings()
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def folder_predictions(root: str, key: str, _progress=None) -> pd.DataFrame:
-    frame = D.scan(root).frame
-    return E.predict_frame(loaded, frame, progress=_progress)
-
-
-stored = loaded.path.with_name("val_predictions.csv")
-sources = []
-if stored.exists():
-    sources.append("Stored validation predictions")
+stored = stored_predictions_file(loaded.path)
+sources = {}
+if stored is not None:
+    sources[f"Stored {STORED_KINDS[stored.name]} predictions"] = "stored"
 root = data_root()
 if root is not None:
-    sources.append(f"Predict the data folder ({root.name})")
+    sources[f"Predict the data folder ({root.name})"] = "folder"
 if not sources:
-    st.info("This model has no stored validation predictions and no data folder is selected.")
+    st.info("This model has no stored predictions and no data folder is selected.")
     st.stop()
-source = st.radio("Labelled set", sources, horizontal=True)
-if source.startswith("Stored"):
+source = st.radio("Labelled set", list(sources), horizontal=True, key=f"source:{model_key}")
+leak = None
+if sources[source] == "stored":
     preds = stored_predictions(str(stored), stored.stat().st_mtime)
+    computed_on = (f"{STORED_KINDS[stored.name]} predictions stored with the model ({stored.name}): "
+                   + loaded.card.validation.get("split", "films the model's own networks never saw"))
 else:
-    bar = st.progress(0.0, text="Predicting…")
     try:
-        preds = folder_predictions(str(root), model_key,
-                                   _progress=lambda d, t: bar.progress(d / max(t, 1), text=f"Predicting… {d}/{t}"))
+        preds = folder_predictions(loaded, root, model_key)
     except (ValueError, OSError) as exc:  # DatasetError and unreadable folders: a message, never a traceback
         st.error(f"This data folder cannot be predicted: {exc}", icon=":material/error:")
         st.stop()
-    finally:
-        bar.empty()
-leak = None if source.startswith("Stored") else E.leakage(loaded.path, summary_for(str(root)).image_stats["hash"])
+    leak = E.leakage(loaded.path, preds["hash"])
+    computed_on = f"the data folder {root.name} ({len(preds)} films), predicted now"
 if leak and leak["fraction"] > 0:
     st.warning(
         f"**{leak['train'] + leak['validation']} of {leak['n']} images ({leak['fraction']:.0%}) in this folder are images "
@@ -71,31 +66,43 @@ def _snap(t: float) -> float:
     return math.floor(t * 10_000) / 10_000
 
 
-# Keyed by the model and its card's version: switching model or saving starts again from the card.
-slider_key = f"threshold:{model_key}"
+# The threshold lives under its own key, by model and card version, apart from the slider's widget state:
+# Streamlit drops a widget's state in any run that does not draw it (an error, another source), and the
+# value must survive that. Switching model or saving starts again from the card.
+value_key, slider_key = f"threshold-value:{model_key}", f"threshold:{model_key}"
+rule_key = f"rule:{model_key}"
+st.session_state.setdefault(value_key, _snap(loaded.threshold))
+st.session_state.setdefault(rule_key, "set by hand on the Threshold page")
 if slider_key not in st.session_state:
-    st.session_state[slider_key] = _snap(loaded.threshold)
-    st.session_state["rule"] = "set by hand on the Threshold page"
+    st.session_state[slider_key] = st.session_state[value_key]
+
+
+def set_threshold(value: float, rule: str) -> None:
+    st.session_state[value_key] = st.session_state[slider_key] = _snap(value)
+    st.session_state[rule_key] = rule
 
 
 def apply_target() -> None:
-    st.session_state[slider_key] = _snap(E.threshold_for_recall(y, p, st.session_state["target_recall"]))
-    st.session_state["rule"] = f"target recall {st.session_state['target_recall']:.3f}"
+    target = st.session_state[f"target_recall:{model_key}"]
+    set_threshold(E.threshold_for_recall(y, p, target), f"target recall {target:.3f}")
 
 
 def apply_rule(name: str) -> None:
-    st.session_state[slider_key] = _snap(E.THRESHOLD_RULES[name](y, p))
-    st.session_state["rule"] = name
+    set_threshold(E.THRESHOLD_RULES[name](y, p), name)
 
 
 controls = st.columns([3, 2, 2])
-threshold = controls[0].slider("Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key=slider_key,
-                               on_change=lambda: st.session_state.update(rule="set by hand on the Threshold page"))
-controls[1].number_input("Target recall", 0.5, 1.0, 0.98, 0.005, format="%.3f", key="target_recall", on_change=apply_target,
+threshold = controls[0].slider(
+    "Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key=slider_key,
+    on_change=lambda: set_threshold(st.session_state[slider_key], "set by hand on the Threshold page"))
+controls[1].number_input("Target recall", 0.5, 1.0, 0.98, 0.005, format="%.3f", key=f"target_recall:{model_key}",
+                         on_change=apply_target,
                          help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.")
 with controls[2]:
-    st.button("Max F1", on_click=apply_rule, args=("max F1",))
-    st.button("Youden J", on_click=apply_rule, args=("Youden J",))
+    st.button("Max F1", on_click=apply_rule, args=("max F1",), key=f"maxf1:{model_key}")
+    st.button("Youden J", on_click=apply_rule, args=("Youden J",), key=f"youden:{model_key}")
+threshold = st.session_state[value_key]
+st.caption(f"Figures on {computed_on}.")
 
 m = E.metrics_at(y, p, threshold)
 metric_row(m, [("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"),
@@ -110,7 +117,7 @@ right2.plotly_chart(plots.calibration(E.calibration(y, p)), width="stretch")
 st.caption(f"n = {m['n']} · ROC AUC {m['roc_auc']:.4f} · PR AUC {m['pr_auc']:.4f}")
 
 save_cols = st.columns([2, 3])
-rule = st.session_state.get("rule", "set by hand on the Threshold page")
+rule = st.session_state[rule_key]
 shipped = loaded.path.resolve().parent == cfg.models_dir.resolve()
 with save_cols[1]:
     st.caption(f"Card threshold now: {loaded.threshold:.4f} — {loaded.card.threshold_rule}")
@@ -122,7 +129,7 @@ blocked = (None if cfg.allow_changes else "Saving is switched off in this deploy
            "[pneumo] allow_changes = true).") or (None if confirm_leak and confirm_shipped else "Tick the confirmation first.")
 if save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked):
     record = {"overlap_confirmed": leak} if leak and leak["fraction"] > 0 else {}
-    save_operating_point(loaded.path, threshold, f"{rule} (on {source.lower()}, n={m['n']})", **record)
+    save_operating_point(loaded.path, threshold, f"{rule} (on {computed_on}, n={m['n']})", **record)
     st.toast(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json')}; every page uses it now.")
     st.rerun()
 

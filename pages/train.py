@@ -6,7 +6,8 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import activate_model, data_root, device_description, require_entry_point, settings
+from pneumo.card import ModelCard
+from pneumo.ui import activate_model, data_root, device_description, plain, require_entry_point, settings
 from pneumo import plots, runs
 from pneumo.train import TrainConfig, field_choices
 
@@ -17,7 +18,8 @@ cfg = settings()
 root = data_root()
 st.caption(f"Device: **{device_description()}** · runs folder `{cfg.runs_dir}`")
 
-FORM_SKIP = {"data", "split_seed", "mixed_precision", "notes"}
+FORM_SKIP = {"data", "split_seed", "mixed_precision", "notes", "label_review"}
+ETA_AFTER_STEPS = 10
 
 
 def config_widget(f: Any, column: Any) -> Any:
@@ -85,14 +87,22 @@ def live_view() -> None:
         cols[1].markdown(f"**Epoch** {last['epoch']}/{last['epochs']} · lr {last.get('lr', 0):.2e}  \n"
                          f"best val AUC {info.best_val_auc:.4f}" if info.best_val_auc is not None else "")
     if info.state in ("running", "queued"):
-        if cols[3].button("Stop", key=f"stop-{watched.name}"):
+        stopping = runs.stop_requested(watched)
+        if stopping:
+            # Training ends after the current batch; the run then checks and writes the model it kept.
+            cols[0].markdown(":orange[**stopping…**] the run checks and saves the model it kept, then ends")
+        elif cols[3].button("Stop", key=f"stop-{watched.name}"):
             runs.request_stop(watched)
             st.toast("Stop requested: the run ends after the current batch and keeps the model it has so far.")
-        if progress:
+            st.rerun(scope="fragment")
+        if progress and not stopping:
             p = progress[-1]
             done = ((p["epoch"] - 1) * p["batches"] + p["batch"]) / (p["epochs"] * p["batches"])
+            # An ETA only once steps have been measured: the first step includes tracing and says little.
+            measured = p["epoch"] > 1 or p["batch"] >= ETA_AFTER_STEPS
+            eta = f"ETA {p['eta_s'] / 60:.1f} min" if measured else "ETA after a few steps"
             st.progress(min(done, 1.0), text=f"epoch {p['epoch']}/{p['epochs']} · batch {p['batch']}/{p['batches']} · "
-                                             f"loss {p['loss']:.3f} · ETA {p['eta_s'] / 60:.1f} min")
+                                             f"loss {p['loss']:.3f} · {eta}")
     if info.state == "failed":
         st.error(status.get("error") or "failed")
         st.code(runs.log_tail(watched), language="text")
@@ -109,40 +119,50 @@ HYPER = ("split", "augmentation", "mixup", "epochs", "batch_size", "learning_rat
 
 
 @st.fragment(run_every=5)
-def runs_table() -> tuple[Any, list[runs.RunInfo]]:
-    # Re-read with the live view's period: the table and the live view read one status source.
+def runs_section() -> None:
+    """The runs table and what a selection shows, in one fragment: a tick reruns the fragment, and the
+    curves and the activate button it drives must be drawn in that same rerun."""
     listed = runs.list_runs(cfg.runs_dir)
     rows = []
     for r in listed:
         config = runs.read_json(r.path / "config.json", {}) or {}
-        rows.append({"run": r.name, "status": r.state, "model": r.model, "best val AUC": r.best_val_auc,
-                     **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
-                     "duration (min)": round((r.duration_s or 0) / 60, 1), "started": r.started})
+        config = config if isinstance(config, dict) else {}
+        rows.append({"run": r.name, "status": r.state, "model": r.model, "kept model's val AUC": kept_auc(r),
+                     "best val AUC": r.best_val_auc, **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
+                     "duration (min)": round((r.duration_s or 0) / 60, 1), "started": r.started,
+                     "problem": getattr(r, "damaged", None) or ""})
     # Keyed by the runs listed: a new run shifts the rows, and a selection must not then point at another run.
     names = "|".join(r.name for r in listed)
     event = st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun",
                          selection_mode="multi-row", key=f"runs_table:{hash(names)}")
-    return event, listed
-
-
-event, listed = runs_table()
-selected = [listed[i] for i in event.selection.rows if i < len(listed)] if event and event.selection else []
-if selected:
+    selected = [listed[i] for i in event.selection.rows if i < len(listed)] if event and event.selection else []
+    if not selected:
+        st.caption("Tick runs to compare their curves.")
+        return
     st.plotly_chart(plots.learning_curves({r.name: runs.epochs_of(runs.read_metrics(r.path)) for r in selected}),
                     width="stretch", key="compare-curves")
     done = [r for r in selected if r.has_model and r.state in ("finished", "stopped")]
     if len(done) == 1:
-        card = runs.read_json(done[0].path / "card.json", {}) or {}
-        validation = card.get("validation") or card.get("validation_metrics") or {}
-        ci = (card.get("shift_checks", {}).get("bootstrap_95", {}) or {}).get("roc_auc")
-        n = validation.get("n") or 0
-        width = (ci["high"] - ci["low"]) if ci else None
-        if n < 100 or (width is not None and width > 0.05):
-            st.warning(f"{done[0].name} was validated on {n} images"
-                       + (f" (AUC 95 % interval {ci['low']:.3f}–{ci['high']:.3f})" if ci else "")
-                       + ": too few, or too uncertain, to trust its figures or its threshold.", icon=":material/warning:")
-        st.button(f"Make {done[0].name} the active model", on_click=activate_model, args=(done[0].path / "model.keras",),
-                  help="For this browser session only; other visitors keep their own choice.")
-for r in selected[:1]:
-    with st.expander(f"Config of {r.name}"):
-        st.json(runs.read_json(r.path / "config.json", {}) or {})
+        try:
+            card = ModelCard.read(done[0].path / "card.json")
+        except ValueError as exc:
+            st.error(f"{done[0].name}: its card cannot be used ({plain(exc)})", icon=":material/error:")
+        else:
+            for caution in card.cautions():
+                st.warning(f"{done[0].name}: {caution}.", icon=":material/warning:")
+            st.button(f"Make {done[0].name} the active model", on_click=activate_model,
+                      args=(done[0].path / "model.keras",), key=f"activate:{done[0].name}",
+                      help="For this browser session only; other visitors keep their own choice.")
+    with st.expander(f"Config of {selected[0].name}"):
+        st.json(runs.read_json(selected[0].path / "config.json", {}) or {})
+
+
+def kept_auc(run: runs.RunInfo) -> float | None:
+    """The validation AUC of the epoch whose model the run kept (the last one, or the best), not the best seen."""
+    epochs = runs.epochs_of(runs.read_metrics(run.path))
+    kept = [e for e in epochs if e.get("kept")]
+    value = (kept[-1] if kept else {}).get("val_auc")
+    return float(value) if isinstance(value, (int, float)) else None
+
+
+runs_section()

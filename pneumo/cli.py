@@ -77,9 +77,16 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
+    from .crossfit import ensemble_folds, is_fold_run
     from .train import ensemble
 
-    card = ensemble(args.runs, args.out, args.target_recall, overwrite=args.overwrite)
+    if all(is_fold_run(r) for r in args.runs):  # one network per fold: the cross-fitted ensemble
+        card = ensemble_folds(args.runs, args.out, args.target_recall, population_runs=args.population,
+                              overwrite=args.overwrite)
+    elif args.population:
+        raise ValueError("--population goes with fold runs (train them with --split fold)")
+    else:
+        card = ensemble(args.runs, args.out, args.target_recall, overwrite=args.overwrite)
     print(json.dumps({"model": str(Path(args.out) / "model.keras"), "threshold": card.threshold,
                       "validation": card.validation}, indent=2))
     return 0
@@ -96,12 +103,57 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# What every evaluation report holds: an existing --out file without these keys is someone else's file.
+REPORT_KEYS = frozenset({"n", "threshold", "confusion", "model", "data", "file_list_sha256_16", "threshold_source"})
+
+
+def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
+    """Where evaluate may write its report (resolved), and whether that replaces an earlier report.
+
+    Refused (ValueError), before any work: a path inside the model's folder or the --data folder, a
+    folder, and an existing file that is not an evaluation report: the command never writes over the
+    model, its card, a film or a user's file.
+    """
+    from .models import model_file
+    from .runs import RunDataError, check_writable, load_json
+
+    out = Path(args.out).expanduser()
+    target = out.resolve()
+    data = Path(args.data).expanduser().resolve()
+    data_folder = data if data.is_dir() or data.suffix.lower() != ".csv" else data.parent  # a manifest's films lie beside it
+    for folder, what in ((model_file(args.model).resolve().parent, "the model's folder"), (data_folder, "the --data folder")):
+        if target.is_relative_to(folder):
+            raise ValueError(f"--out {out}: inside {what} ({folder}); refused, nothing written: write the report elsewhere")
+    if target.is_dir():
+        raise ValueError(f"--out {out}: is a folder; give the report a file name")
+    check_writable(target)  # a read-only report, or folder, is refused before the evaluation, not after
+    if not target.exists():
+        return target, False
+    try:
+        earlier = load_json(target, max_bytes=64 * 2**20)
+    except (OSError, RunDataError):
+        earlier = None
+    if not (isinstance(earlier, dict) and REPORT_KEYS <= set(earlier)):
+        raise ValueError(f"--out {out}: exists and is not an earlier evaluation report; refused, nothing written "
+                         "(choose a new file name)")
+    return target, True
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate_data
-    from .runs import atomic_write_json
+    from .runs import atomic_write_json, check_writable, write_new_json
 
-    report = evaluate_data(args.model, args.data, args.threshold, args.split, progress=_progress("evaluate"))
-    atomic_write_json(args.out, report)
+    out, replace = _report_target(args)
+    if args.record:
+        from .models import card_path, model_file
+
+        check_writable(card_path(model_file(args.model)))  # a read-only card is refused before any work
+    report = evaluate_data(args.model, args.data, args.threshold, args.split, progress=_progress("evaluate"),
+                           operating_point=args.operating_point)
+    if replace:
+        atomic_write_json(out, report)  # an earlier report, replaced whole
+    else:
+        write_new_json(out, report)  # a new file, never one that appeared meanwhile
     if args.record:
         from .evaluate import record_evaluation
 
@@ -109,6 +161,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"recorded '{args.record}' in {card}", file=sys.stderr)
     keys = ("n", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold")
     print("  ".join(f"{k} {report[k]:.4f}" if isinstance(report[k], float) else f"{k} {report[k]}" for k in keys))
+    drift = report.get("drift") or {}
+    print(f"drift: {'SHIFTED' if drift.get('shifted') else 'no shift found'} (p = {drift['p_value']:.3g}, n = {drift['n']})"
+          if drift.get("available") else f"drift: not checked ({drift.get('reason', 'no reference')})", file=sys.stderr)
     print(f"report written to {args.out}", file=sys.stderr)
     return 0
 
@@ -119,24 +174,28 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .predict import read
 
     loaded = load_model(args.model)
+    if args.threshold is not None and args.operating_point:
+        raise ValueError("give --threshold or --operating-point, not both")
+    if args.operating_point:
+        from .site import apply_operating_point
+
+        loaded = apply_operating_point(loaded, args.operating_point)
     if args.threshold is not None:
         loaded.card.threshold = check_threshold(args.threshold, "--threshold")
+        loaded.operating_point = "--threshold"
+    if args.cam and Path(args.cam).exists() and not Path(args.cam).is_dir():
+        raise ValueError(f"--cam {args.cam}: exists and is not a folder")
     results = []
-    cam_names: set[str] = set()
     for path in args.paths:
         reading = read(loaded, path)
         entry: dict[str, Any] = {"path": path, "probability": reading.probability, "prediction": reading.decision,
-                                 "threshold": loaded.threshold, "warnings": reading.warnings,
+                                 "threshold": loaded.threshold, "operating_point": loaded.operating_point,
+                                 "warnings": reading.warnings,
                                  "error": f"{reading.name}: {reading.error}" if reading.error else None}
         if args.cam and reading.xray is not None:
-            stem, n = Path(path).stem, 1
-            while f"{stem}_gradcam.png" in cam_names:  # two inputs with one stem never share a file
-                n += 1
-                stem = f"{Path(path).stem}-{n}"
-            cam_names.add(f"{stem}_gradcam.png")
-            from .explain import explain_to_png  # Grad-CAM needs TensorFlow; plain predictions do not
-
-            entry["cam"] = str(explain_to_png(loaded, reading.xray.pixels, Path(args.cam) / f"{stem}_gradcam.png"))
+            entry["cam"], problem = _write_overlay(loaded, reading.xray.pixels, Path(args.cam), Path(path).stem)
+            if problem:  # the probability stands; the entry says its overlay is missing, and the exit status is 2
+                entry["error"] = f"{reading.name}: Grad-CAM overlay not written ({problem})"
         results.append(entry)
     if args.json:
         print(json.dumps(results, indent=2))
@@ -148,6 +207,190 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {r['threshold']:.4f})"
                       + "".join(f"\n  warning: {w}" for w in r["warnings"]))
     return 2 if any(r["error"] for r in results) else 0
+
+
+def cmd_audit_labels(args: argparse.Namespace) -> int:
+    from .audit import audit_folder, review_path, summary
+
+    audited = audit_folder(args.data, args.model, progress=_progress("audit"))
+    suspects = audited[audited["suspect"]].head(args.limit or None)
+    info = summary(audited)
+    if args.json:
+        rows = [{"path": r.path, "label": int(r.label), "probability": float(r.probability), "score": float(r.score),
+                 "source": r.source} for r in suspects.itertuples()]
+        print(json.dumps({**info, "review_file": str(review_path(args.data)), "suspected": rows}, indent=2))
+        return 0
+    print(f"{info['suspects']} of {info['n']} films are suspected label errors ({info['suspect_share']:.1%}); "
+          f"by given label: {info['suspects_by_label']}")
+    for r in suspects.itertuples():
+        print(f"{r.score:.4f}  label {int(r.label)}  p={r.probability:.4f}  {r.source:<11}  {r.path}")
+    print(f"verdicts (keep, relabel, exclude) go in {review_path(args.data)}; train --label-review applies them",
+          file=sys.stderr)
+    return 0
+
+
+def _pacs_session(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The server (URL from --url or the deployment's configuration, credentials from the environment or
+    .streamlit/secrets.toml) and the model in force."""
+    from .models import load_model
+    from .pacs import Pacs, PacsConfig, load_secrets_file
+
+    config = PacsConfig.load(load_secrets_file(), url=args.url)
+    if config is None:
+        raise ValueError("no PACS: give --url DICOMWEB_URL or set PNEUMO_PACS_URL")
+    if args.timeout is not None:
+        config.timeout = args.timeout
+    return Pacs.from_config(config), load_model(args.model)
+
+
+def _print_pacs_run(run: Any, as_json: bool, lines: bool = False) -> None:
+    from .pacs import describe
+
+    if as_json:
+        entries = [r.to_json() for r in run.results]
+        if lines:  # watch: one line per image as each poll ends
+            for entry in entries:
+                print(json.dumps(entry), flush=True)
+        else:
+            print(json.dumps(entries, indent=2), flush=True)
+    else:
+        for r in run.results:
+            print(describe(r), flush=True)
+    if run.drift_note:
+        print(f"batch drift: {run.drift_note}", file=sys.stderr)
+    if run.error:
+        left = f" ({len(run.studies_left)} studies not reached; run again to resume)" if run.studies_left else ""
+        print(f"error: {run.error}{left}", file=sys.stderr, flush=True)
+    for r in run.results:
+        if r.error and r.error != run.error and not as_json:
+            print(f"error: {r.error}", file=sys.stderr)
+
+
+def cmd_pacs_screen(args: argparse.Namespace) -> int:
+    from .pacs import PacsError, ScreenRun, screen_studies, search_studies
+
+    server, loaded = _pacs_session(args)
+    uids = list(args.study or [])
+    try:
+        if not uids or args.since or args.until or args.accession:
+            uids = [s.study_uid for s in search_studies(server, since=args.since, until=args.until,
+                                                        accession=args.accession, study_uids=uids, limit=args.limit)]
+    except PacsError as exc:  # still one JSON array (empty), and the one line on stderr
+        run = ScreenRun(error=str(exc))
+    else:
+        # A progress bar only on a terminal: piped stderr keeps to the error lines.
+        run = screen_studies(server, loaded, uids, push=args.push, force=args.force,
+                             progress=_progress("pacs screen") if sys.stderr.isatty() else None)
+    _print_pacs_run(run, args.json)
+    return 2 if run.failed else 0
+
+
+def cmd_pacs_watch(args: argparse.Namespace) -> int:
+    from .pacs import watch
+
+    server, loaded = _pacs_session(args)
+    failed = watch(server, loaded, interval=args.interval, max_polls=args.max_polls, since=args.since, push=args.push,
+                   on_poll=lambda run: _print_pacs_run(run, args.json, lines=True))
+    return 2 if failed else 0
+
+
+def cmd_drift(args: argparse.Namespace) -> int:
+    from .drift import check_paths, expand
+    from .models import load_model
+
+    paths = expand(args.paths)
+    if not paths:
+        raise ValueError("no image files in the paths given")
+    result, unreadable = check_paths(load_model(args.model), paths, progress=_progress("drift"))
+    out = result.to_dict()
+    if args.json:
+        print(json.dumps({**{k: out[k] for k in ("shifted", "p_value", "n", "method", "reference")},
+                          "alpha": out["alpha"], "tests": out["tests"], "skipped": out["skipped"],
+                          "unreadable": unreadable}, indent=2))
+    else:
+        print(f"{'SHIFTED' if result.shifted else 'no shift found'}  p = {result.p_value:.3g}  n = {result.n}  "
+              f"(alpha {result.alpha}; reference: {result.reference})")
+        for t in result.tests:
+            print(f"  {t['stratum']:<20} {t['kind']:<26} n {t['n']:>4}  D {t['statistic']:.3f}  p {t['p_value']:.3g}")
+        for line in result.skipped:
+            print(f"  not tested: {line}")
+        print(result.advice)
+        for u in unreadable:
+            print(f"  unreadable: {u['path']}: {u['error']}", file=sys.stderr)
+    return 0
+
+
+def cmd_drift_reference(args: argparse.Namespace) -> int:
+    from .drift import build
+
+    if args.draws < 20:
+        raise ValueError(f"--draws must be at least 20, got {args.draws}")
+    reference = build(args.model, args.predictions, progress=_progress("drift reference"), draws=args.draws,
+                      power_draws=max(20, args.draws // 5))
+    section = reference.card_section()
+    print(json.dumps({k: section[k] for k in ("reference", "n_fit", "n_reference", "n_calibration", "score_source",
+                                               "false_alarms", "power")}, indent=2))
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from .models import load_model
+    from .site import calibrate, check_writable, record
+
+    loaded = load_model(args.model)
+    check_writable(loaded.path)
+    result = calibrate(loaded, args.data, args.target_recall, args.name, progress=_progress("calibrate"))
+    card = record(loaded.path, result)
+    if args.json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        def bound(x: float | None) -> str:
+            return "n/a" if x is None else f"{x:.4f}"
+
+        print(f"site '{result.name}': threshold {result.threshold:.4f} on {result.n} films "
+              f"({result.n_positive} pneumonia, {result.n_negative} normal)")
+        print(f"  sensitivity {result.sensitivity:.4f} (one-sided 95 % lower bound {bound(result.sensitivity_lower_95)})")
+        print(f"  specificity {bound(result.specificity)} (one-sided 95 % lower bound {bound(result.specificity_lower_95)})")
+        needed = result.positives_needed
+        print(f"  pneumonia films still needed for the bound to reach {args.target_recall:g}: "
+              + ("none" if needed == 0 else "no number at this sensitivity" if needed is None else str(needed)))
+        if result.note:
+            print(f"  note: {result.note}")
+    if result.note:
+        print(f"note: {result.note}", file=sys.stderr)
+    print(f"recorded site operating point '{result.name}' in {card}", file=sys.stderr)
+    return 0
+
+
+def cmd_docs(args: argparse.Namespace) -> int:
+    from . import docs
+
+    if args.check:
+        stale = [name for name in docs.BLOCKS if docs.current(name) != docs.expected(name)]
+        for name in stale:
+            print(f"{docs.BLOCKS[name][0]}: block '{name}' differs from its source; run: python -m pneumo docs",
+                  file=sys.stderr)
+        return 2 if stale else 0
+    for path in docs.write():
+        print(f"updated {path}", file=sys.stderr)
+    return 0
+
+
+def _write_overlay(loaded: Any, pixels: Any, folder: Path, stem: str) -> tuple[str | None, str | None]:
+    """One Grad-CAM overlay PNG under a name no file had: (its path, None), or (None, why it failed).
+
+    Named STEM_gradcam.png, or STEM_gradcam-2.png, … when that is taken (by a user's file, an earlier run,
+    another input with the same name or a concurrent run): created exclusively, never over anything, and a
+    full disk leaves no partial file (see runs.write_new_file).
+    """
+    from .explain import gradcam, overlay, png_bytes  # Grad-CAM needs TensorFlow; plain predictions do not
+    from .runs import write_new_file
+
+    data = png_bytes(overlay(pixels, gradcam(loaded, pixels, "gradcam"), 0.4))
+    try:
+        return str(write_new_file(folder, f"{stem[:150]}_gradcam.png", data, unique=True)), None
+    except OSError as exc:
+        return None, exc.strerror or str(exc)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -218,6 +461,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("ensemble", help="average several runs (one validation split) into one model")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--target-recall", dest="target_recall", type=float, default=0.98)
+    p.add_argument("--population", action="append", default=[], metavar="RUN_DIR",
+                   help="with fold runs: a leave-population-out run (e.g. --split family) reported at the ensemble's "
+                        "threshold (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble in --out")
     p.set_defaults(func=cmd_ensemble)
@@ -230,6 +476,8 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="report JSON path")
     p.add_argument("--record", metavar="NAME",
                    help="append this evaluation (name, file-list hash, date, n, figures) to the model card's external evaluations")
+    p.add_argument("--operating-point", dest="operating_point", metavar="NAME",
+                   help="a site operating point recorded in the card (default: the card's own, 'shipped')")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="probability of pneumonia for image files")
@@ -237,6 +485,8 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--cam", help="write a Grad-CAM overlay PNG per image into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON array")
+    p.add_argument("--operating-point", dest="operating_point", metavar="NAME",
+                   help="a site operating point recorded in the card (default: the card's own, 'shipped')")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_predict)
 
@@ -248,6 +498,64 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="run directories trained with this version")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("audit-labels", help="suspected label errors of a labelled collection (confident learning on "
+                                            "out-of-fold predictions)")
+    p.add_argument("data")
+    p.add_argument("--model", help="default: the shipped model, whose oof_predictions.csv scores its training films")
+    p.add_argument("--limit", type=int, default=0, help="list at most this many suspects (0: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_labels)
+
+    p = sub.add_parser("pacs", help="screen studies of a PACS over DICOMweb and store the results back (DICOM SR + overlay)")
+    pacs_sub = p.add_subparsers(dest="pacs_command", required=True)
+    for name, func, help_text in (("screen", cmd_pacs_screen, "screen studies once: one JSON entry per image"),
+                                  ("watch", cmd_pacs_watch, "poll for new studies and screen them (the triage loop)")):
+        q = pacs_sub.add_parser(name, help=help_text)
+        q.add_argument("--url", help="the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web (default: PNEUMO_PACS_URL)")
+        q.add_argument("--model", help="default: the shipped model")
+        q.add_argument("--since", help="studies from this date (YYYYMMDD)" + ("; default: today" if name == "watch" else ""))
+        q.add_argument("--push", action="store_true", help="store each reading into its study (SR and Grad-CAM overlay)")
+        q.add_argument("--timeout", type=float, help="seconds to wait for the server per request (default 30)")
+        q.add_argument("--json", action="store_true", help="JSON output" + (" (one line per image)" if name == "watch" else ""))
+        if name == "screen":
+            q.add_argument("--study", action="append", metavar="UID", help="a StudyInstanceUID (repeatable)")
+            q.add_argument("--until", help="studies up to this date (YYYYMMDD)")
+            q.add_argument("--accession", help="the study with this accession number")
+            q.add_argument("--limit", type=int, default=200, help="at most this many studies from a search (default 200)")
+            q.add_argument("--force", action="store_true",
+                           help="screen again films this model and operating point have already screened")
+        else:
+            q.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
+            q.add_argument("--max-polls", dest="max_polls", type=int, help="stop after this many polls (default: never)")
+        q.set_defaults(func=func)
+
+    p = sub.add_parser("drift", help="is a batch of films (unlabelled) unlike the films the operating point was set on?")
+    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("--model", help="default: the shipped model (needs drift_reference.npz beside it)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drift)
+
+    p = sub.add_parser("drift-reference", help="build the drift check's reference beside a model and record it in its card")
+    p.add_argument("--model", help="default: the shipped model")
+    p.add_argument("--predictions", help="held-out films: CSV path,label,probability[,patient_id][,fold] (default: "
+                                         "oof_predictions.csv beside the model, fold 1 only, else val_predictions.csv)")
+    p.add_argument("--draws", type=int, default=1000,
+                   help="in-distribution batches of 50 drawn to measure the false-alarm rate (a fifth as many per "
+                        "stress condition for power; default 1000)")
+    p.set_defaults(func=cmd_drift_reference)
+
+    p = sub.add_parser("calibrate", help="set a named site operating point on a site's labelled films, with bounds")
+    p.add_argument("--model", help="default: the shipped model")
+    p.add_argument("--data", required=True, help="the site's labelled films (any layout evaluate reads)")
+    p.add_argument("--target-recall", dest="target_recall", type=float, required=True)
+    p.add_argument("--name", required=True, help="the site operating point's name")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("docs", help="regenerate the README's and EXPERIMENTS.md's model tables from models/card.json")
+    p.add_argument("--check", action="store_true", help="exit 2 if a table differs from its source, writing nothing")
+    p.set_defaults(func=cmd_docs)
 
     p = sub.add_parser("summarize", help="dataset summary")
     p.add_argument("data")
@@ -265,9 +573,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if set(words) & {"train", "ensemble", "export"}:
         import_tensorflow_quietly()  # before the parser: train's flags come from the model registry
     args = build_parser(train_flags="train" in words).parse_args(argv)
+    from .engine import ExportError
+
     try:
         return int(args.func(args))
-    except (DatasetError, ValueError, OSError, TypeError, KeyError) as exc:
+    except (DatasetError, ValueError, OSError, TypeError, KeyError, RecursionError, OverflowError, ExportError) as exc:
+        # CardError, ModelLoadError, RunFolderError, RunDataError, PredictionsError are ValueErrors,
+        # ReadOnlyError an OSError; RecursionError: JSON nested beyond the parser.
         # User errors (bad data, card, model, folder, arguments): one line, never a traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2

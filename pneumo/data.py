@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -112,8 +113,12 @@ def parse_name(path: str) -> tuple[str, str]:
         return f"person{m.group(1)}", {"bacteria": "bacterial", "virus": "viral"}[m.group(2).lower()]
     m = _IM.search(stem)
     if m:
-        # IM-XXXX and NORMAL2-IM-XXXX carry the same patient number; grouping them errs on the safe side.
-        return f"IM-{int(m.group(1)):04d}", ""
+        # IM-XXXX and NORMAL2-IM-XXXX are two numbering series: the same number is not the same child.
+        # Merging them tied the lowest numbers of one series to middling numbers of the other, so a
+        # "lowest-numbered" hold-out held neither; exact duplicates across the series are still joined
+        # through their duplicate group.
+        prefix = "NORMAL2-IM" if stem.upper().startswith("NORMAL2-") else "IM"
+        return f"{prefix}-{int(m.group(1)):04d}", ""
     return str(path), ""
 
 
@@ -149,15 +154,16 @@ def scan(root: str | Path) -> Dataset:
             return _scan_manifest(root)
         raise DatasetError(f"{root}: expected a folder, a .csv manifest or a pneumoniamnist .npz file")
     rows: list[dict[str, Any]] = []
+    problems: list[tuple[str, str]] = []  # files refused at scan time (links out of their folder)
     layout = ""
     split_dirs = {c.name.lower(): c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() in SPLIT_NAMES}
     if split_dirs:
         layout = "split folders"
         for split, folder in split_dirs.items():
-            rows += _rows_from_class_dirs(folder, split)
+            rows += _rows_from_class_dirs(folder, split, problems)
     elif _class_dirs(root):
         layout = "class folders"
-        rows = _rows_from_class_dirs(root, "train")
+        rows = _rows_from_class_dirs(root, "train", problems)
     else:
         manifests = sorted(root.glob("*.csv"))
         npz = sorted(root.glob("pneumoniamnist*.npz"))
@@ -172,14 +178,21 @@ def scan(root: str | Path) -> Dataset:
             f"folders with images, a CSV manifest (path,label[,patient_id][,split]) or pneumoniamnist*.npz; "
             f"found: {', '.join(found) if found else 'an empty folder'}"
         )
-    return Dataset(root, layout, _frame(rows))
+    return Dataset(root, layout, _frame(rows), problems)
 
 
-def _rows_from_class_dirs(folder: Path, split: str) -> list[dict[str, Any]]:
+def _rows_from_class_dirs(folder: Path, split: str, problems: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     rows = []
+    inside = folder.resolve()
     for label, class_dirs in _class_dirs(folder).items():
         for class_dir in class_dirs:
             for path in _image_files(class_dir):
+                # Resolved (symlinks followed) before anything is opened, as for manifests: a class folder
+                # holds its own films, so a link cannot be used to read, show or probe other files.
+                if not path.resolve().is_relative_to(inside):
+                    if problems is not None:
+                        problems.append((str(path), f"a link to a file outside {folder}; refused, not opened"))
+                    continue
                 rows.append({"path": str(path), "label": label, "split": split})
     return rows
 
@@ -295,28 +308,81 @@ def _inspect(path: str) -> dict[str, Any]:
         img = read_item(path)
     except (InvalidImageError, OSError, ValueError) as exc:
         return {"path": path, "error": str(getattr(exc, "reason", exc))}
-    pixels = to_uint8(img)
     return {
         "path": path,
         "height": img.shape[0],
         "width": img.shape[1],
         "mean": float(img.mean()),
         "std": float(img.std()),
-        "hash": hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest(),
+        "hash": pixel_hash(img),
     }
 
 
-def inspect_images(paths: Iterable[str], progress: Progress | None = None, workers: int = 4) -> pd.DataFrame:
-    """Decode every image once: size, intensity, pixel hash, or the reason it is unreadable."""
+def pixel_hash(img: np.ndarray) -> str:
+    """The hash of a decoded film's 8-bit pixels: equal for the same image under any name or format."""
+    pixels = to_uint8(img)
+    return hashlib.blake2b(pixels.tobytes() + str(pixels.shape).encode(), digest_size=16).hexdigest()
+
+
+STATS_COLUMNS = ["path", "height", "width", "mean", "std", "hash", "error"]
+STATS_CACHE_FILES = 16  # folders whose image statistics stay cached on disk
+
+
+def inspect_images(paths: Iterable[str], progress: Progress | None = None, workers: int = 4,
+                   cache_dir: str | Path | None = None) -> pd.DataFrame:
+    """Decode every image once: size, intensity, pixel hash, or the reason it is unreadable.
+
+    cache_dir: keep the result on disk, keyed by the files' paths, sizes and modification times, so the
+    same folder is decoded once, not on every visit (any changed, added or removed file is a new key).
+    """
     paths = list(paths)
+    cached = _stats_cache_file(paths, cache_dir) if cache_dir else None
+    if cached is not None and cached.exists():
+        try:
+            frame = pd.read_csv(cached, dtype={"path": str, "hash": str, "error": str}, keep_default_na=False,
+                                na_values={"height": [""], "width": [""], "mean": [""], "std": [""]})
+            frame["error"] = frame["error"].replace("", None)
+            frame["hash"] = frame["hash"].replace("", None)
+            if list(frame.columns) == STATS_COLUMNS and frame["path"].tolist() == paths:
+                if progress:
+                    progress(len(paths), len(paths))
+                return frame
+        except (OSError, ValueError):
+            pass  # a damaged cache entry is decoded again and replaced
     results = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for i, result in enumerate(pool.map(_inspect, paths, chunksize=16)):
             results.append(result)
             if progress and (i % 50 == 0 or i + 1 == len(paths)):
                 progress(i + 1, len(paths))
-    frame = pd.DataFrame(results, columns=["path", "height", "width", "mean", "std", "hash", "error"])
+    frame = pd.DataFrame(results, columns=STATS_COLUMNS)
+    if cached is not None:
+        _store_stats(frame, cached)
     return frame
+
+
+def _stats_cache_file(paths: list[str], cache_dir: str | Path) -> Path:
+    digest = hashlib.sha256()
+    for p in paths:
+        file = p.split(NPZ_SEPARATOR)[0]
+        try:
+            st = os.stat(file)
+            digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            digest.update(f"{p}\0missing\n".encode())
+    return Path(cache_dir) / f"image-stats-{digest.hexdigest()[:32]}.csv"
+
+
+def _store_stats(frame: pd.DataFrame, path: Path) -> None:
+    from .runs import atomic_write_text
+
+    try:
+        atomic_write_text(path, frame.to_csv(index=False))
+        entries = sorted(path.parent.glob("image-stats-*.csv"), key=lambda f: f.stat().st_mtime, reverse=True)
+        for old in entries[STATS_CACHE_FILES:]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        pass  # a read-only or full cache folder only costs the next visit a decode
 
 
 def duplicate_groups(stats: pd.DataFrame) -> list[list[str]]:
@@ -326,11 +392,13 @@ def duplicate_groups(stats: pd.DataFrame) -> list[list[str]]:
     return sorted((sorted(g) for g in groups if len(g) > 1), key=lambda g: g[0])
 
 
-def summarize(root: str | Path | Dataset, progress: Progress | None = None) -> Summary:
-    """Counts, imbalance, patients, subtypes, duplicates and image statistics for a labelled collection."""
+def summarize(root: str | Path | Dataset, progress: Progress | None = None,
+              cache_dir: str | Path | None = None) -> Summary:
+    """Counts, imbalance, patients, subtypes, duplicates and image statistics for a labelled collection
+    (the decoded statistics kept in cache_dir, see inspect_images)."""
     dataset = root if isinstance(root, Dataset) else scan(root)
     frame = dataset.frame
-    stats = inspect_images(frame["path"], progress)
+    stats = inspect_images(frame["path"], progress, cache_dir=cache_dir)
     merged = frame.merge(stats, on="path", how="left")
     unreadable = [(r.path, r.error) for r in merged.itertuples() if isinstance(r.error, str)] + dataset.problems
     readable = merged[merged["error"].isna()]
@@ -413,6 +481,27 @@ def split(
         raise DatasetError(f"only {len(np.unique(groups))} patients: too few to carve a {val_fraction:.0%} validation split")
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(folds.split(pool, pool["label"], groups))
+    return pool.iloc[train_idx].reset_index(drop=True), pool.iloc[val_idx].reset_index(drop=True)
+
+
+def fold_split(
+    data: Dataset | pd.DataFrame, fold: int, folds: int = 5, seed: int = 0, duplicates: list[list[str]] | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out) for fold `fold` of `folds`, stratified by class and grouped by patient and
+    duplicate group: the held-out parts of one seed's folds partition the non-test images."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    frame = data.frame if isinstance(data, Dataset) else data
+    pool = frame[frame["split"] != "test"].reset_index(drop=True)
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be between 0 and {folds - 1}; got {fold}")
+    if duplicates is None:
+        duplicates = duplicate_groups(inspect_images(pool["path"]))
+    groups = patient_groups(pool, duplicates)
+    if len(np.unique(groups)) < folds:
+        raise DatasetError(f"only {len(np.unique(groups))} patients: too few for {folds} folds")
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    train_idx, val_idx = list(splitter.split(pool, pool["label"], groups))[fold]
     return pool.iloc[train_idx].reset_index(drop=True), pool.iloc[val_idx].reset_index(drop=True)
 
 

@@ -107,9 +107,10 @@ def calibration(y_true: Any, y_prob: Any, bins: int = 10) -> pd.DataFrame:
 
 
 def predict_frame(
-    loaded: Any, frame: pd.DataFrame, batch_size: int = 32, progress: Progress | None = None
+    loaded: Any, frame: pd.DataFrame, batch_size: int = 32, progress: Progress | None = None, hashes: bool = False,
 ) -> pd.DataFrame:
     """Probabilities for every row of a dataset frame; unreadable images get NaN and their error.
+    hashes: also each film's pixel hash (data.pixel_hash), for the leakage check, in the same decode.
 
     The one batched path of the CLI's evaluate and the app's folder views: images are decoded on every
     core (the decoders release the GIL) while the model works batch by batch.
@@ -117,23 +118,25 @@ def predict_frame(
     import os
     from concurrent.futures import ThreadPoolExecutor
 
-    from .data import read_item
+    from .data import pixel_hash, read_item
 
-    def read(path: str) -> tuple[np.ndarray | None, str | None]:
+    def read(path: str) -> tuple[np.ndarray | None, str | None, str | None]:
         try:
-            return read_item(path), None
+            image = read_item(path)
         except (ValueError, OSError) as exc:
-            return None, str(exc)
+            return None, str(exc), None
+        return image, None, pixel_hash(image) if hashes else None
 
     paths = frame["path"].tolist()
     probs = np.full(len(paths), np.nan)
     errors: list[str | None] = [None] * len(paths)
+    digests: list[str | None] = [None] * len(paths)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         pending = pool.map(read, paths)
         for start in range(0, len(paths), batch_size):
             images, index = [], []
             for i in range(start, min(start + batch_size, len(paths))):
-                image, errors[i] = next(pending)
+                image, errors[i], digests[i] = next(pending)
                 if image is not None:
                     images.append(image)
                     index.append(i)
@@ -144,6 +147,8 @@ def predict_frame(
     out = frame.copy()
     out["probability"] = probs
     out["error"] = errors
+    if hashes:
+        out["hash"] = digests
     return out
 
 
@@ -153,12 +158,20 @@ def evaluate_data(
     threshold: float | None = None,
     split: str | None = None,
     progress: Progress | None = None,
+    operating_point: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a saved model on a labelled folder at a threshold (the card's when not given)."""
+    """Evaluate a saved model on a labelled folder at a threshold (the card's, or the named site
+    operating point's, when not given), with the drift check of the folder as a batch."""
     from .data import scan
     from .models import load_model
 
+    if threshold is not None and operating_point:
+        raise ValueError("give --threshold or --operating-point, not both")
     loaded = load_model(model_path)
+    if operating_point:
+        from .site import apply_operating_point
+
+        loaded = apply_operating_point(loaded, operating_point)
     frame = scan(data).frame
     if split:
         frame = frame[frame["split"] == split]
@@ -178,6 +191,12 @@ def evaluate_data(
         threshold_source="given" if threshold is not None else "model card",
         unreadable=[{"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()],
     )
+    from . import drift
+
+    if loaded.operating_point != "shipped":
+        report["threshold_source"] = f"site operating point '{loaded.operating_point}' in the model card"
+    report.update(operating_point="--threshold" if threshold is not None else loaded.operating_point,
+                  drift=drift.report(loaded, ok["path"].tolist(), ok["probability"].to_numpy()))
     return report
 
 
@@ -197,12 +216,12 @@ def leakage(model_path: str | Path, hashes: Any) -> dict[str, Any] | None:
 
 def record_evaluation(report: dict[str, Any], name: str) -> Path:
     """Append an evaluation report to its model's card (external evaluations); returns the card's path."""
-    from .card import ModelCard
-    from .models import card_path
-    from .runs import now_iso
+    from .models import card_path, read_card
+    from .runs import check_writable, now_iso
 
     path = card_path(Path(report["model"]))
-    card = ModelCard.read(path) if path.exists() else ModelCard.default(Path(report["model"]).parent.name)
+    check_writable(path)  # a read-only card is refused (ReadOnlyError), never silently replaced
+    card = read_card(Path(report["model"]))  # validated, size-bounded; the default card when there is none
     keys = ("n", "threshold", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
             "confusion")
     card.external_evaluations.append({"name": name, "data": report["data"], "file_list_sha256_16":

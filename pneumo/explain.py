@@ -212,24 +212,43 @@ def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap
     return cv2.addWeighted(colored, float(alpha), gray, 1.0 - float(alpha), 0.0)
 
 
-def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """The overlay with a vertical colour bar on its right, labelled from 'low' to 'high' influence."""
+def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent: bool = False) -> np.ndarray:
+    """The overlay with a vertical colour bar on its right, numbered 0 to 1: the map's share of this
+    film's own peak (every map is scaled to its film's peak, so colours are comparable within a film,
+    not between films).
+
+    transparent: RGBA, with the panel behind the bar and its numbers see-through (mid-gray numbers read
+    on a light and a dark page alike); otherwise RGB on white, for print.
+    """
     h, w = rgb.shape[:2]
     bar_w, pad = max(12, w // 28), max(4, w // 100)
     ramp = np.linspace(255, 0, h, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
     bar = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
     label_w = max(40, w // 7)
-    panel = np.full((h, pad + bar_w + label_w, 3), 255, np.uint8)
-    panel[:, pad: pad + bar_w] = bar
+    panel = np.full((h, pad + bar_w + label_w, 4), (255, 255, 255, 0 if transparent else 255), np.uint8)
+    panel[:, pad: pad + bar_w, :3] = bar
+    panel[:, pad: pad + bar_w, 3] = 255
     scale = max(0.35, h / 700)
     thick = max(1, int(round(scale * 1.5)))
-    for text, y in (("high", int(14 * scale * 2)), ("low", h - int(6 * scale * 2))):
-        cv2.putText(panel, text, (pad + bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (30, 30, 30), thick, cv2.LINE_AA)
-    return np.concatenate([rgb, panel], axis=1)
+    ink = (128, 128, 128, 255) if transparent else (30, 30, 30, 255)
+    for text, y in (("1.0", int(14 * scale * 2)), ("0.5", h // 2 + int(5 * scale * 2)), ("0", h - int(6 * scale * 2))):
+        cv2.putText(panel, text, (pad + bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thick, cv2.LINE_AA)
+    image = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=2) if transparent else rgb
+    return np.concatenate([image, panel if transparent else panel[..., :3]], axis=1)
+
+
+def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
+    """A copy no larger than side on its long side, for the screen (downloads keep the film's size)."""
+    h, w = image.shape[:2]
+    if max(h, w) <= side:
+        return image
+    f = side / max(h, w)
+    return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR) if rgb.ndim == 3 else rgb)
+    code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}.get(rgb.shape[2] if rgb.ndim == 3 else 0)
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, code) if code is not None else rgb)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()

@@ -12,12 +12,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .card import ModelCard, check_threshold
+from .card import CardError, ModelCard, check_threshold
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models"
 DEFAULT_MODEL_PATH = DEFAULT_MODEL_DIR / "model.keras"
+CARD_MAX_BYTES = 8 * 2**20
 
 
 @dataclass
@@ -28,6 +29,11 @@ class LoadedModel:
     card: ModelCard
     path: Path
     engine: Any = None  # pneumo.engine.OnnxEngine, or None for TensorFlow
+    # Which operating point card.threshold is: "shipped" (the card's own) or a site point's name, put in
+    # force by pneumo.site.apply_operating_point, so readings, CSVs and reports can say which they used.
+    operating_point: str = "shipped"
+    # Why an ONNX export beside the model is not serving it (refused at load: see engine.open_onnx), or None.
+    engine_note: str | None = None
     _compiled: Any = field(default=None, repr=False, compare=False)
     _density: Any = field(default=False, repr=False, compare=False)
 
@@ -84,6 +90,21 @@ class LoadedModel:
         out = [np.asarray(self._forward(batch[start : start + batch_size])) for start in range(0, len(batch), batch_size)]
         return np.concatenate(out).reshape(-1).astype(float)
 
+    def member_probabilities(self, images: list[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """Each ensemble member's probability (images × members) through the serving engine; a
+        single network is its own one member."""
+        batch = self.prepare(images)
+        if self.engine is not None and self.engine.has_members:
+            run = self.engine.member_probabilities
+        else:
+            import tensorflow as tf
+
+            from .engine import ensemble_members
+
+            nets = ensemble_members(self.model) or [self.model]
+            run = tf.function(lambda x: tf.stack([tf.reshape(n(x, training=False), [-1]) for n in nets], axis=1))
+        return np.concatenate([np.asarray(run(batch[i: i + batch_size])) for i in range(0, len(batch), batch_size)])
+
     @property
     def _forward(self) -> Callable[[np.ndarray], Any]:
         if self.engine is not None:
@@ -110,6 +131,20 @@ def _last_conv_layer(model: Any) -> str:
     raise ValueError("model has no 4-D feature map for Grad-CAM")
 
 
+# Predictions stored beside a model, best first: every training film out of fold (a cross-fitted
+# ensemble), else the run's own held-out films.
+STORED_KINDS = {"oof_predictions.csv": "out-of-fold", "val_predictions.csv": "held-out"}
+
+
+def stored_predictions_file(model_path: str | Path) -> Path | None:
+    """The labelled predictions stored with a model (see STORED_KINDS), or None."""
+    for name in STORED_KINDS:
+        candidate = Path(model_path).with_name(name)
+        if candidate.exists():
+            return candidate
+    return None
+
+
 def card_path(model_path: Path) -> Path:
     """The card beside a model: card.json in its folder (runs and models/ alike)."""
     return Path(model_path).with_name("card.json")
@@ -120,7 +155,22 @@ def read_card(model_path: Path) -> ModelCard:
     path = card_path(model_path)
     if not path.exists():
         return ModelCard.default(Path(model_path).parent.name)
-    return ModelCard.read(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise CardError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if size > CARD_MAX_BYTES:  # the shipped card is 9 KB; nothing is read from a runaway or hostile file
+        raise CardError(f"{path}: {size / 2**20:.0f} MB, larger than a model card can be ({CARD_MAX_BYTES // 2**20} MB)")
+    try:
+        return ModelCard.read(path)
+    except RecursionError:  # JSON nested beyond the parser's stack
+        raise CardError(f"{path}: nested too deeply to be a model card") from None
+
+
+def model_file(path: str | Path | None = None) -> Path:
+    """The .keras file a --model argument names: the shipped model for None, model.keras inside a folder."""
+    model_path = Path(path) if path else DEFAULT_MODEL_PATH
+    return model_path / "model.keras" if model_path.is_dir() else model_path
 
 
 class ModelLoadError(ValueError):
@@ -141,8 +191,10 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     if not model_path.exists():
         raise FileNotFoundError(f"no model at {model_path}")
     card = read_card(model_path)  # a bad card is refused before the model is loaded
-    engine = open_onnx(model_path)
-    return LoadedModel(None if engine else load_keras_model(model_path), card, model_path, engine)
+    notes: list[str] = []
+    engine = open_onnx(model_path, notes)
+    return LoadedModel(None if engine else load_keras_model(model_path), card, model_path, engine,
+                       engine_note="; ".join(notes) or None)
 
 
 def load_keras_model(model_path: str | Path) -> Any:
@@ -166,9 +218,10 @@ def save_operating_point(model_path: str | Path, threshold: float, rule: str, **
 
     Extra keyword fields (who confirmed what) are kept in the card's threshold history.
     """
-    from .runs import now_iso
+    from .runs import check_writable, now_iso
 
     threshold = check_threshold(threshold, str(model_path))
+    check_writable(card_path(Path(model_path)))  # a read-only card is refused, never replaced (ReadOnlyError)
     card = read_card(Path(model_path))
     card.threshold_history.append({"threshold": card.threshold, "rule": card.threshold_rule, "replaced": now_iso(), **record})
     card.threshold, card.threshold_rule = threshold, rule

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .data import NPZ_SEPARATOR, DatasetError, read_item
+from .data import DatasetError, read_item
 
-# Files TensorFlow's own decoder reads as pneumo.imaging does (8-bit JPEG); anything else (PNG with 16 bits
-# or alpha, BMP, TIFF, DICOM, MedMNIST) goes through read_item, the one decoder inference uses too.
-TF_DECODABLE = {".jpg", ".jpeg"}
 
 
 @dataclass(frozen=True)
@@ -91,15 +87,9 @@ def make_dataset(
     if not paths:
         raise DatasetError("no images to build a dataset from")
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    native = all(Path(p).suffix.lower() in TF_DECODABLE and NPZ_SEPARATOR not in p for p in paths)
-
-    def decode_native(path: Any, label: Any) -> tuple[Any, Any]:
-        raw = tf.io.read_file(path)
-        img = tf.io.decode_image(raw, channels=1, expand_animations=False)
-        img = tf.image.convert_image_dtype(img, tf.float32)
-        img = tf.image.resize(img, (image_size, image_size), method="area")
-        return tf.ensure_shape(img, (image_size, image_size, 1)), label
-
+    # One decoder for training, checks and serving (read_item → imaging.resize): TensorFlow's own JPEG
+    # decode and area resize differed from it by up to 3/255 a pixel, enough to move a film across a
+    # threshold. The cache below makes it a first-epoch cost only.
     def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
         def load(p: bytes) -> np.ndarray:
             from .imaging import resize
@@ -109,7 +99,7 @@ def make_dataset(
         img = tf.numpy_function(load, [path], tf.float32)
         return tf.ensure_shape(img, (image_size, image_size, 1)), label
 
-    ds = ds.map(decode_native if native else decode_python, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.map(decode_python, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.ignore_errors()  # unreadable files are reported by summarize(); training skips them
     if cache:
         ds = ds.cache()

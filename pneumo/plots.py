@@ -51,8 +51,14 @@ def distribution(stats: pd.DataFrame, column: str, title: str) -> go.Figure:
 
 def confusion(conf: dict[str, int]) -> go.Figure:
     z = [[conf["tn"], conf["fp"]], [conf["fn"], conf["tp"]]]
-    fig = go.Figure(go.Heatmap(z=z, x=["predicted NORMAL", "predicted PNEUMONIA"], y=["NORMAL", "PNEUMONIA"],
-                               text=z, texttemplate="%{text}", colorscale="Blues", showscale=False))
+    xs, ys = ["predicted NORMAL", "predicted PNEUMONIA"], ["NORMAL", "PNEUMONIA"]
+    fig = go.Figure(go.Heatmap(z=z, x=xs, y=ys, colorscale="Blues", showscale=False, zmin=0))
+    top = max(max(row) for row in z) or 1
+    # Each count in the colour that reads on its own cell (white on dark blue, black on pale), in any theme.
+    for i, row in enumerate(z):
+        for j, value in enumerate(row):
+            fig.add_annotation(x=xs[j], y=ys[i], text=f"{value:,}", showarrow=False,
+                               font=dict(size=16, color="white" if value > top / 2 else "black"))
     fig.update_yaxes(autorange="reversed", title="actual")
     return fig.update_layout(title="Confusion matrix", height=320, **LAYOUT)
 
@@ -129,7 +135,24 @@ def stress_chart(conditions: pd.DataFrame, threshold: float) -> go.Figure:
                 hovertemplate="%{y}: AUC %{x:.4f}<extra></extra>")
     fig.add_bar(y=frame["change"], x=frame["specificity"], orientation="h", name=f"specificity at {threshold:.3f}",
                 hovertemplate="%{y}: specificity %{x:.3f}<extra></extra>")
-    low = float(min(frame["roc_auc"].min(), frame["specificity"].min()))
-    fig.update_layout(barmode="group", height=80 + 26 * len(frame), margin=dict(l=10, r=10, t=30, b=10),
-                      xaxis=dict(range=[max(0.0, low - 0.05), 1.0]), legend=dict(orientation="h", y=1.08))
+    # The axis starts at 0: a bar's length is its value, and no difference is stretched to look large. The
+    # legend sits below the bars, where it covers none of them at any width.
+    fig.update_layout(barmode="group", height=110 + 26 * len(frame), margin=dict(l=10, r=10, t=10, b=10),
+                      xaxis=dict(range=[0.0, 1.0]), legend=dict(orientation="h", y=-0.08, yanchor="top"))
+    return fig
+
+
+def population_chart(rows: list[dict[str, Any]], label: str) -> go.Figure:
+    """Specificity of normals and sensitivity of pneumonias per population at the operating threshold."""
+    names = [r.get("population") or f"{r['series']} {'normals' if r['label'] == 0 else 'pneumonia'} {r['numbers']}"
+             for r in rows]
+    values = [r.get("specificity", r.get("sensitivity")) for r in rows]
+    kinds = ["specificity" if "specificity" in r else "sensitivity" for r in rows]
+    fig = go.Figure(go.Bar(y=names, x=values, orientation="h", marker_color=[CLASS_COLORS["NORMAL"] if k == "specificity"
+                                                                              else CLASS_COLORS["PNEUMONIA"] for k in kinds],
+                           text=[f"{k} {v:.3f} (n={r['n']})" for k, v, r in zip(kinds, values, rows)],
+                           textposition="inside", insidetextanchor="start",
+                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
+    fig.update_layout(title=label, height=90 + 26 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
+                      xaxis=dict(range=[0.0, 1.0]), showlegend=False)
     return fig

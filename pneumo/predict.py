@@ -12,10 +12,17 @@ from .imaging import InvalidImageError, Source, XRay, load_xray
 from .models import LoadedModel
 
 PNEUMONIA, NORMAL, UNCERTAIN = "PNEUMONIA", "NORMAL", "UNCERTAIN — review"
+NOT_ASSESSABLE = "NOT ASSESSABLE"
+DECISIONS = (PNEUMONIA, NORMAL, UNCERTAIN, NOT_ASSESSABLE)
+# The one uncertain band (± probability around the threshold) of the CLI, the app, the reports and PACS.
+DEFAULT_BAND = 0.05
 
 
-def decide(probability: float, threshold: float, band: float = 0.0) -> str:
-    """The decision at threshold; within ±band of it the case is flagged for a human second look."""
+def decide(probability: float, threshold: float, band: float = DEFAULT_BAND, assessable: bool = True) -> str:
+    """The decision at threshold: none for a film the input check cannot assess; within ±band of the
+    threshold the case is flagged for a human second look."""
+    if not assessable:
+        return NOT_ASSESSABLE
     if band > 0 and abs(probability - threshold) < band:
         return UNCERTAIN
     return PNEUMONIA if probability >= threshold else NORMAL
@@ -31,17 +38,64 @@ class Reading:
     decision: str | None
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
+    repeat_of: int | None = None  # index of an earlier reading with the same pixels (see mark_repeats)
 
 
-def read(loaded: LoadedModel, source: Source, name: str | None = None, band: float = 0.0) -> Reading:
+def read(loaded: LoadedModel, source: Source, name: str | None = None, band: float = DEFAULT_BAND) -> Reading:
     """Decode and predict one input; a bad input becomes a Reading with its error instead of raising."""
     try:
         xray = load_xray(source, name=name)
     except InvalidImageError as exc:
         return Reading(exc.name, None, None, None, exc.reason)
     probability = float(loaded.predict(xray.pixels)[0])
-    warnings = quality.check(loaded, xray.pixels, loaded.density, xray.colour)
-    return Reading(xray.name, xray, probability, decide(probability, loaded.threshold, band), warnings=warnings)
+    found = quality.inspect(loaded, xray.pixels, loaded.density, xray.colour)
+    return Reading(xray.name, xray, probability, decide(probability, loaded.threshold, band, found.assessable),
+                   warnings=[*xray.warnings, *found.warnings])  # the decoder's notes (a broken DICOM window) first
+
+
+SCREEN_SIDE = 1024  # the long side a reading keeps for display and maps once its probability is known
+
+
+def compact(reading: Reading, side: int = SCREEN_SIDE) -> Reading:
+    """The reading with its film kept at most `side` pixels on the long side (area resampling).
+
+    The probability and the input check were computed on the full film; what stays is for the screen,
+    the maps (made at the model's input size) and the reports. A 2048 px film is 16 MB as float32, a
+    1024 px one 4 MB: a batch of large films then fits a bounded cache.
+    """
+    from dataclasses import replace
+
+    from .explain import shrink
+
+    if reading.xray is None or max(reading.xray.pixels.shape) <= side:
+        return reading
+    return replace(reading, xray=replace(reading.xray, pixels=shrink(reading.xray.pixels, side)))
+
+
+def nbytes(reading: Reading) -> int:
+    """What a reading holds in memory, for caches bounded by bytes."""
+    return 4096 + (reading.xray.pixels.nbytes if reading.xray is not None else 0)
+
+
+def mark_repeats(readings: list[Reading]) -> list[Reading]:
+    """Readings whose pixels repeat an earlier reading's say so (repeat_of and a warning): the same film
+    sent twice, under two names, is one film, not two independent readings."""
+    from .data import pixel_hash
+
+    first: dict[str, int] = {}
+    for i, r in enumerate(readings):
+        if r.xray is None:
+            continue
+        digest = pixel_hash(r.xray.pixels)
+        if digest in first:
+            j = first[digest]
+            r.repeat_of = j
+            note = f"repeats item {j + 1} ({readings[j].name}): the same pixels; read them as one film"
+            if note not in r.warnings:
+                r.warnings.append(note)
+        else:
+            first[digest] = i
+    return readings
 
 
 def order(readings: list[Reading]) -> list[int]:
@@ -67,10 +121,12 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
             "item": i + 1, "path": r.name, "probability": r.probability, "decision": r.decision or "rejected",
             "warnings": " | ".join(r.warnings), "error": r.error or "",
             "threshold": loaded.threshold if loaded else None,
+            "operating_point": getattr(loaded, "operating_point", "shipped") if loaded else "",
             "model": loaded.card.name if loaded else "", "card_sha256_12": card_hash(loaded) if loaded else "",
             "time": when,
         })
-    columns = ["item", "path", "probability", "decision", "warnings", "error", "threshold", "model", "card_sha256_12", "time"]
+    columns = ["item", "path", "probability", "decision", "warnings", "error", "threshold", "operating_point", "model", "card_sha256_12",
+               "time"]
     return pd.DataFrame(rows, columns=columns)
 
 

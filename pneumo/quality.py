@@ -129,26 +129,50 @@ def _variants(image: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def check(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colour: float = 0.0) -> list[str]:
-    """Warnings for one image; an empty list when it looks like the films the model was checked on."""
+@dataclass
+class Assessment:
+    """What the input check found: warnings to show beside the score, and whether the film may be
+    given a decision at all.
+
+    A film that is not a chest radiograph (a photo, a document, noise) or that is inverted or turned is
+    not assessable: its probability is still listed, but no decision is made. Such films are not
+    corrected and re-scored: the check names a likely cause, it does not prove it (about 2 % of real
+    films raise the alarm), and a score for a transformed film the reader has not seen would be a
+    decision on an image nobody looked at. The reader fixes the export and sends the film again.
+    """
+
+    warnings: list[str]
+    assessable: bool = True
+
+
+def inspect(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colour: float = 0.0) -> Assessment:
+    """The input check for one image (see Assessment)."""
     warnings: list[str] = []
+    assessable = True
     if colour > COLOUR_LIMIT:
         warnings.append(f"colour image (channel spread {colour:.2f}): a radiograph is gray; this looks like a photo or document")
+        assessable = False
     if density is None:
-        return warnings
+        return Assessment(warnings, assessable)
     variants = _variants(image)
     dists = density.distance(features(loaded, [image, *variants.values()]))
     own, others = dists[0], dict(zip(variants, dists[1:]))
     if own > density.alarm:
+        assessable = False
         cause, best = min(others.items(), key=lambda kv: kv[1])
         if best < density.alarm and own - best > NAMED_CAUSE_MARGIN * density.alarm:
             warnings.append(f"looks {cause}: the model's features match real films far better that way; "
-                            "check the orientation and polarity before reading the score")
+                            "correct the orientation or polarity and send the film again")
         else:
             warnings.append(f"unlike the films the model was checked on (feature distance {own:.1f}, alarm level "
                             f"{density.alarm:.1f}): not a frontal chest X-ray, or from a very different source; "
                             "the score is not reliable")
-    return warnings
+    return Assessment(warnings, assessable)
+
+
+def check(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colour: float = 0.0) -> list[str]:
+    """Warnings for one image; an empty list when it looks like the films the model was checked on."""
+    return inspect(loaded, image, density, colour).warnings
 
 
 def detection_rates(loaded: Any, images: np.ndarray, density: FeatureDensity, limit: int = 200,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import re
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from .explain import overlay, png_bytes, with_colorbar
 from .imaging import to_uint8
@@ -18,13 +20,63 @@ DISCLAIMER = (
 )
 
 
+# C0 and C1 control characters. A line break, tab or carriage return in a file name or a DICOM field would
+# start a line of its own in the PDF (a forged "decision" line under a real one): they become spaces; the
+# others, which no font draws, become "?".
+_BREAKS = re.compile(r"[\t\n\r\v\f\x85\u2028\u2029]")
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _text(value: Any) -> str:
-    """Core PDF fonts are Latin-1: keep the text printable whatever a file name or header holds."""
+    """Plain, printable Latin-1 text for the core PDF fonts, whatever a file name, header or card holds.
+
+    Every string reaches the PDF through this and through fpdf2 calls with markdown off: a name carrying
+    `**bold**`, a link or HTML is printed as those characters, never rendered."""
     replacements = {"—": "-", "–": "-", "×": "x", "≥": ">=", "≤": "<=", "±": "+/-", "°": " deg", "→": "->", "…": "..."}
-    text = str(value)
+    text = _CONTROLS.sub("?", _BREAKS.sub(" ", str(value)))
     for a, b in replacements.items():
         text = text.replace(a, b)
+    # Characters outside Latin-1 (CJK names, emoji, bidirectional overrides) print as "?" instead of raising.
     return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    """A name for a heading or a table cell: whole when it is of a sane length, else its end (a path's
+    informative part) behind "...", so one crafted name cannot fill pages."""
+    text = _text(value)
+    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+
+
+# Cells a spreadsheet would run as a formula (OWASP, CSV injection): =, +, -, @, tab, carriage return; also a
+# line feed and NUL (OWASP ASVS 1.2.10). A leading space does not hide a formula from every spreadsheet.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\0")
+
+
+def csv_safe(value: Any) -> Any:
+    """One CSV cell neutralised against formula injection: text that a spreadsheet would read as a formula
+    gets a leading single quote, as OWASP advises; anything that is not text (a number, None) is returned
+    unchanged, so -0.5 stays a number."""
+    if not isinstance(value, str):
+        return value
+    if value.startswith(_FORMULA_START) or value.lstrip(" ").startswith(_FORMULA_START[:4]):
+        return "'" + value
+    return value
+
+
+def safe_csv(frame: pd.DataFrame, index: bool = False) -> str:
+    """The frame as CSV text with every text cell passed through csv_safe; numeric, boolean and date
+    columns are written as they are (a negative number is a number, not a formula). Every text cell is
+    quoted, as OWASP also advises, so a comma or quote in a file name cannot shift the columns."""
+    import csv
+
+    out = frame.copy()
+    for column in out.columns:
+        series = out[column]
+        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series) \
+                or pd.api.types.is_datetime64_any_dtype(series):
+            continue
+        out[column] = series.map(csv_safe, na_action="ignore")
+    return out.to_csv(index=index, quoting=csv.QUOTE_NONNUMERIC)
 
 
 def _num(value: Any, digits: int = 3) -> str:
@@ -61,16 +113,17 @@ def study_pdf(
     def header(text: str) -> None:
         pdf.add_page()
         pdf.set_font("Helvetica", "B", 15)
-        pdf.cell(0, 9, _text(text), new_x="LMARGIN", new_y="NEXT")
+        # multi_cell: a long file name in the heading wraps instead of running off the page.
+        pdf.multi_cell(0, 7, _text(text), new_x="LMARGIN", new_y="NEXT", markdown=False)
         pdf.set_font("Helvetica", "", 8)
         pdf.set_text_color(150, 20, 20)
-        pdf.multi_cell(0, 4, _text(DISCLAIMER), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 4, _text(DISCLAIMER), new_x="LMARGIN", new_y="NEXT", markdown=False)
         pdf.set_text_color(0, 0, 0)
         pdf.ln(2)
 
     def line(text: str, bold: bool = False, size: int = 10) -> None:
         pdf.set_font("Helvetica", "B" if bold else "", size)
-        pdf.multi_cell(0, 5, _text(text), new_x="LMARGIN", new_y="NEXT")
+        pdf.multi_cell(0, 5, _text(text), new_x="LMARGIN", new_y="NEXT", markdown=False)
 
     validation = card.validation
     header(title)
@@ -87,19 +140,22 @@ def study_pdf(
     pdf.ln(3)
     line("Worklist (rejected and warned inputs first, then highest probability)", bold=True)
     pdf.set_font("Helvetica", "", 9)
-    with pdf.table(col_widths=(8, 62, 22, 30, 68), text_align=("RIGHT", "LEFT", "RIGHT", "LEFT", "LEFT")) as table:
+    # Table cells wrap (fpdf2 lays each cell out like multi_cell): a warning is printed whole, never cut
+    # mid-sentence; only an absurdly long file name is shortened, from the left.
+    with pdf.table(col_widths=(8, 62, 22, 30, 68), text_align=("RIGHT", "LEFT", "RIGHT", "LEFT", "LEFT"),
+                   markdown=False) as table:
         table.row(["#", "image", "probability", "decision", "warnings / error"])
         for i in order(readings):
             r = readings[i]
             prob = "-" if r.probability is None else f"{r.probability:.3f}"
-            table.row([str(i + 1), _text(r.name)[-60:], prob, _text(r.decision or "rejected"),
-                       _text(r.error or "; ".join(r.warnings) or "")[:160]])
+            table.row([str(i + 1), _short(r.name), prob, _text(r.decision or "rejected"),
+                       _text(r.error or "; ".join(r.warnings) or "")])
 
     for i in order(readings):
         r = readings[i]
         if r.xray is None:
             continue
-        header(f"#{i + 1}  {r.name}"[:90])
+        header(f"#{i + 1}  {_short(r.name)}")
         line(f"Probability of pneumonia {r.probability:.3f} - decision: {r.decision} "
              f"(threshold {card.threshold:.4f})", bold=True, size=11)
         for w in r.warnings:

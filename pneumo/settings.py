@@ -16,6 +16,10 @@ ENV_DATA_ROOTS = "PNEUMO_DATA_ROOTS"
 ENV_RUNS_DIR = "PNEUMO_RUNS_DIR"
 ENV_MODELS_DIR = "PNEUMO_MODELS_DIR"
 ENV_ALLOW_CHANGES = "PNEUMO_ALLOW_CHANGES"
+ENV_CACHE_DIR = "PNEUMO_CACHE_DIR"
+# Decoded image statistics by folder content (pneumo.data.inspect_images): the app's folder views
+# read a large collection once, not on every visit or restart.
+CACHE_DIR = Path(os.environ.get(ENV_CACHE_DIR) or PROJECT_ROOT / ".cache").expanduser()
 
 
 @dataclass
@@ -70,3 +74,63 @@ class AppSettings:
         """Models load only from models/ and the runs folder."""
         resolved = Path(path).resolve()
         return any(resolved.is_relative_to(root.resolve()) for root in (self.models_dir, self.runs_dir))
+
+    def allowed_roots(self) -> list[Path]:
+        """Every folder a page may open a file under, resolved: the data roots, models/ and the runs folder."""
+        roots = []
+        for root in [*self.data_roots, self.models_dir, self.runs_dir]:
+            try:
+                roots.append(Path(root).resolve())
+            except (OSError, RuntimeError):  # a symlink loop in a configured root: that root offers nothing
+                continue
+        return roots
+
+    def resolve_inside_roots(self, path: str | Path, base: Path = PROJECT_ROOT,
+                             roots: list[Path] | None = None) -> Path | None:
+        """path resolved (relative to base, symlinks followed), or None when it lies outside every allowed root.
+
+        Only names are resolved (lstat and readlink): nothing is opened, so a refused path reveals nothing,
+        not even whether it exists. A MedMNIST item (FILE.npz::split::i) is judged by its file.
+        """
+        from .data import NPZ_SEPARATOR
+
+        text = str(path)
+        if NPZ_SEPARATOR in text:
+            file, _, item = text.partition(NPZ_SEPARATOR)
+            inside = self.resolve_inside_roots(file, base, roots)
+            return None if inside is None else Path(f"{inside}{NPZ_SEPARATOR}{item}")
+        if not text or "\0" in text:
+            return None
+        candidate = Path(text)
+        candidate = candidate if candidate.is_absolute() else Path(base) / candidate
+        try:
+            resolved = candidate.resolve()
+        except (OSError, RuntimeError, ValueError):
+            return None
+        roots = self.allowed_roots() if roots is None else roots
+        return resolved if any(resolved.is_relative_to(root) for root in roots) else None
+
+    def keep_inside_roots(self, frame: Any, base: Path = PROJECT_ROOT) -> tuple[Any, int]:
+        """(the rows of a predictions frame whose path lies inside the allowed roots, how many were refused).
+
+        Kept rows carry their resolved path, so whoever opens them opens exactly what was checked; refused
+        rows are dropped unopened. Figures computed from probabilities need no file and may use every row;
+        galleries and anything that opens a film use the kept rows only.
+        """
+        roots = self.allowed_roots()
+        resolved = [self.resolve_inside_roots(p, base, roots) for p in frame["path"]]
+        keep = [r is not None for r in resolved]
+        kept = frame[keep].copy()
+        kept["path"] = [str(r) for r in resolved if r is not None]
+        return kept, len(frame) - int(sum(keep))
+
+    def stored_predictions(self, path: str | Path) -> tuple[Any, Any, int]:
+        """A model's val_predictions.csv as (every validated row, the rows a page may open, refused count).
+
+        PredictionsError (a ValueError) names the file and the first bad row when the file cannot be used.
+        """
+        from .runs import read_predictions
+
+        frame = read_predictions(path)
+        kept, refused = self.keep_inside_roots(frame)
+        return frame, kept, refused

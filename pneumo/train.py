@@ -55,7 +55,9 @@ class TrainConfig:
     learning_rate: float = _opt(2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", minimum=1e-7, maximum=1.0)
     weight_decay: float = _opt(1e-4, "AdamW weight decay", minimum=0.0, maximum=1.0)
     warmup_epochs: int = _opt(1, "epochs of linear warm-up", minimum=0, maximum=100)
-    split: str = _opt("temporal", "how the validation images are held out", choices=("patient", "temporal", "family"))
+    split: str = _opt("temporal", "how the validation images are held out", choices=("patient", "fold", "temporal", "family"))
+    fold: int = _opt(0, "with --split fold: the fold held out (0-based)", minimum=0, maximum=99)
+    folds: int = _opt(5, "with --split fold: how many folds partition the images", minimum=2, maximum=100)
     val_fraction: float = _opt(0.15, "share of images held out for validation", minimum=0.05, maximum=0.45)
     augmentation: str = _opt("shift", "augmentation recipe", choices=AUGMENTATIONS)
     mixup: float = _opt(0.0, "mixup Beta(α, α) parameter; 0 turns it off", minimum=0.0, maximum=2.0)
@@ -72,6 +74,8 @@ class TrainConfig:
     mixed_precision: bool = _opt(True, "float16 compute on a GPU (ignored on a CPU)")
     target_recall: float = _opt(0.98, "sensitivity the operating threshold must keep", minimum=0.5, maximum=1.0)
     max_images: int = _opt(0, "stratified subsample for quick trials; 0: all", minimum=0)
+    label_review: str = _opt("", "a label-review CSV (pneumo audit-labels; verdicts keep, relabel, exclude) applied "
+                                 "to the training films")
     notes: str = _opt("", "free text kept with the run")
 
     @classmethod
@@ -87,6 +91,10 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first field outside its allowed values."""
+        if self.fold >= self.folds:
+            raise ValueError(f"fold must be below folds ({self.folds}); got {self.fold}")
+        if self.label_review and not Path(self.label_review).is_file():
+            raise ValueError(f"label_review: {self.label_review} is not a file")
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
             if value is None:
@@ -378,6 +386,11 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
 
     dataset = D.scan(config.data)
     frame = _subsample(dataset.frame[dataset.frame["split"] != "test"], config.max_images, config.seed)
+    review_counts = None
+    if config.label_review:
+        from .audit import apply_review
+
+        frame, review_counts = apply_review(frame, config.label_review)
     present = set(frame["label"])
     if present != {0, 1}:
         missing = [D.CLASS_NAMES[c] for c in (0, 1) if c not in present]
@@ -402,7 +415,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     dups = D.duplicate_groups(stats)
     phase("building the model")
     split_seed = config.seed if config.split_seed is None else config.split_seed
-    train_df, val_df = V.holdout(frame, config.split, config.val_fraction, split_seed, dups)
+    train_df, val_df = V.holdout(frame, config.split, config.val_fraction, split_seed, dups, config.fold, config.folds)
     weights = D.class_weights(train_df["label"].to_numpy()) if config.class_weighting else None
     # Each worker reads its own share of the training images; every step averages all workers' gradients.
     shard = train_df.iloc[worker::workers] if workers > 1 else train_df
@@ -437,7 +450,9 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         "duplicate_groups": len(dups),
         "unreadable_left_out": unreadable,
         "file_list_sha256_16": D.file_list_hash(frame),
-        "split": V.describe_holdout(config.split, frame),
+        "split": V.describe_holdout(config.split, frame, config.fold, config.folds),
+        "fold": config.fold if config.split == "fold" else None,
+        "label_review": {"file": config.label_review, **review_counts} if review_counts else None,
         "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
         "workers": workers,
         "worker_index": worker,
@@ -625,8 +640,24 @@ def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: flo
     return card
 
 
-def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> ModelCard:
+def average_model(networks: list[Any]) -> Any:
+    """One Keras model whose output is the mean probability of `networks` (same input size), each
+    nested under the name member1, member2, … in the order given."""
     import keras
+
+    sizes = {int(n.input_shape[1]) for n in networks}
+    if len(sizes) != 1:
+        raise ValueError(f"members have different input sizes {sorted(sizes)}")
+    size = sizes.pop()
+    inp = keras.Input((size, size, 1), name="xray")
+    outputs = []
+    for i, network in enumerate(networks):
+        network.name = f"member{i + 1}"  # nested models need distinct names
+        outputs.append(network(inp))
+    return keras.Model(inp, keras.layers.Average(name="mean_probability")(outputs), name="ensemble")
+
+
+def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> ModelCard:
     import pandas as pd
 
     from .models import load_model
@@ -635,19 +666,9 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
     vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
     if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):
         raise ValueError("the runs do not share one validation split; train them with the same --split and --split-seed")
-    sizes = {m.input_size for m in members}
-    if len(sizes) != 1:
-        raise ValueError(f"members have different input sizes {sorted(sizes)}")
-    size = sizes.pop()
-    inp = keras.Input((size, size, 1), name="xray")
-    outputs = []
-    for i, member in enumerate(members):
-        member.model.name = f"member{i + 1}"  # nested models need distinct names
-        outputs.append(member.model(inp))
-    model = keras.Model(inp, keras.layers.Average(name="mean_probability")(outputs), name="ensemble")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _save_model(model, out_dir / "model.keras")
+    _save_model(average_model([m.model for m in members]), out_dir / "model.keras")
     # Members share one split, so any member's record of its images is the ensemble's.
     hashes = next((h for h in (runs.read_json(r / LEAKAGE_FILE) for r in run_dirs) if h), None)
     if hashes:

@@ -3,16 +3,23 @@ package that imports Streamlit; the library never imports it. No maths here."""
 
 from __future__ import annotations
 
+import copy
+import re
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import streamlit as st
+from cachetools import LRUCache
+
+import pandas as pd
 
 from pneumo import data as D
 from pneumo import explain
 from pneumo.memory import release_file_pages
 from pneumo.models import LoadedModel, card_path, load_model, read_card
-from pneumo.settings import PROJECT_ROOT, SAMPLES_DIR, AppSettings
+from pneumo.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
 
 ENTRY_MARK = "_entry_point_ran"
 DISCLAIMER = (
@@ -93,21 +100,107 @@ def device_description() -> str:
     return detect_device().describe()
 
 
-@st.cache_data(show_spinner=False, max_entries=8)
-def summary_for(root: str, _progress: Any = None) -> D.Summary:
-    return D.summarize(root, progress=_progress)
+_MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!|:<>~$&=])")
+
+
+def plain(text: Any) -> str:
+    """A visitor's text (a file name, a DICOM field, a card string) for a Markdown element, every markup
+    character escaped: links, images, badges and colours in a name show as the characters they are."""
+    return _MARKUP.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
+    """A progress bar and its callback(done, total), drawn at most ten times a second.
+
+    The bar is made here, by the page, and the callback is handed to library code that is not cached
+    by Streamlit: an element called from inside an st.cache_* function is recorded for replay, and the
+    replay of an element created outside it fails (CacheReplayClosureError) on every later visit.
+    """
+    bar = st.progress(0.0, text=text)
+    last = [0.0]
+
+    def update(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] > 0.1 or done >= total:
+            bar.progress(min(done / max(total, 1), 1.0), text=f"{text} {done}/{total}")
+            last[0] = now
+
+    return bar, update
 
 
 def summarize_with_bar(root: Path) -> D.Summary:
-    bar = st.progress(0.0, text="Reading images…")
-
-    def progress(done: int, total: int) -> None:
-        bar.progress(done / max(total, 1), text=f"Reading images… {done}/{total}")
-
+    """The folder's summary; its decoded statistics come from the disk cache after the first visit."""
+    bar, update = progress_bar("Reading images…")
     try:
-        return summary_for(str(root), _progress=progress)
+        return D.summarize(root, progress=update, cache_dir=CACHE_DIR)
     finally:
         bar.empty()
+
+
+# Readings shared by every session, bounded by the bytes they hold (each keeps a film of at most
+# predict.SCREEN_SIDE px): a batch of 200 large films costs this much at most, and is read again only
+# past it. At most DECODE_SLOTS films are decoded at once across sessions, each decode's own peak
+# (several hundred MB for a 50 MP DICOM) multiplied by that and no more.
+READING_CACHE_BYTES = 400 * 2**20
+DECODE_SLOTS = 2
+_READINGS: LRUCache = LRUCache(maxsize=READING_CACHE_BYTES, getsizeof=lambda r: predict_module().nbytes(r))
+_READINGS_LOCK = threading.Lock()
+_DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
+
+
+def predict_module() -> Any:
+    from pneumo import predict
+
+    return predict
+
+
+def cached_reading(loaded: LoadedModel, digest: str, name: str, data: bytes, model_key: str, band: float) -> Any:
+    """One upload read through the one prediction path, compacted and cached by content (see above)."""
+    predict = predict_module()
+    key = (digest, name, model_key, band)
+    with _READINGS_LOCK:
+        hit = _READINGS.get(key)
+    if hit is not None:
+        return copy.deepcopy(hit)  # the page adds notes (repeats) to its own copy
+    with _DECODES:
+        reading = predict.compact(predict.read(loaded, data, name=name, band=band))
+    with _READINGS_LOCK:
+        _READINGS[key] = reading
+    return copy.deepcopy(reading)
+
+
+_FOLDER_PREDICTIONS: LRUCache = LRUCache(maxsize=4)
+_FOLDER_LOCK = threading.Lock()
+
+
+def folder_predictions(loaded: LoadedModel, root: Path, model_key: str) -> Any:
+    """Every film of a labelled folder predicted through the one batched path, with a progress bar.
+
+    Kept for the last few (model, folder content) pairs in a bounded cache shared by sessions; the
+    cache is a plain one, not Streamlit's, because the computation draws progress (see progress_bar).
+    """
+    from pneumo.evaluate import predict_frame
+
+    frame = D.scan(root).frame
+    key = (model_key, str(root), D.file_list_hash(frame), _content_stamp(frame))
+    with _FOLDER_LOCK:
+        hit = _FOLDER_PREDICTIONS.get(key)
+    if hit is not None:
+        return hit
+    bar, update = progress_bar("Predicting…")
+    try:
+        result = predict_frame(loaded, frame, progress=update, hashes=True)
+    finally:
+        bar.empty()
+    with _FOLDER_LOCK:
+        _FOLDER_PREDICTIONS[key] = result
+    return result
+
+
+def _content_stamp(frame: Any) -> int:
+    # The newest modification time: a film replaced under the same name is predicted again.
+    stamps = [Path(p.split(D.NPZ_SEPARATOR)[0]).stat().st_mtime_ns for p in frame["path"] if Path(p.split(D.NPZ_SEPARATOR)[0]).exists()]
+    return max(stamps, default=0)
 
 
 def sidebar(cfg: AppSettings) -> None:
@@ -157,6 +250,33 @@ def _root_label(root: Path) -> str:
         return str(root)
 
 
+FIGURE_NAMES = [("roc_auc", "ROC AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
+                ("accuracy", "Accuracy"), ("precision", "Precision"), ("npv", "NPV"), ("flagged_fraction", "Flagged")]
+
+
+def figure_table(figures: dict[str, Any]) -> Any:
+    """Figures as a two-row table: it wraps at any width, where a row of st.metric truncates to '0.99…'."""
+    import pandas as pd
+
+    return pd.DataFrame([{label: (f"{figures[k]:.4f}" if isinstance(figures.get(k), float) else "—")
+                          for k, label in FIGURE_NAMES}])
+
+
+def card_summary(card: Any) -> Any:
+    """The card's main facts as readable rows (the whole card is a download)."""
+    import pandas as pd
+
+    v, td, tr = card.validation, card.training_data, card.training
+    rows = [("name", card.name), ("architecture", card.architecture), ("parameters", f"{card.parameters or 0:,}"),
+            ("input", f"{card.input_size} px grayscale"), ("threshold", f"{card.threshold:.4f}"),
+            ("threshold rule", card.threshold_rule), ("validation", f"{v.get('kind', '?')}: {v.get('split', '')}"),
+            ("validation n", str(v.get("n", "?"))), ("training films", str(td.get("train_images", "?"))),
+            ("training time", f"{tr.get('seconds', '?')} s on {tr.get('device', '?')}"),
+            ("reproduce", str(tr.get("command", ""))[:400]), ("created", card.created),
+            ("data attribution", card.data_attribution[:300])]
+    return pd.DataFrame(rows, columns=["field", "value"])
+
+
 def metric_row(metrics: dict[str, Any], keys: list[tuple[str, str]], digits: int = 3) -> None:
     cols = st.columns(len(keys))
     for col, (key, label) in zip(cols, keys):
@@ -180,3 +300,80 @@ def require_entry_point() -> None:
     if not st.session_state.get(ENTRY_MARK):
         PagesManager.uses_pages_directory = False
         st.rerun()
+
+
+def ui_pacs_config() -> Any:
+    """The deployment's PACS (secrets.toml [pneumo.pacs] or PNEUMO_PACS_*), never a visitor's URL; None
+    when none is configured or its settings are unusable (said once, as an error box)."""
+    from pneumo import pacs
+
+    try:
+        return pacs.PacsConfig.load(_secrets())
+    except ValueError as exc:
+        st.error(f"The configured PACS cannot be used: {plain(exc)}", icon=":material/error:")
+        return None
+
+
+def _secrets() -> dict[str, Any]:
+    try:
+        return {k: v for k, v in st.secrets.items()}
+    except Exception:  # no secrets.toml
+        return {}
+
+
+def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
+    """Predict's "From PACS" source: search the configured server's studies, screen the ticked ones
+    through the one prediction path, and send the results back (with the deployment's permission).
+    Returns the screening run (kept in this session) or None before one."""
+    from pneumo import pacs
+
+    server = pacs.Pacs.from_config(config)
+    st.caption(f"PACS: {plain(pacs.redact(config.url))}" + (" · patient identifiers shown" if config.show_identifiers
+                                                            else " · no patient identifiers shown"))
+    cols = st.columns([2, 2, 2])
+    since = cols[0].text_input("Studies since (YYYYMMDD)", key="pacs-since", placeholder="any date")
+    accession = cols[1].text_input("Accession number", key="pacs-accession")
+    unscreened = cols[2].toggle("Not yet screened by this model", key="pacs-unscreened")
+    try:
+        rows = pacs.list_studies(server, show_identifiers=config.show_identifiers, since=since or None,
+                                 accession=accession or None, unscreened_by=loaded if unscreened else None, limit=200)
+    except (pacs.PacsError, ValueError) as exc:
+        st.error(plain(exc), icon=":material/cloud_off:")
+        return None
+    if not rows:
+        st.info("No studies match.")
+        return None
+    table = pd.DataFrame(rows)
+    picked = st.dataframe(table.drop(columns=[c for c in ("study_uid",) if c in table]), hide_index=True,
+                          width="stretch", on_select="rerun", selection_mode="multi-row",
+                          key=f"pacs-studies:{hash(tuple(table.get('study_uid', [])))}")
+    chosen = [rows[i]["study_uid"] for i in picked.selection.rows] if picked and picked.selection else []
+    run_key = f"pacs-run:{model_key}"
+    if st.button(f"Screen {len(chosen)} selected stud{'y' if len(chosen) == 1 else 'ies'}", disabled=not chosen,
+                 type="primary", key="pacs-screen"):
+        bar, update = progress_bar("Screening studies…")
+        try:
+            st.session_state[run_key] = pacs.screen_studies(server, loaded, chosen, keep_pixels=True,
+                                                            progress=lambda d, t, _r: update(d, t))
+        finally:
+            bar.empty()
+    run = st.session_state.get(run_key)
+    if run is None:
+        st.caption("Tick studies and screen them; the readings appear below as a worklist.")
+        return None
+    if run.error:
+        st.error(plain(run.error), icon=":material/cloud_off:")
+    skipped = [r for r in run.results if r.status in (pacs.SKIPPED, pacs.ALREADY)]
+    if skipped:
+        st.caption(f"{len(skipped)} image(s) not read: " + "; ".join(plain(f"{r.path}: {r.skipped or r.status}")
+                                                                      for r in skipped[:6]))
+    allowed = config.may_send(settings().allow_changes)
+    unsent = [r for r in run.results if r.status == pacs.SCREENED and not r.stored]
+    if st.button("Send results to PACS", disabled=not (allowed and unsent), key="pacs-send",
+                 help=None if allowed else "Sending is switched off in this deployment."):
+        errors = pacs.send_results(server, loaded, run.results)
+        for line in errors:
+            st.error(plain(line), icon=":material/cloud_off:")
+        if not errors:
+            st.toast(f"Stored {len(unsent)} screening report(s) and overlay(s) in their studies.")
+    return run

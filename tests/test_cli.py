@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT, SHARED_TRAIN, make_folder
@@ -27,7 +28,9 @@ def test_predict_json_contract_and_exit_status(tiny_run: Path, tmp_path: Path) -
     results = json.loads(out.stdout)
     assert [set(r) >= {"path", "probability", "prediction", "threshold", "error"} for r in results] == [True, True]
     ok, rejected = results
-    assert 0.0 <= ok["probability"] <= 1.0 and ok["prediction"] in ("NORMAL", "PNEUMONIA") and ok["error"] is None
+    from pneumo.predict import NORMAL, PNEUMONIA, UNCERTAIN
+
+    assert 0.0 <= ok["probability"] <= 1.0 and ok["prediction"] in (NORMAL, PNEUMONIA, UNCERTAIN) and ok["error"] is None
     assert rejected["probability"] is None and "PDF" in rejected["error"] and "fake.png" in rejected["error"]
     assert (tmp_path / "cams" / f"{good.stem}_gradcam.png").read_bytes().startswith(b"\x89PNG")
     only_good = _cli("predict", "--model", str(tiny_run / "model.keras"), "--json", str(good))
@@ -136,3 +139,195 @@ def test_evaluate_record_appends_an_external_evaluation(tiny_run: Path, tmp_path
     evaluations = ModelCard.read(run / "card.json").external_evaluations
     assert [e["name"] for e in evaluations] == ["first", "second"]
     assert evaluations[0]["n"] == 12 and len(evaluations[0]["file_list_sha256_16"]) == 16 and "roc_auc" in evaluations[0]
+
+
+def _main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
+    from pneumo.cli import main
+
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _one_error_line(err: str) -> None:
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_evaluate_out_never_writes_over_what_it_did_not_make(tiny_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = make_folder(tmp_path / "d", n_per_class=3, size=64, seed=5)
+    film = next((data / "NORMAL").iterdir())
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"my": "notes"}')
+    before = {p: p.read_bytes() for p in [run / "model.keras", run / "card.json", film, notes]}
+    for out, message in ((run / "model.keras", "inside the model's folder"), (run / "card.json", "inside the model's folder"),
+                         (run / "new.json", "inside the model's folder"), (film, "inside the --data folder"),
+                         (data / "report.json", "inside the --data folder"), (notes, "not an earlier evaluation report"),
+                         (tmp_path, "is a folder")):
+        rc, _, err = _main(capsys, "evaluate", "--model", str(run), "--data", str(data), "--out", str(out))
+        assert rc == 2 and message in err, (out, err)
+        _one_error_line(err)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (run / "new.json").exists() and not (data / "report.json").exists()
+    report = tmp_path / "report.json"
+    for _ in range(2):  # new, then an earlier report of its own: replaced
+        rc, _, err = _main(capsys, "evaluate", "--model", str(run), "--data", str(data), "--out", str(report))
+        assert rc == 0, err
+    assert json.loads(report.read_text())["n"] == 6
+    report.chmod(0o444)
+    rc, _, err = _main(capsys, "evaluate", "--model", str(run), "--data", str(data), "--out", str(report))
+    assert rc == 2 and "read-only" in err
+    _one_error_line(err)
+
+
+def test_record_refuses_a_read_only_card_and_writes_nothing(tiny_run: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    data = make_folder(tmp_path / "d", n_per_class=3, size=64, seed=6)
+    card = run / "card.json"
+    card.chmod(0o444)
+    before = card.read_bytes()
+    rc, _, err = _main(capsys, "evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "r.json"),
+                       "--record", "site A")
+    assert rc == 2 and "read-only" in err and "card.json" in err
+    _one_error_line(err)
+    assert card.read_bytes() == before and (card.stat().st_mode & 0o777) == 0o444
+    assert not (tmp_path / "r.json").exists()  # a refused request writes nothing
+
+
+def test_a_refused_train_out_leaves_the_folder_exactly_as_it_was(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = make_folder(tmp_path / "d", n_per_class=3, size=48)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.docx").write_text("years of work")
+    shipped = tmp_path / "models"
+    shipped.mkdir()
+    (shipped / "model.keras").write_bytes(b"precious")
+    for folder, message in ((mine, "not a pneumo run"), (shipped, "no run status")):
+        before = sorted(p.name for p in folder.iterdir())
+        rc, _, err = _main(capsys, "train", "--data", str(data), "--epochs", "1", "--out", str(folder))
+        assert rc == 2 and message in err, err
+        _one_error_line(err)
+        assert sorted(p.name for p in folder.iterdir()) == before  # no .lock, nothing else
+
+
+def test_predict_cam_never_overwrites_and_concurrent_runs_never_share_a_file(tiny_run: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from tests.conftest import synthetic_xray, write_png
+
+    rng = np.random.default_rng(3)
+    names = [f"IM-00{i}-0001.png" for i in range(4)]
+    films = {side: [write_png(tmp_path / side / n, synthetic_xray(rng, size)) for n in names]
+             for side, size in (("a", 64), ("b", 80))}  # one film name each, different patients (and sizes)
+    cams = tmp_path / "cams"
+    cams.mkdir()
+    users = cams / "IM-000-0001_gradcam.png"
+    users.write_bytes(b"a reader's own file")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    procs = [subprocess.Popen([sys.executable, "-m", "pneumo", "predict", "--model", str(tiny_run), "--json", "--cam",
+                               str(cams), *map(str, films[side])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for side in ("a", "b")]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in outputs]
+    results = {side: json.loads(out) for side, (out, _) in zip(("a", "b"), outputs)}
+    cam_paths = [r["cam"] for side in results for r in results[side]]
+    assert len(set(cam_paths)) == 8 and str(users) not in cam_paths
+    assert users.read_bytes() == b"a reader's own file"
+    for side, size in (("a", 64), ("b", 80)):
+        for entry, film in zip(results[side], films[side]):
+            assert entry["path"] == str(film)
+            assert Image.open(entry["cam"]).size == (size, size)  # each overlay shows its own run's film
+    assert sorted(p.name for p in cams.iterdir() if p.name.startswith(".")) == []  # no temporary files left
+    assert len(list(cams.iterdir())) == 9
+
+
+def test_predict_cam_on_a_full_disk_still_prints_the_json_and_leaves_no_partial_file(tiny_run: Path,
+                                                                                      tmp_path: Path) -> None:
+    import resource
+
+    data = make_folder(tmp_path / "d", n_per_class=2, size=96)
+    films = sorted(str(p) for p in data.rglob("*.png"))
+    cams = tmp_path / "cams"
+    cams.mkdir()
+
+    def small_disk() -> None:  # every file this process writes stops at 1 KB, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-m", "pneumo", "predict", "--model", str(tiny_run), "--json", "--cam",
+                          str(cams), *films], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
+                         preexec_fn=small_disk)
+    assert out.returncode == 2, out.stderr
+    results = json.loads(out.stdout)
+    assert [r["path"] for r in results] == films
+    for r in results:
+        assert 0.0 <= r["probability"] <= 1.0 and r["cam"] is None
+        assert "Grad-CAM overlay not written" in r["error"] and Path(r["path"]).name in r["error"]
+    assert list(cams.iterdir()) == []  # no truncated PNG, no temporary file
+    assert "Traceback" not in out.stderr
+
+
+CARD_DAMAGE = {
+    "extra that is text": lambda c: {**c, "extra": "text"},
+    "extra overwriting a field": lambda c: {**c, "extra": {"threshold": "high"}},
+    "a 400-digit threshold": lambda c: {**c, "threshold": int("9" * 400)},
+    "deep nesting": lambda c: {**c, "notes": json.loads("[" * 60 + "]" * 60)},
+    "nesting beyond the parser": None,  # written as text below
+    "text parameters": lambda c: {**c, "parameters": "many"},
+    "malformed shift_checks": lambda c: {**c, "shift_checks": {"stress": {"conditions": "all of them"}}},
+    "text figure in shift_checks": lambda c: {**c, "shift_checks": {"bootstrap_95": {"roc_auc": {"low": "0.9"}}}},
+    "bad external_evaluations": lambda c: {**c, "external_evaluations": [{"name": "x", "roc_auc": "great"}]},
+    "external_evaluations not a list": lambda c: {**c, "external_evaluations": {"name": "x"}},
+    "text count": lambda c: {**c, "validation": {**c.get("validation", {}), "n": "many"}},
+}
+
+
+@pytest.mark.parametrize("damage", list(CARD_DAMAGE))
+def test_a_crafted_card_is_refused_with_one_line_never_a_traceback(tiny_run: Path, tmp_path: Path, damage: str,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    card = json.loads((run / "card.json").read_text())
+    if CARD_DAMAGE[damage] is None:
+        (run / "card.json").write_text('{"threshold": 0.5, "notes": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    else:
+        (run / "card.json").write_text(json.dumps(CARD_DAMAGE[damage](card)))
+    sample = str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg")
+    rc, out, err = _main(capsys, "predict", "--model", str(run), "--json", sample)
+    assert rc == 2 and out == "" and "card.json" in err, err
+    _one_error_line(err)
+    assert len(err) < 400  # the message names the problem, it does not echo the card
+
+
+def test_an_unknown_card_key_is_kept_not_fatal(tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    card = json.loads((run / "card.json").read_text())
+    (run / "card.json").write_text(json.dumps({**card, "reviewed_by": {"name": "Dr A", "on": "2026-01-02"}}))
+    sample = str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg")
+    rc, out, err = _main(capsys, "predict", "--model", str(run), "--json", sample)
+    assert rc == 0, err
+    from pneumo.models import read_card
+
+    assert read_card(run / "model.keras").to_dict()["reviewed_by"] == {"name": "Dr A", "on": "2026-01-02"}
+
+
+def test_class_folders_refuse_links_that_leave_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = make_folder(tmp_path / "d", n_per_class=2, size=48)
+    private = make_folder(tmp_path / "private", n_per_class=1, size=48)
+    secret = next((private / "PNEUMONIA").iterdir())
+    (data / "PNEUMONIA" / "person99_virus_1.png").symlink_to(secret)  # a readable film, but not this folder's
+    (data / "NORMAL" / "IM-9999-0001.png").symlink_to("/etc/passwd")
+    (data / "NORMAL" / "IM-0000-0009.png").symlink_to(next((data / "NORMAL").iterdir()))  # inside: kept
+    rc, out, err = _main(capsys, "summarize", str(data), "--json")
+    assert rc == 0, err
+    summary = json.loads(out)
+    assert summary["n_images"] == 5
+    refused = {Path(u["path"]).name: u["reason"] for u in summary["unreadable"]}
+    assert set(refused) == {"person99_virus_1.png", "IM-9999-0001.png"}
+    assert all("outside" in reason and "not opened" in reason for reason in refused.values())
+    assert "passwd" not in out and str(private) not in out

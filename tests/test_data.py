@@ -17,7 +17,7 @@ from tests.conftest import make_folder, synthetic_xray, write_png
         ("person1417_bacteria_3631.jpeg", "person1417", "bacterial"),
         ("person22_virus_55.jpeg", "person22", "viral"),
         ("IM-0115-0001.jpeg", "IM-0115", ""),
-        ("NORMAL2-IM-0115-0002.jpeg", "IM-0115", ""),
+        ("NORMAL2-IM-0115-0002.jpeg", "NORMAL2-IM-0115", ""),
         ("scan_042.png", "scan_042.png", ""),
     ],
 )

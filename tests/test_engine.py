@@ -111,7 +111,7 @@ def test_evaluate_and_predict_run_without_tensorflow(xray_folder: Path) -> None:
     probe = ("import sys; from pneumo.cli import main; rc = main(sys.argv[1:]); "
              "print('TF', 'tensorflow' in sys.modules); sys.exit(rc)")
     image = next(xray_folder.rglob("*.png"))
-    for args in (["evaluate", "--data", str(xray_folder), "--out", str(xray_folder / "r.json")],
+    for args in (["evaluate", "--data", str(xray_folder), "--out", str(xray_folder.parent / "r.json")],
                  ["predict", "--json", str(image)]):
         out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
         assert out.returncode == 0, out.stderr
@@ -136,3 +136,103 @@ def test_an_export_that_differs_from_keras_is_removed(exported: Path, tmp_path: 
     with pytest.raises(E.ExportError, match="differs"):
         E._check(copy, {"probability": right + 1e-3}, {"xray": probe})
     assert not copy.exists()
+
+
+def _zero_graph(size: int, source: str, with_features: bool) -> bytes:
+    """A graph with the served inputs and outputs that answers 0 for every film, labelled with the hash
+    of the .keras file it claims to come from."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("ReduceMean", ["xray"], ["mean"], axes=[1, 2, 3], keepdims=0),
+             helper.make_node("Mul", ["mean", "zero"], ["probability"])]
+    outputs = [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N"])]
+    if with_features:
+        nodes.append(helper.make_node("ReduceMean", ["xray"], ["features"], axes=[1, 2], keepdims=0))
+        outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 1]))
+    graph = helper.make_graph(nodes, "zero", [helper.make_tensor_value_info("xray", TensorProto.FLOAT, ["N", size, size, 1])],
+                              outputs, initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = E.SOURCE_KEY, source
+    return model.SerializeToString()
+
+
+def test_export_writes_the_probe_every_load_checks(exported: Path) -> None:
+    record = json.loads((exported / E.PROBE_NAME).read_text())
+    assert record["source_sha256"] == E.file_sha256(exported / "model.keras") and record["input_size"] == 64
+    assert len(record["outputs"]["probability"]) == len(E.probe_images(64)) and set(record["gradcam"]) == {
+        "gradcam", "gradcam_plus_plus"}
+    assert np.ptp(record["outputs"]["probability"]) > 1e-3  # the probe films get different answers
+    loaded = load_model(exported)
+    assert loaded.engine is not None and loaded.engine_note is None and loaded.engine.cam_session is not None
+
+
+@pytest.mark.parametrize("with_features", [False, True])
+def test_a_swapped_graph_labelled_with_the_models_hash_is_refused(exported: Path, tmp_path: Path, with_features: bool,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    folder = tmp_path / "swapped"
+    shutil.copytree(exported, folder)
+    (folder / E.ONNX_NAME).write_bytes(_zero_graph(64, E.file_sha256(folder / "model.keras"), with_features))
+    assert E.OnnxEngine(folder / E.ONNX_NAME).source_sha256 == E.file_sha256(folder / "model.keras")
+    loaded = load_model(folder)
+    assert loaded.engine is None and loaded.engine_name == "TensorFlow"
+    assert "refused" in loaded.engine_note and "served by TensorFlow" in loaded.engine_note
+    images = [np.random.default_rng(i).random((64, 64)).astype("float32") for i in range(4)]
+    reference = np.asarray(loaded.model(loaded.prepare(images), training=False)).ravel()
+    np.testing.assert_allclose(loaded.predict(images), reference, atol=1e-5)  # the model's answers, not 0
+    monkeypatch.setenv(E.ENGINE_ENV, "onnx")
+    with pytest.raises(ValueError, match="refused"):
+        load_model(folder)
+
+
+def test_a_swapped_graph_is_refused_through_the_cli_with_one_line(exported: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "swapped"
+    shutil.copytree(exported, folder)
+    (folder / E.ONNX_NAME).write_bytes(_zero_graph(64, E.file_sha256(folder / "model.keras"), True))
+    image = tmp_path / "film.png"
+    from tests.conftest import synthetic_xray, write_png
+
+    write_png(image, synthetic_xray(np.random.default_rng(0), 64, pneumonia=True))
+    out = subprocess.run([sys.executable, "-m", "pneumo", "predict", "--model", str(folder), "--json", str(image)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300,
+                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr
+    warning = [line for line in out.stderr.splitlines() if "model.onnx" in line]
+    assert len(warning) == 1 and "refused" in warning[0] and "Traceback" not in out.stderr
+    from pneumo.data import read_item
+    import keras
+
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    expected = float(np.asarray(model(LoadedModel(model, None, folder).prepare(read_item(str(image)))))[0, 0])
+    assert json.loads(out.stdout)[0]["probability"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_an_export_without_its_probe_or_with_a_wrong_gradcam_is_not_served_unchecked(exported: Path,
+                                                                                     tmp_path: Path) -> None:
+    import shutil
+
+    bare = tmp_path / "bare"
+    shutil.copytree(exported, bare)
+    (bare / E.PROBE_NAME).unlink()
+    loaded = load_model(bare)
+    assert loaded.engine is None and f"no {E.PROBE_NAME}" in loaded.engine_note
+
+    cam = tmp_path / "cam"
+    shutil.copytree(exported, cam)
+    record = json.loads((cam / E.PROBE_NAME).read_text())
+    record["gradcam"]["gradcam"] = (np.asarray(record["gradcam"]["gradcam"]) + 1.0).tolist()
+    (cam / E.PROBE_NAME).write_text(json.dumps(record))
+    loaded = load_model(cam)  # probabilities still from ONNX Runtime; Grad-CAM from the traced graph
+    assert loaded.engine is not None and not loaded.engine.explains("stage3_out")
+    assert E.CAM_NAME in loaded.engine_note and "refused" in loaded.engine_note
+
+    for junk in ("[1, 2]", "{" * 50_000, json.dumps({**record, "outputs": {"probability": "zero"}})):
+        (cam / E.PROBE_NAME).write_text(junk)
+        loaded = load_model(cam)
+        assert loaded.engine is None and E.PROBE_NAME in loaded.engine_note

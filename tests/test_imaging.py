@@ -266,3 +266,406 @@ def test_fuzzed_files_raise_only_invalid_image_error(fmt: str) -> None:
             assert str(exc).startswith("fuzz.")
             outcomes["rejected"] += 1
     assert outcomes["rejected"] > 0  # the flips did damage, and it was reported, never raised raw
+
+
+# ---------------------------------------------------------------- bounded before decoding (issue 20)
+#
+# Each bomb below is tiny on disk and declares far more than it holds or than the limits allow. The
+# builders stream what they compress, so the test itself never holds a bomb's inflated size either.
+
+
+def _film(size: int = 1024, seed: int = 0) -> np.ndarray:
+    """A chest-like 8-bit picture (a body with two dark lung fields and noise), for real-looking JPEGs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    img = 0.55 + 0.05 * rng.standard_normal((size, size))
+    for cx in (0.3, 0.7):
+        img[((xx - cx) / 0.16) ** 2 + ((yy - 0.5) / 0.3) ** 2 < 1] -= 0.35
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def _dicom_with(rows: int, cols: int, pixel: bytes, samples: int = 1, bits: int = 16, syntax: str | None = None,
+                keyword: str = "PixelData") -> bytes:
+    """A minimal secondary-capture DICOM holding `pixel` as its pixel element, whatever it declares."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = UID(syntax) if syntax else ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.BitsAllocated = rows, cols, samples, bits
+    ds.PhotometricInterpretation = "MONOCHROME2" if samples == 1 else "RGB"
+    if samples > 1:
+        ds.PlanarConfiguration = 0
+    if keyword == "PixelData":
+        ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    setattr(ds, keyword, pixel)
+    if keyword == "PixelData" and meta.TransferSyntaxUID.is_compressed:
+        ds["PixelData"].VR = "OB"
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _deflated(rows: int, cols: int, zeros_before_pixels: int = 0) -> bytes:
+    """A Deflated Explicit VR Little Endian DICOM of rows×cols 16-bit zeros, optionally with a private
+    element of `zeros_before_pixels` zero bytes ahead of the pixel data, deflated in a stream."""
+    import struct
+    import zlib
+
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    pixels = rows * cols * 2
+    small = _dicom_with(rows, cols, b"\0\0", syntax=DeflatedExplicitVRLittleEndian)
+    fp = io.BytesIO(small)
+    read_preamble(fp, False)
+    _read_file_meta_info(fp)
+    start = fp.tell()
+    body = zlib.decompress(small[start:], -zlib.MAX_WBITS)
+    at = body.index(b"\xe0\x7f\x10\x00OW")
+    head = body[:at]
+    if zeros_before_pixels:
+        at_group_28 = head.index(b"\x28\x00\x02\x00")  # a private group 0009 element sorts before group 0028
+        head = head[:at_group_28] + b"\x09\x00\x10\x10OB\0\0" + struct.pack("<I", zeros_before_pixels)
+        runs = [(zeros_before_pixels, body[at_group_28:at])]
+    else:
+        runs = []
+    comp = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    parts = [small[:start], comp.compress(head) + comp.flush(zlib.Z_FULL_FLUSH)]
+    # After a full flush the compressor starts afresh, byte-aligned: the segment for 4 MiB of zeros is the
+    # same every time, so it is compressed once and repeated (a valid deflate stream, built in milliseconds).
+    block = 4 * 2**20
+    segment = comp.compress(bytes(block)) + comp.flush(zlib.Z_FULL_FLUSH)
+    for n, after in [*runs, (0, b"\xe0\x7f\x10\x00OW\0\0" + struct.pack("<I", pixels)), (pixels, b"")]:
+        parts.append(segment * (n // block) + comp.compress(bytes(n % block)) + comp.compress(after)
+                     + comp.flush(zlib.Z_FULL_FLUSH))
+    parts.append(comp.flush())
+    return b"".join(parts)
+
+
+def _rle_rgb16(side: int) -> bytes:
+    """16-bit RGB, RLE Lossless, every sample zero: 6 byte-plane segments of per-row PackBits runs."""
+    import struct
+
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import RLELossless
+
+    row = b"\x81\x00" * (side // 128) + (bytes([257 - side % 128, 0]) if side % 128 > 1 else b"")
+    segment = row * side
+    segment += b"\0" * (len(segment) % 2)
+    header = struct.pack("<16I", 6, *[64 + i * len(segment) for i in range(6)], *[0] * 9)
+    return _dicom_with(side, side, encapsulate([header + segment * 6]), samples=3, syntax=RLELossless)
+
+
+def _png_chunk(kind: bytes, payload: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png_declaring(width: int, height: int, raw: bytes) -> bytes:
+    """A well-formed 8-bit grey PNG header declaring width×height, with `raw` (filtered rows) as its data."""
+    import struct
+    import zlib
+
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b""))
+
+
+def _jpeg_declaring(width: int, height: int) -> bytes:
+    """A complete 64×64 JPEG whose frame header is rewritten to declare width×height."""
+    import struct
+
+    data = bytearray(_encode(Image.fromarray(_gradient(64, 64)), "JPEG"))
+    sof = data.index(b"\xff\xc0")
+    struct.pack_into(">HH", data, sof + 5, height, width)
+    return bytes(data)
+
+
+def _cut_jpeg(fraction: float = 0.6, **options) -> bytes:
+    data = _encode(Image.fromarray(_film()), "JPEG", quality=90, **options)
+    return data[: int(len(data) * fraction)] + b"\xff\xd9"
+
+
+BOMBS = {
+    # 288 MB of deflated zeros in ~300 kB: refused at the header, before the pixel data inflates.
+    "deflated DICOM 12000x12000": (lambda: _deflated(12000, 12000), "too large"),
+    # 100 MB of zeros in a private element before a 64×64 image: the inflation cap stops it.
+    "deflated DICOM with a 100 MB private element": (lambda: _deflated(64, 64, zeros_before_pixels=100_000_000),
+                                                     "inflates past"),
+    # 17.6 MP passes a pixel count, but 3 samples × 16 bits make it 106 MB of pixels.
+    "16-bit RGB DICOM 4200x4200 (RLE)": (lambda: _rle_rgb16(4200), "MB of pixel data exceeds"),
+    "PNG declaring 7000x7000 in 400 bytes": (lambda: _png_declaring(7000, 7000, b"\0" + bytes(range(256)) * 27),
+                                             "truncated PNG"),
+    "JPEG declaring 7000x7000 in 600 bytes": (lambda: _jpeg_declaring(7000, 7000), "truncated JPEG"),
+    "JPEG cut at 60 % with an end-of-image marker": (_cut_jpeg, "truncated JPEG"),
+    "PNG 200000x32": (lambda: _png_declaring(200_000, 32, (b"\0" + bytes(range(256)) * 782)[:200_001] * 32),
+                      "extreme aspect ratio"),
+    "near-black film": (lambda: _encode(Image.fromarray((_film() // 40).astype(np.uint8)), "PNG"), "near-constant"),
+    # Not a bomb: float pixels decode (the memory check covers their 8-byte samples too).
+    "double float pixel DICOM 384x384": (
+        lambda: _dicom_with(384, 384, np.tile(np.linspace(-1, 1, 384), (384, 1)).tobytes(), bits=64,
+                            keyword="DoubleFloatPixelData"), None),
+}
+
+
+@pytest.fixture(scope="module")
+def bomb_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("bombs")
+    files = {}
+    for i, (name, (make, _)) in enumerate(BOMBS.items()):
+        files[name] = folder / f"bomb{i}.bin"
+        files[name].write_bytes(make())
+    return files
+
+
+@pytest.mark.parametrize("name", list(BOMBS))
+def test_bombs_are_refused_with_their_reason(name: str, bomb_files: dict[str, Path]) -> None:
+    reason = BOMBS[name][1]
+    path = bomb_files[name]
+    assert path.stat().st_size < 2_000_000  # tiny on disk: what they declare is the danger
+    if reason is None:
+        xray = load_xray(path, name="float.dcm")
+        assert xray.pixels[:, 0].mean() < 0.05 and xray.pixels[:, -1].mean() > 0.95
+        return
+    with pytest.raises(InvalidImageError, match=reason) as err:
+        load_xray(path, name="bomb.file")
+    assert str(err.value).startswith("bomb.file: ") and "\n" not in str(err.value)
+
+
+# Run in a fresh interpreter: import and warm every decoder path (so lazy imports and first-use caches do
+# not count), then fork once per bomb. Linux sets a forked child's VmHWM (peak resident set) to its current
+# resident set, so the child's VmHWM after load_xray minus its VmRSS before is what decoding that bomb
+# added at its peak, read with the project's own pneumo.memory.resident().
+_PEAK_SCRIPT = r"""
+import io, json, os, sys
+import numpy as np
+from PIL import Image
+from pneumo import imaging, memory
+
+film = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
+for fmt in ("PNG", "JPEG"):
+    buf = io.BytesIO(); Image.fromarray(film).save(buf, fmt); imaging.load_xray(buf.getvalue())
+imaging.load_xray(sys.argv[1])  # a small valid DICOM: pydicom and its pixel handlers
+for path in sys.argv[2:]:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        before = memory.resident().total_mb
+        try:
+            imaging.load_xray(path)
+            outcome = "decoded"
+        except imaging.InvalidImageError as exc:
+            outcome = exc.reason
+        peak = memory.resident().peak_mb
+        os.write(write, json.dumps({"path": path, "outcome": outcome, "growth_mb": peak - before}).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        print(fh.read(), flush=True)
+    os.waitpid(pid, 0)
+"""
+# Every bomb is refused (or, for the float film, decoded) without allocating what it declares. What a
+# refusal may still cost: the file's own bytes (< 2 MB here), pydicom's header, and for a deflated file at
+# most 16 MB of inflated header (imaging._DEFLATED_HEADER_BYTES) held twice while it is parsed; the float
+# film holds its 1.2 MB of samples a few times over. 64 MB covers that with room for allocator noise, and stays
+# below what any of the bombs would cost decoded: the smallest, the 16-bit RGB film, is 106 MB of pixels
+# (before this check it peaked at 373 MB; the deflated private element at 764 MB).
+PEAK_BOUND_MB = 64
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or not hasattr(__import__("os"), "fork"),
+                    reason="peak RSS is read from Linux /proc")
+def test_bomb_peak_memory_is_bounded(bomb_files: dict[str, Path], tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    valid = tmp_path / "valid.dcm"
+    valid.write_bytes(_dicom(_ramp()))
+    names = {str(path): name for name, path in bomb_files.items()}
+    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(valid), *names], capture_output=True, text=True,
+                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert run.returncode == 0, run.stderr[-2000:]
+    results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == len(names)
+    print(f"\npeak RSS above the interpreter's resident set while decoding each bomb (bound {PEAK_BOUND_MB} MB):")
+    for r in results:
+        print(f"  {names[r['path']]:<48} {r['growth_mb']:7.1f} MB  {r['outcome'][:90]}")
+    for r in results:
+        expected = BOMBS[names[r["path"]]][1]
+        assert (r["outcome"] == "decoded") if expected is None else (expected in r["outcome"]), r
+        assert r["growth_mb"] < PEAK_BOUND_MB, r
+
+
+# ---------------------------------------------------------------- DICOM: deflated, declared sizes, float pixels
+
+
+def _as_deflated(data: bytes) -> bytes:
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def test_deflated_dicom_reads_like_its_explicit_twin_and_a_cut_one_is_refused() -> None:
+    plain = _dicom(_ramp(), window=(2000, 3000))
+    deflated = _as_deflated(plain)
+    a, b = load_xray(plain, name="plain.dcm"), load_xray(deflated, name="deflated.dcm")
+    assert np.array_equal(a.pixels, b.pixels)
+    assert "1.2.840.10008.1.2.1.99" in b.dicom["Transfer syntax"] or "Deflated" in b.dicom["Transfer syntax"]
+    with pytest.raises(InvalidImageError, match="deflated.dcm: .*(truncated|corrupt)"):
+        load_xray(deflated[: len(deflated) // 2], name="deflated.dcm")
+
+
+def test_native_pixel_data_shorter_than_declared_is_truncated() -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp())))
+    ds.Rows = 128  # declares 128×64 over 64×64 pixels
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    with pytest.raises(InvalidImageError, match="truncated DICOM: the pixel data holds 8,192 bytes, the header declares 16,384"):
+        load_xray(buf.getvalue(), name="short.dcm")
+
+
+def test_declared_size_counts_frames_samples_and_bits() -> None:
+    # 3000×3000 passes the pixel count at a 10 MP limit, but 3 samples of 16 bits are 54 MB, over 20 MB.
+    data = _dicom_with(3000, 3000, b"\0\0", samples=3)
+    with pytest.raises(InvalidImageError, match=r"3 sample\(s\) × 16 bits = 54 MB of pixel data exceeds the 20 MB limit"):
+        load_xray(data, name="rgb16.dcm", max_pixels=10_000_000)
+
+
+@pytest.mark.parametrize("keyword, bits, dtype", [("FloatPixelData", 32, np.float32),
+                                                  ("DoubleFloatPixelData", 64, np.float64)])
+def test_float_pixel_data_is_decoded(keyword: str, bits: int, dtype: type) -> None:
+    ramp = np.tile(np.linspace(-1000, 3000, 64), (64, 1)).astype(dtype)
+    xray = load_xray(_dicom_with(64, 64, ramp.tobytes(), bits=bits, keyword=keyword), name="float.dcm")
+    assert xray.pixels[:, 0].mean() < 0.02 and xray.pixels[:, -1].mean() > 0.98
+    assert np.all(np.diff(xray.pixels[0]) >= 0)
+    assert "float" in xray.dicom["Pixel data"]
+
+
+def test_broken_window_note_reaches_the_reading(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from pneumo import predict
+
+    plain = load_xray(_dicom(_ramp(), window=(2000, 4000)), name="ok.dcm")
+    assert plain.warnings == []
+    xray = load_xray(_dicom(_ramp(), window=(2000, 0)), name="w0.dcm")
+    assert len(xray.warnings) == 1 and "window" in xray.warnings[0] and "ignored" in xray.warnings[0]
+    assert "ignored" in xray.dicom["Windowing"]
+    # predict.read puts the decoder's notes beside the input check's, in front of them.
+    monkeypatch.setattr(predict.quality, "inspect",
+                        lambda *a, **k: SimpleNamespace(warnings=["input check note"], assessable=True))
+    loaded = SimpleNamespace(predict=lambda pixels: np.array([0.2]), threshold=0.5, density=None)
+    reading = predict.read(loaded, _dicom(_ramp(), window=(2000, -5)), name="w-5.dcm")
+    assert reading.error is None and reading.warnings[0] == load_xray(
+        _dicom(_ramp(), window=(2000, -5))).warnings[0] and reading.warnings[1] == "input check note"
+
+
+# ---------------------------------------------------------------- Pillow formats: bytes present, completeness
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True}, {"restart_marker_blocks": 4},
+                                     {"subsampling": 0}])
+@pytest.mark.parametrize("tail", [b"\xff\xd9", b"\xff\xd9\xff\xd9", b"\xff\xd0\xff\xd1\xff\xd9",
+                                  b"\xff\xfe\x00\x04ab\xff\xd9"])
+def test_cut_jpeg_is_refused_whatever_marker_follows(options: dict, tail: bytes) -> None:
+    for mode in ("L", "RGB"):
+        data = _encode(Image.fromarray(_film(256)).convert(mode), "JPEG", quality=90, **options)
+        assert load_xray(data).pixels.shape == (256, 256)  # the whole file passes the same check
+        for fraction in (0.3, 0.9, 0.995):
+            with pytest.raises(InvalidImageError, match="truncated JPEG"):
+                load_xray(data[: int(len(data) * fraction)] + tail, name="cut.jpg")
+
+
+def test_cut_jpeg_with_a_segment_running_past_the_end_is_refused() -> None:
+    data = _encode(Image.fromarray(_film(256)), "JPEG")
+    with pytest.raises(InvalidImageError, match="truncated JPEG"):
+        load_xray(data[: len(data) // 2] + b"\xff\xfe\xff\xff\xff\xd9", name="cut.jpg")
+
+
+def test_complete_jpegs_with_thumbnail_second_picture_or_trailer_pass() -> None:
+    film = Image.fromarray(_film(256))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    thumbnail_exif = _encode(film, "JPEG", exif=exif.tobytes())
+    buf = io.BytesIO()
+    film.save(buf, "MPO", save_all=True, append_images=[film.transpose(Image.Transpose.FLIP_TOP_BOTTOM)])
+    trailer = _encode(film, "JPEG") + b"vendor trailer \xff\xd9 after the image"
+    cmyk = _encode(film.convert("CMYK"), "JPEG")
+    for data in (thumbnail_exif, buf.getvalue(), trailer, cmyk):
+        assert load_xray(data, name="whole.jpg").pixels.shape == (256, 256)
+
+
+def test_truncated_large_jpeg_is_refused_at_its_draft_scale() -> None:
+    import cv2
+
+    big = cv2.resize(_film(700), (4200, 3500), interpolation=cv2.INTER_LINEAR)  # over 4096: read at half scale
+    data = _encode(Image.fromarray(big), "JPEG", quality=80)
+    assert max(load_xray(data).pixels.shape) <= 2048
+    with pytest.raises(InvalidImageError, match="truncated JPEG"):
+        load_xray(data[: int(len(data) * 0.8)] + b"\xff\xd9", name="big-cut.jpg")
+
+
+def test_sides_and_aspect_ratio() -> None:
+    from pneumo.imaging import MAX_ASPECT, _finish
+
+    ramp = lambda h, w: _encode(Image.fromarray(np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))), "PNG")  # noqa: E731
+    assert load_xray(ramp(32, int(32 * MAX_ASPECT))).pixels.shape == (32, 128)  # 4:1 is still a film
+    with pytest.raises(InvalidImageError, match="extreme aspect ratio: 161×32"):
+        load_xray(ramp(32, 161))
+    with pytest.raises(InvalidImageError, match="extreme aspect ratio: 40×300"):
+        load_xray(ramp(300, 40))
+    # The rule holds for the film as decoded too, not only for the size its header declared.
+    with pytest.raises(InvalidImageError, match="as decoded"):
+        _finish(np.tile(np.linspace(0, 1, 500, dtype=np.float32), (40, 1)), "decoded.png")
+
+
+def test_near_constant_film_is_refused_and_a_dim_real_one_kept() -> None:
+    film = _film(256)
+    black = film // 40  # values 0..6 of 255: 98 % of pixels within ~0.02
+    black[0, 0] = 255  # one hot pixel gives it a full min-max range: the percentile rule still sees it
+    with pytest.raises(InvalidImageError, match="near-constant image"):
+        load_xray(_encode(Image.fromarray(black), "PNG"), name="black.png")
+    dim = (film // 4).astype(np.uint8)  # an underexposed film: 0..63 of 255, anatomy still visible
+    assert load_xray(_encode(Image.fromarray(dim), "PNG"), name="dim.png").pixels.max() < 0.3
+    sixteen = (film.astype(np.uint16) * 4 + 30000)  # 16-bit, scaled by min-max: contrast is relative
+    assert load_xray(_encode(Image.fromarray(sixteen), "PNG"), name="16.png").pixels.max() == pytest.approx(1.0)
+
+
+def test_a_file_larger_than_any_accepted_film_is_refused_unread(tmp_path: Path) -> None:
+    path = tmp_path / "huge.png"
+    with path.open("wb") as fh:  # sparse: 200 MB declared on disk without writing it
+        fh.write(_encode(Image.fromarray(_gradient()), "PNG"))
+        fh.truncate(200_000_000)
+    with pytest.raises(InvalidImageError, match="huge.png: too large: the file holds 200 MB"):
+        load_xray(path, max_pixels=1_000_000)
+
+
+def test_multi_frame_dicom_says_which_frame_was_read() -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp())))
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack([_ramp(), _ramp()[:, ::-1], _ramp()]).astype(np.uint16).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    xray = load_xray(buf.getvalue(), name="frames.dcm")
+    assert xray.pixels[:, -1].mean() > 0.95  # the first frame, not the flipped second
+    assert xray.warnings == ["multi-frame DICOM: the first of 3 frames was read"]

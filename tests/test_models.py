@@ -49,3 +49,37 @@ def test_saved_model_round_trip_with_safe_mode(tmp_path: Path) -> None:
     assert p1.shape == (1,) and p1[0] == pytest.approx(float(p2[0, 0]), abs=1e-6)
     with pytest.raises(FileNotFoundError):
         M.load_model(tmp_path / "missing.keras")
+
+
+def test_saving_an_operating_point_refuses_a_read_only_card(tmp_path: Path) -> None:
+    import os
+
+    from pneumo.runs import ReadOnlyError
+
+    card = tmp_path / "card.json"
+    card.write_text('{"threshold": 0.31, "architecture": "compact_cnn"}')
+    M.save_operating_point(tmp_path / "model.keras", 0.4, "by hand")  # writable: saved
+    assert M.read_card(tmp_path / "model.keras").threshold == 0.4
+    before = card.read_bytes()
+    card.chmod(0o444)
+    with pytest.raises(ReadOnlyError, match="read-only"):
+        M.save_operating_point(tmp_path / "model.keras", 0.2, "by hand")
+    assert card.read_bytes() == before and (card.stat().st_mode & 0o777) == 0o444
+    card.chmod(0o644)
+    os.chmod(tmp_path, 0o555)  # the folder: an atomic replace needs it, and would otherwise ignore the file's mode
+    try:
+        with pytest.raises(ReadOnlyError, match="read-only folder"):
+            M.save_operating_point(tmp_path / "model.keras", 0.2, "by hand")
+    finally:
+        os.chmod(tmp_path, 0o755)
+    assert card.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["card.json"]
+
+
+def test_a_runaway_card_is_refused_unread(tmp_path: Path) -> None:
+    from pneumo.card import CardError
+
+    with open(tmp_path / "card.json", "w") as fh:
+        fh.write('{"threshold": 0.5, "notes": "')
+        fh.truncate(M.CARD_MAX_BYTES + 10)
+    with pytest.raises(CardError, match="larger than a model card"):
+        M.read_card(tmp_path / "model.keras")

@@ -133,3 +133,18 @@ def test_compare_runs_groups_seeds_of_one_recipe(tiny_run: Path, tmp_path: Path)
     assert rows["stress_worst_auc"].iloc[0] <= rows["stress_mean_auc"].iloc[0]
     with pytest.raises(ValueError, match="checks.json"):
         V.compare([tmp_path])
+
+
+def test_shipped_maps_beat_the_average_map_on_deletion() -> None:
+    """Sentinel: Grad-CAM must find what drives each film's score better than the network's spatial prior
+    (the same average map for every film), on the bundled samples through the serving engine."""
+    from pneumo.models import load_model
+    from pneumo.settings import SAMPLES_DIR
+
+    loaded = load_model()
+    paths = sorted(str(p) for p in SAMPLES_DIR.glob("*/*.jpeg"))
+    figure = V.explanation_faithfulness(loaded, V.load_images(paths, loaded.input_size), loaded.threshold, limit=48)
+    table = {row["map"]: row["deletion score (all)"] for row in figure["table"]}
+    assert figure["n"] == 48
+    assert table["Grad-CAM (model)"] < table["average map"] < table["random map"]
+    assert abs(table["random map"] - table["flat map"]) < 0.05  # a flat map is a random order: no information

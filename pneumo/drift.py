@@ -1,0 +1,595 @@
+"""Is a batch of films unlike the films the operating point was set on? A drift check on unlabelled batches.
+
+A single film far from the held-out films raises the wrong-input warning (pneumo.quality); a batch can be
+shifted while none of its films is: a later period, another device, another post-processing moves the
+whole distribution a little. This module compares a batch with a reference of held-out films stored
+beside the model (``drift_reference.npz``), on what the model itself sees:
+
+- the Mahalanobis distance of each film's pooled features from the mean of held-out films (mean and a
+  Ledoit-Wolf shrunk precision fitted on one part of them; the reference distances come from another
+  part, because films used to fit the mean lie closer to it than new films do);
+- the score margin: how far the film's logit lies from the decision threshold's.
+
+Both tests are one-sided: a batch is shifted when its films lie *farther* from the reference or score
+*closer to the threshold* (less sure) than the reference films, never because they lie closer or score
+more surely, so films the model was trained on do not raise it. Both are done within each predicted
+class (score below / at or above the reference's split threshold): pneumonias lie farther from the mean
+than normals and score more surely, so a pooled test would call a ward with more pneumonias "shifted"
+(measured on the shipped model's held-out films: 57 % of all-pneumonia batches of 50). The tests are
+two-sample Kolmogorov-Smirnov (scipy.stats.ks_2samp, exact or asymptotic as scipy chooses), combined with
+a Bonferroni correction over the tests run (for the decision "any test rejects", Holm's procedure decides
+the same; Holm-adjusted p-values per test are reported too).
+
+Minimum batch: a predicted class with fewer than MIN_STRATUM films is not tested (one far film must not
+make a batch "shifted": drift is a property of a batch), and MIN_BATCH = 2 * MIN_STRATUM guarantees that
+at least one class of any batch can be tested.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+REFERENCE_FILE = "drift_reference.npz"
+ALPHA = 0.05  # family-wise, over the tests of one batch
+MIN_STRATUM = 10
+MIN_BATCH = 2 * MIN_STRATUM
+CALIBRATION_N = 50
+FRACTIONS = (0.4, 0.3, 0.3)  # held-out films: fit the mean and precision / reference / calibration
+MIN_REFERENCE_FILMS = 100
+STRATA = ("predicted normal", "predicted pneumonia")
+# The given probabilities are the model's own (or its first member's) when they agree with what it
+# computes now to this much (ONNX Runtime and Keras agree to 1e-4).
+SCORE_TOLERANCE = 1e-3
+METHOD = ("one-sided two-sample KS per predicted class: feature distance (Mahalanobis, larger = shifted) and "
+          "score margin from the threshold (smaller = shifted); Bonferroni over the tests run")
+
+Progress = Callable[[int, int], None]
+
+
+class DriftUnavailable(ValueError):
+    """No drift check can be made: no reference beside the model, a stale one, or too few films."""
+
+
+@dataclass
+class DriftResult:
+    shifted: bool
+    p_value: float  # Bonferroni-adjusted smallest p of the tests run
+    n: int
+    method: str
+    reference: str
+    alpha: float = ALPHA
+    statistic: float = 0.0  # KS statistic of the test with the smallest p
+    tests: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    advice: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reference:
+    """Held-out films' feature distances and scores, with the mean and precision the distances use."""
+
+    mean: np.ndarray
+    precision: np.ndarray
+    distances: np.ndarray
+    probabilities: np.ndarray
+    split_threshold: float  # the model's threshold when the reference was built: where the classes split
+    score_source: str  # "model" (the served probability), "member 1" (an ensemble's first member) or "none"
+    model_sha256_16: str
+    description: str
+    n_fit: int
+    n_calibration: int
+    created: str
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(len(self.distances))
+
+    def distance(self, features: np.ndarray) -> np.ndarray:
+        d = np.asarray(features, dtype=np.float64) - self.mean
+        return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
+
+    def margin(self, probabilities: np.ndarray) -> np.ndarray:
+        return np.abs(_logit(np.asarray(probabilities, dtype=np.float64)) - _logit(np.array([self.split_threshold]))[0])
+
+    def label(self) -> str:
+        return f"{self.n} {self.description}, reference built {self.created[:10]}"
+
+    def compare(self, distances: np.ndarray, probabilities: np.ndarray | None, alpha: float = ALPHA) -> DriftResult:
+        """The drift test of a batch given its feature distances and scores (see the module docstring)."""
+        from scipy.stats import ks_2samp
+
+        distances = np.asarray(distances, dtype=np.float64).reshape(-1)
+        n = len(distances)
+        if n < MIN_BATCH:
+            raise DriftUnavailable(f"a drift check needs at least {MIN_BATCH} films, got {n}: fewer cannot tell a "
+                                   "shifted batch from chance")
+        if probabilities is None:
+            raise ValueError("the batch's scores are needed: they split it by predicted class")
+        probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
+        batch_pos, ref_pos = probabilities >= self.split_threshold, self.probabilities >= self.split_threshold
+        tests: list[dict[str, Any]] = []
+        skipped: list[str] = []
+        for value, stratum in enumerate(STRATA):
+            b, r = batch_pos == bool(value), ref_pos == bool(value)
+            if b.sum() < MIN_STRATUM or r.sum() < MIN_STRATUM:
+                skipped.append(f"{stratum}: {int(b.sum())} films in the batch, {int(r.sum())} in the reference "
+                               f"(each needs {MIN_STRATUM})")
+                continue
+            # ks_2samp's first sample is the batch: alternative="less" means its CDF lies below the
+            # reference's somewhere, i.e. its distances are larger; "greater" means its margins are smaller.
+            found = ks_2samp(distances[b], self.distances[r], alternative="less")
+            tests.append({"stratum": stratum, "kind": "feature distance (larger)", "n": int(b.sum()),
+                          "n_reference": int(r.sum()), "statistic": float(found.statistic), "p_value": float(found.pvalue)})
+            if self.score_source != "none":
+                found = ks_2samp(self.margin(probabilities[b]), self.margin(self.probabilities[r]), alternative="greater")
+                tests.append({"stratum": stratum, "kind": "score margin (smaller)", "n": int(b.sum()),
+                              "n_reference": int(r.sum()), "statistic": float(found.statistic),
+                              "p_value": float(found.pvalue)})
+        if not tests:
+            raise DriftUnavailable("no predicted class has enough films in both the batch and the reference: "
+                                   + "; ".join(skipped))
+        for t, adjusted in zip(tests, holm([t["p_value"] for t in tests])):
+            t["p_holm"] = adjusted
+        best = min(tests, key=lambda t: t["p_value"])
+        p_value = min(1.0, best["p_value"] * len(tests))
+        shifted = p_value <= alpha
+        return DriftResult(shifted, float(p_value), n, METHOD, self.label(), alpha, best["statistic"], tests, skipped,
+                           advice(shifted, p_value, n))
+
+    # ------------------------------------------------------------------ storage
+
+    def save(self, path: str | Path) -> None:
+        from .runs import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, mean=self.mean, precision=self.precision, distances=self.distances,
+                 probabilities=self.probabilities, split_threshold=self.split_threshold,
+                 meta=np.array(json.dumps({
+                     "score_source": self.score_source, "model_sha256_16": self.model_sha256_16,
+                     "description": self.description, "n_fit": self.n_fit, "n_calibration": self.n_calibration,
+                     "created": self.created, "calibration": self.calibration})))
+        atomic_write_bytes(path, buf.getvalue())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Reference":
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                meta = json.loads(str(z["meta"]))
+                return cls(z["mean"], z["precision"], z["distances"], z["probabilities"], float(z["split_threshold"]),
+                           str(meta["score_source"]), str(meta["model_sha256_16"]), str(meta["description"]),
+                           int(meta["n_fit"]), int(meta["n_calibration"]), str(meta["created"]),
+                           dict(meta.get("calibration") or {}))
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise DriftUnavailable(f"{path}: not a drift reference ({exc})") from exc
+
+    def card_section(self) -> dict[str, Any]:
+        """What the card says of the drift check: the reference, the test, and its measured error rates."""
+        return {"reference_file": REFERENCE_FILE, "reference": self.label(), "method": METHOD, "alpha": ALPHA,
+                "min_batch": MIN_BATCH, "min_per_predicted_class": MIN_STRATUM, "score_source": self.score_source,
+                "n_fit": self.n_fit, "n_reference": self.n, "n_calibration": self.n_calibration,
+                "model_sha256_16": self.model_sha256_16, "created": self.created, **self.calibration}
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm-adjusted p-values, in the order given."""
+    m = len(p_values)
+    order = np.argsort(p_values)
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * float(p_values[i])))
+        adjusted[i] = running
+    return [float(x) for x in adjusted]
+
+
+def advice(shifted: bool, p_value: float, n: int) -> str:
+    if shifted:
+        return (f"This batch of {n} films is unlike the films the operating point was set on (p = {p_value:.2g}): "
+                "its sensitivity and specificity may not hold. Check a sample of these films by hand, look for a "
+                "change of device, processing or population, and set a site operating point on labelled films "
+                "of this site (python -m pneumo calibrate).")
+    return (f"No evidence that this batch of {n} films differs from the reference (p = {p_value:.2g}); this does not "
+            "prove it is alike, and says nothing of any single film.")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def model_sha(model_path: str | Path) -> str:
+    """A short hash of the model file: a reference is only valid for the features of the model it was built on."""
+    h = hashlib.sha256()
+    with open(model_path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- the model's view of a batch
+
+def _read(paths: Sequence[str]) -> tuple[list[np.ndarray | None], list[str | None]]:
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .data import read_item
+
+    def one(path: str) -> tuple[np.ndarray | None, str | None]:
+        try:
+            return read_item(path), None
+        except (ValueError, OSError) as exc:
+            return None, str(exc)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        out = list(pool.map(one, paths))
+    return [o[0] for o in out], [o[1] for o in out]
+
+
+def scores(loaded: Any, images: list[np.ndarray] | np.ndarray, source: str) -> np.ndarray | None:
+    """The batch's scores as the reference's were made: the served probability, or the first member's."""
+    if source == "none":
+        return None
+    if source == "member 1":
+        return np.asarray(loaded.member_probabilities(images))[:, 0].astype(float)
+    return np.asarray(loaded.predict(images), dtype=float)
+
+
+def view(loaded: Any, paths: Sequence[str], source: str = "model", chunk: int = 128,
+         progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, list[int], list[dict[str, str]]]:
+    """Pooled features and scores of files, decoded a chunk at a time (a large folder never sits in memory);
+    returns (features, scores, indices of the readable files, unreadable files with the reason)."""
+    from . import quality
+
+    feats, probs, kept, bad = [], [], [], []
+    for start in range(0, len(paths), chunk):
+        part = list(paths[start: start + chunk])
+        images, errors = _read(part)
+        ok = [i for i, img in enumerate(images) if img is not None]
+        bad += [{"path": part[i], "error": str(errors[i])} for i in range(len(part)) if images[i] is None]
+        if ok:
+            batch = [images[i] for i in ok]
+            feats.append(quality.features(loaded, batch))
+            s = scores(loaded, batch, source)
+            if s is not None:
+                probs.append(s)
+            kept += [start + i for i in ok]
+        if progress:
+            progress(min(start + chunk, len(paths)), len(paths))
+    if not kept:
+        return np.zeros((0, 0)), None, [], bad
+    return np.concatenate(feats), (np.concatenate(probs) if probs else None), kept, bad
+
+
+# ---------------------------------------------------------------------- building the reference
+
+def _group_split(groups: np.ndarray, seed: int, fractions: tuple[float, float, float] = FRACTIONS) -> np.ndarray:
+    """0/1/2 (fit, reference, calibration) per film, every patient on one side."""
+    unique = np.unique(groups)
+    np.random.default_rng(seed).shuffle(unique)
+    cuts = np.cumsum(fractions)[:2] * len(unique)
+    rank = {g: i for i, g in enumerate(unique)}
+    position = np.array([rank[g] for g in groups])
+    return (position >= cuts[0]).astype(int) + (position >= cuts[1]).astype(int)
+
+
+def _alarm_rate(reference: Reference, distances: np.ndarray, probabilities: np.ndarray, n: int, draws: int,
+                rng: np.random.Generator) -> dict[str, Any]:
+    n = min(n, len(distances))
+    if n < MIN_BATCH:
+        return {"n": n, "draws": 0, "rate": None, "note": f"fewer than {MIN_BATCH} films"}
+    hits = 0
+    for _ in range(draws):
+        pick = rng.choice(len(distances), size=n, replace=False)
+        hits += reference.compare(distances[pick], probabilities[pick]).shifted
+    return {"n": int(n), "draws": int(draws), "rate": hits / draws}
+
+
+def fit_reference(
+    loaded: Any,
+    paths: Sequence[str],
+    probabilities: Sequence[float],
+    *,
+    groups: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None,
+    description: str = "held-out films",
+    seed: int = 0,
+    conditions: dict[str, Callable[[np.ndarray], np.ndarray]] | None = None,
+    populations: dict[str, Sequence[str]] | None = None,
+    draws: int = 1000,
+    power_draws: int = 200,
+    progress: Progress | None = None,
+) -> Reference:
+    """Fit the drift reference from held-out films (never films the model, or the ensemble member whose
+    features it reads, was fitted on) and their stored probabilities, and measure it.
+
+    The films are split by patient (``groups``; each file its own patient otherwise) into three parts:
+    the mean and precision are fitted on 40 %, the reference distances and scores are the next 30 %,
+    and the last 30 % calibrate: the share of in-distribution batches of 50 drawn from them that are
+    called shifted (false alarms; also all-normal and all-pneumonia batches when ``labels`` are given),
+    and the share called shifted once every film is changed by each of ``conditions`` (the stress suite
+    by default; power). ``populations`` (name -> paths) are measured the same way, in batches of 50.
+
+    The stored probabilities decide which scores the test compares: the model's served probability when
+    they agree with it, the first member's when they agree with that (a cross-fitted ensemble's
+    out-of-fold scores), otherwise none (the test then reads the features only).
+    """
+    from sklearn.covariance import LedoitWolf
+
+    from .runs import now_iso
+    from .validate import STRESS
+
+    paths = [str(p) for p in paths]
+    given = np.asarray(probabilities, dtype=np.float64)
+    if len(given) != len(paths):
+        raise ValueError(f"{len(paths)} films but {len(given)} probabilities")
+    if len(paths) < MIN_REFERENCE_FILMS:
+        raise ValueError(f"a drift reference needs at least {MIN_REFERENCE_FILMS} held-out films, got {len(paths)}")
+    images, errors = _read(paths)
+    ok = [i for i, img in enumerate(images) if img is not None]
+    if len(ok) < MIN_REFERENCE_FILMS:
+        first = next(e for e in errors if e)
+        raise ValueError(f"only {len(ok)} of {len(paths)} reference films are readable (first error: {first})")
+    images = [images[i] for i in ok]
+    given = given[ok]
+    groups_arr = np.asarray([str(g) for g in groups], dtype=object)[ok] if groups is not None else np.asarray(
+        [paths[i] for i in ok], dtype=object)
+    labels_arr = np.asarray(labels, dtype=int)[ok] if labels is not None else None
+    if progress:
+        progress(1, 4)
+    from . import quality
+
+    feats = quality.features(loaded, images)
+    served = np.asarray(loaded.predict(images), dtype=np.float64)
+    source = "none"
+    if np.percentile(np.abs(served - given), 95) <= SCORE_TOLERANCE:
+        source = "model"
+    else:
+        try:
+            first_member = np.asarray(loaded.member_probabilities(images))[:, 0]
+        except Exception:  # noqa: BLE001 - a model without members, or no TensorFlow: no member scores
+            first_member = None
+        if first_member is not None and np.percentile(np.abs(first_member - given), 95) <= SCORE_TOLERANCE:
+            source = "member 1"
+    if progress:
+        progress(2, 4)
+
+    part = _group_split(groups_arr, seed)
+    fit, ref, cal = (np.flatnonzero(part == k) for k in range(3))
+    lw = LedoitWolf().fit(feats[fit])
+    reference = Reference(lw.location_, lw.precision_, np.zeros(0), given[ref], float(loaded.threshold), source,
+                          model_sha(loaded.path), description, len(fit), len(cal), now_iso())
+    reference.distances = reference.distance(feats[ref])
+    ref_pos = int((given[ref] >= reference.split_threshold).sum())
+    if min(ref_pos, len(ref) - ref_pos) < MIN_STRATUM:
+        raise ValueError(f"the reference part has {len(ref) - ref_pos} films scored normal and {ref_pos} scored "
+                         f"pneumonia; each needs {MIN_STRATUM}: give more held-out films of both classes")
+    if len(cal) < MIN_BATCH:
+        raise ValueError(f"only {len(cal)} films left to calibrate the drift check; give more held-out films")
+
+    rng = np.random.default_rng(seed + 1)
+    cal_d = reference.distance(feats[cal])
+    calibration: dict[str, Any] = {"false_alarms": {"in-distribution": _alarm_rate(reference, cal_d, given[cal],
+                                                                                    CALIBRATION_N, draws, rng)}}
+    if labels_arr is not None:
+        for value, name in ((0, "all normal"), (1, "all pneumonia")):
+            mask = labels_arr[cal] == value
+            calibration["false_alarms"][name] = _alarm_rate(reference, cal_d[mask], given[cal][mask], CALIBRATION_N,
+                                                            draws, rng)
+    power: dict[str, Any] = {}
+    conditions = STRESS if conditions is None else conditions
+    cal_images = [images[i] for i in cal]
+    for k, (name, change) in enumerate(conditions.items()):
+        changed = [np.clip(change(x), 0.0, 1.0).astype(np.float32) for x in cal_images]
+        s = scores(loaded, changed, source)
+        d = reference.distance(quality.features(loaded, changed))
+        power[name] = _alarm_rate(reference, d, s if s is not None else np.asarray(loaded.predict(changed)),
+                                  CALIBRATION_N, power_draws, rng)
+        if progress:
+            progress(2 + (k + 1) / max(len(conditions), 1), 4)
+    calibration["power"] = {"stressed held-out films": power}
+    if power:
+        rates = [v["rate"] for v in power.values() if v["rate"] is not None]
+        calibration["power"]["median over conditions"] = float(np.median(rates)) if rates else None
+    # Named populations: shifted stand-ins (power) or films the model trained on (which must not raise it).
+    named: dict[str, Any] = {}
+    for name, population in (populations or {}).items():
+        f, s, kept, _ = view(loaded, list(population), source if source != "none" else "model")
+        if kept:
+            named[name] = {**_alarm_rate(reference, reference.distance(f), s, CALIBRATION_N, power_draws, rng),
+                           "films": len(kept)}
+    if named:
+        calibration["populations"] = named
+    calibration["draws_note"] = (f"batches drawn without replacement from the {len(cal)} calibration films "
+                                 "(never used to build the reference); rates are conditional on those films")
+    reference.calibration = calibration
+    if progress:
+        progress(4, 4)
+    return reference
+
+
+def reference_path(model_path: str | Path) -> Path:
+    return Path(model_path).with_name(REFERENCE_FILE)
+
+
+def predictions_for_reference(model_path: str | Path, predictions: str | Path | None = None) -> tuple[Any, str]:
+    """The held-out films (path, label, probability[, patient_id]) a reference is built from, and what they are.
+
+    Default: ``oof_predictions.csv`` beside the model when there is one, keeping fold 0's films only (a
+    cross-fitted ensemble's features are its first member's, which never saw fold 0), else the card's
+    validation predictions (``val_predictions.csv``). Relative paths resolve from the working folder, as
+    training wrote them.
+    """
+    import pandas as pd
+
+    folder = Path(model_path).parent
+    if predictions is None:
+        oof = folder / "oof_predictions.csv"
+        predictions = oof if oof.exists() else folder / "val_predictions.csv"
+    frame = pd.read_csv(predictions)
+    missing = {"path", "probability"} - set(frame.columns)
+    if missing:
+        raise ValueError(f"{predictions}: needs columns path and probability (missing {', '.join(sorted(missing))})")
+    what = f"held-out films ({Path(predictions).name})"
+    if "fold" in frame.columns:
+        frame = frame[frame["fold"] == 0]
+        what = f"out-of-fold films of fold 1 ({Path(predictions).name}; the first member never saw them)"
+    return frame.reset_index(drop=True), what
+
+
+def build(model_path: str | Path | None = None, predictions: str | Path | None = None, *,
+          populations: dict[str, Sequence[str]] | None = None, record: bool = True,
+          progress: Progress | None = None, **kwargs: Any) -> Reference:
+    """Fit the reference for a saved model, save it beside the model and (by default) record it in the card."""
+    from .models import load_model
+
+    loaded = load_model(model_path)
+    if record:
+        _writable_card(loaded.path)  # before the work: a read-only card is refused at once
+    frame, what = predictions_for_reference(loaded.path, predictions)
+    reference = fit_reference(
+        loaded, frame["path"].tolist(), frame["probability"].to_numpy(),
+        groups=frame["patient_id"].astype(str).tolist() if "patient_id" in frame else None,
+        labels=frame["label"].tolist() if "label" in frame else None, description=what,
+        populations=populations, progress=progress, **kwargs)
+    reference.save(reference_path(loaded.path))
+    if record:
+        record_in_card(loaded.path, reference)
+    return reference
+
+
+def _writable_card(model_path: Path) -> Path:
+    from .models import card_path
+
+    path = card_path(model_path)
+    if path.exists() and _read_only(path):
+        raise PermissionError(f"{path} is read-only: not changed")
+    return path
+
+
+def record_in_card(model_path: str | Path, reference: Reference) -> Path:
+    """Write the reference's section (``drift``) into the model's card; a read-only card is refused."""
+    from .models import read_card
+
+    model_path = Path(model_path) / "model.keras" if Path(model_path).is_dir() else Path(model_path)
+    path = _writable_card(model_path)
+    card = read_card(model_path)
+    card.extra["drift"] = reference.card_section()
+    card.write(path)
+    return path
+
+
+# ---------------------------------------------------------------------- checking batches
+
+_CACHE: dict[tuple[str, float, str, float], tuple[Reference, str]] = {}
+
+
+def load_reference(loaded: Any) -> Reference:
+    """The reference beside the model, checked to belong to it; DriftUnavailable saying why not."""
+    path = reference_path(loaded.path)
+    if not path.exists():
+        raise DriftUnavailable(f"no drift reference beside {loaded.path} ({REFERENCE_FILE}); build one with "
+                               "`python -m pneumo drift-reference --model MODEL`")
+    model = Path(loaded.path)
+    key = (str(path.resolve()), path.stat().st_mtime, str(model.resolve()), model.stat().st_mtime)
+    if key not in _CACHE:
+        _CACHE.clear()  # one model is resident at a time
+        _CACHE[key] = (Reference.load(path), model_sha(loaded.path))
+    reference, sha = _CACHE[key]
+    if reference.model_sha256_16 != sha:
+        raise DriftUnavailable(f"{path} was built for another version of the model: rebuild it "
+                               "(`python -m pneumo drift-reference`)")
+    return reference
+
+
+def why_unavailable(loaded: Any, n: int) -> str | None:
+    """Why a batch of n films gets no drift check (no reference, a stale one, too few films), or None."""
+    try:
+        load_reference(loaded)
+    except DriftUnavailable as exc:
+        return str(exc)
+    if n < MIN_BATCH:
+        return (f"{n} films: a drift check needs at least {MIN_BATCH} (fewer cannot tell a shifted batch from chance, "
+                f"and each predicted class needs {MIN_STRATUM})")
+    return None
+
+
+def check_batch(loaded: Any, images: list[np.ndarray] | np.ndarray,
+                probabilities: Sequence[float] | None = None) -> DriftResult | None:
+    """The drift check of decoded [0, 1] gray films; None when there is none (``why_unavailable`` says why).
+
+    ``probabilities``: the served probabilities when already computed (they are reused when the
+    reference compares served scores).
+    """
+    if why_unavailable(loaded, len(images)) is not None:
+        return None
+    from . import quality
+
+    reference = load_reference(loaded)
+    if probabilities is not None and reference.score_source == "model":
+        s = np.asarray(probabilities, dtype=float)
+    else:
+        s = scores(loaded, images, reference.score_source)
+        if s is None:
+            s = np.asarray(probabilities, dtype=float) if probabilities is not None else loaded.predict(images)
+    return reference.compare(reference.distance(quality.features(loaded, images)), s)
+
+
+def check_paths(loaded: Any, paths: Sequence[str], probabilities: Sequence[float] | None = None,
+                progress: Progress | None = None) -> tuple[DriftResult, list[dict[str, str]]]:
+    """The drift check of image files (unreadable ones are listed, not fatal); DriftUnavailable when none
+    can be made. ``probabilities``, when given, are the served ones for every path, in order."""
+    reference = load_reference(loaded)
+    if len(paths) < MIN_BATCH:  # before any decoding: a user error answers at once
+        raise DriftUnavailable(f"a drift check needs at least {MIN_BATCH} films, got {len(paths)}")
+    source = reference.score_source
+    reuse = probabilities is not None and source == "model"
+    feats, s, kept, bad = view(loaded, list(paths), "none" if reuse else (source if source != "none" else "model"),
+                               progress=progress)
+    if reuse:
+        s = np.asarray(probabilities, dtype=float)[kept]
+    if len(kept) < MIN_BATCH:
+        raise DriftUnavailable(f"a drift check needs at least {MIN_BATCH} readable films, got {len(kept)}")
+    return reference.compare(reference.distance(feats), s), bad
+
+
+def report(loaded: Any, paths: Sequence[str], probabilities: Sequence[float] | None = None) -> dict[str, Any]:
+    """The ``drift`` object of an evaluation report: the result, or why there is none."""
+    try:
+        result, _ = check_paths(loaded, paths, probabilities)
+    except DriftUnavailable as exc:
+        return {"available": False, "reason": str(exc)}
+    return {"available": True, **result.to_dict()}
+
+
+def expand(paths: Iterable[str | Path]) -> list[str]:
+    """Files as given, folders as every image file under them (sorted); a missing path is an error."""
+    from .data import IMAGE_SUFFIXES
+
+    out: list[str] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += [str(f) for f in sorted(p.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        elif p.exists():
+            out.append(str(p))
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return out
+
+
+def _read_only(path: Path) -> bool:
+    """No write permission bit set, or no write access: root may write anywhere, but a card someone made
+    read-only (chmod a-w) is still refused."""
+    import os
+
+    return path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK)

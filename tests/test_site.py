@@ -1,0 +1,207 @@
+"""Site calibration: the threshold rule, the Clopper-Pearson bounds against a brute-force binomial, the
+positives still needed, several site points through the card, operating points in force, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pneumo import site
+from pneumo.card import CardError, ModelCard
+from tests.conftest import ROOT
+from tests.test_drift import SAMPLES, copy_model
+
+
+def binomial_upper_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed term by term."""
+    return math.fsum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+
+
+def brute_force_lower_bound(k: int, n: int, alpha: float = 0.05) -> float:
+    """The p at which seeing k or more of n has probability alpha (bisection on the tail sum)."""
+    lo, hi = 0.0, k / n
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if binomial_upper_tail(k, n, mid) < alpha else (lo, mid)
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("k,n", [(1, 1), (9, 10), (48, 50), (98, 100), (100, 100), (3, 40), (195, 200)])
+def test_lower_bound_matches_a_brute_force_binomial(k: int, n: int) -> None:
+    bound = site.lower_bound(k, n)
+    assert bound == pytest.approx(brute_force_lower_bound(k, n), abs=1e-9)
+    # It is the one-sided 95 % bound: at it, k or more successes have probability 5 %.
+    assert binomial_upper_tail(k, n, bound) == pytest.approx(0.05, abs=1e-9)
+    assert site._lower_bounds(np.array([k]), np.array([n]))[0] == pytest.approx(bound, abs=1e-12)
+
+
+def test_lower_bound_edges() -> None:
+    assert site.lower_bound(0, 10) == 0.0 and site.lower_bound(0, 0) is None
+    assert site.lower_bound(10, 10) == pytest.approx(0.05 ** (1 / 10))  # all found: alpha^(1/n)
+
+
+def test_threshold_keeps_the_target_and_never_sits_on_a_score() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        y = (rng.random(120) < 0.5).astype(int)
+        p = np.clip(np.where(y == 1, rng.normal(0.7, 0.2, 120), rng.normal(0.3, 0.2, 120)), 0, 1)
+        for target in (0.9, 0.95, 0.98, 1.0):
+            t = site.site_threshold(y, p, target)
+            assert t not in set(p.tolist())
+            sens = (p[y == 1] >= t).mean()
+            assert sens >= target - 1e-12
+            # The highest such threshold: just above the lowest flagged positive, recall falls below target.
+            lowest = p[(y == 1) & (p >= t)].min()
+            assert (p[y == 1] >= np.nextafter(lowest, 1)).mean() < target
+            assert not ((p > t) & (p < lowest)).any()  # midway: no film between the threshold and that positive
+
+
+def test_positives_needed_is_the_first_n_where_the_bound_reaches_the_target() -> None:
+    found, positives, target = 48, 50, 0.9
+    needed = site.positives_needed(found, positives, target)
+    assert needed is not None and needed > 0
+    rate = found / positives
+    for n in (positives + needed - 1, positives + needed):
+        k = math.floor(rate * n + 1e-9)
+        reached = brute_force_lower_bound(k, n) >= target
+        assert reached == (n == positives + needed), n
+    assert site.positives_needed(50, 50, 0.9) == 0  # 0.05^(1/50) = 0.942 already above 0.9
+    assert site.positives_needed(45, 50, 0.9) is None  # observed 0.90: never above the target
+    assert site.minimum_positives(0.98) == 149 and site.lower_bound(149, 149) >= 0.98 > site.lower_bound(148, 148)
+
+
+def test_bound_curve_is_the_bound_against_n() -> None:
+    curve = site.bound_curve(48, 50, 0.9)
+    ns = [n for n, _ in curve]
+    assert ns == sorted(ns) and 50 in ns and curve[-1][1] >= 0.9
+    assert dict(curve)[50] == pytest.approx(site.lower_bound(48, 50))
+
+
+def test_too_few_films_are_said_plainly_not_refused() -> None:
+    y = np.array([1] * 12 + [0] * 6)
+    p = np.linspace(0.95, 0.05, 18)
+    result = site.figures("tiny", y, p, 0.95)
+    assert result.threshold > 0 and result.sensitivity >= 0.95
+    assert "Too few pneumonia films" in result.note and "at least 59" in result.note
+    assert "Only 6 normal films" in result.note
+    summary = result.summary()
+    assert list(summary)[:9] == list(site.SUMMARY_KEYS) and summary["n_positive"] == 12 and summary["n"] == 18
+
+
+def test_several_site_points_round_trip_through_the_card(tmp_path: Path) -> None:
+    model = copy_model(tmp_path / "m")
+    rng = np.random.default_rng(1)
+    y = (rng.random(300) < 0.6).astype(int)
+    p = np.clip(np.where(y == 1, rng.normal(0.8, 0.15, 300), rng.normal(0.2, 0.15, 300)), 0, 1)
+    for name, target in (("ward A", 0.95), ("ward B", 0.9), ("ward A", 0.98)):  # the second A replaces the first
+        site.record(model / "model.keras", site.figures(name, y, p, target, data="d", file_list_sha256_16="0" * 16))
+    card = ModelCard.read(model / "card.json")
+    points = {x["name"]: x for x in card.site_operating_points}
+    assert list(points) == ["ward B", "ward A"]
+    assert points["ward A"]["target_recall"] == 0.98 and points["ward A"]["replaces"]["threshold"] is not None
+    for key in ("threshold", "rule", "n", "counts", "file_list_sha256_16", "date", "sensitivity_lower_95",
+                "specificity_lower_95", "leakage"):
+        assert key in points["ward B"], key
+    again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())), "again")
+    assert again.site_operating_points == card.site_operating_points and again.threshold == card.threshold
+
+
+@pytest.mark.parametrize("points,message", [
+    ([{"name": "a", "threshold": 0.3}, {"name": "a", "threshold": 0.4}], "two site operating points"),
+    ([{"name": "a", "threshold": 1.5}], "threshold"),
+    ([{"threshold": 0.2}], "needs a name"),
+    ({"name": "a"}, "must be a JSON array"),
+])
+def test_a_bad_site_point_in_a_card_is_refused(points: object, message: str) -> None:
+    with pytest.raises(CardError, match=message):
+        ModelCard.from_dict({"threshold": 0.5, "site_operating_points": points})
+
+
+def test_apply_operating_point_leaves_the_cached_model_alone(tmp_path: Path) -> None:
+    from pneumo.models import load_model
+
+    model = copy_model(tmp_path / "m")
+    y = np.array([1] * 30 + [0] * 30)
+    p = np.concatenate([np.linspace(0.5, 0.99, 30), np.linspace(0.01, 0.45, 30)])
+    site.record(model / "model.keras", site.figures("ward", y, p, 0.9))
+    loaded = load_model(model)
+    shipped = loaded.threshold
+    ward = site.apply_operating_point(loaded, "ward")
+    assert ward.operating_point == "ward" and ward.threshold == ModelCard.read(model / "card.json").site_operating_points[0]["threshold"]
+    assert loaded.threshold == shipped and loaded.operating_point == "shipped" and ward.engine is loaded.engine
+    back = site.apply_operating_point(ward, "shipped")
+    assert back.threshold == shipped and back.operating_point == "shipped"
+    with pytest.raises(ValueError, match="known: shipped, ward"):
+        site.apply_operating_point(loaded, "elsewhere")
+    assert [x["name"] for x in site.operating_points(loaded.card)] == ["shipped", "ward"]
+
+
+def test_site_rule_on_a_stand_in_of_another_population() -> None:
+    """NORMAL2-IM held-out normals and the held-out pneumonias, from the shipped model's stored scores."""
+    val = pd.read_csv(ROOT / "models" / "val_predictions.csv")
+    standin = val[val["path"].str.contains("NORMAL2-IM") | (val["label"] == 1)]
+    figures = site.resampled_figures(standin["label"], standin["probability"], 100, 0.98, draws=200)
+    assert figures["labelled_positives"] + figures["labelled_normals"] == 100 and figures["draws"] == 200
+    assert figures["sensitivity"]["median"] >= 0.96 and figures["specificity"]["median"] >= 0.95
+    assert figures["sensitivity"]["p10"] <= figures["sensitivity"]["median"]
+
+
+# ---------------------------------------------------------------------- the CLI
+
+def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pneumo.cli import main
+
+    model = copy_model(tmp_path / "m")
+    assert main(["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9",
+                 "--name", "clinic", "--json"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert list(out)[:9] == list(site.SUMMARY_KEYS) and out["name"] == "clinic" and out["n"] == 48
+    assert out["n_positive"] == 24 and out["sensitivity"] >= 0.9 and 0 <= out["sensitivity_lower_95"] <= out["sensitivity"]
+    assert "used to train or validate" in out["note"]  # the bundled films trained the model: said, not hidden
+    point = ModelCard.read(model / "card.json").site_operating_points[0]
+    assert point["threshold"] == out["threshold"] and point["leakage"]["train"] > 0
+
+    sample = str(next((SAMPLES / "NORMAL").iterdir()))
+    assert main(["predict", "--model", str(model), "--operating-point", "clinic", "--json", sample]) == 0
+    entry = json.loads(capsys.readouterr().out)[0]
+    assert entry["operating_point"] == "clinic" and entry["threshold"] == out["threshold"]
+    assert main(["predict", "--model", str(model), "--json", sample]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["operating_point"] == "shipped"
+
+    assert main(["evaluate", "--model", str(model), "--data", str(SAMPLES), "--operating-point", "clinic",
+                 "--out", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["operating_point"] == "clinic" and report["threshold"] == out["threshold"]
+    assert "drift" in report
+    capsys.readouterr()
+    for args in (["predict", "--model", str(model), "--operating-point", "nowhere", sample],
+                 ["evaluate", "--model", str(model), "--data", str(SAMPLES), "--operating-point", "nowhere",
+                  "--out", str(tmp_path / "x.json")],
+                 ["predict", "--model", str(model), "--operating-point", "clinic", "--threshold", "0.5", sample],
+                 ["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9", "--name", "shipped"]):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+
+
+def test_cli_calibrate_refuses_a_read_only_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pneumo.cli import main
+
+    model = copy_model(tmp_path / "m")
+    card = model / "card.json"
+    before = card.read_bytes()
+    card.chmod(0o444)
+    try:
+        assert main(["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9",
+                     "--name", "clinic"]) == 2
+    finally:
+        card.chmod(0o644)
+    err = capsys.readouterr().err.strip()
+    assert "read-only" in err and len(err.splitlines()) == 1
+    assert card.read_bytes() == before
