@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import active_model, data_root, model_state_key, require_entry_point, settings, summarize_with_bar
+from pneumo.ui import active_model, data_root, model_state_key, plain, require_entry_point, settings, summarize_with_bar
 from pneumo import audit
 from pneumo import data as D
 from pneumo import plots
@@ -25,7 +25,7 @@ except (ValueError, OSError) as exc:  # DatasetError and any unreadable folder: 
     st.error(f"This data folder cannot be read: {exc}", icon=":material/error:")
     st.stop()
 
-st.caption(f"`{summary.root}` — {summary.layout}, {summary.n_images:,} images")
+st.caption(f"{plain(summary.root)} — {summary.layout}, {summary.n_images:,} images")
 cols = st.columns(5)
 cols[0].metric("Images", f"{summary.n_images:,}")
 cols[1].metric("Imbalance ratio", f"{summary.imbalance_ratio:.2f} : 1", help="majority : minority class")
@@ -68,7 +68,7 @@ with st.expander(f"Exact duplicates: {len(summary.duplicate_groups)} groups (sam
         for group in summary.duplicate_groups[:12]:
             cols = st.columns(max(len(group), 4))
             for col, path in zip(cols, group):
-                col.image(D.read_item(path), caption=Path(path.split(D.NPZ_SEPARATOR)[0]).name, clamp=True, width="stretch")
+                col.image(D.read_item(path), caption=plain(Path(path.split(D.NPZ_SEPARATOR)[0]).name), clamp=True, width="stretch")
         if len(summary.duplicate_groups) > 12:
             st.caption(f"… and {len(summary.duplicate_groups) - 12} more groups.")
         st.caption("Duplicates are kept on one side of the validation split together with their patients.")
@@ -89,7 +89,7 @@ for cls in D.CLASS_NAMES:
     pick = random.Random(seed).sample(paths, min(8, len(paths)))
     cols = st.columns(8)
     for col, path in zip(cols, pick):
-        col.image(D.read_item(path), caption=Path(path.split(D.NPZ_SEPARATOR)[0]).name, clamp=True, width="stretch")
+        col.image(D.read_item(path), caption=plain(Path(path.split(D.NPZ_SEPARATOR)[0]).name), clamp=True, width="stretch")
 
 
 st.subheader("Suspected label errors")
@@ -127,7 +127,7 @@ else:
         for i, r in enumerate(shown.itertuples()):
             with cols[i % 6]:
                 st.image(D.read_item(r.path), clamp=True, width="stretch")
-                st.caption(f"{Path(r.path).name} · labelled {D.CLASS_NAMES[int(r.label)]} · p={r.probability:.3f} · "
+                st.caption(f"{plain(Path(r.path).name)} · labelled {D.CLASS_NAMES[int(r.label)]} · p={r.probability:.3f} · "
                            f"score {r.score:.3f}")
                 verdicts[r.path] = st.selectbox("Verdict", audit.VERDICTS, key=f"verdict:{root}:{r.path}",
                                                 label_visibility="collapsed")

@@ -58,7 +58,11 @@ with left:
 
         stored = stored_predictions_file(loaded.path)
         if stored is not None:
-            preds = stored_predictions(str(stored), stored.stat().st_mtime)
+            try:
+                preds = stored_predictions(str(stored), stored.stat().st_mtime)[0]
+            except ValueError as exc:
+                st.error(f"The stored predictions cannot be used: {plain(exc)}", icon=":material/error:")
+                st.stop()
             preds = preds[preds["probability"].notna()]
             figures = E.metrics_at(preds["label"], preds["probability"], loaded.threshold)
             kind = STORED_KINDS[stored.name]

@@ -96,6 +96,7 @@ if bar:
 trim()  # the decoders' large buffers go back to the system, not into the heap's free lists
 readings = predict.mark_repeats(readings)
 assessed = [r for r in readings if r.xray is not None]
+st.session_state["last_drift"] = None
 if len(readings) > 1:
     # Drift is a property of a batch, not of a film: one test over every film read here.
     drift_result = cached_drift(tuple(d for d, r in zip(digests, readings) if r.xray is not None), model_key,
@@ -121,7 +122,8 @@ def heatmap(i: int, method: str = "gradcam") -> np.ndarray:
 
 
 def batch_report() -> bytes:
-    return report.study_pdf(readings, loaded, {i: heatmap(i) for i, r in enumerate(readings) if r.xray is not None})
+    return report.study_pdf(readings, loaded, {i: heatmap(i) for i, r in enumerate(readings) if r.xray is not None},
+                            drift=st.session_state.get("last_drift"))
 
 
 table = predict.worklist(readings, loaded)

@@ -8,12 +8,12 @@ import pandas as pd
 import streamlit as st
 
 from pneumo.models import STORED_KINDS, stored_predictions_file
-from pneumo.ui import (active_model, data_root, folder_predictions, metric_row, model_state_key, require_entry_point,
-                       settings, stored_predictions)
+from pneumo.ui import (active_model, data_root, folder_predictions, metric_row, model_state_key, plain, progress_bar,
+                       require_entry_point, settings, stored_predictions)
 from pneumo import data as D
 from pneumo import evaluate as E
-from pneumo import explain, plots
-from pneumo.models import PROJECT_ROOT, save_operating_point
+from pneumo import drift, explain, plots, site
+from pneumo.models import save_operating_point
 
 require_entry_point()
 
@@ -39,17 +39,41 @@ if not sources:
 source = st.radio("Labelled set", list(sources), horizontal=True, key=f"source:{model_key}")
 leak = None
 if sources[source] == "stored":
-    preds = stored_predictions(str(stored), stored.stat().st_mtime)
+    try:
+        preds, openable, refused = stored_predictions(str(stored), stored.stat().st_mtime)
+    except ValueError as exc:
+        st.error(f"The stored predictions cannot be used: {plain(exc)}", icon=":material/error:")
+        st.stop()
+    if refused:
+        st.caption(f"{refused} stored rows point outside the allowed folders: counted in the figures, never opened.")
     computed_on = (f"{STORED_KINDS[stored.name]} predictions stored with the model ({stored.name}): "
                    + loaded.card.validation.get("split", "films the model's own networks never saw"))
 else:
     try:
         preds = folder_predictions(loaded, root, model_key)
+        openable = preds
     except (ValueError, OSError) as exc:  # DatasetError and unreadable folders: a message, never a traceback
         st.error(f"This data folder cannot be predicted: {exc}", icon=":material/error:")
         st.stop()
     leak = E.leakage(loaded.path, preds["hash"])
     computed_on = f"the data folder {root.name} ({len(preds)} films), predicted now"
+    drift_key = f"folder-drift:{model_key}:{root}"
+    if st.button("Check this folder for drift", key=f"drift-button:{model_key}"):
+        readable = preds[preds["probability"].notna()]
+        with st.spinner("Comparing the folder with the films the operating point was set on…"):
+            st.session_state[drift_key] = drift.report(loaded, readable["path"].tolist(),
+                                                       readable["probability"].tolist())
+    found = st.session_state.get(drift_key)
+    if found:
+        if found.get("shifted"):
+            st.error(f"**This folder is unlike the films the operating point was set on** ({plain(found.get('method'))}, "
+                     f"n = {found.get('n')}, p = {found.get('p_value', 0):.2g}): its figures here will not match the "
+                     "card's; calibrate to this site below.", icon=":material/trending_up:")
+        elif found.get("p_value") is not None:
+            st.caption(f"Drift check: no shift detected ({plain(found.get('method'))}, n = {found.get('n')}, "
+                       f"p = {found['p_value']:.2g}).")
+        else:
+            st.caption(f"Drift check: {plain(found.get('reason') or found.get('note') or 'not available')}.")
 if leak and leak["fraction"] > 0:
     st.warning(
         f"**{leak['train'] + leak['validation']} of {leak['n']} images ({leak['fraction']:.0%}) in this folder are images "
@@ -129,37 +153,89 @@ blocked = (None if cfg.allow_changes else "Saving is switched off in this deploy
            "[pneumo] allow_changes = true).") or (None if confirm_leak and confirm_shipped else "Tick the confirmation first.")
 if save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked):
     record = {"overlap_confirmed": leak} if leak and leak["fraction"] > 0 else {}
-    save_operating_point(loaded.path, threshold, f"{rule} (on {computed_on}, n={m['n']})", **record)
-    st.toast(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json')}; every page uses it now.")
-    st.rerun()
+    try:
+        save_operating_point(loaded.path, threshold, f"{rule} (on {computed_on}, n={m['n']})", **record)
+    except (ValueError, OSError) as exc:  # a read-only card is refused, not replaced
+        st.error(f"Not saved: {plain(exc)}", icon=":material/block:")
+    else:
+        st.toast(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json')}; every page uses it now.")
+        st.rerun()
 
 st.subheader("Errors at this threshold")
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def overlay_for(path: str, key: str) -> np.ndarray:
-    img = D.read_item(path)
+    img = explain.shrink(D.read_item(path), 320)
     return explain.overlay(img, explain.gradcam(loaded, img, target=1), 0.45)
 
 
-def resolve(path: str) -> Path:
-    candidate = Path(path)
-    return candidate if candidate.is_absolute() else PROJECT_ROOT / candidate
-
-
-# Closest to the threshold first: those are the cases a small change of threshold would flip.
-for title, mask, ascending in (("False negatives (missed pneumonia)", (y == 1) & (p < threshold), False),
-                               ("False positives (normal flagged)", (y == 0) & (p >= threshold), True)):
-    rows = preds[mask].sort_values("probability", ascending=ascending)
-    st.markdown(f"**{title}: {len(rows)}**")
+# Galleries open only rows inside the allowed folders (stored rows were resolved and checked; a folder's
+# own films are inside it). Closest to the threshold first: a small change of threshold would flip them.
+inside = openable[openable["probability"].notna()]
+for title, mask, ascending in (("False negatives (missed pneumonia)", (inside["label"] == 1) & (inside["probability"] < threshold), False),
+                               ("False positives (normal flagged)", (inside["label"] == 0) & (inside["probability"] >= threshold), True)):
+    rows = inside[mask].sort_values("probability", ascending=ascending)
+    st.markdown(f"**{title}: {int(mask.sum())}**")
     if rows.empty:
         continue
-    present = [r for r in rows.itertuples() if resolve(r.path).exists() or D.NPZ_SEPARATOR in r.path]
+    present = [r for r in rows.itertuples() if Path(str(r.path).split(D.NPZ_SEPARATOR)[0]).exists()]
     if not present:
         st.info("The images behind these predictions are not on this machine (a fresh clone has only the samples); "
                 "everything above still works.")
         continue
     cols = st.columns(4)
     for i, r in enumerate(present[:8]):
-        path = str(resolve(r.path)) if D.NPZ_SEPARATOR not in r.path else r.path
-        cols[i % 4].image(overlay_for(path, model_key), caption=f"{Path(r.path).name} · p={r.probability:.3f}", width="stretch")
+        try:
+            picture = overlay_for(str(r.path), model_key)
+        except (ValueError, OSError) as exc:
+            where = f"row {r.row}" if hasattr(r, "row") else "a film of this folder"
+            cols[i % 4].warning(f"{where}: {plain(getattr(exc, 'reason', exc))}")
+            continue
+        cols[i % 4].image(picture, caption=f"{plain(Path(str(r.path)).name)} · p={r.probability:.3f}", width="stretch")
+
+st.subheader("Calibrate to this site")
+if root is None:
+    st.info("Select a labelled data folder of this site's own films in the sidebar.")
+    st.stop()
+st.caption(f"Sets an operating point on the labelled films of {plain(root.name)}: the threshold for a target recall on "
+           "them, with one-sided 95 % lower bounds (Clopper–Pearson) of sensitivity and specificity, recorded in the "
+           "model's card under a name and chosen in the sidebar.")
+site_cols = st.columns([2, 2, 2])
+site_target = site_cols[0].number_input("Target recall at the site", 0.5, 0.999, 0.98, 0.005, format="%.3f",
+                                        key=f"site-target:{model_key}")
+site_name = site_cols[1].text_input("Site name", key=f"site-name:{model_key}", placeholder="e.g. ward-3 2027")
+calibration_key = f"site-calibration:{model_key}:{root}"
+if site_cols[2].button("Calibrate", key=f"site-calibrate:{model_key}", disabled=not site_name.strip()):
+    bar, update = progress_bar("Predicting the site's films…")
+    try:
+        st.session_state[calibration_key] = site.calibrate(loaded, root, site_target, site_name, progress=update)
+    except (ValueError, OSError) as exc:
+        st.error(f"Not calibrated: {plain(exc)}", icon=":material/block:")
+    finally:
+        bar.empty()
+calibration = st.session_state.get(calibration_key)
+if calibration is not None:
+    c = calibration
+    st.markdown(f"**{plain(c.name)}**: threshold **{c.threshold:.4f}** on {c.n} films ({c.n_positive} pneumonia, "
+                f"{c.n_negative} normal).")
+    st.dataframe(pd.DataFrame([{
+        "sensitivity": c.sensitivity, "lower 95 % bound": c.sensitivity_lower_95, "specificity": c.specificity,
+        "lower 95 % bound ": c.specificity_lower_95, "more positives needed": c.positives_needed}]),
+        hide_index=True, width="stretch")
+    if c.note:
+        st.warning(plain(c.note), icon=":material/info:")
+    if c.leakage and c.leakage.get("fraction", 0) > 0:
+        st.warning(f"{c.leakage['train'] + c.leakage['validation']} of these films are the model's own training or "
+                   "validation films: the site figures are optimistic.", icon=":material/warning:")
+    if c.curve:
+        st.plotly_chart(plots.bound_curve(c.curve, c.target_recall), width="stretch", key=f"bound:{model_key}")
+    site_blocked = None if cfg.allow_changes else "Saving is switched off in this deployment."
+    if st.button("Save site operating point", disabled=site_blocked is not None, help=site_blocked,
+                 key=f"site-save:{model_key}"):
+        try:
+            site.record(loaded.path, c)
+        except (ValueError, OSError) as exc:
+            st.error(f"Not saved: {plain(exc)}", icon=":material/block:")
+        else:
+            st.toast(f"Saved '{c.name}' into the card; choose it in the sidebar under Operating point.")

@@ -71,10 +71,9 @@ def audit_folder(data: str | Path, model_path: str | Path | None = None,
     """Audit a labelled collection: films with a stored out-of-fold prediction of the model use it
     (source "out of fold"); the others are predicted by the model itself (source "model": out of sample
     only if the model never trained on them, which evaluate.leakage tells)."""
-    from .crossfit import OOF_FILE
     from .data import scan
     from .evaluate import predict_frame
-    from .models import load_model
+    from .models import OOF_FILE, load_model
 
     loaded = load_model(model_path)
     frame = scan(data).frame

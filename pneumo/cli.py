@@ -99,7 +99,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else DEFAULT_MODEL_PATH
     path = path / "model.keras" if path.is_dir() else path
     loaded = LoadedModel(load_keras_model(path), read_card(path), path)
-    print(f"written {export_onnx(loaded.model, path, loaded.gradcam_layer)}", file=sys.stderr)
+    from .explain import cam_functions
+
+    written = export_onnx(loaded.model, path, loaded.gradcam_layer, cam_functions(loaded.model, loaded.gradcam_layer))
+    print(f"written {written}", file=sys.stderr)
     return 0
 
 
@@ -140,7 +143,7 @@ def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate_data
+    from .external import evaluate_data
     from .runs import atomic_write_json, check_writable, write_new_json
 
     out, replace = _report_target(args)
@@ -155,7 +158,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         write_new_json(out, report)  # a new file, never one that appeared meanwhile
     if args.record:
-        from .evaluate import record_evaluation
+        from .external import record_evaluation
 
         card = record_evaluation(report, args.record)
         print(f"recorded '{args.record}' in {card}", file=sys.stderr)
@@ -171,7 +174,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .card import check_threshold
     from .models import load_model
-    from .predict import read
+    from .predict import DEFAULT_BAND, Repeats, read
 
     loaded = load_model(args.model)
     if args.threshold is not None and args.operating_point:
@@ -185,12 +188,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         loaded.operating_point = "--threshold"
     if args.cam and Path(args.cam).exists() and not Path(args.cam).is_dir():
         raise ValueError(f"--cam {args.cam}: exists and is not a folder")
+    if args.band is not None and not 0.0 <= args.band <= 0.5:
+        raise ValueError(f"--band must be between 0 and 0.5; got {args.band}")
     results = []
-    for path in args.paths:
-        reading = read(loaded, path)
+    repeats = Repeats()
+    cautions = loaded.card.cautions()
+    for i, path in enumerate(args.paths):
+        reading = repeats.note(i, read(loaded, path, band=DEFAULT_BAND if args.band is None else args.band))
         entry: dict[str, Any] = {"path": path, "probability": reading.probability, "prediction": reading.decision,
                                  "threshold": loaded.threshold, "operating_point": loaded.operating_point,
-                                 "warnings": reading.warnings,
+                                 "warnings": reading.warnings, "cautions": cautions,
+                                 "repeat_of": args.paths[reading.repeat_of] if reading.repeat_of is not None else None,
                                  "error": f"{reading.name}: {reading.error}" if reading.error else None}
         if args.cam and reading.xray is not None:
             entry["cam"], problem = _write_overlay(loaded, reading.xray.pixels, Path(args.cam), Path(path).stem)
@@ -200,6 +208,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results, indent=2))
     else:
+        for caution in cautions:
+            print(f"caution: this model {caution}", file=sys.stderr)
         for r in results:
             if r["error"]:
                 print(f"{r['path']}: ERROR {r['error']}")
@@ -487,6 +497,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON array")
     p.add_argument("--operating-point", dest="operating_point", metavar="NAME",
                    help="a site operating point recorded in the card (default: the card's own, 'shipped')")
+    p.add_argument("--band", type=float, default=None,
+                   help="uncertain band (± probability around the threshold) reported as 'UNCERTAIN — review' "
+                        "(default: the app's, 0.05)")
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_predict)
 

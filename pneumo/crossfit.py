@@ -26,7 +26,7 @@ from . import runs
 from .card import ModelCard
 from .evaluate import metrics_at
 
-OOF_FILE = "oof_predictions.csv"
+from .models import OOF_FILE  # noqa: F401 - where callers have always found it
 OOF_COLUMNS = ["path", "label", "fold", "probability", "patient_id"]
 
 

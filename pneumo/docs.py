@@ -80,9 +80,12 @@ def _card() -> ModelCard:
     return ModelCard.read(DEFAULT_MODEL_DIR / "card.json")
 
 
+BENCH = PROJECT_ROOT / "bench" / "results.json"
+
 BLOCKS: dict[str, tuple[Path, Callable[[], str]]] = {
     "model-table": (README, lambda: model_table(_card())),
     "experiments-shipped": (EXPERIMENTS, lambda: model_table(_card())),
+    "bench-table": (README, lambda: bench_table(load_json(BENCH))),
 }
 
 
@@ -121,7 +124,11 @@ def write(names: list[str] | None = None) -> list[Path]:
 def bench_table(results: dict[str, Any]) -> str:
     """The README's performance table from bench/results.json: each headline key, its value and spread."""
     spread = results.get("spread", {})
-    lines = ["| key | value | spread [p10, p90] |", "| --- | --- | --- |"]
+    peak = results.get("peak", {})
+    lines = [f"`make bench`, {results.get('date', '?')[:10]}, {results.get('cpu', {}).get('model', '?')} "
+             f"({results.get('cpu_count', '?')} cores); ceiling {peak.get('gflops', '?')} GFLOP/s ({peak.get('how', '')}), "
+             f"best GEMM measured in the run {results.get('gemm_best_gflops', '?')} GFLOP/s.", "",
+             "| key | value | spread [p10, p90] |", "| --- | --- | --- |"]
     for key, value in results.get("headline", {}).items():
         lo_hi = spread.get(key)
         lines.append(f"| `{key}` | {_f(value, 3)} | {'[' + ', '.join(_f(x, 3) for x in lo_hi) + ']' if lo_hi else '—'} |")

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -55,9 +55,15 @@ def onnx_path(model_path: str | Path) -> Path:
     return Path(model_path).with_name(ONNX_NAME)
 
 
-def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = None) -> Path:
-    """Write model.onnx (and gradcam.onnx when a Grad-CAM layer is given) beside model_path, the saved
-    .keras file of `model`, atomically."""
+def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = None,
+                cam_functions: Mapping[str, Any] | None = None) -> Path:
+    """Write model.onnx (and gradcam.onnx when map functions are given) beside model_path, the saved
+    .keras file of `model`, atomically.
+
+    cam_functions: {method: fn(x, sign) -> maps} for the Grad-CAM layer (pneumo.explain.cam_functions).
+    The engine receives them rather than importing the module that makes them: explanations depend on
+    the serving engine, not the other way round.
+    """
     try:
         import tensorflow as tf
         import tf2onnx
@@ -99,14 +105,9 @@ def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = 
     expected = _agreeing_outputs(dest, expected, probe)
     _write_probe(model_path, source, size, expected)
     dest.with_name(CAM_NAME).unlink(missing_ok=True)
-    if gradcam_layer:
-        from .explain import METHODS, cam_function
-
+    if gradcam_layer and cam_functions:
         _register_gradient_ops()
-        try:
-            cams = {m: cam_function(model, m, gradcam_layer) for m in METHODS}
-        except ValueError:  # no such layer: the card's Grad-CAM layer is checked where maps are drawn
-            return dest
+        cams = dict(cam_functions)
         # One image at a time, with static shapes: the gradient's shape arithmetic then folds into constants.
         one = [tf.TensorSpec([1, size, size, 1], tf.float32, name="xray"), tf.TensorSpec([1], tf.float32, name="sign")]
         try:

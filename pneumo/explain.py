@@ -171,6 +171,15 @@ def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
     return cache[key]
 
 
+def cam_functions(model: Any, layer: str) -> dict[str, Any]:
+    """{method: fn(x, sign)} for every method, to export (engine.export_onnx); {} when the layer is not in
+    the model (the card's Grad-CAM layer is checked where maps are drawn)."""
+    try:
+        return {m: cam_function(model, m, layer) for m in METHODS}
+    except ValueError:
+        return {}
+
+
 def cam_function(model: Any, method: str, layer: str) -> Any:
     """(images, ±1 per image) → raw Grad-CAM or Grad-CAM++ maps at the layer's resolution, written with
     TensorFlow operations (the formulas of tf-keras-vis 0.8) so it can be traced or exported."""

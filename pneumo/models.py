@@ -133,7 +133,8 @@ def _last_conv_layer(model: Any) -> str:
 
 # Predictions stored beside a model, best first: every training film out of fold (a cross-fitted
 # ensemble), else the run's own held-out films.
-STORED_KINDS = {"oof_predictions.csv": "out-of-fold", "val_predictions.csv": "held-out"}
+OOF_FILE = "oof_predictions.csv"
+STORED_KINDS = {OOF_FILE: "out-of-fold", "val_predictions.csv": "held-out"}
 
 
 def stored_predictions_file(model_path: str | Path) -> Path | None:

@@ -156,3 +156,15 @@ def population_chart(rows: list[dict[str, Any]], label: str) -> go.Figure:
     fig.update_layout(title=label, height=90 + 26 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
                       xaxis=dict(range=[0.0, 1.0]), showlegend=False)
     return fig
+
+
+def bound_curve(curve: list[tuple[int, float]], target: float) -> go.Figure:
+    """The one-sided 95 % lower bound of sensitivity against the number of labelled pneumonias, with the
+    target: how many a site needs before its bound can mean anything."""
+    n, bound = zip(*curve) if curve else ((), ())
+    fig = go.Figure(go.Scatter(x=list(n), y=list(bound), mode="lines+markers", name="lower 95 % bound",
+                               hovertemplate="%{x} pneumonias: bound %{y:.3f}<extra></extra>"))
+    fig.add_hline(y=target, line_dash="dot", annotation_text=f"target {target:.3f}", annotation_position="bottom right")
+    fig.update_layout(title="Sensitivity bound against labelled pneumonias", height=320,
+                      xaxis_title="labelled pneumonia films", yaxis=dict(range=[0, 1], title="lower 95 % bound"), **LAYOUT)
+    return fig

@@ -77,25 +77,35 @@ def nbytes(reading: Reading) -> int:
     return 4096 + (reading.xray.pixels.nbytes if reading.xray is not None else 0)
 
 
-def mark_repeats(readings: list[Reading]) -> list[Reading]:
+class Repeats:
     """Readings whose pixels repeat an earlier reading's say so (repeat_of and a warning): the same film
-    sent twice, under two names, is one film, not two independent readings."""
-    from .data import pixel_hash
+    sent twice, under two names, is one film, not two independent readings. Fed one reading at a time,
+    so a long command-line batch keeps only hashes, not films."""
 
-    first: dict[str, int] = {}
-    for i, r in enumerate(readings):
-        if r.xray is None:
-            continue
-        digest = pixel_hash(r.xray.pixels)
-        if digest in first:
-            j = first[digest]
-            r.repeat_of = j
-            note = f"repeats item {j + 1} ({readings[j].name}): the same pixels; read them as one film"
-            if note not in r.warnings:
-                r.warnings.append(note)
+    def __init__(self) -> None:
+        self.first: dict[str, tuple[int, str]] = {}
+
+    def note(self, index: int, reading: Reading) -> Reading:
+        from .data import pixel_hash
+
+        if reading.xray is None:
+            return reading
+        digest = pixel_hash(reading.xray.pixels)
+        if digest in self.first:
+            j, name = self.first[digest]
+            reading.repeat_of = j
+            note = f"repeats item {j + 1} ({name}): the same pixels; read them as one film"
+            if note not in reading.warnings:
+                reading.warnings.append(note)
         else:
-            first[digest] = i
-    return readings
+            self.first[digest] = (index, reading.name)
+        return reading
+
+
+def mark_repeats(readings: list[Reading]) -> list[Reading]:
+    """Every reading of a batch through Repeats, in order."""
+    tracker = Repeats()
+    return [tracker.note(i, r) for i, r in enumerate(readings)]
 
 
 def order(readings: list[Reading]) -> list[int]:

@@ -95,6 +95,7 @@ def study_pdf(
     loaded: Any,
     heatmaps: dict[int, np.ndarray] | None = None,
     title: str = "Chest X-ray pneumonia screening report",
+    drift: str | None = None,
 ) -> bytes:
     """PDF bytes: a summary table of the batch, then a page per image with the X-ray, the Grad-CAM overlay
     with its colour bar, probability, decision, operating point, model and card figures, warnings and the
@@ -128,9 +129,15 @@ def study_pdf(
     validation = card.validation
     header(title)
     line(f"Generated {when} - model {card.name} ({card.architecture}), card {card_hash(loaded)}")
-    line(f"Operating threshold {card.threshold:.4f}: {card.threshold_rule}")
+    point = getattr(loaded, "operating_point", "shipped")
+    line(f"Operating point '{point}', threshold {card.threshold:.4f}: {card.threshold_rule}")
+    for caution in card.cautions():
+        line(f"CAUTION: this model {caution}.", bold=True)
+    if drift is not None:
+        line(f"Drift of this batch: {drift}")
     if validation:
-        line(f"Held-out validation ({validation.get('kind', 'patient')} split, n = {validation.get('n')}): "
+        line(f"Validation ({validation.get('kind', 'patient')}, n = {validation.get('n')}; in-distribution unless an "
+             f"external evaluation says otherwise): "
              f"ROC AUC {_num(validation.get('roc_auc'), 4)}, sensitivity {_num(validation.get('sensitivity'))}, "
              f"specificity {_num(validation.get('specificity'))}")
     for ev in card.external_evaluations[-3:]:

@@ -568,9 +568,11 @@ def finish_run(
 def _export_for_serving(loaded: Any) -> dict[str, Any]:
     """Export model.onnx beside the saved model and serve it from there; TensorFlow when export fails."""
     from .engine import ExportError, export_onnx, open_onnx
+    from .explain import cam_functions
 
     try:
-        export_onnx(loaded.model, loaded.path, loaded.gradcam_layer)
+        layer = loaded.gradcam_layer
+        export_onnx(loaded.model, loaded.path, layer, cam_functions(loaded.model, layer) if layer else None)
     except ExportError as exc:
         return {"engine": loaded.engine_name, "onnx_export": str(exc)}
     loaded.engine = open_onnx(loaded.path)

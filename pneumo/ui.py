@@ -57,9 +57,16 @@ def active_model() -> LoadedModel | None:
         cached = _cached_model(path, Path(path).stat().st_mtime)
         cached.card = read_card(Path(path))  # keep the traced graph; only the card may have changed
     except (ValueError, OSError) as exc:
-        st.error(f"The selected model cannot be used: {exc}", icon=":material/error:")
+        st.error(f"The selected model cannot be used: {plain(exc)}", icon=":material/error:")
         return None
-    return cached
+    from pneumo import site
+
+    try:  # a copy with the operating point chosen in the sidebar in force; the cached model is shared
+        return site.apply_operating_point(cached, st.session_state.get("operating_point"))
+    except ValueError as exc:
+        st.warning(f"The chosen operating point is not in this model's card ({plain(exc)}); the shipped one is in "
+                   "force.", icon=":material/warning:")
+        return cached
 
 
 def model_state_key(loaded: LoadedModel) -> str:
@@ -81,11 +88,10 @@ def remember_choice(key: str, value: str | None) -> None:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def stored_predictions(path: str, mtime: float) -> Any:
-    """A model's val_predictions.csv, re-read when the file changes."""
-    import pandas as pd
-
-    return pd.read_csv(path)
+def stored_predictions(path: str, mtime: float) -> tuple[Any, Any, int]:
+    """A model's stored predictions, validated, re-read when the file changes: (every row, for figures;
+    the rows inside the allowed roots, the only ones a page may open; how many were refused)."""
+    return settings().stored_predictions(path)
 
 
 def data_root() -> Path | None:
@@ -214,6 +220,7 @@ def sidebar(cfg: AppSettings) -> None:
             index = next((i for i, label in enumerate(labels) if str(choices[label]) == current), 0)
             label = st.selectbox("Active model", labels, index=index, key="model_choice")
             remember_choice("model_path", str(choices[label]))
+            operating_point_picker(Path(str(choices[label])))
         else:
             st.warning("No model found: train one on the Train page.")
             st.session_state["model_path"] = None
@@ -231,6 +238,26 @@ def sidebar(cfg: AppSettings) -> None:
             st.session_state["data_root"] = None
         st.caption(f"Device: {device_description()}")
         st.caption("Research use only — not a medical device.")
+
+
+def operating_point_picker(model_path: Path) -> None:
+    """The operating point in force for this session: the card's own or a named site point, kept in the
+    URL like the model (a reload or a shared link keeps it)."""
+    from pneumo import site
+
+    try:
+        points = site.operating_points(read_card(model_path))
+    except (ValueError, OSError):
+        return  # the model's own error box says why
+    names = [p["name"] for p in points]
+    current = st.session_state.get("operating_point") or st.query_params.get("operating_point") or names[0]
+    index = names.index(current) if current in names else 0
+    origin = {p["name"]: p["origin"] for p in points}
+    picked = st.selectbox("Operating point", names, index=index, key=f"operating_point_choice:{model_path}",
+                          help="The threshold in force: the card's own, or one set on a site's own labelled films "
+                               "(Threshold page, Calibrate to this site).")
+    st.caption(f"{plain(origin[picked])}")
+    remember_choice("operating_point", picked)
 
 
 def activate_model(path: Path) -> None:

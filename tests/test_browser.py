@@ -93,8 +93,27 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(workspace: Path) -> Iterator[Server]:
+def orthanc(workspace: Path) -> Iterator[object]:
+    """A real Orthanc (Debian's) with DICOMweb on a free loopback port, seeded with six sample studies: the
+    PACS the Predict page's "From PACS" source is configured with."""
+    from pneumo.pacs_server import find_orthanc, free_port, seed, start_orthanc
+
+    if find_orthanc() is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("Debian's orthanc and orthanc-dicomweb are not installed (make test installs them)")
+        pytest.skip("Orthanc is not installed (make test installs it)")
+    pacs = start_orthanc(free_port(), workdir=workspace / "orthanc")
+    try:
+        seed(pacs.dicomweb_url, limit=6)
+        yield pacs
+    finally:
+        pacs.stop()
+
+
+@pytest.fixture(scope="module")
+def server(workspace: Path, orthanc: object) -> Iterator[Server]:
     env = {**os.environ, "PNEUMO_MODELS_DIR": str(workspace / "models"), "PNEUMO_RUNS_DIR": str(workspace / "runs"),
+           "PNEUMO_PACS_URL": orthanc.dicomweb_url,
            "PNEUMO_DATA_ROOTS": str(workspace / "small"), "PNEUMO_CACHE_DIR": str(workspace / "cache"),
            "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
            "PNEUMO_ALLOW_CHANGES": "1"}
@@ -487,3 +506,183 @@ def test_second_look_every_page_survives_second_use(browser: object, server: Ser
     finally:
         for c in contexts:
             c.close()
+
+
+def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, orthanc: object) -> None:
+    """The "From PACS" source: the configured server's studies, two screened, results sent into their studies."""
+    from pneumo.pacs import Pacs
+
+    _goto(page, server, "predict")
+    page.get_by_text("From PACS").click()
+    _settle(page)
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.wait_for()
+    assert page.get_by_text("no patient identifiers shown").count() >= 1
+    box = grid.bounding_box()
+    for row in (1, 2):  # tick the first two studies
+        page.mouse.click(box["x"] + 12, box["y"] + 36 * row + 18)
+        _settle(page)
+    started = time.perf_counter()
+    page.get_by_role("button", name="Screen 2 selected studies").click()
+    page.get_by_text("Probability of pneumonia").first.wait_for()
+    _settle(page)
+    _record(pacs_screen_two_studies_s=round(time.perf_counter() - started, 2))
+    assert page.locator('[data-testid="stException"]').count() == 0
+    _shot(page, "8-predict-from-pacs")
+    page.get_by_role("button", name="Send results to PACS").click()
+    _settle(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stAlert"]').filter(has_text="failed").count() == 0
+    # The reports are in the server now: a pneumo SR in two studies.
+    pacs = Pacs(orthanc.dicomweb_url)
+    studies = pacs.search_studies({"ModalitiesInStudy": "SR"})
+    assert len(studies) >= 2
+
+
+def _large_films(folder: Path, n: int, side: int = 2500) -> list[Path]:
+    """n different large films (smooth chest-like gradients with noise), as JPEG."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
+    base = 0.6 - 0.35 * (np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+                         + np.exp(-(((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2)))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(n):
+        img = np.clip(base * (0.9 + 0.2 * i / n) + rng.normal(0, 0.02, (side, side)), 0, 1)
+        path = folder / f"large_{i:03d}.jpeg"
+        Image.fromarray((img * 255).astype(np.uint8)).save(path, quality=80)
+        paths.append(path)
+    return paths
+
+
+def _cards_shown(page: object, n: int, timeout_s: float = 600) -> None:
+    metrics = page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia")
+    deadline = time.time() + timeout_s
+    while metrics.count() < n and time.time() < deadline:
+        page.wait_for_timeout(200)
+    assert metrics.count() == n
+
+
+def test_app_speed_measured_in_the_browser(browser: object, server: Server, workspace: Path) -> None:
+    """Measurements for artifacts/app_timing.json (bench figures of the app, not timed assertions)."""
+    films = sorted((ROOT / "data" / "samples").glob("*/*.jpeg"))
+    upload = '[data-testid="stFileUploaderDropzoneInput"]'
+    maps = page_maps = None
+    new_tab = []
+    for film in films[:3]:  # a new tab each time: a first visit
+        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+        pg = ctx.new_page()
+        pg.set_default_timeout(180_000)
+        _goto(pg, server, "predict")
+        started = time.perf_counter()
+        pg.locator(upload).set_input_files([str(film)])
+        pg.get_by_text("Probability of pneumonia").first.wait_for()
+        pg.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM++").first.wait_for()
+        new_tab.append(time.perf_counter() - started)
+        page_maps = pg
+        if film != films[2]:
+            ctx.close()
+    pg = page_maps
+    same_tab = []
+    for film in films[3:6]:  # the same tab, another film
+        started = time.perf_counter()
+        pg.locator(upload).set_input_files([str(film)])
+        pg.get_by_text(film.name, exact=True).first.wait_for()
+        pg.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM++").first.wait_for()
+        same_tab.append(time.perf_counter() - started)
+    started = time.perf_counter()
+    pg.locator(upload).set_input_files([str(f) for f in films[:25]])
+    _cards_shown(pg, 25)
+    twenty_five = time.perf_counter() - started
+    _settle(pg)
+    opacity = []
+    slider = pg.get_by_role("slider").first
+    for key in ("ArrowRight", "ArrowLeft", "ArrowRight"):
+        slider.focus()
+        started = time.perf_counter()
+        slider.press(key)
+        pg.wait_for_timeout(50)
+        pg.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=120_000)
+        opacity.append(time.perf_counter() - started)
+    pg.context.close()
+    _record(upload_new_tab_to_probability_and_maps_s=[round(x, 2) for x in new_tab],
+            upload_same_tab_to_probability_and_maps_s=[round(x, 2) for x in same_tab],
+            twenty_five_films_to_every_card_s=round(twenty_five, 2),
+            opacity_change_with_25_films_s=[round(x, 2) for x in opacity])
+    del maps
+
+
+def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_path: Path) -> None:
+    """200 large films in one session, then two sessions of 50 at once: peak and settled resident memory.
+    The bound is the deployment's (1.5 GB); readings are cached by bytes and the heap is trimmed."""
+    films = _large_films(tmp_path / "large", 200)
+    upload = '[data-testid="stFileUploaderDropzoneInput"]'
+    before = resident(server.proc.pid)
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = ctx.new_page()
+    pg.set_default_timeout(900_000)
+    _goto(pg, server, "predict")
+    started = time.perf_counter()
+    pg.locator(upload).set_input_files([str(f) for f in films])
+    _cards_shown(pg, 200, timeout_s=900)
+    _settle(pg)
+    two_hundred_s = time.perf_counter() - started
+    assert pg.locator('[data-testid="stException"]').count() == 0
+    after_200 = resident(server.proc.pid)
+    ctx.close()
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2)]
+    pages = [c.new_page() for c in contexts]
+    for i, p in enumerate(pages):
+        p.set_default_timeout(900_000)
+        _goto(p, server, "predict")
+    for i, p in enumerate(pages):  # both sessions upload before either is read
+        p.locator(upload).set_input_files([str(f) for f in films[50 * i: 50 * (i + 1)]])
+    for p in pages:
+        _cards_shown(p, 50, timeout_s=900)
+        _settle(p)
+    during_two = resident(server.proc.pid)
+    for c in contexts:
+        c.close()
+    time.sleep(20)  # sessions closed: their uploads are released
+    settled = resident(server.proc.pid)
+    _record(memory_before_mb=round(before.total_mb, 1), memory_after_200_large_films_mb=round(after_200.total_mb, 1),
+            memory_two_sessions_of_50_mb=round(during_two.total_mb, 1), memory_settled_after_sessions_mb=round(settled.total_mb, 1),
+            memory_peak_mb=round(settled.peak_mb, 1), two_hundred_large_films_s=round(two_hundred_s, 1))
+    assert settled.peak_mb * 2**20 < 1.5e9, f"peak {settled.peak_mb:.0f} MiB"
+    assert settled.total_mb * 2**20 < 1.5e9, f"settled {settled.total_mb:.0f} MiB"
+
+
+def test_explorer_and_threshold_on_the_training_folder(page: object, server: Server, workspace: Path) -> None:
+    """The 5,216 training films: Explorer's first render (cold, then from the disk cache), and the Threshold
+    page's folder prediction beside `pneumo evaluate` on the same folder."""
+    shared = ROOT.parent / "shared" / "data" / "chest_xray" / "train"
+    if not shared.is_dir():
+        pytest.skip("the shared training folder is not beside this checkout")
+    _goto(page, server, "explore")
+    timings = []
+    for _ in range(2):  # the first reads every film; the second finds them in the disk cache
+        started = time.perf_counter()
+        _pick(page, "Data folder", "chest_xray/train")
+        page.get_by_text("Sample grid").wait_for(timeout=300_000)
+        timings.append(time.perf_counter() - started)
+        _pick(page, "Data folder", "Bundled samples")
+        page.get_by_text("Sample grid").wait_for()
+    _goto(page, server, "threshold")
+    _pick(page, "Data folder", "chest_xray/train")
+    started = time.perf_counter()
+    page.get_by_text("Predict the data folder").first.click()
+    page.get_by_text("Figures on the data folder").first.wait_for(timeout=600_000)
+    _settle(page)
+    in_app = time.perf_counter() - started
+    assert page.locator('[data-testid="stException"]').count() == 0
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "pneumo", "evaluate", "--model", str(workspace / "models"), "--data",
+                    str(shared), "--out", str(workspace / "train-report.json")], check=True, capture_output=True, cwd=ROOT)
+    cli = time.perf_counter() - started
+    _record(explorer_5216_first_render_cold_s=round(timings[0], 2), explorer_5216_first_render_cached_s=round(timings[1], 2),
+            threshold_5216_folder_prediction_in_app_s=round(in_app, 2),
+            threshold_5216_evaluate_cli_s=round(cli, 2), threshold_5216_app_over_cli=round(in_app / cli, 2))
+    _pick(page, "Data folder", "Bundled samples")

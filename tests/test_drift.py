@@ -250,7 +250,7 @@ def test_cli_drift_contract(model_with_reference: Path, tmp_path: Path, capsys: 
 
 
 def test_evaluate_report_has_a_drift_object(model_with_reference: Path, tmp_path: Path) -> None:
-    from pneumo.evaluate import evaluate_data
+    from pneumo.external import evaluate_data
 
     report = evaluate_data(model_with_reference, SAMPLES)
     assert report["drift"]["available"] is True and report["drift"]["n"] == 48 and report["drift"]["shifted"] is False

@@ -33,7 +33,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
             var.assign(rng.uniform(0.5, 1.5, var.shape).astype("float32"))
     model.save(folder / "model.keras")
     (folder / "card.json").write_text(json.dumps({"threshold": 0.4, "architecture": "shift_cnn"}))
-    E.export_onnx(model, folder / "model.keras", "stage3_out")
+    from pneumo.explain import cam_functions
+
+    E.export_onnx(model, folder / "model.keras", "stage3_out", cam_functions(model, "stage3_out"))
     return folder
 
 

@@ -36,3 +36,34 @@ def test_samples_carry_attribution() -> None:
     text = (ROOT / "data" / "samples" / "ATTRIBUTION.md").read_text()
     assert "CC BY 4.0" in text and "10.1016/j.cell.2018.02.010" in text
     assert len(list((ROOT / "data" / "samples").glob("*/*.jpeg"))) == 48
+
+
+def test_no_import_cycle_in_the_package() -> None:
+    """Imports point one way: no module of pneumo/ reaches itself, through module-level or deferred imports."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for f in (ROOT / "pneumo").glob("*.py"):
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                targets |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pneumo."):
+                targets.add(node.module.split(".")[1])
+        graph[f.stem] = targets & {p.stem for p in (ROOT / "pneumo").glob("*.py")}
+
+    def reach(start: str) -> list[str] | None:
+        stack = [(start, [start])]
+        seen: set[str] = set()
+        while stack:
+            node, path = stack.pop()
+            for nxt in graph.get(node, ()):
+                if nxt == start:
+                    return path + [start]
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append((nxt, path + [nxt]))
+        return None
+
+    cycles = [c for c in (reach(m) for m in graph) if c]
+    assert not cycles, " ; ".join(" → ".join(c) for c in cycles)

@@ -1,0 +1,35 @@
+"""The bench's results files can be read as written: every fraction of the peak is at most 1 (the peak is
+a ceiling), and every headline figure carries its spread over the repeats."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import ROOT
+
+RESULTS = [p for p in (ROOT / "bench" / "results.json", ROOT / "bench" / "results-quick.json",
+                       ROOT / "bench" / "results-gpu.json") if p.exists()]
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_fractions_are_shares_of_a_ceiling_and_headlines_have_spreads(path) -> None:
+    results = json.loads(path.read_text())
+    fractions = {k: v for k, v in results.items() if "_fraction_of_" in k and isinstance(v, (int, float))}
+    assert fractions, "no fraction of a limit recorded"
+    assert all(0 < v <= 1 for v in fractions.values()), fractions
+    assert results["peak"]["gflops"] >= results["gemm_best_gflops"] > 0  # the measured GEMM stays under the ceiling
+    headline = results["headline"]
+    assert set(results["spread"]) == set(headline), set(headline) ^ set(results["spread"])
+    for key, (low, high) in results["spread"].items():
+        assert low <= high, key
+    for key in ("batch_predict_fraction_of_peak", "train_fraction_of_peak"):
+        low, high = results["spread"][key]
+        assert high <= 1.0, key
+
+
+def test_readme_performance_table_is_generated_from_the_full_run() -> None:
+    from pneumo import docs
+
+    assert docs.current("bench-table") == docs.expected("bench-table"), "run: python -m pneumo docs"
