@@ -49,7 +49,8 @@ controls = st.columns([2, 2, 3])
 band = controls[0].number_input("Uncertain band (± probability)", 0.0, 0.3, 0.05, 0.01,
                                 help="Cases this close to the threshold are labelled 'UNCERTAIN — review'.")
 opacity = controls[1].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
-controls[2].markdown(f"Operating threshold **{loaded.threshold:.4f}**  \n{loaded.card.threshold_rule}")
+controls[2].markdown(f"Operating point **{plain(loaded.operating_point)}**, threshold **{loaded.threshold:.4f}**  \n"
+                     f"{plain(loaded.card.threshold_rule)}")
 
 pacs_config = ui_pacs_config()
 source_kind = (st.radio("Source", ["Upload files", "From PACS"], horizontal=True, key="predict-source")
@@ -150,6 +151,7 @@ downloads[1].download_button("Download study report (PDF)", batch_report, "pneum
                              key=f"pdf-batch-{model_key}",
                              help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.")
 
+CARDS_PER_PAGE = 25
 COLOURS = {predict.PNEUMONIA: "red", predict.NORMAL: "green", predict.UNCERTAIN: "orange", predict.NOT_ASSESSABLE: "gray"}
 
 
@@ -176,7 +178,7 @@ def show_card(i: int) -> None:
         heat, heat_pp = heatmap(i), heatmap(i, "gradcam++")
         screen = explain.shrink(pixels)
         images = st.columns(3)
-        images[0].image(screen, caption="X-ray", clamp=True, width="stretch")
+        images[0].image(screen, caption="X-ray", clamp=True, width="stretch", output_format="JPEG")
         images[1].image(screen_overlay(digests[i], "gradcam", model_key, opacity, screen, heat), caption="Grad-CAM",
                         width="stretch")
         images[2].image(screen_overlay(digests[i], "gradcam++", model_key, opacity, screen, heat_pp),
@@ -200,11 +202,26 @@ def show_card(i: int) -> None:
 ordered = predict.order(readings)
 attention = [i for i in ordered if readings[i].error or readings[i].warnings
              or readings[i].decision == predict.NOT_ASSESSABLE]
-if attention:
+rest = [i for i in ordered if i not in attention]
+# Cards in pages of CARDS_PER_PAGE, in worklist order: the worklist above lists every film, and a batch of
+# hundreds of films does not hold hundreds of pictures per session in the browser and the server.
+sequence = attention + rest
+pages_total = max(1, -(-len(sequence) // CARDS_PER_PAGE))
+page_no = 1
+if pages_total > 1:
+    page_no = int(st.number_input(f"Cards, page of {CARDS_PER_PAGE} (1–{pages_total})", 1, pages_total, 1,
+                                  key=f"card-page:{hash(tuple(digests))}"))
+shown = set(sequence[(page_no - 1) * CARDS_PER_PAGE: page_no * CARDS_PER_PAGE])
+if any(i in shown for i in attention):
     st.subheader(f"Needs attention ({len(attention)})")
     for i in attention:
-        show_card(i)
-st.subheader("Readings, highest probability first")
-for i in ordered:
-    if i not in attention:
-        show_card(i)
+        if i in shown:
+            show_card(i)
+if any(i in shown for i in rest):
+    st.subheader("Readings, highest probability first")
+    for i in rest:
+        if i in shown:
+            show_card(i)
+if pages_total > 1:
+    st.caption(f"Cards {(page_no - 1) * CARDS_PER_PAGE + 1}–{min(page_no * CARDS_PER_PAGE, len(sequence))} of "
+               f"{len(sequence)}; every film is in the worklist and the reports.")

@@ -127,7 +127,7 @@ def runs_section() -> None:
     for r in listed:
         config = runs.read_json(r.path / "config.json", {}) or {}
         config = config if isinstance(config, dict) else {}
-        rows.append({"run": r.name, "status": r.state, "model": r.model, "kept model's val AUC": kept_auc(r),
+        rows.append({"run": r.name, "status": r.state, "model": r.model, "kept model's val AUC": r.kept_val_auc,
                      "best val AUC": r.best_val_auc, **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
                      "duration (min)": round((r.duration_s or 0) / 60, 1), "started": r.started,
                      "problem": getattr(r, "damaged", None) or ""})
@@ -155,14 +155,6 @@ def runs_section() -> None:
                       help="For this browser session only; other visitors keep their own choice.")
     with st.expander(f"Config of {selected[0].name}"):
         st.json(runs.read_json(selected[0].path / "config.json", {}) or {})
-
-
-def kept_auc(run: runs.RunInfo) -> float | None:
-    """The validation AUC of the epoch whose model the run kept (the last one, or the best), not the best seen."""
-    epochs = runs.epochs_of(runs.read_metrics(run.path))
-    kept = [e for e in epochs if e.get("kept")]
-    value = (kept[-1] if kept else {}).get("val_auc")
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 runs_section()

@@ -494,6 +494,7 @@ class RunInfo:
     state: str
     model: str
     best_val_auc: float | None
+    kept_val_auc: float | None  # the epoch whose model the run kept (the last, or the best): what it serves
     epochs_done: int
     epochs: int | None
     duration_s: float | None
@@ -559,6 +560,7 @@ def run_info(run_dir: str | Path) -> RunInfo:
         state=state,
         model=str(config.get("model", "")),
         best_val_auc=max(aucs) if aucs else None,
+        kept_val_auc=_kept_auc(epochs),
         epochs_done=len(epochs),
         epochs=int(epochs_total) if isinstance(epochs_total, int) and not isinstance(epochs_total, bool) else None,
         duration_s=float(sum(float(e.get("seconds") or 0.0) for e in epochs)) if epochs else None,
@@ -568,6 +570,16 @@ def run_info(run_dir: str | Path) -> RunInfo:
         note=metrics.note if metrics.truncated else None,
         config=config,
     )
+
+
+def _kept_auc(epochs: list[dict[str, Any]]) -> float | None:
+    kept = [e for e in epochs if e.get("kept")]
+    value = kept[-1].get("val_auc") if kept else None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def list_runs(runs_root: str | Path) -> list[RunInfo]:
@@ -588,13 +600,13 @@ def list_runs(runs_root: str | Path) -> list[RunInfo]:
         except (OSError, RuntimeError):
             continue
         if outside:  # a link out of the runs folder: nothing in it is read
-            runs.append(RunInfo(d, d.name, DAMAGED, "", None, 0, None, None, None, False,
+            runs.append(RunInfo(d, d.name, DAMAGED, "", None, None, 0, None, None, None, False,
                                 damaged="the folder links outside the runs folder; not read"))
             continue
         try:
             runs.append(run_info(d))
         except Exception as exc:  # the last guard of the runs table: one folder never takes it down
-            runs.append(RunInfo(d, d.name, DAMAGED, "", None, 0, None, None, None, False,
+            runs.append(RunInfo(d, d.name, DAMAGED, "", None, None, 0, None, None, None, False,
                                 damaged=f"cannot be read ({type(exc).__name__}: {exc})"))
     return sorted(runs, key=lambda r: (r.started or "", r.name), reverse=True)
 

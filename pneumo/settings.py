@@ -66,7 +66,8 @@ class AppSettings:
             choices["Default (shipped) model"] = default
         for run in list_runs(self.runs_dir):
             if run.has_model and run.state in ("finished", "stopped"):
-                auc = f", val AUC {run.best_val_auc:.3f}" if run.best_val_auc is not None else ""
+                # The kept model's own AUC: a run that keeps its last epoch serves that epoch, not its best.
+                auc = f", val AUC {run.kept_val_auc:.3f}" if run.kept_val_auc is not None else ""
                 choices[f"Run {run.name} ({run.state}{auc})"] = run.path / "model.keras"
         return choices
 

@@ -553,11 +553,10 @@ def finish_run(
         validation={"kind": validation_kind, "split": training_data.get("split", ""),
                     "predictions": "val_predictions.csv", **checks["clean"]},
         shift_checks={"stress": checks["stress"], "bootstrap_95": checks["bootstrap_95"]},
-        explanation_trust=checks["explanation_trust"],
         training=training,
         data_attribution=attribution,
         created=runs.now_iso(),
-        extra={"input_check": input_check, "serving": serving,
+        extra={"input_check": input_check, "serving": serving, "explanation": checks["explanation"],
                "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
                "output": "sigmoid probability of PNEUMONIA"},
     )
@@ -615,7 +614,7 @@ def shift_checks(loaded: Any, val_df: Any, images: np.ndarray, target_recall: fl
         "clean_probabilities": probs["clean"].tolist(),
         "bootstrap_95": V.bootstrap(labels, probs["clean"], val_df["patient_id"].to_numpy(), threshold),
         "stress": {k: v for k, v in stress.to_dict().items() if k != "probabilities"},
-        "explanation_trust": V.explanation_trust(loaded, images, limit=explain_limit),
+        "explanation": V.explanation_faithfulness(loaded, images, threshold, limit=explain_limit),
     }
 
 

@@ -17,7 +17,7 @@ import pandas as pd
 
 from pneumo import data as D
 from pneumo import explain
-from pneumo.memory import release_file_pages
+from pneumo.memory import release_file_pages, trim
 from pneumo.models import LoadedModel, card_path, load_model, read_card
 from pneumo.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
 
@@ -34,6 +34,18 @@ def settings() -> AppSettings:
     except Exception:  # no secrets.toml: defaults and the environment only
         secrets = {}
     return AppSettings.load(secrets)
+
+
+def _trim_forever(period_s: float = 20.0) -> None:
+    while True:
+        time.sleep(period_s)
+        trim()
+
+
+# Freed memory goes back to the system even when no script runs (a session that closed released its
+# uploads and pictures, but glibc keeps the pages until asked): one daemon thread per server process.
+if not any(t.name == "pneumo-trim" for t in threading.enumerate()):
+    threading.Thread(target=_trim_forever, name="pneumo-trim", daemon=True).start()
 
 
 # One model resident at a time: a switch replaces it instead of piling networks up in memory.
@@ -147,7 +159,7 @@ def summarize_with_bar(root: Path) -> D.Summary:
 # predict.SCREEN_SIDE px): a batch of 200 large films costs this much at most, and is read again only
 # past it. At most DECODE_SLOTS films are decoded at once across sessions, each decode's own peak
 # (several hundred MB for a 50 MP DICOM) multiplied by that and no more.
-READING_CACHE_BYTES = 400 * 2**20
+READING_CACHE_BYTES = 256 * 2**20
 DECODE_SLOTS = 2
 _READINGS: LRUCache = LRUCache(maxsize=READING_CACHE_BYTES, getsizeof=lambda r: predict_module().nbytes(r))
 _READINGS_LOCK = threading.Lock()

@@ -282,33 +282,6 @@ def bootstrap(
             for k, v in draws.items() if v}
 
 
-# ---------------------------------------------------------------- explanation trust
-
-# The chest occupies roughly this box of a frontal paediatric film; heat outside it sits on the border,
-# the corners, the neck or the abdomen, where no pneumonia is.
-CHEST_BOX = (0.10, 0.12, 0.90, 0.85)  # left, top, right, bottom as fractions of the side
-
-
-def outside_chest_fraction(heatmap: np.ndarray, box: tuple[float, float, float, float] = CHEST_BOX) -> float:
-    h, w = heatmap.shape
-    left, top, right, bottom = box
-    mask = np.zeros_like(heatmap, dtype=bool)
-    mask[int(top * h): int(np.ceil(bottom * h)), int(left * w): int(np.ceil(right * w))] = True
-    total = float(np.clip(heatmap, 0, None).sum())
-    return float(np.clip(heatmap, 0, None)[~mask].sum() / total) if total > 0 else 0.0
-
-
-def explanation_trust(loaded: Any, images: np.ndarray, limit: int = 48, seed: int = 0) -> dict[str, float]:
-    """Share of Grad-CAM mass outside the chest box on up to `limit` films: mean and 90th percentile."""
-    from .explain import gradcam
-
-    rng = np.random.default_rng(seed)
-    pick = rng.choice(len(images), size=min(limit, len(images)), replace=False)
-    shares = [outside_chest_fraction(gradcam(loaded, images[i])) for i in pick]
-    return {"outside_chest_mean": float(np.mean(shares)), "outside_chest_p90": float(np.percentile(shares, 90)),
-            "n": len(shares)}
-
-
 # ---------------------------------------------------------------- explanation faithfulness
 
 DELETION_STEPS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5)  # share of the film's pixels deleted, most heated first
@@ -403,8 +376,15 @@ def check_row(run_dir: str | Path) -> dict[str, Any]:
         "stress_mean_specificity": stress["mean_specificity"],
         "stress_worst_specificity": stress["worst_specificity"]["specificity"],
         "stress_worst_condition": stress["worst_specificity"]["condition"],
-        "outside_chest": checks["explanation_trust"]["outside_chest_mean"],
+        # Runs checked before the explanation figure could fail report the old heat share outside the chest.
+        "deletion_score": _deletion(checks),
+        "deletion_score_average_map": _deletion(checks, "average map"),
     }
+
+
+def _deletion(checks: dict[str, Any], name: str = "Grad-CAM (model)") -> float | None:
+    rows = (checks.get("explanation") or {}).get("table") or []
+    return next((r["deletion score (all)"] for r in rows if r.get("map") == name), None)
 
 
 def compare(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -412,7 +392,7 @@ def compare(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows = pd.DataFrame([check_row(r) for r in run_dirs])
     keys = ["split", "model", "augmentation", "mixup"]
     figures = ["auc", "specificity", "stress_mean_auc", "stress_worst_auc", "stress_mean_specificity",
-               "stress_worst_specificity", "outside_chest"]
+               "stress_worst_specificity", "deletion_score"]
     grouped = rows.groupby(keys, dropna=False)[figures].agg(["mean", "std", "count"])
     grouped.columns = [f"{a}_{b}" for a, b in grouped.columns]
     return rows, grouped.reset_index()

@@ -41,7 +41,10 @@ def test_card_records_held_out_figures_and_shift_checks(tiny_run: Path) -> None:
     assert "pooled" in card.threshold_rule
     assert len(card.shift_checks["stress"]["conditions"]) == len(STRESS)
     assert set(card.shift_checks["bootstrap_95"]) >= {"sensitivity", "specificity"}
-    assert 0.0 <= card.explanation_trust["outside_chest_mean"] <= 1.0
+    figure = card.extra["explanation"]
+    assert [r["map"] for r in figure["table"]] == ["Grad-CAM (model)", "average map", "centred blob", "random map",
+                                                    "flat map"]
+    assert figure["n"] == min(48, len(preds)) and figure["threshold"] == card.threshold
     assert card.input_size == 64 and card.class_names == ["NORMAL", "PNEUMONIA"]
     assert card.training_data["train_patients"] > 0 and len(card.training_data["file_list_sha256_16"]) == 16
     loaded = load_model(tiny_run / "model.keras")

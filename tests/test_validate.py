@@ -110,16 +110,6 @@ def test_bootstrap_interval_brackets_the_estimate() -> None:
     assert ci["roc_auc"]["low"] < auc < ci["roc_auc"]["high"] and ci["roc_auc"]["sd"] > 0
 
 
-def test_outside_chest_fraction() -> None:
-    central = np.zeros((100, 100))
-    central[40:60, 40:60] = 1
-    border = np.zeros((100, 100))
-    border[:5] = 1
-    assert V.outside_chest_fraction(central) == 0.0
-    assert V.outside_chest_fraction(border) == 1.0
-    assert V.outside_chest_fraction(np.ones((100, 100))) == pytest.approx(1 - 0.8 * 0.73, abs=0.02)
-
-
 def test_compare_runs_groups_seeds_of_one_recipe(tiny_run: Path, tmp_path: Path) -> None:
     import shutil
 
