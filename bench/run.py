@@ -443,7 +443,8 @@ def main() -> None:
         if args.quick:
             folder, epochs, repeats, steps, lat = make_folder(48, work / "data"), 2, 2, 4, 12
         else:
-            folder, epochs, repeats, steps, lat = (SHARED if SHARED.is_dir() else make_folder(400, work / "data")), 1, 2, 30, 45
+            # 1,000 films of the training set: five rounds of five pipelines over it fit a few minutes.
+            folder, epochs, repeats, steps, lat = make_folder(500, work / "data"), 1, REPEATS_MIN, 30, 45
         eval_folder = folder if args.quick else make_folder(200, work / "eval")
         paths = [str(p) for p in sorted(folder.rglob("*.jp*g"))]
         results["data"] = {"folder": "shared training set" if folder == SHARED else "temporary subset",
@@ -467,7 +468,24 @@ def main() -> None:
             gemm.append(matmul_gflops(0.5))  # the best GEMM over the whole run, beside the theoretical ceiling
             print(f"{name:<10} {time.perf_counter() - t:6.1f} s", file=sys.stderr, flush=True)
         results["gemm_best_gflops"] = round(max(gemm), 1)
-        results["gemm_best_fraction_of_peak"] = round(max(gemm) / peak, 3)
+        # The ceiling is the larger of the two: a virtual CPU may not report its boost clock, and then the
+        # best GEMM measured here is the higher, truer bound. Figures taken against the theoretical peak
+        # during the run are rescaled to it.
+        ceiling = max(peak, max(gemm))
+        scale = peak / ceiling
+        results["peak"]["ceiling_gflops"] = round(ceiling, 1)
+        results["peak"]["ceiling_from"] = "theoretical FMA peak" if ceiling == peak else "best GEMM of the run"
+        for key in [k for k in results if k.endswith("_fraction_of_peak")]:
+            results[key] = round(results[key] * scale, 3)
+        for key in [k for k in SPREAD if k.endswith("_fraction_of_peak")]:
+            SPREAD[key] = [round(v * scale, 4) for v in SPREAD[key]]
+        for key in ("predict_p50_over_floor",):
+            if key in results:
+                results[key] = round(results[key] / scale, 2)
+                SPREAD[key] = [round(v / scale, 4) for v in SPREAD.get(key, [])]
+        if "predict_flop_floor_ms" in results:
+            results["predict_flop_floor_ms"] = round(results["predict_flop_floor_ms"] * scale, 3)
+        results["gemm_best_fraction_of_peak"] = round(max(gemm) / ceiling, 3)
         results["pipeline_over_train_rate"] = round(
             results["pipeline_shift_augmentation_images_per_s"] / results["train_images_per_s"], 2)
         results["pipeline_over_train_rate_work_resolution_augmentation"] = round(

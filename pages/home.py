@@ -56,6 +56,13 @@ with left:
             st.caption("None recorded yet: `python -m pneumo evaluate --data DIR --out R.json --record NAME` adds one. "
                        "Until then every figure below is in-distribution.")
 
+        if card.site_operating_points:
+            st.markdown("##### Site operating points (each set on a site's own labelled films)")
+            sites = pd.DataFrame(card.site_operating_points)
+            st.dataframe(sites[[c for c in ("name", "date", "n", "n_positive", "threshold", "sensitivity",
+                                             "sensitivity_lower_95", "specificity", "specificity_lower_95")
+                                if c in sites]], hide_index=True, width="stretch")
+
         stored = stored_predictions_file(loaded.path)
         if stored is not None:
             try:

@@ -16,6 +16,8 @@ from pneumo.imaging import resize
 from pneumo.settings import SAMPLES_DIR
 
 require_entry_point()
+CARDS_PER_PAGE = 25
+LIST_SIDE = 384  # the film kept for every reading of a batch; cards on screen fetch theirs at display size
 
 st.title("Predict")
 st.caption(DISCLAIMER)
@@ -79,7 +81,8 @@ if not files and pacs_run is None:
 
 digests, readings = [], []
 if pacs_run is not None:
-    readings = [predict.compact(r) for r in pacs_run.readings()]
+    readings = [predict.compact(r, LIST_SIDE) for r in pacs_run.readings()]
+    pacs_full = {i: predict.compact(r) for i, r in enumerate(pacs_run.readings())}
     digests = [hashlib.sha256(f"{r.study_uid}/{r.sop_uid}".encode()).hexdigest() for r in pacs_run.results
                if r.reading is not None]
 bar, update = progress_bar("Reading…") if len(files) > 1 else (None, None)
@@ -88,7 +91,9 @@ for i, (name, source) in enumerate(files):
     data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     digests.append(digest)
-    readings.append(cached_reading(loaded, digest, name, data, model_key, band))
+    # The batch keeps each film at LIST_SIDE px (for repeats, drift, the maps and the reports); a card on
+    # screen fetches its film again at display size from the shared cache (card_reading).
+    readings.append(predict.compact(cached_reading(loaded, digest, name, data, model_key, band), LIST_SIDE))
     del data
     if update:
         update(i + 1, len(files))
@@ -151,12 +156,23 @@ downloads[1].download_button("Download study report (PDF)", batch_report, "pneum
                              key=f"pdf-batch-{model_key}",
                              help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.")
 
-CARDS_PER_PAGE = 25
 COLOURS = {predict.PNEUMONIA: "red", predict.NORMAL: "green", predict.UNCERTAIN: "orange", predict.NOT_ASSESSABLE: "gray"}
 
 
+def card_reading(i: int) -> predict.Reading:
+    """Reading i with its film at display size: from the shared cache (or read again), notes kept."""
+    if pacs_run is not None:
+        full = pacs_full[i]
+    else:
+        name, source = files[i]
+        full = cached_reading(loaded, digests[i], name, source.read_bytes() if isinstance(source, Path)
+                              else source.getvalue(), model_key, band)
+    full.warnings, full.repeat_of = readings[i].warnings, readings[i].repeat_of
+    return full
+
+
 def show_card(i: int) -> None:
-    reading = readings[i]
+    reading = card_reading(i) if readings[i].xray is not None else readings[i]
     with st.container(border=True):
         # A heading holds the item number only; the file name (a visitor's text) is shown as plain text.
         st.subheader(f"Item {i + 1}", anchor=f"item-{i + 1}")

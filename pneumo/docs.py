@@ -126,8 +126,10 @@ def bench_table(results: dict[str, Any]) -> str:
     spread = results.get("spread", {})
     peak = results.get("peak", {})
     lines = [f"`make bench`, {results.get('date', '?')[:10]}, {results.get('cpu', {}).get('model', '?')} "
-             f"({results.get('cpu_count', '?')} cores); ceiling {peak.get('gflops', '?')} GFLOP/s ({peak.get('how', '')}), "
-             f"best GEMM measured in the run {results.get('gemm_best_gflops', '?')} GFLOP/s.", "",
+             f"({results.get('cpu_count', '?')} cores), model {results.get('model_forward_gflops', '?')} GFLOP per film; "
+             f"ceiling {peak.get('ceiling_gflops', '?')} GFLOP/s, the larger of the theoretical FMA peak "
+             f"{peak.get('gflops', '?')} GFLOP/s ({peak.get('how', '')}) and the best GEMM measured in the run "
+             f"{results.get('gemm_best_gflops', '?')} GFLOP/s.", "",
              "| key | value | spread [p10, p90] |", "| --- | --- | --- |"]
     for key, value in results.get("headline", {}).items():
         lo_hi = spread.get(key)

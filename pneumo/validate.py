@@ -6,8 +6,7 @@ it cannot rank recipes. These checks hold out a different population instead:
 
 - ``temporal``: the lowest-numbered patients of each file-name series and class (a proxy for another
   acquisition period: patient numbers were assigned in order);
-- ``family``: one whole series of normal films (``NORMAL2-IM-*``, with the ``IM-*`` films that carry the
-  same patient numbers, since those may be the same children) against a patient-level draw of the
+- ``family``: one whole series of normal films (``NORMAL2-IM-*``) against a patient-level draw of the
   pneumonias, so specificity is measured on normals from a series the model never saw;
 - the stress suite: the held-out films under exposure, gamma, contrast, blur, sharpening, noise, crop,
   zoom, rotation, JPEG re-compression, resampling and CLAHE.
@@ -122,8 +121,7 @@ def describe_holdout(kind: str, frame: pd.DataFrame, fold: int = 0, folds: int =
         return "random patient-level draw (StratifiedGroupKFold by patient and exact-duplicate group)"
     if kind == "temporal":
         return "lowest-numbered patients of each file-name series and class (a proxy for another period)"
-    return ("the whole NORMAL2-IM series of normals (with IM films of the same patient numbers) and a patient-level "
-            "draw of pneumonias")
+    return "the whole NORMAL2-IM series of normals and a patient-level draw of pneumonias"
 
 
 # ---------------------------------------------------------------- stress suite

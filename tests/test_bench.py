@@ -19,7 +19,8 @@ def test_fractions_are_shares_of_a_ceiling_and_headlines_have_spreads(path) -> N
     fractions = {k: v for k, v in results.items() if "_fraction_of_" in k and isinstance(v, (int, float))}
     assert fractions, "no fraction of a limit recorded"
     assert all(0 < v <= 1 for v in fractions.values()), fractions
-    assert results["peak"]["gflops"] >= results["gemm_best_gflops"] > 0  # the measured GEMM stays under the ceiling
+    assert results["peak"]["ceiling_gflops"] >= results["gemm_best_gflops"] > 0  # GEMM stays under the ceiling
+    assert results["peak"]["ceiling_gflops"] >= results["peak"]["gflops"]
     headline = results["headline"]
     assert set(results["spread"]) == set(headline), set(headline) ^ set(results["spread"])
     for key, (low, high) in results["spread"].items():

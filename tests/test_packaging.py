@@ -26,10 +26,11 @@ def test_cloud_requirements_match_pyproject_with_cpu_tensorflow() -> None:
 
 
 def test_shipped_model_files_present_and_small() -> None:
-    for name in ("model.keras", "model.onnx", "gradcam.onnx", "card.json", "val_predictions.csv", "history.json",
-                 "checks.json", "ood.npz", "image_hashes.json", "EXPERIMENTS.md"):
+    for name in ("model.keras", "model.onnx", "gradcam.onnx", "onnx_probe.json", "card.json", "oof_predictions.csv",
+                 "history.json", "ood.npz", "drift_reference.npz", "image_hashes.json", "EXPERIMENTS.md"):
         assert (ROOT / "models" / name).exists(), name
-    assert (ROOT / "models" / "model.keras").stat().st_size <= 30 * 2**20
+    # The budget is for everything shipped with the model, not the Keras file alone.
+    assert sum(f.stat().st_size for f in (ROOT / "models").iterdir()) <= 30 * 2**20
 
 
 def test_samples_carry_attribution() -> None:
