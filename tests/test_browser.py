@@ -208,7 +208,7 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     _settle(page)
     shown_s = time.perf_counter() - started
     page.get_by_text("This file could not be read").first.wait_for()
-    page.get_by_text("corrupt_scan.png", exact=True).first.wait_for()
+    page.locator("text=corrupt_scan.png >> visible=true").first.wait_for()
     page.get_by_text("Needs attention").first.wait_for()
     # The wrong-input warning beside the photo's score.
     page.locator('[data-testid="stAlert"]').filter(has_text="colour image").first.wait_for()
@@ -265,7 +265,7 @@ def test_hostile_uploads_keep_memory_bounded(page: object, server: Server, tmp_p
         files.append(cut)
     _goto(page, server, "predict")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(f) for f in files])
-    page.get_by_text("liar_2.jpg", exact=True).wait_for(timeout=300_000)
+    page.locator("text=liar_2.jpg >> visible=true").first.wait_for(timeout=300_000)
     page.get_by_text("Readings, highest probability first").wait_for(timeout=300_000)
     _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0
