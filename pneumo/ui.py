@@ -411,8 +411,12 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
     if st.button("Send results to PACS", disabled=not (allowed and unsent), key="pacs-send",
                  help=None if allowed else "Sending is switched off in this deployment."):
         errors = pacs.send_results(server, loaded, run.results)
-        for line in errors:
-            st.error(plain(line), icon=":material/cloud_off:")
-        if not errors:
-            st.toast(f"Stored {len(unsent)} screening report(s) and overlay(s) in their studies.")
+        stored = sum(bool(r.stored) for r in unsent)
+        st.session_state[f"{run_key}:sent"] = (f"Stored the results of {stored} film(s) in their studies."
+                                               if not errors else None, errors)
+    message, errors = st.session_state.get(f"{run_key}:sent", (None, []))
+    for line in errors:
+        st.error(plain(line), icon=":material/cloud_off:")
+    if message:
+        st.success(message, icon=":material/cloud_done:")
     return run

@@ -530,8 +530,8 @@ def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, 
     assert page.locator('[data-testid="stException"]').count() == 0
     _shot(page, "8-predict-from-pacs")
     page.get_by_role("button", name="Send results to PACS").click()
-    page.get_by_text("Stored", exact=False).first.wait_for()
     _settle(page)
+    page.get_by_text("Stored the results of 2 film(s)").wait_for()
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stAlert"]').filter(has_text="failed").count() == 0
     # The reports are in the server now: two studies count as screened by this model.
