@@ -266,7 +266,7 @@ def test_hostile_uploads_keep_memory_bounded(page: object, server: Server, tmp_p
     _goto(page, server, "predict")
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(f) for f in files])
     page.locator("text=liar_2.jpg >> visible=true").first.wait_for(timeout=300_000)
-    page.get_by_text("Readings, highest probability first").wait_for(timeout=300_000)
+    page.get_by_text("Needs attention").first.wait_for(timeout=300_000)  # every one of these needs a person
     _settle(page)
     assert page.locator('[data-testid="stException"]').count() == 0
     used = resident(server.proc.pid)
