@@ -107,18 +107,17 @@ if len(readings) > 1:
     # Drift is a property of a batch, not of a film: one test over every film read here.
     drift_result = cached_drift(tuple(d for d, r in zip(digests, readings) if r.xray is not None), model_key,
                                 [r.xray.pixels for r in assessed], [r.probability for r in assessed])
-    st.session_state["last_drift"] = (f"{'shifted' if drift_result.shifted else 'no shift detected'} "
-                                      f"({drift_result.method}, n = {drift_result.n}, p = {drift_result.p_value:.2g})"
-                                      if drift_result is not None else None)
     if drift_result is None:
         st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
-    elif drift_result.shifted:
-        st.error(f"**This batch is unlike the films the operating point was set on** ({plain(drift_result.method)}: "
-                 f"n = {drift_result.n}, p = {drift_result.p_value:.2g}). {plain(drift.advice(True, drift_result.p_value, drift_result.n))}",
-                 icon=":material/trending_up:")
     else:
-        st.caption(f"Drift check: no shift detected ({drift_result.method}, n = {drift_result.n}, "
-                   f"p = {drift_result.p_value:.2g}).")
+        test = f"{drift_result.method}, n = {drift_result.n}, p = {drift_result.p_value:.2g}"
+        # The same words on the Overview and in the batch PDF.
+        st.session_state["last_drift"] = f"{'shifted' if drift_result.shifted else 'no shift detected'} ({test})"
+        if drift_result.shifted:
+            st.error(f"**This batch is unlike the films the operating point was set on** ({plain(test)}). "
+                     f"{plain(drift.advice(True, drift_result.p_value, drift_result.n))}", icon=":material/trending_up:")
+        else:
+            st.caption(f"Drift check: no shift detected ({plain(test)}).")
 for caution in loaded.card.cautions():
     st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
 

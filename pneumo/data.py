@@ -361,7 +361,9 @@ def inspect_images(paths: Iterable[str], progress: Progress | None = None, worke
     return frame
 
 
-def _stats_cache_file(paths: list[str], cache_dir: str | Path) -> Path:
+def content_fingerprint(paths: Iterable[str]) -> str:
+    """A hash of the files' paths, sizes and modification times: it changes when any film is replaced,
+    added or removed, without reading a single one."""
     digest = hashlib.sha256()
     for p in paths:
         file = p.split(NPZ_SEPARATOR)[0]
@@ -370,7 +372,11 @@ def _stats_cache_file(paths: list[str], cache_dir: str | Path) -> Path:
             digest.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         except OSError:
             digest.update(f"{p}\0missing\n".encode())
-    return Path(cache_dir) / f"image-stats-{digest.hexdigest()[:32]}.csv"
+    return digest.hexdigest()[:32]
+
+
+def _stats_cache_file(paths: list[str], cache_dir: str | Path) -> Path:
+    return Path(cache_dir) / f"image-stats-{content_fingerprint(paths)}.csv"
 
 
 def _store_stats(frame: pd.DataFrame, path: Path) -> None:

@@ -16,7 +16,7 @@ from cachetools import LRUCache
 import pandas as pd
 
 from pneumo import data as D
-from pneumo import explain
+from pneumo import explain, predict
 from pneumo.memory import release_file_pages, trim
 from pneumo.models import LoadedModel, card_path, load_model, read_card
 from pneumo.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
@@ -161,20 +161,13 @@ def summarize_with_bar(root: Path) -> D.Summary:
 # (several hundred MB for a 50 MP DICOM) multiplied by that and no more.
 READING_CACHE_BYTES = 256 * 2**20
 DECODE_SLOTS = 2
-_READINGS: LRUCache = LRUCache(maxsize=READING_CACHE_BYTES, getsizeof=lambda r: predict_module().nbytes(r))
+_READINGS: LRUCache = LRUCache(maxsize=READING_CACHE_BYTES, getsizeof=predict.nbytes)
 _READINGS_LOCK = threading.Lock()
 _DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
 
 
-def predict_module() -> Any:
-    from pneumo import predict
-
-    return predict
-
-
 def cached_reading(loaded: LoadedModel, digest: str, name: str, data: bytes, model_key: str, band: float) -> Any:
     """One upload read through the one prediction path, compacted and cached by content (see above)."""
-    predict = predict_module()
     key = (digest, name, model_key, band)
     with _READINGS_LOCK:
         hit = _READINGS.get(key)
@@ -200,7 +193,7 @@ def folder_predictions(loaded: LoadedModel, root: Path, model_key: str) -> Any:
     from pneumo.evaluate import predict_frame
 
     frame = D.scan(root).frame
-    key = (model_key, str(root), D.file_list_hash(frame), _content_stamp(frame))
+    key = (model_key, str(root), D.file_list_hash(frame), D.content_fingerprint(frame["path"]))
     with _FOLDER_LOCK:
         hit = _FOLDER_PREDICTIONS.get(key)
     if hit is not None:
@@ -213,12 +206,6 @@ def folder_predictions(loaded: LoadedModel, root: Path, model_key: str) -> Any:
     with _FOLDER_LOCK:
         _FOLDER_PREDICTIONS[key] = result
     return result
-
-
-def _content_stamp(frame: Any) -> int:
-    # The newest modification time: a film replaced under the same name is predicted again.
-    stamps = [Path(p.split(D.NPZ_SEPARATOR)[0]).stat().st_mtime_ns for p in frame["path"] if Path(p.split(D.NPZ_SEPARATOR)[0]).exists()]
-    return max(stamps, default=0)
 
 
 def sidebar(cfg: AppSettings) -> None:
