@@ -419,6 +419,24 @@ def _copy_run(workspace: Path, name: str) -> Path:
     return run
 
 
+def _fill_twice(page: object, label: str, values: tuple[str, str], where: str) -> None:
+    """A number input given two values in turn, each run checked for exceptions."""
+    box = page.get_by_role("spinbutton", name=label, exact=True)
+    for value in values:
+        box.fill(value)
+        box.press("Enter")
+        _no_exception(page, f"{where}: {label} {value}")
+
+
+def _slide_twice(page: object, where: str, keys: tuple[str, str]) -> None:
+    """The page's first slider moved one step each way, each run checked for exceptions."""
+    slider = page.get_by_role("slider").first
+    for key in keys:
+        slider.focus()
+        slider.press(key)
+        _no_exception(page, f"{where} {key}")
+
+
 def _touch_widgets(page: object, name: str) -> None:
     """Every widget of a page used twice, in the order a person would."""
     if name == "overview":
@@ -431,30 +449,14 @@ def _touch_widgets(page: object, name: str) -> None:
             toggle.click()
             _no_exception(page, f"{name}: samples toggle")
         page.get_by_text("Probability of pneumonia").first.wait_for()
-        slider = page.get_by_role("slider").first
-        for key in ("ArrowLeft", "ArrowRight"):
-            slider.focus()
-            slider.press(key)
-            _no_exception(page, f"{name}: opacity {key}")
-        band = page.get_by_role("spinbutton", name="Uncertain band (± probability)")
-        for value in ("0.10", "0.05"):
-            band.fill(value)
-            band.press("Enter")
-            _no_exception(page, f"{name}: band {value}")
+        _slide_twice(page, f"{name}: opacity", ("ArrowLeft", "ArrowRight"))
+        _fill_twice(page, "Uncertain band (± probability)", ("0.10", "0.05"), name)
     elif name == "threshold":
         for source in ("Predict the data folder", "Stored", "Predict the data folder", "Stored"):
             page.get_by_text(source).first.click()
             _no_exception(page, f"{name}: source {source}")
-        slider = page.get_by_role("slider").first
-        for key in ("ArrowRight", "ArrowLeft"):
-            slider.focus()
-            slider.press(key)
-            _no_exception(page, f"{name}: slider {key}")
-        recall = page.get_by_role("spinbutton", name="Target recall", exact=True)
-        for value in ("0.950", "0.900"):
-            recall.fill(value)
-            recall.press("Enter")
-            _no_exception(page, f"{name}: target recall {value}")
+        _slide_twice(page, f"{name}: slider", ("ArrowRight", "ArrowLeft"))
+        _fill_twice(page, "Target recall", ("0.950", "0.900"), name)
         for button in ("Max F1", "Youden J", "Max F1", "Youden J"):
             page.get_by_role("button", name=button).click()
             _no_exception(page, f"{name}: {button}")
@@ -462,11 +464,7 @@ def _touch_widgets(page: object, name: str) -> None:
         shown = float(page.locator('[data-testid="stSliderThumbValue"]').first.inner_text())
         assert 0.0 <= shown <= 1.0
     elif name == "explorer":
-        shuffle = page.get_by_role("spinbutton", name="Shuffle")
-        for value in ("1", "2"):
-            shuffle.fill(value)
-            shuffle.press("Enter")
-            _no_exception(page, f"{name}: shuffle {value}")
+        _fill_twice(page, "Shuffle", ("1", "2"), name)
     elif name == "train":
         cells = page.locator('[data-testid="stDataFrame"]').first
         cells.wait_for()
