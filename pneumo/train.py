@@ -634,6 +634,10 @@ def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: flo
         raise ValueError("an ensemble needs at least two runs")
     if Path(out_dir).resolve() in {r.resolve() for r in run_dirs}:
         raise ValueError(f"{out_dir}: the ensemble cannot be written into one of its members")
+    for r in run_dirs:  # checked before the output folder is claimed: a refused request creates nothing
+        for name in ("model.keras", "val_predictions.csv"):
+            if not (r / name).is_file():
+                raise ValueError(f"{r}: not a finished run (no {name})")
     with runs.claim(out_dir, overwrite) as out:
         runs.write_status(out, "running", pid=os.getpid(), started=runs.now_iso(), heartbeat=runs.now_iso())
         card = _ensemble(run_dirs, out, target_recall)
