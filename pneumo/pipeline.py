@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from . import transforms as T
 from .data import DatasetError, read_item
-
 
 
 @dataclass(frozen=True)
@@ -19,6 +19,8 @@ class Augmentation:
 
     Every field is a range bound; 0 turns that change off. The photometric ones imitate what differs
     between acquisition sites and periods (exposure, detector gamma, processing sharpness, noise).
+    Each bounds the draws (``Draw``) of one family of ``pneumo.transforms``, the functions the stress
+    suite applies at fixed values.
     """
 
     rotation_deg: float = 7.0
@@ -110,13 +112,18 @@ def make_dataset(
         table = tf.constant([class_weights.get(0, 1.0), class_weights.get(1, 1.0)], tf.float32)
         ds = ds.map(lambda x, y: (x, y, tf.gather(table, tf.cast(y, tf.int32))))
     if training and augmentation is not None:
-        def augment(x: Any, *rest: Any) -> tuple[Any, ...]:
-            x = augment_batch(x, augmentation, pooled=factor)
+        # One seed per batch from a seeded stream (a new stream each epoch): the draws depend on the seed
+        # and the batch's position only, not on which parallel call runs first.
+        batch_seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def augment(batch: tuple[Any, ...], batch_seed: Any) -> tuple[Any, ...]:
+            x, *rest = batch
+            x = augment_batch(x, augmentation, pooled=factor, seed=batch_seed)
             if factor > 1:
                 x = tf.repeat(tf.repeat(x, factor, axis=1), factor, axis=2)
             return (x, *rest)
 
-        ds = ds.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = tf.data.Dataset.zip((ds, batch_seeds)).map(augment, num_parallel_calls=tf.data.AUTOTUNE)
     if training and mixup > 0:
         ds = ds.map(lambda *batch: mix_batch(batch, mixup), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE)
@@ -141,66 +148,122 @@ def mix_batch(batch: tuple[Any, ...], alpha: float) -> tuple[Any, ...]:
     return tuple(mix(t) for t in batch)
 
 
-def _gaussian_blur(images: Any, sigma: float) -> Any:
-    import tensorflow as tf
+# ------------------------------------------------------------------ augmentation: random draws of the transforms
 
-    radius = max(1, int(math.ceil(2.5 * sigma)))
-    x = np.arange(-radius, radius + 1, dtype=np.float32)
-    k = np.exp(-(x**2) / (2 * sigma**2))
-    k /= k.sum()
-    kx = tf.constant(k.reshape(1, -1, 1, 1))
-    ky = tf.constant(k.reshape(-1, 1, 1, 1))
-    padded = tf.pad(images, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
-    return tf.nn.conv2d(tf.nn.conv2d(padded, kx, 1, "VALID"), ky, 1, "VALID")
+# The blur family's width in training: about 1.5 px on a 224 px film (2 px at 300), never under one input pixel.
+_BLUR_SIDE_PER_SIGMA = 150.0
+# Noise patterns are numbered by integers drawn below 2**24, which a float32 parameter row holds exactly.
+_NOISE_SEEDS = 2**24
 
 
-def augment_batch(images: Any, aug: Augmentation, pooled: int = 1) -> Any:
-    """Rotation, shift, zoom and aspect as one affine warp per image, then gamma, blur or sharpening,
-    brightness and contrast, and noise.
+@dataclass(frozen=True)
+class Draw:
+    """One image's augmentation: a parameter value of each family in ``transforms``. The defaults change nothing."""
 
-    pooled: how many input pixels along a side one pixel of `images` stands for (mean-pooled by it); the
-    blur width and the noise level are given per input pixel and are converted.
+    rotate_deg: float = 0.0  # transforms.affine: counter-clockwise as displayed
+    scale: float = 1.0  # transforms.affine: > 1 zooms in
+    aspect: float = 0.0  # transforms.affine: log width-to-height stretch
+    shift_x: float = 0.0  # transforms.affine: fraction of the width, positive moves the content right
+    shift_y: float = 0.0  # transforms.affine: fraction of the height, positive moves it down
+    gamma: float = 1.0  # transforms.gamma exponent
+    blur: float = 0.0  # transforms.blur amount: > 0 towards the blur, < 0 sharpening
+    contrast: float = 1.0  # transforms.contrast factor
+    brightness: float = 0.0  # transforms.brightness delta
+    noise: float = 0.0  # transforms.noise standard deviation
+    noise_seed: int = 0  # transforms.noise pattern
 
-    One fused resampling pass per batch instead of one per geometric layer (Keras' RandomRotation,
-    RandomTranslation and RandomZoom each resample the whole batch).
+    @classmethod
+    def from_row(cls, row: Any) -> "Draw":
+        """From one row of ``draw_parameters`` (the fields in order)."""
+        values = [float(v) for v in row]
+        return cls(*values[:-1], noise_seed=int(values[-1]))
+
+
+DRAW_FIELDS = tuple(f.name for f in fields(Draw))
+
+
+def blur_sigma(side: int, pooled: int = 1) -> float:
+    """The blur width, in pixels of an image of `side` pixels that stands for `pooled` × `pooled` input
+    pixels per pixel: fixed relative to the film (so a pooled copy gets the blur the full one would)."""
+    return max(1.0, side * pooled / _BLUR_SIDE_PER_SIGMA) / pooled
+
+
+def augment_image(img: np.ndarray, draw: Draw, sigma: float) -> np.ndarray:
+    """One 2-D [0, 1] image changed by `draw`: the geometry as one warp (border reflected), then gamma,
+    blur or sharpening of width `sigma`, contrast about the mean, brightness, noise; clipped to [0, 1] once.
+
+    The functions are the stress suite's (validate.STRESS): a draw with a stress condition's value gives
+    its pixels, apart from the border rule of the geometry.
+    """
+    out = T.affine(img, draw.rotate_deg, draw.scale, draw.aspect, (draw.shift_x, draw.shift_y), border="reflect")
+    if draw.gamma != 1.0:
+        out = T.gamma(out, draw.gamma)
+    if draw.blur:
+        out = T.blur(out, sigma, draw.blur)
+    out = T.brightness(T.contrast(out, draw.contrast), draw.brightness)
+    if draw.noise > 0:
+        out = T.noise(out, draw.noise, draw.noise_seed)
+    return np.clip(out, 0.0, 1.0)
+
+
+def draw_parameters(aug: Augmentation, n: Any, seed: Any, pooled: int = 1) -> Any:
+    """An [n, len(DRAW_FIELDS)] float32 tensor: a random Draw per image within `aug`'s ranges.
+
+    Stateless in `seed` (a [2] integer tensor): the same seed gives the same draws whatever order
+    tf.data's parallel calls run in. pooled: noise is given per input pixel, and mean-pooling
+    pooled × pooled pixels of independent noise divides its standard deviation by pooled.
     """
     import tensorflow as tf
 
-    n = tf.shape(images)[0]
-    h, w = images.shape[1], images.shape[2]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=len(DRAW_FIELDS))
 
-    def uniform(bound: float, shape: list[Any] | None = None) -> Any:
-        return tf.random.uniform(shape or [n], -bound, bound)
+    def uniform(k: int, low: float, high: float) -> Any:
+        return tf.random.stateless_uniform([n], seeds[k], low, high)
 
-    angle = uniform(aug.rotation_deg) * (math.pi / 180.0)
-    scale = tf.random.uniform([n], 1.0 - aug.zoom, 1.0 + aug.zoom)
-    log_aspect = uniform(aug.aspect) if aug.aspect else tf.zeros([n])
-    sx, sy = scale * tf.exp(log_aspect / 2), scale * tf.exp(-log_aspect / 2)
-    tx, ty = uniform(aug.shift) * float(w), uniform(aug.shift) * float(h)
-    # The transform maps each output pixel to the input pixel it samples: rotate and scale about the centre.
-    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
-    a0, a1 = tf.cos(angle) / sx, -tf.sin(angle) / sx
-    b0, b1 = tf.sin(angle) / sy, tf.cos(angle) / sy
-    a2 = cx - a0 * cx - a1 * cy - tx
-    b2 = cy - b0 * cx - b1 * cy - ty
-    zeros = tf.zeros_like(a0)
-    transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transforms, output_shape=tf.constant([h, w], tf.int32),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT",
-    )
-    per_image = [n, 1, 1, 1]
-    if aug.gamma:
-        bound = math.log1p(aug.gamma)
-        out = tf.pow(tf.clip_by_value(out, 1e-4, 1.0), tf.exp(uniform(bound, per_image)))
-    if aug.blur:
-        t = tf.random.uniform(per_image, -aug.blur / 2, aug.blur)
-        out = out + t * (_gaussian_blur(out, sigma=max(1.0, h * pooled / 150) / pooled) - out)
-    delta = uniform(aug.brightness, per_image)
-    factor = 1.0 + uniform(aug.contrast, per_image)
-    mean = tf.reduce_mean(out, axis=[1, 2, 3], keepdims=True)
-    out = (out - mean) * factor + mean + delta
-    if aug.noise:
-        # Mean-pooling n × n pixels of independent noise divides its standard deviation by n.
-        out = out + tf.random.normal(tf.shape(out)) * tf.random.uniform(per_image, 0.0, aug.noise / pooled)
-    return tf.clip_by_value(out, 0.0, 1.0)
+    zeros = tf.zeros([n])
+    log_aspect = uniform(2, -aug.aspect, aug.aspect) if aug.aspect else zeros
+    columns = {
+        "rotate_deg": uniform(0, -aug.rotation_deg, aug.rotation_deg),
+        "scale": uniform(1, 1.0 - aug.zoom, 1.0 + aug.zoom),
+        "aspect": log_aspect,
+        "shift_x": uniform(3, -aug.shift, aug.shift),
+        "shift_y": uniform(4, -aug.shift, aug.shift),
+        # Log-uniform, so that a gamma and its inverse are equally likely.
+        "gamma": tf.exp(uniform(5, -math.log1p(aug.gamma), math.log1p(aug.gamma))) if aug.gamma else zeros + 1.0,
+        # Twice as far towards blur as towards sharpening: consoles sharpen less often than films arrive soft.
+        "blur": uniform(6, -aug.blur / 2, aug.blur) if aug.blur else zeros,
+        "contrast": 1.0 + uniform(7, -aug.contrast, aug.contrast),
+        "brightness": uniform(8, -aug.brightness, aug.brightness),
+        "noise": uniform(9, 0.0, aug.noise / pooled) if aug.noise else zeros,
+        "noise_seed": tf.floor(uniform(10, 0.0, float(_NOISE_SEEDS))),
+    }
+    return tf.stack([columns[name] for name in DRAW_FIELDS], axis=1)
+
+
+def augment_batch(images: Any, aug: Augmentation, pooled: int = 1, seed: Any = None) -> Any:
+    """A batch [n, h, w, 1] with every image changed by its own random Draw (``augment_image``).
+
+    pooled: how many input pixels along a side one pixel of `images` stands for (mean-pooled by it); the
+    blur width and the noise level are given per input pixel and are converted. seed: a [2] integer
+    tensor fixing the draws; without one, a seed is drawn from TensorFlow's global generator.
+
+    The pixels are computed by the numpy/OpenCV functions the stress suite uses (one definition of each
+    change), through tf.numpy_function: OpenCV's warp and blur release the GIL, so tf.data's parallel
+    calls still spread the work over the cores.
+    """
+    import tensorflow as tf
+
+    if seed is None:
+        seed = tf.random.uniform([2], 0, 2**31 - 1, dtype=tf.int64)
+    n, h, w = tf.shape(images)[0], images.shape[1], images.shape[2]
+    params = draw_parameters(aug, n, seed, pooled)
+    sigma = blur_sigma(int(h), pooled)
+
+    def apply(batch: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        out = np.empty_like(batch)
+        for i, row in enumerate(rows):
+            out[i, ..., 0] = augment_image(batch[i, ..., 0], Draw.from_row(row), sigma)
+        return out
+
+    out = tf.numpy_function(apply, [tf.cast(images, tf.float32), params], tf.float32, stateful=False)
+    return tf.ensure_shape(out, [None, h, w, 1])

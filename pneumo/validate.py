@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import data as D
+from . import transforms as T
 from .evaluate import metrics_at, threshold_for_recall
 
 SPLITS = ("patient", "fold", "temporal", "family")
@@ -128,58 +129,26 @@ def describe_holdout(kind: str, frame: pd.DataFrame, fold: int = 0, folds: int =
 
 Transform = Callable[[np.ndarray], np.ndarray]
 
-
-def _affine(img: np.ndarray, angle: float = 0.0, scale: float = 1.0) -> np.ndarray:
-    h, w = img.shape
-    m = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), angle, scale)
-    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-
-
-def _contrast(img: np.ndarray, factor: float) -> np.ndarray:
-    return (img - img.mean()) * factor + img.mean()
-
-
-def _sharpen(img: np.ndarray) -> np.ndarray:
-    return img + 1.0 * (img - cv2.GaussianBlur(img, (0, 0), 2.0))
-
-
-def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
-    ok, buf = cv2.imencode(".jpg", (np.clip(img, 0, 1) * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    return cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE).astype(np.float32) / 255.0
-
-
-def _resample(img: np.ndarray, side: int) -> np.ndarray:
-    h, w = img.shape
-    small = cv2.resize(img, (side, side), interpolation=cv2.INTER_NEAREST)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-def _clahe(img: np.ndarray) -> np.ndarray:
-    u8 = (np.clip(img, 0, 1) * 255).astype(np.uint8)
-    return cv2.createCLAHE(clipLimit=2.0, tileGridSize=(8, 8)).apply(u8).astype(np.float32) / 255.0
-
-
-def _noise(img: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
-    return img + np.random.default_rng(seed).normal(0.0, sigma, img.shape).astype(np.float32)
-
-
+# Fixed parameter values of the families in ``transforms``, the ones training augmentation draws from
+# (the names are what stored cards and reports refer to: keep them). Geometry meets black at the border
+# here, as a real crop or zoom-out does; augmentation reflects instead.
 STRESS: dict[str, Transform] = {
-    "darker (exposure ×0.7)": lambda x: x * 0.7,
-    "brighter (+0.15)": lambda x: x + 0.15,
-    "gamma 0.6": lambda x: np.power(np.clip(x, 0, 1), 0.6),
-    "gamma 1.6": lambda x: np.power(np.clip(x, 0, 1), 1.6),
-    "low contrast ×0.6": lambda x: _contrast(x, 0.6),
-    "high contrast ×1.4": lambda x: _contrast(x, 1.4),
-    "blur σ=2 px": lambda x: cv2.GaussianBlur(x, (0, 0), 2.0),
-    "sharpened": _sharpen,
-    "noise σ=0.04": lambda x: _noise(x, 0.04),
-    "crop 85 % (zoom in)": lambda x: _affine(x, scale=1 / 0.85),
-    "zoom out 85 %": lambda x: _affine(x, scale=0.85),
-    "rotate +8°": lambda x: _affine(x, angle=8.0),
-    "rotate -8°": lambda x: _affine(x, angle=-8.0),
-    "JPEG quality 20": lambda x: _jpeg(x, 20),
-    "resampled from 96 px": lambda x: _resample(x, 96),
-    "CLAHE": _clahe,
+    "darker (exposure ×0.7)": lambda x: T.exposure(x, 0.7),
+    "brighter (+0.15)": lambda x: T.brightness(x, 0.15),
+    "gamma 0.6": lambda x: T.gamma(x, 0.6),
+    "gamma 1.6": lambda x: T.gamma(x, 1.6),
+    "low contrast ×0.6": lambda x: T.contrast(x, 0.6),
+    "high contrast ×1.4": lambda x: T.contrast(x, 1.4),
+    "blur σ=2 px": lambda x: T.blur(x, sigma=2.0, amount=1.0),
+    "sharpened": lambda x: T.blur(x, sigma=2.0, amount=-1.0),  # unsharp mask: the σ=2 detail layer doubled
+    "noise σ=0.04": lambda x: T.noise(x, 0.04, seed=0),
+    "crop 85 % (zoom in)": lambda x: T.affine(x, scale=1 / 0.85),
+    "zoom out 85 %": lambda x: T.affine(x, scale=0.85),
+    "rotate +8°": lambda x: T.affine(x, rotate_deg=8.0),
+    "rotate -8°": lambda x: T.affine(x, rotate_deg=-8.0),
+    "JPEG quality 20": lambda x: T.jpeg(x, 20),
+    "resampled from 96 px": lambda x: T.resample(x, 96),
+    "CLAHE": lambda x: T.clahe(x, clip_limit=2.0, tiles=8),
 }
 
 

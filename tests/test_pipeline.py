@@ -94,3 +94,25 @@ def test_working_resolution_augmentation_feeds_the_full_size_in_pooled_blocks(tm
     assert x.std() > 0.01
     with pytest.raises(ValueError, match="divide"):
         P.make_dataset(frame, 64, 4, training=True, augmentation=P.Augmentation(), augment_size=48)
+
+
+def test_training_batches_depend_on_the_seed_alone_and_change_every_epoch(tmp_path: Path) -> None:
+    # The augmentation's draws are stateless in a per-batch seed, so tf.data's parallel calls cannot
+    # reorder them: the same seed gives the same batches, epoch after epoch.
+    root = make_folder(tmp_path / "x", n_per_class=6, size=48)
+    frame = scan(root).frame
+    shift = P.Augmentation.preset("shift")
+
+    def epochs(seed: int, n: int = 2) -> list[np.ndarray]:
+        ds = P.make_dataset(frame, 32, batch_size=4, training=True, augmentation=shift, seed=seed)
+        return [np.concatenate([b[0].numpy() for b in ds]) for _ in range(n)]
+
+    first, again = epochs(3), epochs(3)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(epochs(4)[0] - first[0]).mean() > 1e-3
+    # A second epoch draws anew. One film in every row, so the shuffle cannot be what differs.
+    frame = frame.assign(path=frame["path"].iloc[0])
+    one, two = epochs(3)
+    per_image = lambda x: np.sort(x.reshape(len(x), -1).mean(axis=1))  # noqa: E731 - order-free summary
+    assert np.abs(per_image(one) - per_image(two)).max() > 1e-3
