@@ -300,7 +300,14 @@ def _convert(fn: Any, signature: list[Any], metadata: dict[str, str], dest: Path
 
 
 def _register_gradient_ops() -> None:
-    """tf2onnx maps forward operations only; the Grad-CAM graph also holds the sigmoid's gradient."""
+    """tf2onnx maps forward operations only; the Grad-CAM graph also holds the sigmoid's gradient.
+
+    tf2onnx.handler.tf_op is tf2onnx's own registration decorator, not a private name: tfonnx.py (1.17)
+    calls it "the future way we want custom ops to be registered", and the other public route,
+    from_function(custom_op_handlers=...), is "the old custom op api" it wraps into tf_op and marks for
+    removal. A handler registered here applies to every later conversion in the process; registering
+    again replaces it with the same mapping.
+    """
     from tf2onnx import utils
     from tf2onnx.handler import tf_op
 

@@ -20,8 +20,6 @@ TARGET_ALIAS = "gradcam_target"
 
 EPSILON = 1e-7  # keras.backend.epsilon(), which tf-keras-vis adds when it scales a map to [0, 1]
 
-_explainers: dict[tuple[int, str, str], Any] = {}
-
 
 def _find_layer(model: Any, name: str) -> tuple[Any, Any]:
     """The layer called name, and the nested model holding it (None when it sits in the top graph)."""
@@ -44,8 +42,10 @@ def reachable_model(model: Any, layer_name: str) -> tuple[Any, str]:
     """A model in which the Grad-CAM layer is a top-level layer.
 
     tf-keras-vis reads the target layer's output from the model's own graph, which a layer inside a
-    nested backbone is not part of. We replay the model with the backbone's layers inlined (same
-    weights) and an identity layer after the target, so the gradient flows through a top-level tensor.
+    nested backbone is not part of. We rebuild the model (same layers, same weights) with the backbone
+    split in two at the target, front and back, and an identity layer between them, so the gradient
+    flows through a top-level tensor. Public Keras only: sub-models over the backbone's own graph
+    (keras.Model on its tensors) and keras.models.clone_model(call_function=...) for the outer graph.
     """
     import keras
 
@@ -53,22 +53,41 @@ def reachable_model(model: Any, layer_name: str) -> tuple[Any, str]:
     if holder is None:
         return model, layer_name
     alias = keras.layers.Identity(name=TARGET_ALIAS)
+    back, skips = None, False
+    if [id(t) for t in holder.outputs] != [id(layer.output)]:  # the target is not the backbone's own output
+        front = keras.Model(holder.input, layer.output, name=f"{holder.name}_to_{layer_name}")
+        try:
+            back = keras.Model(layer.output, holder.output, name=f"{holder.name}_from_{layer_name}")
+        except ValueError:
+            # A connection bypasses the target (a residual around it): the back half also reads the
+            # backbone's input. Those bypassing layers run twice; the gradient through the target is the same.
+            back = keras.Model([*holder.inputs, layer.output], holder.output, name=f"{holder.name}_from_{layer_name}")
+            skips = True
+    else:
+        front = holder
 
-    def replay(operation: Any) -> Any:
-        if operation is layer:
-            return lambda *args, **kwargs: alias(operation(*args, **kwargs))
-        return operation
+    def split_call(inputs: Any, **kwargs: Any) -> Any:
+        # kwargs: what the outer graph passed to the backbone (training=False for a frozen one), kept.
+        target = alias(front(inputs, **kwargs))
+        if back is None:
+            return target
+        return back([*keras.tree.flatten(inputs), target] if skips else target, **kwargs)
 
-    def inline(operation: Any) -> Any:
+    def call(operation: Any, *args: Any, **kwargs: Any) -> Any:
         if operation is holder:
-            # Re-run the backbone's own layers (shared weights) node by node, so they land in the
-            # outer graph instead of behind one opaque nested call.
-            return lambda x, *args, **kwargs: _graph(holder)._run_through_graph(x, operation_fn=replay)
-        return operation
+            return split_call(*args, **kwargs)
+        return operation(*args, **kwargs)
 
-    inputs = keras.Input(shape=model.input_shape[1:], name="xray")
-    x = _graph(model)._run_through_graph(inputs, operation_fn=inline)
-    return keras.Model(inputs, x, name=f"{model.name}_for_gradcam"), TARGET_ALIAS
+    name = f"{model.name}_for_gradcam"
+    if isinstance(model, keras.Sequential):  # clone_model takes no call_function for a Sequential: a plain chain
+        inputs = keras.Input(shape=model.input_shape[1:], name="xray")
+        x = inputs
+        for operation in model.layers:
+            x = call(operation, x)
+        return keras.Model(inputs, x, name=name), TARGET_ALIAS
+    # clone_function=identity: the same layer objects (shared weights, no copy), called anew.
+    rebuilt = keras.models.clone_model(model, clone_function=lambda operation: operation, call_function=call)
+    return keras.Model(rebuilt.input, rebuilt.output, name=name), TARGET_ALIAS
 
 
 def explained_network(model: Any, layer_name: str) -> Any:
@@ -89,22 +108,18 @@ def explained_network(model: Any, layer_name: str) -> Any:
     return model
 
 
-def _graph(model: Any) -> Any:
-    """The functional graph of a model (a Sequential keeps its own in _functional)."""
-    return getattr(model, "_functional", model)
+def _explainer(loaded: LoadedModel, method: str, layer: str) -> tuple[Any, str]:
+    """The tf-keras-vis explainer for a method and layer, kept in the model's own cache (it dies with it)."""
+    def build() -> tuple[Any, str]:
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 
-
-def _explainer(model: Any, method: str, layer: str) -> tuple[Any, str]:
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-
-    key = (id(model), method, layer)
-    if key not in _explainers:
-        target_model, target_layer = reachable_model(explained_network(model, layer), layer)
+        target_model, target_layer = reachable_model(explained_network(loaded.model, layer), layer)
         cls = GradcamPlusPlus if method == "gradcam++" else Gradcam
         # clone=False: the model is never modified, and a copy would double its memory.
-        _explainers[key] = (cls(target_model, clone=False), target_layer)
-    return _explainers[key]
+        return cls(target_model, clone=False), target_layer
+
+    return loaded.cache.get(("tf-keras-vis", method, layer), build)
 
 
 def gradcam(
@@ -138,7 +153,7 @@ def gradcam(
     else:
         from tf_keras_vis.utils.scores import BinaryScore
 
-        explainer, target_layer = _explainer(loaded.model, method, layer or loaded.gradcam_layer)
+        explainer, target_layer = _explainer(loaded, method, layer or loaded.gradcam_layer)
         cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
         cam = np.asarray(cam[0], dtype=np.float32)
     cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
@@ -156,19 +171,19 @@ def _expand(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 
 def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
-    """Grad-CAM or Grad-CAM++ as one traced TensorFlow graph, cached on the model."""
-    from . import import_tensorflow_quietly
+    """Grad-CAM or Grad-CAM++ as one traced TensorFlow graph, kept in the model's cache under
+    ("cam", method, layer)."""
+    def trace() -> Any:
+        from . import import_tensorflow_quietly
 
-    import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
-    import tensorflow as tf
+        import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
+        import tensorflow as tf
 
-    cache = loaded.__dict__.setdefault("_cams", {})
-    key = (method, layer)
-    if key not in cache:
         size = loaded.input_size
-        cache[key] = tf.function(cam_function(loaded.model, method, layer), input_signature=[
+        return tf.function(cam_function(loaded.model, method, layer), input_signature=[
             tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.float32)])
-    return cache[key]
+
+    return loaded.cache.get(("cam", method, layer), trace)
 
 
 def cam_functions(model: Any, layer: str) -> dict[str, Any]:
@@ -187,7 +202,7 @@ def cam_function(model: Any, method: str, layer: str) -> Any:
     import tensorflow as tf
 
     target_model, target_layer = reachable_model(explained_network(model, layer), layer)
-    grad_model = keras.Model(target_model.inputs, [target_model.output, target_model.get_layer(target_layer).output])
+    grad_model = keras.Model(target_model.input, [target_model.output, target_model.get_layer(target_layer).output])
 
     def cam(x: Any, sign: Any) -> Any:
         with tf.GradientTape() as tape:

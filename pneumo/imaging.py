@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -328,6 +329,43 @@ _DEFLATED_HEADER_BYTES = 16_000_000
 _DEFLATED_TAIL_BYTES = 1_000_000
 
 
+# pydicom's reading warnings that a decoder of untrusted files expects, by message (pydicom 3.0 texts). Most
+# quote the offending header value, which in a DICOM can be a patient's name or ID; the checks in this
+# module decide what is refused. Anything else pydicom says (a deprecation, a new warning) still shows.
+_PYDICOM_HEADER_WARNINGS = (
+    r"The value length \(\d+\) exceeds the maximum length of \d+ allowed for VR ",
+    r"Invalid value for VR ",
+    r"Expected (explicit|implicit) VR, but found (explicit|implicit) VR - using ",
+    r"Unknown DICOM tag ",
+    r"Unknown encoding '.*' - using default encoding instead",
+    r"Failed to decode byte string with encoding",
+    r"Found unknown escape sequence in encoded string value",
+    r"Value '.*' for Specific Character Set does not allow code extensions",
+    r"Value '.*' cannot be used as code extension",
+    r"'datetime\.(datetime|time)' doesn't allow a value of '60'",
+)
+# ... and those decoding the pixels adds: the frame count and pixel length are checked after decoding.
+_PYDICOM_PIXEL_WARNINGS = (
+    r"A value of .* for \(0028,0008\) 'Number of Frames' is (invalid|non-conformant)",
+    r"The pixel data is \d+ bytes long, which indicates it contains \d+ bytes of excess padding",
+    r"The number of bytes of pixel data is sufficient to contain \d+ frames",
+    r"\d+ frames have been found in the encapsulated pixel data",
+    r"The number of bytes of compressed pixel data matches the expected number for uncompressed data",
+    r"The decoded RLE segment contains non-conformant padding",
+    r"The \(0028,0004\) 'Photometric Interpretation' value is",
+    r"The number of items in \(7FE0,0001\) 'Extended Offset Table'",
+)
+
+
+@contextlib.contextmanager
+def _pydicom_quiet(*messages: str) -> Iterator[None]:
+    """Within the block, the named pydicom warnings (message regexes, matched from the start) are dropped."""
+    with warnings.catch_warnings():
+        for message in messages:
+            warnings.filterwarnings("ignore", message=message, module=r"pydicom\.")
+        yield
+
+
 def _pixel_element(ds: Any) -> tuple[int, Any] | None:
     """The dataset's pixel element (tag, raw element) without reading a deferred value."""
     for tag in _PIXEL_TAGS:
@@ -375,8 +413,7 @@ def _header_until_pixels(inflated: bytes) -> tuple[Any, tuple[int, int, int] | N
             return True
         return False
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with _pydicom_quiet(*_PYDICOM_HEADER_WARNINGS):
         try:
             header = read_dataset(buffer, False, True, stop_when=at_pixels, defer_size=_DEFER_BYTES)
         except Exception:  # cut mid-element: more must inflate first
@@ -427,24 +464,59 @@ def _inflate_dataset(deflated: bytes, label: str, max_pixels: int) -> bytes:
     return bytes(out)
 
 
+def _file_meta(fp: io.BytesIO) -> Any:
+    """The File Meta group (0002,eeee) at fp's position, fp left at the first element after it.
+
+    pydicom's public read_file_meta_info(filename) opens a path itself, and an upload is bytes in memory;
+    dcmread (stop_before_pixels, specific_tags or not) inflates a deflated body whole before it stops,
+    the unbounded read this module refuses. So this is pydicom 3.0's own _read_file_meta_info rebuilt
+    from its public parts (read_dataset with stop_when, FileMetaDataset), the implicit-VR retry for
+    non-conformant meta (pydicom issue #503) included, so such files decode as they do in dcmread.
+    """
+    from pydicom.charset import default_encoding
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filereader import read_dataset
+
+    start = fp.tell()
+
+    def read(implicit: bool) -> Any:
+        fp.seek(start)
+        meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=implicit, is_little_endian=True,
+                                            stop_when=lambda tag, vr, length: tag >> 16 != 2))
+        meta.set_original_encoding(implicit, True, default_encoding)
+        return meta
+
+    meta = read(False)
+    # read_dataset mostly notices implicit-VR meta itself (and warns); where it cannot, the first element
+    # fails to convert and the group is read again as implicit VR, as pydicom's own reader does.
+    try:
+        for element in meta.elements():
+            meta[element.tag]
+            break
+    except NotImplementedError:
+        meta = read(True)
+    return meta
+
+
 def _read_dicom(data: bytes, label: str, max_pixels: int) -> Any:
     """The dataset with every element over _DEFER_BYTES left unread, deflated data inflated with a bound."""
     import pydicom
     from pydicom.dataset import FileDataset
-    from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+    from pydicom.filereader import read_dataset, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     fp = io.BytesIO(data)
-    # The file meta group first, with pydicom's own reader, to learn the transfer syntax before pydicom
-    # would inflate a deflated body whole.
+    # The file meta group first, to learn the transfer syntax before pydicom would inflate a deflated
+    # body whole.
     preamble = read_preamble(fp, True)
-    meta = _read_file_meta_info(fp)
+    meta = _file_meta(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return pydicom.dcmread(io.BytesIO(data), force=True, defer_size=_DEFER_BYTES)
     body = io.BytesIO(_inflate_dataset(data[fp.tell():], label, max_pixels))
     dataset = read_dataset(body, False, True, defer_size=_DEFER_BYTES)
     ds = FileDataset(body, dataset, preamble, meta, False, True)
-    ds.set_original_encoding(False, True, dataset._character_set)
+    # read_dataset recorded the Specific Character Set it decoded with (public: original_character_set).
+    ds.set_original_encoding(False, True, dataset.original_character_set)
     return ds
 
 
@@ -452,8 +524,7 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # pydicom warns about each odd value; the checks below decide
+        with _pydicom_quiet(*_PYDICOM_HEADER_WARNINGS):  # pydicom warns about each odd value; the checks below decide
             ds = _read_dicom(data, label, max_pixels)
             element = _pixel_element(ds)  # parses the (deferred) elements up to the pixel data now
     except InvalidImageError:
@@ -485,8 +556,7 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
     rows, cols = int(ds.Rows), int(ds.Columns)
     notes: list[str] = []
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _pydicom_quiet(*_PYDICOM_HEADER_WARNINGS, *_PYDICOM_PIXEL_WARNINGS):
             arr = ds.pixel_array
     except Exception as exc:
         name = getattr(syntax, "name", str(syntax))

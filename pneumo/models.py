@@ -6,11 +6,13 @@ export (pneumo.engine) is served by ONNX Runtime, which starts in a fraction of 
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Hashable, TypeVar
 
 import numpy as np
+from cachetools import LRUCache
 
 from .card import CardError, ModelCard, check_threshold
 
@@ -19,6 +21,46 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_DIR = PROJECT_ROOT / "models"
 DEFAULT_MODEL_PATH = DEFAULT_MODEL_DIR / "model.keras"
 CARD_MAX_BYTES = 8 * 2**20
+
+T = TypeVar("T")
+
+
+class ServingCache:
+    """What one loaded network builds once and keeps: traced graphs (forward pass, features, Grad-CAM per
+    method and layer), tf-keras-vis explainers and the input check's density.
+
+    Bounded (an LRU of MAX_ENTRIES): the keys include a caller-chosen Grad-CAM layer, so a long-lived
+    app asked for many layers would otherwise keep a traced graph for each. Thread-safe: the app serves
+    every session from one cached model. A build runs under the lock, so two sessions asking at once
+    trace a graph once, not twice.
+    """
+
+    MAX_ENTRIES = 32
+
+    def __init__(self, maxsize: int = MAX_ENTRIES) -> None:
+        self._entries: LRUCache[Hashable, Any] = LRUCache(maxsize=maxsize)
+        # Re-entrant: a build may itself ask for another entry (a Grad-CAM graph loading the network).
+        self._lock = threading.RLock()
+
+    def get(self, key: Hashable, build: Callable[[], T]) -> T:
+        """The entry for key, built by build() on first use (and again after eviction or clear())."""
+        with self._lock:
+            try:
+                return self._entries[key]
+            except KeyError:
+                value = self._entries[key] = build()
+                return value
+
+    def keys(self) -> list[Hashable]:
+        with self._lock:
+            return list(self._entries)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass
@@ -34,8 +76,10 @@ class LoadedModel:
     operating_point: str = "shipped"
     # Why an ONNX export beside the model is not serving it (refused at load: see engine.open_onnx), or None.
     engine_note: str | None = None
-    _compiled: Any = field(default=None, repr=False, compare=False)
-    _density: Any = field(default=False, repr=False, compare=False)
+    # Traced graphs and side files built for this network. An init field on purpose: dataclasses.replace
+    # (pneumo.site.apply_operating_point) hands the same cache to the copy, as every entry depends on the
+    # network and its folder, never on the card's threshold, so a new operating point retraces nothing.
+    cache: ServingCache = field(default_factory=ServingCache, repr=False, compare=False)
 
     @property
     def model(self) -> Any:
@@ -61,11 +105,13 @@ class LoadedModel:
     @property
     def density(self) -> Any:
         """The input check's feature density (ood.npz beside the model), or None when there is none."""
-        if self._density is False:
-            from .quality import FILE_NAME, FeatureDensity
+        from .quality import FILE_NAME, FeatureDensity
 
-            self._density = FeatureDensity.load(self.path.with_name(FILE_NAME))
-        return self._density
+        return self.cache.get("density", lambda: FeatureDensity.load(self.path.with_name(FILE_NAME)))
+
+    def clear_caches(self) -> None:
+        """Forget every traced graph, explainer and the loaded density; each is rebuilt on next use."""
+        self.cache.clear()
 
     @property
     def gradcam_layer(self) -> str:
@@ -101,8 +147,13 @@ class LoadedModel:
 
             from .engine import ensemble_members
 
-            nets = ensemble_members(self.model) or [self.model]
-            run = tf.function(lambda x: tf.stack([tf.reshape(n(x, training=False), [-1]) for n in nets], axis=1))
+            def trace() -> Any:
+                nets = ensemble_members(self.model) or [self.model]
+                size = self.input_size
+                return tf.function(lambda x: tf.stack([tf.reshape(n(x, training=False), [-1]) for n in nets], axis=1),
+                                   input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+
+            run = self.cache.get("members", trace)
         return np.concatenate([np.asarray(run(batch[i: i + batch_size])) for i in range(0, len(batch), batch_size)])
 
     @property
@@ -111,15 +162,15 @@ class LoadedModel:
             return self.engine.probabilities
         # A traced graph: model.predict() builds a tf.data pipeline per call and an eager call runs
         # layer by layer; both cost more than the network itself for a single X-ray.
-        if self._compiled is None:
-            import tensorflow as tf
+        return self.cache.get("forward", self._trace_forward)
 
-            size = self.input_size
-            self._compiled = tf.function(
-                lambda x: self.model(x, training=False),
-                input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
-            )
-        return self._compiled
+    def _trace_forward(self) -> Callable[[np.ndarray], Any]:
+        import tensorflow as tf
+
+        size = self.input_size
+        model = self.model  # the network itself, not self: a copy made by dataclasses.replace shares this graph
+        return tf.function(lambda x: model(x, training=False),
+                           input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
 
 
 def _last_conv_layer(model: Any) -> str:

@@ -69,7 +69,7 @@ def feature_model(model: Any) -> Any:
             gap = holder.get_layer("gap")
         except ValueError:
             continue
-        return keras.Model(holder.inputs, gap.output, name="features")
+        return keras.Model(holder.input, gap.output, name="features")
     raise ValueError(f"model '{model.name}' has no pooled feature layer named 'gap'")
 
 
@@ -82,8 +82,8 @@ def features(loaded: Any, images: np.ndarray | list[np.ndarray], batch_size: int
 
 
 def _traced_features(loaded: Any) -> Any:
-    fn = getattr(loaded, "_features_fn", None)
-    if fn is None:
+    """The pooled-feature sub-network as one traced graph, kept in the model's cache under "features"."""
+    def trace() -> Any:
         from . import import_tensorflow_quietly
 
         import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
@@ -91,9 +91,9 @@ def _traced_features(loaded: Any) -> Any:
 
         net = feature_model(loaded.model)
         size = loaded.input_size
-        fn = tf.function(lambda x: net(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
-        loaded._features_fn = fn
-    return fn
+        return tf.function(lambda x: net(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+
+    return loaded.cache.get("features", trace)
 
 
 def fit(feats: np.ndarray, seed: int = 0) -> FeatureDensity:

@@ -166,3 +166,27 @@ def test_bad_medmnist_files_are_refused_with_a_reason(tmp_path: Path, images, la
     np.savez(tmp_path / "pneumoniamnist.npz", train_images=images, train_labels=labels)
     with pytest.raises(D.DatasetError, match=message):
         D.scan(tmp_path / "pneumoniamnist.npz")
+
+
+def test_npz_archives_are_kept_open_boundedly_and_reread_when_rewritten(tmp_path: Path) -> None:
+    """Items of one .npz share one open archive; a file rewritten in place is read afresh, never through the
+    stale handle; and only NPZ_OPEN_MAX archives stay open however many are read."""
+    D._open_npz.cache_clear()
+    path = tmp_path / "a.npz"
+    np.savez(path, train_images=np.zeros((2, 8, 8), np.uint8), train_labels=np.array([0, 1]))
+    item = f"{path}{D.NPZ_SEPARATOR}train{D.NPZ_SEPARATOR}1"
+    assert D.read_item(item).max() == 0.0
+    D.read_item(f"{path}{D.NPZ_SEPARATOR}train{D.NPZ_SEPARATOR}0")
+    assert D._open_npz.cache_info().currsize == 1 and D._open_npz.cache_info().hits == 1
+    import os
+
+    before = os.stat(path).st_mtime_ns
+    np.savez(path, train_images=np.full((2, 8, 8), 255, np.uint8), train_labels=np.array([0, 1]))
+    os.utime(path, ns=(before + 10**9, before + 10**9))  # a later mtime even on a coarse-clocked file system
+    assert D.read_item(item).min() == 1.0
+    for i in range(D.NPZ_OPEN_MAX + 3):
+        other = tmp_path / f"b{i}.npz"
+        np.savez(other, train_images=np.zeros((1, 8, 8), np.uint8), train_labels=np.array([0]))
+        D.read_item(f"{other}{D.NPZ_SEPARATOR}train{D.NPZ_SEPARATOR}0")
+    assert D._open_npz.cache_info().currsize == D.NPZ_OPEN_MAX
+    D._open_npz.cache_clear()

@@ -98,9 +98,45 @@ def test_overlay_blends_with_opacity() -> None:
 
 
 def test_warm_up_traces_both_compiled_explainers(flat_model: LoadedModel) -> None:
-    flat_model.__dict__.pop("_cams", None)
+    flat_model.clear_caches()
+    assert flat_model.cache.keys() == []
     explain.warm_up(flat_model)
-    assert {method for method, _ in flat_model._cams} == set(explain.METHODS)
+    cams = {key[1:] for key in flat_model.cache.keys() if isinstance(key, tuple) and key[0] == "cam"}
+    assert cams == {(method, flat_model.gradcam_layer) for method in explain.METHODS}
+    assert "forward" in flat_model.cache.keys()
+
+
+def test_traced_graphs_are_reused_and_live_on_the_model(flat_model: LoadedModel) -> None:
+    first = explain._compiled_cam(flat_model, "gradcam", flat_model.gradcam_layer)
+    assert explain._compiled_cam(flat_model, "gradcam", flat_model.gradcam_layer) is first
+    # A copy for another operating point shares the graphs; clearing them builds new ones.
+    import dataclasses
+
+    copy = dataclasses.replace(flat_model, operating_point="site")
+    assert explain._compiled_cam(copy, "gradcam", flat_model.gradcam_layer) is first
+    flat_model.clear_caches()
+    assert explain._compiled_cam(flat_model, "gradcam", flat_model.gradcam_layer) is not first
+    # The reference explainer is cached on the model too, not in a module dict keyed by id().
+    explain.gradcam(flat_model, np.zeros((SIZE, SIZE), np.float32), target=1, engine="tf-keras-vis")
+    assert ("tf-keras-vis", "gradcam", flat_model.gradcam_layer) in flat_model.cache.keys()
+    assert not hasattr(explain, "_explainers")
+
+
+def test_a_nested_target_with_a_bypassing_connection_is_reachable() -> None:
+    """The backbone split at the target still runs a residual that skips it (the back half's second input)."""
+    keras.utils.set_random_seed(2)
+    inner_in = keras.Input((SIZE, SIZE, 1))
+    a = layers.Conv2D(4, 3, padding="same", activation="relu", name="stem")(inner_in)
+    b = layers.Conv2D(4, 3, padding="same", activation="relu", name="skipped")(a)
+    backbone = keras.Model(inner_in, layers.Add(name="residual")([a, b]), name="backbone")
+    inp = keras.Input((SIZE, SIZE, 1))
+    model = keras.Model(inp, layers.Dense(1, activation="sigmoid")(layers.GlobalAveragePooling2D()(backbone(inp))))
+    rebuilt, target = explain.reachable_model(model, "skipped")
+    assert target == explain.TARGET_ALIAS and target in [layer.name for layer in rebuilt.layers]
+    x = np.random.default_rng(0).random((2, SIZE, SIZE, 1)).astype("float32")
+    np.testing.assert_allclose(np.asarray(rebuilt(x)), np.asarray(model(x)), atol=1e-6)
+    # The same weights, not a copy.
+    assert {id(w) for w in rebuilt.weights} == {id(w) for w in model.weights}
 
 
 @pytest.mark.parametrize("method", explain.METHODS)

@@ -319,15 +319,14 @@ def _deflated(rows: int, cols: int, zeros_before_pixels: int = 0) -> bytes:
     import struct
     import zlib
 
-    from pydicom.filereader import _read_file_meta_info, read_preamble
+    import pydicom
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     pixels = rows * cols * 2
     small = _dicom_with(rows, cols, b"\0\0", syntax=DeflatedExplicitVRLittleEndian)
-    fp = io.BytesIO(small)
-    read_preamble(fp, False)
-    _read_file_meta_info(fp)
-    start = fp.tell()
+    # The deflated body starts after the preamble and prefix (132 bytes), the group length element (12)
+    # and the rest of the meta group it counts: found through public pydicom, not the reader under test.
+    start = 132 + 12 + int(pydicom.dcmread(io.BytesIO(small)).file_meta.FileMetaInformationGroupLength)
     body = zlib.decompress(small[start:], -zlib.MAX_WBITS)
     at = body.index(b"\xe0\x7f\x10\x00OW")
     head = body[:at]
@@ -669,3 +668,60 @@ def test_multi_frame_dicom_says_which_frame_was_read() -> None:
     xray = load_xray(buf.getvalue(), name="frames.dcm")
     assert xray.pixels[:, -1].mean() > 0.95  # the first frame, not the flipped second
     assert xray.warnings == ["multi-frame DICOM: the first of 3 frames was read"]
+
+
+# ---------------------------------------------------------------- pydicom's warnings and its file meta reader
+
+
+def test_odd_header_values_are_not_echoed_in_warnings_and_other_warnings_still_show() -> None:
+    """pydicom quotes an invalid value in its warning (here a name in the transfer syntax UID): those are
+    dropped by message, so a header value never reaches a log; any other warning still shows."""
+    import warnings
+
+    import pydicom
+
+    data = _dicom(_ramp())
+    syntax = b"1.2.840.10008.1.2.1\0"
+    assert data.count(syntax) == 1
+    odd = data.replace(syntax, b"Secret^Name 1.2.3.4\0")  # same length: the meta group length still holds
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            load_xray(odd, name="odd.dcm")
+        except InvalidImageError:
+            pass  # refused or decoded, either is fine: what was said on the way is the point
+        warnings.warn("a warning of pneumo's own", UserWarning)
+    messages = [str(w.message) for w in caught]
+    assert messages == ["a warning of pneumo's own"], messages
+    # The value did reach pydicom's validator: outside the decoder the same file warns, quoting it.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pydicom.dcmread(io.BytesIO(odd)).file_meta.TransferSyntaxUID
+    assert any("Secret" in str(w.message) for w in caught)
+
+
+def test_file_meta_reader_finds_the_transfer_syntax_in_explicit_and_implicit_vr_meta() -> None:
+    """The deflate bound depends on reading the transfer syntax right, whichever VR the meta group uses."""
+    import struct
+    import warnings
+
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from pneumo.imaging import _file_meta
+
+    uid = str(DeflatedExplicitVRLittleEndian).encode() + b"\0"
+    implicit_body = struct.pack("<HHI", 2, 0x10, len(uid)) + uid
+    explicit_body = struct.pack("<HH2sH", 2, 0x10, b"UI", len(uid)) + uid
+    after = b"\x08\x00\x60\x00CS\x02\x00DX"
+    for body, implicit in ((explicit_body, False), (implicit_body, True)):
+        length = struct.pack("<HHI", 2, 0, 4) if implicit else struct.pack("<HH2sH", 2, 0, b"UL", 4)
+        meta = length + struct.pack("<I", len(body)) + body
+        fp = io.BytesIO(meta + after)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            found = _file_meta(fp)
+        # pydicom notes the implicit VR (and this reader recovers from it); nothing else is said.
+        assert [str(w.message) for w in caught] == (
+            ["Expected explicit VR, but found implicit VR - using implicit VR for reading"] if implicit else [])
+        assert found.TransferSyntaxUID == DeflatedExplicitVRLittleEndian, implicit
+        assert fp.tell() == len(meta)  # left at the first element after the meta group

@@ -83,3 +83,52 @@ def test_a_runaway_card_is_refused_unread(tmp_path: Path) -> None:
         fh.truncate(M.CARD_MAX_BYTES + 10)
     with pytest.raises(CardError, match="larger than a model card"):
         M.read_card(tmp_path / "model.keras")
+
+
+def test_serving_cache_is_bounded_shared_by_copies_and_cleared_in_one_call(tmp_path: Path) -> None:
+    import dataclasses
+
+    from pneumo import quality
+
+    cache = M.ServingCache(maxsize=3)
+    builds: list[int] = []
+    for key in range(5):
+        cache.get(key, lambda key=key: builds.append(key) or key)
+    assert len(cache) == 3 and cache.keys() == [2, 3, 4] and builds == [0, 1, 2, 3, 4]
+    assert cache.get(4, lambda: pytest.fail("rebuilt a kept entry")) == 4
+
+    model = A.build_model("compact_cnn", 48)
+    model.save(tmp_path / "model.keras")
+    loaded = M.load_model(tmp_path)
+    assert loaded.density is None  # no ood.npz yet, and that answer is kept ...
+    quality.fit(np.random.default_rng(0).normal(size=(40, 4))).save(tmp_path / quality.FILE_NAME)
+    assert loaded.density is None
+    loaded.clear_caches()  # ... until the caches are cleared
+    assert loaded.density is not None
+    img = np.random.default_rng(1).random((60, 50)).astype("float32")
+    loaded.predict(img)
+    forward = loaded._forward
+    copy = dataclasses.replace(loaded, operating_point="site")  # what pneumo.site.apply_operating_point makes
+    assert copy._forward is forward and copy.density is loaded.density
+    np.testing.assert_allclose(loaded.member_probabilities(img)[:, 0], loaded.predict(img), atol=1e-6)
+    assert {"forward", "members", "density"} <= set(loaded.cache.keys())
+
+
+def test_bench_counts_forward_flops_on_the_traced_graph_and_refuses_what_it_cannot_see() -> None:
+    """bench/run.py's FLOP count (public TensorFlow API, no frozen graph): a 3×3 convolution of 4 filters
+    over 8×8 pixels is 2 × 64 × 4 × 9 = 4608; a nested tf.function, opaque to the profiler, is refused."""
+    import keras
+    import tensorflow as tf
+
+    from bench.run import forward_flops
+
+    inp = keras.Input((8, 8, 1))
+    assert forward_flops(keras.Model(inp, keras.layers.Conv2D(4, 3, padding="same", use_bias=False)(inp)), 8) == 4608
+
+    class Opaque(keras.layers.Layer):
+        @tf.function
+        def call(self, x: tf.Tensor) -> tf.Tensor:
+            return x * 2.0
+
+    with pytest.raises(ValueError, match="nested functions"):
+        forward_flops(keras.Model(inp, Opaque()(inp)), 8)
