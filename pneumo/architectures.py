@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import keras
-from keras import layers
+# Keras is imported inside the builders, not here: the registry (names, input sizes, Grad-CAM layers) is
+# read by the Train form and the CLI's flags, and importing Keras starts TensorFlow, which costs a process
+# about 600 MB resident for good. The dashboard serves through ONNX Runtime and never needs it.
 
 @dataclass(frozen=True)
 class Architecture:
@@ -31,10 +32,14 @@ class Architecture:
 
 
 def _gray_input(size: int) -> keras.KerasTensor:
+    import keras
+
     return keras.Input(shape=(size, size, 1), name="xray")
 
 
 def _head(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
+    from keras import layers
+
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(dropout, name="head_dropout")(x)
     # float32 output keeps the sigmoid stable under mixed precision
@@ -43,6 +48,9 @@ def _head(x: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
 
 def build_compact_cnn(size: int, weights: str | None = None, dropout: float = 0.3) -> keras.Model:
     """A small residual CNN trained from scratch; fast enough for a 2-core CPU."""
+    import keras
+    from keras import layers
+
     if weights not in (None, "none"):
         raise ValueError("compact_cnn has no pretrained weights; use weights=None")
     inp = _gray_input(size)
@@ -65,6 +73,9 @@ def build_shift_cnn(
     processing) that differs between sites more than the lung opacities do, and makes each step cheap
     on a CPU. Plain 3×3 convolutions: they run near the machine's FLOP limit where depthwise ones do not.
     """
+    import keras
+    from keras import layers
+
     if weights not in (None, "none"):
         raise ValueError("shift_cnn has no pretrained weights; use weights=None")
     inp = _gray_input(size)
@@ -81,6 +92,8 @@ def build_shift_cnn(
 
 
 def _plain_residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    from keras import layers
+
     shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False, name=f"{name}_proj")(x)
     shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = layers.Conv2D(filters, 3, strides=2, padding="same", use_bias=False, name=f"{name}_conv1")(x)
@@ -93,6 +106,8 @@ def _plain_residual_block(x: keras.KerasTensor, filters: int, name: str) -> kera
 
 
 def _residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    from keras import layers
+
     shortcut = layers.Conv2D(filters, 1, strides=2, use_bias=False, name=f"{name}_proj")(x)
     shortcut = layers.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
     y = layers.SeparableConv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv1")(x)
@@ -105,15 +120,19 @@ def _residual_block(x: keras.KerasTensor, filters: int, name: str) -> keras.Kera
 
 
 def _backbone_builder(
-    app: Callable[..., keras.Model], scale: float, offset: Any, mean: Any = None, variance: Any = None
+    app_name: str, scale: float, offset: Any, mean: Any = None, variance: Any = None
 ) -> Callable[[int, str | None, float], keras.Model]:
-    """Wrap a keras.applications backbone so it takes a [0, 1] grayscale image.
+    """Wrap a keras.applications backbone (by name) so it takes a [0, 1] grayscale image.
 
     The backbone is built on our own input tensor (input_tensor=...) so its layers sit in the outer
     graph: Grad-CAM can then reach any of them by name.
     """
 
     def build(size: int, weights: str | None = None, dropout: float = 0.3) -> keras.Model:
+        import keras
+        from keras import layers
+
+        app = getattr(keras.applications, app_name)
         inp = _gray_input(size)
         x = layers.Concatenate(name="gray_to_rgb")([inp, inp, inp])
         x = layers.Rescaling(scale, offset=offset, name="app_scale")(x)
@@ -124,8 +143,8 @@ def _backbone_builder(
         except Exception as exc:  # network or cache failure while fetching weights
             if weights in (None, "none"):
                 raise
-            raise WeightsUnavailableError(app.__name__, exc) from exc
-        model = keras.Model(inp, _head(base.output, dropout), name=app.__name__.lower())
+            raise WeightsUnavailableError(app_name, exc) from exc
+        model = keras.Model(inp, _head(base.output, dropout), name=app_name.lower())
         return model
 
     return build
@@ -148,7 +167,6 @@ class WeightsUnavailableError(RuntimeError, ValueError):
 
 
 def _registry() -> dict[str, Architecture]:
-    apps = keras.applications
     imagenet_mean = [0.485, 0.456, 0.406]
     imagenet_var = [0.229**2, 0.224**2, 0.225**2]
     caffe_mean = [103.939, 116.779, 123.68]
@@ -180,22 +198,22 @@ def _registry() -> dict[str, Architecture]:
             ),
             Architecture(
                 "efficientnet_b0", 224, "gray [0,1] → RGB ×255 (EfficientNet rescales internally)",
-                "top_activation", _backbone_builder(apps.EfficientNetB0, 255.0, 0.0),
+                "top_activation", _backbone_builder("EfficientNetB0", 255.0, 0.0),
                 "EfficientNet-B0 backbone (ImageNet weights when available).",
             ),
             Architecture(
                 "densenet121", 224, "gray [0,1] → RGB, ImageNet mean/std normalisation",
-                "relu", _backbone_builder(apps.DenseNet121, 1.0, 0.0, imagenet_mean, imagenet_var),
+                "relu", _backbone_builder("DenseNet121", 1.0, 0.0, imagenet_mean, imagenet_var),
                 "DenseNet-121 backbone (CheXNet's architecture).",
             ),
             Architecture(
                 "resnet50", 224, "gray [0,1] → RGB ×255, Caffe mean subtraction",
-                "conv5_block3_out", _backbone_builder(apps.ResNet50, 255.0, 0.0, caffe_mean, [1.0, 1.0, 1.0]),
+                "conv5_block3_out", _backbone_builder("ResNet50", 255.0, 0.0, caffe_mean, [1.0, 1.0, 1.0]),
                 "ResNet-50 backbone.",
             ),
             Architecture(
                 "mobilenet_v2", 224, "gray [0,1] → RGB scaled to [-1, 1]",
-                "out_relu", _backbone_builder(apps.MobileNetV2, 2.0, -1.0),
+                "out_relu", _backbone_builder("MobileNetV2", 2.0, -1.0),
                 "MobileNet-V2 backbone; the lightest ImageNet option.",
             ),
         )
@@ -213,6 +231,29 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None
 
 
-def build_model(name: str, image_size: int | None = None, weights: str | None = None, dropout: float = 0.3) -> keras.Model:
+def build_model(name: str, image_size: int | None = None, weights: str | None = None, dropout: float = 0.3,
+                synchronized: bool = False) -> keras.Model:
+    """The named network; synchronized=True makes its batch norms pool their batch statistics over every
+    replica of a distribution strategy (several workers then normalise, and learn, as one process would)."""
     arch = get_architecture(name)
-    return arch.builder(image_size or arch.input_size, weights, dropout)
+    model = arch.builder(image_size or arch.input_size, weights, dropout)
+    return _synchronize_batch_norm(model) if synchronized else model
+
+
+def _synchronize_batch_norm(model: keras.Model) -> keras.Model:
+    """The same network with every BatchNormalization synchronized, its weights (ImageNet ones included) kept.
+
+    Done by cloning rather than in each builder, so the keras.applications backbones, whose layers we do not
+    construct, are covered too."""
+    import keras
+    from keras import layers
+
+    def clone(layer: keras.layers.Layer) -> keras.layers.Layer:
+        config = layer.get_config()
+        if isinstance(layer, layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    synced = keras.models.clone_model(model, clone_function=clone)
+    synced.set_weights(model.get_weights())
+    return synced
