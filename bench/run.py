@@ -492,6 +492,8 @@ def main() -> None:
                 SPREAD[key] = [round(v / scale, 4) for v in SPREAD.get(key, [])]
         if "predict_flop_floor_ms" in results:
             results["predict_flop_floor_ms"] = round(results["predict_flop_floor_ms"] * scale, 3)
+        if "batch_predict_flop_ceiling_images_per_s" in results:
+            results["batch_predict_flop_ceiling_images_per_s"] = round(results["batch_predict_flop_ceiling_images_per_s"] / scale, 1)
         results["gemm_best_fraction_of_peak"] = round(max(gemm) / ceiling, 3)
         results["pipeline_over_train_rate"] = round(
             results["pipeline_shift_augmentation_images_per_s"] / results["train_images_per_s"], 2)

@@ -28,9 +28,31 @@ def test_fractions_are_shares_of_a_ceiling_and_headlines_have_spreads(path) -> N
     for key in ("batch_predict_fraction_of_peak", "train_fraction_of_peak"):
         low, high = results["spread"][key]
         assert high <= 1.0, key
+    for key, value in headline.items():  # a headline is one of its repeats' figures: inside their spread
+        low, high = results["spread"][key]
+        assert value == results[key] and low - 1e-3 * abs(low) <= value <= high + 1e-3 * abs(high), key
+    # The fractions recomputed from the rates and FLOP counts beside them (a training step: 3 forwards).
+    ceiling = results["peak"]["ceiling_gflops"]
+    assert results["batch_predict_fraction_of_peak"] == pytest.approx(
+        results["batch_predict_images_per_s"] * results["model_forward_gflops"] / ceiling, rel=0.01, abs=1e-3)
+    assert results["train_fraction_of_peak"] == pytest.approx(
+        results["train_images_per_s"] * 3 * results["train_model_forward_gflops"] / ceiling, rel=0.01, abs=1e-3)
 
 
 def test_readme_performance_table_is_generated_from_the_full_run() -> None:
     from pneumo import docs
 
     assert docs.current("bench-table") == docs.expected("bench-table"), "run: python -m pneumo docs"
+
+
+@pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
+def test_flop_ceiling_in_images_per_s_is_the_ceiling_the_fractions_use(path, request: pytest.FixtureRequest) -> None:
+    """batch_predict_flop_ceiling_images_per_s is ceiling_gflops / model_forward_gflops, the ceiling the
+    fraction of peak beside it is a share of (650 images/s at 0.573 of it means a ceiling of ~1135/s)."""
+    results = json.loads(path.read_text())
+    if results["peak"].get("ceiling_from") == "best GEMM of the run":
+        # bench/run.py rescales the fractions and the FLOP floor to the GEMM ceiling after the run but not
+        # this figure, which stays at the theoretical peak (bench/run.py:361 and the rescaling near :485).
+        request.applymarker(pytest.mark.xfail(strict=True, reason="ceiling in images/s not rescaled to the GEMM ceiling"))
+    expected = results["peak"]["ceiling_gflops"] / results["model_forward_gflops"]
+    assert results["batch_predict_flop_ceiling_images_per_s"] == pytest.approx(expected, rel=0.01)

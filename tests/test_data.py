@@ -59,13 +59,15 @@ def test_csv_manifest_with_patients_and_splits(tmp_path: Path, rng: np.random.Ge
 
 def test_medmnist_npz(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
-    np.savez(tmp_path / "pneumoniamnist.npz",
-             train_images=(rng.random((10, 28, 28)) * 255).astype(np.uint8), train_labels=np.array([[0], [1]] * 5),
-             test_images=(rng.random((4, 28, 28)) * 255).astype(np.uint8), test_labels=np.array([[1]] * 4))
+    train, test = (rng.random((10, 28, 28)) * 255).astype(np.uint8), (rng.random((4, 28, 28)) * 255).astype(np.uint8)
+    np.savez(tmp_path / "pneumoniamnist.npz", train_images=train, train_labels=np.array([[0], [1]] * 5),
+             test_images=test, test_labels=np.array([[1]] * 4))
     ds = D.scan(tmp_path)
     assert ds.layout == "MedMNIST npz" and len(ds) == 14
-    img = D.read_item(ds.frame["path"][0])
-    assert img.shape == (28, 28) and 0.0 <= img.min() and img.max() <= 1.0
+    # Each item is its own array of the archive, grey level / 255, and carries its own label.
+    np.testing.assert_allclose(D.read_item(ds.frame["path"][0]), train[0] / 255.0, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(D.read_item(ds.frame["path"][13]), test[3] / 255.0, atol=1e-6, rtol=0)
+    assert ds.frame["label"].tolist() == [0, 1] * 5 + [1] * 4
 
 
 def test_bad_roots_name_the_problem(tmp_path: Path) -> None:

@@ -59,16 +59,19 @@ def test_onnx_grad_cam_equals_the_traced_tensorflow_map(exported: Path, method: 
     assert loaded.engine.explains("stage3_out") and not loaded.engine.explains("stage2_out")
     image = np.random.default_rng(3).random((90, 72)).astype("float32")
     onnx_engine = loaded.engine
-    spread = []
     for target in (1, 0):
         loaded.engine = onnx_engine
         served = explain.gradcam(loaded, image, method=method, target=target)
         loaded.engine = None  # the same model through the traced TensorFlow graph
         traced = explain.gradcam(loaded, image, method=method, target=target)
         assert served.shape == image.shape
+        # Every map has structure, else the comparison below is of two flat fields. This had been loosened
+        # to "one map of the two" when the fixture was unseeded; with keras.utils.set_random_seed(0) in the
+        # fixture the spreads measured (std of the [0, 1] map, target 1 / target 0) are Grad-CAM 0.208 /
+        # 0.194 and Grad-CAM++ 0.157 / 0.208: each over three times the bound. Target 0's Grad-CAM rests on
+        # 2 of the 16 cells of the 4×4 map (the ReLU zeroes the rest), the thinnest of the four.
+        assert traced.std() > 0.05, (method, target, traced.std())
         np.testing.assert_allclose(served, traced, atol=1e-3)
-        spread.append(traced.std())
-    assert max(spread) > 0.05  # at least one map with structure, not a flat field
     loaded.engine = onnx_engine
     raw = onnx_engine.cam(loaded.prepare(image), np.array([-1.0], np.float32), method)
     assert raw.shape == (1, 4, 4)  # four stride-2 stages on a 64 px input
@@ -123,7 +126,12 @@ def test_evaluate_and_predict_run_without_tensorflow(xray_folder: Path) -> None:
 def test_a_loaded_model_without_keras_loads_it_on_first_use(exported: Path) -> None:
     loaded = load_model(exported)
     assert isinstance(loaded, LoadedModel) and loaded.keras_model is None
-    assert loaded.model.count_params() > 0 and loaded.keras_model is not None
+    network = loaded.model
+    assert loaded.keras_model is network and loaded.model is network  # loaded on first use, and kept
+    # The network loaded is the exported one: it gives the ONNX graph's answers.
+    x = np.random.default_rng(5).random((3, 64, 64, 1)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(loaded.model(x, training=False)).ravel(), loaded.engine.probabilities(x).ravel(),
+                               atol=1e-4, rtol=0)
 
 
 def test_an_export_that_differs_from_keras_is_removed(exported: Path, tmp_path: Path) -> None:
@@ -169,6 +177,8 @@ def test_export_writes_the_probe_every_load_checks(exported: Path) -> None:
     assert np.ptp(record["outputs"]["probability"]) > 1e-3  # the probe films get different answers
     loaded = load_model(exported)
     assert loaded.engine is not None and loaded.engine_note is None and loaded.engine.cam_session is not None
+    # The engine kept answers the probe films as the Keras model did when the record was written.
+    np.testing.assert_allclose(loaded.engine.probabilities(E.probe_images(64)).ravel(), record["outputs"]["probability"], atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("with_features", [False, True])

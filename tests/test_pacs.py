@@ -228,7 +228,9 @@ def test_screen_then_send_results_as_the_app_does(orthanc: tuple[Any, Any], load
     assert list_studies(pacs, show_identifiers=True, accession="PNEU00005")[0]["patient_id"]
     run = screen_studies(pacs, loaded, [study], keep_pixels=True)
     result = run.results[0]
-    assert result.status == SCREENED and not result.stored and result.reading.xray is not None
+    assert result.status == SCREENED and not result.stored
+    # keep_pixels keeps the very film that was scored: the model gives its score back on those pixels.
+    assert result.reading.probability == pytest.approx(float(loaded.predict(result.reading.xray.pixels)[0]), abs=1e-6)
     before = len(_study_instances(pacs, study))
     assert send_results(pacs, loaded, run.results) == [] and set(result.stored) <= {"sr", "sc"} and "sr" in result.stored
     assert len(_study_instances(pacs, study)) == before + len(result.stored)
@@ -248,7 +250,16 @@ def test_cli_screen_json_contract(orthanc: tuple[Any, Any]) -> None:
     assert len(entries) == 1 and keys <= set(entries[0])
     entry = entries[0]
     assert entry["study"] == study and entry["status"] == "screened" and entry["error"] is None
-    assert 0.0 <= entry["probability"] <= 1.0 and entry["prediction"] in ("NORMAL", "PNEUMONIA", "UNCERTAIN — review")
+    # The score is the stored instance's own: fetched back over WADO-RS and read here, in this process.
+    from pneumo.models import load_model
+    from pneumo.predict import read
+
+    raw = _pacs(server.dicomweb_url).retrieve_instance(study, entry["series"], entry["instance"])
+    here = read(load_model(), raw, name="instance.dcm")
+    assert entry["probability"] == pytest.approx(here.probability, abs=1e-5)
+    t = entry["threshold"]
+    rule = "UNCERTAIN — review" if abs(entry["probability"] - t) < 0.05 else "PNEUMONIA" if entry["probability"] >= t else "NORMAL"
+    assert entry["prediction"] == rule  # the README's rule: ±0.05 around the threshold is a second look
     assert set(entry["stored"]) == {"sr", "sc"} and entry["path"].endswith(f"/instances/{entry['instance']}")
     again = _cli("pacs", "screen", "--url", server.dicomweb_url, "--study", study, "--json")
     assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "already screened"
@@ -344,7 +355,12 @@ def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded
         run = screen_studies(_pacs(server.dicomweb_url), loaded, [study], push=True)
         assert [r.status for r in run.results] == [FAILED] and run.failed
         result = run.results[0]
-        assert result.probability is not None and result.prediction and not result.stored
+        assert result.prediction and not result.stored
+        # The reading kept is the instance's own: read again here from the bytes the server holds.
+        from pneumo.predict import read
+
+        raw = _pacs(server.dicomweb_url).retrieve_instance(study, result.series_uid, result.sop_uid)
+        assert result.probability == pytest.approx(read(loaded, raw, name="instance.dcm").probability, abs=1e-6)
         assert server.dicomweb_url in result.error and study in result.error and "rejected" in result.error
         out = _cli("pacs", "screen", "--url", server.dicomweb_url, "--study", study, "--push")
         assert out.returncode == 2 and "Traceback" not in out.stderr

@@ -15,7 +15,17 @@ def test_density_alarm_level_is_calibrated_on_unseen_half() -> None:
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(400, 8))
     density = quality.fit(feats)
-    assert 0.0 <= density.false_alarm_rate <= 0.05
+    assert (density.n_fit, density.n_calibrate) == (200, 200)
+    # The rate is a count of the 200 calibration films above the alarm, which sits at the ALARM_QUANTILE
+    # percentile of their distances: at most (100 − q) % of them lie above it, and not far fewer.
+    count = density.false_alarm_rate * 200
+    assert count == pytest.approx(round(count)) and 0.01 <= density.false_alarm_rate <= 1 - quality.ALARM_QUANTILE / 100
+    # The distance is Mahalanobis's under the stored mean and precision (scipy's, term by term).
+    from scipy.spatial.distance import mahalanobis
+
+    probe = rng.normal(size=(5, 8))
+    expected = [mahalanobis(x, density.mean, density.precision) for x in probe]
+    np.testing.assert_allclose(density.distance(probe), expected, rtol=1e-10)
     fresh = density.distance(rng.normal(size=(1000, 8)))
     assert (fresh > density.alarm).mean() < 0.06  # about 2 % of films like the calibration ones
     assert (density.distance(rng.normal(size=(50, 8)) + 6.0) > density.alarm).all()
@@ -72,5 +82,35 @@ def test_detection_rates_cover_real_films_and_wrong_inputs(tiny_run: Path) -> No
 
     rates = ModelCard.read(tiny_run / "card.json").extra["input_check"]["warned_share"]
     assert set(rates) == {"real films (false alarms)", "inverted", "rotated by 90°", "upside down", "uniform noise"}
-    assert all(0.0 <= v <= 1.0 for v in rates.values())
+    # Shares of the held-out films (all of them: fewer than the 200 drawn), noise of at most 50 of them.
+    n = len(pd.read_csv(tiny_run / "val_predictions.csv"))
+    for name, share in rates.items():
+        count = share * min(n, 50 if name == "uniform noise" else 200)
+        assert count == pytest.approx(round(count), abs=1e-9), (name, share, n)
     assert rates["uniform noise"] >= rates["real films (false alarms)"]
+
+
+def test_detection_rates_count_each_case_by_hand(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in check that warns when the top-left pixel is bright: the four corners of ten 8×8 films are
+    set so that each case's share is known, whatever order the films are drawn in."""
+    films = np.full((10, 8, 8), 0.25, np.float32)
+    films[:3, 0, 0] = 1.0  # as they are: 3 of 10 warned
+    films[:5, 0, -1] = 1.0  # rot90 (anticlockwise) brings the top-right corner to the top left: 5 of 10
+    films[:1, -1, -1] = 1.0  # upside down brings the bottom-right there: 1 of 10
+    seen: list[np.ndarray] = []
+
+    def bright_corner(loaded, image, density, colour=0.0):
+        seen.append(image)
+        return ["bright corner"] if image[0, 0] > 0.5 else []
+
+    monkeypatch.setattr(quality, "check", bright_corner)
+    rates = quality.detection_rates(None, films, density=None)
+    noise = seen[-10:]
+    assert rates["real films (false alarms)"] == pytest.approx(0.3)
+    assert rates["inverted"] == pytest.approx(0.7)  # 1 − x: the 7 films dark at the top left turn bright
+    assert rates["rotated by 90°"] == pytest.approx(0.5) and rates["upside down"] == pytest.approx(0.1)
+    assert len(seen) == 50 and all(x.shape == (8, 8) and 0.2 < x.std() < 0.4 for x in noise)  # uniform: σ ≈ 0.29
+    assert rates["uniform noise"] == pytest.approx(np.mean([x[0, 0] > 0.5 for x in noise]))
+    # A limit draws that many films: the shares are then counts out of 4.
+    limited = quality.detection_rates(None, films, density=None, limit=4)
+    assert all((v * 4) == pytest.approx(round(v * 4)) for v in limited.values())

@@ -78,7 +78,12 @@ def test_positives_needed_is_the_first_n_where_the_bound_reaches_the_target() ->
 def test_bound_curve_is_the_bound_against_n() -> None:
     curve = site.bound_curve(48, 50, 0.9)
     ns = [n for n, _ in curve]
-    assert ns == sorted(ns) and 50 in ns and curve[-1][1] >= 0.9
+    needed = site.positives_needed(48, 50, 0.9)
+    assert ns == sorted(ns) and 50 in ns and 50 + needed in ns
+    # Each point is the brute-force bound at the observed 96 %: floor(0.96 n) found of n.
+    for n, bound in curve[::4] + [curve[-1]]:
+        assert bound == pytest.approx(brute_force_lower_bound(math.floor(0.96 * n + 1e-9), n), abs=1e-9), n
+    assert dict(curve)[50 + needed] >= 0.9 > dict(curve)[50]
     assert dict(curve)[50] == pytest.approx(site.lower_bound(48, 50))
 
 
@@ -86,7 +91,12 @@ def test_too_few_films_are_said_plainly_not_refused() -> None:
     y = np.array([1] * 12 + [0] * 6)
     p = np.linspace(0.95, 0.05, 18)
     result = site.figures("tiny", y, p, 0.95)
-    assert result.threshold > 0 and result.sensitivity >= 0.95
+    # 95 % of 12 positives is all 12: the threshold is midway between the lowest positive (the 12th score)
+    # and the highest normal (the 13th), and all are found; the bounds are alpha^(1/n) with every one right.
+    assert result.threshold == pytest.approx((p[11] + p[12]) / 2) and result.sensitivity == 1.0
+    assert result.specificity == 1.0 and result.sensitivity_lower_95 == pytest.approx(0.05 ** (1 / 12))
+    assert result.summary()["specificity_lower_95"] == pytest.approx(0.05 ** (1 / 6))
+    assert result.summary()["positives_needed"] == 59 - 12
     assert "Too few pneumonia films" in result.note and "at least 59" in result.note
     assert "Only 6 normal films" in result.note
     summary = result.summary()
@@ -103,7 +113,9 @@ def test_several_site_points_round_trip_through_the_card(tmp_path: Path) -> None
     card = ModelCard.read(model / "card.json")
     points = {x["name"]: x for x in card.site_operating_points}
     assert list(points) == ["ward B", "ward A"]
-    assert points["ward A"]["target_recall"] == 0.98 and points["ward A"]["replaces"]["threshold"] is not None
+    assert points["ward A"]["target_recall"] == 0.98
+    assert points["ward A"]["replaces"]["threshold"] == pytest.approx(site.figures("ward A", y, p, 0.95).threshold)
+    assert points["ward A"]["threshold"] != points["ward A"]["replaces"]["threshold"]
     for key in ("threshold", "rule", "n", "counts", "file_list_sha256_16", "date", "sensitivity_lower_95",
                 "specificity_lower_95", "leakage"):
         assert key in points["ward B"], key
@@ -165,7 +177,10 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(tmp_path: Pat
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert list(out)[:9] == list(site.SUMMARY_KEYS) and out["name"] == "clinic" and out["n"] == 48
-    assert out["n_positive"] == 24 and out["sensitivity"] >= 0.9 and 0 <= out["sensitivity_lower_95"] <= out["sensitivity"]
+    assert out["n_positive"] == 24 and out["sensitivity"] >= 0.9
+    found = round(out["sensitivity"] * 24)
+    assert out["sensitivity"] == pytest.approx(found / 24)
+    assert out["sensitivity_lower_95"] == pytest.approx(brute_force_lower_bound(found, 24), abs=1e-9)
     assert "used to train or validate" in out["note"]  # the bundled films trained the model: said, not hidden
     point = ModelCard.read(model / "card.json").site_operating_points[0]
     assert point["threshold"] == out["threshold"] and point["leakage"]["train"] > 0

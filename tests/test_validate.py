@@ -93,6 +93,9 @@ def test_stress_report_and_robust_threshold_keep_recall_pooled() -> None:
     t = V.robust_threshold(labels, probs, 0.95)
     pooled = np.concatenate([p[labels == 1] for p in probs.values()])
     assert (pooled >= t).mean() >= 0.95
+    # The highest such threshold: just above the lowest positive it keeps, pooled recall drops under 0.95.
+    lowest = pooled[pooled >= t].min()
+    assert (pooled >= np.nextafter(lowest, 1)).mean() < 0.95
     report = V.stress_report(labels, probs, t).to_dict()
     assert len(report["conditions"]) == len(V.STRESS)
     assert report["worst_auc"]["roc_auc"] == min(c["roc_auc"] for c in report["conditions"])
