@@ -39,12 +39,22 @@ def cached_drift(digests: tuple[str, ...], model_key: str, _images: list[np.ndar
     return drift.check_batch(loaded, _images, _probabilities)
 
 
-# What the screen shows: the film and its overlays at most 640 px a side, encoded once per opacity, so a
-# change of opacity re-sends small pictures instead of re-blending and re-encoding whole films.
+# What the screen shows: the film (with the colour bar) and each map as separate layers at most 640 px a
+# side, encoded once; the browser blends them at the chosen opacity (CSS), so a change of opacity sends a
+# rule of one line instead of re-blending and re-encoding every card's pictures (1.2 s for 25 cards).
 @st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
-def screen_overlay(digest: str, method: str, model_key: str, opacity: float, _film: np.ndarray,
-                   _heat: np.ndarray) -> bytes:
-    return explain.png_bytes(explain.with_colorbar(explain.overlay(_film, _heat, opacity), transparent=True))
+def screen_layers(digest: str, method: str, model_key: str, _film: np.ndarray, _heat: np.ndarray) -> tuple[bytes, bytes]:
+    film, layer = explain.overlay_layers(_film, _heat)
+    return explain.png_bytes(film), explain.png_bytes(layer)
+
+
+LAYERS = "camstack"  # container keys st-key-camstack-*: the film layer below, the map layer on top of it
+
+
+def blended(column: Any, key: str, layers: tuple[bytes, bytes], caption: str) -> None:
+    with column.container(key=f"{LAYERS}-{key}"):
+        st.image(layers[0], caption=caption, width="stretch")
+        st.image(layers[1], width="stretch")
 
 
 controls = st.columns([2, 2, 3])
@@ -194,10 +204,9 @@ def show_card(i: int) -> None:
         screen = explain.shrink(pixels)
         images = st.columns(3)
         images[0].image(screen, caption="X-ray", clamp=True, width="stretch", output_format="JPEG")
-        images[1].image(screen_overlay(digests[i], "gradcam", model_key, opacity, screen, heat), caption="Grad-CAM",
-                        width="stretch")
-        images[2].image(screen_overlay(digests[i], "gradcam++", model_key, opacity, screen, heat_pp),
-                        caption="Grad-CAM++", width="stretch")
+        blended(images[1], f"{i}-gradcam", screen_layers(digests[i], "gradcam", model_key, screen, heat), "Grad-CAM")
+        blended(images[2], f"{i}-gradcampp", screen_layers(digests[i], "gradcam++", model_key, screen, heat_pp),
+                "Grad-CAM++")
         st.caption("Warm colours mark the regions that drove the model towards its decision for this image; they "
                    "are not a segmentation of disease. Each map is scaled to its own peak (1.0 on the bar): compare "
                    "regions within a film, not colours between films.")
@@ -214,6 +223,10 @@ def show_card(i: int) -> None:
                 st.table({"field": list(reading.xray.dicom), "value": list(reading.xray.dicom.values())})
 
 
+# The two layers of each map share one grid cell; the map layer's opacity is the slider's.
+st.html(f"<style>[class*='st-key-{LAYERS}-'] {{display: grid; align-items: start}} "
+        f"[class*='st-key-{LAYERS}-'] > div {{grid-area: 1 / 1}} "
+        f"[class*='st-key-{LAYERS}-'] > div:nth-child(2) img {{opacity: {opacity:.2f}}}</style>")
 ordered = predict.order(readings)
 attention = [i for i in ordered if readings[i].error or readings[i].warnings
              or readings[i].decision == predict.NOT_ASSESSABLE]

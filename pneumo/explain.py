@@ -261,6 +261,21 @@ def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent
     return np.concatenate([image, panel if transparent else panel[..., :3]], axis=1)
 
 
+def overlay_layers(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> tuple[np.ndarray, np.ndarray]:
+    """The two RGBA layers a screen blends itself at any opacity, so a change of opacity re-encodes nothing:
+    the gray film with its colour bar (as with_colorbar(..., transparent=True) draws it), and the coloured
+    map over the film's area, see-through over the bar's panel. The map layer drawn at opacity alpha on
+    top of the film layer gives with_colorbar(overlay(image, heatmap, alpha), transparent=True)."""
+    film = with_colorbar(cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB), colormap, transparent=True)
+    if heatmap.shape != image.shape:
+        heatmap = cv2.resize(heatmap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+    colored = cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), colormap), cv2.COLOR_BGR2RGB)
+    layer = np.zeros_like(film)
+    layer[:, : image.shape[1], :3] = colored
+    layer[:, : image.shape[1], 3] = 255
+    return film, layer
+
+
 def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
     """A copy no larger than side on its long side, for the screen (downloads keep the film's size)."""
     h, w = image.shape[:2]

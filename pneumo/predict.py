@@ -125,6 +125,7 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
 
     when = when or datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[dict[str, Any]] = []
+    card_sha = card_hash(loaded) if loaded else ""
     for i in order(readings):
         r = readings[i]
         rows.append({
@@ -132,7 +133,7 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
             "warnings": " | ".join(r.warnings), "error": r.error or "",
             "threshold": loaded.threshold if loaded else None,
             "operating_point": getattr(loaded, "operating_point", "shipped") if loaded else "",
-            "model": loaded.card.name if loaded else "", "card_sha256_12": card_hash(loaded) if loaded else "",
+            "model": loaded.card.name if loaded else "", "card_sha256_12": card_sha,
             "time": when,
         })
     columns = ["item", "path", "probability", "decision", "warnings", "error", "threshold", "operating_point", "model", "card_sha256_12",

@@ -4,7 +4,10 @@ package that imports Streamlit; the library never imports it. No maths here."""
 from __future__ import annotations
 
 import copy
+import os
 import re
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -111,11 +114,34 @@ def data_root() -> Path | None:
     return Path(root) if root else None
 
 
-@st.cache_resource(show_spinner=False)
-def device_description() -> str:
-    from pneumo.train import detect_device
+_DEVICE_PROBE = "from pneumo.train import detect_device; print(detect_device().describe())"  # its stderr is dropped
+_DEVICE: dict[str, str] = {}
 
-    return detect_device().describe()
+
+def _probe_device() -> None:
+    try:
+        done = subprocess.run([sys.executable, "-c", _DEVICE_PROBE], capture_output=True, text=True, timeout=300,
+                              cwd=PROJECT_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        lines = done.stdout.strip().splitlines()
+        _DEVICE["description"] = lines[-1] if done.returncode == 0 and lines else "unknown (the device check failed)"
+    except (OSError, subprocess.SubprocessError) as exc:
+        _DEVICE["description"] = f"unknown ({type(exc).__name__})"
+
+
+@st.cache_resource(show_spinner=False)
+def _device_probe() -> threading.Thread:
+    # Asking TensorFlow which device training would use costs a process about 600 MB resident for good;
+    # serving never needs TensorFlow (ONNX Runtime serves) and training runs in a process of its own, so
+    # the question is asked once, in a child process, without holding up the first page.
+    thread = threading.Thread(target=_probe_device, name="pneumo-device-probe", daemon=True)
+    thread.start()
+    return thread
+
+
+def device_description(wait_s: float = 0.0) -> str:
+    """The device training would use ("checking…" until the one-off check in a child process is done)."""
+    _device_probe().join(wait_s)
+    return _DEVICE.get("description", "checking…")
 
 
 _MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!|:<>~$&=])")

@@ -66,7 +66,8 @@ def _peak_distance(loaded: LoadedModel, method: str) -> list[float]:
         if label != 1:
             continue
         heat = explain.gradcam(loaded, img, method=method, target=1)
-        assert heat.shape == img.shape and heat.min() >= 0 and heat.max() <= 1
+        # Min–max scaled: a map with any structure spans exactly 0 to 1 (a flat map would be all zeros).
+        assert heat.shape == img.shape and heat.min() == 0.0 and heat.max() == pytest.approx(1.0, abs=1e-6)
         py, px = np.unravel_index(np.argmax(heat), heat.shape)
         distances.append(float(np.hypot(py - cy, px - cx)))
     return distances
@@ -157,3 +158,19 @@ def test_colorbar_is_appended_beside_the_overlay() -> None:
     assert out.shape[0] == 100 and out.shape[1] > 80 and (out[:, :80] == 0).all()
     bar = out[:, 80:].reshape(-1, 3)
     assert len({tuple(px) for px in bar}) > 20  # a colour ramp, not a blank strip
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.45, 1.0])
+def test_screen_layers_blended_by_the_browser_equal_the_drawn_overlay(alpha: float) -> None:
+    """The Predict page sends the film and the map as two layers and lets CSS opacity blend them: composited
+    at alpha ("source over"), they must give the overlay the reports draw, colour bar included."""
+    rng = np.random.default_rng(3)
+    film, heat = rng.random((90, 70)).astype(np.float32), rng.random((7, 7)).astype(np.float32)
+    below, above = explain.overlay_layers(film, heat)
+    assert below.shape == above.shape and below.shape[2] == 4
+    a = above[..., 3:].astype(float) / 255 * alpha
+    composited = above[..., :3] * a + below[..., :3] * (1 - a)
+    drawn = explain.with_colorbar(explain.overlay(film, heat, alpha), transparent=True)
+    assert np.abs(composited - drawn[..., :3]).max() <= 0.5 + 1e-9  # addWeighted rounds to the nearest integer
+    assert np.array_equal(below[..., 3], drawn[..., 3])  # the same see-through panel behind the bar's numbers
+    assert (above[:, film.shape[1]:, 3] == 0).all()  # the map layer never covers the bar

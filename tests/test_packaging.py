@@ -68,3 +68,24 @@ def test_no_import_cycle_in_the_package() -> None:
 
     cycles = [c for c in (reach(m) for m in graph) if c]
     assert not cycles, " ; ".join(" → ".join(c) for c in cycles)
+
+
+def test_the_dashboard_never_imports_tensorflow() -> None:
+    """The app serves through ONNX Runtime: TensorFlow would cost its process ~600 MB resident for good. The
+    pages' own imports and a whole AppTest run of every page (the shipped model served) must not load it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(ROOT / 'streamlit_app.py')!r}, default_timeout=240)\n"
+        "at.run()\n"
+        "for page in ('home', 'predict', 'threshold', 'explore', 'train'):\n"
+        "    at.switch_page(f'pages/{page}.py').run()\n"
+        "    assert not at.exception, (page, [e.value for e in at.exception])\n"
+        "print(sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
