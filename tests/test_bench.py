@@ -4,6 +4,7 @@ a ceiling), and every headline figure carries its spread over the repeats."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -46,13 +47,9 @@ def test_readme_performance_table_is_generated_from_the_full_run() -> None:
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
-def test_flop_ceiling_in_images_per_s_is_the_ceiling_the_fractions_use(path, request: pytest.FixtureRequest) -> None:
+def test_flop_ceiling_in_images_per_s_is_the_ceiling_the_fractions_use(path: Path) -> None:
     """batch_predict_flop_ceiling_images_per_s is ceiling_gflops / model_forward_gflops, the ceiling the
     fraction of peak beside it is a share of (650 images/s at 0.573 of it means a ceiling of ~1135/s)."""
     results = json.loads(path.read_text())
-    if results["peak"].get("ceiling_from") == "best GEMM of the run":
-        # bench/run.py rescales the fractions and the FLOP floor to the GEMM ceiling after the run but not
-        # this figure, which stays at the theoretical peak (bench/run.py:361 and the rescaling near :485).
-        request.applymarker(pytest.mark.xfail(strict=True, reason="ceiling in images/s not rescaled to the GEMM ceiling"))
     expected = results["peak"]["ceiling_gflops"] / results["model_forward_gflops"]
     assert results["batch_predict_flop_ceiling_images_per_s"] == pytest.approx(expected, rel=0.01)
