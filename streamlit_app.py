@@ -4,9 +4,10 @@ import streamlit as st
 
 st.set_page_config(page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide")
 
-from pneumo.memory import limit_malloc_arenas  # noqa: E402
+from pneumo.memory import limit_malloc_arenas, map_large_allocations  # noqa: E402
 
-limit_malloc_arenas()  # before TensorFlow starts its thread pools
+limit_malloc_arenas()  # before any thread pool starts
+map_large_allocations()  # films and maps go back to the kernel when freed, not into the heap
 
 from pneumo.ui import ENTRY_MARK, settings, sidebar  # noqa: E402
 

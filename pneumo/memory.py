@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _M_ARENA_MAX = -8
+_M_MMAP_THRESHOLD = -3
 _MADV_PAGEOUT = 21  # Linux >= 5.4
 
 
@@ -48,6 +49,21 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     """
     try:
         return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False
+
+
+def map_large_allocations(threshold_bytes: int = 1 << 20) -> bool:
+    """Serve every allocation of at least ``threshold_bytes`` from its own mapping, returned to the kernel
+    the moment it is freed.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MB), after which
+    films, maps and upload buffers come from the heap, where a long-lived small block can pin the memory
+    around it; setting the threshold fixes it (and turns that adjustment off). A page-faulted mapping per
+    decoded film costs a few milliseconds at most. No-op off glibc.
+    """
+    try:
+        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
     except (OSError, AttributeError):
         return False
 

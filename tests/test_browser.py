@@ -654,12 +654,15 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     _record(memory_before_mb=round(before.total_mb, 1), memory_after_200_large_films_mb=round(after_200.total_mb, 1),
             memory_two_sessions_of_50_mb=round(during_two.total_mb, 1), memory_settled_after_sessions_mb=round(settled.total_mb, 1),
             memory_peak_mb=round(settled.peak_mb, 1), two_hundred_large_films_s=round(two_hundred_s, 1))
-    # The deployment's bound is 1.5 GB resident. It is not met yet: about 2.1 GB after 200 films of 2500 px
-    # (readings are cached by bytes, cards come in pages of 25, the heap is trimmed, but Streamlit keeps each
-    # session's uploads and the caches stay warm), so this test records the figures and holds what does
-    # hold: closing the sessions never makes the server larger, and the peak stays under 3 GB.
+    # The deployment's bound is 1.5 GB resident; it is not met under this sequence yet. The app no longer loads
+    # TensorFlow, caches readings in 128 MB and pictures in 128 MB, maps every block of 1 MB or more on its own
+    # and trims the heap, and a closed tab's session goes after 30 s. Measured on 2 cores, this test alone:
+    # 200 films 1.07-1.08 GiB, two sessions of 50 (the first session still inside its 30 s) 1.53-1.59 GiB,
+    # settled 1.28-1.29 GiB, peak 1.60-1.64 GiB; in the whole browser module, which warms every cache first,
+    # the peak was 1.94 GiB before the mapping change. So this holds what does hold: closing the sessions never
+    # makes the server larger, and the peak stays under 2.2 GB (it was 2.34 GB, under a 3 GB bound, before).
     assert settled.total_mb <= during_two.total_mb + 64, f"settled {settled.total_mb:.0f} MiB"
-    assert settled.peak_mb * 2**20 < 3e9, f"peak {settled.peak_mb:.0f} MiB"
+    assert settled.peak_mb * 2**20 < 2.2e9, f"peak {settled.peak_mb:.0f} MiB"
 
 
 def test_explorer_and_threshold_on_the_training_folder(page: object, server: Server, workspace: Path) -> None:
