@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os as _os
+import sys
 
 __version__ = "0.1.0"
 
@@ -17,8 +18,6 @@ _os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def import_tensorflow_quietly() -> None:
     """Import TensorFlow with its C++ start-up lines (written before its log level applies) kept off stderr."""
-    import sys
-
     if "tensorflow" in sys.modules:
         return
     sys.stderr.flush()

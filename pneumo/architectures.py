@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+# Keras is imported inside the builders: the dashboard reads ARCHITECTURES and serves through ONNX Runtime,
+# so importing this module must not load Keras or TensorFlow (~600 MB resident).
+
 # Keras is imported inside the builders, not here: the registry (names, input sizes, Grad-CAM layers) is
 # read by the Train form and the CLI's flags, and importing Keras starts TensorFlow, which costs a process
 # about 600 MB resident for good. The dashboard serves through ONNX Runtime and never needs it.

@@ -18,6 +18,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .data import CLASS_NAMES, scan
+from .models import OOF_FILE, load_model
+from .runs import atomic_write_text, now_iso
+
+# cleanlab and pneumo.evaluate (scikit-learn) are imported where an audit runs: pneumo.train_data imports
+# this module only to apply a review and needs neither.
+
 REVIEW_FILE = "label_review.csv"
 VERDICTS = ("keep", "relabel", "exclude")
 REVIEW_COLUMNS = ["path", "label", "verdict", "score", "reviewed"]
@@ -71,10 +78,7 @@ def audit_folder(data: str | Path, model_path: str | Path | None = None,
     """Audit a labelled collection: films with a stored out-of-fold prediction of the model use it
     (source "out of fold"); the others are predicted by the model itself (source "model": out of sample
     only if the model never trained on them, which evaluate.leakage tells)."""
-    from .data import scan
     from .evaluate import predict_frame
-    from .models import OOF_FILE, load_model
-
     loaded = load_model(model_path)
     frame = scan(data).frame
     stored_path = loaded.path.with_name(OOF_FILE)
@@ -114,8 +118,6 @@ def read_review(path: str | Path) -> pd.DataFrame:
 def write_review(path: str | Path, verdicts: dict[str, str], audited: pd.DataFrame | None = None) -> Path:
     """Merge verdicts {film path: verdict} into the review CSV at path (atomically; earlier verdicts on
     other films are kept). The films themselves are never touched."""
-    from .runs import atomic_write_text, now_iso
-
     path = Path(path)
     bad = {v for v in verdicts.values() if v not in VERDICTS}
     if bad:
@@ -150,8 +152,6 @@ def apply_review(frame: pd.DataFrame, review: str | Path) -> tuple[pd.DataFrame,
     relabel = np.array([c == "relabel" for c in chosen])
     out.loc[relabel, "label"] = 1 - out.loc[relabel, "label"]
     if "class_name" in out.columns:
-        from .data import CLASS_NAMES
-
         out.loc[relabel, "class_name"] = [CLASS_NAMES[int(v)] for v in out.loc[relabel, "label"]]
     keep = np.array([c != "exclude" for c in chosen])
     counts = {v: int(sum(c == v for c in chosen)) for v in VERDICTS}

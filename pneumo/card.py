@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .runs import atomic_write_json
+
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 # Below this many validation films, or above this width of the AUC interval, a model carries a caution.
 MIN_VALIDATION_FILMS = 200
@@ -249,8 +251,6 @@ class ModelCard:
         return cls.from_dict(obj, str(path))
 
     def write(self, path: str | Path) -> None:
-        from .runs import atomic_write_json
-
         atomic_write_json(path, self.to_dict())
 
     def cautions(self) -> list[str]:

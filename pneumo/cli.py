@@ -9,10 +9,36 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any, Sequence
 
+from tqdm import tqdm
+
+from . import docs, import_tensorflow_quietly
+from .audit import audit_folder, review_path, summary
+from .card import check_threshold
+from .data import DatasetError, summarize
+from .drift import build, check_paths, expand
+from .engine import ExportError, export_onnx
+from .models import DEFAULT_MODEL_PATH, LoadedModel, card_path, load_keras_model, load_model, model_file, read_card
+from .pacs import (
+    Pacs,
+    PacsConfig,
+    PacsError,
+    ScreenRun,
+    describe,
+    load_secrets_file,
+    screen_studies,
+    search_studies,
+    watch,
+)
+from .predict import DEFAULT_BAND, Repeats, read
+from .runs import RunDataError, atomic_write_json, check_writable, load_json, write_new_file, write_new_json
+from .site import apply_operating_point
+from .train import TrainConfig, field_choices, train
+
+# The modules behind the heavier commands (pandas, scikit-learn, OpenCV, TensorFlow) are imported in those commands:
+# `python -m pneumo --help` and the light commands start in under a second.
+
 
 def _bar(total: int, desc: str) -> Any:
-    from tqdm import tqdm
-
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
@@ -32,8 +58,6 @@ def _progress(desc: str) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, train
-
     values: dict[str, Any] = {}
     if args.config:
         loaded = json.loads(Path(args.config).read_text())  # a missing or broken file is an error, not defaults
@@ -53,8 +77,6 @@ def cmd_train(args: argparse.Namespace) -> int:
             if bar is None or bars.get("epoch") != record["epoch"]:
                 if bar is not None:
                     bar.close()
-                from tqdm import tqdm
-
                 bar = bars["bar"] = tqdm(total=record["batches"], desc=f"epoch {record['epoch']}/{record['epochs']}",
                                          unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
                 bars["epoch"] = record["epoch"]
@@ -93,9 +115,6 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .engine import export_onnx
-    from .models import DEFAULT_MODEL_PATH, LoadedModel, load_keras_model, read_card
-
     path = Path(args.model) if args.model else DEFAULT_MODEL_PATH
     path = path / "model.keras" if path.is_dir() else path
     loaded = LoadedModel(load_keras_model(path), read_card(path), path)
@@ -117,9 +136,6 @@ def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
     folder, and an existing file that is not an evaluation report: the command never writes over the
     model, its card, a film or a user's file.
     """
-    from .models import model_file
-    from .runs import RunDataError, check_writable, load_json
-
     out = Path(args.out).expanduser()
     target = out.resolve()
     data = Path(args.data).expanduser().resolve()
@@ -144,12 +160,8 @@ def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .external import evaluate_data
-    from .runs import atomic_write_json, check_writable, write_new_json
-
     out, replace = _report_target(args)
     if args.record:
-        from .models import card_path, model_file
-
         check_writable(card_path(model_file(args.model)))  # a read-only card is refused before any work
     report = evaluate_data(args.model, args.data, args.threshold, args.split, progress=_progress("evaluate"),
                            operating_point=args.operating_point)
@@ -172,16 +184,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .card import check_threshold
-    from .models import load_model
-    from .predict import DEFAULT_BAND, Repeats, read
-
     loaded = load_model(args.model)
     if args.threshold is not None and args.operating_point:
         raise ValueError("give --threshold or --operating-point, not both")
     if args.operating_point:
-        from .site import apply_operating_point
-
         loaded = apply_operating_point(loaded, args.operating_point)
     if args.threshold is not None:
         loaded.card.threshold = check_threshold(args.threshold, "--threshold")
@@ -220,8 +226,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_labels(args: argparse.Namespace) -> int:
-    from .audit import audit_folder, review_path, summary
-
     audited = audit_folder(args.data, args.model, progress=_progress("audit"))
     suspects = audited[audited["suspect"]].head(args.limit or None)
     info = summary(audited)
@@ -242,9 +246,6 @@ def cmd_audit_labels(args: argparse.Namespace) -> int:
 def _pacs_session(args: argparse.Namespace) -> tuple[Any, Any]:
     """The server (URL from --url or the deployment's configuration, credentials from the environment or
     .streamlit/secrets.toml) and the model in force."""
-    from .models import load_model
-    from .pacs import Pacs, PacsConfig, load_secrets_file
-
     config = PacsConfig.load(load_secrets_file(), url=args.url)
     if config is None:
         raise ValueError("no PACS: give --url DICOMWEB_URL or set PNEUMO_PACS_URL")
@@ -254,8 +255,6 @@ def _pacs_session(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _print_pacs_run(run: Any, as_json: bool, lines: bool = False) -> None:
-    from .pacs import describe
-
     if as_json:
         entries = [r.to_json() for r in run.results]
         if lines:  # watch: one line per image as each poll ends
@@ -277,8 +276,6 @@ def _print_pacs_run(run: Any, as_json: bool, lines: bool = False) -> None:
 
 
 def cmd_pacs_screen(args: argparse.Namespace) -> int:
-    from .pacs import PacsError, ScreenRun, screen_studies, search_studies
-
     server, loaded = _pacs_session(args)
     uids = list(args.study or [])
     try:
@@ -296,8 +293,6 @@ def cmd_pacs_screen(args: argparse.Namespace) -> int:
 
 
 def cmd_pacs_watch(args: argparse.Namespace) -> int:
-    from .pacs import watch
-
     server, loaded = _pacs_session(args)
     failed = watch(server, loaded, interval=args.interval, max_polls=args.max_polls, since=args.since, push=args.push,
                    on_poll=lambda run: _print_pacs_run(run, args.json, lines=True))
@@ -305,9 +300,6 @@ def cmd_pacs_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_drift(args: argparse.Namespace) -> int:
-    from .drift import check_paths, expand
-    from .models import load_model
-
     paths = expand(args.paths)
     if not paths:
         raise ValueError("no image files in the paths given")
@@ -331,8 +323,6 @@ def cmd_drift(args: argparse.Namespace) -> int:
 
 
 def cmd_drift_reference(args: argparse.Namespace) -> int:
-    from .drift import build
-
     if args.draws < 20:
         raise ValueError(f"--draws must be at least 20, got {args.draws}")
     reference = build(args.model, args.predictions, progress=_progress("drift reference"), draws=args.draws,
@@ -344,7 +334,6 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .models import load_model
     from .site import calibrate, check_writable, record
 
     loaded = load_model(args.model)
@@ -373,8 +362,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_docs(args: argparse.Namespace) -> int:
-    from . import docs
-
     if args.check:
         stale = [name for name in docs.BLOCKS if docs.current(name) != docs.expected(name)]
         for name in stale:
@@ -394,8 +381,6 @@ def _write_overlay(loaded: Any, pixels: Any, folder: Path, stem: str) -> tuple[s
     full disk leaves no partial file (see runs.write_new_file).
     """
     from .explain import gradcam, overlay, png_bytes  # Grad-CAM needs TensorFlow; plain predictions do not
-    from .runs import write_new_file
-
     data = png_bytes(overlay(pixels, gradcam(loaded, pixels, "gradcam"), 0.4))
     try:
         return str(write_new_file(folder, f"{stem[:150]}_gradcam.png", data, unique=True)), None
@@ -417,8 +402,6 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
-    from .data import summarize
-
     summary = summarize(args.data, progress=_progress("summarize"))
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
@@ -440,8 +423,6 @@ def cmd_summarize(args: argparse.Namespace) -> int:
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, typed and documented from the field itself."""
-    from .train import TrainConfig, field_choices
-
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         meta, default = f.metadata, f.default
@@ -578,16 +559,10 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .data import DatasetError
-
-    from . import import_tensorflow_quietly
-
     words = sys.argv[1:] if argv is None else list(argv)
     if set(words) & {"train", "ensemble", "export"}:
         import_tensorflow_quietly()  # before the parser: train's flags come from the model registry
     args = build_parser(train_flags="train" in words).parse_args(argv)
-    from .engine import ExportError
-
     try:
         return int(args.func(args))
     except (DatasetError, ValueError, OSError, TypeError, KeyError, RecursionError, OverflowError, ExportError) as exc:

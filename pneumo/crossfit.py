@@ -22,11 +22,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import runs
+from . import audit, runs
 from .card import ModelCard
+from .data import parse_name
 from .evaluate import metrics_at
 
 from .models import OOF_FILE  # noqa: F401 - where callers have always found it
+from .models import PROJECT_ROOT, load_model
+from .validate import bootstrap, explanation_faithfulness, load_images, patient_number, series
+
+# pneumo.train's helpers are imported where used: they are lazy re-exports that load TensorFlow.
 OOF_COLUMNS = ["path", "label", "fold", "probability", "patient_id"]
 
 
@@ -76,8 +81,6 @@ def oof_predictions(run_dirs: list[str | Path]) -> pd.DataFrame:
 def _portable(path: str) -> str:
     """A film's path relative to the project when it lies beside it (../shared/… in a checkout), so the
     stored predictions resolve on any machine with the same layout; absolute otherwise."""
-    from .models import PROJECT_ROOT
-
     resolved = Path(path).resolve()
     if resolved.is_relative_to(PROJECT_ROOT.parent):
         return os.path.relpath(resolved, PROJECT_ROOT)
@@ -145,9 +148,6 @@ def populations(frame: pd.DataFrame, threshold: float, bands: int = 5) -> dict[s
     """Figures per file-name population of the films (series and subtype) and per band of patient
     numbers within each series, ordered by the number as written: how far the operating point moves
     between groups of children."""
-    from .data import parse_name
-    from .validate import patient_number, series
-
     f = frame.assign(series=[series(p) for p in frame["path"]],
                      subtype=[parse_name(p)[1] for p in frame["path"]],
                      number=[patient_number(pid) for pid in frame["patient_id"]])
@@ -211,9 +211,6 @@ def _stress_by_fold(fold_dirs: list[Path]) -> dict[str, Any]:
 
 def member_faithfulness(fold_dirs: list[Path], threshold: float, limit: int = 96) -> dict[str, Any]:
     """The explanation figure of every member on its own held-out films (which it never saw), averaged."""
-    from .models import load_model
-    from .validate import explanation_faithfulness, load_images
-
     tables, parts = [], []
     for k, d in enumerate(fold_dirs):
         member = load_model(d / "model.keras")
@@ -244,11 +241,7 @@ def ensemble_folds(run_dirs: list[str | Path], out_dir: str | Path, target_recal
 
 
 def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recall: float) -> ModelCard:
-    from . import audit
-    from .models import load_model
     from .train import _export_for_serving, _save_model, average_model, library_versions
-    from .validate import bootstrap
-
     members = [load_model(d / "model.keras") for d in folds]
     _save_model(average_model([m.model for m in members]), out / "model.keras")
     oof = oof_predictions(folds)

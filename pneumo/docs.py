@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from .card import ModelCard
 from .models import DEFAULT_MODEL_DIR, PROJECT_ROOT
+from .runs import atomic_write_text
 
 README = PROJECT_ROOT / "README.md"
 EXPERIMENTS = DEFAULT_MODEL_DIR / "EXPERIMENTS.md"
@@ -105,8 +106,6 @@ def current(name: str) -> str | None:
 
 def write(names: list[str] | None = None) -> list[Path]:
     """Regenerate the blocks (all by default); returns the files changed."""
-    from .runs import atomic_write_text
-
     changed = []
     for name in names or list(BLOCKS):
         path = BLOCKS[name][0]

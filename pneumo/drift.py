@@ -43,11 +43,20 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+
+from . import quality
+from .models import card_path, load_model, read_card
+from .runs import atomic_write_bytes, now_iso
+
+# SciPy, scikit-learn, pandas, pneumo.data and pneumo.validate are imported where used: the CLI imports this module
+# at start, and they would add seconds to every command.
 
 REFERENCE_FILE = "drift_reference.npz"
 ALPHA = 0.05  # family-wise, over the tests of one batch
@@ -171,8 +180,6 @@ class Reference:
     # ------------------------------------------------------------------ storage
 
     def save(self, path: str | Path) -> None:
-        from .runs import atomic_write_bytes
-
         buf = io.BytesIO()
         patients = self.patients if self.patients is not None else np.arange(self.n)
         np.savez(buf, mean=self.mean, precision=self.precision, distances=self.distances,
@@ -256,9 +263,6 @@ def model_sha(model_path: str | Path) -> str:
 # ---------------------------------------------------------------------- the model's view of a batch
 
 def _read(paths: Sequence[str]) -> tuple[list[np.ndarray | None], list[str | None]]:
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
     from .data import read_item
 
     def one(path: str) -> tuple[np.ndarray | None, str | None]:
@@ -285,8 +289,6 @@ def view(loaded: Any, paths: Sequence[str], source: str = "model", chunk: int = 
          progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, list[int], list[dict[str, str]]]:
     """Pooled features and scores of files, decoded a chunk at a time (a large folder never sits in memory);
     returns (features, scores, indices of the readable files, unreadable files with the reason)."""
-    from . import quality
-
     feats, probs, kept, bad = [], [], [], []
     for start in range(0, len(paths), chunk):
         part = list(paths[start: start + chunk])
@@ -377,7 +379,6 @@ def fit_reference(
     """
     from sklearn.covariance import LedoitWolf
 
-    from .runs import now_iso
     from .validate import STRESS
 
     paths = [str(p) for p in paths]
@@ -398,8 +399,6 @@ def fit_reference(
     labels_arr = np.asarray(labels, dtype=int)[ok] if labels is not None else None
     if progress:
         progress(1, 4)
-    from . import quality
-
     feats = quality.features(loaded, images)
     served = np.asarray(loaded.predict(images), dtype=np.float64)
     source = "none"
@@ -515,8 +514,6 @@ def build(model_path: str | Path | None = None, predictions: str | Path | None =
           populations: dict[str, Sequence[str]] | None = None, record: bool = True,
           progress: Progress | None = None, **kwargs: Any) -> Reference:
     """Fit the reference for a saved model, save it beside the model and (by default) record it in the card."""
-    from .models import load_model
-
     loaded = load_model(model_path)
     if record:
         _writable_card(loaded.path)  # before the work: a read-only card is refused at once
@@ -533,8 +530,6 @@ def build(model_path: str | Path | None = None, predictions: str | Path | None =
 
 
 def _writable_card(model_path: Path) -> Path:
-    from .models import card_path
-
     path = card_path(model_path)
     if path.exists() and _read_only(path):
         raise PermissionError(f"{path} is read-only: not changed")
@@ -543,8 +538,6 @@ def _writable_card(model_path: Path) -> Path:
 
 def record_in_card(model_path: str | Path, reference: Reference) -> Path:
     """Write the reference's section (``drift``) into the model's card; a read-only card is refused."""
-    from .models import read_card
-
     model_path = Path(model_path) / "model.keras" if Path(model_path).is_dir() else Path(model_path)
     path = _writable_card(model_path)
     card = read_card(model_path)
@@ -597,8 +590,6 @@ def check_batch(loaded: Any, images: list[np.ndarray] | np.ndarray,
     """
     if why_unavailable(loaded, len(images)) is not None:
         return None
-    from . import quality
-
     reference = load_reference(loaded)
     if probabilities is not None and reference.score_source == "model":
         s = np.asarray(probabilities, dtype=float)
@@ -654,6 +645,4 @@ def expand(paths: Iterable[str | Path]) -> list[str]:
 def _read_only(path: Path) -> bool:
     """No write permission bit set, or no write access: root may write anywhere, but a card someone made
     read-only (chmod a-w) is still refused."""
-    import os
-
     return path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK)

@@ -25,6 +25,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from .quality import feature_model
+from .runs import atomic_write_bytes, atomic_write_json
+
+# TensorFlow, tf2onnx and ONNX Runtime are imported where used: exporting needs the first two and serving the last;
+# the dashboard imports this module and must not load TensorFlow (~600 MB resident).
+
 ONNX_NAME = "model.onnx"
 CAM_NAME = "gradcam.onnx"
 SOURCE_KEY = "pneumo_source_sha256"
@@ -69,8 +75,6 @@ def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = 
         import tf2onnx
     except ImportError as exc:
         raise ExportError(f"ONNX export needs tf2onnx ({exc})") from exc
-    from .quality import feature_model
-
     size = int(model.input_shape[1])
     image = tf.TensorSpec([None, size, size, 1], tf.float32, name="xray")
     try:
@@ -169,8 +173,6 @@ def _agreeing_outputs(path: Path, expected: dict[str, np.ndarray], probe: np.nda
 
 def _write_probe(model_path: str | Path, source: str, size: int, outputs: dict[str, np.ndarray],
                  cams: dict[str, np.ndarray] | None = None) -> None:
-    from .runs import atomic_write_json
-
     atomic_write_json(probe_path(model_path), {
         "version": PROBE_VERSION, "source_sha256": source, "input_size": size, "images": int(len(outputs["probability"])),
         "about": "Keras outputs on pneumo.engine.probe_images(input_size); every load of model.onnx and "
@@ -285,8 +287,6 @@ def _check(path: Path, expected: dict[str, np.ndarray], feeds: dict[str, np.ndar
 def _convert(fn: Any, signature: list[Any], metadata: dict[str, str], dest: Path) -> None:
     import tensorflow as tf
     import tf2onnx
-
-    from .runs import atomic_write_bytes
 
     try:
         proto, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=signature), input_signature=signature,

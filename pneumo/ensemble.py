@@ -7,8 +7,12 @@ import os
 from pathlib import Path
 from typing import Any
 
+import keras
+import pandas as pd
+
 from . import runs
 from .card import ModelCard
+from .models import load_model
 from .qualify import finish_run
 from .train_callbacks import save_model
 from .train_config import library_versions
@@ -41,8 +45,6 @@ def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: flo
 def average_model(networks: list[Any]) -> Any:
     """One Keras model whose output is the mean probability of `networks` (same input size), each
     nested under the name member1, member2, … in the order given."""
-    import keras
-
     sizes = {int(n.input_shape[1]) for n in networks}
     if len(sizes) != 1:
         raise ValueError(f"members have different input sizes {sorted(sizes)}")
@@ -56,10 +58,6 @@ def average_model(networks: list[Any]) -> Any:
 
 
 def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> ModelCard:
-    import pandas as pd
-
-    from .models import load_model
-
     members = [load_model(r / "model.keras") for r in run_dirs]
     vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
     if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -9,6 +11,11 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
+
+from .data import pixel_hash, read_item
+from .runs import read_json
+
+# sklearn.calibration is imported where used: only calibration() needs it, and sklearn.metrics does not load it.
 
 Progress = Callable[[int, int], None]
 
@@ -115,11 +122,6 @@ def predict_frame(
     The one batched path of the CLI's evaluate and the app's folder views: images are decoded on every
     core (the decoders release the GIL) while the model works batch by batch.
     """
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from .data import pixel_hash, read_item
-
     def read(path: str) -> tuple[np.ndarray | None, str | None, str | None]:
         try:
             image = read_item(path)
@@ -155,8 +157,6 @@ def predict_frame(
 def leakage(model_path: str | Path, hashes: Any) -> dict[str, Any] | None:
     """How many of a folder's images (by decoded-pixel hash) the model trained or was validated on;
     None when the model kept no record of its images."""
-    from .runs import read_json
-
     seen = read_json(Path(model_path).with_name("image_hashes.json"))
     if not isinstance(seen, dict):
         return None

@@ -12,8 +12,13 @@ from typing import Any
 import cv2
 import numpy as np
 
+from . import import_tensorflow_quietly
 from .imaging import to_uint8
 from .models import LoadedModel
+from .quality import check
+
+# TensorFlow, Keras, tf-keras-vis and SciPy are imported where used: the dashboard imports this module and serves
+# Grad-CAM through ONNX Runtime, so it must not load TensorFlow (~600 MB resident).
 
 METHODS = ("gradcam", "gradcam++")
 TARGET_ALIAS = "gradcam_target"
@@ -174,8 +179,6 @@ def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
     """Grad-CAM or Grad-CAM++ as one traced TensorFlow graph, kept in the model's cache under
     ("cam", method, layer)."""
     def trace() -> Any:
-        from . import import_tensorflow_quietly
-
         import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
         import tensorflow as tf
 
@@ -304,8 +307,6 @@ def explain_to_png(loaded: LoadedModel, image: np.ndarray, path: str | Path, met
 def warm_up(loaded: LoadedModel) -> None:
     """Trace the forward pass, both explainers and the input check once, so the first real X-ray is as fast
     as the rest."""
-    from .quality import check
-
     ramp = np.linspace(0.0, 1.0, loaded.input_size, dtype=np.float32)
     image = np.outer(ramp, ramp[::-1])
     loaded.predict(image)

@@ -12,7 +12,12 @@ from pathlib import Path
 from typing import Any, Iterator, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageChops, ImageOps, JpegImagePlugin, UnidentifiedImageError
+
+from .quality import colourfulness
+
+# pydicom and OpenCV are imported where used: the dashboard and the CLI import this module at start, and most films
+# are JPEG or PNG.
 
 Source = Union[bytes, bytearray, str, Path]
 
@@ -210,8 +215,6 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, f
         raise InvalidImageError(label, f"truncated or corrupt image data ({exc})") from exc
     colour = 0.0
     if img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr"):
-        from .quality import colourfulness
-
         small = img.convert("RGB")
         small.thumbnail((256, 256))
         colour = colourfulness(np.asarray(small, dtype=np.float32) / 255.0)
@@ -272,8 +275,6 @@ def _check_jpeg_entropy_complete(data: bytes, img: Image.Image, draft: tuple[str
     The decoder can still say it: decode once more with filler bytes placed before every marker. A complete
     scan never reads past its own data, so the filler is skipped and the picture is identical; a cut scan
     reads the filler instead of zeros, and the picture changes."""
-    from PIL import ImageChops, JpegImagePlugin
-
     probe = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # headers only: stops right after the first SOS
     padded = _with_filler_before_markers(data, probe.fp.tell())
     if padded is None:

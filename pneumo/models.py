@@ -14,7 +14,16 @@ from typing import Any, Callable, Hashable, TypeVar
 import numpy as np
 from cachetools import LRUCache
 
+from . import import_tensorflow_quietly
+from .architectures import ARCHITECTURES
 from .card import CardError, ModelCard, check_threshold
+from .engine import ensemble_members, open_onnx
+from .imaging import resize
+from .quality import FILE_NAME, FeatureDensity
+from .runs import check_writable, now_iso
+
+# TensorFlow and Keras are imported where used: the dashboard serves through ONNX Runtime and must not load them
+# (~600 MB resident).
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -105,8 +114,6 @@ class LoadedModel:
     @property
     def density(self) -> Any:
         """The input check's feature density (ood.npz beside the model), or None when there is none."""
-        from .quality import FILE_NAME, FeatureDensity
-
         return self.cache.get("density", lambda: FeatureDensity.load(self.path.with_name(FILE_NAME)))
 
     def clear_caches(self) -> None:
@@ -117,15 +124,11 @@ class LoadedModel:
     def gradcam_layer(self) -> str:
         if self.card.gradcam_layer:
             return self.card.gradcam_layer
-        from .architectures import ARCHITECTURES
-
         arch = ARCHITECTURES.get(self.card.architecture)
         return arch.gradcam_layer if arch else _last_conv_layer(self.model)
 
     def prepare(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
         """Resize [0, 1] gray images to the model input and stack them into a batch."""
-        from .imaging import resize
-
         if isinstance(images, np.ndarray) and images.ndim == 2:
             images = [images]
         return np.stack([resize(img, self.input_size) for img in images])[..., None].astype(np.float32)
@@ -144,8 +147,6 @@ class LoadedModel:
             run = self.engine.member_probabilities
         else:
             import tensorflow as tf
-
-            from .engine import ensemble_members
 
             def trace() -> Any:
                 nets = ensemble_members(self.model) or [self.model]
@@ -235,8 +236,6 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
     A matching ONNX export beside the file serves inference (the Keras model then loads on first use);
     otherwise the .keras file is loaded now, with Keras' safe mode on.
     """
-    from .engine import open_onnx
-
     model_path = Path(path) if path else DEFAULT_MODEL_PATH
     if model_path.is_dir():
         model_path = model_path / "model.keras"
@@ -251,8 +250,6 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
 
 def load_keras_model(model_path: str | Path) -> Any:
     """The Keras model in a .keras file (safe mode on), checked for one square image input."""
-    from . import import_tensorflow_quietly
-
     import_tensorflow_quietly()
     import keras
 
@@ -270,8 +267,6 @@ def save_operating_point(model_path: str | Path, threshold: float, rule: str, **
 
     Extra keyword fields (who confirmed what) are kept in the card's threshold history.
     """
-    from .runs import check_writable, now_iso
-
     threshold = check_threshold(threshold, str(model_path))
     check_writable(card_path(Path(model_path)))  # a read-only card is refused, never replaced (ReadOnlyError)
     card = read_card(Path(model_path))

@@ -32,7 +32,12 @@ from urllib.parse import urlsplit, urlunsplit
 import numpy as np
 
 from . import __version__
-from .models import LoadedModel
+from .imaging import resize
+from .models import PROJECT_ROOT, LoadedModel
+from .predict import DEFAULT_BAND, NOT_ASSESSABLE, card_hash, read
+
+# pydicom, highdicom, dicomweb-client, requests, OpenCV and pneumo.explain (OpenCV) are imported where used: the CLI
+# and the dashboard import this module at start; pneumo.drift is optional (see _drift).
 
 # dicomweb-client logs failed requests at ERROR; without a handler Python's last resort would print them
 # on stderr beside our own one line. A handler here keeps them for an app that configures logging.
@@ -807,8 +812,6 @@ def build_screening_sr(source: Any, result: InstanceResult, loaded: LoadedModel,
     the research-use statement; the overlay (when stored with it) referenced too."""
     import highdicom as hd
 
-    from .predict import DEFAULT_BAND
-
     c = _codes()
     rel = hd.sr.RelationshipTypeValues
     source_ref = hd.sr.ImageContentItem(c["source"], source.SOPClassUID, source.SOPInstanceUID,
@@ -854,8 +857,6 @@ def build_screening_sr(source: Any, result: InstanceResult, loaded: LoadedModel,
 # --- screening ------------------------------------------------------------------------------------------------
 
 def _result_from_reading(result: InstanceResult, reading: Any, loaded: LoadedModel) -> None:
-    from .predict import card_hash
-
     result.reading = reading
     result.threshold = float(loaded.threshold)
     result.operating_point = operating_point(loaded)
@@ -894,8 +895,6 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
     output.count += 1
     overlay = None
     reading = result.reading
-    from .predict import NOT_ASSESSABLE
-
     if result.prediction != NOT_ASSESSABLE and reading.xray is not None:
         # No explanation for a film the input check cannot assess: a heat map would lend it a reading.
         heatmap = result.heatmap
@@ -942,8 +941,6 @@ def screen_study(pacs: Pacs, loaded: LoadedModel, study_uid: str, push: bool = F
         results.append(InstanceResult(study_uid, None, None, base, SKIPPED,
                                       skipped="no CR or DX image in the study"))
     output: _StudyOutput | None = None
-    from .predict import read
-
     for candidate in frontal:
         result = InstanceResult(study_uid, candidate.series_uid, candidate.sop_uid,
                                 path(candidate.series_uid, candidate.sop_uid), FAILED)
@@ -983,8 +980,6 @@ def screen_study(pacs: Pacs, loaded: LoadedModel, study_uid: str, push: bool = F
         result.seconds = time.perf_counter() - started
         if drift_images is not None and result.reading is not None and result.reading.xray is not None \
                 and result.probability is not None and len(drift_images) < MAX_DRIFT_IMAGES:
-            from .imaging import resize
-
             drift_images.append((resize(result.reading.xray.pixels, loaded.input_size), result.probability))
         if not keep_pixels:
             result.source, result.heatmap = None, None
@@ -1132,8 +1127,6 @@ def describe(result: InstanceResult) -> str:
 def load_secrets_file(paths: Sequence[str] | None = None) -> dict[str, Any]:
     """`.streamlit/secrets.toml` (the working directory's, else the project's) for the CLI, which runs
     outside Streamlit; {} when there is none or tomllib is missing (Python 3.10)."""
-    from .models import PROJECT_ROOT
-
     try:
         import tomllib
     except ImportError:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import ctypes
 import glob
 import json
 import os
@@ -27,7 +28,14 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+
+from .data import parse_name
+from .imaging import load_xray, to_uint8
 from .settings import SAMPLES_DIR
+
+# requests, pydicom and dicomweb-client are imported where used, as in pneumo.pacs: the test PACS starts without
+# them and loads each for the request that needs it.
 
 DEFAULT_PORT = 8042
 DICOMWEB_ROOT = "/dicom-web/"
@@ -184,8 +192,6 @@ def _die_with_parent() -> None:
     """In the child, before exec: Linux sends it SIGTERM when the starting thread's process dies, even by
     SIGKILL (strictly, when the thread that started it ends: start servers from a long-lived thread)."""
     if sys.platform.startswith("linux"):
-        import ctypes
-
         try:
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
@@ -233,8 +239,6 @@ class SeedReport:
 
 def sample_films(samples_dir: str | Path = SAMPLES_DIR) -> dict[str, list[SampleFilm]]:
     """Patient id (from the Kermany file name) → that child's films, in a stable order."""
-    from .data import parse_name
-
     by_patient: dict[str, list[SampleFilm]] = {}
     for label in ("NORMAL", "PNEUMONIA"):
         for path in sorted((Path(samples_dir) / label).glob("*.jpeg")):
@@ -256,7 +260,6 @@ def film_dataset(pixels: Any, *, patient_id: str, study_uid: str, series_uid: st
                  accession: str, series_number: int, modality: str, view_position: str, source_name: str,
                  series_description: str, comments: str = SAMPLE_ATTRIBUTION) -> Any:
     """One 8-bit MONOCHROME2 chest film as a CR or DX (for presentation) instance."""
-    import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
 
@@ -306,10 +309,6 @@ def sample_datasets(samples_dir: str | Path = SAMPLES_DIR, lateral: bool = True)
     """The sample films as DICOM instances, one study per child; the first study also gets a lateral view
     (the frontal film mirrored, labelled as a stand-in: the samples hold no real lateral) so "laterals
     are skipped" has something to skip."""
-    import numpy as np
-
-    from .imaging import load_xray, to_uint8
-
     datasets: list[Any] = []
     report = SeedReport()
     for index, (patient, films) in enumerate(sample_films(samples_dir).items()):

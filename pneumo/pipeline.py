@@ -11,6 +11,10 @@ import pandas as pd
 
 from . import transforms as T
 from .data import DatasetError, read_item
+from .imaging import resize
+
+# TensorFlow is imported where used: only training builds tf.data pipelines, and this module's NumPy helpers must
+# not load it.
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,6 @@ def make_dataset(
     # threshold. The cache below makes it a first-epoch cost only.
     def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
         def load(p: bytes) -> np.ndarray:
-            from .imaging import resize
-
             return resize(read_item(p.decode()), image_size)[..., None].astype(np.float32)
 
         img = tf.numpy_function(load, [path], tf.float32)

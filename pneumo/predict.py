@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 
 from . import quality
+from .data import pixel_hash
 from .imaging import InvalidImageError, Source, XRay, load_xray
 from .models import LoadedModel
+
+# pneumo.explain (OpenCV) is imported where used: only a thumbnail of the heat map needs it.
 
 PNEUMONIA, NORMAL, UNCERTAIN = "PNEUMONIA", "NORMAL", "UNCERTAIN — review"
 NOT_ASSESSABLE = "NOT ASSESSABLE"
@@ -63,8 +69,6 @@ def compact(reading: Reading, side: int = SCREEN_SIDE) -> Reading:
     the maps (made at the model's input size) and the reports. A 2048 px film is 16 MB as float32, a
     1024 px one 4 MB: a batch of large films then fits a bounded cache.
     """
-    from dataclasses import replace
-
     from .explain import shrink
 
     if reading.xray is None or max(reading.xray.pixels.shape) <= side:
@@ -86,8 +90,6 @@ class Repeats:
         self.first: dict[str, tuple[int, str]] = {}
 
     def note(self, index: int, reading: Reading) -> Reading:
-        from .data import pixel_hash
-
         if reading.xray is None:
             return reading
         digest = pixel_hash(reading.xray.pixels)
@@ -121,8 +123,6 @@ def order(readings: list[Reading]) -> list[int]:
 def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: str | None = None) -> pd.DataFrame:
     """A review list in worklist order, with what a record of the reading needs: the input, the score,
     the decision, the operating point, which model (name and card hash) and when."""
-    from datetime import datetime, timezone
-
     when = when or datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[dict[str, Any]] = []
     card_sha = card_hash(loaded) if loaded else ""
@@ -143,7 +143,4 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
 
 def card_hash(loaded: LoadedModel) -> str:
     """A short hash of the card in force: which operating point and figures a reading was made under."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(loaded.card.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:12]

@@ -8,8 +8,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import runs
+from . import quality, runs
 from .card import ModelCard
+from .engine import ExportError, export_onnx, open_onnx
+
+# pneumo.evaluate, pneumo.validate and pneumo.explain (scikit-learn, OpenCV) are imported where used: the CLI
+# imports this module at start, through pneumo.train.
 
 
 def finish_run(
@@ -58,7 +62,6 @@ def finish_run(
 
 def export_for_serving(loaded: Any) -> dict[str, Any]:
     """Export model.onnx beside the saved model and serve it from there; TensorFlow when export fails."""
-    from .engine import ExportError, export_onnx, open_onnx
     from .explain import cam_functions
 
     try:
@@ -72,8 +75,6 @@ def export_for_serving(loaded: Any) -> dict[str, Any]:
 
 def fit_input_check(loaded: Any, images: np.ndarray, run_dir: Path) -> dict[str, Any]:
     """Fit the wrong-input check on the held-out films' features and save it beside the model."""
-    from . import quality
-
     try:
         density = quality.fit(quality.features(loaded, images))
     except ValueError as exc:

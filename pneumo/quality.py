@@ -11,11 +11,18 @@ Two kinds of evidence:
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import import_tensorflow_quietly
+from .runs import atomic_write_bytes
+
+# TensorFlow, Keras and scikit-learn are imported where used: the dashboard imports this module and must not load
+# TensorFlow (~600 MB resident) or scikit-learn (~2 s).
 
 FILE_NAME = "ood.npz"
 ALARM_QUANTILE = 98.0
@@ -41,10 +48,6 @@ class FeatureDensity:
         return np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", d, self.precision, d), 0.0))
 
     def save(self, path: str | Path) -> None:
-        import io
-
-        from .runs import atomic_write_bytes
-
         buf = io.BytesIO()
         np.savez(buf, mean=self.mean, precision=self.precision, alarm=self.alarm,
                  false_alarm_rate=self.false_alarm_rate, n_fit=self.n_fit, n_calibrate=self.n_calibrate)
@@ -84,8 +87,6 @@ def features(loaded: Any, images: np.ndarray | list[np.ndarray], batch_size: int
 def _traced_features(loaded: Any) -> Any:
     """The pooled-feature sub-network as one traced graph, kept in the model's cache under "features"."""
     def trace() -> Any:
-        from . import import_tensorflow_quietly
-
         import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
         import tensorflow as tf
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import re
 from datetime import datetime, timezone
@@ -10,9 +11,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .explain import overlay, png_bytes, with_colorbar
+from .explain import gradcam, overlay, png_bytes, with_colorbar
 from .imaging import to_uint8
 from .predict import Reading, card_hash, order
+
+# fpdf is imported where used: only a PDF report needs it.
 
 DISCLAIMER = (
     "Research use only - not a medical device. pneumo has not been cleared by any regulator. Its output must not "
@@ -67,8 +70,6 @@ def safe_csv(frame: pd.DataFrame, index: bool = False) -> str:
     """The frame as CSV text with every text cell passed through csv_safe; numeric, boolean and date
     columns are written as they are (a negative number is a number, not a formula). Every text cell is
     quoted, as OWASP also advises, so a comma or quote in a file name cannot shift the columns."""
-    import csv
-
     out = frame.copy()
     for column in out.columns:
         series = out[column]
@@ -101,8 +102,6 @@ def study_pdf(
     with its colour bar, probability, decision, operating point, model and card figures, warnings and the
     DICOM study fields (the decoder never keeps patient identifiers). heatmaps maps a reading's index to its Grad-CAM map (computed when missing)."""
     from fpdf import FPDF
-
-    from .explain import gradcam
 
     heatmaps = dict(heatmaps or {})
     card = loaded.card

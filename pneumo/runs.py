@@ -8,6 +8,7 @@ run as damaged, with the reason, and never stops the other runs from being liste
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
@@ -18,11 +19,13 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, Iterator
+
+# pandas is imported where used: only one reader needs it, and the CLI imports this module at start.
 
 STATUSES = ("queued", "running", "finished", "failed", "stopped")
 ENDED = ("finished", "failed", "stopped")
@@ -450,8 +453,6 @@ def claim(run_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
     replaced only with overwrite=True, and then only our own files are removed. A refused folder is left
     exactly as it was: it is checked before the lock file is made, and checked again under the lock.
     """
-    import fcntl
-
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunFolderError(f"{run_dir}: exists and is a file, not a folder; choose a new --out folder")
@@ -675,8 +676,6 @@ def launch(config: Any, runs_root: str | Path, python: str | None = None, max_co
     app neither kills nor duplicates it. At most max_concurrent runs go at once: a further one is
     refused with the names of those running.
     """
-    from dataclasses import asdict
-
     config.validate()
     busy = active_runs(runs_root)
     if len(busy) >= max_concurrent:

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from .data import NPZ_SEPARATOR
 from .models import DEFAULT_MODEL_DIR, PROJECT_ROOT
+from .runs import list_runs, read_predictions
 
 SAMPLES_DIR = PROJECT_ROOT / "data" / "samples"
 DATA_DIR = PROJECT_ROOT / "data"
@@ -58,8 +60,6 @@ class AppSettings:
 
     def model_choices(self) -> dict[str, Path]:
         """Label → model path: the shipped default, then every run that has a model, newest first."""
-        from .runs import list_runs
-
         choices: dict[str, Path] = {}
         default = self.models_dir / "model.keras"
         if default.exists():
@@ -93,8 +93,6 @@ class AppSettings:
         Only names are resolved (lstat and readlink): nothing is opened, so a refused path reveals nothing,
         not even whether it exists. A MedMNIST item (FILE.npz::split::i) is judged by its file.
         """
-        from .data import NPZ_SEPARATOR
-
         text = str(path)
         if NPZ_SEPARATOR in text:
             file, _, item = text.partition(NPZ_SEPARATOR)
@@ -130,8 +128,6 @@ class AppSettings:
 
         PredictionsError (a ValueError) names the file and the first bad row when the file cannot be used.
         """
-        from .runs import read_predictions
-
         frame = read_predictions(path)
         kept, refused = self.keep_inside_roots(frame)
         return frame, kept, refused

@@ -24,6 +24,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .card import ModelCard, check_threshold
+from .models import card_path, read_card
+from .runs import now_iso
+
+# SciPy, pneumo.data and pneumo.evaluate (pandas, scikit-learn) are imported where used: the CLI and the dashboard
+# import this module at start.
+
 CONFIDENCE = 0.95  # one-sided
 SHIPPED = "shipped"
 MAX_POSITIVES = 100_000  # positives_needed searches this far, then says "more than"
@@ -207,8 +214,6 @@ def figures(name: str, labels: Sequence[int], probabilities: Sequence[float], ta
             file_list_sha256_16: str = "", leakage: dict[str, Any] | None = None) -> SiteCalibration:
     """The site point and its figures from the site films' labels and scores."""
     from .evaluate import metrics_at
-    from .runs import now_iso
-
     name = check_name(name)
     y, p = np.asarray(labels, dtype=int), np.asarray(probabilities, dtype=float)
     t = site_threshold(y, p, target)
@@ -266,8 +271,6 @@ def calibrate(loaded: Any, data: str | Path, target_recall: float, name: str,
 
 def check_writable(model_path: str | Path) -> Path:
     """The model's card path, or PermissionError when the card is read-only (before any work is done)."""
-    from .models import card_path
-
     model_path = Path(model_path) / "model.keras" if Path(model_path).is_dir() else Path(model_path)
     path = card_path(model_path)
     if path.exists() and _read_only(path):
@@ -279,8 +282,6 @@ def record(model_path: str | Path, calibration: SiteCalibration) -> Path:
     """Add the site point to the model's card (a point of the same name is replaced, and says so); a
     read-only card is refused, never replaced (the card is written by renaming a new file over it,
     which a read-only file would not stop). Returns the card's path."""
-    from .card import ModelCard
-
     path = check_writable(model_path)
     card = ModelCard.read(path) if path.exists() else ModelCard.default(path.parent.name)
     entry = calibration.card_entry()
@@ -311,9 +312,6 @@ def apply_operating_point(loaded: Any, name: str | None) -> Any:
     copy's card, its name in ``operating_point``); the network, engine and input check are shared and the
     given model is left as it was (the app caches one model for every session). None or "shipped": the
     card's own point. An unknown name is a ValueError naming the known ones."""
-    from .card import check_threshold
-    from .models import read_card
-
     if not name or name == SHIPPED:
         if loaded.operating_point == SHIPPED:
             return loaded

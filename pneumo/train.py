@@ -14,19 +14,26 @@ train_callbacks ← train_loop ← this job; qualify ← ensemble); the names be
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 import traceback
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from . import runs
+from .architectures import build_model, get_architecture
 from .card import ModelCard
+from .models import load_model
 from .qualify import export_for_serving, finish_run, fit_input_check, shift_checks
 from .train_config import (AUGMENTATIONS, KEEP, DeviceInfo, MetricsHook, TrainConfig, cluster_workers, detect_device,
                            field_choices, library_versions, worker_index)
-from .train_data import LEAKAGE_FILE
+from .train_data import LEAKAGE_FILE, prepare
+
+# TensorFlow, Keras and the training modules are imported when a run starts: the CLI imports this module at start
+# (for TrainConfig and the lazy re-exports below).
 
 # Names whose modules import Keras: loaded on first use, so that importing pneumo.train (the CLI's parser, the
 # Train page's form) stays as light as TrainConfig.
@@ -43,8 +50,6 @@ __all__ = ["AUGMENTATIONS", "KEEP", "LEAKAGE_FILE", "DeviceInfo", "MetricsHook",
 def __getattr__(name: str) -> Any:
     if name not in _LAZY:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
     module, attr = _LAZY[name]
     return getattr(importlib.import_module(f"{__package__}.{module}"), attr)
 
@@ -77,19 +82,13 @@ def train(config: TrainConfig, run_dir: str | Path, hook: MetricsHook | None = N
 
 
 def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started: float) -> ModelCard:
-    import warnings
-
     import keras
     import tensorflow as tf
 
     from . import data as D
     from . import pipeline as P
     from . import train_loop as L
-    from .architectures import build_model, get_architecture
-    from .models import load_model
     from .train_callbacks import MODEL_FILE, epoch_callbacks, save_model
-    from .train_data import prepare
-
     # Our datasets are shuffled by tf.data: Keras warns that its own shuffle=True is ignored on every run.
     warnings.filterwarnings("ignore", message=".*shuffle=True.*was passed")
 

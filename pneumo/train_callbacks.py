@@ -15,6 +15,8 @@ import numpy as np
 from . import runs
 from .train_config import MetricsHook
 
+# pneumo.evaluate (scikit-learn) is imported where used: only the end-of-run evaluation needs it.
+
 MODEL_FILE = "model.keras"
 # ModelCheckpoint writes here and the run logger renames it over model.keras: a reader (the app, a stopped
 # run's checks) never sees a half-written model. Keras insists on the .keras suffix.

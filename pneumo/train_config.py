@@ -3,6 +3,7 @@ the TF_CONFIG cluster, the library versions a card records."""
 
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import math
 import os
@@ -10,6 +11,10 @@ import platform
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
+
+from .architectures import ARCHITECTURES, get_architecture
+
+# TensorFlow is imported where used: the CLI imports this module at start, through pneumo.train.
 
 MetricsHook = Callable[[dict[str, Any]], None]  # called with each metrics.jsonl record as it is written
 
@@ -23,8 +28,6 @@ def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimu
 def field_choices(f: Any) -> tuple[Any, ...] | None:
     """The values a TrainConfig field may take, if it is a choice (the model's come from the registry)."""
     if f.name == "model":
-        from .architectures import ARCHITECTURES
-
         return tuple(ARCHITECTURES)
     return f.metadata.get("choices")
 
@@ -107,8 +110,6 @@ class TrainConfig:
         return self
 
     def resolved_image_size(self) -> int:
-        from .architectures import get_architecture
-
         return self.image_size or get_architecture(self.model).input_size
 
     def flags(self) -> list[str]:
@@ -164,8 +165,6 @@ def worker_index() -> int:
 
 
 def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
     out = {"python": platform.python_version()}
     for pkg in ("tensorflow", "keras", "numpy", "scikit-learn", "tf-keras-vis", "opencv-python-headless", "pydicom"):
         try:

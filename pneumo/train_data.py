@@ -13,6 +13,9 @@ import numpy as np
 from . import runs
 from .train_config import TrainConfig
 
+# scikit-learn and pneumo.data, pneumo.validate and pneumo.audit are imported where used: the CLI imports this
+# module at start, through pneumo.train.
+
 LEAKAGE_FILE = "image_hashes.json"
 Phase = Callable[..., None]
 

@@ -8,8 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import tensorflow as tf
 
 from . import runs
+from .train_callbacks import CHECKPOINT_FILE
 from .train_config import TrainConfig
 
 
@@ -60,8 +62,6 @@ def fit(model: Any, strategy: Any, train_ds: Any, epochs: int, steps: int, callb
     In one process Keras' fit() runs the loop; under MultiWorkerMirroredStrategy the loop below runs the
     same step (same loss, loss scaling, metrics) and drives the same callbacks. `loss` is the per-image
     (reduction="none") form of the compiled loss, for that loop."""
-    from .train_callbacks import CHECKPOINT_FILE
-
     try:
         if _multi_worker(strategy):
             _fit_multi_worker(model, strategy, train_ds, epochs, steps, keras.callbacks.CallbackList(
@@ -76,8 +76,6 @@ def fit(model: Any, strategy: Any, train_ds: Any, epochs: int, steps: int, callb
 
 
 def _multi_worker(strategy: Any) -> bool:
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
@@ -86,8 +84,6 @@ def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, epochs: int, ste
     """Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585), but its layers,
     optimiser, metrics and callbacks can. A Stop on any worker stops all of them after the same step (a
     worker left alone would wait for the others forever)."""
-    import tensorflow as tf
-
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded by hand
     batches = iter(strategy.experimental_distribute_dataset(train_ds.repeat().with_options(options)))

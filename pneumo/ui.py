@@ -17,12 +17,15 @@ import streamlit as st
 from cachetools import LRUCache
 
 import pandas as pd
+from streamlit.runtime.pages_manager import PagesManager
 
-from pneumo import data as D
+from pneumo import data as D, pacs, site
 from pneumo import explain, predict
 from pneumo.memory import release_file_pages, trim
 from pneumo.models import LoadedModel, card_path, load_model, read_card
 from pneumo.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
+
+# pneumo.evaluate (scikit-learn, ~2 s) is imported where used: only predicting a labelled folder needs it.
 
 ENTRY_MARK = "_entry_point_ran"
 DISCLAIMER = (
@@ -74,8 +77,6 @@ def active_model() -> LoadedModel | None:
     except (ValueError, OSError) as exc:
         st.error(f"The selected model cannot be used: {plain(exc)}", icon=":material/error:")
         return None
-    from pneumo import site
-
     try:  # a copy with the operating point chosen in the sidebar in force; the cached model is shared
         return site.apply_operating_point(cached, st.session_state.get("operating_point"))
     except ValueError as exc:
@@ -185,7 +186,7 @@ def summarize_with_bar(root: Path) -> D.Summary:
 # predict.SCREEN_SIDE px): a batch of 200 large films costs this much at most, and is read again only
 # past it. At most DECODE_SLOTS films are decoded at once across sessions, each decode's own peak
 # (several hundred MB for a 50 MP DICOM) multiplied by that and no more.
-READING_CACHE_BYTES = 256 * 2**20
+READING_CACHE_BYTES = 128 * 2**20  # 32 films at 1024 px: a page of 25 cards and then some
 DECODE_SLOTS = 2
 _READINGS: LRUCache = LRUCache(maxsize=READING_CACHE_BYTES, getsizeof=predict.nbytes)
 _READINGS_LOCK = threading.Lock()
@@ -268,8 +269,6 @@ def sidebar(cfg: AppSettings) -> None:
 def operating_point_picker(model_path: Path) -> None:
     """The operating point in force for this session: the card's own or a named site point, kept in the
     URL like the model (a reload or a shared link keeps it)."""
-    from pneumo import site
-
     try:
         points = site.operating_points(read_card(model_path))
     except (ValueError, OSError):
@@ -308,16 +307,12 @@ FIGURE_NAMES = [("roc_auc", "ROC AUC"), ("sensitivity", "Sensitivity"), ("specif
 
 def figure_table(figures: dict[str, Any]) -> Any:
     """Figures as a two-row table: it wraps at any width, where a row of st.metric truncates to '0.99…'."""
-    import pandas as pd
-
     return pd.DataFrame([{label: (f"{figures[k]:.4f}" if isinstance(figures.get(k), float) else "—")
                           for k, label in FIGURE_NAMES}])
 
 
 def card_summary(card: Any) -> Any:
     """The card's main facts as readable rows (the whole card is a download)."""
-    import pandas as pd
-
     v, td, tr = card.validation, card.training_data, card.training
     rows = [("name", card.name), ("architecture", card.architecture), ("parameters", f"{card.parameters or 0:,}"),
             ("input", f"{card.input_size} px grayscale"), ("threshold", f"{card.threshold:.4f}"),
@@ -347,8 +342,6 @@ def require_entry_point() -> None:
     pages/ folder), and the project keeps its pages in pages/, so this private flag stays; the browser
     test's deep link after a restart fails if an upgrade breaks it.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
     if not st.session_state.get(ENTRY_MARK):
         PagesManager.uses_pages_directory = False
         st.rerun()
@@ -357,8 +350,6 @@ def require_entry_point() -> None:
 def ui_pacs_config() -> Any:
     """The deployment's PACS (secrets.toml [pneumo.pacs] or PNEUMO_PACS_*), never a visitor's URL; None
     when none is configured or its settings are unusable (said once, as an error box)."""
-    from pneumo import pacs
-
     try:
         return pacs.PacsConfig.load(_secrets())
     except ValueError as exc:
@@ -377,8 +368,6 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
     """Predict's "From PACS" source: search the configured server's studies, screen the ticked ones
     through the one prediction path, and send the results back (with the deployment's permission).
     Returns the screening run (kept in this session) or None before one."""
-    from pneumo import pacs
-
     server = pacs.Pacs.from_config(config)
     st.caption(f"PACS: {plain(pacs.redact(config.url))}" + (" · patient identifiers shown" if config.show_identifiers
                                                             else " · no patient identifiers shown"))

@@ -22,10 +22,14 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from . import data as D
 from . import transforms as T
 from .evaluate import metrics_at, threshold_for_recall
+from .explain import gradcam
+from .imaging import resize
+from .runs import read_json
 
 SPLITS = ("patient", "fold", "temporal", "family")
 _NUMBER = re.compile(r"(\d+)$")
@@ -187,8 +191,6 @@ class StressReport:
 
 def load_images(paths: list[str], size: int) -> np.ndarray:
     """Decode and resize the held-out films once; every condition starts from these."""
-    from .imaging import resize
-
     return np.stack([resize(D.read_item(p), size) for p in paths]).astype(np.float32)
 
 
@@ -229,8 +231,6 @@ def bootstrap(
     labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, threshold: float, rounds: int = 300, seed: int = 0
 ) -> dict[str, dict[str, float]]:
     """Percentile 95 % intervals of AUC, sensitivity and specificity, resampling patients (not films)."""
-    from sklearn.metrics import roc_auc_score
-
     rng = np.random.default_rng(seed)
     labels, probs, groups = np.asarray(labels), np.asarray(probs), np.asarray(groups)
     unique, inverse = np.unique(groups, return_inverse=True)
@@ -289,8 +289,6 @@ def explanation_faithfulness(loaded: Any, images: np.ndarray, threshold: float, 
     film: a random map, a centred blob, the average of the model's own maps (the network's spatial prior,
     the same for every film) and a flat map. Per class decided at `threshold`. The maps beat the average
     map only if they say something about each film."""
-    from .explain import gradcam
-
     rng = np.random.default_rng(seed)
     pick = np.sort(rng.choice(len(images), size=min(limit, len(images)), replace=False))
     films = images[pick]
@@ -325,8 +323,6 @@ def explanation_faithfulness(loaded: Any, images: np.ndarray, threshold: float, 
 
 def check_row(run_dir: str | Path) -> dict[str, Any]:
     """One run's figures on every check (from its checks.json and config.json), for a comparison table."""
-    from .runs import read_json
-
     run_dir = Path(run_dir)
     checks = read_json(run_dir / "checks.json")
     if not isinstance(checks, dict):
