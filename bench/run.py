@@ -482,9 +482,9 @@ def main() -> None:
         scale = peak / ceiling
         results["peak"]["ceiling_gflops"] = round(ceiling, 1)
         results["peak"]["ceiling_from"] = "theoretical FMA peak" if ceiling == peak else "best GEMM of the run"
-        for key in [k for k in results if k.endswith("_fraction_of_peak")]:
+        for key in [k for k in results if "_fraction_of_peak" in k]:
             results[key] = round(results[key] * scale, 3)
-        for key in [k for k in SPREAD if k.endswith("_fraction_of_peak")]:
+        for key in [k for k in SPREAD if "_fraction_of_peak" in k]:
             SPREAD[key] = [round(v * scale, 4) for v in SPREAD[key]]
         for key in ("predict_p50_over_floor",):
             if key in results:

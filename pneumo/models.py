@@ -40,25 +40,34 @@ class ServingCache:
 
     Bounded (an LRU of MAX_ENTRIES): the keys include a caller-chosen Grad-CAM layer, so a long-lived
     app asked for many layers would otherwise keep a traced graph for each. Thread-safe: the app serves
-    every session from one cached model. A build runs under the lock, so two sessions asking at once
-    trace a graph once, not twice.
+    every session from one cached model. Each key is built under a lock of its own, so two sessions asking
+    for one graph at once trace it once, while lookups and builds of other keys (the input check's density
+    on every reading) never wait behind a slow one (the first Grad-CAM graph loads Keras).
     """
 
     MAX_ENTRIES = 32
 
     def __init__(self, maxsize: int = MAX_ENTRIES) -> None:
         self._entries: LRUCache[Hashable, Any] = LRUCache(maxsize=maxsize)
-        # Re-entrant: a build may itself ask for another entry (a Grad-CAM graph loading the network).
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()  # guards the two dicts only, never held during a build
+        # Re-entrant: a build may ask for other entries, which have locks of their own.
+        self._building: dict[Hashable, threading.RLock] = {}
 
     def get(self, key: Hashable, build: Callable[[], T]) -> T:
         """The entry for key, built by build() on first use (and again after eviction or clear())."""
         with self._lock:
-            try:
+            if key in self._entries:
                 return self._entries[key]
-            except KeyError:
-                value = self._entries[key] = build()
-                return value
+            building = self._building.setdefault(key, threading.RLock())
+        with building:
+            with self._lock:
+                if key in self._entries:  # built by the session that held the key's lock before us
+                    return self._entries[key]
+            value = build()
+            with self._lock:
+                self._entries[key] = value
+                self._building.pop(key, None)
+            return value
 
     def keys(self) -> list[Hashable]:
         with self._lock:
@@ -94,7 +103,8 @@ class LoadedModel:
     def model(self) -> Any:
         """The Keras model, loaded (and TensorFlow imported) on first use."""
         if self.keras_model is None:
-            self.keras_model = load_keras_model(self.path)
+            # Through the shared cache: every operating-point copy of this model uses one network.
+            self.keras_model = self.cache.get("keras", lambda: load_keras_model(self.path))
         return self.keras_model
 
     @property

@@ -138,3 +138,31 @@ def test_bench_counts_forward_flops_on_the_traced_graph_and_refuses_what_it_cann
 
     with pytest.raises(ValueError, match="nested functions"):
         forward_flops(keras.Model(inp, Opaque()(inp)), 8)
+
+
+def test_a_slow_build_blocks_neither_other_keys_nor_builds_twice() -> None:
+    """One session tracing a graph (seconds, the first Grad-CAM) must not hold up another's density lookup,
+    and two sessions asking for the same graph at once build it once."""
+    import threading
+    import time
+
+    from pneumo.models import ServingCache
+
+    cache, started, builds = ServingCache(), threading.Event(), []
+
+    def slow() -> str:
+        builds.append("slow")
+        started.set()
+        time.sleep(0.5)
+        return "graph"
+
+    threads = [threading.Thread(target=cache.get, args=("cam", slow)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    assert started.wait(5)
+    t0 = time.perf_counter()
+    assert cache.get("density", lambda: "density") == "density"
+    assert time.perf_counter() - t0 < 0.2  # not behind the 0.5 s build
+    for t in threads:
+        t.join()
+    assert builds == ["slow"] and cache.get("cam", slow) == "graph"
