@@ -55,7 +55,7 @@ from cachetools import LRUCache
 
 from . import quality
 from .models import card_path, load_model, read_card
-from .runs import atomic_write_bytes, now_iso
+from .runs import atomic_write_bytes, check_writable, now_iso
 
 # SciPy, scikit-learn, pandas, pneumo.data and pneumo.validate are imported where used: the CLI imports this module
 # at start, and they would add seconds to every command.
@@ -423,13 +423,14 @@ def fit_reference(
         progress(2, 4)
 
     _, patient_codes = np.unique(groups_arr, return_inverse=True)
+    sha = model_sha(loaded.path)  # the model file, hashed once for every split
 
     def split(k: int) -> tuple[Reference, np.ndarray]:
         part = _group_split(groups_arr, seed + k)
         fit, ref, cal = (np.flatnonzero(part == j) for j in range(3))
         lw = LedoitWolf().fit(feats[fit])
         built = Reference(lw.location_, lw.precision_, np.zeros(0), given[ref], float(loaded.threshold), source,
-                          model_sha(loaded.path), description, len(fit), len(cal), now_iso(),
+                          sha, description, len(fit), len(cal), now_iso(),
                           patients=patient_codes[ref].astype(np.int64))
         built.distances = built.distance(feats[ref])
         return built, cal
@@ -539,8 +540,7 @@ def build(model_path: str | Path | None = None, predictions: str | Path | None =
 
 def _writable_card(model_path: Path) -> Path:
     path = card_path(model_path)
-    if path.exists() and _read_only(path):
-        raise PermissionError(f"{path} is read-only: not changed")
+    check_writable(path)  # ReadOnlyError (a PermissionError) for a read-only card or model folder
     return path
 
 
@@ -654,8 +654,3 @@ def expand(paths: Iterable[str | Path]) -> list[str]:
             raise FileNotFoundError(f"{p}: no such file or folder")
     return out
 
-
-def _read_only(path: Path) -> bool:
-    """No write permission bit set, or no write access: root may write anywhere, but a card someone made
-    read-only (chmod a-w) is still refused."""
-    return path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK)

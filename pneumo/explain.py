@@ -232,11 +232,15 @@ def cam_function(model: Any, method: str, layer: str) -> Any:
 
 def overlay(image: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """The heatmap blended on the gray X-ray as an RGB uint8 picture; alpha is the heatmap's opacity."""
+    gray = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB)
+    return cv2.addWeighted(_colored(image, heatmap, colormap), float(alpha), gray, 1.0 - float(alpha), 0.0)
+
+
+def _colored(image: np.ndarray, heatmap: np.ndarray, colormap: int) -> np.ndarray:
+    """The heatmap stretched onto the film's pixels and coloured (RGB uint8)."""
     if heatmap.shape != image.shape:
         heatmap = cv2.resize(heatmap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    gray = cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB)
-    colored = cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), colormap), cv2.COLOR_BGR2RGB)
-    return cv2.addWeighted(colored, float(alpha), gray, 1.0 - float(alpha), 0.0)
+    return cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), colormap), cv2.COLOR_BGR2RGB)
 
 
 def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent: bool = False) -> np.ndarray:
@@ -270,11 +274,8 @@ def overlay_layers(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.C
     map over the film's area, see-through over the bar's panel. The map layer drawn at opacity alpha on
     top of the film layer gives with_colorbar(overlay(image, heatmap, alpha), transparent=True)."""
     film = with_colorbar(cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB), colormap, transparent=True)
-    if heatmap.shape != image.shape:
-        heatmap = cv2.resize(heatmap, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    colored = cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), colormap), cv2.COLOR_BGR2RGB)
     layer = np.zeros_like(film)
-    layer[:, : image.shape[1], :3] = colored
+    layer[:, : image.shape[1], :3] = _colored(image, heatmap, colormap)
     layer[:, : image.shape[1], 3] = 255
     return film, layer
 

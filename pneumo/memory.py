@@ -47,8 +47,12 @@ def limit_malloc_arenas(arenas: int = 2) -> bool:
     TensorFlow's thread pools each get an arena of their own, which shows up as a few hundred MB of
     resident memory in a long-running app. No-op off glibc.
     """
+    return _mallopt(_M_ARENA_MAX, arenas)
+
+
+def _mallopt(parameter: int, value: int) -> bool:
     try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, arenas))
+        return bool(ctypes.CDLL("libc.so.6").mallopt(parameter, int(value)))
     except (OSError, AttributeError):
         return False
 
@@ -62,10 +66,7 @@ def map_large_allocations(threshold_bytes: int = 1 << 20) -> bool:
     around it; setting the threshold fixes it (and turns that adjustment off). A page-faulted mapping per
     decoded film costs a few milliseconds at most. No-op off glibc.
     """
-    try:
-        return bool(ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes)))
-    except (OSError, AttributeError):
-        return False
+    return _mallopt(_M_MMAP_THRESHOLD, threshold_bytes)
 
 
 def release_file_pages() -> int:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,7 +25,7 @@ import numpy as np
 
 from .card import ModelCard, check_threshold
 from .models import card_path, read_card
-from .runs import now_iso
+from .runs import check_writable as runs_check_writable, now_iso
 
 # SciPy, pneumo.data and pneumo.evaluate (pandas, scikit-learn) are imported where used: the CLI and the dashboard
 # import this module at start.
@@ -270,11 +269,11 @@ def calibrate(loaded: Any, data: str | Path, target_recall: float, name: str,
 
 
 def check_writable(model_path: str | Path) -> Path:
-    """The model's card path, or PermissionError when the card is read-only (before any work is done)."""
+    """The model's card path; ReadOnlyError (a PermissionError) when the card or its folder is read-only,
+    before any work is done."""
     model_path = Path(model_path) / "model.keras" if Path(model_path).is_dir() else Path(model_path)
     path = card_path(model_path)
-    if path.exists() and _read_only(path):
-        raise PermissionError(f"{path} is read-only: the site operating point was not recorded")
+    runs_check_writable(path)
     return path
 
 
@@ -325,8 +324,3 @@ def apply_operating_point(loaded: Any, name: str | None) -> Any:
     card.threshold_rule = str(points[name].get("rule", f"site '{name}'"))
     return dataclasses.replace(loaded, card=card, operating_point=name)
 
-
-def _read_only(path: Path) -> bool:
-    """No write permission bit set, or no write access: root may write anywhere, but a card someone made
-    read-only (chmod a-w) is still refused."""
-    return path.stat().st_mode & 0o222 == 0 or not os.access(path, os.W_OK)
