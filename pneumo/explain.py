@@ -243,6 +243,11 @@ def _colored(image: np.ndarray, heatmap: np.ndarray, colormap: int) -> np.ndarra
     return cv2.cvtColor(cv2.applyColorMap(to_uint8(heatmap), colormap), cv2.COLOR_BGR2RGB)
 
 
+def _bar_geometry(width: int) -> tuple[int, int, int]:
+    """The colour bar's panel beside a picture `width` wide: (gap, bar, numbers) in pixels."""
+    return max(4, width // 100), max(12, width // 28), max(40, width // 7)
+
+
 def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent: bool = False) -> np.ndarray:
     """The overlay with a vertical colour bar on its right, numbered 0 to 1: the map's share of this
     film's own peak (every map is scaled to its film's peak, so colours are comparable within a film,
@@ -252,10 +257,9 @@ def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent
     on a light and a dark page alike); otherwise RGB on white, for print.
     """
     h, w = rgb.shape[:2]
-    bar_w, pad = max(12, w // 28), max(4, w // 100)
+    pad, bar_w, label_w = _bar_geometry(w)
     ramp = np.linspace(255, 0, h, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
     bar = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
-    label_w = max(40, w // 7)
     panel = np.full((h, pad + bar_w + label_w, 4), (255, 255, 255, 0 if transparent else 255), np.uint8)
     panel[:, pad: pad + bar_w, :3] = bar
     panel[:, pad: pad + bar_w, 3] = 255
@@ -273,11 +277,21 @@ def overlay_layers(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.C
     the gray film with its colour bar (as with_colorbar(..., transparent=True) draws it), and the coloured
     map over the film's area, see-through over the bar's panel. The map layer drawn at opacity alpha on
     top of the film layer gives with_colorbar(overlay(image, heatmap, alpha), transparent=True)."""
-    film = with_colorbar(cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB), colormap, transparent=True)
-    layer = np.zeros_like(film)
-    layer[:, : image.shape[1], :3] = _colored(image, heatmap, colormap)
-    layer[:, : image.shape[1], 3] = 255
-    return film, layer
+    return film_layer(image, colormap), map_layer(image, heatmap, colormap)
+
+
+def film_layer(image: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The lower layer of overlay_layers: the gray film with its colour bar (the same for every map)."""
+    return with_colorbar(cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB), colormap, transparent=True)
+
+
+def map_layer(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The upper layer of overlay_layers: the coloured map over the film's area, see-through over the bar."""
+    h, w = image.shape[:2]
+    layer = np.zeros((h, w + sum(_bar_geometry(w)), 4), np.uint8)
+    layer[:, :w, :3] = _colored(image, heatmap, colormap)
+    layer[:, :w, 3] = 255
+    return layer
 
 
 def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
