@@ -73,8 +73,10 @@ def folds(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
 def test_folds_partition_the_films_by_patient(folds: tuple[Path, list[Path]]) -> None:
     data, dirs = folds
     oof = crossfit.oof_predictions(list(reversed(dirs)))  # any order given: fold order kept
-    films = sorted(str(p) for p in data.glob("*/*.png"))
-    assert sorted(oof["path"]) == films  # every film exactly once
+    films = sorted(str(p.resolve()) for p in data.glob("*/*.png"))
+    # Stored paths are relative to the project when the films lie beside it (crossfit._portable: a checkout
+    # in /tmp next to pytest's folders), absolute otherwise; both resolve from the project root.
+    assert sorted(str((ROOT / p).resolve()) for p in oof["path"]) == films  # every film exactly once
     assert list(oof["fold"].drop_duplicates()) == [0, 1, 2]
     assert oof.groupby("patient_id")["fold"].nunique().max() == 1  # a patient never on two sides
     with pytest.raises(ValueError, match="each of the 3 folds"):
