@@ -9,9 +9,10 @@ import streamlit as st
 
 from pneumo.report import safe_csv
 from pneumo.memory import trim
-from pneumo.ui import (DISCLAIMER, active_model, cached_reading, model_state_key, pacs_source, plain, progress_bar,
+from pneumo.ui import (DISCLAIMER, PICTURES, Upload, active_model, batch_pdf_on_click, cached_reading, model_state_key,
+                       overlay_png_on_click, pacs_source, plain, progress_bar, reading_pdf_on_click,
                        require_entry_point, ui_pacs_config)
-from pneumo import drift, explain, predict, report
+from pneumo import drift, explain, predict
 from pneumo.imaging import resize
 from pneumo.settings import SAMPLES_DIR
 
@@ -28,31 +29,16 @@ if loaded is None:
 model_key = model_state_key(loaded)
 
 
-# Heat maps are kept at the model's input size (200 KB each) and stretched onto the film when drawn.
-@st.cache_data(show_spinner=False, max_entries=64, ttl=3600)
-def cached_heatmap(digest: str, method: str, model_key: str, _small: np.ndarray) -> np.ndarray:
-    return explain.gradcam(loaded, _small, method=method)
-
-
 @st.cache_data(show_spinner="Checking the batch for drift…", max_entries=16, ttl=3600)
 def cached_drift(digests: tuple[str, ...], model_key: str, _images: list[np.ndarray], _probabilities: list[float]) -> Any:
     return drift.check_batch(loaded, _images, _probabilities)
 
 
-# What the screen shows: the film (with the colour bar) and each map as separate layers at most 640 px a
-# side, encoded once; the browser blends them at the chosen opacity (CSS), so a change of opacity sends a
-# rule of one line instead of re-blending and re-encoding every card's pictures (1.2 s for 25 cards).
-# The film layer is the same under both maps: encoded once per film.
-@st.cache_data(show_spinner=False, max_entries=128, ttl=3600)
-def screen_film(digest: str, model_key: str, _film: np.ndarray) -> bytes:
-    return explain.png_bytes(explain.film_layer(_film))
-
-
-@st.cache_data(show_spinner=False, max_entries=256, ttl=3600)
-def screen_map(digest: str, method: str, model_key: str, _film: np.ndarray, _heat: np.ndarray) -> bytes:
-    return explain.png_bytes(explain.map_layer(_film, _heat))
-
-
+# What a card draws comes from PICTURES, shared by every session: the heat maps (both methods from one pass
+# through the network, at the model's input size, stretched onto the film when drawn), and the film and
+# each map as separate layers at most 640 px a side, encoded once. The browser blends the layers at the
+# chosen opacity (CSS), so a change of opacity sends a rule of one line instead of re-blending and
+# re-encoding every card's pictures (1.2 s for 25 cards). The film layer is the same under both maps.
 LAYERS = "camstack"  # container keys st-key-camstack-*: the film layer below, the map layer on top of it
 
 
@@ -117,33 +103,15 @@ if bar:
 trim()  # the decoders' large buffers go back to the system, not into the heap's free lists
 readings = predict.mark_repeats(readings)
 assessed = [r for r in readings if r.xray is not None]
-st.session_state["last_drift"] = None
-if len(readings) > 1:
-    # Drift is a property of a batch, not of a film: one test over every film read here.
-    drift_result = cached_drift(tuple(d for d, r in zip(digests, readings) if r.xray is not None), model_key,
-                                [r.xray.pixels for r in assessed], [r.probability for r in assessed])
-    if drift_result is None:
-        st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
-    else:
-        test = f"{drift_result.method}, n = {drift_result.n}, p = {drift_result.p_value:.2g}"
-        # The same words on the Overview and in the batch PDF.
-        st.session_state["last_drift"] = f"{'shifted' if drift_result.shifted else 'no shift detected'} ({test})"
-        if drift_result.shifted:
-            st.error(f"**This batch is unlike the films the operating point was set on** ({plain(test)}). "
-                     f"{plain(drift.advice(True, drift_result.p_value, drift_result.n))}", icon=":material/trending_up:")
-        else:
-            st.caption(f"Drift check: no shift detected ({plain(test)}).")
+# The batch's drift check shows here, but is made after the cards: a reader wants those first.
+drift_box = st.container()
 for caution in loaded.card.cautions():
     st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
 
 
 def heatmap(i: int, method: str = "gradcam") -> np.ndarray:
-    return cached_heatmap(digests[i], method, model_key, resize(readings[i].xray.pixels, loaded.input_size))
-
-
-def batch_report() -> bytes:
-    return report.study_pdf(readings, loaded, {i: heatmap(i) for i, r in enumerate(readings) if r.xray is not None},
-                            drift=st.session_state.get("last_drift"))
+    return PICTURES.get(("heat", digests[i], model_key),
+                        lambda: explain.gradcams(loaded, resize(readings[i].xray.pixels, loaded.input_size)))[method]
 
 
 table = predict.worklist(readings, loaded)
@@ -166,27 +134,25 @@ st.markdown("Go to: " + " · ".join(f"[{i}](#item-{i})" for i in table["item"]))
 downloads = st.columns(2)
 downloads[0].download_button("Download worklist CSV", safe_csv(table), "pneumo_worklist.csv", "text/csv",
                              help="Path, probability, decision, warnings, threshold, model name, card hash and time.")
-downloads[1].download_button("Download study report (PDF)", batch_report, "pneumo_report.pdf", "application/pdf",
-                             key=f"pdf-batch-{model_key}",
-                             help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.")
 
 COLOURS = {predict.PNEUMONIA: "red", predict.NORMAL: "green", predict.UNCERTAIN: "orange", predict.NOT_ASSESSABLE: "gray"}
 
 
-def card_reading(i: int) -> predict.Reading:
-    """Reading i with its film at display size: from the shared cache (or read again), notes kept."""
+def card_source(i: int) -> Upload | predict.Reading:
+    """Where reading i's film at display size comes from: the PACS run's reading, or the upload (the shared
+    cache, or its bytes read again)."""
     if pacs_run is not None:
-        full = pacs_full[i]
-    else:
-        name, source = files[i]
-        full = cached_reading(loaded, digests[i], name, source.read_bytes() if isinstance(source, Path)
-                              else source.getvalue(), model_key, band)
-    full.warnings, full.repeat_of = readings[i].warnings, readings[i].repeat_of
-    return full
+        return pacs_full[i]
+    name, source = files[i]
+    return Upload(loaded, digests[i], name, source, model_key, band)
 
 
 def show_card(i: int) -> None:
-    reading = card_reading(i) if readings[i].xray is not None else readings[i]
+    source = card_source(i) if readings[i].xray is not None else None
+    reading = readings[i]
+    if source is not None:
+        reading = source.reading() if isinstance(source, Upload) else source
+        reading.warnings, reading.repeat_of = readings[i].warnings, readings[i].repeat_of
     with st.container(border=True):
         # A heading holds the item number only; the file name (a visitor's text) is shown as plain text.
         st.subheader(f"Item {i + 1}", anchor=f"item-{i + 1}")
@@ -208,21 +174,21 @@ def show_card(i: int) -> None:
         heat, heat_pp = heatmap(i), heatmap(i, "gradcam++")
         screen = explain.shrink(pixels)
         images = st.columns(3)
-        images[0].image(screen, caption="X-ray", clamp=True, width="stretch", output_format="JPEG")
-        film = screen_film(digests[i], model_key, screen)
-        blended(images[1], f"{i}-gradcam", (film, screen_map(digests[i], "gradcam", model_key, screen, heat)), "Grad-CAM")
-        blended(images[2], f"{i}-gradcampp", (film, screen_map(digests[i], "gradcam++", model_key, screen, heat_pp)),
-                "Grad-CAM++")
-        st.caption("Warm colours mark the regions that drove the model towards its decision for this image; they "
-                   "are not a segmentation of disease. Each map is scaled to its own peak (1.0 on the bar): compare "
-                   "regions within a film, not colours between films.")
+        images[0].image(PICTURES.get(("xray", digests[i]), lambda: explain.jpeg_bytes(screen)), caption="X-ray",
+                        width="stretch")
+        film = PICTURES.get(("film", digests[i]), lambda: explain.png_bytes(explain.film_layer(screen)))
+        for method, key, title, heat_map in (("gradcam", "gradcam", "Grad-CAM", heat),
+                                              ("gradcam++", "gradcampp", "Grad-CAM++", heat_pp)):
+            layer = PICTURES.get((method, digests[i], model_key),
+                                 lambda: explain.png_bytes(explain.map_layer(screen, heat_map)))
+            blended(images[1 if method == "gradcam" else 2], f"{i}-{key}", (film, layer), title)
         buttons = st.columns(2)
         buttons[0].download_button(
             f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)",
-            lambda: explain.png_bytes(explain.with_colorbar(explain.overlay(pixels, heat, opacity))),
+            overlay_png_on_click(source, readings[i], heat, opacity),
             f"{Path(reading.name).stem}_gradcam.png", "image/png", key=f"png-{i}-{digests[i]}")
         buttons[1].download_button(
-            "Report for this image (PDF)", lambda: report.study_pdf([reading], loaded, {0: heat}),
+            "Report for this image (PDF)", reading_pdf_on_click(source, readings[i], loaded, heat),
             f"{Path(reading.name).stem}_report.pdf", "application/pdf", key=f"pdf-{i}-{digests[i]}-{model_key}")
         if reading.xray.dicom:
             with st.expander("DICOM header (no patient identifiers)"):
@@ -246,6 +212,10 @@ if pages_total > 1:
     page_no = int(st.number_input(f"Cards, page of {CARDS_PER_PAGE} (1–{pages_total})", 1, pages_total, 1,
                                   key=f"card-page:{hash(tuple(digests))}"))
 shown = set(sequence[(page_no - 1) * CARDS_PER_PAGE: page_no * CARDS_PER_PAGE])
+if any(readings[i].xray is not None for i in shown):  # said once for every card's maps
+    st.caption("In the maps, warm colours mark the regions that drove the model towards its decision for that "
+               "image; they are not a segmentation of disease. Each map is scaled to its own peak (1.0 on the bar): "
+               "compare regions within a film, not colours between films.")
 if any(i in shown for i in attention):
     st.subheader(f"Needs attention ({len(attention)})")
     for i in attention:
@@ -259,3 +229,27 @@ if any(i in shown for i in rest):
 if pages_total > 1:
     st.caption(f"Cards {(page_no - 1) * CARDS_PER_PAGE + 1}–{min(page_no * CARDS_PER_PAGE, len(sequence))} of "
                f"{len(sequence)}; every film is in the worklist and the reports.")
+
+# The batch-level check, in its place above the worklist; the batch PDF carries its words.
+with drift_box:
+    st.session_state["last_drift"] = None
+    if len(readings) > 1:
+        # Drift is a property of a batch, not of a film: one test over every film read here.
+        drift_result = cached_drift(tuple(d for d, r in zip(digests, readings) if r.xray is not None), model_key,
+                                    [r.xray.pixels for r in assessed], [r.probability for r in assessed])
+        if drift_result is None:
+            st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
+        else:
+            test = f"{drift_result.method}, n = {drift_result.n}, p = {drift_result.p_value:.2g}"
+            # The same words on the Overview and in the batch PDF.
+            st.session_state["last_drift"] = f"{'shifted' if drift_result.shifted else 'no shift detected'} ({test})"
+            if drift_result.shifted:
+                st.error(f"**This batch is unlike the films the operating point was set on** ({plain(test)}). "
+                         f"{plain(drift.advice(True, drift_result.p_value, drift_result.n))}", icon=":material/trending_up:")
+            else:
+                st.caption(f"Drift check: no shift detected ({plain(test)}).")
+downloads[1].download_button("Download study report (PDF)",
+                             batch_pdf_on_click(readings, loaded, st.session_state.get("last_drift")),
+                             "pneumo_report.pdf", "application/pdf",
+                             key=f"pdf-batch-{model_key}",
+                             help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.")

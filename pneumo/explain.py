@@ -142,29 +142,47 @@ def gradcam(
     when it has one, else traced TensorFlow) or "tf-keras-vis", the reference the compiled maps are
     tested against.
     """
-    if method not in METHODS:
+    return gradcams(loaded, image, (method,), target, layer, engine)[method]
+
+
+def gradcams(
+    loaded: LoadedModel,
+    image: np.ndarray,
+    methods: tuple[str, ...] = METHODS,
+    target: int | None = None,
+    layer: str | None = None,
+    engine: str = "compiled",
+) -> dict[str, np.ndarray]:
+    """gradcam() for several methods at once: with the ONNX export, one forward and backward pass serves
+    every method, and the predicted class (target None) is found once."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
         raise ValueError(f"method must be one of {METHODS}")
     batch = loaded.prepare(image)
     if target is None:
         target = int(loaded.predict(image)[0] >= loaded.threshold)
     sign = np.array([1.0 if target else -1.0], np.float32)
-    if engine == "compiled":
-        onnx = loaded.engine if loaded.engine is not None and loaded.engine.explains(layer or loaded.gradcam_layer) else None
-        if onnx is not None:
-            cam = onnx.cam(batch, sign, method)[0]
+    onnx = (loaded.engine if engine == "compiled" and loaded.engine is not None
+            and loaded.engine.explains(layer or loaded.gradcam_layer) else None)
+    raw = onnx.cams(batch, sign, tuple(methods)) if onnx is not None else {}
+    maps = {}
+    for method in methods:
+        if method in raw:
+            cam = _expand(raw[method][0], batch.shape[1:3])
+        elif engine == "compiled":
+            cam = _expand(np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(batch, sign))[0],
+                          batch.shape[1:3])
         else:
-            cam = np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(batch, sign))[0]
-        cam = _expand(cam, batch.shape[1:3])
-    else:
-        from tf_keras_vis.utils.scores import BinaryScore
+            from tf_keras_vis.utils.scores import BinaryScore
 
-        explainer, target_layer = _explainer(loaded, method, layer or loaded.gradcam_layer)
-        cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
-        cam = np.asarray(cam[0], dtype=np.float32)
-    cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
-    cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
-    span = float(cam.max() - cam.min())
-    return (cam - cam.min()) / span if span > 1e-8 else np.zeros_like(cam)
+            explainer, target_layer = _explainer(loaded, method, layer or loaded.gradcam_layer)
+            cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
+            cam = np.asarray(cam[0], dtype=np.float32)
+        cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
+        cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        span = float(cam.max() - cam.min())
+        maps[method] = (cam - cam.min()) / span if span > 1e-8 else np.zeros_like(cam)
+    return maps
 
 
 def _expand(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -303,6 +321,14 @@ def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
+def jpeg_bytes(gray: np.ndarray, quality: int = 90) -> bytes:
+    """A [0, 1] gray film as JPEG, for the screen."""
+    ok, buf = cv2.imencode(".jpg", to_uint8(np.clip(gray, 0.0, 1.0)), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise RuntimeError("JPEG encoding failed")
+    return buf.tobytes()
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}.get(rgb.shape[2] if rgb.ndim == 3 else 0)
     ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, code) if code is not None else rgb)
@@ -325,7 +351,6 @@ def warm_up(loaded: LoadedModel) -> None:
     ramp = np.linspace(0.0, 1.0, loaded.input_size, dtype=np.float32)
     image = np.outer(ramp, ramp[::-1])
     loaded.predict(image)
-    for method in METHODS:
-        gradcam(loaded, image, method=method, target=1)
+    gradcams(loaded, image, METHODS, target=1)
     if loaded.density is not None:
         check(loaded, image, loaded.density)

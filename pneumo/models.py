@@ -240,11 +240,12 @@ class ModelLoadError(ValueError):
     """A model file that cannot be loaded; the message names it and says why."""
 
 
-def load_model(path: str | Path | None = None) -> LoadedModel:
+def load_model(path: str | Path | None = None, shared_cores: bool = False) -> LoadedModel:
     """Load a model with its card; the shipped default when no path is given.
 
     A matching ONNX export beside the file serves inference (the Keras model then loads on first use);
-    otherwise the .keras file is loaded now, with Keras' safe mode on.
+    otherwise the .keras file is loaded now, with Keras' safe mode on. shared_cores: the process shares
+    its cores with other work (the dashboard), so ONNX Runtime's threads sleep rather than spin.
     """
     model_path = Path(path) if path else DEFAULT_MODEL_PATH
     if model_path.is_dir():
@@ -253,7 +254,7 @@ def load_model(path: str | Path | None = None) -> LoadedModel:
         raise FileNotFoundError(f"no model at {model_path}")
     card = read_card(model_path)  # a bad card is refused before the model is loaded
     notes: list[str] = []
-    engine = open_onnx(model_path, notes)
+    engine = open_onnx(model_path, notes, spin=not shared_cores)
     return LoadedModel(None if engine else load_keras_model(model_path), card, model_path, engine,
                        engine_note="; ".join(notes) or None)
 

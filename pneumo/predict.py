@@ -8,11 +8,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from . import quality
 from .data import pixel_hash
-from .imaging import InvalidImageError, Source, XRay, load_xray
+from .imaging import InvalidImageError, Source, XRay, load_xray, to_uint8
 from .models import LoadedModel
 
 # pneumo.explain (OpenCV) is imported where used: only a thumbnail of the heat map needs it.
@@ -74,6 +75,24 @@ def compact(reading: Reading, side: int = SCREEN_SIDE) -> Reading:
     if reading.xray is None or max(reading.xray.pixels.shape) <= side:
         return reading
     return replace(reading, xray=replace(reading.xray, pixels=shrink(reading.xray.pixels, side)))
+
+
+def pack(reading: Reading) -> Reading:
+    """The reading with its film as 8-bit samples: a quarter of the memory, for readings that are kept
+    (caches, downloads made later). The probability and the input check came from the full film; an
+    8-bit film is what the screen and the reports show anyway. ``unpack`` gives the [0, 1] film back."""
+    if reading.xray is None or reading.xray.pixels.dtype == np.uint8:
+        return reading
+    return replace(reading, xray=replace(reading.xray, pixels=to_uint8(reading.xray.pixels)))
+
+
+def unpack(reading: Reading) -> Reading:
+    """A packed reading as a fresh one with a float32 [0, 1] film and lists of its own (the page adds notes)."""
+    xray = reading.xray
+    if xray is not None:
+        pixels = xray.pixels.astype(np.float32) / 255.0 if xray.pixels.dtype == np.uint8 else xray.pixels
+        xray = replace(xray, pixels=pixels, warnings=list(xray.warnings), dicom=dict(xray.dicom))
+    return replace(reading, xray=xray, warnings=list(reading.warnings))
 
 
 def nbytes(reading: Reading) -> int:

@@ -155,11 +155,13 @@ def inspect(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colo
         assessable = False
     if density is None:
         return Assessment(warnings, assessable)
-    variants = _variants(image)
-    dists = density.distance(features(loaded, [image, *variants.values()]))
-    own, others = dists[0], dict(zip(variants, dists[1:]))
+    own = float(density.distance(features(loaded, [image]))[0])
     if own > density.alarm:
         assessable = False
+        # Only a refused film is looked at inverted and turned, to name the fix: a film the model knows
+        # costs one pass instead of five.
+        variants = _variants(image)
+        others = dict(zip(variants, density.distance(features(loaded, list(variants.values())))))
         cause, best = min(others.items(), key=lambda kv: kv[1])
         if best < density.alarm and own - best > NAMED_CAUSE_MARGIN * density.alarm:
             warnings.append(f"looks {cause}: the model's features match real films far better that way; "

@@ -3,13 +3,15 @@ package that imports Streamlit; the library never imports it. No maths here."""
 
 from __future__ import annotations
 
-import copy
+import functools
+import gc
 import os
 import re
 import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,8 +21,9 @@ from cachetools import LRUCache
 import pandas as pd
 from streamlit.runtime.pages_manager import PagesManager
 
-from pneumo import data as D, pacs, site
-from pneumo import explain, predict
+from pneumo import data as D, drift, pacs, site
+from pneumo import explain, predict, report
+from pneumo.imaging import resize
 from pneumo.memory import release_file_pages, trim
 from pneumo.models import LoadedModel, card_path, load_model, read_card
 from pneumo.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
@@ -42,14 +45,18 @@ def settings() -> AppSettings:
     return AppSettings.load(secrets)
 
 
-def _trim_forever(period_s: float = 20.0) -> None:
+def _trim_forever(period_s: float = 10.0) -> None:
     while True:
         time.sleep(period_s)
+        gc.collect()
         trim()
 
 
-# Freed memory goes back to the system even when no script runs (a session that closed released its
-# uploads and pictures, but glibc keeps the pages until asked): one daemon thread per server process.
+# Freed memory goes back to the system even when no script runs: one daemon thread per server process.
+# - Streamlit collects cycles after every run, but what it lets go of later (a closed session, a
+#   download callable replaced after the run) is often a cycle too (a page's functions hold its whole
+#   namespace as their globals), freed only by the next collection.
+# - A session that closed released its uploads and pictures, but glibc keeps the pages until asked.
 if not any(t.name == "pneumo-trim" for t in threading.enumerate()):
     threading.Thread(target=_trim_forever, name="pneumo-trim", daemon=True).start()
 
@@ -57,9 +64,15 @@ if not any(t.name == "pneumo-trim" for t in threading.enumerate()):
 # One model resident at a time: a switch replaces it instead of piling networks up in memory.
 @st.cache_resource(show_spinner="Loading model…", max_entries=1)
 def _cached_model(path: str, mtime: float) -> LoadedModel:
-    loaded = load_model(path)
+    loaded = load_model(path, shared_cores=True)
     explain.warm_up(loaded)
+    drift.warm_up(loaded)
     release_file_pages()  # the start-up pages of TensorFlow, now that everything has been traced once
+    # The libraries' and the model's objects live as long as the server: taken out of the collector's
+    # view, the full collection Streamlit runs after every script run scans only what runs made
+    # (160 ms per run without this, holding the interpreter while the last elements are sent).
+    gc.collect()
+    gc.freeze()
     return loaded
 
 
@@ -182,29 +195,130 @@ def summarize_with_bar(root: Path) -> D.Summary:
         bar.empty()
 
 
-# Readings shared by every session, bounded by the bytes they hold (each keeps a film of at most
-# predict.SCREEN_SIDE px): a batch of 200 large films costs this much at most, and is read again only
+class SharedCache:
+    """A cache shared by every session and bounded by the bytes it holds, least recently used out first.
+
+    Values are plain objects kept as they are: no copy and no pickling on the way in or out (what
+    st.cache_data does, at a few milliseconds a call for a card's pictures), so a value must not be
+    changed by whoever gets it. A value larger than the whole bound is made and not kept.
+    """
+
+    def __init__(self, max_bytes: int, sizeof: Callable[[Any], int]):
+        self._items: LRUCache = LRUCache(maxsize=max_bytes, getsizeof=sizeof)
+        self._sizeof, self._lock = sizeof, threading.Lock()
+
+    def peek(self, key: Any) -> Any:
+        with self._lock:
+            return self._items.get(key)
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        value = self.peek(key)
+        if value is None:
+            value = make()  # outside the lock: two sessions may make the same value once each, never wait
+            if self._sizeof(value) <= self._items.maxsize:
+                with self._lock:
+                    self._items[key] = value
+        return value
+
+
+def _picture_bytes(value: bytes | dict[str, Any]) -> int:
+    """Encoded bytes, or a {method: heat map} dict's arrays."""
+    return sum(v.nbytes for v in value.values()) if isinstance(value, dict) else len(value)
+
+
+# Readings shared by every session, bounded by the bytes they hold (each keeps an 8-bit film of at most
+# predict.SCREEN_SIDE px, 1 MB): a batch of 200 large films costs this much at most, and is read again only
 # past it. At most DECODE_SLOTS films are decoded at once across sessions, each decode's own peak
 # (several hundred MB for a 50 MP DICOM) multiplied by that and no more.
-READING_CACHE_BYTES = 128 * 2**20  # 32 films at 1024 px: a page of 25 cards and then some
+READING_CACHE_BYTES = 64 * 2**20  # 64 films at 1024 px: two pages of 25 cards and then some
 DECODE_SLOTS = 2
-_READINGS: LRUCache = LRUCache(maxsize=READING_CACHE_BYTES, getsizeof=predict.nbytes)
-_READINGS_LOCK = threading.Lock()
+READINGS = SharedCache(READING_CACHE_BYTES, predict.nbytes)
 _DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
+# What the cards draw, shared by every session: heat maps at the model's input size (200 KB a method)
+# and the encoded screen pictures (film and map layers, at most 640 px a side).
+PICTURES = SharedCache(64 * 2**20, _picture_bytes)
 
 
 def cached_reading(loaded: LoadedModel, digest: str, name: str, data: bytes, model_key: str, band: float) -> Any:
     """One upload read through the one prediction path, compacted and cached by content (see above)."""
-    key = (digest, name, model_key, band)
-    with _READINGS_LOCK:
-        hit = _READINGS.get(key)
-    if hit is not None:
-        return copy.deepcopy(hit)  # the page adds notes (repeats) to its own copy
-    with _DECODES:
-        reading = predict.compact(predict.read(loaded, data, name=name, band=band))
-    with _READINGS_LOCK:
-        _READINGS[key] = reading
-    return copy.deepcopy(reading)
+    def read() -> predict.Reading:
+        with _DECODES:
+            return predict.pack(predict.compact(predict.read(loaded, data, name=name, band=band)))
+
+    return predict.unpack(READINGS.get((digest, name, model_key, band), read))  # a film and notes of its own
+
+
+@dataclass(frozen=True)
+class Upload:
+    """Where one uploaded (or bundled) film's reading comes from: small enough to keep in a download
+    button, and read again from the shared cache (or the bytes) when it is needed."""
+
+    loaded: LoadedModel
+    digest: str
+    name: str
+    source: Any  # a Streamlit UploadedFile or a Path
+    model_key: str
+    band: float
+
+    def data(self) -> bytes:
+        return self.source.read_bytes() if isinstance(self.source, Path) else self.source.getvalue()
+
+    def reading(self) -> predict.Reading:
+        return cached_reading(self.loaded, self.digest, self.name, self.data(), self.model_key, self.band)
+
+
+# Downloads made on click. Streamlit keeps a download button's callable until the session's next run, or
+# after the session ends until some session finishes a run; a function of the page would keep the page's
+# whole namespace alive with it (every film of the batch). These are module functions bound to small
+# arguments with functools.partial instead: a film is fetched again when the button is pressed.
+def _film(item: Upload | predict.Reading, notes: predict.Reading) -> predict.Reading:
+    reading = item.reading() if isinstance(item, Upload) else predict.unpack(item)
+    reading.warnings, reading.repeat_of = list(notes.warnings), notes.repeat_of
+    return reading
+
+
+def _overlay_png(item: Upload | predict.Reading, notes: predict.Reading, heat: Any, opacity: float) -> bytes:
+    pixels = _film(item, notes).xray.pixels
+    return explain.png_bytes(explain.with_colorbar(explain.overlay(pixels, heat, opacity)))
+
+
+def _reading_pdf(item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any) -> bytes:
+    return report.study_pdf([_film(item, notes)], loaded, {0: heat})
+
+
+def _batch_pdf(packed: list[predict.Reading], loaded: LoadedModel, drift: str | None) -> bytes:
+    readings = [predict.unpack(r) for r in packed]
+    heat = {i: explain.gradcam(loaded, resize(r.xray.pixels, loaded.input_size))
+            for i, r in enumerate(readings) if r.xray is not None}
+    return report.study_pdf(readings, loaded, heat, drift=drift)
+
+
+def overlay_png_on_click(item: Upload | predict.Reading, notes: predict.Reading, heat: Any,
+                         opacity: float) -> Callable[[], bytes]:
+    """The film's Grad-CAM overlay at display size with its colour bar, made when the button is pressed."""
+    return functools.partial(_overlay_png, _pack_item(item), _notes(notes), heat, opacity)
+
+
+def reading_pdf_on_click(item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel,
+                         heat: Any) -> Callable[[], bytes]:
+    """One film's PDF report, made when the button is pressed."""
+    return functools.partial(_reading_pdf, _pack_item(item), _notes(notes), loaded, heat)
+
+
+def batch_pdf_on_click(readings: list[predict.Reading], loaded: LoadedModel, drift: str | None) -> Callable[[], bytes]:
+    """The batch's PDF report (every film with its Grad-CAM), made when the button is pressed; the films
+    are kept as 8-bit copies until then."""
+    return functools.partial(_batch_pdf, [predict.pack(r) for r in readings], loaded, drift)
+
+
+def _pack_item(item: Upload | predict.Reading) -> Upload | predict.Reading:
+    return item if isinstance(item, Upload) else predict.pack(item)
+
+
+def _notes(reading: predict.Reading) -> predict.Reading:
+    """What the page added to a reading (warnings, repeats), without its film."""
+    return predict.Reading(reading.name, None, reading.probability, reading.decision, reading.error,
+                           list(reading.warnings), reading.repeat_of)
 
 
 _FOLDER_PREDICTIONS: LRUCache = LRUCache(maxsize=4)

@@ -560,42 +560,70 @@ def _large_films(folder: Path, n: int, side: int = 2500) -> list[Path]:
 
 
 def _cards_shown(page: object, n: int, timeout_s: float = 600) -> None:
-    metrics = page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia")
-    deadline = time.time() + timeout_s
-    while metrics.count() < n and time.time() < deadline:
-        page.wait_for_timeout(200)
-    assert metrics.count() == n
+    """Wait until n cards show their probability and every picture of theirs has loaded. The page checks
+    itself every 50 ms: a locator count from the test costs the page about 300 ms a call on 2 cores and
+    delays what it measures."""
+    page.wait_for_function(
+        """n => [...document.querySelectorAll('[data-testid="stMetric"]')]
+                  .filter(e => e.textContent.includes('Probability of pneumonia')).length >= n
+             && [...document.querySelectorAll('[data-testid="stImage"] img')]
+                  .filter(img => img.complete && img.naturalWidth > 0).length >= 5 * n""",
+        arg=n, polling=50, timeout=timeout_s * 1000)
+
+
+# The card of the film named `name` is on screen: its probability, and every picture in it (the film and
+# both maps, two layers each) loaded and decoded. Evaluated by the page itself every 50 ms.
+CARD_READY = """name => {
+  const text = [...document.querySelectorAll('[data-testid="stText"]')].find(e => e.textContent.trim() === name);
+  let card = text && text.parentElement;
+  while (card && !(card.querySelector('[data-testid="stMetric"]') && card.querySelectorAll('img').length >= 5)) {
+    card = card.parentElement;
+  }
+  return !!card && card.textContent.includes('Probability of pneumonia')
+    && [...card.querySelectorAll('img')].every(img => img.complete && img.naturalWidth > 0);
+}"""
+
+
+def _upload_and_time(pg: object, film: Path) -> float:
+    started = time.perf_counter()
+    pg.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(film)])
+    pg.wait_for_function(CARD_READY, arg=film.name, polling=50, timeout=180_000)
+    return time.perf_counter() - started
 
 
 def test_app_speed_measured_in_the_browser(browser: object, server: Server, workspace: Path) -> None:
-    """Measurements for artifacts/app_timing.json (bench figures of the app, not timed assertions)."""
+    """Measurements for artifacts/app_timing.json (bench figures of the app, not timed assertions).
+
+    A new tab is a new page in a browser that has opened the app before (a new session; the front end's
+    scripts come from the browser's cache, as Streamlit serves them immutable); a first visit is a fresh
+    browser profile, which also fetches and compiles every script the page needs."""
     films = sorted((ROOT / "data" / "samples").glob("*/*.jpeg"))
     upload = '[data-testid="stFileUploaderDropzoneInput"]'
-    maps = page_maps = None
+    cold = browser.new_context(viewport={"width": 1400, "height": 1000})
+    pg = cold.new_page()
+    pg.set_default_timeout(180_000)
+    _goto(pg, server, "predict")
+    first_visit = _upload_and_time(pg, films[0])
+    cold.close()
+    profile = browser.new_context(viewport={"width": 1400, "height": 1000})
+    visit = profile.new_page()  # the browser has opened the app before
+    _goto(visit, server, "predict")
+    visit.close()
     new_tab = []
-    for film in films[:3]:  # a new tab each time: a first visit
-        ctx = browser.new_context(viewport={"width": 1400, "height": 1000})
-        pg = ctx.new_page()
+    for film in films[1:4]:  # a new tab each time: a new session in the same browser
+        pg = profile.new_page()
         pg.set_default_timeout(180_000)
         _goto(pg, server, "predict")
-        started = time.perf_counter()
-        pg.locator(upload).set_input_files([str(film)])
-        pg.get_by_text("Probability of pneumonia").first.wait_for()
-        pg.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM++").first.wait_for()
-        new_tab.append(time.perf_counter() - started)
-        page_maps = pg
-        if film != films[2]:
-            ctx.close()
-    pg = page_maps
-    same_tab = []
-    for film in films[3:6]:  # the same tab, another film
-        started = time.perf_counter()
-        pg.locator(upload).set_input_files([str(film)])
-        pg.locator(f"text={film.name} >> visible=true").first.wait_for()
-        pg.locator('[data-testid="stImage"]').filter(has_text="Grad-CAM++").first.wait_for()
-        same_tab.append(time.perf_counter() - started)
+        new_tab.append(_upload_and_time(pg, film))
+        if film != films[3]:
+            pg.close()
+    same_tab = [_upload_and_time(pg, film) for film in films[4:7]]  # the same tab, another film each time
+    pg.close()
+    pg = profile.new_page()  # a tab of its own, so that exactly these 25 films are read
+    pg.set_default_timeout(180_000)
+    _goto(pg, server, "predict")
     started = time.perf_counter()
-    pg.locator(upload).set_input_files([str(f) for f in films[:25]])
+    pg.locator(upload).set_input_files([str(f) for f in films[7:32]])  # 25 films besides those above
     _cards_shown(pg, 25)
     twenty_five = time.perf_counter() - started
     _settle(pg)
@@ -608,12 +636,12 @@ def test_app_speed_measured_in_the_browser(browser: object, server: Server, work
         pg.wait_for_timeout(50)
         pg.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=120_000)
         opacity.append(time.perf_counter() - started)
-    pg.context.close()
-    _record(upload_new_tab_to_probability_and_maps_s=[round(x, 2) for x in new_tab],
+    profile.close()
+    _record(upload_first_visit_to_probability_and_maps_s=round(first_visit, 2),
+            upload_new_tab_to_probability_and_maps_s=[round(x, 2) for x in new_tab],
             upload_same_tab_to_probability_and_maps_s=[round(x, 2) for x in same_tab],
             twenty_five_films_to_every_card_s=round(twenty_five, 2),
             opacity_change_with_25_films_s=[round(x, 2) for x in opacity])
-    del maps
 
 
 def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_path: Path) -> None:
@@ -654,15 +682,10 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     _record(memory_before_mb=round(before.total_mb, 1), memory_after_200_large_films_mb=round(after_200.total_mb, 1),
             memory_two_sessions_of_50_mb=round(during_two.total_mb, 1), memory_settled_after_sessions_mb=round(settled.total_mb, 1),
             memory_peak_mb=round(settled.peak_mb, 1), two_hundred_large_films_s=round(two_hundred_s, 1))
-    # The deployment's bound is 1.5 GB resident; it is not met under this sequence yet. The app no longer loads
-    # TensorFlow, caches readings in 128 MB and pictures in 128 MB, maps every block of 1 MB or more on its own
-    # and trims the heap, and a closed tab's session goes after 30 s. Measured on 2 cores, this test alone:
-    # 200 films 1.07-1.08 GiB, two sessions of 50 (the first session still inside its 30 s) 1.53-1.59 GiB,
-    # settled 1.28-1.29 GiB, peak 1.60-1.64 GiB; in the whole browser module, which warms every cache first,
-    # the peak was 1.94 GiB before the mapping change. So this holds what does hold: closing the sessions never
-    # makes the server larger, and the peak stays under 2.2 GB (it was 2.34 GB, under a 3 GB bound, before).
+    # The deployment's bound: 1.5 GB resident at the peak, whatever the sessions did. Closing them never makes
+    # the server larger (Streamlit may keep a closed session's uploads until its storage is next touched).
     assert settled.total_mb <= during_two.total_mb + 64, f"settled {settled.total_mb:.0f} MiB"
-    assert settled.peak_mb * 2**20 < 2.2e9, f"peak {settled.peak_mb:.0f} MiB"
+    assert settled.peak_mb * 2**20 <= 1.5e9, f"peak {settled.peak_mb:.0f} MiB"
 
 
 def test_explorer_and_threshold_on_the_training_folder(page: object, server: Server, workspace: Path) -> None:

@@ -77,6 +77,40 @@ def test_onnx_grad_cam_equals_the_traced_tensorflow_map(exported: Path, method: 
     assert raw.shape == (1, 4, 4)  # four stride-2 stages on a 64 px input
 
 
+def test_both_maps_from_one_pass_equal_each_map_alone(exported: Path) -> None:
+    """gradcams (one forward and backward pass for both methods, through ONNX Runtime or the traced
+    TensorFlow graphs) gives exactly the maps gradcam draws one at a time."""
+    from pneumo import explain
+
+    loaded = load_model(exported)
+    image = np.random.default_rng(5).random((90, 72)).astype("float32")
+    onnx_engine = loaded.engine
+    for engine in (onnx_engine, None):
+        loaded.engine = engine
+        for target in (1, 0, None):
+            both = explain.gradcams(loaded, image, target=target)
+            assert set(both) == set(explain.METHODS)
+            for method in explain.METHODS:
+                np.testing.assert_allclose(both[method], explain.gradcam(loaded, image, method, target), atol=1e-6)
+            assert not np.allclose(both["gradcam"], both["gradcam++"], atol=1e-3)  # two different maps
+    loaded.engine = onnx_engine
+    with pytest.raises(ValueError, match="method must be one of"):
+        explain.gradcams(loaded, image, ("gradcam", "saliency"))
+
+
+def test_a_server_sharing_its_cores_gets_sessions_that_sleep(exported: Path) -> None:
+    """The dashboard loads with shared_cores: ONNX Runtime's threads wait without spinning (the default
+    elsewhere, where nothing else wants the cores); both ways serve the same probabilities."""
+    def spinning(session: object) -> str:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    alone, shared = load_model(exported), load_model(exported, shared_cores=True)
+    assert spinning(alone.engine.session) == "1" and spinning(alone.engine.cam_session) == "1"
+    assert spinning(shared.engine.session) == "0" and spinning(shared.engine.cam_session) == "0"
+    images = [np.random.default_rng(i).random((64, 64)).astype("float32") for i in range(3)]
+    np.testing.assert_array_equal(alone.predict(images), shared.predict(images))
+
+
 def test_a_stale_export_is_never_served(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 

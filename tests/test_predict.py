@@ -45,3 +45,25 @@ def test_study_report_renders_every_readable_image(tiny_run: Path, tmp_path: Pat
         (tmp_path / "r.pdf").write_bytes(pdf)
         subprocess.run(["pdftoppm", "-r", "30", "-png", str(tmp_path / "r.pdf"), str(out)], check=True)
         assert len(list(tmp_path.glob("page*.png"))) == 1 + 3  # the worklist, then one page per readable image
+
+
+def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> None:
+    """pack: a quarter of the memory, the film within half a grey level; unpack: a [0, 1] float film and
+    lists of its own, so notes added to one copy do not reach the kept one."""
+    from pneumo.imaging import XRay
+
+    film = np.random.default_rng(0).random((40, 30)).astype(np.float32)
+    reading = predict.Reading("a.png", XRay(film, "a.png", "PNG", (40, 30), warnings=["window"]), 0.7,
+                              predict.PNEUMONIA, warnings=["note"])
+    packed = predict.pack(reading)
+    assert packed.xray.pixels.dtype == np.uint8 and packed.xray.pixels.nbytes * 4 == film.nbytes
+    assert predict.pack(packed) is packed
+    again = predict.unpack(packed)
+    assert again.xray.pixels.dtype == np.float32
+    assert np.abs(again.xray.pixels - film).max() <= 0.5 / 255 + 1e-6
+    assert (again.probability, again.decision, again.warnings, again.xray.warnings) == (0.7, predict.PNEUMONIA, ["note"], ["window"])
+    again.warnings.append("repeats item 1")
+    again.xray.warnings.append("other")
+    assert packed.warnings == ["note"] and packed.xray.warnings == ["window"]
+    rejected = predict.Reading("b.txt", None, None, None, "not an image")
+    assert predict.pack(rejected) is rejected and predict.unpack(rejected).error == "not an image"

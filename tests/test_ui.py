@@ -1,0 +1,86 @@
+"""pneumo.ui's downloads made on click and its shared reading cache, without a running app."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from pneumo import explain, predict, ui
+from pneumo.models import load_model
+from tests.conftest import synthetic_xray, write_png
+
+
+def _arrays(value: object) -> list[np.ndarray]:
+    """Every array a download's callable keeps alive through its arguments."""
+    if isinstance(value, np.ndarray):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _arrays(v)]
+    if isinstance(value, dict):
+        return [a for v in value.values() for a in _arrays(v)]
+    if isinstance(value, predict.Reading):
+        return _arrays(value.xray.pixels) if value.xray is not None else []
+    return []
+
+
+def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run: Path, tmp_path: Path) -> None:
+    """A download's callable is a module function bound to small arguments: it keeps no page namespace and
+    no float film (Streamlit holds it beyond the run), and still makes the overlay and the PDFs."""
+    loaded = load_model(tiny_run)
+    rng = np.random.default_rng(4)
+    path = write_png(tmp_path / "film.png", synthetic_xray(rng, 300, pneumonia=True))
+    data = path.read_bytes()
+    upload = ui.Upload(loaded, hashlib.sha256(data).hexdigest(), path.name, path, "model-key", 0.05)
+    shown = upload.reading()  # what the card shows: the film at display size
+    shown.warnings.append("repeats item 1 (other.png): the same pixels; read them as one film")
+    heat = explain.gradcam(loaded, shown.xray.pixels)
+
+    overlay = ui.overlay_png_on_click(upload, shown, heat, 0.45)
+    pdf = ui.reading_pdf_on_click(upload, shown, loaded, heat)
+    batch = ui.batch_pdf_on_click([shown, predict.Reading("junk.png", None, None, None, "not an image")], loaded, None)
+    for made in (overlay, pdf, batch):
+        assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.ui"
+        kept = _arrays(made.args)
+        assert all(a.dtype == np.uint8 or a.size <= heat.size for a in kept), [(a.dtype, a.shape) for a in kept]
+    assert _arrays(batch.args) and all(a.dtype == np.uint8 for a in _arrays(batch.args[0]))
+
+    direct = explain.png_bytes(explain.with_colorbar(explain.overlay(shown.xray.pixels, heat, 0.45)))
+    assert overlay() == direct
+    assert pdf().startswith(b"%PDF") and batch().startswith(b"%PDF")
+    assert shown.warnings[-1].startswith("repeats item 1")  # the page's note stays on the page's copy
+    assert upload.reading().warnings == shown.warnings[:-1]
+
+
+def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_run: Path, tmp_path: Path) -> None:
+    loaded = load_model(tiny_run)
+    path = write_png(tmp_path / "film.png", synthetic_xray(np.random.default_rng(6), 200, pneumonia=False))
+    data = path.read_bytes()
+    digest = hashlib.sha256(data).hexdigest()
+    first = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
+    kept = ui.READINGS.peek((digest, path.name, "model-key", 0.05))
+    assert kept.xray.pixels.dtype == np.uint8 and first.xray.pixels.dtype == np.float32
+    first.warnings.append("a note of one page")
+    second = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
+    assert "a note of one page" not in second.warnings and second.xray.pixels is not first.xray.pixels
+    assert second.probability == predict.read(loaded, data, name=path.name).probability
+
+
+def test_a_shared_cache_is_bounded_by_bytes_and_makes_each_value_once() -> None:
+    cache = ui.SharedCache(100, len)
+    made: list[str] = []
+
+    def make(key: str, size: int) -> bytes:
+        made.append(key)
+        return b"x" * size
+
+    assert cache.get("a", lambda: make("a", 40)) == b"x" * 40
+    assert cache.get("a", lambda: make("a", 40)) == b"x" * 40 and made == ["a"]  # a hit makes nothing
+    cache.get("b", lambda: make("b", 40))
+    cache.get("a", lambda: make("a", 40))  # "a" is now the most recently used
+    cache.get("c", lambda: make("c", 40))  # 120 bytes: the least recently used ("b") goes
+    assert cache.peek("b") is None and cache.peek("a") is not None and cache.peek("c") is not None
+    assert cache.get("huge", lambda: make("huge", 101)) == b"x" * 101  # made, and not kept
+    assert cache.peek("huge") is None and cache.peek("a") is not None
