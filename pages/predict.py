@@ -9,7 +9,8 @@ import streamlit as st
 
 from pneumo.report import safe_csv
 from pneumo.memory import trim
-from pneumo.ui import (DISCLAIMER, PICTURES, Upload, active_model, batch_pdf_on_click, cached_reading, model_state_key,
+from pneumo.ui import (DISCLAIMER, PICTURES, Upload, active_model, batch_pdf_on_click, cached_reading, card_heatmaps,
+                       model_state_key,
                        overlay_png_on_click, pacs_source, plain, progress_bar, reading_pdf_on_click,
                        require_entry_point, ui_pacs_config)
 from pneumo import drift, explain, predict
@@ -18,7 +19,7 @@ from pneumo.settings import SAMPLES_DIR
 
 require_entry_point()
 CARDS_PER_PAGE = 25
-LIST_SIDE = 384  # the film kept for every reading of a batch; cards on screen fetch theirs at display size
+LIST_SIDE = 384  # the 8-bit film kept for every reading of a batch; cards on screen fetch theirs at display size
 
 st.title("Predict")
 st.caption(DISCLAIMER)
@@ -82,7 +83,7 @@ if not files and pacs_run is None:
 
 digests, readings = [], []
 if pacs_run is not None:
-    readings = [predict.compact(r, LIST_SIDE) for r in pacs_run.readings()]
+    readings = [predict.pack(predict.compact(r, LIST_SIDE)) for r in pacs_run.readings()]
     pacs_full = {i: predict.compact(r) for i, r in enumerate(pacs_run.readings())}
     digests = [hashlib.sha256(f"{r.study_uid}/{r.sop_uid}".encode()).hexdigest() for r in pacs_run.results
                if r.reading is not None]
@@ -92,10 +93,11 @@ for i, (name, source) in enumerate(files):
     data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
     digest = hashlib.sha256(data).hexdigest()
     digests.append(digest)
-    # The batch keeps each film at LIST_SIDE px (for repeats, drift, the maps and the reports); a card on
-    # screen fetches its film again at display size from the shared cache (card_reading).
-    readings.append(predict.compact(cached_reading(loaded, digest, name, data, model_key, band), LIST_SIDE))
-    del data
+    # The batch keeps each film at LIST_SIDE px as 8-bit samples (for repeats, drift, the maps and the
+    # reports: 147 KB a film); a card on screen fetches its film again at display size (card_source).
+    full = cached_reading(loaded, digest, name, data, model_key, band)
+    readings.append(predict.pack(predict.compact(full, LIST_SIDE)))
+    del data, full
     if update:
         update(i + 1, len(files))
 if bar:
@@ -103,6 +105,7 @@ if bar:
 trim()  # the decoders' large buffers go back to the system, not into the heap's free lists
 readings = predict.mark_repeats(readings)
 assessed = [r for r in readings if r.xray is not None]
+st.session_state["last_drift"] = None  # until this batch's check is made (a run cut short leaves none)
 # The batch's drift check shows here, but is made after the cards: a reader wants those first.
 drift_box = st.container()
 for caution in loaded.card.cautions():
@@ -110,8 +113,7 @@ for caution in loaded.card.cautions():
 
 
 def heatmap(i: int, method: str = "gradcam") -> np.ndarray:
-    return PICTURES.get(("heat", digests[i], model_key),
-                        lambda: explain.gradcams(loaded, resize(readings[i].xray.pixels, loaded.input_size)))[method]
+    return card_heatmaps(loaded, digests[i], model_key, readings[i])[method]
 
 
 table = predict.worklist(readings, loaded)
@@ -153,6 +155,7 @@ def show_card(i: int) -> None:
     if source is not None:
         reading = source.reading() if isinstance(source, Upload) else source
         reading.warnings, reading.repeat_of = readings[i].warnings, readings[i].repeat_of
+        source = source if isinstance(source, Upload) else predict.pack(source)  # what the downloads keep
     with st.container(border=True):
         # A heading holds the item number only; the file name (a visitor's text) is shown as plain text.
         st.subheader(f"Item {i + 1}", anchor=f"item-{i + 1}")
@@ -232,11 +235,11 @@ if pages_total > 1:
 
 # The batch-level check, in its place above the worklist; the batch PDF carries its words.
 with drift_box:
-    st.session_state["last_drift"] = None
     if len(readings) > 1:
         # Drift is a property of a batch, not of a film: one test over every film read here.
         drift_result = cached_drift(tuple(d for d, r in zip(digests, readings) if r.xray is not None), model_key,
-                                    [r.xray.pixels for r in assessed], [r.probability for r in assessed])
+                                    [resize(predict.unpack(r).xray.pixels, loaded.input_size) for r in assessed],
+                                    [r.probability for r in assessed])
         if drift_result is None:
             st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
         else:
@@ -249,7 +252,7 @@ with drift_box:
             else:
                 st.caption(f"Drift check: no shift detected ({plain(test)}).")
 downloads[1].download_button("Download study report (PDF)",
-                             batch_pdf_on_click(readings, loaded, st.session_state.get("last_drift")),
+                             batch_pdf_on_click(readings, digests, loaded, model_key, st.session_state.get("last_drift")),
                              "pneumo_report.pdf", "application/pdf",
                              key=f"pdf-batch-{model_key}",
                              help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.")

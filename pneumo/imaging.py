@@ -651,7 +651,9 @@ def _finish(arr: np.ndarray, label: str) -> np.ndarray:
 
 
 def to_uint8(img: np.ndarray) -> np.ndarray:
-    """A [0, 1] image as 8-bit, for display and hashing."""
+    """A [0, 1] image as 8-bit, for display and hashing; an 8-bit image as it is."""
+    if img.dtype == np.uint8:
+        return img
     return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
 
 

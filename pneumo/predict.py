@@ -83,7 +83,8 @@ def pack(reading: Reading) -> Reading:
     8-bit film is what the screen and the reports show anyway. ``unpack`` gives the [0, 1] film back."""
     if reading.xray is None or reading.xray.pixels.dtype == np.uint8:
         return reading
-    return replace(reading, xray=replace(reading.xray, pixels=to_uint8(reading.xray.pixels)))
+    xray = replace(reading.xray, pixels=to_uint8(reading.xray.pixels), warnings=list(reading.xray.warnings))
+    return replace(reading, xray=xray, warnings=list(reading.warnings))  # notes added later stay on this copy
 
 
 def unpack(reading: Reading) -> Reading:

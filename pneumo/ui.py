@@ -68,12 +68,23 @@ def _cached_model(path: str, mtime: float) -> LoadedModel:
     explain.warm_up(loaded)
     drift.warm_up(loaded)
     release_file_pages()  # the start-up pages of TensorFlow, now that everything has been traced once
-    # The libraries' and the model's objects live as long as the server: taken out of the collector's
-    # view, the full collection Streamlit runs after every script run scans only what runs made
-    # (160 ms per run without this, holding the interpreter while the last elements are sent).
-    gc.collect()
-    gc.freeze()
+    _freeze_start_up()
     return loaded
+
+
+_FROZEN = threading.Event()
+
+
+def _freeze_start_up() -> None:
+    """Once per process, after the first model has loaded: the libraries' objects live as long as the
+    server, and taken out of the collector's view, the full collection Streamlit runs after every script
+    run scans only what runs made (160 ms per run without this, holding the interpreter while the last
+    elements are sent). Never again: a later freeze would keep a replaced model, or another session's
+    run, from ever being collected."""
+    if not _FROZEN.is_set():
+        _FROZEN.set()
+        gc.collect()
+        gc.freeze()
 
 
 def active_model() -> LoadedModel | None:
@@ -286,11 +297,19 @@ def _reading_pdf(item: Upload | predict.Reading, notes: predict.Reading, loaded:
     return report.study_pdf([_film(item, notes)], loaded, {0: heat})
 
 
-def _batch_pdf(packed: list[predict.Reading], loaded: LoadedModel, drift: str | None) -> bytes:
+def _batch_pdf(packed: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str,
+               drift: str | None) -> bytes:
     readings = [predict.unpack(r) for r in packed]
-    heat = {i: explain.gradcam(loaded, resize(r.xray.pixels, loaded.input_size))
+    heat = {i: card_heatmaps(loaded, digests[i], model_key, r)["gradcam"]
             for i, r in enumerate(readings) if r.xray is not None}
     return report.study_pdf(readings, loaded, heat, drift=drift)
+
+
+def card_heatmaps(loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading) -> dict[str, Any]:
+    """Both maps of a reading's film at the model's input size, from PICTURES (or made in one pass): the
+    cards and the batch report show the same ones."""
+    return PICTURES.get(("heat", digest, model_key),
+                        lambda: explain.gradcams(loaded, resize(predict.unpack(reading).xray.pixels, loaded.input_size)))
 
 
 def overlay_png_on_click(item: Upload | predict.Reading, notes: predict.Reading, heat: Any,
@@ -305,10 +324,11 @@ def reading_pdf_on_click(item: Upload | predict.Reading, notes: predict.Reading,
     return functools.partial(_reading_pdf, _pack_item(item), _notes(notes), loaded, heat)
 
 
-def batch_pdf_on_click(readings: list[predict.Reading], loaded: LoadedModel, drift: str | None) -> Callable[[], bytes]:
-    """The batch's PDF report (every film with its Grad-CAM), made when the button is pressed; the films
-    are kept as 8-bit copies until then."""
-    return functools.partial(_batch_pdf, [predict.pack(r) for r in readings], loaded, drift)
+def batch_pdf_on_click(readings: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str,
+                       drift: str | None) -> Callable[[], bytes]:
+    """The batch's PDF report (every film with the Grad-CAM its card shows), made when the button is
+    pressed; the films are kept as 8-bit copies until then."""
+    return functools.partial(_batch_pdf, [predict.pack(r) for r in readings], list(digests), loaded, model_key, drift)
 
 
 def _pack_item(item: Upload | predict.Reading) -> Upload | predict.Reading:

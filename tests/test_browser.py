@@ -572,15 +572,20 @@ def _cards_shown(page: object, n: int, timeout_s: float = 600) -> None:
 
 
 # The card of the film named `name` is on screen: its probability, and every picture in it (the film and
-# both maps, two layers each) loaded and decoded. Evaluated by the page itself every 50 ms.
+# both maps, two layers each) loaded and decoded. The card is the nearest block around the name that
+# holds a probability; it must hold one name and one probability only (not a block around another, older
+# card) and nothing left over from the previous run. Evaluated by the page itself every 50 ms.
 CARD_READY = """name => {
   const text = [...document.querySelectorAll('[data-testid="stText"]')].find(e => e.textContent.trim() === name);
   let card = text && text.parentElement;
-  while (card && !(card.querySelector('[data-testid="stMetric"]') && card.querySelectorAll('img').length >= 5)) {
-    card = card.parentElement;
+  while (card && !card.querySelector('[data-testid="stMetric"]')) card = card.parentElement;
+  if (!card || card.querySelectorAll('[data-testid="stText"]').length !== 1
+      || card.querySelectorAll('[data-testid="stMetric"]').length !== 1 || card.closest('[data-stale="true"]')
+      || card.querySelector('[data-stale="true"]') || !card.textContent.includes('Probability of pneumonia')) {
+    return false;
   }
-  return !!card && card.textContent.includes('Probability of pneumonia')
-    && [...card.querySelectorAll('img')].every(img => img.complete && img.naturalWidth > 0);
+  const pictures = [...card.querySelectorAll('[data-testid="stImage"] img')];
+  return pictures.length >= 5 && pictures.every(img => img.complete && img.naturalWidth > 0);
 }"""
 
 

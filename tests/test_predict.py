@@ -58,6 +58,9 @@ def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> No
     packed = predict.pack(reading)
     assert packed.xray.pixels.dtype == np.uint8 and packed.xray.pixels.nbytes * 4 == film.nbytes
     assert predict.pack(packed) is packed
+    # Repeats are found on packed films: the same pixel hash as the float film's.
+    from pneumo.data import pixel_hash
+    assert pixel_hash(packed.xray.pixels) == pixel_hash(film) != pixel_hash(film[::-1])
     again = predict.unpack(packed)
     assert again.xray.pixels.dtype == np.float32
     assert np.abs(again.xray.pixels - film).max() <= 0.5 / 255 + 1e-6

@@ -40,7 +40,8 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
 
     overlay = ui.overlay_png_on_click(upload, shown, heat, 0.45)
     pdf = ui.reading_pdf_on_click(upload, shown, loaded, heat)
-    batch = ui.batch_pdf_on_click([shown, predict.Reading("junk.png", None, None, None, "not an image")], loaded, None)
+    batch = ui.batch_pdf_on_click([shown, predict.Reading("junk.png", None, None, None, "not an image")],
+                                  [upload.digest, "junk"], loaded, "model-key", None)
     for made in (overlay, pdf, batch):
         assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.ui"
         kept = _arrays(made.args)
@@ -50,6 +51,8 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
     direct = explain.png_bytes(explain.with_colorbar(explain.overlay(shown.xray.pixels, heat, 0.45)))
     assert overlay() == direct
     assert pdf().startswith(b"%PDF") and batch().startswith(b"%PDF")
+    # The batch report draws the map its card shows: the one kept for this film and model.
+    assert ui.PICTURES.peek(("heat", upload.digest, "model-key")) is not None
     assert shown.warnings[-1].startswith("repeats item 1")  # the page's note stays on the page's copy
     assert upload.reading().warnings == shown.warnings[:-1]
 
