@@ -9,10 +9,9 @@ import streamlit as st
 
 from pneumo.report import safe_csv
 from pneumo.memory import trim
-from pneumo.ui import (DISCLAIMER, PICTURES, Upload, active_model, batch_pdf_on_click, cached_reading, card_heatmaps,
-                       model_state_key,
-                       overlay_png_on_click, pacs_source, plain, progress_bar, reading_pdf_on_click,
-                       require_entry_point, ui_pacs_config)
+from pneumo.ui import (DISCLAIMER, PICTURES, Upload, active_model, batch_pdf_on_click, cached_reading, card_film,
+                       card_heatmaps, model_state_key, overlay_png_on_click, pacs_source, plain, progress_bar,
+                       reading_pdf_on_click, require_entry_point, ui_pacs_config)
 from pneumo import drift, explain, predict
 from pneumo.imaging import resize
 from pneumo.settings import SAMPLES_DIR
@@ -153,8 +152,7 @@ def show_card(i: int) -> None:
     source = card_source(i) if readings[i].xray is not None else None
     reading = readings[i]
     if source is not None:
-        reading = source.reading() if isinstance(source, Upload) else source
-        reading.warnings, reading.repeat_of = readings[i].warnings, readings[i].repeat_of
+        reading = card_film(source, readings[i])
         source = source if isinstance(source, Upload) else predict.pack(source)  # what the downloads keep
     with st.container(border=True):
         # A heading holds the item number only; the file name (a visitor's text) is shown as plain text.

@@ -323,7 +323,7 @@ def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
 
 def jpeg_bytes(gray: np.ndarray, quality: int = 90) -> bytes:
     """A [0, 1] gray film as JPEG, for the screen."""
-    ok, buf = cv2.imencode(".jpg", to_uint8(np.clip(gray, 0.0, 1.0)), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", to_uint8(gray), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()

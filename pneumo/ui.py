@@ -282,19 +282,21 @@ class Upload:
 # after the session ends until some session finishes a run; a function of the page would keep the page's
 # whole namespace alive with it (every film of the batch). These are module functions bound to small
 # arguments with functools.partial instead: a film is fetched again when the button is pressed.
-def _film(item: Upload | predict.Reading, notes: predict.Reading) -> predict.Reading:
+def card_film(item: Upload | predict.Reading, notes: predict.Reading) -> predict.Reading:
+    """The reading a card shows: its film at display size (a copy of its own) with the page's notes on it
+    (warnings, repeats) taken from the batch's reading."""
     reading = item.reading() if isinstance(item, Upload) else predict.unpack(item)
     reading.warnings, reading.repeat_of = list(notes.warnings), notes.repeat_of
     return reading
 
 
 def _overlay_png(item: Upload | predict.Reading, notes: predict.Reading, heat: Any, opacity: float) -> bytes:
-    pixels = _film(item, notes).xray.pixels
+    pixels = card_film(item, notes).xray.pixels
     return explain.png_bytes(explain.with_colorbar(explain.overlay(pixels, heat, opacity)))
 
 
 def _reading_pdf(item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any) -> bytes:
-    return report.study_pdf([_film(item, notes)], loaded, {0: heat})
+    return report.study_pdf([card_film(item, notes)], loaded, {0: heat})
 
 
 def _batch_pdf(packed: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str,
