@@ -9,10 +9,11 @@ import streamlit as st
 
 from pneumo.report import safe_csv
 from pneumo.memory import trim
-from pneumo.ui import (DISCLAIMER, PICTURES, Upload, active_model, batch_pdf_on_click, cached_reading, card_film,
-                       card_heatmaps, model_state_key, overlay_png_on_click, pacs_source, plain, progress_bar,
-                       reading_pdf_on_click, require_entry_point, ui_pacs_config)
-from pneumo import drift, explain, predict
+from pneumo.ui import (CARD_NOTES_KEY, CARD_PICTURE_ALT, CARD_PICTURES_KEY, DISCLAIMER, Upload, active_model,
+                       batch_pdf_on_click, cached_reading, card_film, card_heatmaps, card_pictures, card_rules,
+                       model_state_key, overlay_png_on_click, pacs_source, plain, progress_bar, reading_pdf_on_click,
+                       require_entry_point, ui_pacs_config)
+from pneumo import drift, predict
 from pneumo.imaging import resize
 from pneumo.settings import SAMPLES_DIR
 
@@ -32,20 +33,6 @@ model_key = model_state_key(loaded)
 @st.cache_data(show_spinner="Checking the batch for drift…", max_entries=16, ttl=3600)
 def cached_drift(digests: tuple[str, ...], model_key: str, _images: list[np.ndarray], _probabilities: list[float]) -> Any:
     return drift.check_batch(loaded, _images, _probabilities)
-
-
-# What a card draws comes from PICTURES, shared by every session: the heat maps (both methods from one pass
-# through the network, at the model's input size, stretched onto the film when drawn), and the film and
-# each map as separate layers at most 640 px a side, encoded once. The browser blends the layers at the
-# chosen opacity (CSS), so a change of opacity sends a rule of one line instead of re-blending and
-# re-encoding every card's pictures (1.2 s for 25 cards). The film layer is the same under both maps.
-LAYERS = "camstack"  # container keys st-key-camstack-*: the film layer below, the map layer on top of it
-
-
-def blended(column: Any, key: str, layers: tuple[bytes, bytes], caption: str) -> None:
-    with column.container(key=f"{LAYERS}-{key}"):
-        st.image(layers[0], caption=caption, width="stretch")
-        st.image(layers[1], width="stretch")
 
 
 controls = st.columns([2, 2, 3])
@@ -111,8 +98,9 @@ for caution in loaded.card.cautions():
     st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
 
 
-def heatmap(i: int, method: str = "gradcam") -> np.ndarray:
-    return card_heatmaps(loaded, digests[i], model_key, readings[i])[method]
+def heatmap(i: int) -> np.ndarray:
+    """Reading i's Grad-CAM map, the one its card, its downloads and the batch report show."""
+    return card_heatmaps(loaded, digests[i], model_key, readings[i])["gradcam"]
 
 
 table = predict.worklist(readings, loaded)
@@ -161,45 +149,39 @@ def show_card(i: int) -> None:
         if reading.error:
             st.error(f"This file could not be read: {plain(reading.error)}", icon=":material/block:")
             return
-        cols = st.columns([1, 1, 2])
-        cols[0].metric("Probability of pneumonia", f"{reading.probability:.3f}")
-        cols[1].markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]")
-        if reading.decision == predict.NOT_ASSESSABLE:
-            cols[1].caption("The input check does not take this for a chest film the model can read: the probability "
-                            "is listed, no decision is made.")
-        if reading.repeat_of is not None:
-            cols[2].markdown(f"Repeats [item {reading.repeat_of + 1}](#item-{reading.repeat_of + 1}).")
-        for warning in reading.warnings:
-            cols[2].warning(plain(warning), icon=":material/warning:")
+        with st.container(horizontal=True, gap="medium"):  # side by side; wrapped on a phone
+            st.metric("Probability of pneumonia", f"{reading.probability:.3f}", width="content")
+            st.markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]", width="content")
+            if reading.decision == predict.NOT_ASSESSABLE or reading.repeat_of is not None or reading.warnings:
+                with st.container(key=f"{CARD_NOTES_KEY}-{i}"):  # the rest of the row (card_rules)
+                    if reading.decision == predict.NOT_ASSESSABLE:
+                        st.caption("The input check does not take this for a chest film the model can read: the "
+                                   "probability is listed, no decision is made.")
+                    if reading.repeat_of is not None:
+                        st.markdown(f"Repeats [item {reading.repeat_of + 1}](#item-{reading.repeat_of + 1}).")
+                    for warning in reading.warnings:
+                        st.warning(plain(warning), icon=":material/warning:")
         pixels = reading.xray.pixels
-        heat, heat_pp = heatmap(i), heatmap(i, "gradcam++")
-        screen = explain.shrink(pixels)
-        images = st.columns(3)
-        images[0].image(PICTURES.get(("xray", digests[i]), lambda: explain.jpeg_bytes(screen)), caption="X-ray",
-                        width="stretch")
-        film = PICTURES.get(("film", digests[i]), lambda: explain.png_bytes(explain.film_layer(screen)))
-        for method, key, title, heat_map in (("gradcam", "gradcam", "Grad-CAM", heat),
-                                              ("gradcam++", "gradcampp", "Grad-CAM++", heat_pp)):
-            layer = PICTURES.get((method, digests[i], model_key),
-                                 lambda: explain.png_bytes(explain.map_layer(screen, heat_map)))
-            blended(images[1 if method == "gradcam" else 2], f"{i}-{key}", (film, layer), title)
-        buttons = st.columns(2)
-        buttons[0].download_button(
-            f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)",
-            overlay_png_on_click(source, readings[i], heat, opacity),
-            f"{Path(reading.name).stem}_gradcam.png", "image/png", key=f"png-{i}-{digests[i]}")
-        buttons[1].download_button(
-            "Report for this image (PDF)", reading_pdf_on_click(source, readings[i], loaded, heat),
-            f"{Path(reading.name).stem}_report.pdf", "application/pdf", key=f"pdf-{i}-{digests[i]}-{model_key}")
+        heat = heatmap(i)
+        with st.container(key=f"{CARD_PICTURES_KEY}-{i}"):  # one element, laid out by card_rules
+            st.image(card_pictures(loaded, digests[i], model_key, readings[i], pixels), alt=CARD_PICTURE_ALT,
+                     width="stretch")
+        with st.container(horizontal=True):
+            st.download_button(
+                f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)",
+                overlay_png_on_click(source, readings[i], heat, opacity),
+                f"{Path(reading.name).stem}_gradcam.png", "image/png", key=f"png-{i}-{digests[i]}")
+            st.download_button(
+                "Report for this image (PDF)", reading_pdf_on_click(source, readings[i], loaded, heat),
+                f"{Path(reading.name).stem}_report.pdf", "application/pdf", key=f"pdf-{i}-{digests[i]}-{model_key}")
         if reading.xray.dicom:
             with st.expander("DICOM header (no patient identifiers)"):
                 st.table({"field": list(reading.xray.dicom), "value": list(reading.xray.dicom.values())})
 
 
-# The two layers of each map share one grid cell; the map layer's opacity is the slider's.
-st.html(f"<style>[class*='st-key-{LAYERS}-'] {{display: grid; align-items: start}} "
-        f"[class*='st-key-{LAYERS}-'] > div {{grid-area: 1 / 1}} "
-        f"[class*='st-key-{LAYERS}-'] > div:nth-child(2) img {{opacity: {opacity:.2f}}}</style>")
+# Every card's pictures laid out, the maps over their films at the slider's opacity: a change of opacity
+# re-sends this rule only, not the pictures.
+st.html(f"<style>{card_rules(opacity)}</style>")
 ordered = predict.order(readings)
 attention = [i for i in ordered if readings[i].error or readings[i].warnings
              or readings[i].decision == predict.NOT_ASSESSABLE]

@@ -266,50 +266,60 @@ def _bar_geometry(width: int) -> tuple[int, int, int]:
     return max(4, width // 100), max(12, width // 28), max(40, width // 7)
 
 
-def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent: bool = False) -> np.ndarray:
-    """The overlay with a vertical colour bar on its right, numbered 0 to 1: the map's share of this
-    film's own peak (every map is scaled to its film's peak, so colours are comparable within a film,
+def colorbar_panel(height: int, width: int, colormap: int = cv2.COLORMAP_JET, transparent: bool = False,
+                   panel_width: int | None = None) -> np.ndarray:
+    """The panel beside a picture height × width: a vertical colour bar numbered 0 to 1, the map's share of
+    this film's own peak (every map is scaled to its film's peak, so colours are comparable within a film,
     not between films).
 
-    transparent: RGBA, with the panel behind the bar and its numbers see-through (mid-gray numbers read
-    on a light and a dark page alike); otherwise RGB on white, for print.
+    transparent: RGBA, the background and the numbers' surround see-through (mid-gray numbers read on a
+    light and a dark page alike); otherwise RGB on white, for print. panel_width: the panel's width
+    (at least the bar's), the numbers' area taking the rest; by default as wide as the numbers need.
     """
-    h, w = rgb.shape[:2]
-    pad, bar_w, label_w = _bar_geometry(w)
-    ramp = np.linspace(255, 0, h, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
-    bar = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
-    panel = np.full((h, pad + bar_w + label_w, 4), (255, 255, 255, 0 if transparent else 255), np.uint8)
-    panel[:, pad: pad + bar_w, :3] = bar
+    pad, bar_w, label_w = _bar_geometry(width)
+    if panel_width is not None:
+        label_w = max(0, panel_width - pad - bar_w)
+    ramp = np.linspace(255, 0, height, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
+    panel = np.full((height, pad + bar_w + label_w, 4), (255, 255, 255, 0 if transparent else 255), np.uint8)
+    panel[:, pad: pad + bar_w, :3] = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
     panel[:, pad: pad + bar_w, 3] = 255
-    scale = max(0.35, h / 700)
+    scale = max(0.35, height / 700)
+    wide = cv2.getTextSize("1.0", cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 1.5))))[0][0]
+    if wide > label_w - 4:  # the numbers shrink to their area rather than run off the panel
+        scale *= max(label_w - 4, 1) / wide
     thick = max(1, int(round(scale * 1.5)))
     ink = (128, 128, 128, 255) if transparent else (30, 30, 30, 255)
-    for text, y in (("1.0", int(14 * scale * 2)), ("0.5", h // 2 + int(5 * scale * 2)), ("0", h - int(6 * scale * 2))):
+    for text, y in (("1.0", int(14 * scale * 2)), ("0.5", height // 2 + int(5 * scale * 2)), ("0", height - int(6 * scale * 2))):
         cv2.putText(panel, text, (pad + bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thick, cv2.LINE_AA)
+    return panel if transparent else panel[..., :3]
+
+
+def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent: bool = False) -> np.ndarray:
+    """The overlay with its colour bar panel (colorbar_panel) on its right."""
+    h, w = rgb.shape[:2]
     image = np.concatenate([rgb, np.full((h, w, 1), 255, np.uint8)], axis=2) if transparent else rgb
-    return np.concatenate([image, panel if transparent else panel[..., :3]], axis=1)
+    return np.concatenate([image, colorbar_panel(h, w, colormap, transparent)], axis=1)
 
 
-def overlay_layers(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> tuple[np.ndarray, np.ndarray]:
-    """The two RGBA layers a screen blends itself at any opacity, so a change of opacity re-encodes nothing:
-    the gray film with its colour bar (as with_colorbar(..., transparent=True) draws it), and the coloured
-    map over the film's area, see-through over the bar's panel. The map layer drawn at opacity alpha on
-    top of the film layer gives with_colorbar(overlay(image, heatmap, alpha), transparent=True)."""
-    return film_layer(image, colormap), map_layer(image, heatmap, colormap)
-
-
-def film_layer(image: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """The lower layer of overlay_layers: the gray film with its colour bar (the same for every map)."""
-    return with_colorbar(cv2.cvtColor(to_uint8(image), cv2.COLOR_GRAY2RGB), colormap, transparent=True)
+# On screen a map is three pictures the browser puts together, so that a change of opacity re-encodes
+# nothing: the film (the card's own X-ray picture), the coloured map over it at the chosen opacity
+# (map_layer), and the colour bar beside them (screen_colorbar), a quarter of the film's width.
+SCREEN_BAR_SHARE = 4  # the film is this many times as wide as its colour bar panel on screen
+_SCREEN_MIN_WIDTH = 224  # a smaller film's panel is drawn at this width, in its proportions, to stay legible
 
 
 def map_layer(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
-    """The upper layer of overlay_layers: the coloured map over the film's area, see-through over the bar."""
-    h, w = image.shape[:2]
-    layer = np.zeros((h, w + sum(_bar_geometry(w)), 4), np.uint8)
-    layer[:, :w, :3] = _colored(image, heatmap, colormap)
-    layer[:, :w, 3] = 255
-    return layer
+    """The coloured map at the film's size (RGB): drawn at opacity alpha over the gray film it gives
+    overlay(image, heatmap, alpha)."""
+    return _colored(image, heatmap, colormap)
+
+
+def screen_colorbar(height: int, width: int, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
+    """The colour bar panel (RGBA, see-through background) for a film height × width on screen: in the
+    proportions of a panel 1/SCREEN_BAR_SHARE of the film's width and its full height."""
+    k = max(1.0, _SCREEN_MIN_WIDTH / width)
+    h, w = round(height * k), round(width * k)
+    return colorbar_panel(h, w, colormap, transparent=True, panel_width=w // SCREEN_BAR_SHARE)
 
 
 def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
@@ -321,9 +331,11 @@ def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
-def jpeg_bytes(gray: np.ndarray, quality: int = 90) -> bytes:
-    """A [0, 1] gray film as JPEG, for the screen."""
-    ok, buf = cv2.imencode(".jpg", to_uint8(gray), [cv2.IMWRITE_JPEG_QUALITY, quality])
+def jpeg_bytes(picture: np.ndarray, quality: int = 90) -> bytes:
+    """A [0, 1] gray film, or an RGB uint8 picture, as JPEG for the screen."""
+    pixels = to_uint8(picture)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels,
+                           [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()

@@ -307,11 +307,78 @@ def _batch_pdf(packed: list[predict.Reading], digests: list[str], loaded: Loaded
     return report.study_pdf(readings, loaded, heat, drift=drift)
 
 
+def _target(loaded: LoadedModel, reading: predict.Reading) -> int:
+    """The class a card's maps explain: the reading's own at the threshold in force (an operating point
+    chosen in the sidebar may move it), so the maps need no pass of their own to find it."""
+    return int(reading.probability >= loaded.threshold)
+
+
 def card_heatmaps(loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading) -> dict[str, Any]:
     """Both maps of a reading's film at the model's input size, from PICTURES (or made in one pass): the
     cards and the batch report show the same ones."""
-    return PICTURES.get(("heat", digest, model_key),
-                        lambda: explain.gradcams(loaded, resize(predict.unpack(reading).xray.pixels, loaded.input_size)))
+    target = _target(loaded, reading)
+    return PICTURES.get(("heat", digest, model_key, target), lambda: explain.gradcams(
+        loaded, resize(predict.unpack(reading).xray.pixels, loaded.input_size), target=target))
+
+
+def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading,
+                  film: Any) -> list[bytes]:
+    """A card's seven pictures, encoded once for every session (PICTURES): the film, then for each method
+    of explain.METHODS the film again (the same bytes: one download), its coloured map (JPEG) and the
+    colour bar (PNG, one for every film of that size). The browser blends each map over its film at the
+    chosen opacity and sets the bar beside them. `film` is the card's film at display size; the maps are
+    the reading's."""
+    heat = card_heatmaps(loaded, digest, model_key, reading)
+    screen = explain.shrink(film)
+    xray = PICTURES.get(("xray", digest), lambda: explain.jpeg_bytes(screen))
+    bar = PICTURES.get(("bar", *screen.shape[:2]),
+                       lambda: explain.png_bytes(explain.screen_colorbar(*screen.shape[:2])))
+    target = _target(loaded, reading)
+    pictures = [xray]
+    for method in explain.METHODS:
+        pictures += [xray, PICTURES.get((method, digest, model_key, target),
+                                        lambda: explain.jpeg_bytes(explain.map_layer(screen, heat[method]))), bar]
+    return pictures
+
+
+# A card's pictures are one image element (card_pictures, in that order) that these rules lay out in three
+# columns: the film; then each map's film and map in one grid cell, the map on top at the chosen opacity,
+# with the colour bar beside them (explain.SCREEN_BAR_SHARE). With 25 cards the browser's main thread is
+# what a batch waits for: it builds, styles and lays out every element of a run, so one element here
+# instead of eleven (three columns, two stacks of two pictures) counts for more than the server's work.
+# The captions are generated content of the same rules: a caption element is a Markdown element, and
+# Markdown was a sixth of the browser's work with 25 cards. The alternative texts say the same to a
+# screen reader.
+CARD_PICTURES_KEY = "cardpics"  # the container around a card's pictures: key f"{CARD_PICTURES_KEY}-{item}"
+CARD_NOTES_KEY = "cardnotes"  # the container of a card's notes beside its probability and decision
+_BAR_ALT = "colour bar: share of the map's peak, 0 to 1"
+CARD_PICTURE_ALT = ["X-ray", "X-ray under the Grad-CAM map", "Grad-CAM map", _BAR_ALT,
+                    "X-ray under the Grad-CAM++ map", "Grad-CAM++ map", _BAR_ALT]
+_GRID = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImage']"
+_PIC = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImageContainer']"
+_MAP_CELL = 1 + 1 / explain.SCREEN_BAR_SHARE  # a map's cell: its film's width and its bar's
+_CARD_PICTURE_LAYOUT = (
+    f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stFullScreenFrame'] > div {{width: 100%}} "
+    f"{_GRID} {{display: grid; width: 100%; gap: 1rem; align-items: start; "
+    f"grid-template-columns: minmax(0, 1fr) minmax(0, {_MAP_CELL}fr) minmax(0, {_MAP_CELL}fr)}} "
+    f"{_PIC} img {{width: 100% !important}} {_PIC}:nth-child(1) {{grid-area: 1 / 1}} "
+    f"{_PIC}:nth-child(n+2):nth-child(-n+4) {{grid-area: 1 / 2}} {_PIC}:nth-child(n+5) {{grid-area: 1 / 3}} "
+    f"{_PIC}:nth-child(3n+2), {_PIC}:nth-child(3n+3) {{width: {100 / _MAP_CELL:.4f}%}} "
+    f"{_PIC}:nth-child(3n+4) {{width: {100 - 100 / _MAP_CELL:.4f}%; justify-self: end}} "
+    # On a phone the three pictures stand one under the other, full width, as columns would.
+    f"@media (max-width: 640px) {{{_GRID} {{grid-template-columns: minmax(0, 1fr)}} "
+    f"{_PIC}:nth-child(n+2):nth-child(-n+4) {{grid-area: 2 / 1}} {_PIC}:nth-child(n+5) {{grid-area: 3 / 1}}}} "
+    # A card's notes take the rest of its first row, or a row of their own where less than 20 rem is left.
+    f"[data-testid='stLayoutWrapper']:has(> [class*='st-key-{CARD_NOTES_KEY}-']) {{min-width: min(100%, 20rem)}} "
+    + " ".join(f"{_PIC}:nth-child({n})::after {{content: '{text}'; display: block; text-align: center; "
+               f"font-size: 0.875rem; opacity: 0.6; padding-top: 0.25rem}}"
+               for n, text in ((1, "X-ray"), (2, "Grad-CAM"), (5, "Grad-CAM++"))))
+
+
+def card_rules(opacity: float) -> str:
+    """The style rules of every card: its notes and its pictures, the maps (the 3rd and 6th picture) at
+    `opacity`."""
+    return f"{_CARD_PICTURE_LAYOUT} {_PIC}:nth-child(3n) img {{opacity: {float(opacity):.2f}}}"
 
 
 def overlay_png_on_click(item: Upload | predict.Reading, notes: predict.Reading, heat: Any,

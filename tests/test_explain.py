@@ -9,6 +9,7 @@ from keras import layers
 
 from pneumo import explain
 from pneumo.card import ModelCard
+from pneumo.imaging import to_uint8
 from pneumo.models import LoadedModel
 
 SIZE = 48
@@ -162,15 +163,30 @@ def test_colorbar_is_appended_beside_the_overlay() -> None:
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.45, 1.0])
 def test_screen_layers_blended_by_the_browser_equal_the_drawn_overlay(alpha: float) -> None:
-    """The Predict page sends the film and the map as two layers and lets CSS opacity blend them: composited
-    at alpha ("source over"), they must give the overlay the reports draw, colour bar included."""
+    """The Predict page sends the film, the map and the colour bar apart and lets CSS opacity blend the map
+    over the film: composited at alpha ("source over"), they must give the overlay the reports draw."""
     rng = np.random.default_rng(3)
     film, heat = rng.random((90, 70)).astype(np.float32), rng.random((7, 7)).astype(np.float32)
-    below, above = explain.overlay_layers(film, heat)
-    assert below.shape == above.shape and below.shape[2] == 4
-    a = above[..., 3:].astype(float) / 255 * alpha
-    composited = above[..., :3] * a + below[..., :3] * (1 - a)
-    drawn = explain.with_colorbar(explain.overlay(film, heat, alpha), transparent=True)
-    assert np.abs(composited - drawn[..., :3]).max() <= 0.5 + 1e-9  # addWeighted rounds to the nearest integer
-    assert np.array_equal(below[..., 3], drawn[..., 3])  # the same see-through panel behind the bar's numbers
-    assert (above[:, film.shape[1]:, 3] == 0).all()  # the map layer never covers the bar
+    above = explain.map_layer(film, heat)
+    assert above.shape == (90, 70, 3) and above.dtype == np.uint8
+    below = np.repeat(to_uint8(film)[..., None], 3, axis=2)  # the gray film the card shows
+    composited = above * alpha + below * (1 - alpha)
+    drawn = explain.overlay(film, heat, alpha)
+    assert np.abs(composited - drawn).max() <= 0.5 + 1e-9  # addWeighted rounds to the nearest integer
+
+
+@pytest.mark.parametrize("shape", [(224, 224), (640, 512), (300, 120), (60, 80)])
+def test_the_screen_colour_bar_is_a_quarter_of_the_film_wide_in_its_proportions(shape: tuple[int, int]) -> None:
+    """The page sets the bar beside the film at 1/SCREEN_BAR_SHARE of its width, the bar's height following
+    its own proportions: they must be the film's, or the bar would be taller or shorter than the film."""
+    h, w = shape
+    bar = explain.screen_colorbar(h, w)
+    assert bar.shape[2] == 4 and bar.shape[0] >= h  # drawn no smaller than the film (larger for a small one)
+    shown_height = (w / explain.SCREEN_BAR_SHARE) * bar.shape[0] / bar.shape[1]
+    assert abs(shown_height - h) <= 0.02 * h, (bar.shape, shape)
+    ramp = bar[:, :, :3][bar[:, :, 3] == 255]
+    assert len({tuple(px) for px in ramp}) > 20  # a colour ramp, numbered, on a see-through panel
+    assert (bar[:, -1, 3] == 0).any()
+    if shape == (224, 224):  # the same panel the reports draw beside a film of that size, see-through
+        drawn = explain.with_colorbar(np.zeros((h, w, 3), np.uint8), transparent=True)
+        assert np.array_equal(bar, drawn[:, w:])

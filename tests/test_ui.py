@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo import explain, predict, ui
+from pneumo.imaging import resize
 from pneumo.models import load_model
 from tests.conftest import synthetic_xray, write_png
 
@@ -52,9 +53,45 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
     assert overlay() == direct
     assert pdf().startswith(b"%PDF") and batch().startswith(b"%PDF")
     # The batch report draws the map its card shows: the one kept for this film and model.
-    assert ui.PICTURES.peek(("heat", upload.digest, "model-key")) is not None
+    assert ui.PICTURES.peek(("heat", upload.digest, "model-key", int(shown.probability >= loaded.threshold))) is not None
     assert shown.warnings[-1].startswith("repeats item 1")  # the page's note stays on the page's copy
     assert upload.reading().warnings == shown.warnings[:-1]
+
+
+def _decoded(picture: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force(tiny_run: Path, tmp_path: Path) -> None:
+    """A card's seven pictures: the film once (the same bytes under each map), each map at the film's size
+    and the colour bar shared by films of one size; the maps explain the class at the threshold in force,
+    so an operating point that turns a film's decision around gets maps of its own, not the cached ones."""
+    from pneumo import site
+
+    loaded = load_model(tiny_run)
+    rng = np.random.default_rng(8)
+    films = [write_png(tmp_path / f"film{i}.png", synthetic_xray(rng, 200, pneumonia=i == 0)) for i in range(2)]
+    readings = [predict.read(loaded, f) for f in films]
+    digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in films]
+    first, second = (ui.card_pictures(loaded, d, "model-key", r, r.xray.pixels) for d, r in zip(digests, readings))
+    assert len(first) == len(ui.CARD_PICTURE_ALT) == 7
+    assert first[0] == first[1] == first[4] and first[3] == first[6] == second[3]
+    assert "nth-child(3n) img {opacity: 0.30}" in ui.card_rules(0.3)  # the 3rd and 6th: the maps
+    assert first[0] != second[0] and first[2] != first[5]  # each film its own; Grad-CAM and Grad-CAM++ differ
+    film, grad_map, bar = _decoded(first[0]), _decoded(first[2]), _decoded(first[3])
+    assert film.shape == (200, 200) and grad_map.shape == (200, 200, 3) and bar.shape[2] == 4
+    # Another operating point, on the other side of the first film's probability: the other class explained.
+    p = readings[0].probability
+    loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
+    other = site.apply_operating_point(loaded, "other side")
+    assert int(p >= other.threshold) != int(p >= loaded.threshold)
+    flipped = ui.card_pictures(other, digests[0], "model-key", readings[0], readings[0].xray.pixels)
+    assert flipped[0] == first[0] and flipped[2] != first[2]
+    at_input = resize(readings[0].xray.pixels, loaded.input_size)  # the maps are kept at the model's input size
+    expected = explain.gradcams(other, at_input, target=int(p >= other.threshold))["gradcam"]
+    assert np.allclose(ui.card_heatmaps(other, digests[0], "model-key", readings[0])["gradcam"], expected, atol=1e-3)
 
 
 def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_run: Path, tmp_path: Path) -> None:
