@@ -274,10 +274,12 @@ def colorbar_panel(height: int, width: int, colormap: int = cv2.COLORMAP_JET, tr
 
     transparent: RGBA, the background and the numbers' surround see-through (mid-gray numbers read on a
     light and a dark page alike); otherwise RGB on white, for print. panel_width: the panel's width
-    (at least the bar's), the numbers' area taking the rest; by default as wide as the numbers need.
+    in the proportions of the one beside a 224 px film; by default as wide as the numbers need.
     """
-    pad, bar_w, label_w = _bar_geometry(width)
-    if panel_width is not None:
+    if panel_width is None:
+        pad, bar_w, label_w = _bar_geometry(width)
+    else:  # the proportions of the panel beside a 224 px film (4, 12 and 40 px), at any width
+        pad, bar_w = panel_width // 14, max(1, 3 * panel_width // 14)
         label_w = max(0, panel_width - pad - bar_w)
     ramp = np.linspace(255, 0, height, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
     panel = np.full((height, pad + bar_w + label_w, 4), (255, 255, 255, 0 if transparent else 255), np.uint8)
@@ -306,20 +308,24 @@ def with_colorbar(rgb: np.ndarray, colormap: int = cv2.COLORMAP_JET, transparent
 # (map_layer), and the colour bar beside them (screen_colorbar), a quarter of the film's width.
 SCREEN_BAR_SHARE = 4  # the film is this many times as wide as its colour bar panel on screen
 _SCREEN_MIN_WIDTH = 224  # a smaller film's panel is drawn at this width, in its proportions, to stay legible
+_SCREEN_MAX_HEIGHT = 2048
 
 
 def map_layer(image: np.ndarray, heatmap: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """The coloured map at the film's size (RGB): drawn at opacity alpha over the gray film it gives
-    overlay(image, heatmap, alpha)."""
+    overlay(image, heatmap, alpha) (on screen, up to the JPEG encoding of both)."""
     return _colored(image, heatmap, colormap)
 
 
 def screen_colorbar(height: int, width: int, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """The colour bar panel (RGBA, see-through background) for a film height × width on screen: in the
-    proportions of a panel 1/SCREEN_BAR_SHARE of the film's width and its full height."""
-    k = max(1.0, _SCREEN_MIN_WIDTH / width)
-    h, w = round(height * k), round(width * k)
-    return colorbar_panel(h, w, colormap, transparent=True, panel_width=w // SCREEN_BAR_SHARE)
+    proportions of a panel 1/SCREEN_BAR_SHARE of the film's width and its full height. It is drawn at
+    least _SCREEN_MIN_WIDTH / SCREEN_BAR_SHARE px wide to stay legible, and at most _SCREEN_MAX_HEIGHT
+    px tall (a film of a few pixels' width would otherwise give a bar of megapixels)."""
+    k = min(max(1.0, _SCREEN_MIN_WIDTH / width), _SCREEN_MAX_HEIGHT / height)
+    panel = max(1, round(width * k / SCREEN_BAR_SHARE))  # a whole number of pixels, the height to match
+    h = max(1, round(height * panel * SCREEN_BAR_SHARE / width))
+    return colorbar_panel(h, panel * SCREEN_BAR_SHARE, colormap, transparent=True, panel_width=panel)
 
 
 def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:

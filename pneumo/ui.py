@@ -246,7 +246,7 @@ DECODE_SLOTS = 2
 READINGS = SharedCache(READING_CACHE_BYTES, predict.nbytes)
 _DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
 # What the cards draw, shared by every session: heat maps at the model's input size (200 KB a method)
-# and the encoded screen pictures (film and map layers, at most 640 px a side).
+# and the encoded screen pictures (films and maps at most 640 px a side, one colour bar per film size).
 PICTURES = SharedCache(64 * 2**20, _picture_bytes)
 
 
@@ -256,7 +256,10 @@ def cached_reading(loaded: LoadedModel, digest: str, name: str, data: bytes, mod
         with _DECODES:
             return predict.pack(predict.compact(predict.read(loaded, data, name=name, band=band)))
 
-    return predict.unpack(READINGS.get((digest, name, model_key, band), read))  # a film and notes of its own
+    # The threshold in force is part of the key: a reading's decision is made at it, and an operating point
+    # chosen in the sidebar changes it for the same model.
+    key = (digest, name, model_key, band, loaded.threshold)
+    return predict.unpack(READINGS.get(key, read))  # a film and notes of its own
 
 
 @dataclass(frozen=True)

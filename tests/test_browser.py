@@ -182,7 +182,7 @@ def test_predict_one_upload_timing(page: object, server: Server) -> None:
     _goto(page, server, "predict")
     started = time.perf_counter()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files([str(SAMPLE)])
-    page.get_by_alt_text("Grad-CAM map").first.wait_for()
+    page.get_by_alt_text("Grad-CAM map", exact=True).first.wait_for()
     shown = time.perf_counter() - started  # the probability and the map are on screen
     _settle(page)  # (a fixed 0.5 s wait, then the end of the script run)
     _record(upload_to_probability_and_gradcam_s=round(shown, 2),
@@ -231,7 +231,7 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     value = page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia").locator(
         '[data-testid="stMetricValue"]').first.inner_text()
     assert 0.0 <= float(value) <= 1.0
-    cam = page.get_by_alt_text("Grad-CAM map").first
+    cam = page.get_by_alt_text("Grad-CAM map", exact=True).first
     cam.wait_for()
     assert cam.evaluate("img => img.naturalWidth") > 0
     # Laid out as one picture per map: each map exactly over its film, the colour bar beside them, as tall.

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo import explain, predict, ui
-from pneumo.imaging import resize
+from pneumo import explain, predict, site, ui
+from pneumo.imaging import resize, to_uint8
 from pneumo.models import load_model
 from tests.conftest import synthetic_xray, write_png
 
@@ -68,8 +68,6 @@ def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force
     """A card's seven pictures: the film once (the same bytes under each map), each map at the film's size
     and the colour bar shared by films of one size; the maps explain the class at the threshold in force,
     so an operating point that turns a film's decision around gets maps of its own, not the cached ones."""
-    from pneumo import site
-
     loaded = load_model(tiny_run)
     rng = np.random.default_rng(8)
     films = [write_png(tmp_path / f"film{i}.png", synthetic_xray(rng, 200, pneumonia=i == 0)) for i in range(2)]
@@ -82,6 +80,11 @@ def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force
     assert first[0] != second[0] and first[2] != first[5]  # each film its own; Grad-CAM and Grad-CAM++ differ
     film, grad_map, bar = _decoded(first[0]), _decoded(first[2]), _decoded(first[3])
     assert film.shape == (200, 200) and grad_map.shape == (200, 200, 3) and bar.shape[2] == 4
+    # What the screen shows, up to JPEG: the card's film, and the map its downloads and reports are made of.
+    assert np.abs(film.astype(int) - to_uint8(readings[0].xray.pixels)).mean() < 3
+    heat = ui.card_heatmaps(loaded, digests[0], "model-key", readings[0])["gradcam"]
+    drawn = explain.map_layer(readings[0].xray.pixels, heat)
+    assert np.abs(grad_map[..., ::-1].astype(int) - drawn).mean() < 6  # cv2 decodes BGR
     # Another operating point, on the other side of the first film's probability: the other class explained.
     p = readings[0].probability
     loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
@@ -100,12 +103,21 @@ def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_ru
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
     first = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
-    kept = ui.READINGS.peek((digest, path.name, "model-key", 0.05))
+    kept = ui.READINGS.peek((digest, path.name, "model-key", 0.05, loaded.threshold))
     assert kept.xray.pixels.dtype == np.uint8 and first.xray.pixels.dtype == np.float32
     first.warnings.append("a note of one page")
     second = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
     assert "a note of one page" not in second.warnings and second.xray.pixels is not first.xray.pixels
     assert second.probability == predict.read(loaded, data, name=path.name).probability
+    # Another operating point of the same model, with the film on the other side of it: the decision is
+    # made at the threshold in force, not taken from the reading cached under the first.
+    p = second.probability
+    loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
+    other = site.apply_operating_point(loaded, "other side")
+    before = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.0)  # no band: a class either way
+    moved = ui.cached_reading(other, digest, path.name, data, "model-key", 0.0)
+    assert before.decision == predict.decide(p, loaded.threshold, 0.0)
+    assert moved.decision == predict.decide(p, other.threshold, 0.0) != before.decision
 
 
 def test_a_shared_cache_is_bounded_by_bytes_and_makes_each_value_once() -> None:
