@@ -69,8 +69,8 @@ if not files and pacs_run is None:
 
 digests, readings = [], []
 if pacs_run is not None:
-    readings = [predict.pack(predict.compact(r, LIST_SIDE)) for r in pacs_run.readings()]
-    pacs_full = {i: predict.compact(r) for i, r in enumerate(pacs_run.readings())}
+    pacs_readings = pacs_run.readings()  # the run's own readings; a card shows a compacted copy of its one
+    readings = [predict.pack(predict.compact(r, LIST_SIDE)) for r in pacs_readings]
     digests = [hashlib.sha256(f"{r.study_uid}/{r.sop_uid}".encode()).hexdigest() for r in pacs_run.results
                if r.reading is not None]
 bar, update = progress_bar("Reading…") if len(files) > 1 else (None, None)
@@ -131,7 +131,7 @@ def card_source(i: int) -> Upload | predict.Reading:
     """Where reading i's film at display size comes from: the PACS run's reading, or the upload (the shared
     cache, or its bytes read again)."""
     if pacs_run is not None:
-        return pacs_full[i]
+        return predict.compact(pacs_readings[i])
     name, source = files[i]
     return Upload(loaded, digests[i], name, source, model_key, band)
 

@@ -71,7 +71,10 @@ def test_a_geometric_stress_condition_is_the_augmentation_with_its_value_inside_
     assert inside.mean() > 0.6
     stressed = np.clip(V.STRESS[name](img), 0, 1)
     augmented = P.augment_image(img, draw, sigma=2.0)
-    np.testing.assert_allclose(augmented[inside], stressed[inside], rtol=0, atol=1e-6)
+    # 1e-5, not 1e-6: OpenCV 5's warpAffine computes a few pixels beside the film's edge through the border
+    # mode's own path, by up to 2.1e-6 apart here (OpenCV 4: within 1e-6); the untransformed film differs
+    # from either by more than 1e-3 on average (the next assertion).
+    np.testing.assert_allclose(augmented[inside], stressed[inside], rtol=0, atol=1e-5)
     assert np.abs(augmented[inside] - img[inside]).mean() > 1e-3
     if name != "crop 85 % (zoom in)":  # zooming in samples only inside the film
         assert np.abs(augmented[~inside] - stressed[~inside]).max() > 0.05
