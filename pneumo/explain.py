@@ -337,19 +337,22 @@ def shrink(image: np.ndarray, side: int = 640) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
 
 
+def _opencv_order(picture: np.ndarray) -> np.ndarray:
+    """A gray, RGB or RGBA picture in the channel order OpenCV's encoders take (BGR, BGRA)."""
+    code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}.get(picture.shape[2] if picture.ndim == 3 else 0)
+    return cv2.cvtColor(picture, code) if code is not None else picture
+
+
 def jpeg_bytes(picture: np.ndarray, quality: int = 90) -> bytes:
     """A [0, 1] gray film, or an RGB uint8 picture, as JPEG for the screen."""
-    pixels = to_uint8(picture)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels,
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", _opencv_order(to_uint8(picture)), [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
-    code = {3: cv2.COLOR_RGB2BGR, 4: cv2.COLOR_RGBA2BGRA}.get(rgb.shape[2] if rgb.ndim == 3 else 0)
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, code) if code is not None else rgb)
+    ok, buf = cv2.imencode(".png", _opencv_order(rgb))
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buf.tobytes()

@@ -354,9 +354,11 @@ def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: pre
 # screen reader.
 CARD_PICTURES_KEY = "cardpics"  # the container around a card's pictures: key f"{CARD_PICTURES_KEY}-{item}"
 CARD_NOTES_KEY = "cardnotes"  # the container of a card's notes beside its probability and decision
-_BAR_ALT = "colour bar: share of the map's peak, 0 to 1"
-CARD_PICTURE_ALT = ["X-ray", "X-ray under the Grad-CAM map", "Grad-CAM map", _BAR_ALT,
-                    "X-ray under the Grad-CAM++ map", "Grad-CAM++ map", _BAR_ALT]
+_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}  # each of explain.METHODS as a card names it
+# In card_pictures' order: the film, then for each method its film, its map and its colour bar.
+CARD_PICTURE_ALT = ["X-ray"] + [alt for m in explain.METHODS for alt in (
+    f"X-ray under the {_TITLES[m]} map", f"{_TITLES[m]} map", "colour bar: share of the map's peak, 0 to 1")]
+_CAPTIONS = [(1, "X-ray")] + [(2 + 3 * k, _TITLES[m]) for k, m in enumerate(explain.METHODS)]  # under each film
 _GRID = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImage']"
 _PIC = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImageContainer']"
 _MAP_CELL = 1 + 1 / explain.SCREEN_BAR_SHARE  # a map's cell: its film's width and its bar's
@@ -375,7 +377,7 @@ _CARD_PICTURE_LAYOUT = (
     f"[data-testid='stLayoutWrapper']:has(> [class*='st-key-{CARD_NOTES_KEY}-']) {{min-width: min(100%, 20rem)}} "
     + " ".join(f"{_PIC}:nth-child({n})::after {{content: '{text}'; display: block; text-align: center; "
                f"font-size: 0.875rem; opacity: 0.6; padding-top: 0.25rem}}"
-               for n, text in ((1, "X-ray"), (2, "Grad-CAM"), (5, "Grad-CAM++"))))
+               for n, text in _CAPTIONS))
 
 
 def card_rules(opacity: float) -> str:
