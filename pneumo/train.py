@@ -30,7 +30,7 @@ from .models import load_model
 from .qualify import export_for_serving, finish_run, fit_input_check, shift_checks
 from .train_config import (AUGMENTATIONS, KEEP, DeviceInfo, MetricsHook, TrainConfig, cluster_workers, detect_device,
                            field_choices, library_versions, worker_index)
-from .train_data import LEAKAGE_FILE, prepare
+from .train_data import LEAKAGE_FILE, Phase, TrainingData, prepare
 
 # TensorFlow, Keras and the training modules are imported when a run starts: the CLI imports this module at start
 # (for TrainConfig and the lazy re-exports below).
@@ -85,7 +85,6 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
     import keras
     import tensorflow as tf
 
-    from . import data as D
     from . import pipeline as P
     from . import train_loop as L
     from .train_callbacks import MODEL_FILE, epoch_callbacks, save_model
@@ -131,8 +130,21 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         save_model(model, run_dir / MODEL_FILE)
     if worker > 0:
         # The chief (worker 0) checks the model and writes its card; this worker's folder keeps its metrics
-        # and its copy of the same weights.
+        # and its copy of the same weights, and the run ends when the chief's does.
+        phase("waiting for the chief's checks")
+        L.wait_for_all(strategy)
         return ModelCard.default(run_dir.name)
+    try:
+        return _check_and_card(config, run_dir, data, arch, device, started, phase)
+    finally:
+        L.wait_for_all(strategy)  # the other workers end with this one, its card written or not
+
+
+def _check_and_card(config: TrainConfig, run_dir: Path, data: TrainingData, arch: Any, device: DeviceInfo,
+                    started: float, phase: Phase) -> ModelCard:
+    """The chief's last step: check the kept model on the held-out and stressed images and write its card."""
+    from . import data as D
+    from .train_callbacks import MODEL_FILE
 
     phase("checking the model on held-out and stressed images")
     best = load_model(run_dir / MODEL_FILE)

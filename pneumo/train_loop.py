@@ -79,6 +79,23 @@ def _multi_worker(strategy: Any) -> bool:
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
+def wait_for_all(strategy: Any) -> None:
+    """Return once every TF_CONFIG worker has called this; at once in one process.
+
+    The workers end the run here together, after the chief has checked the model: a worker that left
+    while the chief was still at work stopped sending heartbeats, so the chief's coordination service
+    reported it crashed (tensorflow/tensorflow#58434) and aborted the collectives of a healthy run.
+    Waiting in a collective keeps the heartbeats going; a worker that really dies still ends the wait."""
+    if not _multi_worker(strategy):
+        return
+
+    @tf.function
+    def arrive() -> Any:
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.ones([])), axis=None)
+
+    arrive()
+
+
 def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, epochs: int, steps: int, callbacks: Any,
                       per_image_loss: keras.losses.Loss, run_dir: Path) -> None:
     """Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585), but its layers,

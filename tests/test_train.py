@@ -175,38 +175,70 @@ def test_single_class_data_is_refused_before_training(tmp_path: Path) -> None:
     assert runs.read_status(tmp_path / "run")["state"] == "failed"
 
 
+def _listen_ports(n: int) -> list[int]:
+    """n free ports below the kernel's ephemeral range: a worker dialling a peer that is not listening yet
+    can never be handed that peer's port as its own source port (a TCP self-connect)."""
+    import random
+    import socket
+
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    ports: list[int] = []
+    for port in random.Random().sample(range(max(low - 8000, 1024), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports below {low}")
+
+
 def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
     """Two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy): each trains on its own half of the
     images, every step averages both gradients and pools both batch-norm statistics, so both end with the same
     model; the chief checks it and writes its card. The same config trained in one process is the same
     training: same steps, schedule, metric names and meanings, and figures within sampling noise."""
-    import socket
     import subprocess
     import sys
+    import time
 
     import keras
 
     from tests.conftest import ROOT
 
     data = make_folder(tmp_path / "d", n_per_class=24, size=48)
-    ports = []
-    for _ in range(2):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in _listen_ports(2)]}
     config = TrainConfig(data=str(data), model="compact_cnn", image_size=48, epochs=2, batch_size=8, val_fraction=0.25,
                          augmentation="basic")
-    procs = []
+    procs, logs = [], [tmp_path / f"worker{i}.log" for i in range(2)]
     for i in range(2):
         env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
                "CUDA_VISIBLE_DEVICES": ""}
         cmd = [sys.executable, "-m", "pneumo", "train", "--data", str(data), "--out", str(tmp_path / f"worker{i}"),
                *" ".join(config.flags()).split()]
-        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    train(config, tmp_path / "one")  # the same config in this process, while the workers start
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+        # Output to files, not pipes: a worker blocked on a full pipe nobody reads stalls the other in its
+        # next collective, and so the whole cluster.
+        with logs[i].open("w") as out:
+            procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+    try:
+        train(config, tmp_path / "one")  # the same config in this process, while the workers start
+        deadline = time.monotonic() + 300  # about 60-100 s each on two cores, the in-process run included
+        for p in procs:
+            p.wait(timeout=max(deadline - time.monotonic(), 1))
+    except subprocess.TimeoutExpired:
+        pass
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    outputs = [log.read_text(errors="replace") for log in logs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + "\n-----\n" + outputs[1][-3000:]
+    # The workers ended together: none left while the chief was still checking the model, which the chief's
+    # coordination service reports as a crashed task and answers by aborting the cluster's collectives.
+    assert not [o for o in outputs if "stopped sending heartbeats" in o], outputs[0][-3000:]
 
     summaries = [json.loads((tmp_path / f"worker{i}" / "data_summary.json").read_text()) for i in range(2)]
     assert [s["worker_index"] for s in summaries] == [0, 1] and all(s["workers"] == 2 for s in summaries)
