@@ -9,9 +9,10 @@ from pneumo.memory import limit_malloc_arenas, map_large_allocations  # noqa: E4
 limit_malloc_arenas()  # before any thread pool starts
 map_large_allocations()  # films and maps go back to the kernel when freed, not into the heap
 
-from pneumo.ui import ENTRY_MARK, settings, sidebar  # noqa: E402
+from pneumo.ui import ENTRY_MARK, settings, sidebar, track_session  # noqa: E402
 
 st.session_state[ENTRY_MARK] = True
+track_session()  # its uploads and pictures are released once it has closed for good
 
 pages = [
     st.Page("pages/home.py", title="Overview", icon=":material/home:", default=True),

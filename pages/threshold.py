@@ -143,7 +143,9 @@ st.caption(f"n = {m['n']} · ROC AUC {m['roc_auc']:.4f} · PR AUC {m['pr_auc']:.
 save_cols = st.columns([2, 3])
 rule = st.session_state[rule_key]
 shipped = loaded.path.resolve().parent == cfg.models_dir.resolve()
-with save_cols[1]:
+# In a container of their own: a checkbox placed directly in a column keeps one line and cuts its label
+# with an ellipsis, which hides what is being confirmed on a phone.
+with save_cols[1].container():
     st.caption(f"Card threshold now: {loaded.threshold:.4f} — {loaded.card.threshold_rule}")
     confirm_leak = st.checkbox("I know this folder overlaps the model's own images and still want to save",
                                key=f"leak-ok:{model_key}") if leak and leak["fraction"] > 0 else True

@@ -27,7 +27,8 @@ def config_widget(f: Any, column: Any) -> Any:
     meta, default, label = f.metadata, f.default, f.name.replace("_", " ").capitalize()
     choices = field_choices(f)
     if isinstance(default, bool):
-        return column.checkbox(label, default, help=meta.get("help"))
+        # In a container: placed directly in a column, a checkbox cuts a long label with an ellipsis.
+        return column.container().checkbox(label, default, help=meta.get("help"))
     if choices:
         return column.selectbox(label, choices, index=list(choices).index(default), help=meta.get("help"))
     kind = int if isinstance(default, int) else float

@@ -17,6 +17,8 @@ from typing import Any, Callable
 
 import streamlit as st
 from cachetools import LRUCache
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import pandas as pd
 from streamlit.runtime.pages_manager import PagesManager
@@ -45,9 +47,64 @@ def settings() -> AppSettings:
     return AppSettings.load(secrets)
 
 
+# Sessions by id, with when each was last seen running or connected (see release_expired_sessions).
+_SESSIONS: dict[str, float] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
+def track_session(session_id: str | None = None) -> None:
+    """Note the running session (or the one named), so that its files are released once it can no longer
+    come back."""
+    if session_id is None:
+        ctx = get_script_run_ctx(suppress_warning=True)
+        if ctx is None:
+            return
+        session_id = ctx.session_id
+    with _SESSIONS_LOCK:
+        _SESSIONS[session_id] = time.monotonic()
+
+
+def release_expired_sessions(rt: Any = None, now: float | None = None, margin_s: float = 15.0) -> list[str]:
+    """Release what sessions that expired still hold on the server, as Streamlit's own shutdown would.
+
+    A closed tab's session is kept for server.disconnectedSessionTTL seconds so that a reconnect can
+    resume it, then dropped from Streamlit's store without being shut down: its uploads stay in the
+    upload manager, and its pictures and deferred downloads in the media manager, for the life of the
+    server (hundreds of MB after a large batch). A tracked session that has not been connected for
+    longer than the TTL (plus a margin for this check's own period) can no longer be resumed; its files
+    are removed through the runtime's public managers. `rt` is the running Streamlit runtime unless
+    given. Returns the ids released."""
+    if rt is None:
+        if not runtime.exists():
+            return []
+        rt = runtime.get_instance()
+    ttl = float(st.get_option("server.disconnectedSessionTTL"))
+    now, expired = time.monotonic() if now is None else now, []
+    with _SESSIONS_LOCK:
+        for session_id, seen in list(_SESSIONS.items()):
+            if rt.is_active_session(session_id):
+                _SESSIONS[session_id] = now
+            elif now - seen > ttl + margin_s:
+                expired.append(session_id)
+                del _SESSIONS[session_id]
+    for session_id in expired:
+        rt.uploaded_file_mgr.remove_session_files(session_id)
+        rt.media_file_mgr.clear_session_refs(session_id)
+        tables = getattr(rt, "dataframe_source_mgr", None)  # a manager of newer Streamlit releases
+        if tables is not None:
+            tables.clear_all_for_session(session_id)
+    if expired:
+        rt.media_file_mgr.remove_orphaned_files()
+    return expired
+
+
 def _trim_forever(period_s: float = 10.0) -> None:
     while True:
         time.sleep(period_s)
+        try:
+            release_expired_sessions(margin_s=1.5 * period_s)  # a session was seen at most a period ago
+        except Exception as exc:  # a Streamlit release that changed its managers must not stop the trimming
+            print(f"pneumo: closed sessions not released: {exc}", file=sys.stderr)
         gc.collect()
         trim()
 
@@ -56,7 +113,8 @@ def _trim_forever(period_s: float = 10.0) -> None:
 # - Streamlit collects cycles after every run, but what it lets go of later (a closed session, a
 #   download callable replaced after the run) is often a cycle too (a page's functions hold its whole
 #   namespace as their globals), freed only by the next collection.
-# - A session that closed released its uploads and pictures, but glibc keeps the pages until asked.
+# - A session that closed released its uploads and pictures (release_expired_sessions), but glibc keeps
+#   the pages until asked.
 if not any(t.name == "pneumo-trim" for t in threading.enumerate()):
     threading.Thread(target=_trim_forever, name="pneumo-trim", daemon=True).start()
 

@@ -7,6 +7,7 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pneumo import explain, predict, site, ui
 from pneumo.imaging import resize, to_uint8
@@ -136,3 +137,48 @@ def test_a_shared_cache_is_bounded_by_bytes_and_makes_each_value_once() -> None:
     assert cache.peek("b") is None and cache.peek("a") is not None and cache.peek("c") is not None
     assert cache.get("huge", lambda: make("huge", 101)) == b"x" * 101  # made, and not kept
     assert cache.peek("huge") is None and cache.peek("a") is not None
+
+
+class _Manager:
+    """A Streamlit runtime manager that records what it was asked to release."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None]] = []
+
+    def __getattr__(self, name: str):  # remove_session_files, clear_session_refs, remove_orphaned_files, ...
+        return lambda session_id=None: self.calls.append((name, session_id))
+
+
+class _Runtime:
+    def __init__(self, active: set[str]) -> None:
+        self.active = active
+        self.uploaded_file_mgr, self.media_file_mgr, self.dataframe_source_mgr = _Manager(), _Manager(), _Manager()
+
+    def is_active_session(self, session_id: str) -> bool:
+        return session_id in self.active
+
+
+def test_a_closed_session_is_released_only_once_it_can_no_longer_resume(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session that disconnected keeps its uploads while Streamlit could still resume it (the TTL and a
+    margin after it was last seen connected), then loses them, its pictures and its tables; a session
+    still connected is never released, however old."""
+    import streamlit as st
+
+    monkeypatch.setattr(ui, "_SESSIONS", {})  # none of the sessions app tests ran in this process
+    ttl = float(st.get_option("server.disconnectedSessionTTL"))
+    rt = _Runtime(active={"open", "closing"})
+    start = ui.time.monotonic()
+    for session_id in ("open", "closing"):
+        ui.track_session(session_id)
+    assert ui.release_expired_sessions(rt, now=start + 5, margin_s=10) == []
+    rt.active.discard("closing")  # the tab closes after the check that saw it last
+    assert ui.release_expired_sessions(rt, now=start + 5 + ttl + 9, margin_s=10) == []  # could still resume
+    assert rt.uploaded_file_mgr.calls == []
+    assert ui.release_expired_sessions(rt, now=start + 5 + ttl + 11, margin_s=10) == ["closing"]
+    assert rt.uploaded_file_mgr.calls == [("remove_session_files", "closing")]
+    assert ("clear_session_refs", "closing") in rt.media_file_mgr.calls
+    assert ("remove_orphaned_files", None) in rt.media_file_mgr.calls
+    assert rt.dataframe_source_mgr.calls == [("clear_all_for_session", "closing")]
+    # Released once; the open session stays tracked and untouched an hour on.
+    assert ui.release_expired_sessions(rt, now=start + 3600, margin_s=10) == []
+    assert all(session_id == "closing" for _, session_id in rt.uploaded_file_mgr.calls)
