@@ -258,6 +258,8 @@ class ModelCard:
         with a wide interval, or with poor figures at its own threshold. Shown wherever the model is used
         (Predict, Overview, every PDF, predict --json), not only where it was trained."""
         v = self.validation
+        if not v:
+            return ["no validation recorded: nothing is known of its figures"]
         out: list[str] = []
         n = v.get("n") if isinstance(v.get("n"), int) else 0
         ci = (v.get("bootstrap_95") or self.shift_checks.get("bootstrap_95") or {}).get("roc_auc") or {}
@@ -271,8 +273,6 @@ class ModelCard:
             value = v.get(key)
             if isinstance(value, (int, float)) and value < floor:
                 out.append(f"{key} {value:.2f} at its own threshold on its validation films")
-        if not v:
-            out.append("no validation recorded: nothing is known of its figures")
         return out
 
     @property

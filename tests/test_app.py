@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import shutil
@@ -158,6 +159,24 @@ def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
     assert len(decisions) == 2 and all(f"**{d}**" in m for d, m in zip(rule, decisions)), (decisions, rule)
 
 
+def test_a_weak_model_carries_its_caution_on_overview_and_predict(app_env: Path, tiny_run: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model validated on a handful of films (the tiny one) says so where it is used, not only on Train;
+    the shipped model, validated out of fold on every training film, carries none."""
+    weak = app_env / "weak"
+    shutil.copytree(tiny_run, weak)
+    n = json.loads((weak / "card.json").read_text())["validation"]["n"]
+    shipped = [w.value for w in _open(PAGES[0]).warning if "carries a caution" in w.value]
+    assert shipped == []
+    monkeypatch.setenv("PNEUMO_MODELS_DIR", str(weak))
+    home = _open(PAGES[0])
+    assert any(f"validated on only {n} films" in w.value for w in home.warning), [w.value for w in home.warning]
+    at = _open("pages/predict.py")
+    at.toggle(key="use_samples").set_value(True).run()
+    assert not at.exception
+    assert any(f"validated on only {n} films" in w.value for w in at.warning), [w.value for w in at.warning]
+
+
 def _fake_run(root: Path, name: str, aucs: list[float]) -> Path:
     run = root / name
     runs.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": len(aucs)})
@@ -181,3 +200,46 @@ def test_train_page_lists_runs_and_shows_selected_curves(app_env: Path) -> None:
     spec = json.loads(charts[0].proto.spec)
     names = {trace.get("name", "") for trace in spec["data"]}
     assert any(n.startswith(at.selectbox[-1].format_func(1)) for n in names)
+
+
+def _draws(node: ast.AST, drawing: set[str]) -> list[str]:
+    """Calls under node that put something on the page: any st.… call, or a function known to draw."""
+    found = []
+    body = node.body if isinstance(node, ast.FunctionDef) else [node]  # a function's decorators do not draw
+    for call in (n for part in body for n in ast.walk(part) if isinstance(n, ast.Call)):
+        func, chain = call.func, []
+        while isinstance(func, ast.Attribute):
+            chain.insert(0, func.attr)
+            func = func.value
+        if isinstance(func, ast.Name) and func.id == "st" and chain[:1] not in (["get_option"], ["cache_data"], ["cache_resource"]):
+            found.append(".".join([func.id, *chain]))  # reading an option or clearing a cache draws nothing
+        elif isinstance(func, ast.Name) and not chain and func.id in drawing:
+            found.append(func.id)
+    return found
+
+
+def test_no_streamlit_element_inside_a_cached_function() -> None:
+    """A cached function replays the elements it drew on a later hit, and a later session or rerun then
+    fails (CacheReplayClosureError): nothing under st.cache_data or st.cache_resource draws, in any page or
+    in pneumo.ui; progress for cached work goes through a callback made outside the cache."""
+    sources = [ROOT / "streamlit_app.py", ROOT / "pneumo" / "ui.py", *sorted((ROOT / "pages").glob("*.py"))]
+    trees = {path: ast.parse(path.read_text()) for path in sources}
+    # Functions of pneumo.ui and the pages that draw themselves (a progress bar, a chart): calling one from
+    # a cached function is the same fault.
+    functions = [f for tree in trees.values() for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)]
+    drawing: set[str] = set()
+    while True:  # and what calls them, to any depth
+        more = {f.name for f in functions if _draws(f, drawing)}
+        if more <= drawing:
+            break
+        drawing |= more
+    assert {"progress_bar", "summarize_with_bar"} <= drawing
+    offences, cached = [], 0
+    for path, tree in trees.items():
+        for f in (n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)):
+            if not any("cache_data" in ast.unparse(d) or "cache_resource" in ast.unparse(d) for d in f.decorator_list):
+                continue
+            cached += 1
+            offences += [f"{path.relative_to(ROOT)}:{f.lineno} {f.name} calls {c}" for c in _draws(f, drawing)]
+    assert cached >= 5, "the cached functions were not found"  # the check looks where the caches are
+    assert not offences, "\n".join(offences)

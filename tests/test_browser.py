@@ -253,6 +253,14 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
         assert bar[0] >= film[0] + film[2] - 1 and abs(bar[1] - film[1]) <= 1, (film, bar)
         assert abs(bar[3] - film[3]) <= 0.03 * film[3], (film, bar)
     assert boxes[4][0] > boxes[1][0] > boxes[0][0]  # three columns at desktop width
+    # A worklist link scrolls this page to its card: no new tab, the uploads still read.
+    tabs, link = len(page.context.pages), page.get_by_role("link", name="5", exact=True)
+    link.click()
+    page.wait_for_timeout(800)
+    assert len(page.context.pages) == tabs and page.url.endswith("#item-5"), page.url
+    top = page.locator("#item-5").bounding_box()["y"]
+    assert 0 <= top <= page.viewport_size["height"], f"card 5 at y = {top}"
+    assert page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia").count() == 4
     page.get_by_text("Worklist", exact=True).wait_for()
     _shot(page, "2-predict")
     used = resident(server.proc.pid)
@@ -762,10 +770,10 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     assert settled.total_mb <= during_two.total_mb + 64, f"settled {settled.total_mb:.0f} MiB"
     assert settled.peak_mb * 2**20 <= 1.5e9, f"peak {settled.peak_mb:.0f} MiB"
     # Closed sessions give their uploads back: with every session gone the server is smaller than it was
-    # with the 200-film session open, by at least half that session's uploaded bytes (the shared caches,
-    # full already then, stay; half, not all, because resident size also moves with the heap's own pages).
-    # Without the release the two figures were within a few MB of each other.
-    assert after_200.total_mb - settled.total_mb >= 0.5 * uploads_mb, (
+    # with the 200-film session open, by a good part of that session's uploaded bytes (the shared caches,
+    # full already then, stay). Measured: 90-125 MiB released of 143 uploaded; without the release, -0.4
+    # to 29 MiB (resident size also moves with the heap's own pages): 40 % lies between the two.
+    assert after_200.total_mb - settled.total_mb >= 0.4 * uploads_mb, (
         f"{after_200.total_mb:.0f} MiB with the session open, {settled.total_mb:.0f} MiB after every session closed "
         f"(its uploads: {uploads_mb:.0f} MiB)")
 

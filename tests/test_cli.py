@@ -49,8 +49,13 @@ def test_predict_json_contract_and_exit_status(tiny_run: Path, tmp_path: Path) -
     assert ok["error"] is None
     assert rejected["probability"] is None and "PDF" in rejected["error"] and "fake.png" in rejected["error"]
     assert (tmp_path / "cams" / f"{good.stem}_gradcam.png").read_bytes().startswith(b"\x89PNG")
-    only_good = _cli("predict", "--model", str(tiny_run / "model.keras"), "--json", str(good))
+    # The tiny model was validated on a handful of films: every reading carries that caution, and the text
+    # output says it before any decision.
+    n = json.loads((tiny_run / "card.json").read_text())["validation"]["n"]
+    assert n < 200 and all(any(f"validated on only {n} films" in c for c in r["cautions"]) for r in results)
+    only_good = _cli("predict", "--model", str(tiny_run / "model.keras"), str(good))
     assert only_good.returncode == 0
+    assert f"caution: this model validated on only {n} films" in only_good.stderr
 
 
 def test_evaluate_uses_card_threshold(tiny_run: Path, tmp_path: Path) -> None:

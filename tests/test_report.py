@@ -102,3 +102,19 @@ def test_safe_csv_neutralises_text_cells_and_keeps_numbers() -> None:
     back = pd.read_csv(io.StringIO(text))
     assert back["margin"].tolist() == [-0.5, 0.25] and back["probability"].tolist()[1] == pytest.approx(0.42)
     assert frame["path"].iloc[0].startswith("=")  # the frame itself is not modified
+
+
+def test_every_pdf_opens_with_the_models_cautions() -> None:
+    """A model validated on few films says so on the report, in bold before any figure; a sound one does not."""
+    weak = ModelCard.default("weak")
+    weak.validation = {"n": 62, "sensitivity": 1.0, "specificity": 0.0}
+    sound = ModelCard.default("sound")
+    sound.validation = {"n": 5216, "sensitivity": 0.97, "specificity": 0.98}
+    readings = _readings()[:1]
+    texts = {card.name: _pdf_text(study_pdf(readings, SimpleNamespace(card=card, threshold=card.threshold),
+                                            heatmaps={0: np.zeros((8, 8), np.float32)}))
+             for card in (weak, sound)}
+    assert "CAUTION: this model validated on only 62 films" in texts["weak"]
+    assert "CAUTION: this model specificity 0.00 at its own threshold" in texts["weak"]
+    assert texts["weak"].index("CAUTION") < texts["weak"].index("Validation (")
+    assert "CAUTION" not in texts["sound"]
