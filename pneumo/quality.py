@@ -122,11 +122,13 @@ def colourfulness(rgb: np.ndarray) -> float:
 
 
 def _variants(image: np.ndarray) -> dict[str, np.ndarray]:
+    """The corrections tried, each named by what it says of the film as sent: a film that matches once
+    turned 90° counter-clockwise (np.rot90 turns that way on screen) was sent turned 90° clockwise."""
     return {
         "inverted (negative film)": 1.0 - image,
-        "rotated by 90°": np.rot90(image, 1),
+        "turned 90° clockwise": np.rot90(image, 1),
         "upside down": np.rot90(image, 2),
-        "rotated by 270°": np.rot90(image, 3),
+        "turned 90° counter-clockwise": np.rot90(image, 3),
     }
 
 

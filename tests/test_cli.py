@@ -38,11 +38,24 @@ def test_predict_json_contract_and_exit_status(tiny_run: Path, tmp_path: Path) -
     good = next((data / "PNEUMONIA").iterdir())
     bad = tmp_path / "fake.png"
     bad.write_bytes(b"%PDF-1.4 definitely a document")
-    out = _cli("predict", "--model", str(tiny_run / "model.keras"), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad))
+    from PIL import Image
+
+    photo = tmp_path / "holiday.png"  # a colour photo: scored, but given no decision
+    picture = Image.new("RGB", (64, 64), (40, 160, 60))
+    picture.paste((200, 40, 40), (0, 0, 32, 64))  # two colours: a constant image is refused unread
+    picture.save(photo)
+    twin = tmp_path / "again.png"  # the good film's pixels under another name
+    shutil.copy(good, twin)
+    out = _cli("predict", "--model", str(tiny_run / "model.keras"), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad),
+               str(photo), str(twin))
     assert out.returncode == 2, out.stderr
     results = json.loads(out.stdout)
-    assert [set(r) >= {"path", "probability", "prediction", "threshold", "error"} for r in results] == [True, True]
-    ok, rejected = results
+    assert [set(r) >= {"path", "probability", "prediction", "threshold", "error", "repeat_of"} for r in results] == [True] * 4
+    ok, rejected, wrong, again = results
+    assert wrong["prediction"] == "NOT ASSESSABLE" and 0.0 <= wrong["probability"] <= 1.0
+    assert any("colour image" in w for w in wrong["warnings"])
+    assert again["repeat_of"] == str(good) and again["probability"] == ok["probability"] and ok["repeat_of"] is None
+    assert any(w.startswith("repeats item 1") for w in again["warnings"])
     threshold = json.loads((tiny_run / "card.json").read_text())["threshold"]
     assert ok["probability"] == pytest.approx(float(_in_process(tiny_run / "model.keras", [good])[0]), abs=1e-5)
     assert ok["threshold"] == threshold and ok["prediction"] == _decision(ok["probability"], threshold)

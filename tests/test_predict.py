@@ -70,3 +70,40 @@ def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> No
     assert packed.warnings == ["note"] and packed.xray.warnings == ["window"]
     rejected = predict.Reading("b.txt", None, None, None, "not an image")
     assert predict.pack(rejected) is rejected and predict.unpack(rejected).error == "not an image"
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_wrong_inputs_get_no_decision_and_a_turned_film_is_named_by_its_turn() -> None:
+    """The shipped model on a real film sent as it is, inverted, turned either way, and as noise: only the
+    film as it is gets a decision; the rest are NOT ASSESSABLE with their probability still listed, each
+    named by what is wrong with it (np.rot90 turns a film counter-clockwise on screen). The same rule
+    reaches the worklist CSV and the PDF."""
+    from pneumo.data import read_item
+    from pneumo.settings import SAMPLES_DIR
+    from tests.conftest import ROOT
+    from tests.test_report import _pdf_text
+
+    loaded = load_model(ROOT / "models")
+    film = read_item(str(sorted(SAMPLES_DIR.glob("NORMAL/*.jpeg"))[0]))
+    sent = {"as it is": film, "looks inverted": 1.0 - film, "looks turned 90° counter-clockwise": np.rot90(film, 1),
+            "looks turned 90° clockwise": np.rot90(film, 3),
+            "unlike the films": np.random.default_rng(0).random(film.shape).astype(np.float32)}
+    readings = [predict.read(loaded, _png(pixels), name=f"{name}.png") for name, pixels in sent.items()]
+    assert readings[0].decision == predict.NORMAL and readings[0].warnings == []
+    for (named, _), reading in list(zip(sent.items(), readings))[1:]:
+        assert reading.decision == predict.NOT_ASSESSABLE, (named, reading.warnings)
+        assert reading.probability is not None and 0.0 <= reading.probability <= 1.0
+        assert any(w.startswith(named) for w in reading.warnings), (named, reading.warnings)
+    table = predict.worklist(readings, loaded, when="2026-01-01T00:00:00+00:00")
+    assert (table["decision"] == predict.NOT_ASSESSABLE).sum() == 4
+    text = _pdf_text(report.study_pdf(readings, loaded, heatmaps={i: np.zeros((8, 8), np.float32) for i in range(5)}))
+    assert text.count(predict.NOT_ASSESSABLE) >= 4  # in the worklist table at least, each film's page too
