@@ -127,15 +127,20 @@ def test_predict_keeps_its_json_contract_with_a_broken_dicom_in_the_batch(tiny_r
     ds.PixelData = ds.PixelData[:100]  # the header promises 64×64 pixels the file does not hold
     bad = tmp_path / "bad.dcm"
     ds.save_as(bad)
-    out = _cli("predict", "--model", str(tiny_run), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad), str(twin))
+    unwindowed = tmp_path / "window0.dcm"  # a display window of width 0: read at full range, and said so
+    unwindowed.write_bytes(_dicom(_ramp(), window=(2000, 0)))
+    out = _cli("predict", "--model", str(tiny_run), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad), str(twin),
+               str(unwindowed))
     results = json.loads(out.stdout)
-    assert out.returncode == 2 and len(results) == 3
+    assert out.returncode == 2 and len(results) == 4
+    assert results[3]["probability"] is not None and "window" in results[3]["warnings"][0], results[3]
+    results = results[:3]
     assert results[1]["probability"] is None and "bad.dcm" in results[1]["error"]
     # The good films keep their own scores, in input order (the twin is a normal film under the same name).
     expected = _in_process(tiny_run, [good, twin])
     assert [results[0]["probability"], results[2]["probability"]] == pytest.approx(expected.tolist(), abs=1e-5)
     assert all(isinstance(r["warnings"], list) for r in results)
-    assert len(list((tmp_path / "cams").iterdir())) == 2  # two inputs with one stem: two files
+    assert len(list((tmp_path / "cams").iterdir())) == 3  # two inputs with one stem: two files; the DICOM's own
     assert "cuInit" not in out.stderr and "Traceback" not in out.stderr
 
 
