@@ -74,13 +74,6 @@ def find_orthanc() -> tuple[str, str] | None:
     return binary, plugins[0]
 
 
-def free_port() -> int:
-    """A TCP port nothing listens on at the moment (the tests' servers)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def orthanc_config(port: int, storage: Path, plugin: str, lua_scripts: Sequence[str] = (),
                    extra: dict[str, Any] | None = None, name: str = "pneumo-pacs") -> dict[str, Any]:
     """The configuration of a private, loopback-only Orthanc with DICOMweb and no DICOM listener."""

@@ -66,3 +66,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = TrainConfig(data=str(data), image_size=64, epochs=1, batch_size=16, val_fraction=0.25, augmentation="none")
     train(config, root / "run")
     return root / "run"
+
+
+def free_ports(n: int = 1) -> list[int]:
+    """n loopback ports nothing listens on, below the kernel's ephemeral range: a server the tests start
+    (streamlit, Orthanc, a training worker) can never find its port taken as some connection's source port,
+    and a worker dialling a peer that is not listening yet can never connect to itself."""
+    import random
+    import socket
+
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    ports: list[int] = []
+    for port in random.Random().sample(range(max(low - 8000, 1024), low), 200):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+        if len(ports) == n:
+            return ports
+    raise RuntimeError(f"no {n} free ports below {low}")

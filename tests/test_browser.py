@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ from typing import Iterator
 import pytest
 
 from pneumo.memory import resident
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_ports
 
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -43,17 +42,11 @@ if not CHROMIUM.exists():
     pytestmark = [pytest.mark.browser, pytest.mark.skip(reason=reason)]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Server:
     """`streamlit run` in its own process group, restartable."""
 
     def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log, self.port, self.proc = env, log, _free_port(), None
+        self.env, self.log, self.port, self.proc = env, log, free_ports()[0], None
 
     @property
     def url(self) -> str:
@@ -96,13 +89,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def orthanc(workspace: Path) -> Iterator[object]:
     """A real Orthanc (Debian's) with DICOMweb on a free loopback port, seeded with six sample studies: the
     PACS the Predict page's "From PACS" source is configured with."""
-    from pneumo.pacs_server import find_orthanc, free_port, seed, start_orthanc
+    from pneumo.pacs_server import find_orthanc, seed, start_orthanc
 
     if find_orthanc() is None:
         if os.environ.get("CI"):
             raise RuntimeError("Debian's orthanc and orthanc-dicomweb are not installed (make test installs them)")
         pytest.skip("Orthanc is not installed (make test installs it)")
-    pacs = start_orthanc(free_port(), workdir=workspace / "orthanc")
+    pacs = start_orthanc(free_ports()[0], workdir=workspace / "orthanc")
     try:
         seed(pacs.dicomweb_url, limit=6)
         yield pacs

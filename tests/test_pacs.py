@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_ports
 
 pytestmark = [pytest.mark.pacs, pytest.mark.timeout(900)]
 
@@ -39,9 +39,9 @@ def _need_orthanc() -> None:
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     _need_orthanc()
-    from pneumo.pacs_server import free_port, seed, start_orthanc
+    from pneumo.pacs_server import seed, start_orthanc
 
-    server = start_orthanc(free_port(), workdir=tmp_path_factory.mktemp("orthanc"))
+    server = start_orthanc(free_ports()[0], workdir=tmp_path_factory.mktemp("orthanc"))
     try:
         yield server, seed(server.dicomweb_url)
     finally:
@@ -291,9 +291,9 @@ def _one_line(stderr: str) -> str:
 
 def test_stopped_server_is_one_line(tmp_path: Path) -> None:
     _need_orthanc()
-    from pneumo.pacs_server import free_port, seed, start_orthanc
+    from pneumo.pacs_server import seed, start_orthanc
 
-    server = start_orthanc(free_port(), workdir=tmp_path / "orthanc")
+    server = start_orthanc(free_ports()[0], workdir=tmp_path / "orthanc")
     study = seed(server.dicomweb_url, limit=1).studies[0]
     url = server.dicomweb_url
     server.stop()
@@ -345,12 +345,12 @@ def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded
     the reading stays in the output, and nothing counts as screened, so the next run tries again."""
     _need_orthanc()
     from pneumo.pacs import FAILED, screen_studies
-    from pneumo.pacs_server import free_port, seed, start_orthanc
+    from pneumo.pacs_server import seed, start_orthanc
 
     lua = tmp_path / "reject_sr.lua"
     lua.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n"
                    "  return dicom.Modality ~= 'SR'\nend\n")
-    with start_orthanc(free_port(), workdir=tmp_path / "orthanc", lua_scripts=[str(lua)]) as server:
+    with start_orthanc(free_ports()[0], workdir=tmp_path / "orthanc", lua_scripts=[str(lua)]) as server:
         study = seed(server.dicomweb_url, limit=2).studies[1]
         run = screen_studies(_pacs(server.dicomweb_url), loaded, [study], push=True)
         assert [r.status for r in run.results] == [FAILED] and run.failed

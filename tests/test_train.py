@@ -11,7 +11,7 @@ import pytest
 from pneumo import runs
 from pneumo.models import load_model
 from pneumo.train import TrainConfig, train
-from tests.conftest import make_folder
+from tests.conftest import free_ports, make_folder
 
 
 def test_run_directory_holds_everything(tiny_run: Path) -> None:
@@ -175,27 +175,6 @@ def test_single_class_data_is_refused_before_training(tmp_path: Path) -> None:
     assert runs.read_status(tmp_path / "run")["state"] == "failed"
 
 
-def _listen_ports(n: int) -> list[int]:
-    """n free ports below the kernel's ephemeral range: a worker dialling a peer that is not listening yet
-    can never be handed that peer's port as its own source port (a TCP self-connect)."""
-    import random
-    import socket
-
-    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
-    ports: list[int] = []
-    for port in random.Random().sample(range(max(low - 8000, 1024), low), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        ports.append(port)
-        if len(ports) == n:
-            return ports
-    raise RuntimeError(f"no {n} free ports below {low}")
-
-
 def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
     """Two worker processes on 127.0.0.1 (MultiWorkerMirroredStrategy): each trains on its own half of the
     images, every step averages both gradients and pools both batch-norm statistics, so both end with the same
@@ -210,7 +189,7 @@ def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
     from tests.conftest import ROOT
 
     data = make_folder(tmp_path / "d", n_per_class=24, size=48)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in _listen_ports(2)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
     config = TrainConfig(data=str(data), model="compact_cnn", image_size=48, epochs=2, batch_size=8, val_fraction=0.25,
                          augmentation="basic")
     procs, logs = [], [tmp_path / f"worker{i}.log" for i in range(2)]
