@@ -202,6 +202,37 @@ def test_train_page_lists_runs_and_shows_selected_curves(app_env: Path) -> None:
     assert any(n.startswith(at.selectbox[-1].format_func(1)) for n in names)
 
 
+def test_a_running_run_shows_an_eta_only_once_steps_are_measured_and_says_when_it_is_stopping(app_env: Path) -> None:
+    """The live view of a run in progress: at its first batch no ETA (the first step includes tracing), after
+    a few measured steps the ETA; once Stop is asked for, "stopping…" at once, and no progress bar or Stop
+    button of a run that is still training."""
+    import os
+
+    run = app_env / "runs" / "live"
+    runs.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": 2})
+    runs.write_status(run, "running", pid=os.getpid(), started="2026-01-01T00:00:00+00:00", phase="training")
+
+    def progress(batch: int) -> None:
+        runs.append_jsonl(run / "metrics.jsonl", {"type": "progress", "epoch": 1, "epochs": 2, "batch": batch,
+                                                  "batches": 40, "loss": 0.7, "eta_s": 270.0, "elapsed_s": 1.0})
+
+    def bar_texts(at: AppTest) -> list[str]:
+        return [e.proto.text for e in at.get("progress")]
+
+    progress(1)
+    at = _open("pages/train.py")
+    assert not at.exception
+    assert any("ETA after a few steps" in t for t in bar_texts(at)), bar_texts(at)
+    progress(20)
+    at.run()
+    assert any("ETA 4.5 min" in t for t in bar_texts(at)), bar_texts(at)
+    assert any(b.label == "Stop" for b in at.button)
+    runs.request_stop(run)
+    at.run()
+    assert any("stopping…" in m.value for m in at.markdown)
+    assert not any(b.label == "Stop" for b in at.button) and not any("ETA" in t for t in bar_texts(at))
+
+
 def _draws(node: ast.AST, drawing: set[str]) -> list[str]:
     """Calls under node that put something on the page: any st.… call, or a function known to draw."""
     found = []

@@ -358,6 +358,19 @@ def test_training_run_from_the_page_survives_an_app_restart(page: object, server
     page.get_by_text(f"Card threshold now: {threshold:.4f}").wait_for()
     _shot(page, "6-threshold-after-switch")
 
+    # The 2-epoch model, validated on a handful of films, carries its caution where it is used.
+    n = ModelCard.read(run / "card.json").validation["n"]
+    for title, shot in (("Overview", "6b-overview-caution"), ("Predict", "6c-predict-caution")):
+        page.locator('[data-testid="stSidebarNav"]').get_by_text(title, exact=True).click()
+        page.get_by_role("heading", level=1).first.wait_for()
+        _settle(page)
+        if title == "Predict":
+            page.get_by_text("Use the bundled sample images").click()
+            page.get_by_text("Probability of pneumonia").first.wait_for()
+            _settle(page)
+        page.locator('[data-testid="stAlert"]').filter(has_text=f"validated on only {n} films").first.wait_for()
+        _shot(page, shot)
+
 
 def test_leakage_warning_on_the_models_own_images(page: object, server: Server, workspace: Path) -> None:
     if not (workspace / "models" / "image_hashes.json").exists():

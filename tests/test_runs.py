@@ -218,3 +218,21 @@ def test_stored_predictions_are_validated_and_kept_inside_the_roots(tmp_path: Pa
         with pytest.raises(PredictionsError, match=re.escape(message)) as caught:
             cfg.stored_predictions(csv)
         assert str(caught.value).startswith("val_predictions.csv") and str(tmp_path) not in str(caught.value)
+
+
+def test_a_run_is_labelled_with_the_kept_models_auc_not_its_best_epochs(tmp_path: Path) -> None:
+    """A run that keeps its last epoch serves that epoch's model: the table says its AUC (0.9015), beside the
+    best epoch's (0.913) that it does not serve; a run that keeps its best says the best."""
+    for name, kept in (("last", 3), ("best", 2), ("none", None)):
+        d = tmp_path / name
+        runs.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
+        runs.write_status(d, "finished", started="2026-01-01")
+        for epoch, auc in enumerate((0.88, 0.913, 0.9015), start=1):
+            record = {"type": "epoch", "epoch": epoch, "val_auc": auc, "seconds": 1.0}
+            if epoch == kept:
+                record["kept"] = True
+            runs.append_jsonl(d / "metrics.jsonl", record)
+    info = {r.name: r for r in runs.list_runs(tmp_path)}
+    assert (info["last"].kept_val_auc, info["last"].best_val_auc) == (0.9015, 0.913)
+    assert info["best"].kept_val_auc == 0.913
+    assert info["none"].kept_val_auc is None and info["none"].best_val_auc == 0.913
