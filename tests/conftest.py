@@ -78,7 +78,8 @@ def free_ports(n: int = 1) -> list[int]:
     ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
     low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
     ports: list[int] = []
-    for port in random.Random().sample(range(max(low - 8000, 1024), low), 200):
+    candidates = range(max(low - 8000, 1024), low)
+    for port in random.Random().sample(candidates, min(200, len(candidates))):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))

@@ -762,7 +762,9 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     for c in contexts:
         c.close()
     # Sessions closed: Streamlit keeps each for server.disconnectedSessionTTL (30 s in .streamlit/config.toml),
-    # then pneumo.ui releases its uploads and pictures (checked every 10 s, 15 s of margin) and trims the heap.
+    # then pneumo.ui releases its uploads and pictures (checked every 10 s: about 52 s after the close at most) and
+    # trims the heap. What the session's own state still refers to goes when Streamlit next tidies its store
+    # of closed sessions, which it does at any session's disconnect: here the two later sessions'.
     time.sleep(75)
     settled = resident(server.proc.pid)
     uploads_mb = sum(f.stat().st_size for f in films) / 2**20

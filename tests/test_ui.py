@@ -160,25 +160,32 @@ class _Runtime:
 
 def test_a_closed_session_is_released_only_once_it_can_no_longer_resume(monkeypatch: pytest.MonkeyPatch) -> None:
     """A session that disconnected keeps its uploads while Streamlit could still resume it (the TTL and a
-    margin after it was last seen connected), then loses them, its pictures and its tables; a session
-    still connected is never released, however old."""
+    margin from when it was first found disconnected, however late that check came), then loses them, its
+    pictures and its tables; a session still connected is never released, however old."""
     import streamlit as st
 
     monkeypatch.setattr(ui, "_SESSIONS", {})  # none of the sessions app tests ran in this process
     ttl = float(st.get_option("server.disconnectedSessionTTL"))
     rt = _Runtime(active={"open", "closing"})
-    start = ui.time.monotonic()
     for session_id in ("open", "closing"):
         ui.track_session(session_id)
-    assert ui.release_expired_sessions(rt, now=start + 5, margin_s=10) == []
-    rt.active.discard("closing")  # the tab closes after the check that saw it last
-    assert ui.release_expired_sessions(rt, now=start + 5 + ttl + 9, margin_s=10) == []  # could still resume
+    assert ui.release_expired_sessions(rt, now=5, margin_s=2) == []
+    rt.active.discard("closing")  # the tab closes; the next check comes late, 40 s on
+    assert ui.release_expired_sessions(rt, now=45, margin_s=2) == []  # first found gone: the TTL starts now
+    assert ui.release_expired_sessions(rt, now=45 + ttl + 1, margin_s=2) == []  # could still resume
     assert rt.uploaded_file_mgr.calls == []
-    assert ui.release_expired_sessions(rt, now=start + 5 + ttl + 11, margin_s=10) == ["closing"]
+    assert ui.release_expired_sessions(rt, now=45 + ttl + 3, margin_s=2) == ["closing"]
     assert rt.uploaded_file_mgr.calls == [("remove_session_files", "closing")]
     assert ("clear_session_refs", "closing") in rt.media_file_mgr.calls
     assert ("remove_orphaned_files", None) in rt.media_file_mgr.calls
     assert rt.dataframe_source_mgr.calls == [("clear_all_for_session", "closing")]
     # Released once; the open session stays tracked and untouched an hour on.
-    assert ui.release_expired_sessions(rt, now=start + 3600, margin_s=10) == []
+    assert ui.release_expired_sessions(rt, now=3600, margin_s=2) == []
     assert all(session_id == "closing" for _, session_id in rt.uploaded_file_mgr.calls)
+    # A session that reconnects before its TTL is out starts again from connected.
+    rt.active.discard("open")
+    ui.release_expired_sessions(rt, now=4000, margin_s=2)
+    rt.active.add("open")
+    ui.release_expired_sessions(rt, now=4000 + ttl, margin_s=2)
+    rt.active.discard("open")
+    assert ui.release_expired_sessions(rt, now=4000 + ttl + 10, margin_s=2) == []
