@@ -72,17 +72,7 @@ def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> No
     assert predict.pack(rejected) is rejected and predict.unpack(rejected).error == "not an image"
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def test_wrong_inputs_get_no_decision_and_a_turned_film_is_named_by_its_turn() -> None:
+def test_wrong_inputs_get_no_decision_and_a_turned_film_is_named_by_its_turn(tmp_path: Path) -> None:
     """The shipped model on a real film sent as it is, inverted, turned either way, and as noise: only the
     film as it is gets a decision; the rest are NOT ASSESSABLE with their probability still listed, each
     named by what is wrong with it (np.rot90 turns a film counter-clockwise on screen). The same rule
@@ -97,7 +87,8 @@ def test_wrong_inputs_get_no_decision_and_a_turned_film_is_named_by_its_turn() -
     sent = {"as it is": film, "looks inverted": 1.0 - film, "looks turned 90° counter-clockwise": np.rot90(film, 1),
             "looks turned 90° clockwise": np.rot90(film, 3),
             "unlike the films": np.random.default_rng(0).random(film.shape).astype(np.float32)}
-    readings = [predict.read(loaded, _png(pixels), name=f"{name}.png") for name, pixels in sent.items()]
+    paths = [write_png(tmp_path / f"sent{i}.png", pixels) for i, pixels in enumerate(sent.values())]
+    readings = [predict.read(loaded, str(path)) for path in paths]
     assert readings[0].decision == predict.NORMAL and readings[0].warnings == []
     for (named, _), reading in list(zip(sent.items(), readings))[1:]:
         assert reading.decision == predict.NOT_ASSESSABLE, (named, reading.warnings)
