@@ -36,15 +36,23 @@ class Augmentation:
     gamma: float = 0.0  # gamma in [1 / (1 + g), 1 + g], log-uniform
     blur: float = 0.0  # blend towards a Gaussian blur (t ∈ (0, blur]) or away from it, sharpening (t ∈ [-blur/2, 0))
     noise: float = 0.0  # std of additive Gaussian noise, drawn per image in [0, noise]
+    # A wide zoom range, log-uniform in [zoom_min, zoom_max] (a random resized crop: > 1 zooms in); both 0 keeps
+    # the symmetric `zoom` above. Log-uniform, so that zooming in by s and out by 1/s are equally likely.
+    zoom_min: float = 0.0
+    zoom_max: float = 0.0
 
     @classmethod
     def preset(cls, name: str) -> "Augmentation | None":
-        """Named recipes: 'none', 'basic' (small geometry and exposure) and 'shift' (acquisition shift)."""
+        """Named recipes: 'none', 'basic' (small geometry and exposure), 'shift' (acquisition shift) and 'frame'
+        (acquisition shift with framing from 0.7× to 1.6×, aspect and translation: the decision must not depend on
+        how tightly the film is framed, see pneumo.framing)."""
         presets = {
             "none": None,
             "basic": cls(),
             "shift": cls(rotation_deg=10.0, shift=0.08, zoom=0.15, aspect=0.10, brightness=0.12, contrast=0.25,
                          gamma=0.5, blur=0.8, noise=0.03),
+            "frame": cls(rotation_deg=10.0, shift=0.10, zoom=0.0, aspect=0.20, brightness=0.12, contrast=0.25,
+                         gamma=0.5, blur=0.8, noise=0.03, zoom_min=0.7, zoom_max=1.6),
         }
         try:
             return presets[name]
@@ -226,7 +234,8 @@ def draw_parameters(aug: Augmentation, n: Any, seed: Any, pooled: int = 1) -> An
     log_aspect = uniform(2, -aug.aspect, aug.aspect) if aug.aspect else zeros
     columns = {
         "rotate_deg": uniform(0, -aug.rotation_deg, aug.rotation_deg),
-        "scale": uniform(1, 1.0 - aug.zoom, 1.0 + aug.zoom),
+        "scale": (tf.exp(uniform(1, math.log(aug.zoom_min), math.log(aug.zoom_max))) if aug.zoom_min and aug.zoom_max
+                  else uniform(1, 1.0 - aug.zoom, 1.0 + aug.zoom)),
         "aspect": log_aspect,
         "shift_x": uniform(3, -aug.shift, aug.shift),
         "shift_y": uniform(4, -aug.shift, aug.shift),

@@ -32,7 +32,7 @@ def field_choices(f: Any) -> tuple[Any, ...] | None:
     return f.metadata.get("choices")
 
 
-AUGMENTATIONS = ("none", "basic", "shift")
+AUGMENTATIONS = ("none", "basic", "shift", "frame")
 KEEP = ("last", "best")
 
 

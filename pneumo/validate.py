@@ -359,3 +359,59 @@ def compare(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     grouped = rows.groupby(keys, dropna=False)[figures].agg(["mean", "std", "count"])
     grouped.columns = [f"{a}_{b}" for a, b in grouped.columns]
     return rows, grouped.reset_index()
+
+
+# ---------------------------------------------------------------- decisions under framing and stress
+
+
+def sample_groups(frame: pd.DataFrame, limit: int, seed: int = 0) -> pd.DataFrame:
+    """At most `limit` films, whole patients at a time, each class in its share: a bootstrap by patient
+    on the sample stays a bootstrap by patient."""
+    if limit <= 0 or len(frame) <= limit:
+        return frame.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    parts = []
+    for _, part in frame.groupby("label"):
+        want = round(limit * len(part) / len(frame))
+        ids = np.array(part["patient_id"].astype(str).unique())
+        rng.shuffle(ids)
+        sizes = part["patient_id"].astype(str).value_counts().reindex(ids)
+        keep = ids[(sizes.cumsum() <= max(want, 1)).to_numpy()]
+        parts.append(part[part["patient_id"].astype(str).isin(set(keep))])
+    return pd.concat(parts).sort_index().reset_index(drop=True)
+
+
+def decision_checks(loaded: Any, frame: pd.DataFrame, threshold: float, limit: int = 1500, seed: int = 0,
+                    stress: bool = True, rounds: int = 200,
+                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """The framing sweep and the stress suite at `threshold`, on films the model never trained on.
+
+    frame: stored predictions (path, label, patient_id, and fold for a cross-fitted ensemble's out-of-fold
+    films: each film is then scored by the member that never saw it). At most `limit` films, sampled by
+    patient."""
+    from . import framing as F
+
+    films = sample_groups(frame, limit, seed)
+    images = load_images(films["path"].tolist(), loaded.input_size)
+    if "fold" in films and loaded.member_probabilities(images[:1]).shape[1] > 1:
+        folds = films["fold"].to_numpy(int)
+        score = lambda batch, rows: F.oof_member(loaded.member_probabilities, folds[rows])(batch)  # noqa: E731
+        how = "each film scored by the ensemble member that never trained on it (out of fold)"
+    else:
+        score = lambda batch, rows: loaded.predict(batch, batch_size=64)  # noqa: E731
+        how = "the model on its own held-out films"
+    conditions = F.sweep_conditions()
+    if stress:
+        conditions.update(STRESS)
+    probs = F.probabilities(score, images, conditions, progress=progress)
+    labels, groups = films["label"].to_numpy(int), films["patient_id"].astype(str).to_numpy()
+    names = {f.name for f in F.SWEEP}
+    rows = F.decision_report(labels, probs, groups, threshold, rounds=rounds, seed=seed)
+    n_pos = int(labels.sum())
+    how = (f"{len(films)} films ({n_pos} pneumonia, {len(films) - n_pos} normal; patients sampled by class), {how}; "
+           f"figures at threshold {threshold:.4f} with patient-bootstrap 95 % intervals ({rounds} rounds)")
+    out = F.summary([r for r in rows if r["condition"] in names], threshold, how)
+    out["stress"] = [r for r in rows if r["condition"] not in names]
+    out["probabilities"] = {k: v.tolist() for k, v in probs.items()}
+    out["films"] = films["path"].tolist()
+    return out
