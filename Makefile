@@ -35,7 +35,7 @@ pacs-deps:
 # the sample films as DICOM studies; serves until Ctrl-C.
 PACS_PORT ?= 8042
 pacs: setup pacs-deps
-	$(PY) -m pneumo.pacs_server --port $(PACS_PORT)
+	$(PY) -m pneumo.integrations.pacs_server --port $(PACS_PORT)
 
 # A local, single-user app: bound to this machine, with saving thresholds and training switched on.
 run: setup

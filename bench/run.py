@@ -36,7 +36,7 @@ BATCH = 32
 
 
 REPEATS_MIN = 5
-# The figures the README quotes (pneumo.docs.bench_table), each with its spread over the repeats.
+# The figures the README quotes (pneumo.integrations.docs.bench_table), each with its spread over the repeats.
 HEADLINE = ("batch_predict_images_per_s", "batch_predict_fraction_of_peak", "predict_latency_ms_p50",
             "predict_p50_over_floor", "predict_over_fastest_anchor", "gradcam_p50_over_predict_p50",
             "gradcam_over_tensorflow_traced", "pipeline_speedup_vs_keras_cached", "train_fraction_of_peak",
@@ -216,9 +216,9 @@ def keras_loader(folder: Path, size: int, aug: Any) -> Any:
 def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[str, float]:
     """Ours against the cached Keras loader with the same augmentation at the same size; and the
     pipelines training the default model runs (shift recipe; at the working resolution when opted in)."""
-    from pneumo import data as D
-    from pneumo import pipeline as P
-    from pneumo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    from pneumo.data import collection as D
+    from pneumo.training import pipeline as P
+    from pneumo.model.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
 
     frame = D.scan(folder).frame
     basic, shift = P.Augmentation.preset("basic"), P.Augmentation.preset("shift")
@@ -250,12 +250,12 @@ def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[s
 
 
 def bench_training(folder: Path, steps: int, repeats: int, peak: float) -> dict[str, Any]:
-    """The training step every run takes (pneumo.train.compile_for_training) fed by the real pipeline, for
+    """The training step every run takes (pneumo.training.job.compile_for_training) fed by the real pipeline, for
     the default recipe, the same with XLA, and the opt-in augmentation at the working resolution, alternately."""
-    from pneumo import data as D
-    from pneumo import pipeline as P
-    from pneumo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model
-    from pneumo.train import TrainConfig, compile_for_training
+    from pneumo.data import collection as D
+    from pneumo.training import pipeline as P
+    from pneumo.model.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model
+    from pneumo.training.job import TrainConfig, compile_for_training
 
     arch = ARCHITECTURES[DEFAULT_ARCHITECTURE]
     size = arch.input_size
@@ -293,10 +293,10 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int, peak: f
     """`LoadedModel.predict` and Grad-CAM as pneumo serves them, beside Keras, TensorFlow and raw ONNX Runtime."""
     import numpy as np
 
-    from pneumo import data as D
-    from pneumo import explain
-    from pneumo.imaging import load_image
-    from pneumo.models import LoadedModel, load_model
+    from pneumo.data import collection as D
+    from pneumo.model import explain
+    from pneumo.data.decode import load_image
+    from pneumo.model.loading import LoadedModel, load_model
 
     loaded = load_model(model_path)
     # The same network through pneumo's traced TensorFlow graph: what serves it without an ONNX export.
@@ -390,7 +390,7 @@ def bench_evaluate(folder: Path) -> dict[str, float]:
         # The child reports its own peak (VmHWM restarts at exec); getrusage's children figure would count the
         # pages this large process shares with the child between fork and exec.
         probe = ("import sys; from pneumo.cli import main; rc = main(sys.argv[1:]); "
-                 "from pneumo.memory import resident; print('PEAK_MB', resident().peak_mb, file=sys.stderr); sys.exit(rc)")
+                 "from pneumo.core.memory import resident; print('PEAK_MB', resident().peak_mb, file=sys.stderr); sys.exit(rc)")
         cmd = [sys.executable, "-c", probe, "evaluate", "--data"]
         # Reports go beside the data, never inside it: evaluate refuses to write into the folder it reads.
         firsts = []
@@ -415,8 +415,8 @@ def bench_evaluate(folder: Path) -> dict[str, float]:
 
 
 def environment() -> dict[str, Any]:
-    from pneumo.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
-    from pneumo.train import detect_device, library_versions
+    from pneumo.model.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    from pneumo.training.job import detect_device, library_versions
 
     device = detect_device()
     return {

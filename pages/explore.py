@@ -6,10 +6,10 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pneumo.ui import active_model, data_root, model_state_key, plain, require_entry_point, settings, summarize_with_bar
-from pneumo import audit
-from pneumo import data as D
-from pneumo import plots
+from pneumo.app.ui import active_model, data_root, model_state_key, plain, require_entry_point, settings, summarize_with_bar
+from pneumo.evaluation import audit
+from pneumo.data import collection as D
+from pneumo.app import plots
 
 require_entry_point()
 

@@ -3,11 +3,10 @@
 import pandas as pd
 import streamlit as st
 
-from pneumo.models import STORED_KINDS, stored_predictions_file
-from pneumo.ui import (DISCLAIMER, active_model, card_summary, data_root, device_description, figure_table, plain,
-                       require_entry_point, stored_predictions)
-from pneumo import evaluate as E
-from pneumo import plots
+from pneumo.model.loading import STORED_KINDS, stored_predictions_file
+from pneumo.app.ui import DISCLAIMER, active_model, card_summary, data_root, device_description, figure_table, plain, require_entry_point, stored_predictions
+from pneumo.evaluation import metrics as E
+from pneumo.app import plots
 
 require_entry_point()
 
@@ -109,6 +108,22 @@ with left:
         elif stress and stress.get("folds"):
             st.caption(f"Stress suite (16 acquisition changes), each fold network on its own held-out films: mean ROC "
                        f"AUC {stress['mean_auc']:.4f}, worst {stress['worst_auc']:.4f}.")
+        framing = card.shift_checks.get("framing")
+        if framing and framing.get("conditions"):
+            st.markdown("##### Does the decision depend on how the film is framed?")
+            zooms = tuple((framing.get("worst_in_range") or {}).get("zooms") or (0.85, 1.3))
+            st.plotly_chart(plots.framing_chart(framing["conditions"], zooms), width="stretch", key="framing",
+                            config={"displayModeBar": False})
+            st.caption(f"Each film zoomed about its centre, the film's edge mirrored where it is zoomed out; "
+                       f"{plain(framing['how'])}. Shaded: the zooms a caution watches.")
+            st.dataframe(pd.DataFrame(framing["conditions"] + framing.get("stress", []))[
+                ["condition", "n", "sensitivity", "specificity", "flagged_fraction", "roc_auc"]],
+                hide_index=True, width="stretch",
+                column_config={k: st.column_config.NumberColumn(format="%.3f")
+                               for k in ("sensitivity", "specificity", "flagged_fraction", "roc_auc")})
+        else:
+            st.caption("No framing sweep recorded for this model: `python -m pneumo sweep --model PATH --record` "
+                       "measures the decision under zoom, shift and aspect changes.")
         faith = card.extra.get("explanation")
         if faith:
             st.markdown("##### Do the maps show what drives the score?")

@@ -7,15 +7,16 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pneumo.report import safe_csv
-from pneumo.memory import trim
-from pneumo.ui import (CARD_NOTES_KEY, CARD_PICTURE_ALT, CARD_PICTURES_KEY, DISCLAIMER, Upload, active_model,
-                       batch_pdf_on_click, cached_reading, card_film, card_heatmaps, card_pictures, card_rules,
-                       model_state_key, overlay_png_on_click, pacs_source, plain, progress_bar, reading_pdf_on_click,
-                       require_entry_point, ui_pacs_config)
-from pneumo import drift, predict
-from pneumo.imaging import resize
-from pneumo.settings import SAMPLES_DIR
+from pneumo.integrations.report import safe_csv
+from pneumo.core.memory import trim
+from pneumo.app.cards import CARD_NOTES_KEY, CARD_PICTURE_ALT, CARD_PICTURES_KEY, Upload, batch_pdf_on_click, cached_reading, card_film, card_heatmaps, card_pictures, card_rules, overlay_png_on_click, reading_pdf_on_click
+from pneumo.app.ui import DISCLAIMER, active_model, model_state_key, plain, progress_bar, require_entry_point
+from pneumo.app.pacs_panel import pacs_source, ui_pacs_config
+from pneumo.evaluation import drift
+from pneumo.evaluation import drift_reference
+from pneumo.model import reading as predict
+from pneumo.data.pixels import resize
+from pneumo.app.settings import SAMPLES_DIR
 
 require_entry_point()
 CARDS_PER_PAGE = 25

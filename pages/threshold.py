@@ -7,13 +7,17 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pneumo.models import STORED_KINDS, stored_predictions_file
-from pneumo.ui import (active_model, data_root, folder_predictions, metric_row, model_state_key, plain, progress_bar,
-                       require_entry_point, settings, stored_predictions)
-from pneumo import data as D
-from pneumo import evaluate as E
-from pneumo import drift, explain, plots, site
-from pneumo.models import save_operating_point
+from pneumo.model.loading import STORED_KINDS, stored_predictions_file
+from pneumo.app.ui import active_model, data_root, folder_predictions, metric_row, model_state_key, plain, progress_bar, require_entry_point, settings, stored_predictions
+from pneumo.data import collection as D
+from pneumo.evaluation import metrics as E
+from pneumo.evaluation import drift
+from pneumo.evaluation import drift_reference
+from pneumo.data.pixels import shrink
+from pneumo.model import explain
+from pneumo.app import plots
+from pneumo.evaluation import site
+from pneumo.model.loading import save_operating_point
 
 require_entry_point()
 
@@ -168,7 +172,7 @@ st.subheader("Errors at this threshold")
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def overlay_for(path: str, key: str) -> np.ndarray:
-    img = explain.shrink(D.read_item(path), 320)
+    img = shrink(D.read_item(path), 320)
     return explain.overlay(img, explain.gradcam(loaded, img, target=1), 0.45)
 
 

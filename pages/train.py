@@ -6,10 +6,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pneumo.card import ModelCard
-from pneumo.ui import activate_model, data_root, device_description, plain, require_entry_point, settings
-from pneumo import plots, runs
-from pneumo.train import TrainConfig, field_choices
+from pneumo.core.card import ModelCard
+from pneumo.app.ui import activate_model, data_root, device_description, plain, require_entry_point, settings
+from pneumo.app import plots
+from pneumo.core import files
+from pneumo.training import runs
+from pneumo.training.job import TrainConfig, field_choices
 
 require_entry_point()
 
@@ -126,7 +128,7 @@ def runs_section() -> None:
     listed = runs.list_runs(cfg.runs_dir)
     rows = []
     for r in listed:
-        config = runs.read_json(r.path / "config.json", {}) or {}
+        config = files.read_json(r.path / "config.json", {}) or {}
         config = config if isinstance(config, dict) else {}
         rows.append({"run": r.name, "status": r.state, "model": r.model, "kept model's val AUC": r.kept_val_auc,
                      "best val AUC": r.best_val_auc, **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
@@ -155,7 +157,7 @@ def runs_section() -> None:
                       args=(done[0].path / "model.keras",), key=f"activate:{done[0].name}",
                       help="For this browser session only; other visitors keep their own choice.")
     with st.expander(f"Config of {selected[0].name}"):
-        st.json(runs.read_json(selected[0].path / "config.json", {}) or {})
+        st.json(files.read_json(selected[0].path / "config.json", {}) or {})
 
 
 runs_section()

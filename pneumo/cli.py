@@ -11,14 +11,16 @@ from typing import Any, Sequence
 
 from tqdm import tqdm
 
-from . import docs, import_tensorflow_quietly
-from .audit import audit_folder, review_path, summary
-from .card import check_threshold
-from .data import DatasetError, summarize
-from .drift import build, check_paths, expand
-from .engine import ExportError, export_onnx
-from .models import DEFAULT_MODEL_PATH, LoadedModel, card_path, load_keras_model, load_model, model_file, read_card
-from .pacs import (
+from pneumo.integrations import docs
+from pneumo import import_tensorflow_quietly
+from pneumo.evaluation.audit import audit_folder, review_path, summary
+from pneumo.core.card import check_threshold
+from pneumo.data.collection import DatasetError, summarize
+from pneumo.evaluation.drift_reference import build
+from pneumo.evaluation.drift import check_paths, expand
+from pneumo.model.serving import ExportError, export_onnx
+from pneumo.model.loading import DEFAULT_MODEL_PATH, LoadedModel, card_path, load_keras_model, load_model, model_file, read_card
+from pneumo.integrations.pacs import (
     Pacs,
     PacsConfig,
     PacsError,
@@ -29,10 +31,10 @@ from .pacs import (
     search_studies,
     watch,
 )
-from .predict import DEFAULT_BAND, Repeats, read
-from .runs import RunDataError, atomic_write_json, check_writable, load_json, write_new_file, write_new_json
-from .site import apply_operating_point
-from .train import TrainConfig, field_choices, train
+from pneumo.model.reading import DEFAULT_BAND, Repeats, read
+from pneumo.core.files import RunDataError, atomic_write_json, check_writable, load_json, write_new_file, write_new_json
+from pneumo.evaluation.site import apply_operating_point
+from pneumo.training.job import TrainConfig, field_choices, train
 
 # The modules behind the heavier commands (pandas, scikit-learn, OpenCV, TensorFlow) are imported in those commands:
 # `python -m pneumo --help` and the light commands start in under a second.
@@ -99,8 +101,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from .crossfit import ensemble_folds, is_fold_run
-    from .train import ensemble
+    from pneumo.training.crossfit import ensemble_folds, is_fold_run
+    from pneumo.training.job import ensemble
 
     if all(is_fold_run(r) for r in args.runs):  # one network per fold: the cross-fitted ensemble
         card = ensemble_folds(args.runs, args.out, args.target_recall, population_runs=args.population,
@@ -118,7 +120,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else DEFAULT_MODEL_PATH
     path = path / "model.keras" if path.is_dir() else path
     loaded = LoadedModel(load_keras_model(path), read_card(path), path)
-    from .explain import cam_functions
+    from pneumo.model.explain import cam_functions
 
     written = export_onnx(loaded.model, path, loaded.gradcam_layer, cam_functions(loaded.model, loaded.gradcam_layer))
     print(f"written {written}", file=sys.stderr)
@@ -159,7 +161,7 @@ def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .external import evaluate_data
+    from pneumo.evaluation.external import evaluate_data
     out, replace = _report_target(args)
     if args.record:
         check_writable(card_path(model_file(args.model)))  # a read-only card is refused before any work
@@ -170,7 +172,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         write_new_json(out, report)  # a new file, never one that appeared meanwhile
     if args.record:
-        from .external import record_evaluation
+        from pneumo.evaluation.external import record_evaluation
 
         card = record_evaluation(report, args.record)
         print(f"recorded '{args.record}' in {card}", file=sys.stderr)
@@ -334,7 +336,7 @@ def cmd_drift_reference(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from .site import calibrate, check_writable, record
+    from pneumo.evaluation.site import calibrate, check_writable, record
 
     loaded = load_model(args.model)
     check_writable(loaded.path)
@@ -380,7 +382,7 @@ def _write_overlay(loaded: Any, pixels: Any, folder: Path, stem: str) -> tuple[s
     another input with the same name or a concurrent run): created exclusively, never over anything, and a
     full disk leaves no partial file (see runs.write_new_file).
     """
-    from .explain import gradcam, overlay, png_bytes  # Grad-CAM needs TensorFlow; plain predictions do not
+    from pneumo.model.explain import gradcam, overlay, png_bytes  # Grad-CAM needs TensorFlow; plain predictions do not
     data = png_bytes(overlay(pixels, gradcam(loaded, pixels, "gradcam"), 0.4))
     try:
         return str(write_new_file(folder, f"{stem[:150]}_gradcam.png", data, unique=True)), None
@@ -389,7 +391,7 @@ def _write_overlay(loaded: Any, pixels: Any, folder: Path, stem: str) -> tuple[s
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from .validate import compare
+    from pneumo.evaluation.validate import compare
 
     rows, recipes = compare(args.runs)
     if args.json:
@@ -399,6 +401,43 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print()
         print(recipes.T.to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from pneumo.evaluation.validate import sweep_model
+
+    loaded = load_model(args.model)
+    if args.record:
+        check_writable(card_path(loaded.path))  # a read-only card is refused before any work
+    if args.limit < 50:
+        raise ValueError(f"--limit must be at least 50 films, got {args.limit}")
+    block = sweep_model(loaded, limit=args.limit, progress=_progress("framing and stress"))
+    if args.record:
+        from pneumo.evaluation.framing import record_in_card
+
+        print(f"recorded in {record_in_card(card_path(loaded.path), block)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(block, indent=2))
+        return 0
+    print(block["how"])
+    for row in block["conditions"] + block["stress"]:
+        print(_decision_line(row))
+    for caution in block["cautions"]:
+        print(f"caution: {caution}", file=sys.stderr)
+    return 0
+
+
+def _decision_line(row: dict[str, Any]) -> str:
+    def fig(key: str) -> str:
+        iv = row.get(f"{key}_95") or {}
+        value = row.get(key)
+        if value is None:
+            return f"{key} n/a"
+        span = f" [{iv['low']:.3f}–{iv['high']:.3f}]" if iv.get("low") is not None else ""
+        return f"{key} {value:.3f}{span}"
+
+    return f"{row['condition'][:28]:28s}  " + "  ".join(fig(k) for k in ("sensitivity", "specificity", "flagged_fraction",
+                                                                          "roc_auc"))
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -550,6 +589,14 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p = sub.add_parser("docs", help="regenerate the README's and EXPERIMENTS.md's model tables from models/card.json")
     p.add_argument("--check", action="store_true", help="exit 2 if a table differs from its source, writing nothing")
     p.set_defaults(func=cmd_docs)
+
+    p = sub.add_parser("sweep", help="the decision at the operating point under framing (zoom 0.7–1.6, shifts, aspect) "
+                                     "and the stress suite, on films the model never trained on")
+    p.add_argument("--model", help="default: the shipped model")
+    p.add_argument("--limit", type=int, default=1500, help="films scored, sampled by patient (default: 1500)")
+    p.add_argument("--record", action="store_true", help="store the result in the model's card (shift_checks.framing)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("summarize", help="dataset summary")
     p.add_argument("data")

@@ -59,7 +59,7 @@ def xray_folder(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A compact_cnn trained for one epoch on 80 synthetic images: a real run directory."""
-    from pneumo.train import TrainConfig, train
+    from pneumo.training.job import TrainConfig, train
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_folder(root / "data", n_per_class=40, size=64, images_per_patient=2)

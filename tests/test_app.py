@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from pneumo import runs
+from pneumo.core import files
+from pneumo.training import runs
 from tests.conftest import ROOT
 
 APP = str(ROOT / "streamlit_app.py")
@@ -63,7 +64,7 @@ def test_home_shows_card_and_disclaimer(app_env: Path) -> None:
                                    else "val_predictions.csv")
     preds = pd.read_csv(stored)
     y, p, t = preds["label"].to_numpy(), preds["probability"].to_numpy(), card["threshold"]
-    assert figures["Specificity"] == f"{(p[y == 0] < t).mean():.4f}"  # counted by hand, not by pneumo.evaluate
+    assert figures["Specificity"] == f"{(p[y == 0] < t).mean():.4f}"  # counted by hand, not by pneumo.evaluation.metrics
     assert figures["Sensitivity"] == f"{(p[y == 1] >= t).mean():.4f}"
 
 
@@ -145,9 +146,9 @@ def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
     probs = [float(m.value) for m in at.metric if m.label == "Probability of pneumonia"]
     # The default pair (first and last bundled film), scored here through the library: the page shows
     # their scores, highest first (worklist order), each with the decision the README's rule gives.
-    from pneumo.data import read_item
-    from pneumo.models import load_model
-    from pneumo.settings import SAMPLES_DIR
+    from pneumo.data.collection import read_item
+    from pneumo.model.loading import load_model
+    from pneumo.app.settings import SAMPLES_DIR
 
     films = sorted(SAMPLES_DIR.glob("*/*.jpeg"))
     loaded = load_model(app_env / "models" / "model.keras")
@@ -179,10 +180,10 @@ def test_a_weak_model_carries_its_caution_on_overview_and_predict(app_env: Path,
 
 def _fake_run(root: Path, name: str, aucs: list[float]) -> Path:
     run = root / name
-    runs.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": len(aucs)})
+    files.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": len(aucs)})
     runs.write_status(run, "finished", started=f"2026-01-01T00:00:0{len(aucs)}")
     for i, auc in enumerate(aucs):
-        runs.append_jsonl(run / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": len(aucs), "loss": 1 - auc,
+        files.append_jsonl(run / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": len(aucs), "loss": 1 - auc,
                                                   "val_loss": 1.1 - auc, "auc": auc, "val_auc": auc, "lr": 1e-3, "seconds": 1})
     return run
 
@@ -209,11 +210,11 @@ def test_a_running_run_shows_an_eta_only_once_steps_are_measured_and_says_when_i
     import os
 
     run = app_env / "runs" / "live"
-    runs.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": 2})
+    files.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": 2})
     runs.write_status(run, "running", pid=os.getpid(), started="2026-01-01T00:00:00+00:00", phase="training")
 
     def progress(batch: int) -> None:
-        runs.append_jsonl(run / "metrics.jsonl", {"type": "progress", "epoch": 1, "epochs": 2, "batch": batch,
+        files.append_jsonl(run / "metrics.jsonl", {"type": "progress", "epoch": 1, "epochs": 2, "batch": batch,
                                                   "batches": 40, "loss": 0.7, "eta_s": 270.0, "elapsed_s": 1.0})
 
     def bar_texts(at: AppTest) -> list[str]:
@@ -252,10 +253,10 @@ def _draws(node: ast.AST, drawing: set[str]) -> list[str]:
 def test_no_streamlit_element_inside_a_cached_function() -> None:
     """A cached function replays the elements it drew on a later hit, and a later session or rerun then
     fails (CacheReplayClosureError): nothing under st.cache_data or st.cache_resource draws, in any page or
-    in pneumo.ui; progress for cached work goes through a callback made outside the cache."""
-    sources = [ROOT / "streamlit_app.py", ROOT / "pneumo" / "ui.py", *sorted((ROOT / "pages").glob("*.py"))]
+    in pneumo.app.ui; progress for cached work goes through a callback made outside the cache."""
+    sources = [ROOT / "streamlit_app.py", *sorted((ROOT / "pneumo" / "app").glob("*.py")), *sorted((ROOT / "pages").glob("*.py"))]
     trees = {path: ast.parse(path.read_text()) for path in sources}
-    # Functions of pneumo.ui and the pages that draw themselves (a progress bar, a chart): calling one from
+    # Functions of pneumo.app.ui and the pages that draw themselves (a progress bar, a chart): calling one from
     # a cached function is the same fault.
     functions = [f for tree in trees.values() for f in ast.walk(tree) if isinstance(f, ast.FunctionDef)]
     drawing: set[str] = set()

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import audit
-from pneumo.data import scan
+from pneumo.evaluation import audit
+from pneumo.data.collection import scan
 from tests.conftest import make_folder
 
 

@@ -41,7 +41,7 @@ def test_fractions_are_shares_of_a_ceiling_and_headlines_have_spreads(path) -> N
 
 
 def test_readme_performance_table_is_generated_from_the_full_run() -> None:
-    from pneumo import docs
+    from pneumo.integrations import docs
 
     assert docs.current("bench-table") == docs.expected("bench-table"), "run: python -m pneumo docs"
 

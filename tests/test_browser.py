@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from pneumo.memory import resident
+from pneumo.core.memory import resident
 from tests.conftest import ROOT, free_ports
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -89,7 +89,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def orthanc(workspace: Path) -> Iterator[object]:
     """A real Orthanc (Debian's) with DICOMweb on a free loopback port, seeded with six sample studies: the
     PACS the Predict page's "From PACS" source is configured with."""
-    from pneumo.pacs_server import find_orthanc, seed, start_orthanc
+    from pneumo.integrations.pacs_server import find_orthanc, seed, start_orthanc
 
     if find_orthanc() is None:
         if os.environ.get("CI"):
@@ -334,14 +334,14 @@ def test_training_run_from_the_page_survives_an_app_restart(page: object, server
     page.get_by_text("finished").first.wait_for(timeout=300_000)
     page.locator('[data-testid="stPlotlyChart"]').first.wait_for(timeout=60_000)
     _shot(page, "5-train")
-    from pneumo import runs
+    from pneumo.training import runs
 
     assert runs.read_status(run)["state"] == "finished"
     assert len(runs.epochs_of(runs.read_metrics(run))) == 2
 
     # Switch to the new run's model: the Threshold slider starts at its own card's threshold, and a
     # reload keeps it active.
-    from pneumo.card import ModelCard
+    from pneumo.core.card import ModelCard
 
     threshold = ModelCard.read(run / "card.json").threshold
     _goto(page, server, "threshold")
@@ -461,12 +461,13 @@ def _pick(page: object, label: str, option: str) -> None:
 
 def _copy_run(workspace: Path, name: str) -> Path:
     """A finished run holding a copy of the shipped model: a second model to switch to and back."""
-    from pneumo import runs
+    from pneumo.core import files
+    from pneumo.training import runs
 
     run = workspace / "runs" / name
     if not run.exists():
         shutil.copytree(workspace / "models", run)
-        runs.atomic_write_json(run / "config.json", {"model": "shift_cnn", "epochs": 1})
+        files.atomic_write_json(run / "config.json", {"model": "shift_cnn", "epochs": 1})
         runs.write_status(run, "finished", started="2026-01-01T00:00:00+00:00", ended="2026-01-01T00:01:00+00:00")
     return run
 
@@ -564,7 +565,7 @@ def test_second_look_every_page_survives_second_use(browser: object, server: Ser
 
 def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, orthanc: object) -> None:
     """The "From PACS" source: the configured server's studies, two screened, results sent into their studies."""
-    from pneumo.pacs import Pacs
+    from pneumo.integrations.pacs import Pacs
 
     _goto(page, server, "predict")
     page.get_by_text("From PACS").click()
@@ -589,8 +590,8 @@ def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, 
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stAlert"]').filter(has_text="failed").count() == 0
     # The reports are in the server now: two studies count as screened by this model.
-    from pneumo.models import load_model
-    from pneumo.pacs import list_studies
+    from pneumo.model.loading import load_model
+    from pneumo.integrations.pacs import list_studies
 
     rows = list_studies(Pacs(orthanc.dicomweb_url), unscreened_by=load_model(server.env["PNEUMO_MODELS_DIR"]))
     assert len(rows) == 6 - 2, rows  # the two screened studies are no longer "not yet screened"
@@ -762,7 +763,7 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     for c in contexts:
         c.close()
     # Sessions closed: Streamlit keeps each for server.disconnectedSessionTTL (30 s in .streamlit/config.toml),
-    # then pneumo.ui releases its uploads and pictures (checked every 10 s: about 52 s after the close at most) and
+    # then pneumo.app.ui releases its uploads and pictures (checked every 10 s: about 52 s after the close at most) and
     # trims the heap. What the session's own state still refers to goes when Streamlit next tidies its store
     # of closed sessions, which it does at any session's disconnect: here the two later sessions'.
     time.sleep(75)
@@ -822,7 +823,7 @@ def test_explorer_and_threshold_on_the_training_folder(page: object, server: Ser
 def test_threshold_calibrate_to_this_site_and_choose_it(page: object, server: Server, workspace: Path) -> None:
     """Calibrate to this site on a labelled folder, save the site point, choose it in the sidebar: the
     Predict page and a reload keep it."""
-    from pneumo.card import ModelCard
+    from pneumo.core.card import ModelCard
 
     _goto(page, server, "threshold")
     _pick(page, "Data folder", "small")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pneumo.card import MAX_AUC_INTERVAL, MIN_VALIDATION_FILMS, ModelCard
+from pneumo.core.card import MAX_AUC_INTERVAL, MIN_VALIDATION_FILMS, ModelCard
 
 
 def _card(**validation: object) -> ModelCard:

@@ -20,8 +20,8 @@ def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
 
 def _in_process(model: Path, paths: list[Path]) -> np.ndarray:
     """The same films scored in this process, through the library rather than the command line."""
-    from pneumo.data import read_item
-    from pneumo.models import load_model
+    from pneumo.data.collection import read_item
+    from pneumo.model.loading import load_model
 
     return load_model(model).predict([read_item(str(p)) for p in paths])
 
@@ -176,7 +176,7 @@ def test_evaluate_record_appends_an_external_evaluation(tiny_run: Path, tmp_path
     for name in ("first", "second"):
         out = _cli("evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "r.json"), "--record", name)
         assert out.returncode == 0, out.stderr
-    from pneumo.card import ModelCard
+    from pneumo.core.card import ModelCard
 
     evaluations = ModelCard.read(run / "card.json").external_evaluations
     assert [e["name"] for e in evaluations] == ["first", "second"]
@@ -354,7 +354,7 @@ def test_an_unknown_card_key_is_kept_not_fatal(tiny_run: Path, tmp_path: Path, c
     sample = str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg")
     rc, out, err = _main(capsys, "predict", "--model", str(run), "--json", sample)
     assert rc == 0, err
-    from pneumo.models import read_card
+    from pneumo.model.loading import read_card
 
     assert read_card(run / "model.keras").to_dict()["reviewed_by"] == {"name": "Dr A", "on": "2026-01-02"}
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import crossfit
+from pneumo.training import crossfit
 from tests.conftest import ROOT, SHARED_TRAIN, make_folder
 
 
@@ -53,7 +53,7 @@ def test_operating_point_ignores_untrusted_positives() -> None:
 
 
 def _fold_runs(tmp_path: Path, folds: int = 3) -> tuple[Path, list[Path]]:
-    from pneumo.train import TrainConfig, train
+    from pneumo.training.job import TrainConfig, train
 
     data = make_folder(tmp_path / "data", n_per_class=18, size=48, images_per_patient=2)
     dirs = []
@@ -84,9 +84,9 @@ def test_folds_partition_the_films_by_patient(folds: tuple[Path, list[Path]]) ->
 
 
 def test_cross_fitted_ensemble_card_and_served_members(folds: tuple[Path, list[Path]], tmp_path: Path) -> None:
-    from pneumo.card import ModelCard
-    from pneumo.data import read_item
-    from pneumo.models import load_model
+    from pneumo.core.card import ModelCard
+    from pneumo.data.collection import read_item
+    from pneumo.model.loading import load_model
 
     _, dirs = folds
     card = crossfit.ensemble_folds(dirs, tmp_path / "ens", target_recall=0.9)
@@ -116,7 +116,7 @@ def test_shipped_card_recall_holds_on_its_stored_out_of_fold_scores() -> None:
     the card prints are those of the stored scores (AUC by Mann–Whitney ranks, not scikit-learn's call)."""
     from scipy.stats import rankdata
 
-    from pneumo.card import ModelCard
+    from pneumo.core.card import ModelCard
 
     card = ModelCard.read(ROOT / "models" / "card.json")
     oof = pd.read_csv(ROOT / "models" / crossfit.OOF_FILE)
@@ -154,8 +154,8 @@ def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores()
     films within 1e-4. The ensemble's own answer, the mean of 5 members of which 4 trained on the film, is
     not the stored score and must not be read as one. 64 films of fold 1 (fixed seed) and 8 of each other
     fold, so every member's place in the graph is checked; the recall claim rests on the test above."""
-    from pneumo.data import read_item
-    from pneumo.models import PROJECT_ROOT, load_model
+    from pneumo.data.collection import read_item
+    from pneumo.model.loading import PROJECT_ROOT, load_model
 
     oof = pd.read_csv(ROOT / "models" / crossfit.OOF_FILE)
     assert (PROJECT_ROOT / oof["path"].iloc[0]).resolve().is_relative_to(SHARED_TRAIN.resolve())

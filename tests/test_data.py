@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import data as D
+from pneumo.data import collection as D
 from tests.conftest import make_folder, synthetic_xray, write_png
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pneumo import docs
-from pneumo.card import ModelCard
+from pneumo.integrations import docs
+from pneumo.core.card import ModelCard
 
 
 @pytest.mark.parametrize("name", list(docs.BLOCKS))

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from pneumo import drift
+from pneumo.evaluation import drift
+from pneumo.evaluation import drift_reference
 from tests.conftest import ROOT, SHARED_TRAIN
 
 SAMPLES = ROOT / "data" / "samples"
@@ -146,8 +147,8 @@ def test_reference_round_trips(tmp_path: Path) -> None:
 def model_with_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shipped model with a reference fitted on the 48 bundled films and two changed copies
     of each (only the contracts are tested on it: these films trained the model)."""
-    from pneumo.models import load_model
-    from pneumo.validate import STRESS
+    from pneumo.model.loading import load_model
+    from pneumo.data.transforms import STRESS
 
     root = tmp_path_factory.mktemp("drift")
     model_dir = copy_model(root / "model")
@@ -165,11 +166,11 @@ def model_with_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     labels = [int("PNEUMONIA" in str(path)) for path in sorted(SAMPLES.rglob("*.jpeg")) for _ in range(3)]
     pd.DataFrame({"path": films, "label": labels, "probability": probs, "patient_id": groups}).to_csv(
         root / "reference.csv", index=False)
-    reference = drift.fit_reference(loaded, films, probs, groups=groups, description="bundled films (test)",
+    reference = drift_reference.fit_reference(loaded, films, probs, groups=groups, description="bundled films (test)",
                                     conditions={"CLAHE": STRESS["CLAHE"]},
                                     draws=50, power_draws=20)
     reference.save(drift.reference_path(loaded.path))
-    drift.record_in_card(loaded.path, reference)
+    drift_reference.record_in_card(loaded.path, reference)
     return model_dir
 
 
@@ -184,8 +185,8 @@ def test_fit_reference_measures_itself_and_goes_into_the_card(model_with_referen
 
 
 def test_check_batch_and_why_unavailable(model_with_reference: Path) -> None:
-    from pneumo.data import read_item
-    from pneumo.models import load_model
+    from pneumo.data.collection import read_item
+    from pneumo.model.loading import load_model
 
     loaded = load_model(model_with_reference)
     images = [read_item(str(p)) for p in sorted(SAMPLES.rglob("*.jpeg"))]
@@ -201,7 +202,7 @@ def test_check_batch_and_why_unavailable(model_with_reference: Path) -> None:
 
 
 def test_a_reference_of_another_model_is_refused(model_with_reference: Path, tmp_path: Path) -> None:
-    from pneumo.models import load_model
+    from pneumo.model.loading import load_model
 
     other = copy_model(tmp_path / "other")
     ref = drift.Reference.load(model_with_reference / drift.REFERENCE_FILE)
@@ -251,7 +252,7 @@ def test_cli_drift_contract(model_with_reference: Path, tmp_path: Path, capsys: 
 
 
 def test_evaluate_report_has_a_drift_object(model_with_reference: Path, tmp_path: Path) -> None:
-    from pneumo.external import evaluate_data
+    from pneumo.evaluation.external import evaluate_data
 
     report = evaluate_data(model_with_reference, SAMPLES)
     assert report["drift"]["available"] is True and report["drift"]["n"] == 48 and report["drift"]["shifted"] is False
@@ -267,7 +268,7 @@ def test_a_read_only_card_is_refused(model_with_reference: Path, tmp_path: Path)
     card.chmod(0o444)
     try:
         with pytest.raises(PermissionError, match="read-only"):
-            drift.record_in_card(model, drift.Reference.load(model_with_reference / drift.REFERENCE_FILE))
+            drift_reference.record_in_card(model, drift.Reference.load(model_with_reference / drift.REFERENCE_FILE))
     finally:
         card.chmod(0o644)
     assert card.read_bytes() == before
@@ -279,19 +280,19 @@ def test_a_read_only_card_is_refused(model_with_reference: Path, tmp_path: Path)
 def shipped_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shipped model's reference from its held-out films (val_predictions.csv), measured on a few
     stress conditions and on NORMAL2-IM films the model trained on. Built once for the module."""
-    from pneumo.data import pixel_hash, read_item
-    from pneumo.models import load_model
-    from pneumo.validate import STRESS
+    from pneumo.data.collection import pixel_hash, read_item
+    from pneumo.model.loading import load_model
+    from pneumo.data.transforms import STRESS
 
     model_dir = copy_model(tmp_path_factory.mktemp("shipped") / "model")
-    frame, what = drift.predictions_for_reference(ROOT / "models" / "model.keras")
+    frame, what = drift_reference.predictions_for_reference(ROOT / "models" / "model.keras")
     frame["path"] = [str(ROOT / p) for p in frame["path"]]
     trained = set(json.loads((ROOT / "models" / "image_hashes.json").read_text())["train"])
     normal2 = sorted(str(p) for p in (SHARED_TRAIN / "NORMAL").glob("NORMAL2-IM-*"))
     normal2_trained = [p for p in normal2[::3] if pixel_hash(read_item(p)) in trained]
     loaded = load_model(model_dir)
     conditions = {k: STRESS[k] for k in ("CLAHE", "rotate +8°", "blur σ=2 px")}
-    ref = drift.fit_reference(loaded, frame["path"].tolist(), frame["probability"].to_numpy(),
+    ref = drift_reference.fit_reference(loaded, frame["path"].tolist(), frame["probability"].to_numpy(),
                               groups=frame["patient_id"].astype(str).tolist(), labels=frame["label"].tolist(),
                               description=what, conditions=conditions, draws=500, power_draws=100,
                               populations={"NORMAL2-IM films the model trained on": normal2_trained})
@@ -331,7 +332,7 @@ def test_power_on_stressed_held_out_films_at_n_50(shipped_reference: dict) -> No
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason=f"shared training data not found at {SHARED_TRAIN}")
 def test_bundled_samples_do_not_raise_it(shipped_reference: dict) -> None:
-    from pneumo.models import load_model
+    from pneumo.model.loading import load_model
 
     result, unreadable = drift.check_paths(load_model(shipped_reference["model"]), drift.expand([SAMPLES]))
     assert not unreadable and result.n == 48 and not result.shifted, result.to_dict()

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo import engine as E
-from pneumo import quality
-from pneumo.architectures import build_model
-from pneumo.models import DEFAULT_MODEL_PATH, LoadedModel, load_model
-from pneumo.settings import SAMPLES_DIR
+from pneumo.model import serving as E
+from pneumo.model import input_check as quality
+from pneumo.model.architectures import build_model
+from pneumo.model.loading import DEFAULT_MODEL_PATH, LoadedModel, load_model
+from pneumo.app.settings import SAMPLES_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
             var.assign(rng.uniform(0.5, 1.5, var.shape).astype("float32"))
     model.save(folder / "model.keras")
     (folder / "card.json").write_text(json.dumps({"threshold": 0.4, "architecture": "shift_cnn"}))
-    from pneumo.explain import cam_functions
+    from pneumo.model.explain import cam_functions
 
     E.export_onnx(model, folder / "model.keras", "stage3_out", cam_functions(model, "stage3_out"))
     return folder
@@ -53,7 +53,7 @@ def test_onnx_engine_matches_tensorflow_within_1e_4(exported: Path) -> None:
 
 @pytest.mark.parametrize("method", ["gradcam", "gradcam++"])
 def test_onnx_grad_cam_equals_the_traced_tensorflow_map(exported: Path, method: str) -> None:
-    from pneumo import explain
+    from pneumo.model import explain
 
     loaded = load_model(exported)
     assert loaded.engine.explains("stage3_out") and not loaded.engine.explains("stage2_out")
@@ -80,7 +80,7 @@ def test_onnx_grad_cam_equals_the_traced_tensorflow_map(exported: Path, method: 
 def test_both_maps_from_one_pass_equal_each_map_alone(exported: Path) -> None:
     """gradcams (one forward and backward pass for both methods, through ONNX Runtime or the traced
     TensorFlow graphs) gives exactly the maps gradcam draws one at a time."""
-    from pneumo import explain
+    from pneumo.model import explain
 
     loaded = load_model(exported)
     image = np.random.default_rng(5).random((90, 72)).astype("float32")
@@ -133,7 +133,7 @@ def test_a_stale_export_is_never_served(exported: Path, tmp_path: Path, monkeypa
 
 
 def test_the_shipped_export_matches_the_shipped_model() -> None:
-    from pneumo.data import read_item
+    from pneumo.data.collection import read_item
 
     loaded = load_model()
     assert loaded.engine is not None, "models/model.onnx is missing or stale: run python -m pneumo export"
@@ -185,7 +185,6 @@ def test_an_export_that_differs_from_keras_is_removed(exported: Path, tmp_path: 
 def _zero_graph(size: int, source: str, with_features: bool) -> bytes:
     """A graph with the served inputs and outputs that answers 0 for every film, labelled with the hash
     of the .keras file it claims to come from."""
-    import onnx
     from onnx import TensorProto, helper
 
     nodes = [helper.make_node("ReduceMean", ["xray"], ["mean"], axes=[1, 2, 3], keepdims=0),
@@ -251,7 +250,7 @@ def test_a_swapped_graph_is_refused_through_the_cli_with_one_line(exported: Path
     assert out.returncode == 0, out.stderr
     warning = [line for line in out.stderr.splitlines() if "model.onnx" in line]
     assert len(warning) == 1 and "refused" in warning[0] and "Traceback" not in out.stderr
-    from pneumo.data import read_item
+    from pneumo.data.collection import read_item
     import keras
 
     model = keras.models.load_model(folder / "model.keras", compile=False)

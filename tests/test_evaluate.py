@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pneumo import evaluate as E
+from pneumo.evaluation import metrics as E
 
 
 def test_metrics_at_threshold_match_hand_count() -> None:

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from keras import layers
 
-from pneumo import explain
-from pneumo.card import ModelCard
-from pneumo.imaging import to_uint8
-from pneumo.models import LoadedModel
+from pneumo.model import explain
+from pneumo.core.card import ModelCard
+from pneumo.data.pixels import to_uint8
+from pneumo.model.loading import LoadedModel
 
 SIZE = 48
 

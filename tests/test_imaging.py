@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.imaging import InvalidImageError, load_image, load_xray, sniff_format
+from pneumo.data.pixels import InvalidImageError
+from pneumo.data.decode import load_image, load_xray, sniff_format
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -240,7 +241,7 @@ def test_declared_size_without_the_data_is_refused() -> None:
 
 
 def test_large_films_are_kept_at_a_bounded_size() -> None:
-    from pneumo.imaging import MAX_KEPT_SIDE
+    from pneumo.data.pixels import MAX_KEPT_SIDE
 
     data = _encode(Image.fromarray(np.tile(np.linspace(0, 255, 3000, dtype=np.uint8), (2600, 1))), "JPEG", quality=95)
     xray = load_xray(data, name="big.jpg")
@@ -447,17 +448,19 @@ def test_bombs_are_refused_with_their_reason(name: str, bomb_files: dict[str, Pa
 # Run in a fresh interpreter: import and warm every decoder path (so lazy imports and first-use caches do
 # not count), then fork once per bomb. Linux sets a forked child's VmHWM (peak resident set) to its current
 # resident set, so the child's VmHWM after load_xray minus its VmRSS before is what decoding that bomb
-# added at its peak, read with the project's own pneumo.memory.resident().
+# added at its peak, read with the project's own pneumo.core.memory.resident().
 _PEAK_SCRIPT = r"""
 import io, json, os, sys
 import numpy as np
 from PIL import Image
-from pneumo import imaging, memory
+from pneumo.data import decode
+from pneumo.data.pixels import InvalidImageError
+from pneumo.core import memory
 
 film = np.tile(np.linspace(0, 255, 64, dtype=np.uint8), (64, 1))
 for fmt in ("PNG", "JPEG"):
-    buf = io.BytesIO(); Image.fromarray(film).save(buf, fmt); imaging.load_xray(buf.getvalue())
-imaging.load_xray(sys.argv[1])  # a small valid DICOM: pydicom and its pixel handlers
+    buf = io.BytesIO(); Image.fromarray(film).save(buf, fmt); decode.load_xray(buf.getvalue())
+decode.load_xray(sys.argv[1])  # a small valid DICOM: pydicom and its pixel handlers
 for path in sys.argv[2:]:
     read, write = os.pipe()
     pid = os.fork()
@@ -465,9 +468,9 @@ for path in sys.argv[2:]:
         os.close(read)
         before = memory.resident().total_mb
         try:
-            imaging.load_xray(path)
+            decode.load_xray(path)
             outcome = "decoded"
-        except imaging.InvalidImageError as exc:
+        except InvalidImageError as exc:
             outcome = exc.reason
         peak = memory.resident().peak_mb
         os.write(write, json.dumps({"path": path, "outcome": outcome, "growth_mb": peak - before}).encode())
@@ -479,7 +482,7 @@ for path in sys.argv[2:]:
 """
 # Every bomb is refused (or, for the float film, decoded) without allocating what it declares. What a
 # refusal may still cost: the file's own bytes (< 2 MB here), pydicom's header, and for a deflated file at
-# most 16 MB of inflated header (imaging._DEFLATED_HEADER_BYTES) held twice while it is parsed; the float
+# most 16 MB of inflated header (pneumo.data.dicom._DEFLATED_HEADER_BYTES) held twice while it is parsed; the float
 # film holds its 1.2 MB of samples a few times over. 64 MB covers that with room for allocator noise, and stays
 # below what any of the bombs would cost decoded: the smallest, the 16-bit RGB film, is 106 MB of pixels
 # (before this check it peaked at 373 MB; the deflated private element at 764 MB).
@@ -565,7 +568,7 @@ def test_float_pixel_data_is_decoded(keyword: str, bits: int, dtype: type) -> No
 def test_broken_window_note_reaches_the_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from pneumo import predict
+    from pneumo.model import reading as predict
 
     plain = load_xray(_dicom(_ramp(), window=(2000, 4000)), name="ok.dcm")
     assert plain.warnings == []
@@ -627,7 +630,7 @@ def test_truncated_large_jpeg_is_refused_at_its_draft_scale() -> None:
 
 
 def test_sides_and_aspect_ratio() -> None:
-    from pneumo.imaging import MAX_ASPECT, _finish
+    from pneumo.data.pixels import MAX_ASPECT, _finish
 
     ramp = lambda h, w: _encode(Image.fromarray(np.tile(np.linspace(0, 255, w, dtype=np.uint8), (h, 1))), "PNG")  # noqa: E731
     assert load_xray(ramp(32, int(32 * MAX_ASPECT))).pixels.shape == (32, 128)  # 4:1 is still a film
@@ -711,7 +714,7 @@ def test_file_meta_reader_finds_the_transfer_syntax_in_explicit_and_implicit_vr_
 
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    from pneumo.imaging import _file_meta
+    from pneumo.data.dicom import _file_meta
 
     uid = str(DeflatedExplicitVRLittleEndian).encode() + b"\0"
     implicit_body = struct.pack("<HHI", 2, 0x10, len(uid)) + uid

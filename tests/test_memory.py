@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo import memory
+from pneumo.core import memory
 
 linux = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo import architectures as A
-from pneumo import models as M
+from pneumo.model import architectures as A
+from pneumo.model import loading as M
 
 
 @pytest.mark.parametrize("name", list(A.ARCHITECTURES))
@@ -58,7 +58,7 @@ def test_saved_model_round_trip_with_safe_mode(tmp_path: Path) -> None:
 def test_saving_an_operating_point_refuses_a_read_only_card(tmp_path: Path) -> None:
     import os
 
-    from pneumo.runs import ReadOnlyError
+    from pneumo.core.files import ReadOnlyError
 
     card = tmp_path / "card.json"
     card.write_text('{"threshold": 0.31, "architecture": "compact_cnn"}')
@@ -80,7 +80,7 @@ def test_saving_an_operating_point_refuses_a_read_only_card(tmp_path: Path) -> N
 
 
 def test_a_runaway_card_is_refused_unread(tmp_path: Path) -> None:
-    from pneumo.card import CardError
+    from pneumo.core.card import CardError
 
     with open(tmp_path / "card.json", "w") as fh:
         fh.write('{"threshold": 0.5, "notes": "')
@@ -92,7 +92,7 @@ def test_a_runaway_card_is_refused_unread(tmp_path: Path) -> None:
 def test_serving_cache_is_bounded_shared_by_copies_and_cleared_in_one_call(tmp_path: Path) -> None:
     import dataclasses
 
-    from pneumo import quality
+    from pneumo.model import input_check as quality
 
     cache = M.ServingCache(maxsize=3)
     builds: list[int] = []
@@ -114,7 +114,7 @@ def test_serving_cache_is_bounded_shared_by_copies_and_cleared_in_one_call(tmp_p
     img = np.random.default_rng(1).random((60, 50)).astype("float32")
     loaded.predict(img)
     forward = loaded._forward
-    copy = dataclasses.replace(loaded, operating_point="site")  # what pneumo.site.apply_operating_point makes
+    copy = dataclasses.replace(loaded, operating_point="site")  # what pneumo.evaluation.site.apply_operating_point makes
     assert copy._forward is forward and copy.density is loaded.density
     np.testing.assert_allclose(loaded.member_probabilities(img)[:, 0], loaded.predict(img), atol=1e-6)
     assert {"forward", "members", "density"} <= set(loaded.cache.keys())
@@ -146,7 +146,7 @@ def test_a_slow_build_blocks_neither_other_keys_nor_builds_twice() -> None:
     import threading
     import time
 
-    from pneumo.models import ServingCache
+    from pneumo.model.loading import ServingCache
 
     cache, started, builds = ServingCache(), threading.Event(), []
 

@@ -28,7 +28,7 @@ ARTIFACTS = ROOT / "artifacts" / "pacs"
 
 
 def _need_orthanc() -> None:
-    from pneumo.pacs_server import find_orthanc
+    from pneumo.integrations.pacs_server import find_orthanc
 
     if find_orthanc() is None:
         if os.environ.get("CI"):
@@ -39,7 +39,7 @@ def _need_orthanc() -> None:
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
     _need_orthanc()
-    from pneumo.pacs_server import seed, start_orthanc
+    from pneumo.integrations.pacs_server import seed, start_orthanc
 
     server = start_orthanc(free_ports()[0], workdir=tmp_path_factory.mktemp("orthanc"))
     try:
@@ -50,13 +50,13 @@ def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any
 
 @pytest.fixture(scope="module")
 def loaded() -> Any:
-    from pneumo.models import load_model
+    from pneumo.model.loading import load_model
 
     return load_model()
 
 
 def _pacs(url: str, timeout: float = 30.0) -> Any:
-    from pneumo.pacs import Pacs
+    from pneumo.integrations.pacs import Pacs
 
     return Pacs(url, timeout=timeout)
 
@@ -75,15 +75,16 @@ def _dataset(raw: bytes) -> Any:
 
 
 def _study_instances(pacs: Any, study: str) -> list[str]:
-    from pneumo.pacs import _value
+    from pneumo.integrations.pacs.dicomjson import _value
 
     return sorted(str(_value(m, "SOPInstanceUID")) for m in pacs.study_metadata(study))
 
 
 def test_seeded_studies_one_per_child_with_attribution(orthanc: tuple[Any, Any]) -> None:
-    from pneumo.data import parse_name
-    from pneumo.pacs import _value, search_studies
-    from pneumo.pacs_server import sample_films
+    from pneumo.data.collection import parse_name
+    from pneumo.integrations.pacs import search_studies
+    from pneumo.integrations.pacs.dicomjson import _value
+    from pneumo.integrations.pacs_server import sample_films
 
     server, report = orthanc
     pacs = _pacs(server.dicomweb_url)
@@ -110,9 +111,9 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
     import cv2
     from pydicom.uid import SecondaryCaptureImageStorage
 
-    from pneumo.pacs import (ALREADY, RESEARCH_USE, SC_SERIES_DESCRIPTION, SCHEME, SCREENED, SKIPPED,
+    from pneumo.integrations.pacs import (ALREADY, RESEARCH_USE, SC_SERIES_DESCRIPTION, SCHEME, SCREENED, SKIPPED,
                              SR_SERIES_DESCRIPTION, operating_point, screen_studies)
-    from pneumo.predict import card_hash, read
+    from pneumo.model.reading import card_hash, read
 
     server, report = orthanc
     pacs = _pacs(server.dicomweb_url)
@@ -188,7 +189,7 @@ def test_resume_and_unscreened_search(orthanc: tuple[Any, Any], loaded: Any, mon
     drift check sees exactly the films read in the run."""
     from types import SimpleNamespace
 
-    from pneumo.pacs import ALREADY, SCREENED, screen_studies, search_studies
+    from pneumo.integrations.pacs import ALREADY, SCREENED, screen_studies, search_studies
 
     seen: list[tuple[int, tuple[int, ...], list[float]]] = []
 
@@ -197,12 +198,12 @@ def test_resume_and_unscreened_search(orthanc: tuple[Any, Any], loaded: Any, mon
         return SimpleNamespace(shifted=True, advice="shifted batch (test double)")
 
     try:
-        import pneumo.drift
+        import pneumo.evaluation.drift
     except ImportError:  # the drift check is optional: screening runs without it
         drift = False
     else:
         drift = True
-        monkeypatch.setattr(pneumo.drift, "check_batch", check_batch)
+        monkeypatch.setattr(pneumo.evaluation.drift, "check_batch", check_batch)
     server, report = orthanc
     pacs = _pacs(server.dicomweb_url)
     first, second = report.studies[2], report.studies[3]
@@ -218,7 +219,7 @@ def test_resume_and_unscreened_search(orthanc: tuple[Any, Any], loaded: Any, mon
 
 
 def test_screen_then_send_results_as_the_app_does(orthanc: tuple[Any, Any], loaded: Any) -> None:
-    from pneumo.pacs import ALREADY, SCREENED, list_studies, screen_studies, send_results
+    from pneumo.integrations.pacs import ALREADY, SCREENED, list_studies, screen_studies, send_results
 
     server, report = orthanc
     pacs = _pacs(server.dicomweb_url)
@@ -251,8 +252,8 @@ def test_cli_screen_json_contract(orthanc: tuple[Any, Any]) -> None:
     entry = entries[0]
     assert entry["study"] == study and entry["status"] == "screened" and entry["error"] is None
     # The score is the stored instance's own: fetched back over WADO-RS and read here, in this process.
-    from pneumo.models import load_model
-    from pneumo.predict import read
+    from pneumo.model.loading import load_model
+    from pneumo.model.reading import read
 
     raw = _pacs(server.dicomweb_url).retrieve_instance(study, entry["series"], entry["instance"])
     here = read(load_model(), raw, name="instance.dcm")
@@ -267,7 +268,7 @@ def test_cli_screen_json_contract(orthanc: tuple[Any, Any]) -> None:
 
 
 def test_cli_watch_polls_and_screens(orthanc: tuple[Any, Any]) -> None:
-    from pneumo.pacs_server import FIRST_STUDY_DATE
+    from pneumo.integrations.pacs_server import FIRST_STUDY_DATE
 
     server, report = orthanc
     last = (FIRST_STUDY_DATE.toordinal() + len(report.studies) - 1)
@@ -291,7 +292,7 @@ def _one_line(stderr: str) -> str:
 
 def test_stopped_server_is_one_line(tmp_path: Path) -> None:
     _need_orthanc()
-    from pneumo.pacs_server import seed, start_orthanc
+    from pneumo.integrations.pacs_server import seed, start_orthanc
 
     server = start_orthanc(free_ports()[0], workdir=tmp_path / "orthanc")
     study = seed(server.dicomweb_url, limit=1).studies[0]
@@ -344,8 +345,8 @@ def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded
     """Orthanc's Lua filter drops the SR while STOW-RS answers success: the check after the store catches it,
     the reading stays in the output, and nothing counts as screened, so the next run tries again."""
     _need_orthanc()
-    from pneumo.pacs import FAILED, screen_studies
-    from pneumo.pacs_server import seed, start_orthanc
+    from pneumo.integrations.pacs import FAILED, screen_studies
+    from pneumo.integrations.pacs_server import seed, start_orthanc
 
     lua = tmp_path / "reject_sr.lua"
     lua.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n"
@@ -357,7 +358,7 @@ def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded
         result = run.results[0]
         assert result.prediction and not result.stored
         # The reading kept is the instance's own: read again here from the bytes the server holds.
-        from pneumo.predict import read
+        from pneumo.model.reading import read
 
         raw = _pacs(server.dicomweb_url).retrieve_instance(study, result.series_uid, result.sop_uid)
         assert result.probability == pytest.approx(read(loaded, raw, name="instance.dcm").probability, abs=1e-6)
@@ -371,7 +372,7 @@ def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded
 
 
 def test_views_are_picked_as_a_department_would() -> None:
-    from pneumo.pacs import classify
+    from pneumo.integrations.pacs import classify
 
     def meta(**values: Any) -> dict[str, Any]:
         from pydicom.datadict import tag_for_keyword
@@ -392,7 +393,7 @@ def test_views_are_picked_as_a_department_would() -> None:
 
 
 def test_config_from_environment_and_secrets_never_leaks_credentials() -> None:
-    from pneumo.pacs import PacsConfig, redact
+    from pneumo.integrations.pacs import PacsConfig, redact
 
     assert PacsConfig.load({}, {}) is None
     env = {"PNEUMO_PACS_URL": "https://pacs.example/dicom-web/", "PNEUMO_PACS_TOKEN": "t0k"}

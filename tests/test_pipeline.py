@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo import pipeline as P
-from pneumo.data import scan
+from pneumo.training import pipeline as P
+from pneumo.data.collection import scan
 from tests.conftest import make_folder, synthetic_xray
 
 
@@ -90,8 +90,8 @@ def test_class_weights_and_mixup_travel_as_sample_weights(tmp_path: Path) -> Non
 
 
 def test_working_resolution_augmentation_feeds_the_full_size_in_pooled_blocks(tmp_path: Path) -> None:
-    from pneumo import data as D
-    from pneumo import pipeline as P
+    from pneumo.data import collection as D
+    from pneumo.training import pipeline as P
 
     frame = D.scan(make_folder(tmp_path / "d", n_per_class=4, size=64)).frame.assign(
         path=lambda f: f["path"].astype(str))

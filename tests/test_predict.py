@@ -6,8 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo import predict, report
-from pneumo.models import load_model
+from pneumo.model import reading as predict
+from pneumo.integrations import report
+from pneumo.model.loading import load_model
 from tests.conftest import synthetic_xray, write_png
 
 
@@ -50,7 +51,7 @@ def test_study_report_renders_every_readable_image(tiny_run: Path, tmp_path: Pat
 def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> None:
     """pack: a quarter of the memory, the film within half a grey level; unpack: a [0, 1] float film and
     lists of its own, so notes added to one copy do not reach the kept one."""
-    from pneumo.imaging import XRay
+    from pneumo.data.decode import XRay
 
     film = np.random.default_rng(0).random((40, 30)).astype(np.float32)
     reading = predict.Reading("a.png", XRay(film, "a.png", "PNG", (40, 30), warnings=["window"]), 0.7,
@@ -59,7 +60,7 @@ def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> No
     assert packed.xray.pixels.dtype == np.uint8 and packed.xray.pixels.nbytes * 4 == film.nbytes
     assert predict.pack(packed) is packed
     # Repeats are found on packed films: the same pixel hash as the float film's.
-    from pneumo.data import pixel_hash
+    from pneumo.data.collection import pixel_hash
     assert pixel_hash(packed.xray.pixels) == pixel_hash(film) != pixel_hash(film[::-1])
     again = predict.unpack(packed)
     assert again.xray.pixels.dtype == np.float32
@@ -77,8 +78,8 @@ def test_wrong_inputs_get_no_decision_and_a_turned_film_is_named_by_its_turn(tmp
     film as it is gets a decision; the rest are NOT ASSESSABLE with their probability still listed, each
     named by what is wrong with it (np.rot90 turns a film counter-clockwise on screen). The same rule
     reaches the worklist CSV and the PDF."""
-    from pneumo.data import read_item
-    from pneumo.settings import SAMPLES_DIR
+    from pneumo.data.collection import read_item
+    from pneumo.app.settings import SAMPLES_DIR
     from tests.conftest import ROOT
     from tests.test_report import _pdf_text
 

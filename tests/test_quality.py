@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import quality
-from pneumo.models import load_model
-from pneumo.predict import read
+from pneumo.data.pixels import colourfulness
+from pneumo.model import input_check as quality
+from pneumo.model.loading import load_model
+from pneumo.model.reading import read
 
 
 def test_density_alarm_level_is_calibrated_on_unseen_half() -> None:
@@ -46,12 +47,12 @@ def test_density_round_trips_and_tolerates_a_missing_file(tmp_path: Path) -> Non
 def test_colour_photos_are_flagged() -> None:
     rgb = np.zeros((64, 64, 3), np.float32)
     rgb[..., 0] = 0.9
-    assert quality.colourfulness(rgb) > quality.COLOUR_LIMIT
-    assert quality.colourfulness(np.repeat(np.random.default_rng(2).random((64, 64, 1)), 3, axis=2)) == 0.0
+    assert colourfulness(rgb) > quality.COLOUR_LIMIT
+    assert colourfulness(np.repeat(np.random.default_rng(2).random((64, 64, 1)), 3, axis=2)) == 0.0
 
 
 def test_a_trained_run_checks_its_inputs(tiny_run: Path, tmp_path: Path) -> None:
-    from pneumo.card import ModelCard
+    from pneumo.core.card import ModelCard
 
     assert (tiny_run / quality.FILE_NAME).exists()
     card = ModelCard.read(tiny_run / "card.json")
@@ -59,7 +60,7 @@ def test_a_trained_run_checks_its_inputs(tiny_run: Path, tmp_path: Path) -> None
     loaded = load_model(tiny_run)
     # Held-out films: few alarms. Noise and a coloured photo: warnings beside the score.
     val = pd.read_csv(tiny_run / "val_predictions.csv")
-    from pneumo.data import read_item
+    from pneumo.data.collection import read_item
 
     alarms = [bool(quality.check(loaded, read_item(p), loaded.density)) for p in val["path"]]
     assert np.mean(alarms) <= 0.25  # a 20-image calibration half on a one-epoch model: coarse, but bounded
@@ -78,7 +79,7 @@ def test_a_trained_run_checks_its_inputs(tiny_run: Path, tmp_path: Path) -> None
 
 
 def test_detection_rates_cover_real_films_and_wrong_inputs(tiny_run: Path) -> None:
-    from pneumo.card import ModelCard
+    from pneumo.core.card import ModelCard
 
     rates = ModelCard.read(tiny_run / "card.json").extra["input_check"]["warned_share"]
     assert set(rates) == {"real films (false alarms)", "inverted", "rotated by 90°", "upside down", "uniform noise"}

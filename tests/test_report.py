@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo.card import ModelCard
-from pneumo.imaging import XRay
-from pneumo.predict import Reading, worklist
-from pneumo.report import _text, csv_safe, safe_csv, study_pdf
+from pneumo.core.card import ModelCard
+from pneumo.data.decode import XRay
+from pneumo.model.reading import Reading, worklist
+from pneumo.integrations.report import _text, csv_safe, safe_csv, study_pdf
 
 HOSTILE_NAMES = [
     "[click](http://evil.example/x).png",

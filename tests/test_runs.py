@@ -10,18 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo import runs
+from pneumo.core import files
+from pneumo.training import runs
 
 
 def test_atomic_json_leaves_no_temporary_files(tmp_path: Path) -> None:
-    runs.atomic_write_json(tmp_path / "a.json", {"x": 1})
-    runs.atomic_write_json(tmp_path / "a.json", {"x": 2})
+    files.atomic_write_json(tmp_path / "a.json", {"x": 1})
+    files.atomic_write_json(tmp_path / "a.json", {"x": 2})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
 def test_metrics_reader_skips_a_half_written_line(tmp_path: Path) -> None:
-    runs.append_jsonl(tmp_path / "metrics.jsonl", {"type": "epoch", "epoch": 1, "val_auc": 0.8})
+    files.append_jsonl(tmp_path / "metrics.jsonl", {"type": "epoch", "epoch": 1, "val_auc": 0.8})
     with open(tmp_path / "metrics.jsonl", "a") as fh:
         fh.write('{"type": "epoch", "epo')
     assert runs.read_metrics(tmp_path) == [{"type": "epoch", "epoch": 1, "val_auc": 0.8}]
@@ -48,10 +49,10 @@ def test_a_run_that_stops_beating_reads_failed(tmp_path: Path) -> None:
 
 
 def test_launch_refuses_a_second_concurrent_run(tmp_path: Path) -> None:
-    from pneumo.train import TrainConfig
+    from pneumo.training.job import TrainConfig
 
     busy = tmp_path / "busy"
-    runs.atomic_write_json(busy / "config.json", {"model": "shift_cnn"})
+    files.atomic_write_json(busy / "config.json", {"model": "shift_cnn"})
     runs.write_status(busy, "running", pid=os.getpid(), started="2026-01-01")
     import pytest
 
@@ -63,10 +64,10 @@ def test_launch_refuses_a_second_concurrent_run(tmp_path: Path) -> None:
 def test_list_runs_and_info(tmp_path: Path) -> None:
     for name, aucs in (("r1", [0.7, 0.9, 0.8]), ("r2", [])):
         d = tmp_path / name
-        runs.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
+        files.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
         runs.write_status(d, "finished", started=f"2026-01-0{name[-1]}")
         for i, auc in enumerate(aucs):
-            runs.append_jsonl(d / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "val_auc": auc, "seconds": 2.0})
+            files.append_jsonl(d / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "val_auc": auc, "seconds": 2.0})
     (tmp_path / "not-a-run").mkdir()
     listed = runs.list_runs(tmp_path)
     assert [r.name for r in listed] == ["r2", "r1"]
@@ -82,17 +83,17 @@ def test_request_stop_creates_stop_file(tmp_path: Path) -> None:
 
 def _run(root: Path, name: str, state: str = "finished", aucs: tuple = (0.7, 0.9), model: bool = True) -> Path:
     d = root / name
-    runs.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
+    files.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
     runs.write_status(d, state, started=f"2026-01-01T00:00:{len(name):02d}")
     for i, auc in enumerate(aucs):
-        runs.append_jsonl(d / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": 3, "val_auc": auc, "seconds": 2.0})
+        files.append_jsonl(d / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": 3, "val_auc": auc, "seconds": 2.0})
     if model:
         (d / "model.keras").write_bytes(b"weights")
     return d
 
 
 def test_one_bad_file_marks_only_its_own_run_damaged(tmp_path: Path) -> None:
-    from pneumo.settings import AppSettings
+    from pneumo.app.settings import AppSettings
 
     good = _run(tmp_path, "good")
     _run(tmp_path, "number-line")
@@ -100,7 +101,7 @@ def test_one_bad_file_marks_only_its_own_run_damaged(tmp_path: Path) -> None:
         fh.write("42\n")  # a bare number between records
         fh.write(json.dumps({"type": "epoch", "epoch": 3, "epochs": 3, "val_auc": 0.95, "seconds": 2.0}) + "\n")
     _run(tmp_path, "text-auc")
-    runs.append_jsonl(tmp_path / "text-auc" / "metrics.jsonl", {"type": "epoch", "epoch": 3, "val_auc": "high"})
+    files.append_jsonl(tmp_path / "text-auc" / "metrics.jsonl", {"type": "epoch", "epoch": 3, "val_auc": "high"})
     (_run(tmp_path, "status-list") / "status.json").write_text("[1, 2]")
     (_run(tmp_path, "text-pid") / "status.json").write_text(json.dumps({"state": "running", "pid": "12x"}))
     (_run(tmp_path, "config-list") / "config.json").write_text('["compact_cnn"]')
@@ -180,8 +181,8 @@ def test_a_queued_run_whose_pid_is_not_its_training_is_stale_and_stop_clears_it(
 def test_stored_predictions_are_validated_and_kept_inside_the_roots(tmp_path: Path) -> None:
     import threading
 
-    from pneumo.runs import PredictionsError
-    from pneumo.settings import AppSettings
+    from pneumo.core.predictions import PredictionsError
+    from pneumo.app.settings import AppSettings
 
     root = tmp_path / "data"
     (root / "NORMAL").mkdir(parents=True)
@@ -225,13 +226,13 @@ def test_a_run_is_labelled_with_the_kept_models_auc_not_its_best_epochs(tmp_path
     best epoch's (0.913) that it does not serve; a run that keeps its best says the best."""
     for name, kept in (("last", 3), ("best", 2), ("none", None)):
         d = tmp_path / name
-        runs.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
+        files.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
         runs.write_status(d, "finished", started="2026-01-01")
         for epoch, auc in enumerate((0.88, 0.913, 0.9015), start=1):
             record = {"type": "epoch", "epoch": epoch, "val_auc": auc, "seconds": 1.0}
             if epoch == kept:
                 record["kept"] = True
-            runs.append_jsonl(d / "metrics.jsonl", record)
+            files.append_jsonl(d / "metrics.jsonl", record)
     info = {r.name: r for r in runs.list_runs(tmp_path)}
     assert (info["last"].kept_val_auc, info["last"].best_val_auc) == (0.9015, 0.913)
     assert info["best"].kept_val_auc == 0.913

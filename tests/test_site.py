@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import site
-from pneumo.card import CardError, ModelCard
+from pneumo.evaluation import site
+from pneumo.core.card import CardError, ModelCard
 from tests.conftest import ROOT
 from tests.test_drift import SAMPLES, copy_model
 
@@ -135,7 +135,7 @@ def test_a_bad_site_point_in_a_card_is_refused(points: object, message: str) -> 
 
 
 def test_apply_operating_point_leaves_the_cached_model_alone(tmp_path: Path) -> None:
-    from pneumo.models import load_model
+    from pneumo.model.loading import load_model
 
     model = copy_model(tmp_path / "m")
     y = np.array([1] * 30 + [0] * 30)
@@ -156,7 +156,7 @@ def test_apply_operating_point_leaves_the_cached_model_alone(tmp_path: Path) -> 
 def test_site_rule_on_a_stand_in_of_another_population() -> None:
     """NORMAL2-IM normals and the pneumonias, from the shipped model's stored scores (out of fold: each film
     scored by a network that never saw it)."""
-    from pneumo.models import stored_predictions_file
+    from pneumo.model.loading import stored_predictions_file
 
     val = pd.read_csv(stored_predictions_file(ROOT / "models" / "model.keras"))
     standin = val[val["path"].str.contains("NORMAL2-IM") | (val["label"] == 1)]

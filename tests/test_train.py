@@ -8,9 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import runs
-from pneumo.models import load_model
-from pneumo.train import TrainConfig, train
+from pneumo.core import files
+from pneumo.training import runs
+from pneumo.model.loading import load_model
+from pneumo.training.job import TrainConfig, train
 from tests.conftest import free_ports, make_folder
 
 
@@ -30,8 +31,8 @@ def test_run_directory_holds_everything(tiny_run: Path) -> None:
 
 
 def test_card_records_held_out_figures_and_shift_checks(tiny_run: Path) -> None:
-    from pneumo.card import ModelCard
-    from pneumo.validate import STRESS
+    from pneumo.core.card import ModelCard
+    from pneumo.data.transforms import STRESS
 
     card = ModelCard.read(tiny_run / "card.json")
     preds = pd.read_csv(tiny_run / "val_predictions.csv")
@@ -87,8 +88,8 @@ def test_config_rejects_unknown_keys() -> None:
 
 
 def test_ensemble_averages_members_on_their_shared_split(tiny_run: Path, tmp_path: Path) -> None:
-    from pneumo import explain
-    from pneumo.train import ensemble
+    from pneumo.model import explain
+    from pneumo.training.job import ensemble
 
     config = TrainConfig.from_dict({**json.loads((tiny_run / "config.json").read_text()), "seed": 1, "split_seed": 0})
     other = tmp_path / "other"
@@ -118,7 +119,7 @@ def test_ensemble_averages_members_on_their_shared_split(tiny_run: Path, tmp_pat
 def test_run_folders_are_never_overwritten_or_shared(tmp_path: Path) -> None:
     import fcntl
 
-    from pneumo.runs import RunFolderError, claim
+    from pneumo.training.runs import RunFolderError, claim
 
     foreign = tmp_path / "mine"
     foreign.mkdir()
@@ -132,7 +133,7 @@ def test_run_folders_are_never_overwritten_or_shared(tmp_path: Path) -> None:
 
     ended = tmp_path / "ended"
     ended.mkdir()
-    runs.atomic_write_json(ended / "config.json", {})
+    files.atomic_write_json(ended / "config.json", {})
     runs.write_status(ended, "finished")
     with pytest.raises(RunFolderError, match="--overwrite"):
         with claim(ended):

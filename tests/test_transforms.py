@@ -1,5 +1,5 @@
 """One definition of each acquisition change: the stress suite's fixed values and training's random
-draws go through the same functions (pneumo.transforms), and each parameter means what it says."""
+draws go through the same functions (pneumo.data.transforms), and each parameter means what it says."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumo import pipeline as P
-from pneumo import transforms as T
-from pneumo import validate as V
+from pneumo.training import pipeline as P
+from pneumo.data import transforms as T
+from pneumo.data import transforms
 from tests.conftest import synthetic_xray
 
 
@@ -54,7 +54,7 @@ GEOMETRIC = {
 @pytest.mark.parametrize("name", sorted(PHOTOMETRIC))
 def test_a_photometric_stress_condition_is_the_augmentation_with_its_value(name: str) -> None:
     img = _film()
-    stressed = np.clip(V.STRESS[name](img), 0, 1)
+    stressed = np.clip(transforms.STRESS[name](img), 0, 1)
     augmented = P.augment_image(img, PHOTOMETRIC[name], sigma=2.0)
     assert augmented.dtype == np.float32
     np.testing.assert_allclose(augmented, stressed, rtol=0, atol=1e-6)
@@ -69,7 +69,7 @@ def test_a_geometric_stress_condition_is_the_augmentation_with_its_value_inside_
     draw, geometry = GEOMETRIC[name]
     inside = _inside(img, **geometry)
     assert inside.mean() > 0.6
-    stressed = np.clip(V.STRESS[name](img), 0, 1)
+    stressed = np.clip(transforms.STRESS[name](img), 0, 1)
     augmented = P.augment_image(img, draw, sigma=2.0)
     # 1e-5, not 1e-6: OpenCV 5's warpAffine computes a few pixels beside the film's edge through the border
     # mode's own path, by up to 2.1e-6 apart here (OpenCV 4: within 1e-6); the untransformed film differs

@@ -1,4 +1,4 @@
-"""pneumo.ui's downloads made on click and its shared reading cache, without a running app."""
+"""pneumo.app.ui's downloads made on click and its shared reading cache, without a running app."""
 
 from __future__ import annotations
 
@@ -9,9 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo import explain, predict, site, ui
-from pneumo.imaging import resize, to_uint8
-from pneumo.models import load_model
+from pneumo.model import explain
+from pneumo.model import reading as predict
+from pneumo.evaluation import site
+from pneumo.app import ui
+from pneumo.app import cards
+from pneumo.app import pacs_panel
+from pneumo.app import sessions
+from pneumo.data.pixels import resize, to_uint8
+from pneumo.model.loading import load_model
 from tests.conftest import synthetic_xray, write_png
 
 
@@ -35,17 +41,17 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
     rng = np.random.default_rng(4)
     path = write_png(tmp_path / "film.png", synthetic_xray(rng, 300, pneumonia=True))
     data = path.read_bytes()
-    upload = ui.Upload(loaded, hashlib.sha256(data).hexdigest(), path.name, path, "model-key", 0.05)
+    upload = cards.Upload(loaded, hashlib.sha256(data).hexdigest(), path.name, path, "model-key", 0.05)
     shown = upload.reading()  # what the card shows: the film at display size
     shown.warnings.append("repeats item 1 (other.png): the same pixels; read them as one film")
     heat = explain.gradcam(loaded, shown.xray.pixels)
 
-    overlay = ui.overlay_png_on_click(upload, shown, heat, 0.45)
-    pdf = ui.reading_pdf_on_click(upload, shown, loaded, heat)
-    batch = ui.batch_pdf_on_click([shown, predict.Reading("junk.png", None, None, None, "not an image")],
+    overlay = cards.overlay_png_on_click(upload, shown, heat, 0.45)
+    pdf = cards.reading_pdf_on_click(upload, shown, loaded, heat)
+    batch = cards.batch_pdf_on_click([shown, predict.Reading("junk.png", None, None, None, "not an image")],
                                   [upload.digest, "junk"], loaded, "model-key", None)
     for made in (overlay, pdf, batch):
-        assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.ui"
+        assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.app.ui"
         kept = _arrays(made.args)
         assert all(a.dtype == np.uint8 or a.size <= heat.size for a in kept), [(a.dtype, a.shape) for a in kept]
     assert _arrays(batch.args) and all(a.dtype == np.uint8 for a in _arrays(batch.args[0]))
@@ -54,7 +60,7 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
     assert overlay() == direct
     assert pdf().startswith(b"%PDF") and batch().startswith(b"%PDF")
     # The batch report draws the map its card shows: the one kept for this film and model.
-    assert ui.PICTURES.peek(("heat", upload.digest, "model-key", int(shown.probability >= loaded.threshold))) is not None
+    assert cards.PICTURES.peek(("heat", upload.digest, "model-key", int(shown.probability >= loaded.threshold))) is not None
     assert shown.warnings[-1].startswith("repeats item 1")  # the page's note stays on the page's copy
     assert upload.reading().warnings == shown.warnings[:-1]
 
@@ -74,16 +80,16 @@ def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force
     films = [write_png(tmp_path / f"film{i}.png", synthetic_xray(rng, 200, pneumonia=i == 0)) for i in range(2)]
     readings = [predict.read(loaded, f) for f in films]
     digests = [hashlib.sha256(f.read_bytes()).hexdigest() for f in films]
-    first, second = (ui.card_pictures(loaded, d, "model-key", r, r.xray.pixels) for d, r in zip(digests, readings))
-    assert len(first) == len(ui.CARD_PICTURE_ALT) == 7
+    first, second = (cards.card_pictures(loaded, d, "model-key", r, r.xray.pixels) for d, r in zip(digests, readings))
+    assert len(first) == len(cards.CARD_PICTURE_ALT) == 7
     assert first[0] == first[1] == first[4] and first[3] == first[6] == second[3]
-    assert "nth-child(3n) img {opacity: 0.30}" in ui.card_rules(0.3)  # the 3rd and 6th: the maps
+    assert "nth-child(3n) img {opacity: 0.30}" in cards.card_rules(0.3)  # the 3rd and 6th: the maps
     assert first[0] != second[0] and first[2] != first[5]  # each film its own; Grad-CAM and Grad-CAM++ differ
     film, grad_map, bar = _decoded(first[0]), _decoded(first[2]), _decoded(first[3])
     assert film.shape == (200, 200) and grad_map.shape == (200, 200, 3) and bar.shape[2] == 4
     # What the screen shows, up to JPEG: the card's film, and the map its downloads and reports are made of.
     assert np.abs(film.astype(int) - to_uint8(readings[0].xray.pixels)).mean() < 3
-    heat = ui.card_heatmaps(loaded, digests[0], "model-key", readings[0])["gradcam"]
+    heat = cards.card_heatmaps(loaded, digests[0], "model-key", readings[0])["gradcam"]
     drawn = explain.map_layer(readings[0].xray.pixels, heat)
     assert np.abs(grad_map[..., ::-1].astype(int) - drawn).mean() < 6  # cv2 decodes BGR
     # Another operating point, on the other side of the first film's probability: the other class explained.
@@ -91,11 +97,11 @@ def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force
     loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
     other = site.apply_operating_point(loaded, "other side")
     assert int(p >= other.threshold) != int(p >= loaded.threshold)
-    flipped = ui.card_pictures(other, digests[0], "model-key", readings[0], readings[0].xray.pixels)
+    flipped = cards.card_pictures(other, digests[0], "model-key", readings[0], readings[0].xray.pixels)
     assert flipped[0] == first[0] and flipped[2] != first[2]
     at_input = resize(readings[0].xray.pixels, loaded.input_size)  # the maps are kept at the model's input size
     expected = explain.gradcams(other, at_input, target=int(p >= other.threshold))["gradcam"]
-    assert np.allclose(ui.card_heatmaps(other, digests[0], "model-key", readings[0])["gradcam"], expected, atol=1e-3)
+    assert np.allclose(cards.card_heatmaps(other, digests[0], "model-key", readings[0])["gradcam"], expected, atol=1e-3)
 
 
 def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_run: Path, tmp_path: Path) -> None:
@@ -103,11 +109,11 @@ def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_ru
     path = write_png(tmp_path / "film.png", synthetic_xray(np.random.default_rng(6), 200, pneumonia=False))
     data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    first = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
-    kept = ui.READINGS.peek((digest, path.name, "model-key", 0.05, loaded.threshold))
+    first = cards.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
+    kept = cards.READINGS.peek((digest, path.name, "model-key", 0.05, loaded.threshold))
     assert kept.xray.pixels.dtype == np.uint8 and first.xray.pixels.dtype == np.float32
     first.warnings.append("a note of one page")
-    second = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
+    second = cards.cached_reading(loaded, digest, path.name, data, "model-key", 0.05)
     assert "a note of one page" not in second.warnings and second.xray.pixels is not first.xray.pixels
     assert second.probability == predict.read(loaded, data, name=path.name).probability
     # Another operating point of the same model, with the film on the other side of it: the decision is
@@ -115,14 +121,14 @@ def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_ru
     p = second.probability
     loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
     other = site.apply_operating_point(loaded, "other side")
-    before = ui.cached_reading(loaded, digest, path.name, data, "model-key", 0.0)  # no band: a class either way
-    moved = ui.cached_reading(other, digest, path.name, data, "model-key", 0.0)
+    before = cards.cached_reading(loaded, digest, path.name, data, "model-key", 0.0)  # no band: a class either way
+    moved = cards.cached_reading(other, digest, path.name, data, "model-key", 0.0)
     assert before.decision == predict.decide(p, loaded.threshold, 0.0)
     assert moved.decision == predict.decide(p, other.threshold, 0.0) != before.decision
 
 
 def test_a_shared_cache_is_bounded_by_bytes_and_makes_each_value_once() -> None:
-    cache = ui.SharedCache(100, len)
+    cache = cards.SharedCache(100, len)
     made: list[str] = []
 
     def make(key: str, size: int) -> bytes:
@@ -164,28 +170,28 @@ def test_a_closed_session_is_released_only_once_it_can_no_longer_resume(monkeypa
     pictures and its tables; a session still connected is never released, however old."""
     import streamlit as st
 
-    monkeypatch.setattr(ui, "_SESSIONS", {})  # none of the sessions app tests ran in this process
+    monkeypatch.setattr(sessions, "_SESSIONS", {})  # none of the sessions app tests ran in this process
     ttl = float(st.get_option("server.disconnectedSessionTTL"))
     rt = _Runtime(active={"open", "closing"})
     for session_id in ("open", "closing"):
-        ui.track_session(session_id)
-    assert ui.release_expired_sessions(rt, now=5, margin_s=2) == []
+        sessions.track_session(session_id)
+    assert sessions.release_expired_sessions(rt, now=5, margin_s=2) == []
     rt.active.discard("closing")  # the tab closes; the next check comes late, 40 s on
-    assert ui.release_expired_sessions(rt, now=45, margin_s=2) == []  # first found gone: the TTL starts now
-    assert ui.release_expired_sessions(rt, now=45 + ttl + 1, margin_s=2) == []  # could still resume
+    assert sessions.release_expired_sessions(rt, now=45, margin_s=2) == []  # first found gone: the TTL starts now
+    assert sessions.release_expired_sessions(rt, now=45 + ttl + 1, margin_s=2) == []  # could still resume
     assert rt.uploaded_file_mgr.calls == []
-    assert ui.release_expired_sessions(rt, now=45 + ttl + 3, margin_s=2) == ["closing"]
+    assert sessions.release_expired_sessions(rt, now=45 + ttl + 3, margin_s=2) == ["closing"]
     assert rt.uploaded_file_mgr.calls == [("remove_session_files", "closing")]
     assert ("clear_session_refs", "closing") in rt.media_file_mgr.calls
     assert ("remove_orphaned_files", None) in rt.media_file_mgr.calls
     assert rt.dataframe_source_mgr.calls == [("clear_all_for_session", "closing")]
     # Released once; the open session stays tracked and untouched an hour on.
-    assert ui.release_expired_sessions(rt, now=3600, margin_s=2) == []
+    assert sessions.release_expired_sessions(rt, now=3600, margin_s=2) == []
     assert all(session_id == "closing" for _, session_id in rt.uploaded_file_mgr.calls)
     # A session that reconnects before its TTL is out starts again from connected.
     rt.active.discard("open")
-    ui.release_expired_sessions(rt, now=4000, margin_s=2)
+    sessions.release_expired_sessions(rt, now=4000, margin_s=2)
     rt.active.add("open")
-    ui.release_expired_sessions(rt, now=4000 + ttl, margin_s=2)
+    sessions.release_expired_sessions(rt, now=4000 + ttl, margin_s=2)
     rt.active.discard("open")
-    assert ui.release_expired_sessions(rt, now=4000 + ttl + 10, margin_s=2) == []
+    assert sessions.release_expired_sessions(rt, now=4000 + ttl + 10, margin_s=2) == []

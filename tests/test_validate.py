@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo import data as D
-from pneumo import validate as V
+from pneumo.data import collection as D
+from pneumo.evaluation import validate as V
+from pneumo.data import splits
+from pneumo.data import transforms
 from tests.conftest import synthetic_xray, write_png
 
 
@@ -28,21 +30,21 @@ def _no_shared_patient(train: pd.DataFrame, held: pd.DataFrame) -> None:
 
 def test_temporal_split_holds_out_the_lowest_numbers_of_each_series(tmp_path: Path) -> None:
     frame = D.scan(_kermany_like(tmp_path / "k")).frame
-    train, held = V.holdout(frame, "temporal", 0.2, duplicates=[])
+    train, held = splits.holdout(frame, "temporal", 0.2, duplicates=[])
     _no_shared_patient(train, held)
     assert len(held) == pytest.approx(0.2 * len(frame), abs=4)
     for series in ("IM", "NORMAL2-IM", "person"):
-        numbers = lambda f: [V.patient_number(p) for p, s in zip(f["patient_id"], f["path"]) if V.series(s) == series]
+        numbers = lambda f: [splits.patient_number(p) for p, s in zip(f["patient_id"], f["path"]) if splits.series(s) == series]
         assert max(numbers(held)) < min(numbers(train)), series
 
 
 def test_family_split_holds_out_a_whole_normal_series(tmp_path: Path) -> None:
     frame = D.scan(_kermany_like(tmp_path / "k")).frame
-    train, held = V.holdout(frame, "family", 0.2, duplicates=[])
+    train, held = splits.holdout(frame, "family", 0.2, duplicates=[])
     _no_shared_patient(train, held)
-    held_normals = held[held.label == 0]["path"].map(V.series)
+    held_normals = held[held.label == 0]["path"].map(splits.series)
     assert set(held_normals) == {"NORMAL2-IM"} and len(held_normals) == 40
-    assert not (train["path"].map(V.series) == "NORMAL2-IM").any()
+    assert not (train["path"].map(splits.series) == "NORMAL2-IM").any()
 
 
 def test_split_falls_back_to_patients_without_kermany_names(tmp_path: Path) -> None:
@@ -52,10 +54,10 @@ def test_split_falls_back_to_patients_without_kermany_names(tmp_path: Path) -> N
         write_png(root / "NORMAL" / f"a{i}.png", synthetic_xray(rng, 40))
         write_png(root / "PNEUMONIA" / f"b{i}.png", synthetic_xray(rng, 40, pneumonia=True))
     frame = D.scan(root).frame
-    train, held = V.holdout(frame, "temporal", 0.2, duplicates=[])
-    assert len(train) + len(held) == 60 and "patient-level" in V.describe_holdout("temporal", frame)
+    train, held = splits.holdout(frame, "temporal", 0.2, duplicates=[])
+    assert len(train) + len(held) == 60 and "patient-level" in splits.describe_holdout("temporal", frame)
     with pytest.raises(ValueError, match="unknown split"):
-        V.holdout(frame, "random")
+        splits.holdout(frame, "random")
 
 
 def test_duplicates_stay_on_one_side(tmp_path: Path) -> None:
@@ -63,13 +65,13 @@ def test_duplicates_stay_on_one_side(tmp_path: Path) -> None:
     low, high = root / "NORMAL" / "IM-0100-0000.png", root / "NORMAL" / "IM-0119-0039.png"
     high.write_bytes(low.read_bytes())  # the same film under a low and a high patient number
     frame = D.scan(root).frame
-    train, held = V.holdout(frame, "temporal", 0.2)
+    train, held = splits.holdout(frame, "temporal", 0.2)
     assert (str(low) in set(held["path"])) == (str(high) in set(held["path"]))
 
 
 def test_stress_conditions_keep_shape_and_change_the_image() -> None:
     img = synthetic_xray(np.random.default_rng(2), 64, pneumonia=True)
-    for name, transform in V.STRESS.items():
+    for name, transform in transforms.STRESS.items():
         out = np.clip(transform(img), 0, 1)
         assert out.shape == img.shape, name
         assert np.abs(out - img).mean() > 1e-3, name
@@ -89,7 +91,7 @@ def test_stress_report_and_robust_threshold_keep_recall_pooled() -> None:
     labels = np.array([0] * 30 + [1] * 30)
     images = np.stack([np.full((32, 32), 0.3 + 0.3 * y + 0.1 * rng.random(), np.float32) for y in labels])
     probs = V.stressed_probabilities(_Scorer(), images)
-    assert set(probs) == {"clean", *V.STRESS}
+    assert set(probs) == {"clean", *transforms.STRESS}
     t = V.robust_threshold(labels, probs, 0.95)
     pooled = np.concatenate([p[labels == 1] for p in probs.values()])
     assert (pooled >= t).mean() >= 0.95
@@ -97,7 +99,7 @@ def test_stress_report_and_robust_threshold_keep_recall_pooled() -> None:
     lowest = pooled[pooled >= t].min()
     assert (pooled >= np.nextafter(lowest, 1)).mean() < 0.95
     report = V.stress_report(labels, probs, t).to_dict()
-    assert len(report["conditions"]) == len(V.STRESS)
+    assert len(report["conditions"]) == len(transforms.STRESS)
     assert report["worst_auc"]["roc_auc"] == min(c["roc_auc"] for c in report["conditions"])
 
 
@@ -116,7 +118,7 @@ def test_bootstrap_interval_brackets_the_estimate() -> None:
 def test_compare_runs_groups_seeds_of_one_recipe(tiny_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from pneumo.runs import atomic_write_json, read_json
+    from pneumo.core.files import atomic_write_json, read_json
 
     other = tmp_path / "seed1"
     shutil.copytree(tiny_run, other)
@@ -131,8 +133,8 @@ def test_compare_runs_groups_seeds_of_one_recipe(tiny_run: Path, tmp_path: Path)
 def test_shipped_maps_beat_the_average_map_on_deletion() -> None:
     """Sentinel: Grad-CAM must find what drives each film's score better than the network's spatial prior
     (the same average map for every film), on the bundled samples through the serving engine."""
-    from pneumo.models import load_model
-    from pneumo.settings import SAMPLES_DIR
+    from pneumo.model.loading import load_model
+    from pneumo.app.settings import SAMPLES_DIR
 
     loaded = load_model()
     paths = sorted(str(p) for p in SAMPLES_DIR.glob("*/*.jpeg"))

@@ -1,0 +1,72 @@
+"""Evaluating a model on a labelled collection (python -m pneumo evaluate) and recording the result in
+its card: the figures at the operating point in force, the batch's drift, the file list it was run on.
+
+Above pneumo.evaluation.metrics (the metrics) in the import order: this module also needs the operating points
+(pneumo.evaluation.site) and the drift check (pneumo.evaluation.drift), which themselves use those metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pneumo.evaluation import drift
+from pneumo.evaluation import drift_reference
+from pneumo.core.card import check_threshold
+from pneumo.data.collection import file_list_hash, scan
+from pneumo.evaluation.metrics import Progress, metrics_at, predict_frame
+from pneumo.model.loading import card_path, load_model, read_card
+from pneumo.core.files import check_writable, now_iso
+from pneumo.evaluation.site import apply_operating_point
+
+
+def evaluate_data(
+    model_path: str | Path | None,
+    data: str | Path,
+    threshold: float | None = None,
+    split: str | None = None,
+    progress: Progress | None = None,
+    operating_point: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate a saved model on a labelled folder at a threshold (the card's, or the named site
+    operating point's, when not given), with the drift check of the folder as a batch."""
+    if threshold is not None and operating_point:
+        raise ValueError("give --threshold or --operating-point, not both")
+    loaded = load_model(model_path)
+    if operating_point:
+        loaded = apply_operating_point(loaded, operating_point)
+    frame = scan(data).frame
+    if split:
+        frame = frame[frame["split"] == split]
+    predicted = predict_frame(loaded, frame, progress=progress)
+    ok = predicted[predicted["probability"].notna()]
+    if ok.empty:
+        raise ValueError(f"{data}: no readable images to evaluate")
+    t = loaded.threshold if threshold is None else check_threshold(threshold, "--threshold")
+    report = metrics_at(ok["label"], ok["probability"], t)
+    report.update(
+        model=str(loaded.path),
+        data=str(data),
+        file_list_sha256_16=file_list_hash(frame),
+        threshold_source="given" if threshold is not None else "model card",
+        unreadable=[{"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()],
+    )
+    if loaded.operating_point != "shipped":
+        report["threshold_source"] = f"site operating point '{loaded.operating_point}' in the model card"
+    report.update(operating_point="--threshold" if threshold is not None else loaded.operating_point,
+                  drift=drift.report(loaded, ok["path"].tolist(), ok["probability"].to_numpy()))
+    return report
+
+
+def record_evaluation(report: dict[str, Any], name: str) -> Path:
+    """Append an evaluation report to its model's card (external evaluations); returns the card's path."""
+    path = card_path(Path(report["model"]))
+    check_writable(path)  # a read-only card is refused (ReadOnlyError), never silently replaced
+    card = read_card(Path(report["model"]))  # validated, size-bounded; the default card when there is none
+    keys = ("n", "threshold", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
+            "confusion")
+    card.external_evaluations.append({"name": name, "data": report["data"], "file_list_sha256_16":
+                                      report["file_list_sha256_16"], "date": now_iso(),
+                                      "threshold_source": report["threshold_source"], **{k: report[k] for k in keys}})
+    card.write(path)
+    return path

@@ -1,0 +1,108 @@
+"""What was screened before: earlier screening SRs in a study, read back and matched to the model and operating point
+in force.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+
+from pneumo.model.loading import LoadedModel
+from pneumo.integrations.pacs.dicomjson import _value, _values
+from pneumo.integrations.pacs.config import MANUFACTURER, SCHEME
+
+
+# --- what was screened before --------------------------------------------------------------------------------
+
+def operating_point(loaded: LoadedModel) -> str:
+    """The named operating point in force ("shipped" for a card without one)."""
+    value = getattr(loaded, "operating_point", None) or "shipped"
+    return str(getattr(value, "name", None) or value)
+
+
+@dataclass(frozen=True)
+class ScreeningKey:
+    """What makes two screenings the same: the model (name and version) and its operating point (name and
+    threshold). Not the card hash: recording an evaluation changes the card, not a single reading."""
+
+    model: str
+    version: str
+    operating_point: str
+    threshold: float
+
+    @classmethod
+    def of(cls, loaded: LoadedModel) -> "ScreeningKey":
+        return cls(str(loaded.card.name), str(loaded.card.created or "unrecorded"), operating_point(loaded),
+                   float(loaded.threshold))
+
+    def matches(self, other: "ScreeningKey") -> bool:
+        return (self.model, self.version, self.operating_point) == (other.model, other.version, other.operating_point) \
+            and abs(self.threshold - other.threshold) <= 1e-9
+
+
+@dataclass
+class PriorScreening:
+    """A pneumo SR found in the study: what it said, for the worklist, and what it stands for."""
+
+    sr_uid: str
+    source_uid: str
+    key: ScreeningKey
+    probability: float | None
+    decision: str
+    warnings: list[str]
+    card_hash: str
+    overlay_uid: str | None
+
+
+def _content_items(item: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+    for child in _values(item, "ContentSequence"):
+        if isinstance(child, dict):
+            yield child
+            yield from _content_items(child)
+
+
+def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
+    """A pneumo screening SR (as DICOM JSON) read back; None for any other SR."""
+    if str(_value(item, "Modality")) != "SR" or str(_value(item, "Manufacturer")) != MANUFACTURER:
+        return None
+    found: dict[str, list[Any]] = {}
+    source = overlay = None
+    for child in _content_items(item):
+        concept = next(iter(_values(child, "ConceptNameCodeSequence")), {})
+        code = f"{_value(concept, 'CodingSchemeDesignator')}:{_value(concept, 'CodeValue')}"
+        kind = str(_value(child, "ValueType"))
+        if kind == "NUM":
+            measured = next(iter(_values(child, "MeasuredValueSequence")), {})
+            number = _value(measured, "FloatingPointValue", None)
+            number = float(number) if number is not None else float(_value(measured, "NumericValue", "nan"))
+            found.setdefault(code, []).append(number)
+        elif kind == "TEXT":
+            found.setdefault(code, []).append(str(_value(child, "TextValue")))
+        elif kind == "IMAGE":
+            ref = next(iter(_values(child, "ReferencedSOPSequence")), {})
+            if code == f"{SCHEME}:GRADCAM":
+                overlay = str(_value(ref, "ReferencedSOPInstanceUID")) or None
+            elif code == "DCM:121322":
+                source = str(_value(ref, "ReferencedSOPInstanceUID")) or None
+    first = lambda code, default=None: (found.get(code) or [default])[0]  # noqa: E731
+    if not source or first(f"{SCHEME}:THRESHOLD") is None:
+        return None
+    key = ScreeningKey(str(first("DCM:111001", "")), str(first("DCM:111003", "")), str(first(f"{SCHEME}:OPPOINT", "")),
+                       float(first(f"{SCHEME}:THRESHOLD")))
+    probability = first("DCM:122157")
+    return PriorScreening(sr_uid=str(_value(item, "SOPInstanceUID")), source_uid=source, key=key,
+                          probability=None if probability is None or math.isnan(probability) else float(probability),
+                          decision=str(first(f"{SCHEME}:DECISION", "")), warnings=list(found.get(f"{SCHEME}:WARNING", [])),
+                          card_hash=str(first(f"{SCHEME}:CARDHASH", "")), overlay_uid=overlay)
+
+
+def prior_screenings(metadata: Iterable[Mapping[str, Any]], key: ScreeningKey) -> dict[str, PriorScreening]:
+    """Source SOP Instance UID → the latest SR of this model and operating point that screened it."""
+    done: dict[str, PriorScreening] = {}
+    for item in metadata:
+        prior = read_screening_sr(item)
+        if prior is not None and prior.key.matches(key):
+            done[prior.source_uid] = prior
+    return done

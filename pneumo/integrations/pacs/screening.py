@@ -1,0 +1,288 @@
+"""Screening: each study's films read, decided and (with push) stored back film by film, so an interrupted run
+resumes where it stopped; a watch loop for new studies.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from pneumo.data.pixels import resize
+from pneumo.model.loading import LoadedModel
+from pneumo.model.reading import NOT_ASSESSABLE, card_hash, read
+from pneumo.integrations.pacs.config import PacsError
+from pneumo.integrations.pacs.client import Pacs
+from pneumo.integrations.pacs.studies import _check_date, search_studies, select_instances
+from pneumo.integrations.pacs.results import ALREADY, FAILED, SCREENED, SKIPPED, InstanceResult, ScreenRun
+from pneumo.integrations.pacs.priors import ScreeningKey, operating_point, prior_screenings
+from pneumo.integrations.pacs.writers import _header, build_overlay_sc, build_screening_sr, overlay_picture
+
+# pydicom, highdicom, dicomweb-client, requests, OpenCV and pneumo.model.explain (OpenCV) are imported where used: the CLI
+# and the dashboard import this module at start; pneumo.evaluation.drift is optional (see _drift).
+
+# dicomweb-client logs failed requests at ERROR; without a handler Python's last resort would print them
+# on stderr beside our own one line. A handler here keeps them for an app that configures logging.
+logging.getLogger("dicomweb_client").addHandler(logging.NullHandler())
+
+
+# --- results --------------------------------------------------------------------------------------------------
+
+
+
+# --- screening ------------------------------------------------------------------------------------------------
+
+def _result_from_reading(result: InstanceResult, reading: Any, loaded: LoadedModel) -> None:
+    result.reading = reading
+    result.threshold = float(loaded.threshold)
+    result.operating_point = operating_point(loaded)
+    result.model = str(loaded.card.name)
+    result.card_hash = card_hash(loaded)
+    if reading.error:
+        result.status, result.error = FAILED, f"{reading.name}: {reading.error}"
+        return
+    result.status = SCREENED
+    result.probability = None if reading.probability is None else float(reading.probability)
+    result.prediction = reading.decision
+    result.warnings = list(reading.warnings)
+
+
+@dataclass
+class _StudyOutput:
+    """The result series of one study in one run: images are stored one by one into the same two series."""
+
+    sr_series: str
+    sc_series: str
+    count: int = 0
+
+
+def _new_output() -> _StudyOutput:
+    import highdicom as hd
+
+    return _StudyOutput(str(hd.UID()), str(hd.UID()))
+
+
+def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output: _StudyOutput | None = None) -> None:
+    """Store one screened image's SC (when assessable) and SR, in one STOW-RS request; on success the
+    result holds their UIDs. PacsError otherwise (the reading itself stays in the result)."""
+    if result.status != SCREENED or result.reading is None or result.source is None:
+        return
+    output = output or _new_output()
+    output.count += 1
+    overlay = None
+    reading = result.reading
+    if result.prediction != NOT_ASSESSABLE and reading.xray is not None:
+        # No explanation for a film the input check cannot assess: a heat map would lend it a reading.
+        heatmap = result.heatmap
+        if heatmap is None:
+            from pneumo.model.explain import gradcam
+
+            heatmap = result.heatmap = gradcam(loaded, reading.xray.pixels)
+        lines = [f"{loaded.card.name}: p(pneumonia) {result.probability:.3f} -> {result.prediction} "
+                 f"(threshold {result.threshold:.4f}, {result.operating_point})",
+                 # Grad-CAM explains the decided class (as the app and the PDF report do); say which.
+                 f"heat: what drove the {'PNEUMONIA' if result.probability >= result.threshold else 'NORMAL'} "
+                 "score, not where disease is"]
+        overlay = build_overlay_sc(result.source, overlay_picture(reading.xray.pixels, heatmap, lines),
+                                   output.sc_series, output.count, loaded)
+    sr = build_screening_sr(result.source, result, loaded, output.sr_series, output.count, overlay)
+    pacs.store(result.study_uid, [d for d in (overlay, sr) if d is not None])
+    result.stored = {"sr": str(sr.SOPInstanceUID), **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {})}
+
+
+def screen_study(pacs: Pacs, loaded: LoadedModel, study_uid: str, push: bool = False, force: bool = False,
+                 keep_pixels: bool = False, drift_images: list[tuple[np.ndarray, float]] | None = None) -> list[InstanceResult]:
+    """Every image of one study: frontal films screened (or reported from an earlier SR of this model and
+    operating point unless force), the rest skipped with the reason; with push each reading is stored
+    as it is made. Fatal PacsErrors propagate; others fail that image only.
+
+    keep_pixels keeps the decoded film and the source header in the results (the app's cards and a
+    later send_results); the CLI drops them to keep a long run's memory flat. drift_images collects each
+    film read (at the model's input size) with its probability, for the batch drift check."""
+    key = ScreeningKey.of(loaded)
+    metadata = pacs.study_metadata(study_uid)
+    frontal, skipped = select_instances(metadata)
+    done = {} if force else prior_screenings(metadata, key)
+    base = f"{pacs.display_url}/studies/{study_uid}"
+
+    def path(series: str, sop: str) -> str:
+        return f"{base}/series/{series}/instances/{sop}"
+
+    results: list[InstanceResult] = []
+    order = {c.sop_uid: i for i, c in enumerate(frontal)}
+    for s in skipped:
+        results.append(InstanceResult(s.study_uid or study_uid, s.series_uid, s.sop_uid, path(s.series_uid, s.sop_uid),
+                                      SKIPPED, skipped=s.reason))
+    if not frontal and not skipped:
+        results.append(InstanceResult(study_uid, None, None, base, SKIPPED,
+                                      skipped="no CR or DX image in the study"))
+    output: _StudyOutput | None = None
+    for candidate in frontal:
+        result = InstanceResult(study_uid, candidate.series_uid, candidate.sop_uid,
+                                path(candidate.series_uid, candidate.sop_uid), FAILED)
+        prior = done.get(candidate.sop_uid)
+        if prior is not None:
+            result.status = ALREADY
+            result.probability, result.prediction, result.warnings = prior.probability, prior.decision, prior.warnings
+            result.threshold, result.operating_point, result.model = prior.key.threshold, prior.key.operating_point, prior.key.model
+            result.card_hash = prior.card_hash
+            result.stored = {"sr": prior.sr_uid, **({"sc": prior.overlay_uid} if prior.overlay_uid else {})}
+            result.skipped = f"already screened by {prior.key.model} at operating point {prior.key.operating_point} (SR {prior.sr_uid})"
+            results.append(result)
+            continue
+        started = time.perf_counter()
+        try:
+            raw = pacs.retrieve_instance(study_uid, candidate.series_uid, candidate.sop_uid)
+            reading = read(loaded, raw, name=result.path)
+            _result_from_reading(result, reading, loaded)
+            if candidate.note and result.status == SCREENED:
+                result.warnings.append(candidate.note)
+            if result.status == SCREENED:
+                result.source = _header(raw)
+            if push and result.status == SCREENED:
+                output = output or _new_output()
+                push_result(pacs, loaded, result, output)
+        except PacsError as exc:
+            result.status, result.error, result.retryable = FAILED, str(exc), True
+            result.seconds = time.perf_counter() - started
+            results.append(result)
+            if exc.fatal:
+                raise _Interrupted(results, exc) from None
+            continue
+        except Exception as exc:  # writing the SR or overlay from an unusual header: this image fails, not the run
+            result.status = FAILED
+            result.error = (f"{result.path}: the results could not be written ({type(exc).__name__}: "
+                            f"{' '.join(str(exc).split())[:200]})")
+        result.seconds = time.perf_counter() - started
+        if drift_images is not None and result.reading is not None and result.reading.xray is not None \
+                and result.probability is not None and len(drift_images) < MAX_DRIFT_IMAGES:
+            drift_images.append((resize(result.reading.xray.pixels, loaded.input_size), result.probability))
+        if not keep_pixels:
+            result.source, result.heatmap = None, None
+            if result.reading is not None:
+                result.reading.xray = None
+        results.append(result)
+    rank = {SKIPPED: 1}
+    results.sort(key=lambda r: (rank.get(r.status, 0), order.get(r.sop_uid or "", len(order))))
+    return results
+
+
+class _Interrupted(Exception):
+    """A fatal PacsError inside a study, carrying the study's results so far."""
+
+    def __init__(self, results: list[InstanceResult], error: PacsError):
+        super().__init__(str(error))
+        self.results, self.error = results, error
+
+
+MAX_DRIFT_IMAGES = 1000  # at the model's input size: ~200 MB at most, however long the run
+
+
+def _drift(loaded: LoadedModel, images: Sequence[np.ndarray], probabilities: Sequence[float]) -> Any:
+    """pneumo.evaluation.drift's batch check of the films read in this run (a DriftResult), or None when there is
+    no check (no reference beside the model, too few films) or pneumo.evaluation.drift is absent."""
+    try:
+        from pneumo.evaluation.drift import DriftUnavailable, check_batch
+    except ImportError:
+        return None
+    if not images:
+        return None
+    try:
+        return check_batch(loaded, list(images), probabilities=list(probabilities))
+    except DriftUnavailable:  # e.g. no predicted class has enough films to test
+        return None
+
+
+def screen_studies(pacs: Pacs, loaded: LoadedModel, study_uids: Sequence[str], push: bool = False,
+                   force: bool = False, keep_pixels: bool = False,
+                   progress: Callable[[int, int, list[InstanceResult]], None] | None = None) -> ScreenRun:
+    """Screen studies in order. A failing study is recorded and the run goes on; an unreachable server
+    ends the run with one line in run.error and the studies not reached in run.studies_left. The batch
+    drift check runs over the films read, at the model's input size."""
+    run = ScreenRun()
+    drift_images: list[tuple[np.ndarray, float]] = []
+    uids = list(dict.fromkeys(study_uids))
+    for index, uid in enumerate(uids):
+        try:
+            results = screen_study(pacs, loaded, uid, push=push, force=force, keep_pixels=keep_pixels,
+                                   drift_images=drift_images)
+        except _Interrupted as stop:
+            run.results.extend(stop.results)
+            run.error, run.studies_left = str(stop.error), uids[index + 1:]
+            break
+        except PacsError as exc:
+            run.results.append(InstanceResult(uid, None, None, f"{pacs.display_url}/studies/{uid}", FAILED,
+                                              error=str(exc), retryable=True))
+            if exc.fatal:
+                run.error, run.studies_left = str(exc), uids[index + 1:]
+                break
+            continue
+        run.results.extend(results)
+        run.studies_done += 1
+        if progress is not None:
+            progress(index + 1, len(uids), results)
+    try:
+        run.drift = _drift(loaded, [i for i, _ in drift_images], [p for _, p in drift_images])
+        if run.drift is not None and getattr(run.drift, "shifted", False):
+            run.drift_note = str(getattr(run.drift, "advice", "") or "this batch is unlike the reference films")
+    except Exception as exc:  # the drift check must not cost the run its results
+        run.drift_note = f"batch drift check failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+    return run
+
+
+def send_results(pacs: Pacs, loaded: LoadedModel, results: Sequence[InstanceResult]) -> list[str]:
+    """Store readings made without push (the app's "Send results to PACS"): the results screened with
+    keep_pixels and not yet stored. Returns one line per failure (empty when all were stored); a fatal
+    failure stops at once, and what was stored keeps its UIDs in result.stored."""
+    errors: list[str] = []
+    outputs: dict[str, _StudyOutput] = {}
+    for result in results:
+        if result.status != SCREENED or result.stored:
+            continue
+        if result.source is None or result.reading is None:
+            errors.append(f"{result.path}: screened without its pixels kept (keep_pixels=True); screen again to send")
+            continue
+        try:
+            push_result(pacs, loaded, result, outputs.setdefault(result.study_uid, _new_output()))
+        except PacsError as exc:
+            errors.append(str(exc))
+            if exc.fatal:
+                break
+    return errors
+
+
+def watch(pacs: Pacs, loaded: LoadedModel, interval: float = 60.0, max_polls: int | None = None,
+          since: str | None = None, push: bool = False,
+          on_poll: Callable[[ScreenRun], None] | None = None, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """Poll for studies (from `since`, default today) and screen each new one: the triage loop. A study
+    screened completely in this process is not read again; with push, the PACS's SRs carry that across
+    restarts. A failed poll is reported through on_poll and the loop goes on. True when anything failed."""
+    since = _check_date(since, "since") or date.today().strftime("%Y%m%d")
+    finished: set[str] = set()
+    polls, failed = 0, False
+    while max_polls is None or polls < max_polls:
+        polls += 1
+        try:
+            studies = [s.study_uid for s in search_studies(pacs, since=since, limit=None) if s.study_uid not in finished]
+            run = screen_studies(pacs, loaded, studies, push=push)
+        except PacsError as exc:
+            run = ScreenRun(error=str(exc))
+        # A study is done once nothing in it failed on the server's side; a film that cannot be read
+        # fails the same way every poll, so it is reported once, not at every interval.
+        for uid in {r.study_uid for r in run.results}:
+            if not any(r.retryable for r in run.results if r.study_uid == uid) and uid not in run.studies_left:
+                finished.add(uid)
+        failed = failed or run.failed
+        if on_poll is not None:
+            on_poll(run)
+        if max_polls is None or polls < max_polls:
+            sleep(interval)
+    return failed
+
+
+def now_utc() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

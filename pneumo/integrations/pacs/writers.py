@@ -1,0 +1,198 @@
+"""The DICOM pneumo writes into the source's study: a screening SR (highdicom) and a Secondary Capture of the
+Grad-CAM overlay with a research-use banner burned in, both referencing the source film.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any, Sequence
+
+import numpy as np
+
+from pneumo import __version__
+from pneumo.model.loading import LoadedModel
+from pneumo.model.reading import DEFAULT_BAND
+from pneumo.integrations.pacs.config import MANUFACTURER, SCHEME
+from pneumo.integrations.pacs.results import InstanceResult
+
+RESEARCH_USE = ("Research use only - not a medical device. pneumo has not been cleared by any regulator; its "
+                "output must not be used to diagnose or treat patients without a qualified clinician's own reading.")
+BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
+SR_SERIES_DESCRIPTION = "pneumo pneumonia screening SR - RESEARCH USE ONLY"
+SC_SERIES_DESCRIPTION = "pneumo Grad-CAM overlay - RESEARCH USE ONLY"
+
+
+
+# High series numbers: viewers list series by number, so the results follow the acquisitions.
+SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+
+
+def _codes() -> dict[str, Any]:
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    return {
+        "title": Code("18748-4", "LN", "Diagnostic imaging report"),
+        "probability": codes.DCM.Probability,
+        "finding": codes.DCM.Finding,
+        "pneumonia": Code("233604007", "SCT", "Pneumonia"),
+        "source": codes.DCM.SourceImageForImageProcessingOperation,
+        "algorithm": codes.DCM.AlgorithmName,
+        "version": codes.DCM.AlgorithmVersion,
+        "no_units": codes.UCUM.NoUnits,
+        "decision": Code("DECISION", SCHEME, "Screening decision"),
+        "threshold": Code("THRESHOLD", SCHEME, "Decision threshold"),
+        "band": Code("BAND", SCHEME, "Uncertain band half-width"),
+        "operating_point": Code("OPPOINT", SCHEME, "Operating point"),
+        "card_hash": Code("CARDHASH", SCHEME, "Model card SHA-256 (12 hex)"),
+        "engine": Code("ENGINE", SCHEME, "Inference engine"),
+        "warning": Code("WARNING", SCHEME, "Input check warning"),
+        "research": Code("RESEARCH", SCHEME, "Research use statement"),
+        "overlay": Code("GRADCAM", SCHEME, "Grad-CAM overlay"),
+    }
+
+
+# --- the DICOM we write --------------------------------------------------------------------------------------
+
+def _header(source_bytes: bytes) -> Any:
+    """The source's header without its pixels, with the patient and study attributes SR and SC copy
+    made present (a PACS may omit type-2 attributes; highdicom reads them unconditionally)."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(source_bytes), force=True, stop_before_pixels=True)
+    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                    "StudyDate", "StudyTime", "ReferringPhysicianName"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    return ds
+
+
+def _ascii(text: str) -> str:
+    return text.replace("—", "-").replace("–", "-").replace("±", "+/-").encode("ascii", "replace").decode()
+
+
+def _fit_text(canvas: np.ndarray, text: str, y0: int, height: int, colour: tuple[int, int, int]) -> None:
+    import cv2
+
+    width = canvas.shape[1]
+    scale, thick = height / 30.0, max(1, round(height / 22))
+    (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    if w > width * 0.96:  # shrink to fit the band's width
+        scale *= width * 0.96 / w
+        (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
+    cv2.putText(canvas, text, ((width - w) // 2, y0 + (height + h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
+                thick, cv2.LINE_AA)
+
+
+def overlay_picture(pixels: np.ndarray, heatmap: np.ndarray, lines: Sequence[str], alpha: float = 0.4,
+                    min_side: int = 512) -> np.ndarray:
+    """The Grad-CAM overlay with its colour bar, a red research-use banner on top and the reading below,
+    as RGB uint8. Small films are enlarged first so the burned-in text stays legible in a viewer."""
+    import cv2
+
+    from pneumo.model.explain import overlay, with_colorbar
+
+    if min(pixels.shape) < min_side:
+        scale = min_side / min(pixels.shape)
+        size = (round(pixels.shape[1] * scale), round(pixels.shape[0] * scale))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR)
+        heatmap = cv2.resize(heatmap, size, interpolation=cv2.INTER_LINEAR)
+    picture = with_colorbar(overlay(pixels, heatmap, alpha))
+    band = max(24, picture.shape[0] // 16)
+    top = np.zeros((band, picture.shape[1], 3), np.uint8)
+    top[:] = (170, 0, 0)
+    _fit_text(top, BANNER, 0, band, (255, 255, 255))
+    bottom = np.zeros((band * len(lines), picture.shape[1], 3), np.uint8)
+    for i, line in enumerate(lines):
+        _fit_text(bottom, _ascii(line), i * band, band, (255, 255, 255))
+    return np.ascontiguousarray(np.concatenate([top, picture, bottom], axis=0))
+
+
+def _orientation(source: Any) -> tuple[str, str]:
+    value = list(source.get("PatientOrientation") or [])
+    if len(value) == 2 and all(str(v) for v in value):
+        return str(value[0]), str(value[1])
+    return "L", "F"  # a frontal chest film as displayed: rows run to the patient's left, columns to the feet
+
+
+def build_overlay_sc(source: Any, picture: np.ndarray, series_uid: str, instance_number: int, loaded: LoadedModel) -> Any:
+    """The overlay as a Secondary Capture (highdicom) in the source's study, referencing the source image."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    try:
+        orientation = _orientation(source)
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(), instance_number=instance_number, manufacturer=MANUFACTURER,
+            patient_orientation=orientation, transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=SC_SERIES_DESCRIPTION, manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+            software_versions=f"pneumo {__version__}")
+    except ValueError:  # an orientation value highdicom does not know: keep the image, drop the claim
+        sc = hd.sc.SCImage.from_ref_dataset(
+            ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8,
+            coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(), instance_number=instance_number, manufacturer=MANUFACTURER,
+            patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=SC_SERIES_DESCRIPTION, manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+            software_versions=f"pneumo {__version__}")
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    sc.SourceImageSequence = [ref]
+    sc.DerivationDescription = _ascii(f"Grad-CAM overlay of the pneumonia score by {loaded.card.name}; {RESEARCH_USE}")[:1024]
+    sc.BurnedInAnnotation = "NO"  # the burned-in text names the model and score, never the patient
+    sc.ImageComments = RESEARCH_USE
+    if "SpecificCharacterSet" not in sc:
+        sc.SpecificCharacterSet = "ISO_IR 192"
+    return sc
+
+
+def build_screening_sr(source: Any, result: InstanceResult, loaded: LoadedModel, series_uid: str,
+                       instance_number: int, overlay: Any | None = None, band: float | None = None) -> Any:
+    """The reading as an Enhanced SR (highdicom): probability (NUM, inferred from the source image),
+    decision, threshold, band, operating point, model name and version, card hash, engine, warnings and
+    the research-use statement; the overlay (when stored with it) referenced too."""
+    import highdicom as hd
+
+    c = _codes()
+    rel = hd.sr.RelationshipTypeValues
+    source_ref = hd.sr.ImageContentItem(c["source"], source.SOPClassUID, source.SOPInstanceUID,
+                                        relationship_type=rel.INFERRED_FROM)
+    items: list[Any] = [
+        hd.sr.TextContentItem(c["research"], RESEARCH_USE, relationship_type=rel.CONTAINS),
+        hd.sr.TextContentItem(c["algorithm"], str(loaded.card.name), relationship_type=rel.HAS_OBS_CONTEXT),
+        hd.sr.TextContentItem(c["version"], str(loaded.card.created or "unrecorded"), relationship_type=rel.HAS_OBS_CONTEXT),
+        hd.sr.TextContentItem(c["card_hash"], str(result.card_hash), relationship_type=rel.HAS_OBS_CONTEXT),
+        hd.sr.TextContentItem(c["engine"], f"pneumo {__version__}, {loaded.engine_name}", relationship_type=rel.HAS_OBS_CONTEXT),
+        hd.sr.TextContentItem(c["operating_point"], str(result.operating_point), relationship_type=rel.CONTAINS),
+        hd.sr.NumContentItem(c["threshold"], float(result.threshold), c["no_units"], relationship_type=rel.CONTAINS),
+        hd.sr.NumContentItem(c["band"], float(DEFAULT_BAND if band is None else band), c["no_units"],
+                             relationship_type=rel.CONTAINS),
+    ]
+    if result.probability is not None:
+        probability = hd.sr.NumContentItem(c["probability"], float(result.probability), c["no_units"],
+                                           relationship_type=rel.CONTAINS)
+        probability.ContentSequence = hd.sr.ContentSequence([
+            hd.sr.CodeContentItem(c["finding"], c["pneumonia"], relationship_type=rel.HAS_CONCEPT_MOD), source_ref])
+        items.append(probability)
+    items.append(hd.sr.TextContentItem(c["decision"], str(result.prediction), relationship_type=rel.CONTAINS))
+    for warning in result.warnings:
+        items.append(hd.sr.TextContentItem(c["warning"], str(warning)[:1024], relationship_type=rel.CONTAINS))
+    # The source image at the root as well: a reader of the tree finds it without knowing our layout.
+    items.append(hd.sr.ImageContentItem(c["source"], source.SOPClassUID, source.SOPInstanceUID,
+                                        relationship_type=rel.CONTAINS))
+    evidence = [source]
+    if overlay is not None:
+        items.append(hd.sr.ImageContentItem(c["overlay"], overlay.SOPClassUID, overlay.SOPInstanceUID,
+                                            relationship_type=rel.CONTAINS))
+        evidence.append(overlay)
+    root = hd.sr.ContainerContentItem(c["title"])
+    root.ContentSequence = hd.sr.ContentSequence(items)
+    return hd.sr.EnhancedSR(
+        evidence=evidence, content=root, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(), instance_number=instance_number, manufacturer=MANUFACTURER,
+        is_complete=True, is_final=False, is_verified=False,  # PRELIMINARY and UNVERIFIED: no person has read it
+        series_description=SR_SERIES_DESCRIPTION, manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+        software_versions=f"pneumo {__version__}")

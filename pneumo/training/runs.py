@@ -1,0 +1,576 @@
+"""Training runs as directories: atomic files, status, metrics, launch and stop from any process.
+
+Everything here that reads a run folder treats it as untrusted input: a run folder may be damaged by a
+crash, a full disk, a careless edit or a visitor's upload to a shared machine. A bad file marks its own
+run as damaged, with the reason, and never stops the other runs from being listed, shown or used."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from pneumo.core.paths import PROJECT_ROOT
+from pneumo.core.files import RunDataError, _is_number, atomic_write_json, atomic_write_text, load_json, now_iso, read_json, read_json_object
+
+# pandas is imported where used: only one reader needs it, and the CLI imports this module at start.
+
+STATUSES = ("queued", "running", "finished", "failed", "stopped")
+ENDED = ("finished", "failed", "stopped")
+DAMAGED = "damaged"  # read-only state: status.json could not be used; RunInfo.damaged says why
+STOP_FILE = "STOP"
+LOCK_FILE = ".lock"
+PROBE_FILE = "onnx_probe.json"  # pneumo.model.serving.PROBE_NAME: the record a served ONNX graph is checked against
+# A running run writes a heartbeat into status.json at least this often; silence for longer means it died
+# somewhere its pid cannot be checked from here (another machine, another container).
+HEARTBEAT_S = 15.0
+HEARTBEAT_DEAD_S = 300.0
+RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "model.onnx", "gradcam.onnx", PROBE_FILE,
+             "card.json", "val_predictions.csv", "history.json", "checks.json", "oof_predictions.csv", "drift_reference.npz", "data_summary.json", "train.log",
+             "ood.npz", "image_hashes.json", STOP_FILE)
+# Bounds on what one render reads from a run folder. A normal run writes well under 1 MB of metrics (at most
+# 25 progress lines per epoch); a runaway or hostile file is read from its end only, and the reader says so.
+METRICS_MAX_BYTES = 8 * 2**20
+METRICS_MAX_RECORDS = 50_000
+
+# Fields the app formats as numbers or text: a wrong type there is a damaged file, not a crash.
+_STATUS_TEXT = ("started", "ended", "updated", "heartbeat", "created", "error", "phase", "device")
+_STATUS_NUMBERS = ("phase_done", "phase_total", "seconds", "workers", "worker_index")
+_CONFIG_NUMBERS = ("image_size", "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "fold",
+                   "folds", "val_fraction", "mixup", "label_smoothing", "dropout", "seed", "split_seed",
+                   "target_recall", "max_images")
+_CONFIG_TEXT = ("data", "model", "split", "augmentation", "keep", "weights", "notes")
+_CONFIG_FLAGS = ("class_weighting", "mixed_precision", "work_resolution_augmentation", "augment")
+_RECORD_INTS = {"epoch": ("epoch", "epochs"), "progress": ("epoch", "epochs", "batch", "batches")}
+_RECORD_NUMBERS = frozenset({"lr", "seconds", "loss", "eta_s", "elapsed_s", "accuracy", "auc", "recall", "precision"})
+
+
+class RunFolderError(ValueError):
+    """A run folder that training must not write into; the message says why and what to do."""
+
+
+class Metrics(list):
+    """The records of a metrics.jsonl (a list of dicts), with what the reader left out.
+
+    truncated: only the file's last max_bytes (or last max_records records) were read; skipped: the
+    complete lines that were not usable records, with their problem (the first few are kept).
+    """
+
+    def __init__(self, records: list[dict[str, Any]] = (), truncated: bool = False, size: int = 0,
+                 skipped: int = 0, problems: list[str] | None = None):
+        super().__init__(records)
+        self.truncated, self.size, self.skipped, self.problems = truncated, size, skipped, list(problems or [])
+
+    @property
+    def note(self) -> str | None:
+        """One line for the page when anything was left out, else None."""
+        parts = []
+        if self.truncated:
+            parts.append(f"metrics.jsonl is {self.size / 2**20:.0f} MB: only its last {len(self)} records are read")
+        if self.skipped:
+            parts.append(f"{self.skipped} unusable line(s) skipped ({'; '.join(self.problems[:3])})")
+        return "; ".join(parts) or None
+
+
+_METRICS_CACHE: "OrderedDict[tuple[str, int, int, int, int, int], Metrics]" = OrderedDict()
+
+
+def read_metrics(run_dir: str | Path, max_bytes: int = METRICS_MAX_BYTES,
+                 max_records: int = METRICS_MAX_RECORDS) -> Metrics:
+    """Every usable complete line of metrics.jsonl, reading at most its last max_bytes.
+
+    A half-written last line is skipped silently (a run is writing it); a line that is not a JSON object,
+    or an epoch/progress record with a non-number where a number belongs, is skipped and counted.
+    """
+    path = Path(run_dir) / "metrics.jsonl"
+    try:
+        with open(path, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            key = (str(path), info.st_ino, info.st_size, info.st_mtime_ns, max_bytes, max_records)
+            if key in _METRICS_CACHE:  # every render of the Train page reads every run: unchanged files once
+                _METRICS_CACHE.move_to_end(key)
+                cached = _METRICS_CACHE[key]
+                return Metrics(cached, cached.truncated, cached.size, cached.skipped, cached.problems)
+            start = max(0, info.st_size - max_bytes)
+            fh.seek(start)
+            data = fh.read(max_bytes)
+    except (FileNotFoundError, NotADirectoryError):
+        return Metrics()
+    except OSError as exc:
+        return Metrics(skipped=1, problems=[f"cannot be read ({exc.strerror or exc})"])
+    truncated = start > 0
+    lines = data.split(b"\n")
+    if truncated:
+        lines = lines[1:]  # the first line starts somewhere inside a record
+    lines = lines[:-1]  # the part after the last newline is empty or still being written
+    records: list[dict[str, Any]] = []
+    skipped, problems = 0, []
+    first_line = None if truncated else 1
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        problem = None
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            problem = "not JSON"
+        else:
+            problem = _record_problem(record)
+        if problem:
+            skipped += 1
+            if len(problems) < 5:
+                problems.append(f"line {first_line + i}: {problem}" if first_line else problem)
+            continue
+        records.append(record)
+    if len(records) > max_records:
+        records, truncated = records[-max_records:], True
+    result = Metrics(records, truncated, info.st_size, skipped, problems)
+    _METRICS_CACHE[key] = result
+    while len(_METRICS_CACHE) > 64:
+        _METRICS_CACHE.popitem(last=False)
+    return Metrics(result, truncated, info.st_size, skipped, problems)
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not a record"
+    kind = record.get("type")
+    if kind not in _RECORD_INTS:
+        return None  # records of other kinds are kept as they are; nothing here formats them
+    for key in _RECORD_INTS[kind]:
+        value = record.get(key)
+        if key == "epoch" or key in record:  # every epoch and progress record carries its epoch
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 10**9:
+                return f"{kind} record: {key} must be a whole number, got {type(value).__name__}"
+    for key, value in record.items():
+        if key not in _RECORD_NUMBERS and not key.startswith("val_"):
+            continue  # fields nothing formats are kept as they are
+        if value is not None and not _is_number(value):
+            return f"{kind} record: {key} must be a number, got {type(value).__name__}"
+    return None
+
+
+def epochs_of(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in records if isinstance(r, dict) and r.get("type") == "epoch"]
+
+
+def write_status(run_dir: str | Path, state: str, **fields: Any) -> dict[str, Any]:
+    """Update status.json, keeping the fields already there (a damaged one is started afresh)."""
+    if state not in STATUSES:
+        raise ValueError(f"unknown status {state}")
+    path = Path(run_dir) / "status.json"
+    status = read_json_object(path)
+    status.update(fields)
+    status["state"] = state
+    status["updated"] = now_iso()
+    atomic_write_json(path, status)
+    return status
+
+
+def pid_alive(pid: int | None) -> bool:
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OverflowError:
+        return False
+    try:  # a zombie is dead for our purposes
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The process's arguments, or None where /proc cannot tell (another OS, hidden processes)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            raw = fh.read(65536)
+    except OSError:
+        return None
+    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def is_training_process(pid: int, run_dir: str | Path | None = None) -> bool:
+    """True when pid is `python -m pneumo train` (for run_dir, when given), or when /proc cannot tell.
+
+    A pid is reused by the system once its process ends: a queued run whose launcher died, checked by
+    the pid alone, would wait for whatever process got the number next.
+    """
+    args = _cmdline(pid)
+    if args is None:
+        return True
+    text = " ".join(args)
+    if "pneumo" not in text or "train" not in args:
+        return False
+    return run_dir is None or Path(run_dir).name in text
+
+
+def status_problem(status: Any) -> str | None:
+    """Why a status.json's content cannot be used, or None."""
+    if not isinstance(status, dict):
+        return f"status.json: a JSON {type(status).__name__}, not an object"
+    state = status.get("state")
+    if state not in STATUSES:
+        return f"status.json: unknown state {str(state)[:40]!r}" if "state" in status else "status.json: no state"
+    pid = status.get("pid")
+    if pid is not None and (isinstance(pid, bool) or not isinstance(pid, int) or not 0 < pid < 2**31):
+        return f"status.json: pid must be a process number, got {type(pid).__name__}"
+    for key in _STATUS_TEXT:
+        if status.get(key) is not None and not isinstance(status[key], str):
+            return f"status.json: {key} must be text, got {type(status[key]).__name__}"
+    for key in _STATUS_NUMBERS:
+        if status.get(key) is not None and not _is_number(status[key]):
+            return f"status.json: {key} must be a number, got {type(status[key]).__name__}"
+    return None
+
+
+def read_status(run_dir: str | Path) -> dict[str, Any]:
+    """status.json, with a run whose process vanished while running reported as failed.
+
+    A status.json that cannot be used reads as {"state": "damaged", "error": why}; a missing one as {}.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "status.json"
+    try:
+        status = load_json(path)
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return {}
+    except (OSError, RunDataError) as exc:
+        return {"state": DAMAGED, "error": str(exc) if isinstance(exc, RunDataError) else
+                f"status.json: cannot be read ({exc.strerror or exc})"}
+    problem = status_problem(status)
+    if problem:
+        return {"state": DAMAGED, "error": problem}
+    if status.get("state") in ("queued", "running"):
+        pid = status.get("pid")
+        # Give a freshly launched process a moment to write its own status first.
+        if status.get("state") == "queued" and not pid and age > 120:
+            status["state"] = "failed"
+            status["error"] = status.get("error") or "the training process never started; see train.log"
+        elif pid and not pid_alive(pid) and age > 5:
+            status["state"] = "failed"
+            status["error"] = status.get("error") or "the training process ended without reporting (killed or crashed); see train.log"
+        elif status.get("state") == "queued" and pid and not is_training_process(pid, run_dir):
+            status["state"] = "failed"
+            status["error"] = (f"stale: process {pid} is alive but is not this run's training (the launcher "
+                               "ended and the number was reused)")
+        elif status.get("state") == "running" and age > HEARTBEAT_DEAD_S:
+            status["state"] = "failed"
+            status["error"] = status.get("error") or f"no heartbeat for {age / 60:.0f} min: the training process stopped answering"
+    return status
+
+
+@contextmanager
+def claim(run_dir: str | Path, overwrite: bool = False) -> Iterator[Path]:
+    """Hold run_dir for one training: refuse folders with other people's files or a live run, lock it
+    against a second writer, and clear a stale STOP request.
+
+    A folder prepared by launch() (status queued) is taken as it is; one holding an ended run of ours is
+    replaced only with overwrite=True, and then only our own files are removed. A refused folder is left
+    exactly as it was: it is checked before the lock file is made, and checked again under the lock.
+    """
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunFolderError(f"{run_dir}: exists and is a file, not a folder; choose a new --out folder")
+    if run_dir.is_dir():
+        _refuse_folder(run_dir, overwrite)  # nothing written into a folder that will be refused
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock_path = run_dir / LOCK_FILE
+    made_lock = not lock_path.exists()
+    with open(lock_path, "a+") as lock:
+        # The lock first: nothing is removed while another process may be writing here.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunFolderError(f"{run_dir}: another training is writing into this folder") from None
+        try:
+            _refuse_folder(run_dir, overwrite)  # again, under the lock: the folder may have changed meanwhile
+        except RunFolderError:
+            if made_lock:
+                lock_path.unlink(missing_ok=True)
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            raise
+        _prepare_folder(run_dir, overwrite)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"{os.getpid()}\n")
+        lock.flush()
+        try:
+            yield run_dir
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+@dataclass
+class RunInfo:
+    """One row of the runs table. damaged: why the run's status or config cannot be used (the run is then
+    listed with state "damaged"), or a metrics problem (the run keeps its state); None when all is well."""
+
+    path: Path
+    name: str
+    state: str
+    model: str
+    best_val_auc: float | None
+    kept_val_auc: float | None  # the epoch whose model the run kept (the last, or the best): what it serves
+    epochs_done: int
+    epochs: int | None
+    duration_s: float | None
+    started: str | None
+    has_model: bool
+    damaged: str | None = None
+    note: str | None = None  # what the metrics reader left out (a bounded read of a huge file)
+    config: dict[str, Any] = field(default_factory=dict)  # the validated config.json ({} when damaged)
+
+
+def config_problem(config: Any) -> str | None:
+    """Why a config.json's content cannot be used, or None."""
+    if not isinstance(config, dict):
+        return f"config.json: a JSON {type(config).__name__}, not an object"
+    for key in _CONFIG_NUMBERS:
+        if config.get(key) is not None and not _is_number(config[key]):
+            return f"config.json: {key} must be a number, got {type(config[key]).__name__}"
+    for key in _CONFIG_TEXT:
+        if config.get(key) is not None and not isinstance(config[key], str):
+            return f"config.json: {key} must be text, got {type(config[key]).__name__}"
+    for key in _CONFIG_FLAGS:
+        if config.get(key) is not None and not isinstance(config[key], bool):
+            return f"config.json: {key} must be true or false, got {type(config[key]).__name__}"
+    return None
+
+
+def run_info(run_dir: str | Path) -> RunInfo:
+    """The runs-table row of one run folder; never raises for what the folder holds."""
+    run_dir = Path(run_dir)
+    problems: list[str] = []
+    status = read_status(run_dir)
+    if status.get("state") == DAMAGED:
+        problems.append(status["error"])
+    config_damaged = False
+    try:
+        config = load_json(run_dir / "config.json")
+    except FileNotFoundError:
+        config = {}
+    except (OSError, RunDataError) as exc:
+        config, config_damaged = {}, True
+        problems.append(str(exc) if isinstance(exc, RunDataError) else f"config.json: cannot be read ({exc.strerror or exc})")
+    else:
+        problem = config_problem(config)
+        if problem:
+            config, config_damaged = {}, True
+            problems.append(problem)
+    metrics = read_metrics(run_dir)
+    if metrics.skipped:
+        problems.append(f"metrics.jsonl: {metrics.skipped} unusable line(s) skipped ({'; '.join(metrics.problems[:2])})")
+    epochs = epochs_of(metrics)
+    aucs = [float(e["val_auc"]) for e in epochs if e.get("val_auc") is not None and math.isfinite(float(e["val_auc"]))]
+    epochs_total = config.get("epochs")
+    try:
+        has_model = (run_dir / "model.keras").is_file()
+    except OSError:
+        has_model = False
+    # An unusable status or config makes the run unusable (listed, never offered as a model); skipped
+    # metrics lines only thin its curves.
+    state = DAMAGED if config_damaged else status.get("state", "unknown")
+    return RunInfo(
+        path=run_dir,
+        name=run_dir.name,
+        state=state,
+        model=str(config.get("model", "")),
+        best_val_auc=max(aucs) if aucs else None,
+        kept_val_auc=_kept_auc(epochs),
+        epochs_done=len(epochs),
+        epochs=int(epochs_total) if isinstance(epochs_total, int) and not isinstance(epochs_total, bool) else None,
+        duration_s=float(sum(float(e.get("seconds") or 0.0) for e in epochs)) if epochs else None,
+        started=status.get("started") if isinstance(status.get("started"), str) else None,
+        has_model=has_model,
+        damaged="; ".join(problems) or None,
+        note=metrics.note if metrics.truncated else None,
+        config=config,
+    )
+
+
+def _kept_auc(epochs: list[dict[str, Any]]) -> float | None:
+    kept = [e for e in epochs if e.get("kept")]
+    value = kept[-1].get("val_auc") if kept else None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def list_runs(runs_root: str | Path) -> list[RunInfo]:
+    """Every run under runs_root (folders with a config.json), newest first; a damaged one is listed as
+    such and never hides the others."""
+    root = Path(runs_root)
+    try:
+        children = sorted(root.iterdir()) if root.is_dir() else []
+        real_root = root.resolve()
+    except OSError:
+        return []
+    runs = []
+    for d in children:
+        try:
+            if not d.is_dir() or not (d / "config.json").exists():
+                continue
+            outside = not d.resolve().is_relative_to(real_root)
+        except (OSError, RuntimeError):
+            continue
+        if outside:  # a link out of the runs folder: nothing in it is read
+            runs.append(RunInfo(d, d.name, DAMAGED, "", None, None, 0, None, None, None, False,
+                                damaged="the folder links outside the runs folder; not read"))
+            continue
+        try:
+            runs.append(run_info(d))
+        except Exception as exc:  # the last guard of the runs table: one folder never takes it down
+            runs.append(RunInfo(d, d.name, DAMAGED, "", None, None, 0, None, None, None, False,
+                                damaged=f"cannot be read ({type(exc).__name__}: {exc})"))
+    return sorted(runs, key=lambda r: (r.started or "", r.name), reverse=True)
+
+
+def new_run_dir(runs_root: str | Path, model: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(runs_root) / f"{stamp}-{model}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = base.with_name(f"{base.name}-{i}")
+    path.mkdir(parents=True)
+    return path
+
+
+def _refuse_folder(run_dir: Path, overwrite: bool) -> None:
+    """Raise RunFolderError when training must not write into run_dir; reads only, changes nothing."""
+    present = [p.name for p in run_dir.iterdir() if p.name != LOCK_FILE]
+    extra = sorted(n for n in present if n not in RUN_FILES and not n.startswith("."))
+    if extra:
+        raise RunFolderError(f"{run_dir}: not empty and not a pneumo run (holds {', '.join(extra[:5])}); "
+                             "choose a new --out folder")
+    state = read_status(run_dir).get("state") if "status.json" in present else None
+    if state == DAMAGED:
+        raise RunFolderError(f"{run_dir}: its status.json is damaged ({read_status(run_dir).get('error')}); "
+                             "choose a new --out folder")
+    if state is None and set(present) - {STOP_FILE}:
+        raise RunFolderError(f"{run_dir}: holds {', '.join(sorted(present)[:5])} but no run status; "
+                             "choose a new --out folder")
+    if state is None or state == "queued":
+        return  # empty, or prepared by launch()
+    if state not in ENDED:
+        raise RunFolderError(f"{run_dir}: a run is in progress there ({state}); stop it first or choose a new folder")
+    if not overwrite:
+        raise RunFolderError(f"{run_dir}: holds a {state} run; pass --overwrite to replace it, or choose a new folder")
+
+
+def _prepare_folder(run_dir: Path, overwrite: bool) -> None:
+    """Make an accepted folder ready (under the lock): a stale STOP goes, an ended run's own files go."""
+    present = {p.name for p in run_dir.iterdir()}
+    state = read_status(run_dir).get("state") if "status.json" in present else None
+    if state == "queued":
+        return  # prepared by launch(): its config, and a Stop pressed before the process started, stay
+    if state is None:
+        (run_dir / STOP_FILE).unlink(missing_ok=True)  # a request left from an earlier run is not for this one
+        return
+    if overwrite and state in ENDED:
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+
+
+def _check_folder(run_dir: Path, overwrite: bool) -> None:
+    """Refuse, then prepare (kept for callers of the earlier name)."""
+    _refuse_folder(run_dir, overwrite)
+    _prepare_folder(run_dir, overwrite)
+
+
+def active_runs(runs_root: str | Path) -> list["RunInfo"]:
+    return [r for r in list_runs(runs_root) if r.state in ("queued", "running")]
+
+
+def launch(config: Any, runs_root: str | Path, python: str | None = None, max_concurrent: int = 1) -> Path:
+    """Start `python -m pneumo train` for config in its own process group; returns the run folder.
+
+    The process is detached (new session, own log), so closing the browser tab or restarting the
+    app neither kills nor duplicates it. At most max_concurrent runs go at once: a further one is
+    refused with the names of those running.
+    """
+    config.validate()
+    busy = active_runs(runs_root)
+    if len(busy) >= max_concurrent:
+        raise RunFolderError(f"{', '.join(r.name for r in busy)} is still {busy[0].state}; "
+                             f"at most {max_concurrent} training run(s) at a time: stop it or wait")
+    run_dir = new_run_dir(runs_root, config.model)
+    atomic_write_json(run_dir / "config.json", asdict(config))
+    write_status(run_dir, "queued", created=now_iso())
+    log = open(run_dir / "train.log", "ab")
+    proc = subprocess.Popen(
+        [python or sys.executable, "-m", "pneumo", "train", "--config", str(run_dir / "config.json"), "--out", str(run_dir)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=str(PROJECT_ROOT),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    log.close()
+    write_status(run_dir, "queued", pid=proc.pid)
+    return run_dir
+
+
+def request_stop(run_dir: str | Path) -> None:
+    """Ask a run to stop at the next batch; it keeps the model it has so far (the best one with --keep best).
+
+    A run that says queued or running but whose process is gone (or is not its training) is marked
+    stopped at once: no process will ever read the STOP file, and the run must not block new ones.
+    """
+    run_dir = Path(run_dir)
+    atomic_write_text(run_dir / STOP_FILE, now_iso() + "\n")
+    raw = read_json(run_dir / "status.json")
+    seen = read_status(run_dir)
+    if isinstance(raw, dict) and raw.get("state") in ("queued", "running") and seen.get("state") == "failed":
+        write_status(run_dir, "stopped", ended=now_iso(), error=seen.get("error"), pid=None)
+
+
+def stop_requested(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / STOP_FILE).exists()
+
+
+def kill(run_dir: str | Path) -> bool:
+    """Terminate a run's process group (used when a clean stop is not enough); only a live pneumo process."""
+    status = read_status(run_dir)
+    pid = status.get("pid")
+    if status.get("state") not in ("queued", "running") or not pid_alive(pid):
+        return False
+    args = _cmdline(pid)
+    if args is not None and "pneumo" not in " ".join(args):
+        return False  # the number belongs to another program now
+    os.killpg(os.getpgid(int(pid)), signal.SIGTERM)
+    return True
+
+
+def log_tail(run_dir: str | Path, lines: int = 40, max_bytes: int = 256 * 2**10) -> str:
+    """The last lines of train.log, reading at most its last max_bytes."""
+    path = Path(run_dir) / "train.log"
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            fh.seek(max(0, size - max_bytes))
+            data = fh.read(max_bytes)
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-lines:])
