@@ -2,15 +2,17 @@
 
 import streamlit as st
 
-st.set_page_config(page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide")
+st.set_page_config(
+    page_title="pneumo · chest X-ray pneumonia screening", page_icon=":material/pulmonology:", layout="wide"
+)
 
 from pneumo.core.memory import limit_malloc_arenas, map_large_allocations  # noqa: E402
 
 limit_malloc_arenas()  # before any thread pool starts
 map_large_allocations()  # films and maps go back to the kernel when freed, not into the heap
 
-from pneumo.app.ui import ENTRY_MARK, settings, sidebar
-from pneumo.app.sessions import track_session
+from pneumo.app.sessions import track_session  # noqa: E402 - after the allocator settings above
+from pneumo.app.ui import ENTRY_MARK, settings, sidebar  # noqa: E402
 
 st.session_state[ENTRY_MARK] = True
 track_session()  # its uploads and pictures are released once it has closed for good

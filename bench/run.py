@@ -22,9 +22,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -37,10 +38,19 @@ BATCH = 32
 
 REPEATS_MIN = 5
 # The figures the README quotes (pneumo.integrations.docs.bench_table), each with its spread over the repeats.
-HEADLINE = ("batch_predict_images_per_s", "batch_predict_fraction_of_peak", "predict_latency_ms_p50",
-            "predict_p50_over_floor", "predict_over_fastest_anchor", "gradcam_p50_over_predict_p50",
-            "gradcam_over_tensorflow_traced", "pipeline_speedup_vs_keras_cached", "train_fraction_of_peak",
-            "evaluate_first_result_s", "evaluate_peak_rss_mb")
+HEADLINE = (
+    "batch_predict_images_per_s",
+    "batch_predict_fraction_of_peak",
+    "predict_latency_ms_p50",
+    "predict_p50_over_floor",
+    "predict_over_fastest_anchor",
+    "gradcam_p50_over_predict_p50",
+    "gradcam_over_tensorflow_traced",
+    "pipeline_speedup_vs_keras_cached",
+    "train_fraction_of_peak",
+    "evaluate_first_result_s",
+    "evaluate_peak_rss_mb",
+)
 SPREAD: dict[str, list[float]] = {}  # headline key -> [p10, p90] of the same figure over the repeats
 
 
@@ -146,16 +156,27 @@ def theoretical_peak_gflops(info: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError):
         pass
     try:
-        mhz = max([mhz] + [float(line.split(":")[1]) for line in Path("/proc/cpuinfo").read_text().splitlines()
-                           if line.startswith("cpu MHz")])
+        mhz = max(
+            [mhz]
+            + [
+                float(line.split(":")[1])
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("cpu MHz")
+            ]
+        )
     except (OSError, ValueError):
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     fma_units = 2
     gflops = cores * mhz / 1000 * lanes * 2 * fma_units
-    return {"gflops": round(gflops, 1), "cores": cores, "clock_mhz": round(mhz, 1), "fp32_lanes": lanes,
-            "fma_units_per_core": fma_units,
-            "how": "cores × highest reported clock × float32 lanes of the widest vector unit × 2 × 2 FMA units"}
+    return {
+        "gflops": round(gflops, 1),
+        "cores": cores,
+        "clock_mhz": round(mhz, 1),
+        "fp32_lanes": lanes,
+        "fma_units_per_core": fma_units,
+        "how": "cores × highest reported clock × float32 lanes of the widest vector unit × 2 × 2 FMA units",
+    }
 
 
 def forward_flops(model: Any, size: int) -> float:
@@ -171,7 +192,9 @@ def forward_flops(model: Any, size: int) -> float:
     concrete = tf.function(lambda x: model(x, training=False)).get_concrete_function(tf.TensorSpec([1, size, size, 1]))
     calls = sorted({op.type for op in concrete.graph.get_operations() if op.type.endswith("PartitionedCall")})
     if calls:
-        raise ValueError(f"the forward graph calls nested functions ({', '.join(calls)}); their FLOPs would go uncounted")
+        raise ValueError(
+            f"the forward graph calls nested functions ({', '.join(calls)}); their FLOPs would go uncounted"
+        )
     opts = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
     opts["output"] = "none"
     return float(tf.compat.v1.profiler.profile(graph=concrete.graph, cmd="op", options=opts).total_float_ops)
@@ -183,7 +206,8 @@ def jpeg_decode_rate(paths: list[str], repeats: int) -> float:
 
     def run() -> None:
         ds = tf.data.Dataset.from_tensor_slices(paths).map(
-            lambda p: tf.io.decode_jpeg(tf.io.read_file(p), channels=1), num_parallel_calls=tf.data.AUTOTUNE)
+            lambda p: tf.io.decode_jpeg(tf.io.read_file(p), channels=1), num_parallel_calls=tf.data.AUTOTUNE
+        )
         for _ in ds:
             pass
 
@@ -199,33 +223,51 @@ def keras_loader(folder: Path, size: int, aug: Any) -> Any:
     import keras
     import tensorflow as tf
 
-    layers = keras.Sequential([
-        keras.layers.RandomRotation(aug.rotation_deg / 360.0, fill_mode="reflect"),
-        keras.layers.RandomTranslation(aug.shift, aug.shift, fill_mode="reflect"),
-        keras.layers.RandomZoom((-aug.zoom, aug.zoom), fill_mode="reflect"),
-        keras.layers.RandomBrightness(aug.brightness, value_range=(0.0, 1.0)),
-        keras.layers.RandomContrast(aug.contrast, value_range=(0.0, 1.0)),
-    ])
+    layers = keras.Sequential(
+        [
+            keras.layers.RandomRotation(aug.rotation_deg / 360.0, fill_mode="reflect"),
+            keras.layers.RandomTranslation(aug.shift, aug.shift, fill_mode="reflect"),
+            keras.layers.RandomZoom((-aug.zoom, aug.zoom), fill_mode="reflect"),
+            keras.layers.RandomBrightness(aug.brightness, value_range=(0.0, 1.0)),
+            keras.layers.RandomContrast(aug.contrast, value_range=(0.0, 1.0)),
+        ]
+    )
     ds = keras.utils.image_dataset_from_directory(
-        folder, labels="inferred", label_mode="binary", color_mode="grayscale", image_size=(size, size),
-        batch_size=BATCH, shuffle=True, seed=0, verbose=False)
+        folder,
+        labels="inferred",
+        label_mode="binary",
+        color_mode="grayscale",
+        image_size=(size, size),
+        batch_size=BATCH,
+        shuffle=True,
+        seed=0,
+        verbose=False,
+    )
     ds = ds.map(lambda x, y: (x / 255.0, y), num_parallel_calls=tf.data.AUTOTUNE).cache()
-    return ds.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(lambda x, y: (layers(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(
+        tf.data.AUTOTUNE
+    )
 
 
 def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[str, float]:
     """Ours against the cached Keras loader with the same augmentation at the same size; and the
     pipelines training the default model runs (shift recipe; at the working resolution when opted in)."""
     from pneumo.data import collection as D
-    from pneumo.training import pipeline as P
     from pneumo.model.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE
+    from pneumo.training import pipeline as P
 
     frame = D.scan(folder).frame
     basic, shift = P.Augmentation.preset("basic"), P.Augmentation.preset("shift")
     ours_basic = P.make_dataset(frame, size, BATCH, training=True, augmentation=basic)
     ours_shift = P.make_dataset(frame, size, BATCH, training=True, augmentation=shift)
-    ours_shift_work = P.make_dataset(frame, size, BATCH, training=True, augmentation=shift,
-                                     augment_size=ARCHITECTURES[DEFAULT_ARCHITECTURE].augmentation_size(size))
+    ours_shift_work = P.make_dataset(
+        frame,
+        size,
+        BATCH,
+        training=True,
+        augmentation=shift,
+        augment_size=ARCHITECTURES[DEFAULT_ARCHITECTURE].augmentation_size(size),
+    )
     theirs = keras_loader(folder, size, basic)
     # Compared with decoding, the pipeline must decode: no cache, so every epoch reads every film.
     ours_decoding = P.make_dataset(frame, size, BATCH, training=True, augmentation=None, cache=False)
@@ -235,26 +277,37 @@ def bench_pipeline(folder: Path, size: int, epochs: int, repeats: int) -> dict[s
             for _ in range(epochs):
                 for _batch in ds:
                     pass
+
         return run
 
-    t = alternate({"ours": epochs_of(ours_basic), "keras": epochs_of(theirs), "shift": epochs_of(ours_shift),
-                   "shift_work": epochs_of(ours_shift_work), "decoding": epochs_of(ours_decoding)}, repeats)
+    t = alternate(
+        {
+            "ours": epochs_of(ours_basic),
+            "keras": epochs_of(theirs),
+            "shift": epochs_of(ours_shift),
+            "shift_work": epochs_of(ours_shift_work),
+            "decoding": epochs_of(ours_decoding),
+        },
+        repeats,
+    )
     n = len(frame) * epochs
     spread_of("pipeline_speedup_vs_keras_cached", [k / o for k, o in zip(rounds("keras"), rounds("ours"))])
-    return {"pipeline_images_per_s": round(n / t["ours"], 1),
-            "pipeline_decoding_images_per_s": round(n / t["decoding"], 1),
-            "pipeline_shift_augmentation_images_per_s": round(n / t["shift"], 1),
-            "pipeline_shift_augmentation_work_resolution_images_per_s": round(n / t["shift_work"], 1),
-            "keras_cached_pipeline_images_per_s": round(n / t["keras"], 1),
-            "pipeline_speedup_vs_keras_cached": round(t["keras"] / t["ours"], 2)}
+    return {
+        "pipeline_images_per_s": round(n / t["ours"], 1),
+        "pipeline_decoding_images_per_s": round(n / t["decoding"], 1),
+        "pipeline_shift_augmentation_images_per_s": round(n / t["shift"], 1),
+        "pipeline_shift_augmentation_work_resolution_images_per_s": round(n / t["shift_work"], 1),
+        "keras_cached_pipeline_images_per_s": round(n / t["keras"], 1),
+        "pipeline_speedup_vs_keras_cached": round(t["keras"] / t["ours"], 2),
+    }
 
 
 def bench_training(folder: Path, steps: int, repeats: int, peak: float) -> dict[str, Any]:
     """The training step every run takes (pneumo.training.job.compile_for_training) fed by the real pipeline, for
     the default recipe, the same with XLA, and the opt-in augmentation at the working resolution, alternately."""
     from pneumo.data import collection as D
-    from pneumo.training import pipeline as P
     from pneumo.model.architectures import ARCHITECTURES, DEFAULT_ARCHITECTURE, build_model
+    from pneumo.training import pipeline as P
     from pneumo.training.job import TrainConfig, compile_for_training
 
     arch = ARCHITECTURES[DEFAULT_ARCHITECTURE]
@@ -264,11 +317,21 @@ def bench_training(folder: Path, steps: int, repeats: int, peak: float) -> dict[
     weights = D.class_weights(frame["label"].to_numpy())
 
     def dataset(augment_size: int | None) -> Any:
-        return P.make_dataset(frame, size, BATCH, training=True, augmentation=P.Augmentation.preset(config.augmentation),
-                              class_weights=weights, augment_size=augment_size).repeat()
+        return P.make_dataset(
+            frame,
+            size,
+            BATCH,
+            training=True,
+            augmentation=P.Augmentation.preset(config.augmentation),
+            class_weights=weights,
+            augment_size=augment_size,
+        ).repeat()
 
-    variants = {"default": (dataset(None), "auto"), "xla": (dataset(None), True),
-                "work_resolution": (dataset(arch.augmentation_size(size)), "auto")}
+    variants = {
+        "default": (dataset(None), "auto"),
+        "xla": (dataset(None), True),
+        "work_resolution": (dataset(arch.augmentation_size(size)), "auto"),
+    }
     fits = {}
     for name, (ds, jit) in variants.items():
         model = build_model(DEFAULT_ARCHITECTURE, size)
@@ -280,13 +343,16 @@ def bench_training(folder: Path, steps: int, repeats: int, peak: float) -> dict[
     # A training step costs about three forward passes (forward, and the two halves of the backward).
     fraction = {k: round(v * 3 * flops / (peak * 1e9), 3) for k, v in rates.items()}
     spread_of("train_fraction_of_peak", [steps * BATCH / x * 3 * flops / (peak * 1e9) for x in rounds("default")])
-    return {"train_images_per_s": round(rates["default"], 1), "train_model": DEFAULT_ARCHITECTURE,
-            "train_images_per_s_xla": round(rates["xla"], 1),
-            "train_images_per_s_work_resolution_augmentation": round(rates["work_resolution"], 1),
-            "train_model_forward_gflops": round(flops / 1e9, 4),
-            "train_fraction_of_peak": fraction["default"],
-            "train_fraction_of_peak_xla": fraction["xla"],
-            "train_fraction_of_peak_work_resolution_augmentation": fraction["work_resolution"]}
+    return {
+        "train_images_per_s": round(rates["default"], 1),
+        "train_model": DEFAULT_ARCHITECTURE,
+        "train_images_per_s_xla": round(rates["xla"], 1),
+        "train_images_per_s_work_resolution_augmentation": round(rates["work_resolution"], 1),
+        "train_model_forward_gflops": round(flops / 1e9, 4),
+        "train_fraction_of_peak": fraction["default"],
+        "train_fraction_of_peak_xla": fraction["xla"],
+        "train_fraction_of_peak_work_resolution_augmentation": fraction["work_resolution"],
+    }
 
 
 def bench_inference(model_path: Path | None, folder: Path, repeats: int, peak: float) -> dict[str, Any]:
@@ -294,8 +360,8 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int, peak: f
     import numpy as np
 
     from pneumo.data import collection as D
-    from pneumo.model import explain
     from pneumo.data.decode import load_image
+    from pneumo.model import explain
     from pneumo.model.loading import LoadedModel, load_model
 
     loaded = load_model(model_path)
@@ -306,8 +372,11 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int, peak: f
     blob = Path(frame["path"].iloc[0]).read_bytes()
     flops = forward_flops(loaded.model, loaded.input_size)
     floor_ms = flops / (peak * 1e9) * 1000
-    out: dict[str, Any] = {"model_forward_gflops": round(flops / 1e9, 4), "predict_flop_floor_ms": round(floor_ms, 3),
-                           "inference_engine": loaded.engine_name}
+    out: dict[str, Any] = {
+        "model_forward_gflops": round(flops / 1e9, 4),
+        "predict_flop_floor_ms": round(floor_ms, 3),
+        "inference_engine": loaded.engine_name,
+    }
 
     img = images[0]
     one = loaded.prepare(img)
@@ -319,8 +388,9 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int, peak: f
     if loaded.engine is not None:
         session, name = loaded.engine.session, loaded.engine.input_name
         anchors["onnxruntime_session"] = lambda: session.run(None, {name: loaded.prepare(img)})
-    single = alternate({"ours": lambda: loaded.predict(img), **anchors,
-                        "read": lambda: loaded.predict(load_image(blob))}, repeats)
+    single = alternate(
+        {"ours": lambda: loaded.predict(img), **anchors, "read": lambda: loaded.predict(load_image(blob))}, repeats
+    )
     p50 = single["ours"] * 1000
     ours_rounds = rounds("ours")
     keras_fairest = min(("predict_on_batch", "direct_call"), key=single.get)
@@ -330,52 +400,69 @@ def bench_inference(model_path: Path | None, folder: Path, repeats: int, peak: f
     spread_of("predict_latency_ms_p50", [x * 1000 for x in ours_rounds])
     spread_of("predict_p50_over_floor", [x * 1000 / floor_ms for x in ours_rounds])
     spread_of("predict_over_fastest_anchor", [o / a for o, a in zip(ours_rounds, rounds(fastest))])
-    out.update({
-        "predict_fastest_anchor": fastest,
-        "predict_over_fastest_anchor": round(single["ours"] / single[fastest], 3),
-        "predict_latency_ms_p50": round(p50, 3),
-        "read_and_predict_latency_ms_p50": round(single["read"] * 1000, 3),
-        **{f"{k}_ms_p50": round(single[k] * 1000, 3) for k in anchors},
-        "predict_fairest_keras_anchor": keras_fairest,
-        "predict_speedup_vs_fairest_keras": round(single[keras_fairest] / single["ours"], 2),
-        "predict_speedup_vs_tensorflow_traced": round(single["tensorflow_traced"] / single["ours"], 2),
-        "predict_p50_over_floor": round(p50 / floor_ms, 2),
-        "network_only_ms_p50": round(alternate({"net": lambda: loaded._forward(one)}, repeats)["net"] * 1000, 3),
-    })
+    out.update(
+        {
+            "predict_fastest_anchor": fastest,
+            "predict_over_fastest_anchor": round(single["ours"] / single[fastest], 3),
+            "predict_latency_ms_p50": round(p50, 3),
+            "read_and_predict_latency_ms_p50": round(single["read"] * 1000, 3),
+            **{f"{k}_ms_p50": round(single[k] * 1000, 3) for k in anchors},
+            "predict_fairest_keras_anchor": keras_fairest,
+            "predict_speedup_vs_fairest_keras": round(single[keras_fairest] / single["ours"], 2),
+            "predict_speedup_vs_tensorflow_traced": round(single["tensorflow_traced"] / single["ours"], 2),
+            "predict_p50_over_floor": round(p50 / floor_ms, 2),
+            "network_only_ms_p50": round(alternate({"net": lambda: loaded._forward(one)}, repeats)["net"] * 1000, 3),
+        }
+    )
 
     stacked = loaded.prepare(images)
-    batch_anchors = {"traced": lambda: traced.predict(stacked, batch_size=BATCH),
-                     "keras": lambda: loaded.model.predict(stacked, batch_size=BATCH, verbose=0)}
+    batch_anchors = {
+        "traced": lambda: traced.predict(stacked, batch_size=BATCH),
+        "keras": lambda: loaded.model.predict(stacked, batch_size=BATCH, verbose=0),
+    }
     if loaded.engine is not None:
-        batch_anchors["onnxruntime_session"] = lambda: [session.run(None, {name: stacked[i: i + BATCH]})
-                                                        for i in range(0, len(stacked), BATCH)]
+        batch_anchors["onnxruntime_session"] = lambda: [
+            session.run(None, {name: stacked[i : i + BATCH]}) for i in range(0, len(stacked), BATCH)
+        ]
     batch = alternate({"ours": lambda: loaded.predict(stacked, batch_size=BATCH), **batch_anchors}, REPEATS_MIN)
     rate = len(images) / batch["ours"]
     spread_of("batch_predict_fraction_of_peak", [len(images) / x * flops / (peak * 1e9) for x in rounds("ours")])
     spread_of("batch_predict_images_per_s", [len(images) / x for x in rounds("ours")])
-    out.update({"batch_predict_images_per_s": round(rate, 1),
-                "onnxruntime_session_batch_images_per_s": round(len(images) / batch["onnxruntime_session"], 1)
-                if "onnxruntime_session" in batch else None,
-                "keras_model_predict_images_per_s": round(len(images) / batch["keras"], 1),
-                "tensorflow_traced_images_per_s": round(len(images) / batch["traced"], 1),
-                "batch_predict_flop_ceiling_images_per_s": round(peak * 1e9 / flops, 1),
-                "batch_predict_fraction_of_peak": round(rate * flops / (peak * 1e9), 3)})
+    out.update(
+        {
+            "batch_predict_images_per_s": round(rate, 1),
+            "onnxruntime_session_batch_images_per_s": round(len(images) / batch["onnxruntime_session"], 1)
+            if "onnxruntime_session" in batch
+            else None,
+            "keras_model_predict_images_per_s": round(len(images) / batch["keras"], 1),
+            "tensorflow_traced_images_per_s": round(len(images) / batch["traced"], 1),
+            "batch_predict_flop_ceiling_images_per_s": round(peak * 1e9 / flops, 1),
+            "batch_predict_fraction_of_peak": round(rate * flops / (peak * 1e9), 3),
+        }
+    )
 
-    cams = alternate({
-        "compiled": lambda: explain.gradcam(loaded, img, target=1),
-        "compiled_pp": lambda: explain.gradcam(loaded, img, method="gradcam++", target=1),
-        "traced": lambda: explain.gradcam(traced, img, target=1),
-        "tf_keras_vis": lambda: explain.gradcam(loaded, img, target=1, engine="tf-keras-vis"),
-    }, max(REPEATS_MIN, repeats // 3))
+    cams = alternate(
+        {
+            "compiled": lambda: explain.gradcam(loaded, img, target=1),
+            "compiled_pp": lambda: explain.gradcam(loaded, img, method="gradcam++", target=1),
+            "traced": lambda: explain.gradcam(traced, img, target=1),
+            "tf_keras_vis": lambda: explain.gradcam(loaded, img, target=1, engine="tf-keras-vis"),
+        },
+        max(REPEATS_MIN, repeats // 3),
+    )
     spread_of("gradcam_p50_over_predict_p50", [x * 1000 / p50 for x in rounds("compiled")])
     spread_of("gradcam_over_tensorflow_traced", [c / t for c, t in zip(rounds("compiled"), rounds("traced"))])
-    out.update({"gradcam_latency_ms_p50": round(cams["compiled"] * 1000, 3),
-                "gradcampp_latency_ms_p50": round(cams["compiled_pp"] * 1000, 3),
-                "tensorflow_traced_gradcam_latency_ms_p50": round(cams["traced"] * 1000, 3),
-                "tf_keras_vis_gradcam_latency_ms_p50": round(cams["tf_keras_vis"] * 1000, 3),
-                "gradcam_speedup_vs_tf_keras_vis": round(cams["tf_keras_vis"] / cams["compiled"], 2),
-                "gradcam_over_tensorflow_traced": round(cams["compiled"] / cams["traced"], 3),
-                "gradcam_p50_over_predict_p50": round(cams["compiled"] * 1000 / p50, 2)})
+    out.update(
+        {
+            "gradcam_latency_ms_p50": round(cams["compiled"] * 1000, 3),
+            "gradcampp_latency_ms_p50": round(cams["compiled_pp"] * 1000, 3),
+            "tensorflow_traced_gradcam_latency_ms_p50": round(cams["traced"] * 1000, 3),
+            "tf_keras_vis_gradcam_latency_ms_p50": round(cams["tf_keras_vis"] * 1000, 3),
+            "gradcam_speedup_vs_tf_keras_vis": round(cams["tf_keras_vis"] / cams["compiled"], 2),
+            "gradcam_over_tensorflow_traced": round(cams["compiled"] / cams["traced"], 3),
+            "gradcam_p50_over_predict_p50": round(cams["compiled"] * 1000 / p50, 2),
+        }
+    )
     return out
 
 
@@ -389,20 +476,34 @@ def bench_evaluate(folder: Path) -> dict[str, float]:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         # The child reports its own peak (VmHWM restarts at exec); getrusage's children figure would count the
         # pages this large process shares with the child between fork and exec.
-        probe = ("import sys; from pneumo.cli import main; rc = main(sys.argv[1:]); "
-                 "from pneumo.core.memory import resident; print('PEAK_MB', resident().peak_mb, file=sys.stderr); sys.exit(rc)")
+        probe = (
+            "import sys; from pneumo.cli import main; rc = main(sys.argv[1:]); "
+            "from pneumo.core.memory import resident; "
+            "print('PEAK_MB', resident().peak_mb, file=sys.stderr); sys.exit(rc)"
+        )
         cmd = [sys.executable, "-c", probe, "evaluate", "--data"]
         # Reports go beside the data, never inside it: evaluate refuses to write into the folder it reads.
         firsts = []
         for i in range(REPEATS_MIN):
             t = time.perf_counter()
-            subprocess.run(cmd + [str(one), "--out", str(one.parent / f"{one.name}-r{i}.json")], check=True,
-                           capture_output=True, env=env, cwd=ROOT)
+            subprocess.run(
+                cmd + [str(one), "--out", str(one.parent / f"{one.name}-r{i}.json")],
+                check=True,
+                capture_output=True,
+                env=env,
+                cwd=ROOT,
+            )
             firsts.append(time.perf_counter() - t)
         peaks = []
         for i in range(3):
-            out = subprocess.run(cmd + [str(folder), "--out", str(one.parent / f"{one.name}-full{i}.json")], check=True,
-                                 capture_output=True, text=True, env=env, cwd=ROOT)
+            out = subprocess.run(
+                cmd + [str(folder), "--out", str(one.parent / f"{one.name}-full{i}.json")],
+                check=True,
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=ROOT,
+            )
             peaks.append(float(out.stderr.rsplit("PEAK_MB", 1)[1].split()[0]))
     finally:
         shutil.rmtree(one, ignore_errors=True)
@@ -410,8 +511,10 @@ def bench_evaluate(folder: Path) -> dict[str, float]:
             report.unlink(missing_ok=True)
     spread_of("evaluate_first_result_s", firsts)
     spread_of("evaluate_peak_rss_mb", peaks)
-    return {"evaluate_first_result_s": round(statistics.median(firsts), 2),
-            "evaluate_peak_rss_mb": round(statistics.median(peaks), 1)}
+    return {
+        "evaluate_first_result_s": round(statistics.median(firsts), 2),
+        "evaluate_peak_rss_mb": round(statistics.median(peaks), 1),
+    }
 
 
 def environment() -> dict[str, Any]:
@@ -454,8 +557,11 @@ def main() -> None:
             folder, epochs, repeats, steps, lat = make_folder(500, work / "data"), 1, REPEATS_MIN, 30, 45
         eval_folder = folder if args.quick else make_folder(200, work / "eval")
         paths = [str(p) for p in sorted(folder.rglob("*.jp*g"))]
-        results["data"] = {"folder": "shared training set" if folder == SHARED else "temporary subset",
-                           "images": len(paths), "pipeline_epochs": epochs}
+        results["data"] = {
+            "folder": "shared training set" if folder == SHARED else "temporary subset",
+            "images": len(paths),
+            "pipeline_epochs": epochs,
+        }
         t = time.perf_counter()
         ceiling = theoretical_peak_gflops(results["cpu"])
         peak = ceiling["gflops"]
@@ -493,25 +599,39 @@ def main() -> None:
         if "predict_flop_floor_ms" in results:
             results["predict_flop_floor_ms"] = round(results["predict_flop_floor_ms"] * scale, 3)
         if "batch_predict_flop_ceiling_images_per_s" in results:
-            results["batch_predict_flop_ceiling_images_per_s"] = round(results["batch_predict_flop_ceiling_images_per_s"] / scale, 1)
+            results["batch_predict_flop_ceiling_images_per_s"] = round(
+                results["batch_predict_flop_ceiling_images_per_s"] / scale, 1
+            )
         results["gemm_best_fraction_of_peak"] = round(max(gemm) / ceiling, 3)
         results["pipeline_over_train_rate"] = round(
-            results["pipeline_shift_augmentation_images_per_s"] / results["train_images_per_s"], 2)
+            results["pipeline_shift_augmentation_images_per_s"] / results["train_images_per_s"], 2
+        )
         results["pipeline_over_train_rate_work_resolution_augmentation"] = round(
             results["pipeline_shift_augmentation_work_resolution_images_per_s"]
-            / results["train_images_per_s_work_resolution_augmentation"], 2)
+            / results["train_images_per_s_work_resolution_augmentation"],
+            2,
+        )
         # Not a fraction of a limit: pneumo decodes with its own checked decoder (Pillow, completeness and
         # size checks, area resize), TensorFlow's decode_jpeg is the fastest alternative a user would pick.
         results["pipeline_decoding_over_tf_jpeg_decode"] = round(
-            results["pipeline_decoding_images_per_s"] / results["jpeg_decode_images_per_s"], 3)
+            results["pipeline_decoding_images_per_s"] / results["jpeg_decode_images_per_s"], 3
+        )
         results["headline"] = {k: results[k] for k in HEADLINE if k in results}
         results["spread"] = {k: SPREAD[k] for k in HEADLINE if k in SPREAD}
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    default = "results-gpu.json" if results["device_kind"] == "GPU" else ("results-quick.json" if args.quick else "results.json")
+    default = (
+        "results-gpu.json"
+        if results["device_kind"] == "GPU"
+        else ("results-quick.json" if args.quick else "results.json")
+    )
     out = Path(args.out) if args.out else ROOT / "bench" / default
     out.write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, indent=2))
+    print(
+        json.dumps(
+            {k: v for k, v in results.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, indent=2
+        )
+    )
     print(f"written to {out}", file=sys.stderr)
 
 

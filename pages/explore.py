@@ -6,18 +6,29 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pneumo.app.ui import active_model, data_root, model_state_key, plain, require_entry_point, settings, summarize_with_bar
-from pneumo.evaluation import audit
-from pneumo.data import collection as D
 from pneumo.app import plots
+from pneumo.app.ui import (
+    active_model,
+    data_root,
+    model_state_key,
+    plain,
+    require_entry_point,
+    settings,
+    summarize_with_bar,
+)
+from pneumo.core.paths import CLASS_NAMES
+from pneumo.data import collection as D
+from pneumo.evaluation import audit
 
 require_entry_point()
 
 st.title("Dataset Explorer")
 root = data_root()
 if root is None:
-    st.info("No data folder is configured. Add one under data/, in .streamlit/secrets.toml ([pneumo] data_roots) "
-            "or in the PNEUMO_DATA_ROOTS environment variable.")
+    st.info(
+        "No data folder is configured. Add one under data/, in .streamlit/secrets.toml ([pneumo] data_roots) "
+        "or in the PNEUMO_DATA_ROOTS environment variable."
+    )
     st.stop()
 try:
     summary = summarize_with_bar(root)
@@ -36,7 +47,7 @@ cols[4].metric("Unreadable files", len(summary.unreadable))
 left, right = st.columns(2)
 left.plotly_chart(plots.class_counts(summary.counts), width="stretch")
 with right:
-    weights = ", ".join(f"{D.CLASS_NAMES[k]} × {v:.2f}" for k, v in summary.class_weights.items())
+    weights = ", ".join(f"{CLASS_NAMES[k]} × {v:.2f}" for k, v in summary.class_weights.items())
     normal_share = summary.counts.get("NORMAL", pd.Series(dtype=int)).sum() / max(summary.n_images, 1)
     st.markdown(
         f"**What the imbalance means for training.** In this folder {normal_share:.1%} of the images are NORMAL; the "
@@ -68,7 +79,12 @@ with st.expander(f"Exact duplicates: {len(summary.duplicate_groups)} groups (sam
         for group in summary.duplicate_groups[:12]:
             cols = st.columns(max(len(group), 4))
             for col, path in zip(cols, group):
-                col.image(D.read_item(path), caption=plain(Path(path.split(D.NPZ_SEPARATOR)[0]).name), clamp=True, width="stretch")
+                col.image(
+                    D.read_item(path),
+                    caption=plain(Path(path.split(D.NPZ_SEPARATOR)[0]).name),
+                    clamp=True,
+                    width="stretch",
+                )
         if len(summary.duplicate_groups) > 12:
             st.caption(f"… and {len(summary.duplicate_groups) - 12} more groups.")
         st.caption("Duplicates are kept on one side of the validation split together with their patients.")
@@ -81,7 +97,7 @@ if summary.unreadable:
 st.subheader("Sample grid")
 readable = summary.image_stats
 seed = st.number_input("Shuffle", 0, 10_000, 0, help="Another draw of images")
-for cls in D.CLASS_NAMES:
+for cls in CLASS_NAMES:
     paths = readable.loc[readable.class_name == cls, "path"].tolist()
     if not paths:
         continue
@@ -89,7 +105,9 @@ for cls in D.CLASS_NAMES:
     pick = random.Random(seed).sample(paths, min(8, len(paths)))
     cols = st.columns(8)
     for col, path in zip(cols, pick):
-        col.image(D.read_item(path), caption=plain(Path(path.split(D.NPZ_SEPARATOR)[0]).name), clamp=True, width="stretch")
+        col.image(
+            D.read_item(path), caption=plain(Path(path.split(D.NPZ_SEPARATOR)[0]).name), clamp=True, width="stretch"
+        )
 
 
 st.subheader("Suspected label errors")
@@ -111,29 +129,43 @@ else:
         st.stop()
     info = audit.summary(audited)
     sources = audited["source"].value_counts().to_dict()
-    st.caption(f"Confident learning (cleanlab) on {info['n']:,} films: scores out of fold for "
-               f"{sources.get('out of fold', 0):,}, from the model itself for {sources.get('model', 0):,} (out of "
-               "sample only where it never trained on them). The images are never changed; verdicts are saved beside "
-               f"the data as {audit.REVIEW_FILE}, and `pneumo train --label-review` applies them.")
+    st.caption(
+        f"Confident learning (cleanlab) on {info['n']:,} films: scores out of fold for "
+        f"{sources.get('out of fold', 0):,}, from the model itself for {sources.get('model', 0):,} (out of "
+        "sample only where it never trained on them). The images are never changed; verdicts are saved beside "
+        f"the data as {audit.REVIEW_FILE}, and `pneumo train --label-review` applies them."
+    )
     suspects = audited[audited["suspect"]]
-    st.markdown(f"**{info['suspects']} of {info['n']:,} films ({info['suspect_share']:.1%}) are suspects**: their "
-                "given label is contradicted by the score of a model that never saw them.")
+    st.markdown(
+        f"**{info['suspects']} of {info['n']:,} films ({info['suspect_share']:.1%}) are suspects**: their "
+        "given label is contradicted by the score of a model that never saw them."
+    )
     if not suspects.empty:
-        order = st.radio("Sort", ["most suspicious first", "least suspicious first"], horizontal=True,
-                         key=f"audit-sort:{root}")
+        order = st.radio(
+            "Sort", ["most suspicious first", "least suspicious first"], horizontal=True, key=f"audit-sort:{root}"
+        )
         shown = suspects.sort_values("score", ascending=order.startswith("least")).head(24)
         verdicts: dict[str, str] = {}
         cols = st.columns(6)
         for i, r in enumerate(shown.itertuples()):
             with cols[i % 6]:
                 st.image(D.read_item(r.path), clamp=True, width="stretch")
-                st.caption(f"{plain(Path(r.path).name)} · labelled {D.CLASS_NAMES[int(r.label)]} · p={r.probability:.3f} · "
-                           f"score {r.score:.3f}")
-                verdicts[r.path] = st.selectbox("Verdict", audit.VERDICTS, key=f"verdict:{root}:{r.path}",
-                                                label_visibility="collapsed")
+                st.caption(
+                    f"{plain(Path(r.path).name)} · labelled {CLASS_NAMES[int(r.label)]} · p={r.probability:.3f} · "
+                    f"score {r.score:.3f}"
+                )
+                verdicts[r.path] = st.selectbox(
+                    "Verdict", audit.VERDICTS, key=f"verdict:{root}:{r.path}", label_visibility="collapsed"
+                )
         cfg = settings()
-        blocked = None if cfg.allow_changes else ("Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 "
-                                                  "or [pneumo] allow_changes = true).")
+        blocked = (
+            None
+            if cfg.allow_changes
+            else (
+                "Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 "
+                "or [pneumo] allow_changes = true)."
+            )
+        )
         if st.button("Save verdicts", disabled=blocked is not None, help=blocked, key=f"save-verdicts:{root}"):
             try:
                 written = audit.write_review(audit.review_path(root), verdicts, audited)

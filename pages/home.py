@@ -3,10 +3,20 @@
 import pandas as pd
 import streamlit as st
 
-from pneumo.model.loading import STORED_KINDS, stored_predictions_file
-from pneumo.app.ui import DISCLAIMER, active_model, card_summary, data_root, device_description, figure_table, plain, require_entry_point, stored_predictions
-from pneumo.evaluation import metrics as E
 from pneumo.app import plots
+from pneumo.app.ui import (
+    DISCLAIMER,
+    active_model,
+    card_summary,
+    data_root,
+    device_description,
+    figure_table,
+    plain,
+    require_entry_point,
+    stored_predictions,
+)
+from pneumo.evaluation import metrics as E
+from pneumo.model.loading import STORED_KINDS, stored_predictions_file
 
 require_entry_point()
 
@@ -32,11 +42,15 @@ with left:
         card = loaded.card
         for caution in card.cautions():
             st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
-        st.markdown(f"**{plain(card.name)}** · {plain(card.architecture)} · input {loaded.input_size}×{loaded.input_size} "
-                    f"grayscale · {(card.parameters or 0):,} parameters")
+        st.markdown(
+            f"**{plain(card.name)}** · {plain(card.architecture)} · input {loaded.input_size}×{loaded.input_size} "
+            f"grayscale · {(card.parameters or 0):,} parameters"
+        )
         point = getattr(loaded, "operating_point", None) or "shipped"
-        st.markdown(f"**Operating point in force: {plain(point)}**, threshold **{loaded.threshold:.4f}**  \n"
-                    f"{plain(card.threshold_rule)}")
+        st.markdown(
+            f"**Operating point in force: {plain(point)}**, threshold **{loaded.threshold:.4f}**  \n"
+            f"{plain(card.threshold_rule)}"
+        )
         last_drift = st.session_state.get("last_drift")
         if last_drift:
             st.caption(f"Drift of the last batch read on Predict: {plain(last_drift)}")
@@ -44,23 +58,55 @@ with left:
         st.markdown("##### Evaluations on films the model never saw")
         if card.external_evaluations:
             evaluations = pd.DataFrame(card.external_evaluations)
-            st.dataframe(evaluations[
-                [c for c in ("name", "date", "n", "threshold", "roc_auc", "sensitivity", "specificity", "accuracy")
-                 if c in evaluations]], hide_index=True, width="stretch",
-                column_config={k: st.column_config.NumberColumn(format="%.4f")
-                               for k in ("threshold", "roc_auc", "sensitivity", "specificity", "accuracy")})
-            st.caption("Recorded with `python -m pneumo evaluate --data DIR --record NAME` on collections the model "
-                       "never saw; each at the threshold in force when it was run.")
+            st.dataframe(
+                evaluations[
+                    [
+                        c
+                        for c in ("name", "date", "n", "threshold", "roc_auc", "sensitivity", "specificity", "accuracy")
+                        if c in evaluations
+                    ]
+                ],
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    k: st.column_config.NumberColumn(format="%.4f")
+                    for k in ("threshold", "roc_auc", "sensitivity", "specificity", "accuracy")
+                },
+            )
+            st.caption(
+                "Recorded with `python -m pneumo evaluate --data DIR --record NAME` on collections the model "
+                "never saw; each at the threshold in force when it was run."
+            )
         else:
-            st.caption("None recorded yet: `python -m pneumo evaluate --data DIR --out R.json --record NAME` adds one. "
-                       "Until then every figure below is in-distribution.")
+            st.caption(
+                "None recorded yet: `python -m pneumo evaluate --data DIR --out R.json --record NAME` adds one. "
+                "Until then every figure below is in-distribution."
+            )
 
         if card.site_operating_points:
             st.markdown("##### Site operating points (each set on a site's own labelled films)")
             sites = pd.DataFrame(card.site_operating_points)
-            st.dataframe(sites[[c for c in ("name", "date", "n", "n_positive", "threshold", "sensitivity",
-                                             "sensitivity_lower_95", "specificity", "specificity_lower_95")
-                                if c in sites]], hide_index=True, width="stretch")
+            st.dataframe(
+                sites[
+                    [
+                        c
+                        for c in (
+                            "name",
+                            "date",
+                            "n",
+                            "n_positive",
+                            "threshold",
+                            "sensitivity",
+                            "sensitivity_lower_95",
+                            "specificity",
+                            "specificity_lower_95",
+                        )
+                        if c in sites
+                    ]
+                ],
+                hide_index=True,
+                width="stretch",
+            )
 
         stored = stored_predictions_file(loaded.path)
         if stored is not None:
@@ -72,58 +118,93 @@ with left:
             preds = preds[preds["probability"].notna()]
             figures = E.metrics_at(preds["label"], preds["probability"], loaded.threshold)
             kind = STORED_KINDS[stored.name]
-            st.markdown(f"##### {kind.capitalize()} figures ({'in-distribution' if card.in_distribution else 'shifted hold-out'})")
-            st.caption(f"{plain(card.validation.get('split') or card.training_data.get('split', ''))}; n = {figures['n']:,}, "
-                       f"recomputed from {stored.name} at the threshold in force ({loaded.threshold:.4f}).")
+            st.markdown(
+                f"##### {kind.capitalize()} figures "
+                f"({'in-distribution' if card.in_distribution else 'shifted hold-out'})"
+            )
+            st.caption(
+                f"{plain(card.validation.get('split') or card.training_data.get('split', ''))}; n = {figures['n']:,}, "
+                f"recomputed from {stored.name} at the threshold in force ({loaded.threshold:.4f})."
+            )
             st.dataframe(figure_table(figures), hide_index=True, width="stretch")
             if card.in_distribution:
-                st.caption("Children of the same hospital and period as the training films: expect lower figures on "
-                           "other hospitals, devices and periods, and check a site's own films on the Threshold page.")
+                st.caption(
+                    "Children of the same hospital and period as the training films: expect lower figures on "
+                    "other hospitals, devices and periods, and check a site's own films on the Threshold page."
+                )
         audit_info = card.extra.get("label_audit")
         if audit_info:
-            st.caption(f"Label audit: {audit_info['suspects']} of {audit_info['n']:,} training films "
-                       f"({audit_info['suspect_share']:.1%}) are suspected label errors "
-                       f"(by given label {audit_info['suspects_by_label']}); the threshold's recall target is asked of "
-                       "the others. See the Dataset Explorer.")
+            st.caption(
+                f"Label audit: {audit_info['suspects']} of {audit_info['n']:,} training films "
+                f"({audit_info['suspect_share']:.1%}) are suspected label errors "
+                f"(by given label {audit_info['suspects_by_label']}); the threshold's recall target is asked of "
+                "the others. See the Dataset Explorer."
+            )
 
         pops = card.shift_checks.get("populations")
         if pops:
             st.markdown("##### Populations (out of fold, at the threshold in force when the card was written)")
-            st.plotly_chart(plots.population_chart(pops["by_population"], "File-name series and subtypes"),
-                            width="stretch", key="populations")
+            st.plotly_chart(
+                plots.population_chart(pops["by_population"], "File-name series and subtypes"),
+                width="stretch",
+                key="populations",
+            )
             if pops.get("by_band"):
-                st.plotly_chart(plots.population_chart(pops["by_band"], "Bands of patient numbers, in order"),
-                                width="stretch", key="bands")
+                st.plotly_chart(
+                    plots.population_chart(pops["by_band"], "Bands of patient numbers, in order"),
+                    width="stretch",
+                    key="bands",
+                )
         for held in card.shift_checks.get("leave_population_out", []):
-            st.caption(f"Leave-population-out run {plain(held['run'])} ({plain(held['held_out'])}): n = {held['n']:,}, "
-                       f"ROC AUC {held['roc_auc']:.4f}, sensitivity {held['sensitivity']:.3f}, specificity "
-                       f"{held['specificity']:.3f} at the card's threshold.")
+            st.caption(
+                f"Leave-population-out run {plain(held['run'])} ({plain(held['held_out'])}): n = {held['n']:,}, "
+                f"ROC AUC {held['roc_auc']:.4f}, sensitivity {held['sensitivity']:.3f}, specificity "
+                f"{held['specificity']:.3f} at the card's threshold."
+            )
         stress = card.shift_checks.get("stress")
         if stress and stress.get("conditions"):
             st.markdown("##### Shift checks (held-out films under acquisition changes)")
             table = pd.DataFrame(stress["conditions"]).rename(columns={"condition": "change"})
             st.plotly_chart(plots.stress_chart(table, stress["threshold"]), width="stretch", key="stress")
-            st.caption(f"Worst ROC AUC {stress['worst_auc']['roc_auc']:.4f} ({plain(stress['worst_auc']['condition'])}), "
-                       f"at the threshold the checks were run at ({stress['threshold']:.4f}).")
+            st.caption(
+                f"Worst ROC AUC {stress['worst_auc']['roc_auc']:.4f} ({plain(stress['worst_auc']['condition'])}), "
+                f"at the threshold the checks were run at ({stress['threshold']:.4f})."
+            )
         elif stress and stress.get("folds"):
-            st.caption(f"Stress suite (16 acquisition changes), each fold network on its own held-out films: mean ROC "
-                       f"AUC {stress['mean_auc']:.4f}, worst {stress['worst_auc']:.4f}.")
+            st.caption(
+                f"Stress suite (16 acquisition changes), each fold network on its own held-out films: mean ROC "
+                f"AUC {stress['mean_auc']:.4f}, worst {stress['worst_auc']:.4f}."
+            )
         framing = card.shift_checks.get("framing")
         if framing and framing.get("conditions"):
             st.markdown("##### Does the decision depend on how the film is framed?")
             zooms = tuple((framing.get("worst_in_range") or {}).get("zooms") or (0.85, 1.3))
-            st.plotly_chart(plots.framing_chart(framing["conditions"], zooms), width="stretch", key="framing",
-                            config={"displayModeBar": False})
-            st.caption(f"Each film zoomed about its centre, the film's edge mirrored where it is zoomed out; "
-                       f"{plain(framing['how'])}. Shaded: the zooms a caution watches.")
-            st.dataframe(pd.DataFrame(framing["conditions"] + framing.get("stress", []))[
-                ["condition", "n", "sensitivity", "specificity", "flagged_fraction", "roc_auc"]],
-                hide_index=True, width="stretch",
-                column_config={k: st.column_config.NumberColumn(format="%.3f")
-                               for k in ("sensitivity", "specificity", "flagged_fraction", "roc_auc")})
+            st.plotly_chart(
+                plots.framing_chart(framing["conditions"], zooms),
+                width="stretch",
+                key="framing",
+                config={"displayModeBar": False},
+            )
+            st.caption(
+                f"Each film zoomed about its centre, the film's edge mirrored where it is zoomed out; "
+                f"{plain(framing['how'])}. Shaded: the zooms a caution watches."
+            )
+            st.dataframe(
+                pd.DataFrame(framing["conditions"] + framing.get("stress", []))[
+                    ["condition", "n", "sensitivity", "specificity", "flagged_fraction", "roc_auc"]
+                ],
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    k: st.column_config.NumberColumn(format="%.3f")
+                    for k in ("sensitivity", "specificity", "flagged_fraction", "roc_auc")
+                },
+            )
         else:
-            st.caption("No framing sweep recorded for this model: `python -m pneumo sweep --model PATH --record` "
-                       "measures the decision under zoom, shift and aspect changes.")
+            st.caption(
+                "No framing sweep recorded for this model: `python -m pneumo sweep --model PATH --record` "
+                "measures the decision under zoom, shift and aspect changes."
+            )
         faith = card.extra.get("explanation")
         if faith:
             st.markdown("##### Do the maps show what drives the score?")
@@ -131,13 +212,21 @@ with left:
             st.caption(plain(faith["how"]))
         td = card.training_data
         if td:
-            st.markdown(f"Trained on {td.get('train_images', '?')} images of {td.get('images', '?')}; "
-                        f"{plain(td.get('split', ''))}.")
+            st.markdown(
+                f"Trained on {td.get('train_images', '?')} images of {td.get('images', '?')}; "
+                f"{plain(td.get('split', ''))}."
+            )
         with st.expander("Model card"):
             st.dataframe(card_summary(card), hide_index=True, width="stretch")
-            st.download_button("Download card.json", loaded.path.with_name("card.json").read_bytes()
-                               if loaded.path.with_name("card.json").exists() else b"{}", "card.json",
-                               "application/json", key="card-json")
+            st.download_button(
+                "Download card.json",
+                loaded.path.with_name("card.json").read_bytes()
+                if loaded.path.with_name("card.json").exists()
+                else b"{}",
+                "card.json",
+                "application/json",
+                key="card-json",
+            )
 with right:
     st.subheader("Environment")
     root = data_root()

@@ -7,17 +7,25 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pneumo.model.loading import STORED_KINDS, stored_predictions_file
-from pneumo.app.ui import active_model, data_root, folder_predictions, metric_row, model_state_key, plain, progress_bar, require_entry_point, settings, stored_predictions
-from pneumo.data import collection as D
-from pneumo.evaluation import metrics as E
-from pneumo.evaluation import drift
-from pneumo.evaluation import drift_reference
-from pneumo.data.pixels import shrink
-from pneumo.model import explain
 from pneumo.app import plots
-from pneumo.evaluation import site
-from pneumo.model.loading import save_operating_point
+from pneumo.app.ui import (
+    active_model,
+    data_root,
+    folder_predictions,
+    metric_row,
+    model_state_key,
+    plain,
+    progress_bar,
+    require_entry_point,
+    settings,
+    stored_predictions,
+)
+from pneumo.data import collection as D
+from pneumo.data.pixels import shrink
+from pneumo.evaluation import drift, site
+from pneumo.evaluation import metrics as E
+from pneumo.model import explain
+from pneumo.model.loading import STORED_KINDS, save_operating_point, stored_predictions_file
 
 require_entry_point()
 
@@ -50,8 +58,10 @@ if sources[source] == "stored":
         st.stop()
     if refused:
         st.caption(f"{refused} stored rows point outside the allowed folders: counted in the figures, never opened.")
-    computed_on = (f"{STORED_KINDS[stored.name]} predictions stored with the model ({stored.name}): "
-                   + loaded.card.validation.get("split", "films the model's own networks never saw"))
+    computed_on = (
+        f"{STORED_KINDS[stored.name]} predictions stored with the model ({stored.name}): "
+        + loaded.card.validation.get("split", "films the model's own networks never saw")
+    )
 else:
     try:
         preds = folder_predictions(loaded, root, model_key)
@@ -65,29 +75,39 @@ else:
     if st.button("Check this folder for drift", key=f"drift-button:{model_key}"):
         readable = preds[preds["probability"].notna()]
         with st.spinner("Comparing the folder with the films the operating point was set on…"):
-            st.session_state[drift_key] = drift.report(loaded, readable["path"].tolist(),
-                                                       readable["probability"].tolist())
+            st.session_state[drift_key] = drift.report(
+                loaded, readable["path"].tolist(), readable["probability"].tolist()
+            )
     found = st.session_state.get(drift_key)
     if found:
         if found.get("shifted"):
-            st.error(f"**This folder is unlike the films the operating point was set on** ({plain(found.get('method'))}, "
-                     f"n = {found.get('n')}, p = {found.get('p_value', 0):.2g}): its figures here will not match the "
-                     "card's; calibrate to this site below.", icon=":material/trending_up:")
+            st.error(
+                f"**This folder is unlike the films the operating point was set on** ({plain(found.get('method'))}, "
+                f"n = {found.get('n')}, p = {found.get('p_value', 0):.2g}): its figures here will not match the "
+                "card's; calibrate to this site below.",
+                icon=":material/trending_up:",
+            )
         elif found.get("p_value") is not None:
-            st.caption(f"Drift check: no shift detected ({plain(found.get('method'))}, n = {found.get('n')}, "
-                       f"p = {found['p_value']:.2g}).")
+            st.caption(
+                f"Drift check: no shift detected ({plain(found.get('method'))}, n = {found.get('n')}, "
+                f"p = {found['p_value']:.2g})."
+            )
         else:
             st.caption(f"Drift check: {plain(found.get('reason') or found.get('note') or 'not available')}.")
 if leak and leak["fraction"] > 0:
     st.warning(
-        f"**{leak['train'] + leak['validation']} of {leak['n']} images ({leak['fraction']:.0%}) in this folder are images "
+        f"**{leak['train'] + leak['validation']} of {leak['n']} images ({leak['fraction']:.0%}) in this folder "
+        "are images "
         f"this model was trained on ({leak['train']}) or validated on ({leak['validation']}).** Figures here are "
-        "optimistic, and a threshold tuned on them will not hold on new patients.", icon=":material/warning:")
+        "optimistic, and a threshold tuned on them will not hold on new patients.",
+        icon=":material/warning:",
+    )
 preds = preds[preds["probability"].notna()]
 y, p = preds["label"].to_numpy(), preds["probability"].to_numpy()
 if len(np.unique(y)) < 2:
     st.warning("This set holds only one class: curves and most metrics need both NORMAL and PNEUMONIA images.")
     st.stop()
+
 
 def _snap(t: float) -> float:
     # Round down to the slider's resolution: rounding up could drop recall below the target.
@@ -121,11 +141,25 @@ def apply_rule(name: str) -> None:
 
 controls = st.columns([3, 2, 2])
 threshold = controls[0].slider(
-    "Decision threshold", 0.0, 1.0, step=0.0001, format="%.4f", key=slider_key,
-    on_change=lambda: set_threshold(st.session_state[slider_key], "set by hand on the Threshold page"))
-controls[1].number_input("Target recall", 0.5, 1.0, 0.98, 0.005, format="%.3f", key=f"target_recall:{model_key}",
-                         on_change=apply_target,
-                         help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.")
+    "Decision threshold",
+    0.0,
+    1.0,
+    step=0.0001,
+    format="%.4f",
+    key=slider_key,
+    on_change=lambda: set_threshold(st.session_state[slider_key], "set by hand on the Threshold page"),
+)
+controls[1].number_input(
+    "Target recall",
+    0.5,
+    1.0,
+    0.98,
+    0.005,
+    format="%.3f",
+    key=f"target_recall:{model_key}",
+    on_change=apply_target,
+    help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.",
+)
 with controls[2]:
     st.button("Max F1", on_click=apply_rule, args=("max F1",), key=f"maxf1:{model_key}")
     st.button("Youden J", on_click=apply_rule, args=("Youden J",), key=f"youden:{model_key}")
@@ -133,8 +167,17 @@ threshold = st.session_state[value_key]
 st.caption(f"Figures on {computed_on}.")
 
 m = E.metrics_at(y, p, threshold)
-metric_row(m, [("sensitivity", "Sensitivity"), ("specificity", "Specificity"), ("precision", "Precision"),
-               ("npv", "NPV"), ("f1", "F1"), ("flagged_fraction", "Flagged for review")])
+metric_row(
+    m,
+    [
+        ("sensitivity", "Sensitivity"),
+        ("specificity", "Specificity"),
+        ("precision", "Precision"),
+        ("npv", "NPV"),
+        ("f1", "F1"),
+        ("flagged_fraction", "Flagged for review"),
+    ],
+)
 left, right = st.columns([1, 2])
 left.plotly_chart(plots.confusion(m["confusion"]), width="stretch")
 c = E.curves(y, p)
@@ -151,12 +194,25 @@ shipped = loaded.path.resolve().parent == cfg.models_dir.resolve()
 # with an ellipsis, which hides what is being confirmed on a phone.
 with save_cols[1].container():
     st.caption(f"Card threshold now: {loaded.threshold:.4f} — {loaded.card.threshold_rule}")
-    confirm_leak = st.checkbox("I know this folder overlaps the model's own images and still want to save",
-                               key=f"leak-ok:{model_key}") if leak and leak["fraction"] > 0 else True
-    confirm_shipped = st.checkbox("Replace the shipped model's operating point for every user of this app",
-                                  key=f"shipped-ok:{model_key}") if shipped else True
-blocked = (None if cfg.allow_changes else "Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 or "
-           "[pneumo] allow_changes = true).") or (None if confirm_leak and confirm_shipped else "Tick the confirmation first.")
+    confirm_leak = (
+        st.checkbox(
+            "I know this folder overlaps the model's own images and still want to save", key=f"leak-ok:{model_key}"
+        )
+        if leak and leak["fraction"] > 0
+        else True
+    )
+    confirm_shipped = (
+        st.checkbox(
+            "Replace the shipped model's operating point for every user of this app", key=f"shipped-ok:{model_key}"
+        )
+        if shipped
+        else True
+    )
+blocked = (
+    None
+    if cfg.allow_changes
+    else "Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 or [pneumo] allow_changes = true)."
+) or (None if confirm_leak and confirm_shipped else "Tick the confirmation first.")
 if save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked):
     record = {"overlap_confirmed": leak} if leak and leak["fraction"] > 0 else {}
     try:
@@ -179,16 +235,20 @@ def overlay_for(path: str, key: str) -> np.ndarray:
 # Galleries open only rows inside the allowed folders (stored rows were resolved and checked; a folder's
 # own films are inside it). Closest to the threshold first: a small change of threshold would flip them.
 inside = openable[openable["probability"].notna()]
-for title, mask, ascending in (("False negatives (missed pneumonia)", (inside["label"] == 1) & (inside["probability"] < threshold), False),
-                               ("False positives (normal flagged)", (inside["label"] == 0) & (inside["probability"] >= threshold), True)):
+for title, mask, ascending in (
+    ("False negatives (missed pneumonia)", (inside["label"] == 1) & (inside["probability"] < threshold), False),
+    ("False positives (normal flagged)", (inside["label"] == 0) & (inside["probability"] >= threshold), True),
+):
     rows = inside[mask].sort_values("probability", ascending=ascending)
     st.markdown(f"**{title}: {int(mask.sum())}**")
     if rows.empty:
         continue
     present = [r for r in rows.itertuples() if Path(str(r.path).split(D.NPZ_SEPARATOR)[0]).exists()]
     if not present:
-        st.info("The images behind these predictions are not on this machine (a fresh clone has only the samples); "
-                "everything above still works.")
+        st.info(
+            "The images behind these predictions are not on this machine (a fresh clone has only the samples); "
+            "everything above still works."
+        )
         continue
     cols = st.columns(4)
     for i, r in enumerate(present[:8]):
@@ -204,12 +264,15 @@ st.subheader("Calibrate to this site")
 if root is None:
     st.info("Select a labelled data folder of this site's own films in the sidebar.")
     st.stop()
-st.caption(f"Sets an operating point on the labelled films of {plain(root.name)}: the threshold for a target recall on "
-           "them, with one-sided 95 % lower bounds (Clopper–Pearson) of sensitivity and specificity, recorded in the "
-           "model's card under a name and chosen in the sidebar.")
+st.caption(
+    f"Sets an operating point on the labelled films of {plain(root.name)}: the threshold for a target recall on "
+    "them, with one-sided 95 % lower bounds (Clopper–Pearson) of sensitivity and specificity, recorded in the "
+    "model's card under a name and chosen in the sidebar."
+)
 site_cols = st.columns([2, 2, 2])
-site_target = site_cols[0].number_input("Target recall at the site", 0.5, 0.999, 0.98, 0.005, format="%.3f",
-                                        key=f"site-target:{model_key}")
+site_target = site_cols[0].number_input(
+    "Target recall at the site", 0.5, 0.999, 0.98, 0.005, format="%.3f", key=f"site-target:{model_key}"
+)
 site_name = site_cols[1].text_input("Site name", key=f"site-name:{model_key}", placeholder="e.g. ward-3 2027")
 calibration_key = f"site-calibration:{model_key}:{root}"
 if site_cols[2].button("Calibrate", key=f"site-calibrate:{model_key}", disabled=not site_name.strip()):
@@ -223,22 +286,39 @@ if site_cols[2].button("Calibrate", key=f"site-calibrate:{model_key}", disabled=
 calibration = st.session_state.get(calibration_key)
 if calibration is not None:
     c = calibration
-    st.markdown(f"**{plain(c.name)}**: threshold **{c.threshold:.4f}** on {c.n} films ({c.n_positive} pneumonia, "
-                f"{c.n_negative} normal).")
-    st.dataframe(pd.DataFrame([{
-        "sensitivity": c.sensitivity, "lower 95 % bound": c.sensitivity_lower_95, "specificity": c.specificity,
-        "lower 95 % bound ": c.specificity_lower_95, "more positives needed": c.positives_needed}]),
-        hide_index=True, width="stretch")
+    st.markdown(
+        f"**{plain(c.name)}**: threshold **{c.threshold:.4f}** on {c.n} films ({c.n_positive} pneumonia, "
+        f"{c.n_negative} normal)."
+    )
+    st.dataframe(
+        pd.DataFrame(
+            [
+                {
+                    "sensitivity": c.sensitivity,
+                    "lower 95 % bound": c.sensitivity_lower_95,
+                    "specificity": c.specificity,
+                    "lower 95 % bound ": c.specificity_lower_95,
+                    "more positives needed": c.positives_needed,
+                }
+            ]
+        ),
+        hide_index=True,
+        width="stretch",
+    )
     if c.note:
         st.warning(plain(c.note), icon=":material/info:")
     if c.leakage and c.leakage.get("fraction", 0) > 0:
-        st.warning(f"{c.leakage['train'] + c.leakage['validation']} of these films are the model's own training or "
-                   "validation films: the site figures are optimistic.", icon=":material/warning:")
+        st.warning(
+            f"{c.leakage['train'] + c.leakage['validation']} of these films are the model's own training or "
+            "validation films: the site figures are optimistic.",
+            icon=":material/warning:",
+        )
     if c.curve:
         st.plotly_chart(plots.bound_curve(c.curve, c.target_recall), width="stretch", key=f"bound:{model_key}")
     site_blocked = None if cfg.allow_changes else "Saving is switched off in this deployment."
-    if st.button("Save site operating point", disabled=site_blocked is not None, help=site_blocked,
-                 key=f"site-save:{model_key}"):
+    if st.button(
+        "Save site operating point", disabled=site_blocked is not None, help=site_blocked, key=f"site-save:{model_key}"
+    ):
         try:
             site.record(loaded.path, c)
         except (ValueError, OSError) as exc:

@@ -6,10 +6,10 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pneumo.core.card import ModelCard
-from pneumo.app.ui import activate_model, data_root, device_description, plain, require_entry_point, settings
 from pneumo.app import plots
+from pneumo.app.ui import activate_model, data_root, device_description, plain, require_entry_point, settings
 from pneumo.core import files
+from pneumo.core.card import ModelCard
 from pneumo.training import runs
 from pneumo.training.job import TrainConfig, field_choices
 
@@ -36,8 +36,14 @@ def config_widget(f: Any, column: Any) -> Any:
     kind = int if isinstance(default, int) else float
     lo = kind(meta["min"]) if meta.get("min") is not None else None
     hi = kind(meta["max"]) if meta.get("max") is not None else None
-    return column.number_input(label, min_value=lo, max_value=hi, value=default, help=meta.get("help"),
-                               format="%.5g" if kind is float else "%d")
+    return column.number_input(
+        label,
+        min_value=lo,
+        max_value=hi,
+        value=default,
+        help=meta.get("help"),
+        format="%.5g" if kind is float else "%d",
+    )
 
 
 with st.form("config"):
@@ -45,8 +51,13 @@ with st.form("config"):
     shown = [f for f in fields(TrainConfig) if f.name not in FORM_SKIP]
     columns = st.columns(4)
     values = {f.name: config_widget(f, columns[i % 4]) for i, f in enumerate(shown)}
-    blocked = None if cfg.allow_changes else ("Training is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 "
-                                              "or [pneumo] allow_changes = true).")
+    blocked = (
+        None
+        if cfg.allow_changes
+        else (
+            "Training is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 or [pneumo] allow_changes = true)."
+        )
+    )
     start = st.form_submit_button("Start", type="primary", disabled=root is None or blocked is not None, help=blocked)
 
 if start and root is not None and cfg.allow_changes:
@@ -76,19 +87,29 @@ def live_view() -> None:
     records = runs.read_metrics(watched)
     epochs = runs.epochs_of(records)
     progress = [r for r in records if r.get("type") == "progress"]
-    icon = {"running": ":green[:material/play_circle:]", "queued": ":orange[:material/schedule:]",
-            "finished": ":green[:material/check_circle:]", "stopped": ":gray[:material/stop_circle:]",
-            "failed": ":red[:material/error:]"}.get(info.state, ":material/help:")
+    icon = {
+        "running": ":green[:material/play_circle:]",
+        "queued": ":orange[:material/schedule:]",
+        "finished": ":green[:material/check_circle:]",
+        "stopped": ":gray[:material/stop_circle:]",
+        "failed": ":red[:material/error:]",
+    }.get(info.state, ":material/help:")
     cols = st.columns([2, 2, 2, 1])
     cols[0].markdown(f"**Status:** {icon} `{info.state}`  \n{status.get('device', '')}")
     if info.state == "running" and status.get("phase") not in (None, "training", "done"):
         total = status.get("phase_total") or 0
-        st.progress(status.get("phase_done", 0) / total if total else 0.0,
-                    text=f"{status['phase']}" + (f" · {status.get('phase_done', 0)}/{total}" if total else " …"))
+        st.progress(
+            status.get("phase_done", 0) / total if total else 0.0,
+            text=f"{status['phase']}" + (f" · {status.get('phase_done', 0)}/{total}" if total else " …"),
+        )
     if epochs:
         last = epochs[-1]
-        cols[1].markdown(f"**Epoch** {last['epoch']}/{last['epochs']} · lr {last.get('lr', 0):.2e}  \n"
-                         f"best val AUC {info.best_val_auc:.4f}" if info.best_val_auc is not None else "")
+        cols[1].markdown(
+            f"**Epoch** {last['epoch']}/{last['epochs']} · lr {last.get('lr', 0):.2e}  \n"
+            f"best val AUC {info.best_val_auc:.4f}"
+            if info.best_val_auc is not None
+            else ""
+        )
     if info.state in ("running", "queued"):
         stopping = runs.stop_requested(watched)
         if stopping:
@@ -104,8 +125,11 @@ def live_view() -> None:
             # An ETA only once steps have been measured: the first step includes tracing and says little.
             measured = p["epoch"] > 1 or p["batch"] >= ETA_AFTER_STEPS
             eta = f"ETA {p['eta_s'] / 60:.1f} min" if measured else "ETA after a few steps"
-            st.progress(min(done, 1.0), text=f"epoch {p['epoch']}/{p['epochs']} · batch {p['batch']}/{p['batches']} · "
-                                             f"loss {p['loss']:.3f} · {eta}")
+            st.progress(
+                min(done, 1.0),
+                text=f"epoch {p['epoch']}/{p['epochs']} · batch {p['batch']}/{p['batches']} · "
+                f"loss {p['loss']:.3f} · {eta}",
+            )
     if info.state == "failed":
         st.error(status.get("error") or "failed")
         st.code(runs.log_tail(watched), language="text")
@@ -130,20 +154,39 @@ def runs_section() -> None:
     for r in listed:
         config = files.read_json(r.path / "config.json", {}) or {}
         config = config if isinstance(config, dict) else {}
-        rows.append({"run": r.name, "status": r.state, "model": r.model, "kept model's val AUC": r.kept_val_auc,
-                     "best val AUC": r.best_val_auc, **{k: config.get(k) for k in HYPER}, "epochs done": r.epochs_done,
-                     "duration (min)": round((r.duration_s or 0) / 60, 1), "started": r.started,
-                     "problem": getattr(r, "damaged", None) or ""})
+        rows.append(
+            {
+                "run": r.name,
+                "status": r.state,
+                "model": r.model,
+                "kept model's val AUC": r.kept_val_auc,
+                "best val AUC": r.best_val_auc,
+                **{k: config.get(k) for k in HYPER},
+                "epochs done": r.epochs_done,
+                "duration (min)": round((r.duration_s or 0) / 60, 1),
+                "started": r.started,
+                "problem": getattr(r, "damaged", None) or "",
+            }
+        )
     # Keyed by the runs listed: a new run shifts the rows, and a selection must not then point at another run.
     names = "|".join(r.name for r in listed)
-    event = st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", on_select="rerun",
-                         selection_mode="multi-row", key=f"runs_table:{hash(names)}")
+    event = st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="multi-row",
+        key=f"runs_table:{hash(names)}",
+    )
     selected = [listed[i] for i in event.selection.rows if i < len(listed)] if event and event.selection else []
     if not selected:
         st.caption("Tick runs to compare their curves.")
         return
-    st.plotly_chart(plots.learning_curves({r.name: runs.epochs_of(runs.read_metrics(r.path)) for r in selected}),
-                    width="stretch", key="compare-curves")
+    st.plotly_chart(
+        plots.learning_curves({r.name: runs.epochs_of(runs.read_metrics(r.path)) for r in selected}),
+        width="stretch",
+        key="compare-curves",
+    )
     done = [r for r in selected if r.has_model and r.state in ("finished", "stopped")]
     if len(done) == 1:
         try:
@@ -153,9 +196,13 @@ def runs_section() -> None:
         else:
             for caution in card.cautions():
                 st.warning(f"{done[0].name}: {caution}.", icon=":material/warning:")
-            st.button(f"Make {done[0].name} the active model", on_click=activate_model,
-                      args=(done[0].path / "model.keras",), key=f"activate:{done[0].name}",
-                      help="For this browser session only; other visitors keep their own choice.")
+            st.button(
+                f"Make {done[0].name} the active model",
+                on_click=activate_model,
+                args=(done[0].path / "model.keras",),
+                key=f"activate:{done[0].name}",
+                help="For this browser session only; other visitors keep their own choice.",
+            )
     with st.expander(f"Config of {selected[0].name}"):
         st.json(files.read_json(selected[0].path / "config.json", {}) or {})
 

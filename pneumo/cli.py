@@ -5,21 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm import tqdm
 
-from pneumo.integrations import docs
 from pneumo import import_tensorflow_quietly
-from pneumo.evaluation.audit import audit_folder, review_path, summary
 from pneumo.core.card import check_threshold
+from pneumo.core.files import RunDataError, atomic_write_json, check_writable, load_json, write_new_file, write_new_json
+from pneumo.core.paths import DEFAULT_MODEL_PATH
 from pneumo.data.collection import DatasetError, summarize
-from pneumo.evaluation.drift_reference import build
+from pneumo.evaluation.audit import audit_folder, review_path, summary
 from pneumo.evaluation.drift import check_paths, expand
-from pneumo.model.serving import ExportError, export_onnx
-from pneumo.model.loading import DEFAULT_MODEL_PATH, LoadedModel, card_path, load_keras_model, load_model, model_file, read_card
+from pneumo.evaluation.drift_reference import build
+from pneumo.evaluation.site import apply_operating_point
+from pneumo.integrations import docs
 from pneumo.integrations.pacs import (
     Pacs,
     PacsConfig,
@@ -31,9 +33,9 @@ from pneumo.integrations.pacs import (
     search_studies,
     watch,
 )
+from pneumo.model.loading import LoadedModel, card_path, load_keras_model, load_model, model_file, read_card
 from pneumo.model.reading import DEFAULT_BAND, Repeats, read
-from pneumo.core.files import RunDataError, atomic_write_json, check_writable, load_json, write_new_file, write_new_json
-from pneumo.evaluation.site import apply_operating_point
+from pneumo.model.serving import ExportError, export_onnx
 from pneumo.training.job import TrainConfig, field_choices, train
 
 # The modules behind the heavier commands (pandas, scikit-learn, OpenCV, TensorFlow) are imported in those commands:
@@ -79,8 +81,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             if bar is None or bars.get("epoch") != record["epoch"]:
                 if bar is not None:
                     bar.close()
-                bar = bars["bar"] = tqdm(total=record["batches"], desc=f"epoch {record['epoch']}/{record['epochs']}",
-                                         unit="batch", file=sys.stderr, leave=False, dynamic_ncols=True)
+                bar = bars["bar"] = tqdm(
+                    total=record["batches"],
+                    desc=f"epoch {record['epoch']}/{record['epochs']}",
+                    unit="batch",
+                    file=sys.stderr,
+                    leave=False,
+                    dynamic_ncols=True,
+                )
                 bars["epoch"] = record["epoch"]
             bar.update(record["batch"] - bar.n)
             bar.set_postfix(loss=f"{record['loss']:.3f}", eta=f"{record['eta_s']:.0f}s")
@@ -95,8 +103,17 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
     card = train(config, args.out, hook=hook, overwrite=args.overwrite)
-    print(json.dumps({"run": str(args.out), "threshold": card.threshold, "validation": card.validation,
-                      "stress_worst": card.shift_checks.get("stress", {}).get("worst_auc")}, indent=2))
+    print(
+        json.dumps(
+            {
+                "run": str(args.out),
+                "threshold": card.threshold,
+                "validation": card.validation,
+                "stress_worst": card.shift_checks.get("stress", {}).get("worst_auc"),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -105,14 +122,19 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     from pneumo.training.job import ensemble
 
     if all(is_fold_run(r) for r in args.runs):  # one network per fold: the cross-fitted ensemble
-        card = ensemble_folds(args.runs, args.out, args.target_recall, population_runs=args.population,
-                              overwrite=args.overwrite)
+        card = ensemble_folds(
+            args.runs, args.out, args.target_recall, population_runs=args.population, overwrite=args.overwrite
+        )
     elif args.population:
         raise ValueError("--population goes with fold runs (train them with --split fold)")
     else:
         card = ensemble(args.runs, args.out, args.target_recall, overwrite=args.overwrite)
-    print(json.dumps({"model": str(Path(args.out) / "model.keras"), "threshold": card.threshold,
-                      "validation": card.validation}, indent=2))
+    print(
+        json.dumps(
+            {"model": str(Path(args.out) / "model.keras"), "threshold": card.threshold, "validation": card.validation},
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -141,10 +163,17 @@ def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
     out = Path(args.out).expanduser()
     target = out.resolve()
     data = Path(args.data).expanduser().resolve()
-    data_folder = data if data.is_dir() or data.suffix.lower() != ".csv" else data.parent  # a manifest's films lie beside it
-    for folder, what in ((model_file(args.model).resolve().parent, "the model's folder"), (data_folder, "the --data folder")):
+    data_folder = (
+        data if data.is_dir() or data.suffix.lower() != ".csv" else data.parent
+    )  # a manifest's films lie beside it
+    for folder, what in (
+        (model_file(args.model).resolve().parent, "the model's folder"),
+        (data_folder, "the --data folder"),
+    ):
         if target.is_relative_to(folder):
-            raise ValueError(f"--out {out}: inside {what} ({folder}); refused, nothing written: write the report elsewhere")
+            raise ValueError(
+                f"--out {out}: inside {what} ({folder}); refused, nothing written: write the report elsewhere"
+            )
     if target.is_dir():
         raise ValueError(f"--out {out}: is a folder; give the report a file name")
     check_writable(target)  # a read-only report, or folder, is refused before the evaluation, not after
@@ -155,18 +184,27 @@ def _report_target(args: argparse.Namespace) -> tuple[Path, bool]:
     except (OSError, RunDataError):
         earlier = None
     if not (isinstance(earlier, dict) and REPORT_KEYS <= set(earlier)):
-        raise ValueError(f"--out {out}: exists and is not an earlier evaluation report; refused, nothing written "
-                         "(choose a new file name)")
+        raise ValueError(
+            f"--out {out}: exists and is not an earlier evaluation report; refused, nothing written "
+            "(choose a new file name)"
+        )
     return target, True
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from pneumo.evaluation.external import evaluate_data
+
     out, replace = _report_target(args)
     if args.record:
         check_writable(card_path(model_file(args.model)))  # a read-only card is refused before any work
-    report = evaluate_data(args.model, args.data, args.threshold, args.split, progress=_progress("evaluate"),
-                           operating_point=args.operating_point)
+    report = evaluate_data(
+        args.model,
+        args.data,
+        args.threshold,
+        args.split,
+        progress=_progress("evaluate"),
+        operating_point=args.operating_point,
+    )
     if replace:
         atomic_write_json(out, report)  # an earlier report, replaced whole
     else:
@@ -179,8 +217,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     keys = ("n", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold")
     print("  ".join(f"{k} {report[k]:.4f}" if isinstance(report[k], float) else f"{k} {report[k]}" for k in keys))
     drift = report.get("drift") or {}
-    print(f"drift: {'SHIFTED' if drift.get('shifted') else 'no shift found'} (p = {drift['p_value']:.3g}, n = {drift['n']})"
-          if drift.get("available") else f"drift: not checked ({drift.get('reason', 'no reference')})", file=sys.stderr)
+    print(
+        f"drift: {'SHIFTED' if drift.get('shifted') else 'no shift found'} "
+        f"(p = {drift['p_value']:.3g}, n = {drift['n']})"
+        if drift.get("available")
+        else f"drift: not checked ({drift.get('reason', 'no reference')})",
+        file=sys.stderr,
+    )
     print(f"report written to {args.out}", file=sys.stderr)
     return 0
 
@@ -203,11 +246,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     cautions = loaded.card.cautions()
     for i, path in enumerate(args.paths):
         reading = repeats.note(i, read(loaded, path, band=DEFAULT_BAND if args.band is None else args.band))
-        entry: dict[str, Any] = {"path": path, "probability": reading.probability, "prediction": reading.decision,
-                                 "threshold": loaded.threshold, "operating_point": loaded.operating_point,
-                                 "warnings": reading.warnings, "cautions": cautions,
-                                 "repeat_of": args.paths[reading.repeat_of] if reading.repeat_of is not None else None,
-                                 "error": f"{reading.name}: {reading.error}" if reading.error else None}
+        entry: dict[str, Any] = {
+            "path": path,
+            "probability": reading.probability,
+            "prediction": reading.decision,
+            "threshold": loaded.threshold,
+            "operating_point": loaded.operating_point,
+            "warnings": reading.warnings,
+            "cautions": cautions,
+            "repeat_of": args.paths[reading.repeat_of] if reading.repeat_of is not None else None,
+            "error": f"{reading.name}: {reading.error}" if reading.error else None,
+        }
         if args.cam and reading.xray is not None:
             entry["cam"], problem = _write_overlay(loaded, reading.xray.pixels, Path(args.cam), Path(path).stem)
             if problem:  # the probability stands; the entry says its overlay is missing, and the exit status is 2
@@ -222,8 +271,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
             if r["error"]:
                 print(f"{r['path']}: ERROR {r['error']}")
             else:
-                print(f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {r['threshold']:.4f})"
-                      + "".join(f"\n  warning: {w}" for w in r["warnings"]))
+                print(
+                    f"{r['path']}: {r['prediction']}  p={r['probability']:.4f}  (threshold {r['threshold']:.4f})"
+                    + "".join(f"\n  warning: {w}" for w in r["warnings"])
+                )
     return 2 if any(r["error"] for r in results) else 0
 
 
@@ -232,16 +283,28 @@ def cmd_audit_labels(args: argparse.Namespace) -> int:
     suspects = audited[audited["suspect"]].head(args.limit or None)
     info = summary(audited)
     if args.json:
-        rows = [{"path": r.path, "label": int(r.label), "probability": float(r.probability), "score": float(r.score),
-                 "source": r.source} for r in suspects.itertuples()]
+        rows = [
+            {
+                "path": r.path,
+                "label": int(r.label),
+                "probability": float(r.probability),
+                "score": float(r.score),
+                "source": r.source,
+            }
+            for r in suspects.itertuples()
+        ]
         print(json.dumps({**info, "review_file": str(review_path(args.data)), "suspected": rows}, indent=2))
         return 0
-    print(f"{info['suspects']} of {info['n']} films are suspected label errors ({info['suspect_share']:.1%}); "
-          f"by given label: {info['suspects_by_label']}")
+    print(
+        f"{info['suspects']} of {info['n']} films are suspected label errors ({info['suspect_share']:.1%}); "
+        f"by given label: {info['suspects_by_label']}"
+    )
     for r in suspects.itertuples():
         print(f"{r.score:.4f}  label {int(r.label)}  p={r.probability:.4f}  {r.source:<11}  {r.path}")
-    print(f"verdicts (keep, relabel, exclude) go in {review_path(args.data)}; train --label-review applies them",
-          file=sys.stderr)
+    print(
+        f"verdicts (keep, relabel, exclude) go in {review_path(args.data)}; train --label-review applies them",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -282,22 +345,44 @@ def cmd_pacs_screen(args: argparse.Namespace) -> int:
     uids = list(args.study or [])
     try:
         if not uids or args.since or args.until or args.accession:
-            uids = [s.study_uid for s in search_studies(server, since=args.since, until=args.until,
-                                                        accession=args.accession, study_uids=uids, limit=args.limit)]
+            uids = [
+                s.study_uid
+                for s in search_studies(
+                    server,
+                    since=args.since,
+                    until=args.until,
+                    accession=args.accession,
+                    study_uids=uids,
+                    limit=args.limit,
+                )
+            ]
     except PacsError as exc:  # still one JSON array (empty), and the one line on stderr
         run = ScreenRun(error=str(exc))
     else:
         # A progress bar only on a terminal: piped stderr keeps to the error lines.
-        run = screen_studies(server, loaded, uids, push=args.push, force=args.force,
-                             progress=_progress("pacs screen") if sys.stderr.isatty() else None)
+        run = screen_studies(
+            server,
+            loaded,
+            uids,
+            push=args.push,
+            force=args.force,
+            progress=_progress("pacs screen") if sys.stderr.isatty() else None,
+        )
     _print_pacs_run(run, args.json)
     return 2 if run.failed else 0
 
 
 def cmd_pacs_watch(args: argparse.Namespace) -> int:
     server, loaded = _pacs_session(args)
-    failed = watch(server, loaded, interval=args.interval, max_polls=args.max_polls, since=args.since, push=args.push,
-                   on_poll=lambda run: _print_pacs_run(run, args.json, lines=True))
+    failed = watch(
+        server,
+        loaded,
+        interval=args.interval,
+        max_polls=args.max_polls,
+        since=args.since,
+        push=args.push,
+        on_poll=lambda run: _print_pacs_run(run, args.json, lines=True),
+    )
     return 2 if failed else 0
 
 
@@ -308,12 +393,23 @@ def cmd_drift(args: argparse.Namespace) -> int:
     result, unreadable = check_paths(load_model(args.model), paths, progress=_progress("drift"))
     out = result.to_dict()
     if args.json:
-        print(json.dumps({**{k: out[k] for k in ("shifted", "p_value", "n", "method", "reference")},
-                          "alpha": out["alpha"], "tests": out["tests"], "skipped": out["skipped"],
-                          "unreadable": unreadable}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **{k: out[k] for k in ("shifted", "p_value", "n", "method", "reference")},
+                    "alpha": out["alpha"],
+                    "tests": out["tests"],
+                    "skipped": out["skipped"],
+                    "unreadable": unreadable,
+                },
+                indent=2,
+            )
+        )
     else:
-        print(f"{'SHIFTED' if result.shifted else 'no shift found'}  p = {result.p_value:.3g}  n = {result.n}  "
-              f"(alpha {result.alpha}; reference: {result.reference})")
+        print(
+            f"{'SHIFTED' if result.shifted else 'no shift found'}  p = {result.p_value:.3g}  n = {result.n}  "
+            f"(alpha {result.alpha}; reference: {result.reference})"
+        )
         for t in result.tests:
             print(f"  {t['stratum']:<20} {t['kind']:<26} n {t['n']:>4}  D {t['statistic']:.3f}  p {t['p_value']:.3g}")
         for line in result.skipped:
@@ -327,11 +423,23 @@ def cmd_drift(args: argparse.Namespace) -> int:
 def cmd_drift_reference(args: argparse.Namespace) -> int:
     if args.draws < 20:
         raise ValueError(f"--draws must be at least 20, got {args.draws}")
-    reference = build(args.model, args.predictions, progress=_progress("drift reference"), draws=args.draws,
-                      power_draws=max(20, args.draws // 5))
+    reference = build(
+        args.model,
+        args.predictions,
+        progress=_progress("drift reference"),
+        draws=args.draws,
+        power_draws=max(20, args.draws // 5),
+    )
     section = reference.card_section()
-    print(json.dumps({k: section[k] for k in ("reference", "n_fit", "n_reference", "n_calibration", "score_source",
-                                               "false_alarms", "power")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: section[k]
+                for k in ("reference", "n_fit", "n_reference", "n_calibration", "score_source", "false_alarms", "power")
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -345,16 +453,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.summary(), indent=2))
     else:
+
         def bound(x: float | None) -> str:
             return "n/a" if x is None else f"{x:.4f}"
 
-        print(f"site '{result.name}': threshold {result.threshold:.4f} on {result.n} films "
-              f"({result.n_positive} pneumonia, {result.n_negative} normal)")
-        print(f"  sensitivity {result.sensitivity:.4f} (one-sided 95 % lower bound {bound(result.sensitivity_lower_95)})")
-        print(f"  specificity {bound(result.specificity)} (one-sided 95 % lower bound {bound(result.specificity_lower_95)})")
+        print(
+            f"site '{result.name}': threshold {result.threshold:.4f} on {result.n} films "
+            f"({result.n_positive} pneumonia, {result.n_negative} normal)"
+        )
+        print(
+            f"  sensitivity {result.sensitivity:.4f} (one-sided 95 % lower bound {bound(result.sensitivity_lower_95)})"
+        )
+        print(
+            f"  specificity {bound(result.specificity)} "
+            f"(one-sided 95 % lower bound {bound(result.specificity_lower_95)})"
+        )
         needed = result.positives_needed
-        print(f"  pneumonia films still needed for the bound to reach {args.target_recall:g}: "
-              + ("none" if needed == 0 else "no number at this sensitivity" if needed is None else str(needed)))
+        print(
+            f"  pneumonia films still needed for the bound to reach {args.target_recall:g}: "
+            + ("none" if needed == 0 else "no number at this sensitivity" if needed is None else str(needed))
+        )
         if result.note:
             print(f"  note: {result.note}")
     if result.note:
@@ -367,8 +485,10 @@ def cmd_docs(args: argparse.Namespace) -> int:
     if args.check:
         stale = [name for name in docs.BLOCKS if docs.current(name) != docs.expected(name)]
         for name in stale:
-            print(f"{docs.BLOCKS[name][0]}: block '{name}' differs from its source; run: python -m pneumo docs",
-                  file=sys.stderr)
+            print(
+                f"{docs.BLOCKS[name][0]}: block '{name}' differs from its source; run: python -m pneumo docs",
+                file=sys.stderr,
+            )
         return 2 if stale else 0
     for path in docs.write():
         print(f"updated {path}", file=sys.stderr)
@@ -383,6 +503,7 @@ def _write_overlay(loaded: Any, pixels: Any, folder: Path, stem: str) -> tuple[s
     full disk leaves no partial file (see runs.write_new_file).
     """
     from pneumo.model.explain import gradcam, overlay, png_bytes  # Grad-CAM needs TensorFlow; plain predictions do not
+
     data = png_bytes(overlay(pixels, gradcam(loaded, pixels, "gradcam"), 0.4))
     try:
         return str(write_new_file(folder, f"{stem[:150]}_gradcam.png", data, unique=True)), None
@@ -395,7 +516,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     rows, recipes = compare(args.runs)
     if args.json:
-        print(json.dumps({"runs": rows.to_dict("records"), "recipes": recipes.to_dict("records")}, indent=2, default=str))
+        print(
+            json.dumps({"runs": rows.to_dict("records"), "recipes": recipes.to_dict("records")}, indent=2, default=str)
+        )
     else:
         print(rows.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print()
@@ -436,8 +559,9 @@ def _decision_line(row: dict[str, Any]) -> str:
         span = f" [{iv['low']:.3f}–{iv['high']:.3f}]" if iv.get("low") is not None else ""
         return f"{key} {value:.3f}{span}"
 
-    return f"{row['condition'][:28]:28s}  " + "  ".join(fig(k) for k in ("sensitivity", "specificity", "flagged_fraction",
-                                                                          "roc_auc"))
+    return f"{row['condition'][:28]:28s}  " + "  ".join(
+        fig(k) for k in ("sensitivity", "specificity", "flagged_fraction", "roc_auc")
+    )
 
 
 def cmd_summarize(args: argparse.Namespace) -> int:
@@ -476,7 +600,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """The command line; train_flags=False skips train's flags, whose model choices import Keras."""
-    parser = argparse.ArgumentParser(prog="pneumo", description="Chest X-ray pneumonia screening: train, evaluate, predict, explain.")
+    parser = argparse.ArgumentParser(
+        prog="pneumo", description="Chest X-ray pneumonia screening: train, evaluate, predict, explain."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model into a run directory")
@@ -484,16 +610,24 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         add_config_flags(p)
     p.add_argument("--config", help="a config.json to start from (flags override it)")
     p.add_argument("--out", required=True, help="run directory to create (must be new, empty, or prepared by the app)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace an ended (finished, failed or stopped) pneumo run in --out; other files are never touched")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an ended (finished, failed or stopped) pneumo run in --out; other files are never touched",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("ensemble", help="average several runs (one validation split) into one model")
     p.add_argument("runs", nargs="+", help="run directories")
     p.add_argument("--target-recall", dest="target_recall", type=float, default=0.98)
-    p.add_argument("--population", action="append", default=[], metavar="RUN_DIR",
-                   help="with fold runs: a leave-population-out run (e.g. --split family) reported at the ensemble's "
-                        "threshold (repeatable)")
+    p.add_argument(
+        "--population",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="with fold runs: a leave-population-out run (e.g. --split family) reported at the ensemble's "
+        "threshold (repeatable)",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble in --out")
     p.set_defaults(func=cmd_ensemble)
@@ -504,10 +638,17 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, help="default: the operating threshold in the model card")
     p.add_argument("--split", help="only this split (train/val/test) of a split-folder layout")
     p.add_argument("--out", required=True, help="report JSON path")
-    p.add_argument("--record", metavar="NAME",
-                   help="append this evaluation (name, file-list hash, date, n, figures) to the model card's external evaluations")
-    p.add_argument("--operating-point", dest="operating_point", metavar="NAME",
-                   help="a site operating point recorded in the card (default: the card's own, 'shipped')")
+    p.add_argument(
+        "--record",
+        metavar="NAME",
+        help="append this evaluation (name, file-list hash, date, n, figures) to the model card's external evaluations",
+    )
+    p.add_argument(
+        "--operating-point",
+        dest="operating_point",
+        metavar="NAME",
+        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="probability of pneumonia for image files")
@@ -515,11 +656,19 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--cam", help="write a Grad-CAM overlay PNG per image into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON array")
-    p.add_argument("--operating-point", dest="operating_point", metavar="NAME",
-                   help="a site operating point recorded in the card (default: the card's own, 'shipped')")
-    p.add_argument("--band", type=float, default=None,
-                   help="uncertain band (± probability around the threshold) reported as 'UNCERTAIN — review' "
-                        "(default: the app's, 0.05)")
+    p.add_argument(
+        "--operating-point",
+        dest="operating_point",
+        metavar="NAME",
+        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
+    )
+    p.add_argument(
+        "--band",
+        type=float,
+        default=None,
+        help="uncertain band (± probability around the threshold) reported as 'UNCERTAIN — review' "
+        "(default: the app's, 0.05)",
+    )
     p.add_argument("paths", nargs="+")
     p.set_defaults(func=cmd_predict)
 
@@ -532,50 +681,82 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("audit-labels", help="suspected label errors of a labelled collection (confident learning on "
-                                            "out-of-fold predictions)")
+    p = sub.add_parser(
+        "audit-labels",
+        help="suspected label errors of a labelled collection (confident learning on out-of-fold predictions)",
+    )
     p.add_argument("data")
     p.add_argument("--model", help="default: the shipped model, whose oof_predictions.csv scores its training films")
     p.add_argument("--limit", type=int, default=0, help="list at most this many suspects (0: all)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_audit_labels)
 
-    p = sub.add_parser("pacs", help="screen studies of a PACS over DICOMweb and store the results back (DICOM SR + overlay)")
+    p = sub.add_parser(
+        "pacs", help="screen studies of a PACS over DICOMweb and store the results back (DICOM SR + overlay)"
+    )
     pacs_sub = p.add_subparsers(dest="pacs_command", required=True)
-    for name, func, help_text in (("screen", cmd_pacs_screen, "screen studies once: one JSON entry per image"),
-                                  ("watch", cmd_pacs_watch, "poll for new studies and screen them (the triage loop)")):
+    for name, func, help_text in (
+        ("screen", cmd_pacs_screen, "screen studies once: one JSON entry per image"),
+        ("watch", cmd_pacs_watch, "poll for new studies and screen them (the triage loop)"),
+    ):
         q = pacs_sub.add_parser(name, help=help_text)
-        q.add_argument("--url", help="the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web (default: PNEUMO_PACS_URL)")
+        q.add_argument(
+            "--url", help="the DICOMweb root, e.g. http://127.0.0.1:8042/dicom-web (default: PNEUMO_PACS_URL)"
+        )
         q.add_argument("--model", help="default: the shipped model")
-        q.add_argument("--since", help="studies from this date (YYYYMMDD)" + ("; default: today" if name == "watch" else ""))
-        q.add_argument("--push", action="store_true", help="store each reading into its study (SR and Grad-CAM overlay)")
+        q.add_argument(
+            "--since", help="studies from this date (YYYYMMDD)" + ("; default: today" if name == "watch" else "")
+        )
+        q.add_argument(
+            "--push", action="store_true", help="store each reading into its study (SR and Grad-CAM overlay)"
+        )
         q.add_argument("--timeout", type=float, help="seconds to wait for the server per request (default 30)")
-        q.add_argument("--json", action="store_true", help="JSON output" + (" (one line per image)" if name == "watch" else ""))
+        q.add_argument(
+            "--json", action="store_true", help="JSON output" + (" (one line per image)" if name == "watch" else "")
+        )
         if name == "screen":
             q.add_argument("--study", action="append", metavar="UID", help="a StudyInstanceUID (repeatable)")
             q.add_argument("--until", help="studies up to this date (YYYYMMDD)")
             q.add_argument("--accession", help="the study with this accession number")
-            q.add_argument("--limit", type=int, default=200, help="at most this many studies from a search (default 200)")
-            q.add_argument("--force", action="store_true",
-                           help="screen again films this model and operating point have already screened")
+            q.add_argument(
+                "--limit", type=int, default=200, help="at most this many studies from a search (default 200)"
+            )
+            q.add_argument(
+                "--force",
+                action="store_true",
+                help="screen again films this model and operating point have already screened",
+            )
         else:
             q.add_argument("--interval", type=float, default=60.0, help="seconds between polls (default 60)")
-            q.add_argument("--max-polls", dest="max_polls", type=int, help="stop after this many polls (default: never)")
+            q.add_argument(
+                "--max-polls", dest="max_polls", type=int, help="stop after this many polls (default: never)"
+            )
         q.set_defaults(func=func)
 
-    p = sub.add_parser("drift", help="is a batch of films (unlabelled) unlike the films the operating point was set on?")
+    p = sub.add_parser(
+        "drift", help="is a batch of films (unlabelled) unlike the films the operating point was set on?"
+    )
     p.add_argument("paths", nargs="+", help="image files or folders")
     p.add_argument("--model", help="default: the shipped model (needs drift_reference.npz beside it)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_drift)
 
-    p = sub.add_parser("drift-reference", help="build the drift check's reference beside a model and record it in its card")
+    p = sub.add_parser(
+        "drift-reference", help="build the drift check's reference beside a model and record it in its card"
+    )
     p.add_argument("--model", help="default: the shipped model")
-    p.add_argument("--predictions", help="held-out films: CSV path,label,probability[,patient_id][,fold] (default: "
-                                         "oof_predictions.csv beside the model, fold 1 only, else val_predictions.csv)")
-    p.add_argument("--draws", type=int, default=1000,
-                   help="in-distribution batches of 50 drawn to measure the false-alarm rate (a fifth as many per "
-                        "stress condition for power; default 1000)")
+    p.add_argument(
+        "--predictions",
+        help="held-out films: CSV path,label,probability[,patient_id][,fold] (default: "
+        "oof_predictions.csv beside the model, fold 1 only, else val_predictions.csv)",
+    )
+    p.add_argument(
+        "--draws",
+        type=int,
+        default=1000,
+        help="in-distribution batches of 50 drawn to measure the false-alarm rate (a fifth as many per "
+        "stress condition for power; default 1000)",
+    )
     p.set_defaults(func=cmd_drift_reference)
 
     p = sub.add_parser("calibrate", help="set a named site operating point on a site's labelled films, with bounds")
@@ -590,8 +771,11 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="exit 2 if a table differs from its source, writing nothing")
     p.set_defaults(func=cmd_docs)
 
-    p = sub.add_parser("sweep", help="the decision at the operating point under framing (zoom 0.7–1.6, shifts, aspect) "
-                                     "and the stress suite, on films the model never trained on")
+    p = sub.add_parser(
+        "sweep",
+        help="the decision at the operating point under framing (zoom 0.7–1.6, shifts, aspect) "
+        "and the stress suite, on films the model never trained on",
+    )
     p.add_argument("--model", help="default: the shipped model")
     p.add_argument("--limit", type=int, default=1500, help="films scored, sampled by patient (default: 1500)")
     p.add_argument("--record", action="store_true", help="store the result in the model's card (shift_checks.framing)")

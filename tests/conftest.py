@@ -16,7 +16,9 @@ SHARED_TRAIN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def synthetic_xray(rng: np.random.Generator, size: int = 64, pneumonia: bool = False, blob: tuple[int, int] | None = None) -> np.ndarray:
+def synthetic_xray(
+    rng: np.random.Generator, size: int = 64, pneumonia: bool = False, blob: tuple[int, int] | None = None
+) -> np.ndarray:
     """A chest-like picture: bright body, two dark lung fields, and for pneumonia a bright opacity."""
     yy, xx = np.mgrid[0:size, 0:size] / size
     img = 0.55 + 0.1 * rng.standard_normal((size, size)) * 0.3

@@ -60,11 +60,16 @@ def test_home_shows_card_and_disclaimer(app_env: Path) -> None:
     # Four digits: 0.9996 must not read as 1.000.
     assert len(figures["ROC AUC"].split(".")[-1]) == 4
     # The figures are the stored predictions' own, recomputed at the card's threshold.
-    stored = app_env / "models" / ("oof_predictions.csv" if (app_env / "models" / "oof_predictions.csv").exists()
-                                   else "val_predictions.csv")
+    stored = (
+        app_env
+        / "models"
+        / ("oof_predictions.csv" if (app_env / "models" / "oof_predictions.csv").exists() else "val_predictions.csv")
+    )
     preds = pd.read_csv(stored)
     y, p, t = preds["label"].to_numpy(), preds["probability"].to_numpy(), card["threshold"]
-    assert figures["Specificity"] == f"{(p[y == 0] < t).mean():.4f}"  # counted by hand, not by pneumo.evaluation.metrics
+    assert (
+        figures["Specificity"] == f"{(p[y == 0] < t).mean():.4f}"
+    )  # counted by hand, not by pneumo.evaluation.metrics
     assert figures["Sensitivity"] == f"{(p[y == 1] >= t).mean():.4f}"
 
 
@@ -146,9 +151,9 @@ def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
     probs = [float(m.value) for m in at.metric if m.label == "Probability of pneumonia"]
     # The default pair (first and last bundled film), scored here through the library: the page shows
     # their scores, highest first (worklist order), each with the decision the README's rule gives.
+    from pneumo.app.settings import SAMPLES_DIR
     from pneumo.data.collection import read_item
     from pneumo.model.loading import load_model
-    from pneumo.app.settings import SAMPLES_DIR
 
     films = sorted(SAMPLES_DIR.glob("*/*.jpeg"))
     loaded = load_model(app_env / "models" / "model.keras")
@@ -160,8 +165,9 @@ def test_predict_samples_show_probability_and_decision(app_env: Path) -> None:
     assert len(decisions) == 2 and all(f"**{d}**" in m for d, m in zip(rule, decisions)), (decisions, rule)
 
 
-def test_a_weak_model_carries_its_caution_on_overview_and_predict(app_env: Path, tiny_run: Path,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_weak_model_carries_its_caution_on_overview_and_predict(
+    app_env: Path, tiny_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A model validated on a handful of films (the tiny one) says so where it is used, not only on Train;
     the shipped model, validated out of fold on every training film, carries none."""
     weak = app_env / "weak"
@@ -183,8 +189,20 @@ def _fake_run(root: Path, name: str, aucs: list[float]) -> Path:
     files.atomic_write_json(run / "config.json", {"model": "compact_cnn", "epochs": len(aucs)})
     runs.write_status(run, "finished", started=f"2026-01-01T00:00:0{len(aucs)}")
     for i, auc in enumerate(aucs):
-        files.append_jsonl(run / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": len(aucs), "loss": 1 - auc,
-                                                  "val_loss": 1.1 - auc, "auc": auc, "val_auc": auc, "lr": 1e-3, "seconds": 1})
+        files.append_jsonl(
+            run / "metrics.jsonl",
+            {
+                "type": "epoch",
+                "epoch": i + 1,
+                "epochs": len(aucs),
+                "loss": 1 - auc,
+                "val_loss": 1.1 - auc,
+                "auc": auc,
+                "val_auc": auc,
+                "lr": 1e-3,
+                "seconds": 1,
+            },
+        )
     return run
 
 
@@ -214,8 +232,19 @@ def test_a_running_run_shows_an_eta_only_once_steps_are_measured_and_says_when_i
     runs.write_status(run, "running", pid=os.getpid(), started="2026-01-01T00:00:00+00:00", phase="training")
 
     def progress(batch: int) -> None:
-        files.append_jsonl(run / "metrics.jsonl", {"type": "progress", "epoch": 1, "epochs": 2, "batch": batch,
-                                                  "batches": 40, "loss": 0.7, "eta_s": 270.0, "elapsed_s": 1.0})
+        files.append_jsonl(
+            run / "metrics.jsonl",
+            {
+                "type": "progress",
+                "epoch": 1,
+                "epochs": 2,
+                "batch": batch,
+                "batches": 40,
+                "loss": 0.7,
+                "eta_s": 270.0,
+                "elapsed_s": 1.0,
+            },
+        )
 
     def bar_texts(at: AppTest) -> list[str]:
         return [e.proto.text for e in at.get("progress")]
@@ -243,7 +272,11 @@ def _draws(node: ast.AST, drawing: set[str]) -> list[str]:
         while isinstance(func, ast.Attribute):
             chain.insert(0, func.attr)
             func = func.value
-        if isinstance(func, ast.Name) and func.id == "st" and chain[:1] not in (["get_option"], ["cache_data"], ["cache_resource"]):
+        if (
+            isinstance(func, ast.Name)
+            and func.id == "st"
+            and chain[:1] not in (["get_option"], ["cache_data"], ["cache_resource"])
+        ):
             found.append(".".join([func.id, *chain]))  # reading an option or clearing a cache draws nothing
         elif isinstance(func, ast.Name) and not chain and func.id in drawing:
             found.append(func.id)
@@ -254,7 +287,11 @@ def test_no_streamlit_element_inside_a_cached_function() -> None:
     """A cached function replays the elements it drew on a later hit, and a later session or rerun then
     fails (CacheReplayClosureError): nothing under st.cache_data or st.cache_resource draws, in any page or
     in pneumo.app.ui; progress for cached work goes through a callback made outside the cache."""
-    sources = [ROOT / "streamlit_app.py", *sorted((ROOT / "pneumo" / "app").glob("*.py")), *sorted((ROOT / "pages").glob("*.py"))]
+    sources = [
+        ROOT / "streamlit_app.py",
+        *sorted((ROOT / "pneumo" / "app").glob("*.py")),
+        *sorted((ROOT / "pages").glob("*.py")),
+    ]
     trees = {path: ast.parse(path.read_text()) for path in sources}
     # Functions of pneumo.app.ui and the pages that draw themselves (a progress bar, a chart): calling one from
     # a cached function is the same fault.

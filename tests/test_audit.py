@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo.evaluation import audit
 from pneumo.data.collection import scan
+from pneumo.evaluation import audit
 from tests.conftest import make_folder
 
 
@@ -40,7 +40,9 @@ def test_review_round_trip_and_apply(tmp_path: Path) -> None:
     assert applied.set_index("path").loc[normal, "label"] == 1
     assert applied.set_index("path").loc[normal, "class_name"] == "PNEUMONIA"
     assert counts == {"keep": 1, "relabel": 1, "exclude": 1, "unmatched": 0}
-    assert sorted(p.name for p in (data / "NORMAL").iterdir()) == sorted(Path(p).name for p in frame.path if "NORMAL/" in p)
+    assert sorted(p.name for p in (data / "NORMAL").iterdir()) == sorted(
+        Path(p).name for p in frame.path if "NORMAL/" in p
+    )
 
 
 def test_a_bad_verdict_is_refused_naming_the_row(tmp_path: Path) -> None:
@@ -53,8 +55,9 @@ def test_a_bad_verdict_is_refused_naming_the_row(tmp_path: Path) -> None:
     assert not (tmp_path / "new.csv").exists()
 
 
-def test_audit_labels_cli_on_a_folder_without_stored_predictions(tiny_run: Path, tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_audit_labels_cli_on_a_folder_without_stored_predictions(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pneumo.cli import main
 
     data = make_folder(tmp_path / "d", n_per_class=10, size=64)

@@ -10,8 +10,15 @@ import pytest
 
 from tests.conftest import ROOT
 
-RESULTS = [p for p in (ROOT / "bench" / "results.json", ROOT / "bench" / "results-quick.json",
-                       ROOT / "bench" / "results-gpu.json") if p.exists()]
+RESULTS = [
+    p
+    for p in (
+        ROOT / "bench" / "results.json",
+        ROOT / "bench" / "results-quick.json",
+        ROOT / "bench" / "results-gpu.json",
+    )
+    if p.exists()
+]
 
 
 @pytest.mark.parametrize("path", RESULTS, ids=[p.name for p in RESULTS])
@@ -35,9 +42,11 @@ def test_fractions_are_shares_of_a_ceiling_and_headlines_have_spreads(path) -> N
     # The fractions recomputed from the rates and FLOP counts beside them (a training step: 3 forwards).
     ceiling = results["peak"]["ceiling_gflops"]
     assert results["batch_predict_fraction_of_peak"] == pytest.approx(
-        results["batch_predict_images_per_s"] * results["model_forward_gflops"] / ceiling, rel=0.01, abs=1e-3)
+        results["batch_predict_images_per_s"] * results["model_forward_gflops"] / ceiling, rel=0.01, abs=1e-3
+    )
     assert results["train_fraction_of_peak"] == pytest.approx(
-        results["train_images_per_s"] * 3 * results["train_model_forward_gflops"] / ceiling, rel=0.01, abs=1e-3)
+        results["train_images_per_s"] * 3 * results["train_model_forward_gflops"] / ceiling, rel=0.01, abs=1e-3
+    )
 
 
 def test_readme_performance_table_is_generated_from_the_full_run() -> None:

@@ -13,8 +13,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -33,6 +33,7 @@ def _record(**values: float) -> None:
     TIMINGS.update(values)
     SHOTS.parent.mkdir(parents=True, exist_ok=True)
     SHOTS.parent.joinpath("app_timing.json").write_text(json.dumps(TIMINGS, indent=2))
+
 
 pytestmark = pytest.mark.browser
 if not CHROMIUM.exists():
@@ -53,10 +54,22 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "streamlit", "run", str(ROOT / "streamlit_app.py"), "--server.port", str(self.port),
-               "--server.address", "127.0.0.1", "--server.headless", "true"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        cmd = [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            str(ROOT / "streamlit_app.py"),
+            "--server.port",
+            str(self.port),
+            "--server.address",
+            "127.0.0.1",
+            "--server.headless",
+            "true",
+        ]
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + 90
         while time.time() < deadline:
             try:
@@ -105,11 +118,18 @@ def orthanc(workspace: Path) -> Iterator[object]:
 
 @pytest.fixture(scope="module")
 def server(workspace: Path, orthanc: object) -> Iterator[Server]:
-    env = {**os.environ, "PNEUMO_MODELS_DIR": str(workspace / "models"), "PNEUMO_RUNS_DIR": str(workspace / "runs"),
-           "PNEUMO_PACS_URL": orthanc.dicomweb_url,
-           "PNEUMO_DATA_ROOTS": str(workspace / "small"), "PNEUMO_CACHE_DIR": str(workspace / "cache"),
-           "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1",
-           "PNEUMO_ALLOW_CHANGES": "1"}
+    env = {
+        **os.environ,
+        "PNEUMO_MODELS_DIR": str(workspace / "models"),
+        "PNEUMO_RUNS_DIR": str(workspace / "runs"),
+        "PNEUMO_PACS_URL": orthanc.dicomweb_url,
+        "PNEUMO_DATA_ROOTS": str(workspace / "small"),
+        "PNEUMO_CACHE_DIR": str(workspace / "cache"),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONUNBUFFERED": "1",
+        "PNEUMO_ALLOW_CHANGES": "1",
+    }
     srv = Server(env, workspace / "streamlit.log")
     started = time.perf_counter()
     srv.start()
@@ -125,8 +145,13 @@ def browser() -> Iterator[object]:
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--no-first-run",
+            ],
         )
         yield b
         b.close()
@@ -158,8 +183,10 @@ def _shot(page: object, name: str) -> None:
     document itself never grows), so the window is made as tall as that block for the picture."""
     SHOTS.mkdir(parents=True, exist_ok=True)
     size = page.viewport_size
-    tall = page.evaluate("Math.max(...Array.from(document.querySelectorAll('[data-testid=\"stMain\"], "
-                         "[data-testid=\"stAppViewContainer\"]'), e => e.scrollHeight), window.innerHeight)")
+    tall = page.evaluate(
+        'Math.max(...Array.from(document.querySelectorAll(\'[data-testid="stMain"], '
+        '[data-testid="stAppViewContainer"]\'), e => e.scrollHeight), window.innerHeight)'
+    )
     page.set_viewport_size({"width": size["width"], "height": min(int(tall), 6000)})
     page.wait_for_timeout(400)  # charts and images lay out at the new height
     try:
@@ -188,8 +215,10 @@ def test_predict_one_upload_timing(page: object, server: Server) -> None:
     page.get_by_alt_text("Grad-CAM map", exact=True).first.wait_for()
     shown = time.perf_counter() - started  # the probability and the map are on screen
     _settle(page)  # (a fixed 0.5 s wait, then the end of the script run)
-    _record(upload_to_probability_and_gradcam_s=round(shown, 2),
-            upload_to_script_finished_s=round(time.perf_counter() - started, 2))
+    _record(
+        upload_to_probability_and_gradcam_s=round(shown, 2),
+        upload_to_script_finished_s=round(time.perf_counter() - started, 2),
+    )
 
 
 def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, server: Server, tmp_path: Path) -> None:
@@ -206,7 +235,8 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     _goto(page, server, "predict")
     started = time.perf_counter()
     page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
-        [str(SAMPLE), str(corrupt), str(twin), str(SAMPLE), str(photo)])
+        [str(SAMPLE), str(corrupt), str(twin), str(SAMPLE), str(photo)]
+    )
     page.get_by_text("Probability of pneumonia").first.wait_for()
     _settle(page)
     shown_s = time.perf_counter() - started
@@ -231,15 +261,20 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
         subprocess.run(["pdftoppm", "-r", "50", "-png", str(pdf), str(SHOTS / "report-page")], check=True)
         assert len(list(SHOTS.glob("report-page*.png"))) >= 4  # summary and a page per readable image
     assert page.get_by_text("PDF").count() >= 1
-    value = page.locator('[data-testid="stMetric"]').filter(has_text="Probability of pneumonia").locator(
-        '[data-testid="stMetricValue"]').first.inner_text()
+    value = (
+        page.locator('[data-testid="stMetric"]')
+        .filter(has_text="Probability of pneumonia")
+        .locator('[data-testid="stMetricValue"]')
+        .first.inner_text()
+    )
     assert 0.0 <= float(value) <= 1.0
     cam = page.get_by_alt_text("Grad-CAM map", exact=True).first
     cam.wait_for()
     assert cam.evaluate("img => img.naturalWidth") > 0
     # Laid out as one picture per map: each map exactly over its film, the colour bar beside them, as tall.
     boxes = cam.evaluate("""img => [...img.closest('[data-testid="stImage"]').querySelectorAll('img')]
-                                   .map(p => { const r = p.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; })""")
+                                   .map(p => { const r = p.getBoundingClientRect();
+                                               return [r.left, r.top, r.width, r.height]; })""")
     assert len(boxes) == PICTURES_PER_CARD, boxes
     for film, shown, bar in (boxes[1:4], boxes[4:7]):
         assert all(abs(a - b) <= 1 for a, b in zip(film, shown)), (film, shown)
@@ -257,8 +292,12 @@ def test_predict_upload_shows_probability_gradcam_and_error_card(page: object, s
     page.get_by_text("Worklist", exact=True).wait_for()
     _shot(page, "2-predict")
     used = resident(server.proc.pid)
-    _record(batch_of_five_to_results_s=round(shown_s, 2), app_rss_mb_after_predict=round(used.total_mb, 1),
-            app_anonymous_mb=round(used.anonymous_mb, 1), app_file_backed_mb=round(used.file_mb, 1))
+    _record(
+        batch_of_five_to_results_s=round(shown_s, 2),
+        app_rss_mb_after_predict=round(used.total_mb, 1),
+        app_anonymous_mb=round(used.anonymous_mb, 1),
+        app_file_backed_mb=round(used.file_mb, 1),
+    )
     # The bound of a shared deployment (1.5 GB resident); of that, what is private to the process stays under
     # 1 GB (the rest is clean pages of TensorFlow's libraries the kernel can drop at any time).
     assert 0 < used.total_mb * 2**20 < 1.5e9, f"app uses {used.total_mb:.0f} MiB after a batch with Grad-CAM"
@@ -297,7 +336,9 @@ def test_hostile_uploads_keep_memory_bounded(page: object, server: Server, tmp_p
 
 def test_threshold_slider_moves_the_numbers(page: object, server: Server) -> None:
     _goto(page, server, "threshold")
-    spec = page.locator('[data-testid="stMetric"]').filter(has_text="Specificity").locator('[data-testid="stMetricValue"]')
+    spec = (
+        page.locator('[data-testid="stMetric"]').filter(has_text="Specificity").locator('[data-testid="stMetricValue"]')
+    )
     before = spec.inner_text()
     handle = page.get_by_role("slider").first
     handle.focus()
@@ -395,13 +436,30 @@ def test_leakage_warning_on_the_models_own_images(page: object, server: Server, 
     # The same folder through the command line, for the record: the app should stay within 1.5× of it.
     samples = ROOT / "data" / "samples"
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pneumo", "evaluate", "--model", str(workspace / "models"), "--data",
-                    str(samples), "--out", str(workspace / "samples-report.json")], check=True, capture_output=True,
-                   cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumo",
+            "evaluate",
+            "--model",
+            str(workspace / "models"),
+            "--data",
+            str(samples),
+            "--out",
+            str(workspace / "samples-report.json"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     cli = time.perf_counter() - started
-    _record(folder_prediction_in_app_s=round(in_app, 2), folder_prediction_evaluate_cli_s=round(cli, 2),
-            folder_prediction_app_over_cli=round(in_app / cli, 2),
-            folder_images=len([p for p in samples.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".png")]))
+    _record(
+        folder_prediction_in_app_s=round(in_app, 2),
+        folder_prediction_evaluate_cli_s=round(cli, 2),
+        folder_prediction_app_over_cli=round(in_app / cli, 2),
+        folder_images=len([p for p in samples.rglob("*") if p.is_file() and p.suffix.lower() in (".jpeg", ".png")]),
+    )
 
 
 def test_dark_preference_gives_the_dark_theme(browser: object, server: Server) -> None:
@@ -412,8 +470,11 @@ def test_dark_preference_gives_the_dark_theme(browser: object, server: Server) -
         for name in ("overview", "predict", "threshold"):
             _goto(dark, server, PAGES[name])
             background = dark.evaluate(
-                "getComputedStyle(document.querySelector('[data-testid=\"stApp\"]')).backgroundColor")
-            red, green, blue = [int(v) for v in background[background.index("(") + 1: background.index(")")].split(",")[:3]]
+                "getComputedStyle(document.querySelector('[data-testid=\"stApp\"]')).backgroundColor"
+            )
+            red, green, blue = [
+                int(v) for v in background[background.index("(") + 1 : background.index(")")].split(",")[:3]
+            ]
             assert (0.2126 * red + 0.7152 * green + 0.0722 * blue) < 80, f"{name}: background {background} is not dark"
             if name == "predict":  # the cards, their maps and colour bars, on the dark theme
                 dark.get_by_text("Use the bundled sample images").click()
@@ -590,8 +651,8 @@ def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, 
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stAlert"]').filter(has_text="failed").count() == 0
     # The reports are in the server now: two studies count as screened by this model.
-    from pneumo.model.loading import load_model
     from pneumo.integrations.pacs import list_studies
+    from pneumo.model.loading import load_model
 
     rows = list_studies(Pacs(orthanc.dicomweb_url), unscreened_by=load_model(server.env["PNEUMO_MODELS_DIR"]))
     assert len(rows) == 6 - 2, rows  # the two screened studies are no longer "not yet screened"
@@ -604,8 +665,10 @@ def _large_films(folder: Path, n: int, side: int = 2500) -> list[Path]:
 
     folder.mkdir(parents=True, exist_ok=True)
     yy, xx = np.mgrid[0:side, 0:side].astype(np.float32) / side
-    base = 0.6 - 0.35 * (np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
-                         + np.exp(-(((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2)))
+    base = 0.6 - 0.35 * (
+        np.exp(-(((xx - 0.3) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+        + np.exp(-(((xx - 0.7) / 0.15) ** 2 + ((yy - 0.5) / 0.3) ** 2))
+    )
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):
@@ -629,7 +692,10 @@ def _cards_shown(page: object, n: int, timeout_s: float = 600) -> None:
                   .filter(e => e.textContent.includes('Probability of pneumonia')).length >= n
              && [...document.querySelectorAll('[data-testid="stImage"] img')]
                   .filter(img => img.complete && img.naturalWidth > 0).length >= {PICTURES_PER_CARD} * n""",
-        arg=n, polling=50, timeout=timeout_s * 1000)
+        arg=n,
+        polling=50,
+        timeout=timeout_s * 1000,
+    )
 
 
 # The card of the film named `name` is on screen: its probability, and every picture in it (the film and
@@ -724,11 +790,13 @@ def test_app_speed_measured_in_the_browser(browser: object, server: Server, work
         pg.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=120_000)
         opacity.append(time.perf_counter() - started)
     profile.close()
-    _record(upload_first_visit_to_probability_and_maps_s=round(first_visit, 2),
-            upload_new_tab_to_probability_and_maps_s=[round(x, 2) for x in new_tab],
-            upload_same_tab_to_probability_and_maps_s=[round(x, 2) for x in same_tab],
-            twenty_five_films_to_every_card_s=[round(x, 2) for x in twenty_five],
-            opacity_change_with_25_films_s=[round(x, 2) for x in opacity])
+    _record(
+        upload_first_visit_to_probability_and_maps_s=round(first_visit, 2),
+        upload_new_tab_to_probability_and_maps_s=[round(x, 2) for x in new_tab],
+        upload_same_tab_to_probability_and_maps_s=[round(x, 2) for x in same_tab],
+        twenty_five_films_to_every_card_s=[round(x, 2) for x in twenty_five],
+        opacity_change_with_25_films_s=[round(x, 2) for x in opacity],
+    )
 
 
 def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_path: Path) -> None:
@@ -751,11 +819,11 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     ctx.close()
     contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2)]
     pages = [c.new_page() for c in contexts]
-    for i, p in enumerate(pages):
+    for p in pages:
         p.set_default_timeout(900_000)
         _goto(p, server, "predict")
     for i, p in enumerate(pages):  # both sessions upload before either is read
-        p.locator(upload).set_input_files([str(f) for f in films[50 * i: 50 * (i + 1)]])
+        p.locator(upload).set_input_files([str(f) for f in films[50 * i : 50 * (i + 1)]])
     for p in pages:
         p.get_by_text("Cards 1–25 of 50").wait_for(timeout=900_000)
         _settle(p)
@@ -769,11 +837,16 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     time.sleep(75)
     settled = resident(server.proc.pid)
     uploads_mb = sum(f.stat().st_size for f in films) / 2**20
-    _record(memory_before_mb=round(before.total_mb, 1), memory_after_200_large_films_mb=round(after_200.total_mb, 1),
-            memory_two_sessions_of_50_mb=round(during_two.total_mb, 1), memory_settled_after_sessions_mb=round(settled.total_mb, 1),
-            memory_peak_mb=round(settled.peak_mb, 1), two_hundred_large_films_s=round(two_hundred_s, 1),
-            memory_uploaded_by_the_200_film_session_mb=round(uploads_mb, 1),
-            memory_released_after_every_session_closed_mb=round(after_200.total_mb - settled.total_mb, 1))
+    _record(
+        memory_before_mb=round(before.total_mb, 1),
+        memory_after_200_large_films_mb=round(after_200.total_mb, 1),
+        memory_two_sessions_of_50_mb=round(during_two.total_mb, 1),
+        memory_settled_after_sessions_mb=round(settled.total_mb, 1),
+        memory_peak_mb=round(settled.peak_mb, 1),
+        two_hundred_large_films_s=round(two_hundred_s, 1),
+        memory_uploaded_by_the_200_film_session_mb=round(uploads_mb, 1),
+        memory_released_after_every_session_closed_mb=round(after_200.total_mb - settled.total_mb, 1),
+    )
     # The deployment's bound: 1.5 GB resident at the peak, whatever the sessions did. Closing them never makes
     # the server larger.
     assert settled.total_mb <= during_two.total_mb + 64, f"settled {settled.total_mb:.0f} MiB"
@@ -784,7 +857,8 @@ def test_app_memory_under_large_uploads(browser: object, server: Server, tmp_pat
     # to 29 MiB (resident size also moves with the heap's own pages): 40 % lies between the two.
     assert after_200.total_mb - settled.total_mb >= 0.4 * uploads_mb, (
         f"{after_200.total_mb:.0f} MiB with the session open, {settled.total_mb:.0f} MiB after every session closed "
-        f"(its uploads: {uploads_mb:.0f} MiB)")
+        f"(its uploads: {uploads_mb:.0f} MiB)"
+    )
 
 
 def test_explorer_and_threshold_on_the_training_folder(page: object, server: Server, workspace: Path) -> None:
@@ -811,12 +885,31 @@ def test_explorer_and_threshold_on_the_training_folder(page: object, server: Ser
     in_app = time.perf_counter() - started
     assert page.locator('[data-testid="stException"]').count() == 0
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "pneumo", "evaluate", "--model", str(workspace / "models"), "--data",
-                    str(shared), "--out", str(workspace / "train-report.json")], check=True, capture_output=True, cwd=ROOT)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pneumo",
+            "evaluate",
+            "--model",
+            str(workspace / "models"),
+            "--data",
+            str(shared),
+            "--out",
+            str(workspace / "train-report.json"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=ROOT,
+    )
     cli = time.perf_counter() - started
-    _record(explorer_5216_first_render_cold_s=round(timings[0], 2), explorer_5216_first_render_cached_s=round(timings[1], 2),
-            threshold_5216_folder_prediction_in_app_s=round(in_app, 2),
-            threshold_5216_evaluate_cli_s=round(cli, 2), threshold_5216_app_over_cli=round(in_app / cli, 2))
+    _record(
+        explorer_5216_first_render_cold_s=round(timings[0], 2),
+        explorer_5216_first_render_cached_s=round(timings[1], 2),
+        threshold_5216_folder_prediction_in_app_s=round(in_app, 2),
+        threshold_5216_evaluate_cli_s=round(cli, 2),
+        threshold_5216_app_over_cli=round(in_app / cli, 2),
+    )
     _pick(page, "Data folder", "Bundled samples")
 
 

@@ -15,7 +15,9 @@ from tests.conftest import ROOT, SHARED_TRAIN, make_folder
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run([sys.executable, "-m", "pneumo", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "pneumo", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
 
 
 def _in_process(model: Path, paths: list[Path]) -> np.ndarray:
@@ -46,11 +48,23 @@ def test_predict_json_contract_and_exit_status(tiny_run: Path, tmp_path: Path) -
     picture.save(photo)
     twin = tmp_path / "again.png"  # the good film's pixels under another name
     shutil.copy(good, twin)
-    out = _cli("predict", "--model", str(tiny_run / "model.keras"), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad),
-               str(photo), str(twin))
+    out = _cli(
+        "predict",
+        "--model",
+        str(tiny_run / "model.keras"),
+        "--json",
+        "--cam",
+        str(tmp_path / "cams"),
+        str(good),
+        str(bad),
+        str(photo),
+        str(twin),
+    )
     assert out.returncode == 2, out.stderr
     results = json.loads(out.stdout)
-    assert [set(r) >= {"path", "probability", "prediction", "threshold", "error", "repeat_of"} for r in results] == [True] * 4
+    assert [set(r) >= {"path", "probability", "prediction", "threshold", "error", "repeat_of"} for r in results] == [
+        True
+    ] * 4
     ok, rejected, wrong, again = results
     assert wrong["prediction"] == "NOT ASSESSABLE" and 0.0 <= wrong["probability"] <= 1.0
     assert any("colour image" in w for w in wrong["warnings"])
@@ -73,10 +87,23 @@ def test_predict_json_contract_and_exit_status(tiny_run: Path, tmp_path: Path) -
 
 def test_evaluate_uses_card_threshold(tiny_run: Path, tmp_path: Path) -> None:
     data = make_folder(tmp_path / "d", n_per_class=6, size=64, seed=9)
-    out = _cli("evaluate", "--model", str(tiny_run / "model.keras"), "--data", str(data), "--out", str(tmp_path / "r.json"))
+    out = _cli(
+        "evaluate", "--model", str(tiny_run / "model.keras"), "--data", str(data), "--out", str(tmp_path / "r.json")
+    )
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    for key in ("n", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "threshold", "confusion"):
+    for key in (
+        "n",
+        "roc_auc",
+        "pr_auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "f1",
+        "threshold",
+        "confusion",
+    ):
         assert key in report
     assert report["n"] == 12
     assert report["threshold"] == json.loads((tiny_run / "card.json").read_text())["threshold"]
@@ -109,7 +136,9 @@ def test_integration_on_real_xrays(tmp_path: Path) -> None:
     sample = next((subset / "PNEUMONIA").iterdir())
     pr = _cli("predict", "--model", str(run / "model.keras"), "--json", str(sample))
     assert pr.returncode == 0
-    assert json.loads(pr.stdout)[0]["probability"] == pytest.approx(float(_in_process(run / "model.keras", [sample])[0]), abs=1e-5)
+    assert json.loads(pr.stdout)[0]["probability"] == pytest.approx(
+        float(_in_process(run / "model.keras", [sample])[0]), abs=1e-5
+    )
 
 
 def test_predict_keeps_its_json_contract_with_a_broken_dicom_in_the_batch(tiny_run: Path, tmp_path: Path) -> None:
@@ -118,10 +147,11 @@ def test_predict_keeps_its_json_contract_with_a_broken_dicom_in_the_batch(tiny_r
     twin = tmp_path / "other" / good.name  # the same file name in another folder
     twin.parent.mkdir()
     shutil.copy(next((data / "NORMAL").iterdir()), twin)
-    from tests.test_imaging import _dicom, _ramp
+    import io
 
     import pydicom
-    import io
+
+    from tests.test_imaging import _dicom, _ramp
 
     ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp())))
     ds.PixelData = ds.PixelData[:100]  # the header promises 64×64 pixels the file does not hold
@@ -129,8 +159,18 @@ def test_predict_keeps_its_json_contract_with_a_broken_dicom_in_the_batch(tiny_r
     ds.save_as(bad)
     unwindowed = tmp_path / "window0.dcm"  # a display window of width 0: read at full range, and said so
     unwindowed.write_bytes(_dicom(_ramp(), window=(2000, 0)))
-    out = _cli("predict", "--model", str(tiny_run), "--json", "--cam", str(tmp_path / "cams"), str(good), str(bad), str(twin),
-               str(unwindowed))
+    out = _cli(
+        "predict",
+        "--model",
+        str(tiny_run),
+        "--json",
+        "--cam",
+        str(tmp_path / "cams"),
+        str(good),
+        str(bad),
+        str(twin),
+        str(unwindowed),
+    )
     results = json.loads(out.stdout)
     assert out.returncode == 2 and len(results) == 4
     assert results[3]["probability"] is not None and "window" in results[3]["warnings"][0], results[3]
@@ -151,7 +191,9 @@ def test_a_bad_card_threshold_is_refused_with_one_line(tiny_run: Path, tmp_path:
     card = (run / "card.json").read_text()
     card = json.loads(card)
     (run / "card.json").write_text(json.dumps(card).replace(json.dumps(card["threshold"]), threshold, 1))
-    out = _cli("predict", "--model", str(run), "--json", str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg"))
+    out = _cli(
+        "predict", "--model", str(run), "--json", str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg")
+    )
     assert out.returncode == 2 and "card.json" in out.stderr and "threshold" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
@@ -159,11 +201,13 @@ def test_a_bad_card_threshold_is_refused_with_one_line(tiny_run: Path, tmp_path:
 def test_user_errors_exit_2_with_one_line(tiny_run: Path, tmp_path: Path) -> None:
     sample = str(ROOT / "data" / "samples" / "NORMAL" / "IM-0152-0001.jpeg")
     (tmp_path / "afile").write_text("x")
-    for args in (["predict", "--model", str(tiny_run), "--threshold", "5", sample],
-                 ["train", "--data", str(tmp_path), "--epochs", "0", "--out", str(tmp_path / "r")],
-                 ["train", "--data", str(tmp_path), "--batch-size", "0", "--out", str(tmp_path / "r")],
-                 ["train", "--data", str(tmp_path), "--out", str(tmp_path / "afile")],
-                 ["evaluate", "--model", str(tmp_path / "afile"), "--data", str(tmp_path), "--out", str(tmp_path / "r.json")]):
+    for args in (
+        ["predict", "--model", str(tiny_run), "--threshold", "5", sample],
+        ["train", "--data", str(tmp_path), "--epochs", "0", "--out", str(tmp_path / "r")],
+        ["train", "--data", str(tmp_path), "--batch-size", "0", "--out", str(tmp_path / "r")],
+        ["train", "--data", str(tmp_path), "--out", str(tmp_path / "afile")],
+        ["evaluate", "--model", str(tmp_path / "afile"), "--data", str(tmp_path), "--out", str(tmp_path / "r.json")],
+    ):
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr, (args, out.stderr)
@@ -174,13 +218,17 @@ def test_evaluate_record_appends_an_external_evaluation(tiny_run: Path, tmp_path
     shutil.copytree(tiny_run, run)
     data = make_folder(tmp_path / "d", n_per_class=6, size=64, seed=11)
     for name in ("first", "second"):
-        out = _cli("evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "r.json"), "--record", name)
+        out = _cli(
+            "evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "r.json"), "--record", name
+        )
         assert out.returncode == 0, out.stderr
     from pneumo.core.card import ModelCard
 
     evaluations = ModelCard.read(run / "card.json").external_evaluations
     assert [e["name"] for e in evaluations] == ["first", "second"]
-    assert evaluations[0]["n"] == 12 and len(evaluations[0]["file_list_sha256_16"]) == 16 and "roc_auc" in evaluations[0]
+    assert (
+        evaluations[0]["n"] == 12 and len(evaluations[0]["file_list_sha256_16"]) == 16 and "roc_auc" in evaluations[0]
+    )
 
 
 def _main(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
@@ -195,8 +243,9 @@ def _one_error_line(err: str) -> None:
     assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
-def test_evaluate_out_never_writes_over_what_it_did_not_make(tiny_run: Path, tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture) -> None:
+def test_evaluate_out_never_writes_over_what_it_did_not_make(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     data = make_folder(tmp_path / "d", n_per_class=3, size=64, seed=5)
@@ -204,10 +253,15 @@ def test_evaluate_out_never_writes_over_what_it_did_not_make(tiny_run: Path, tmp
     notes = tmp_path / "notes.json"
     notes.write_text('{"my": "notes"}')
     before = {p: p.read_bytes() for p in [run / "model.keras", run / "card.json", film, notes]}
-    for out, message in ((run / "model.keras", "inside the model's folder"), (run / "card.json", "inside the model's folder"),
-                         (run / "new.json", "inside the model's folder"), (film, "inside the --data folder"),
-                         (data / "report.json", "inside the --data folder"), (notes, "not an earlier evaluation report"),
-                         (tmp_path, "is a folder")):
+    for out, message in (
+        (run / "model.keras", "inside the model's folder"),
+        (run / "card.json", "inside the model's folder"),
+        (run / "new.json", "inside the model's folder"),
+        (film, "inside the --data folder"),
+        (data / "report.json", "inside the --data folder"),
+        (notes, "not an earlier evaluation report"),
+        (tmp_path, "is a folder"),
+    ):
         rc, _, err = _main(capsys, "evaluate", "--model", str(run), "--data", str(data), "--out", str(out))
         assert rc == 2 and message in err, (out, err)
         _one_error_line(err)
@@ -224,16 +278,27 @@ def test_evaluate_out_never_writes_over_what_it_did_not_make(tiny_run: Path, tmp
     _one_error_line(err)
 
 
-def test_record_refuses_a_read_only_card_and_writes_nothing(tiny_run: Path, tmp_path: Path,
-                                                            capsys: pytest.CaptureFixture) -> None:
+def test_record_refuses_a_read_only_card_and_writes_nothing(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     data = make_folder(tmp_path / "d", n_per_class=3, size=64, seed=6)
     card = run / "card.json"
     card.chmod(0o444)
     before = card.read_bytes()
-    rc, _, err = _main(capsys, "evaluate", "--model", str(run), "--data", str(data), "--out", str(tmp_path / "r.json"),
-                       "--record", "site A")
+    rc, _, err = _main(
+        capsys,
+        "evaluate",
+        "--model",
+        str(run),
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / "r.json"),
+        "--record",
+        "site A",
+    )
     assert rc == 2 and "read-only" in err and "card.json" in err
     _one_error_line(err)
     assert card.read_bytes() == before and (card.stat().st_mode & 0o777) == 0o444
@@ -263,16 +328,37 @@ def test_predict_cam_never_overwrites_and_concurrent_runs_never_share_a_file(tin
 
     rng = np.random.default_rng(3)
     names = [f"IM-00{i}-0001.png" for i in range(4)]
-    films = {side: [write_png(tmp_path / side / n, synthetic_xray(rng, size)) for n in names]
-             for side, size in (("a", 64), ("b", 80))}  # one film name each, different patients (and sizes)
+    films = {
+        side: [write_png(tmp_path / side / n, synthetic_xray(rng, size)) for n in names]
+        for side, size in (("a", 64), ("b", 80))
+    }  # one film name each, different patients (and sizes)
     cams = tmp_path / "cams"
     cams.mkdir()
     users = cams / "IM-000-0001_gradcam.png"
     users.write_bytes(b"a reader's own file")
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
-    procs = [subprocess.Popen([sys.executable, "-m", "pneumo", "predict", "--model", str(tiny_run), "--json", "--cam",
-                               str(cams), *map(str, films[side])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for side in ("a", "b")]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pneumo",
+                "predict",
+                "--model",
+                str(tiny_run),
+                "--json",
+                "--cam",
+                str(cams),
+                *map(str, films[side]),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for side in ("a", "b")
+    ]
     outputs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in outputs]
     results = {side: json.loads(out) for side, (out, _) in zip(("a", "b"), outputs)}
@@ -287,8 +373,9 @@ def test_predict_cam_never_overwrites_and_concurrent_runs_never_share_a_file(tin
     assert len(list(cams.iterdir())) == 9
 
 
-def test_predict_cam_on_a_full_disk_still_prints_the_json_and_leaves_no_partial_file(tiny_run: Path,
-                                                                                      tmp_path: Path) -> None:
+def test_predict_cam_on_a_full_disk_still_prints_the_json_and_leaves_no_partial_file(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     import resource
 
     data = make_folder(tmp_path / "d", n_per_class=2, size=96)
@@ -300,15 +387,23 @@ def test_predict_cam_on_a_full_disk_still_prints_the_json_and_leaves_no_partial_
         resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
 
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-m", "pneumo", "predict", "--model", str(tiny_run), "--json", "--cam",
-                          str(cams), *films], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                         preexec_fn=small_disk)
+    out = subprocess.run(
+        [sys.executable, "-m", "pneumo", "predict", "--model", str(tiny_run), "--json", "--cam", str(cams), *films],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=small_disk,
+    )
     assert out.returncode == 2, out.stderr
     results = json.loads(out.stdout)
     assert [r["path"] for r in results] == films
     expected = _in_process(tiny_run, [Path(f) for f in films])
     for r, p in zip(results, expected):
-        assert r["probability"] == pytest.approx(float(p), abs=1e-5) and r["cam"] is None  # scored; only the overlay failed
+        assert (
+            r["probability"] == pytest.approx(float(p), abs=1e-5) and r["cam"] is None
+        )  # scored; only the overlay failed
         assert "Grad-CAM overlay not written" in r["error"] and Path(r["path"]).name in r["error"]
     assert list(cams.iterdir()) == []  # no truncated PNG, no temporary file
     assert "Traceback" not in out.stderr
@@ -330,8 +425,9 @@ CARD_DAMAGE = {
 
 
 @pytest.mark.parametrize("damage", list(CARD_DAMAGE))
-def test_a_crafted_card_is_refused_with_one_line_never_a_traceback(tiny_run: Path, tmp_path: Path, damage: str,
-                                                                   capsys: pytest.CaptureFixture) -> None:
+def test_a_crafted_card_is_refused_with_one_line_never_a_traceback(
+    tiny_run: Path, tmp_path: Path, damage: str, capsys: pytest.CaptureFixture
+) -> None:
     run = tmp_path / "run"
     shutil.copytree(tiny_run, run)
     card = json.loads((run / "card.json").read_text())

@@ -58,8 +58,18 @@ def _fold_runs(tmp_path: Path, folds: int = 3) -> tuple[Path, list[Path]]:
     data = make_folder(tmp_path / "data", n_per_class=18, size=48, images_per_patient=2)
     dirs = []
     for k in range(folds):
-        config = TrainConfig(data=str(data), image_size=48, epochs=1, batch_size=16, augmentation="none",
-                             split="fold", fold=k, folds=folds, split_seed=0, seed=k)
+        config = TrainConfig(
+            data=str(data),
+            image_size=48,
+            epochs=1,
+            batch_size=16,
+            augmentation="none",
+            split="fold",
+            fold=k,
+            folds=folds,
+            split_seed=0,
+            seed=k,
+        )
         train(config, tmp_path / f"fold-{k}")
         dirs.append(tmp_path / f"fold-{k}")
     return data, dirs
@@ -98,7 +108,8 @@ def test_cross_fitted_ensemble_card_and_served_members(folds: tuple[Path, list[P
     # The highest threshold keeping 90 %: exactly ceil(0.9 n) of the trusted positives at or above it.
     assert (pos.probability >= card.threshold).sum() == math.ceil(0.9 * len(pos) - 1e-9)
     assert card.validation["operating_point"]["sensitivity_trusted"] == pytest.approx(
-        (pos.probability >= card.threshold).mean())
+        (pos.probability >= card.threshold).mean()
+    )
     assert not np.isclose(oof.probability, card.threshold, atol=1e-9).any()
     # Member k of the served model is fold k's network: it reproduces the stored out-of-fold scores.
     loaded = load_model(tmp_path / "ens" / "model.keras")
@@ -138,8 +149,12 @@ def test_shipped_card_recall_holds_on_its_stored_out_of_fold_scores() -> None:
         assert t == pytest.approx((s[need - 1] + s[need]) / 2, abs=1e-12)
     gap = np.abs(p - t).min()
     assert gap > 1e-4, "the threshold sits on a film's score: an engine's rounding would flip that film"
-    confusion = {"tn": int(((y == 0) & (p < t)).sum()), "fp": int(((y == 0) & (p >= t)).sum()),
-                 "fn": int(((y == 1) & (p < t)).sum()), "tp": int(((y == 1) & (p >= t)).sum())}
+    confusion = {
+        "tn": int(((y == 0) & (p < t)).sum()),
+        "fp": int(((y == 0) & (p >= t)).sum()),
+        "fn": int(((y == 1) & (p < t)).sum()),
+        "tp": int(((y == 1) & (p >= t)).sum()),
+    }
     assert card.validation["confusion"] == confusion and card.validation["n"] == len(oof)
     ranks = rankdata(p)
     n1, n0 = int((y == 1).sum()), int((y == 0).sum())
@@ -154,8 +169,9 @@ def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores()
     films within 1e-4. The ensemble's own answer, the mean of 5 members of which 4 trained on the film, is
     not the stored score and must not be read as one. 64 films of fold 1 (fixed seed) and 8 of each other
     fold, so every member's place in the graph is checked; the recall claim rests on the test above."""
+    from pneumo.core.paths import PROJECT_ROOT
     from pneumo.data.collection import read_item
-    from pneumo.model.loading import PROJECT_ROOT, load_model
+    from pneumo.model.loading import load_model
 
     oof = pd.read_csv(ROOT / "models" / crossfit.OOF_FILE)
     assert (PROJECT_ROOT / oof["path"].iloc[0]).resolve().is_relative_to(SHARED_TRAIN.resolve())
@@ -163,8 +179,10 @@ def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores()
     assert loaded.engine_name == "ONNX Runtime" and loaded.engine.has_members
     rng = np.random.default_rng(0)
     folds = oof["fold"].to_numpy()
-    pick = np.r_[rng.choice(np.flatnonzero(folds == 1), 64, replace=False),
-                 *[rng.choice(np.flatnonzero(folds == k), 8, replace=False) for k in (0, 2, 3, 4)]]
+    pick = np.concatenate(
+        [rng.choice(np.flatnonzero(folds == 1), 64, replace=False)]
+        + [rng.choice(np.flatnonzero(folds == k), 8, replace=False) for k in (0, 2, 3, 4)]
+    )
     images = [read_item(str(PROJECT_ROOT / oof["path"].iloc[i])) for i in pick]
     served = loaded.member_probabilities(images)
     stored = oof["probability"].to_numpy()[pick]

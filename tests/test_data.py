@@ -47,8 +47,14 @@ def test_csv_manifest_with_patients_and_splits(tmp_path: Path, rng: np.random.Ge
     rows = []
     for i in range(6):
         write_png(tmp_path / "img" / f"{i}.png", synthetic_xray(rng, pneumonia=i % 2 == 1))
-        rows.append({"path": f"img/{i}.png", "label": "PNEUMONIA" if i % 2 else "NORMAL", "patient_id": f"p{i // 2}",
-                     "split": "test" if i >= 4 else "train"})
+        rows.append(
+            {
+                "path": f"img/{i}.png",
+                "label": "PNEUMONIA" if i % 2 else "NORMAL",
+                "patient_id": f"p{i // 2}",
+                "split": "test" if i >= 4 else "train",
+            }
+        )
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     ds = D.scan(tmp_path / "labels.csv")
     assert ds.layout == "CSV manifest"
@@ -60,8 +66,13 @@ def test_csv_manifest_with_patients_and_splits(tmp_path: Path, rng: np.random.Ge
 def test_medmnist_npz(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     train, test = (rng.random((10, 28, 28)) * 255).astype(np.uint8), (rng.random((4, 28, 28)) * 255).astype(np.uint8)
-    np.savez(tmp_path / "pneumoniamnist.npz", train_images=train, train_labels=np.array([[0], [1]] * 5),
-             test_images=test, test_labels=np.array([[1]] * 4))
+    np.savez(
+        tmp_path / "pneumoniamnist.npz",
+        train_images=train,
+        train_labels=np.array([[0], [1]] * 5),
+        test_images=test,
+        test_labels=np.array([[1]] * 4),
+    )
     ds = D.scan(tmp_path)
     assert ds.layout == "MedMNIST npz" and len(ds) == 14
     # Each item is its own array of the archive, grey level / 255, and carries its own label.
@@ -105,7 +116,9 @@ def test_split_keeps_patients_and_duplicates_on_one_side(tmp_path: Path) -> None
         train, val = D.split(ds, val_fraction=0.2, seed=seed)
         assert not set(train["patient_id"]) & set(val["patient_id"])
         assert len(train) + len(val) == len(ds)
-        same_side = {"IM-0000", "IM-0500"} <= set(train["patient_id"]) or {"IM-0000", "IM-0500"} <= set(val["patient_id"])
+        same_side = {"IM-0000", "IM-0500"} <= set(train["patient_id"]) or {"IM-0000", "IM-0500"} <= set(
+            val["patient_id"]
+        )
         assert same_side
         assert 0.3 < val["label"].mean() < 0.7  # stratified
     a, _ = D.split(ds, 0.2, seed=5)
@@ -160,10 +173,13 @@ def test_case_variant_class_folders_are_merged(tmp_path: Path) -> None:
     assert (frame.label == 0).sum() == 5
 
 
-@pytest.mark.parametrize("images, labels, message", [
-    (np.zeros((4, 28, 28)), np.array([0, 1, 2, 1]), "must be 0"),
-    (np.zeros((4, 28)), np.array([0, 1, 0, 1]), "shape"),
-])
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.zeros((4, 28, 28)), np.array([0, 1, 2, 1]), "must be 0"),
+        (np.zeros((4, 28)), np.array([0, 1, 0, 1]), "shape"),
+    ],
+)
 def test_bad_medmnist_files_are_refused_with_a_reason(tmp_path: Path, images, labels, message: str) -> None:
     np.savez(tmp_path / "pneumoniamnist.npz", train_images=images, train_labels=labels)
     with pytest.raises(D.DatasetError, match=message):

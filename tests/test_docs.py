@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pneumo.integrations import docs
 from pneumo.core.card import ModelCard
+from pneumo.integrations import docs
 
 
 @pytest.mark.parametrize("name", list(docs.BLOCKS))

@@ -13,8 +13,7 @@ import pytest
 from PIL import Image
 from scipy.stats import ks_2samp
 
-from pneumo.evaluation import drift
-from pneumo.evaluation import drift_reference
+from pneumo.evaluation import drift, drift_reference
 from tests.conftest import ROOT, SHARED_TRAIN
 
 SAMPLES = ROOT / "data" / "samples"
@@ -33,19 +32,32 @@ def copy_model(dest: Path) -> Path:
 
 # ---------------------------------------------------------------------- synthetic features: the statistics
 
+
 def synthetic_reference(rng: np.random.Generator, n: int = 2000, dim: int = 8, split: float = 0.5) -> drift.Reference:
     """Identity precision around 0; pneumonias (score >= split) lie farther out, as on the real model."""
     labels = rng.random(n) < 0.6
     feats = rng.standard_normal((n, dim)) * np.where(labels, 1.3, 1.0)[:, None]
     probs = np.where(labels, rng.beta(12, 1.2, n), rng.beta(1.2, 12, n))
-    ref = drift.Reference(np.zeros(dim), np.eye(dim), np.zeros(0), probs, split, "model", "x" * 16, "synthetic films",
-                          0, 0, "2025-01-01T00:00:00+00:00")
+    ref = drift.Reference(
+        np.zeros(dim),
+        np.eye(dim),
+        np.zeros(0),
+        probs,
+        split,
+        "model",
+        "x" * 16,
+        "synthetic films",
+        0,
+        0,
+        "2025-01-01T00:00:00+00:00",
+    )
     ref.distances = ref.distance(feats)
     return ref
 
 
-def synthetic_batch(rng: np.random.Generator, n: int, dim: int = 8, scale: float = 1.0, prevalence: float = 0.6,
-                    confidence: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_batch(
+    rng: np.random.Generator, n: int, dim: int = 8, scale: float = 1.0, prevalence: float = 0.6, confidence: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     labels = rng.random(n) < prevalence
     feats = rng.standard_normal((n, dim)) * np.where(labels, 1.3, 1.0)[:, None] * scale
     a = 12 * confidence
@@ -88,7 +100,8 @@ def test_less_sure_scores_are_shifted_and_surer_ones_never() -> None:
 
 
 def test_false_alarms_stay_under_alpha_whatever_the_prevalence() -> None:
-    """Pneumonias lie farther out: a pooled test would call an all-pneumonia ward shifted; per predicted class it does not."""
+    """Pneumonias lie farther out: a pooled test would call an all-pneumonia ward shifted; per predicted class it
+    does not."""
     rng = np.random.default_rng(3)
     ref = synthetic_reference(rng)
     rates, pooled = {}, 0
@@ -143,12 +156,13 @@ def test_reference_round_trips(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------------- the shipped model, small real batches
 
+
 @pytest.fixture(scope="module")
 def model_with_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A copy of the shipped model with a reference fitted on the 48 bundled films and two changed copies
     of each (only the contracts are tested on it: these films trained the model)."""
-    from pneumo.model.loading import load_model
     from pneumo.data.transforms import STRESS
+    from pneumo.model.loading import load_model
 
     root = tmp_path_factory.mktemp("drift")
     model_dir = copy_model(root / "model")
@@ -165,10 +179,18 @@ def model_with_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     probs = loaded.predict([np.asarray(Image.open(f), dtype=np.float32) / 255 for f in films])
     labels = [int("PNEUMONIA" in str(path)) for path in sorted(SAMPLES.rglob("*.jpeg")) for _ in range(3)]
     pd.DataFrame({"path": films, "label": labels, "probability": probs, "patient_id": groups}).to_csv(
-        root / "reference.csv", index=False)
-    reference = drift_reference.fit_reference(loaded, films, probs, groups=groups, description="bundled films (test)",
-                                    conditions={"CLAHE": STRESS["CLAHE"]},
-                                    draws=50, power_draws=20)
+        root / "reference.csv", index=False
+    )
+    reference = drift_reference.fit_reference(
+        loaded,
+        films,
+        probs,
+        groups=groups,
+        description="bundled films (test)",
+        conditions={"CLAHE": STRESS["CLAHE"]},
+        draws=50,
+        power_draws=20,
+    )
     reference.save(drift.reference_path(loaded.path))
     drift_reference.record_in_card(loaded.path, reference)
     return model_dir
@@ -213,8 +235,9 @@ def test_a_reference_of_another_model_is_refused(model_with_reference: Path, tmp
     assert drift.check_batch(loaded, [np.zeros((64, 64), np.float32)] * 30) is None
 
 
-def test_cli_drift_reference_builds_and_records(model_with_reference: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_drift_reference_builds_and_records(
+    model_with_reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pneumo.cli import main
 
     model = copy_model(tmp_path / "m")
@@ -243,9 +266,11 @@ def test_cli_drift_contract(model_with_reference: Path, tmp_path: Path, capsys: 
     assert 0.0 <= out["p_value"] <= 1.0 and out["n"] == 48
     assert isinstance(out["method"], str) and "one-sided" in out["method"] and "bundled films" in out["reference"]
     few = [str(p) for p in sorted((SAMPLES / "NORMAL").iterdir())[:5]]
-    for args in (["drift", *few, "--model", str(model_with_reference)],  # too few films
-                 ["drift", str(tmp_path / "missing"), "--model", str(model_with_reference)],
-                 ["drift", str(SAMPLES), "--model", str(copy_model(tmp_path / "bare"))]):  # no reference
+    for args in (
+        ["drift", *few, "--model", str(model_with_reference)],  # too few films
+        ["drift", str(tmp_path / "missing"), "--model", str(model_with_reference)],
+        ["drift", str(SAMPLES), "--model", str(copy_model(tmp_path / "bare"))],
+    ):  # no reference
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1, err
@@ -258,7 +283,10 @@ def test_evaluate_report_has_a_drift_object(model_with_reference: Path, tmp_path
     assert report["drift"]["available"] is True and report["drift"]["n"] == 48 and report["drift"]["shifted"] is False
     assert report["operating_point"] == "shipped"
     bare = evaluate_data(copy_model(tmp_path / "bare"), SAMPLES)
-    assert bare["drift"] == {"available": False, "reason": bare["drift"]["reason"]} and "no drift reference" in bare["drift"]["reason"]
+    assert (
+        bare["drift"] == {"available": False, "reason": bare["drift"]["reason"]}
+        and "no drift reference" in bare["drift"]["reason"]
+    )
 
 
 def test_a_read_only_card_is_refused(model_with_reference: Path, tmp_path: Path) -> None:
@@ -276,13 +304,14 @@ def test_a_read_only_card_is_refused(model_with_reference: Path, tmp_path: Path)
 
 # ---------------------------------------------------------------------- measured on the shared data
 
+
 @pytest.fixture(scope="module")
 def shipped_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The shipped model's reference from its held-out films (val_predictions.csv), measured on a few
     stress conditions and on NORMAL2-IM films the model trained on. Built once for the module."""
     from pneumo.data.collection import pixel_hash, read_item
-    from pneumo.model.loading import load_model
     from pneumo.data.transforms import STRESS
+    from pneumo.model.loading import load_model
 
     model_dir = copy_model(tmp_path_factory.mktemp("shipped") / "model")
     frame, what = drift_reference.predictions_for_reference(ROOT / "models" / "model.keras")
@@ -292,10 +321,18 @@ def shipped_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     normal2_trained = [p for p in normal2[::3] if pixel_hash(read_item(p)) in trained]
     loaded = load_model(model_dir)
     conditions = {k: STRESS[k] for k in ("CLAHE", "rotate +8°", "blur σ=2 px")}
-    ref = drift_reference.fit_reference(loaded, frame["path"].tolist(), frame["probability"].to_numpy(),
-                              groups=frame["patient_id"].astype(str).tolist(), labels=frame["label"].tolist(),
-                              description=what, conditions=conditions, draws=500, power_draws=100,
-                              populations={"NORMAL2-IM films the model trained on": normal2_trained})
+    ref = drift_reference.fit_reference(
+        loaded,
+        frame["path"].tolist(),
+        frame["probability"].to_numpy(),
+        groups=frame["patient_id"].astype(str).tolist(),
+        labels=frame["label"].tolist(),
+        description=what,
+        conditions=conditions,
+        draws=500,
+        power_draws=100,
+        populations={"NORMAL2-IM films the model trained on": normal2_trained},
+    )
     ref.save(drift.reference_path(loaded.path))
     return {"reference": ref, "model": model_dir, "normal2_trained": len(normal2_trained)}
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.model import serving as E
-from pneumo.model import input_check as quality
-from pneumo.model.architectures import build_model
-from pneumo.model.loading import DEFAULT_MODEL_PATH, LoadedModel, load_model
 from pneumo.app.settings import SAMPLES_DIR
+from pneumo.core.paths import DEFAULT_MODEL_PATH
+from pneumo.model import input_check as quality
+from pneumo.model import serving as E
+from pneumo.model.architectures import build_model
+from pneumo.model.loading import LoadedModel, load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,6 +102,7 @@ def test_both_maps_from_one_pass_equal_each_map_alone(exported: Path) -> None:
 def test_a_server_sharing_its_cores_gets_sessions_that_sleep(exported: Path) -> None:
     """The dashboard loads with shared_cores: ONNX Runtime's threads wait without spinning (the default
     elsewhere, where nothing else wants the cores); both ways serve the same probabilities."""
+
     def spinning(session: object) -> str:
         return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
 
@@ -147,12 +149,18 @@ def test_the_shipped_export_matches_the_shipped_model() -> None:
 
 def test_evaluate_and_predict_run_without_tensorflow(xray_folder: Path) -> None:
     # ONNX Runtime serves the shipped model, so a command-line answer does not wait for TensorFlow's import.
-    probe = ("import sys; from pneumo.cli import main; rc = main(sys.argv[1:]); "
-             "print('TF', 'tensorflow' in sys.modules); sys.exit(rc)")
+    probe = (
+        "import sys; from pneumo.cli import main; rc = main(sys.argv[1:]); "
+        "print('TF', 'tensorflow' in sys.modules); sys.exit(rc)"
+    )
     image = next(xray_folder.rglob("*.png"))
-    for args in (["evaluate", "--data", str(xray_folder), "--out", str(xray_folder.parent / "r.json")],
-                 ["predict", "--json", str(image)]):
-        out = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    for args in (
+        ["evaluate", "--data", str(xray_folder), "--out", str(xray_folder.parent / "r.json")],
+        ["predict", "--json", str(image)],
+    ):
+        out = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, cwd=ROOT, timeout=120
+        )
         assert out.returncode == 0, out.stderr
         assert "TF False" in out.stdout, args[0]
 
@@ -164,8 +172,9 @@ def test_a_loaded_model_without_keras_loads_it_on_first_use(exported: Path) -> N
     assert loaded.keras_model is network and loaded.model is network  # loaded on first use, and kept
     # The network loaded is the exported one: it gives the ONNX graph's answers.
     x = np.random.default_rng(5).random((3, 64, 64, 1)).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(loaded.model(x, training=False)).ravel(), loaded.engine.probabilities(x).ravel(),
-                               atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        np.asarray(loaded.model(x, training=False)).ravel(), loaded.engine.probabilities(x).ravel(), atol=1e-4, rtol=0
+    )
 
 
 def test_an_export_that_differs_from_keras_is_removed(exported: Path, tmp_path: Path) -> None:
@@ -187,14 +196,21 @@ def _zero_graph(size: int, source: str, with_features: bool) -> bytes:
     of the .keras file it claims to come from."""
     from onnx import TensorProto, helper
 
-    nodes = [helper.make_node("ReduceMean", ["xray"], ["mean"], axes=[1, 2, 3], keepdims=0),
-             helper.make_node("Mul", ["mean", "zero"], ["probability"])]
+    nodes = [
+        helper.make_node("ReduceMean", ["xray"], ["mean"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["mean", "zero"], ["probability"]),
+    ]
     outputs = [helper.make_tensor_value_info("probability", TensorProto.FLOAT, ["N"])]
     if with_features:
         nodes.append(helper.make_node("ReduceMean", ["xray"], ["features"], axes=[1, 2], keepdims=0))
         outputs.append(helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 1]))
-    graph = helper.make_graph(nodes, "zero", [helper.make_tensor_value_info("xray", TensorProto.FLOAT, ["N", size, size, 1])],
-                              outputs, initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])])
+    graph = helper.make_graph(
+        nodes,
+        "zero",
+        [helper.make_tensor_value_info("xray", TensorProto.FLOAT, ["N", size, size, 1])],
+        outputs,
+        initializer=[helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0])],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
     model.ir_version = 8
     entry = model.metadata_props.add()
@@ -206,17 +222,22 @@ def test_export_writes_the_probe_every_load_checks(exported: Path) -> None:
     record = json.loads((exported / E.PROBE_NAME).read_text())
     assert record["source_sha256"] == E.file_sha256(exported / "model.keras") and record["input_size"] == 64
     assert len(record["outputs"]["probability"]) == len(E.probe_images(64)) and set(record["gradcam"]) == {
-        "gradcam", "gradcam_plus_plus"}
+        "gradcam",
+        "gradcam_plus_plus",
+    }
     assert np.ptp(record["outputs"]["probability"]) > 1e-3  # the probe films get different answers
     loaded = load_model(exported)
     assert loaded.engine is not None and loaded.engine_note is None and loaded.engine.cam_session is not None
     # The engine kept answers the probe films as the Keras model did when the record was written.
-    np.testing.assert_allclose(loaded.engine.probabilities(E.probe_images(64)).ravel(), record["outputs"]["probability"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(
+        loaded.engine.probabilities(E.probe_images(64)).ravel(), record["outputs"]["probability"], atol=1e-4, rtol=0
+    )
 
 
 @pytest.mark.parametrize("with_features", [False, True])
-def test_a_swapped_graph_labelled_with_the_models_hash_is_refused(exported: Path, tmp_path: Path, with_features: bool,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_swapped_graph_labelled_with_the_models_hash_is_refused(
+    exported: Path, tmp_path: Path, with_features: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import shutil
 
     folder = tmp_path / "swapped"
@@ -244,22 +265,29 @@ def test_a_swapped_graph_is_refused_through_the_cli_with_one_line(exported: Path
     from tests.conftest import synthetic_xray, write_png
 
     write_png(image, synthetic_xray(np.random.default_rng(0), 64, pneumonia=True))
-    out = subprocess.run([sys.executable, "-m", "pneumo", "predict", "--model", str(folder), "--json", str(image)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300,
-                         env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    out = subprocess.run(
+        [sys.executable, "-m", "pneumo", "predict", "--model", str(folder), "--json", str(image)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**__import__("os").environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert out.returncode == 0, out.stderr
     warning = [line for line in out.stderr.splitlines() if "model.onnx" in line]
     assert len(warning) == 1 and "refused" in warning[0] and "Traceback" not in out.stderr
-    from pneumo.data.collection import read_item
     import keras
+
+    from pneumo.data.collection import read_item
 
     model = keras.models.load_model(folder / "model.keras", compile=False)
     expected = float(np.asarray(model(LoadedModel(model, None, folder).prepare(read_item(str(image)))))[0, 0])
     assert json.loads(out.stdout)[0]["probability"] == pytest.approx(expected, abs=1e-4)
 
 
-def test_an_export_without_its_probe_or_with_a_wrong_gradcam_is_not_served_unchecked(exported: Path,
-                                                                                     tmp_path: Path) -> None:
+def test_an_export_without_its_probe_or_with_a_wrong_gradcam_is_not_served_unchecked(
+    exported: Path, tmp_path: Path
+) -> None:
     import shutil
 
     bare = tmp_path / "bare"

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from keras import layers
 
-from pneumo.model import explain
 from pneumo.core.card import ModelCard
 from pneumo.data.pixels import to_uint8
+from pneumo.model import explain
 from pneumo.model.loading import LoadedModel
 
 SIZE = 48
@@ -143,8 +143,9 @@ def test_a_nested_target_with_a_bypassing_connection_is_reachable() -> None:
 
 @pytest.mark.parametrize("method", explain.METHODS)
 @pytest.mark.parametrize("target", [0, 1])
-def test_compiled_maps_equal_the_tf_keras_vis_reference(flat_model: LoadedModel, nested_model: LoadedModel,
-                                                        method: str, target: int) -> None:
+def test_compiled_maps_equal_the_tf_keras_vis_reference(
+    flat_model: LoadedModel, nested_model: LoadedModel, method: str, target: int
+) -> None:
     x, _, _ = _blob_data(4, np.random.default_rng(3))
     for loaded in (flat_model, nested_model):
         for img in x:

@@ -99,20 +99,33 @@ def test_a_model_that_reads_the_frame_carries_a_caution_and_an_invariant_one_doe
     assert steady["cautions"] == [] and steady["worst_in_range"]["specificity_range"] == 0.0
 
 
-@pytest.mark.parametrize(("drop", "zoom", "cautioned"), [(0.06, 1.3, True), (0.04, 1.3, False), (0.2, 1.45, False),
-                                                         (0.06, 0.85, True), (0.3, 0.8, False)])
-def test_caution_only_for_a_drop_beyond_the_tolerance_inside_the_watched_zooms(drop: float, zoom: float,
-                                                                             cautioned: bool) -> None:
-    rows = [{"family": "zoom", "zoom": 1.0, "sensitivity": 0.97, "specificity": 0.95},
-            {"family": "zoom", "zoom": zoom, "sensitivity": 0.97, "specificity": 0.95 - drop}]
+@pytest.mark.parametrize(
+    ("drop", "zoom", "cautioned"),
+    [(0.06, 1.3, True), (0.04, 1.3, False), (0.2, 1.45, False), (0.06, 0.85, True), (0.3, 0.8, False)],
+)
+def test_caution_only_for_a_drop_beyond_the_tolerance_inside_the_watched_zooms(
+    drop: float, zoom: float, cautioned: bool
+) -> None:
+    rows = [
+        {"family": "zoom", "zoom": 1.0, "sensitivity": 0.97, "specificity": 0.95},
+        {"family": "zoom", "zoom": zoom, "sensitivity": 0.97, "specificity": 0.95 - drop},
+    ]
     assert bool(F.framing_cautions(rows, rows[0])) is cautioned
 
 
 def test_card_shows_framing_cautions_and_refuses_a_malformed_block(tmp_path: Path) -> None:
     card = ModelCard.default("m")
-    card.validation = {"n": 5000, "sensitivity": 0.97, "specificity": 0.95,
-                       "bootstrap_95": {"roc_auc": {"low": 0.99, "high": 0.995}}}
-    card.shift_checks["framing"] = {"conditions": [], "stress": [], "cautions": ["framing: specificity 0.71 at zoom 1.3×"]}
+    card.validation = {
+        "n": 5000,
+        "sensitivity": 0.97,
+        "specificity": 0.95,
+        "bootstrap_95": {"roc_auc": {"low": 0.99, "high": 0.995}},
+    }
+    card.shift_checks["framing"] = {
+        "conditions": [],
+        "stress": [],
+        "cautions": ["framing: specificity 0.71 at zoom 1.3×"],
+    }
     assert card.cautions() == ["framing: specificity 0.71 at zoom 1.3×"]
     path = tmp_path / "card.json"
     card.write(path)
@@ -124,8 +137,9 @@ def test_card_shows_framing_cautions_and_refuses_a_malformed_block(tmp_path: Pat
         ModelCard.read(path)
 
 
-def test_training_records_the_sweep_and_sweep_command_recomputes_it(tiny_run: Path, tmp_path: Path,
-                                                                    capsys: pytest.CaptureFixture) -> None:
+def test_training_records_the_sweep_and_sweep_command_recomputes_it(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     from pneumo.cli import main
 
     checks = json.loads((tiny_run / "checks.json").read_text())

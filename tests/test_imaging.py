@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumo.data.pixels import InvalidImageError
 from pneumo.data.decode import load_image, load_xray, sniff_format
+from pneumo.data.pixels import InvalidImageError
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -103,8 +103,14 @@ def test_missing_path_and_folder(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- DICOM
 
 
-def _dicom(pixels: np.ndarray | None, photometric: str = "MONOCHROME2", window: tuple[float, float] | None = None,
-           slope: float = 1.0, intercept: float = 0.0, syntax: str | None = None) -> bytes:
+def _dicom(
+    pixels: np.ndarray | None,
+    photometric: str = "MONOCHROME2",
+    window: tuple[float, float] | None = None,
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    syntax: str | None = None,
+) -> bytes:
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
@@ -289,8 +295,15 @@ def _film(size: int = 1024, seed: int = 0) -> np.ndarray:
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
 
 
-def _dicom_with(rows: int, cols: int, pixel: bytes, samples: int = 1, bits: int = 16, syntax: str | None = None,
-                keyword: str = "PixelData") -> bytes:
+def _dicom_with(
+    rows: int,
+    cols: int,
+    pixel: bytes,
+    samples: int = 1,
+    bits: int = 16,
+    syntax: str | None = None,
+    keyword: str = "PixelData",
+) -> bytes:
     """A minimal secondary-capture DICOM holding `pixel` as its pixel element, whatever it declares."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import UID, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -348,8 +361,12 @@ def _deflated(rows: int, cols: int, zeros_before_pixels: int = 0) -> bytes:
     block = 4 * 2**20
     segment = comp.compress(bytes(block)) + comp.flush(zlib.Z_FULL_FLUSH)
     for n, after in [*runs, (0, b"\xe0\x7f\x10\x00OW\0\0" + struct.pack("<I", pixels)), (pixels, b"")]:
-        parts.append(segment * (n // block) + comp.compress(bytes(n % block)) + comp.compress(after)
-                     + comp.flush(zlib.Z_FULL_FLUSH))
+        parts.append(
+            segment * (n // block)
+            + comp.compress(bytes(n % block))
+            + comp.compress(after)
+            + comp.flush(zlib.Z_FULL_FLUSH)
+        )
     parts.append(comp.flush())
     return b"".join(parts)
 
@@ -380,8 +397,12 @@ def _png_declaring(width: int, height: int, raw: bytes) -> bytes:
     import struct
     import zlib
 
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + _png_chunk(b"IDAT", zlib.compress(raw, 9)) + _png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + _png_chunk(b"IDAT", zlib.compress(raw, 9))
+        + _png_chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_declaring(width: int, height: int) -> bytes:
@@ -403,21 +424,30 @@ BOMBS = {
     # 288 MB of deflated zeros in ~300 kB: refused at the header, before the pixel data inflates.
     "deflated DICOM 12000x12000": (lambda: _deflated(12000, 12000), "too large"),
     # 100 MB of zeros in a private element before a 64×64 image: the inflation cap stops it.
-    "deflated DICOM with a 100 MB private element": (lambda: _deflated(64, 64, zeros_before_pixels=100_000_000),
-                                                     "inflates past"),
+    "deflated DICOM with a 100 MB private element": (
+        lambda: _deflated(64, 64, zeros_before_pixels=100_000_000),
+        "inflates past",
+    ),
     # 17.6 MP passes a pixel count, but 3 samples × 16 bits make it 106 MB of pixels.
     "16-bit RGB DICOM 4200x4200 (RLE)": (lambda: _rle_rgb16(4200), "MB of pixel data exceeds"),
-    "PNG declaring 7000x7000 in 400 bytes": (lambda: _png_declaring(7000, 7000, b"\0" + bytes(range(256)) * 27),
-                                             "truncated PNG"),
+    "PNG declaring 7000x7000 in 400 bytes": (
+        lambda: _png_declaring(7000, 7000, b"\0" + bytes(range(256)) * 27),
+        "truncated PNG",
+    ),
     "JPEG declaring 7000x7000 in 600 bytes": (lambda: _jpeg_declaring(7000, 7000), "truncated JPEG"),
     "JPEG cut at 60 % with an end-of-image marker": (_cut_jpeg, "truncated JPEG"),
-    "PNG 200000x32": (lambda: _png_declaring(200_000, 32, (b"\0" + bytes(range(256)) * 782)[:200_001] * 32),
-                      "extreme aspect ratio"),
+    "PNG 200000x32": (
+        lambda: _png_declaring(200_000, 32, (b"\0" + bytes(range(256)) * 782)[:200_001] * 32),
+        "extreme aspect ratio",
+    ),
     "near-black film": (lambda: _encode(Image.fromarray((_film() // 40).astype(np.uint8)), "PNG"), "near-constant"),
     # Not a bomb: float pixels decode (the memory check covers their 8-byte samples too).
     "double float pixel DICOM 384x384": (
-        lambda: _dicom_with(384, 384, np.tile(np.linspace(-1, 1, 384), (384, 1)).tobytes(), bits=64,
-                            keyword="DoubleFloatPixelData"), None),
+        lambda: _dicom_with(
+            384, 384, np.tile(np.linspace(-1, 1, 384), (384, 1)).tobytes(), bits=64, keyword="DoubleFloatPixelData"
+        ),
+        None,
+    ),
 }
 
 
@@ -489,8 +519,10 @@ for path in sys.argv[2:]:
 PEAK_BOUND_MB = 64
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists() or not hasattr(__import__("os"), "fork"),
-                    reason="peak RSS is read from Linux /proc")
+@pytest.mark.skipif(
+    not Path("/proc/self/status").exists() or not hasattr(__import__("os"), "fork"),
+    reason="peak RSS is read from Linux /proc",
+)
 def test_bomb_peak_memory_is_bounded(bomb_files: dict[str, Path], tmp_path: Path) -> None:
     import json
     import subprocess
@@ -499,8 +531,13 @@ def test_bomb_peak_memory_is_bounded(bomb_files: dict[str, Path], tmp_path: Path
     valid = tmp_path / "valid.dcm"
     valid.write_bytes(_dicom(_ramp()))
     names = {str(path): name for name, path in bomb_files.items()}
-    run = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, str(valid), *names], capture_output=True, text=True,
-                         timeout=300, cwd=Path(__file__).resolve().parents[1])
+    run = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, str(valid), *names],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     results = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     assert len(results) == len(names)
@@ -544,19 +581,24 @@ def test_native_pixel_data_shorter_than_declared_is_truncated() -> None:
     ds.Rows = 128  # declares 128×64 over 64×64 pixels
     buf = io.BytesIO()
     ds.save_as(buf)
-    with pytest.raises(InvalidImageError, match="truncated DICOM: the pixel data holds 8,192 bytes, the header declares 16,384"):
+    with pytest.raises(
+        InvalidImageError, match="truncated DICOM: the pixel data holds 8,192 bytes, the header declares 16,384"
+    ):
         load_xray(buf.getvalue(), name="short.dcm")
 
 
 def test_declared_size_counts_frames_samples_and_bits() -> None:
     # 3000×3000 passes the pixel count at a 10 MP limit, but 3 samples of 16 bits are 54 MB, over 20 MB.
     data = _dicom_with(3000, 3000, b"\0\0", samples=3)
-    with pytest.raises(InvalidImageError, match=r"3 sample\(s\) × 16 bits = 54 MB of pixel data exceeds the 20 MB limit"):
+    with pytest.raises(
+        InvalidImageError, match=r"3 sample\(s\) × 16 bits = 54 MB of pixel data exceeds the 20 MB limit"
+    ):
         load_xray(data, name="rgb16.dcm", max_pixels=10_000_000)
 
 
-@pytest.mark.parametrize("keyword, bits, dtype", [("FloatPixelData", 32, np.float32),
-                                                  ("DoubleFloatPixelData", 64, np.float64)])
+@pytest.mark.parametrize(
+    "keyword, bits, dtype", [("FloatPixelData", 32, np.float32), ("DoubleFloatPixelData", 64, np.float64)]
+)
 def test_float_pixel_data_is_decoded(keyword: str, bits: int, dtype: type) -> None:
     ramp = np.tile(np.linspace(-1000, 3000, 64), (64, 1)).astype(dtype)
     xray = load_xray(_dicom_with(64, 64, ramp.tobytes(), bits=bits, keyword=keyword), name="float.dcm")
@@ -576,21 +618,27 @@ def test_broken_window_note_reaches_the_reading(monkeypatch: pytest.MonkeyPatch)
     assert len(xray.warnings) == 1 and "window" in xray.warnings[0] and "ignored" in xray.warnings[0]
     assert "ignored" in xray.dicom["Windowing"]
     # predict.read puts the decoder's notes beside the input check's, in front of them.
-    monkeypatch.setattr(predict.quality, "inspect",
-                        lambda *a, **k: SimpleNamespace(warnings=["input check note"], assessable=True))
+    monkeypatch.setattr(
+        predict.quality, "inspect", lambda *a, **k: SimpleNamespace(warnings=["input check note"], assessable=True)
+    )
     loaded = SimpleNamespace(predict=lambda pixels: np.array([0.2]), threshold=0.5, density=None)
     reading = predict.read(loaded, _dicom(_ramp(), window=(2000, -5)), name="w-5.dcm")
-    assert reading.error is None and reading.warnings[0] == load_xray(
-        _dicom(_ramp(), window=(2000, -5))).warnings[0] and reading.warnings[1] == "input check note"
+    assert (
+        reading.error is None
+        and reading.warnings[0] == load_xray(_dicom(_ramp(), window=(2000, -5))).warnings[0]
+        and reading.warnings[1] == "input check note"
+    )
 
 
 # ---------------------------------------------------------------- Pillow formats: bytes present, completeness
 
 
-@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True}, {"restart_marker_blocks": 4},
-                                     {"subsampling": 0}])
-@pytest.mark.parametrize("tail", [b"\xff\xd9", b"\xff\xd9\xff\xd9", b"\xff\xd0\xff\xd1\xff\xd9",
-                                  b"\xff\xfe\x00\x04ab\xff\xd9"])
+@pytest.mark.parametrize(
+    "options", [{}, {"progressive": True}, {"optimize": True}, {"restart_marker_blocks": 4}, {"subsampling": 0}]
+)
+@pytest.mark.parametrize(
+    "tail", [b"\xff\xd9", b"\xff\xd9\xff\xd9", b"\xff\xd0\xff\xd1\xff\xd9", b"\xff\xfe\x00\x04ab\xff\xd9"]
+)
 def test_cut_jpeg_is_refused_whatever_marker_follows(options: dict, tail: bytes) -> None:
     for mode in ("L", "RGB"):
         data = _encode(Image.fromarray(_film(256)).convert(mode), "JPEG", quality=90, **options)
@@ -651,7 +699,7 @@ def test_near_constant_film_is_refused_and_a_dim_real_one_kept() -> None:
         load_xray(_encode(Image.fromarray(black), "PNG"), name="black.png")
     dim = (film // 4).astype(np.uint8)  # an underexposed film: 0..63 of 255, anatomy still visible
     assert load_xray(_encode(Image.fromarray(dim), "PNG"), name="dim.png").pixels.max() < 0.3
-    sixteen = (film.astype(np.uint16) * 4 + 30000)  # 16-bit, scaled by min-max: contrast is relative
+    sixteen = film.astype(np.uint16) * 4 + 30000  # 16-bit, scaled by min-max: contrast is relative
     assert load_xray(_encode(Image.fromarray(sixteen), "PNG"), name="16.png").pixels.max() == pytest.approx(1.0)
 
 
@@ -697,13 +745,13 @@ def test_odd_header_values_are_not_echoed_in_warnings_and_other_warnings_still_s
             load_xray(odd, name="odd.dcm")
         except InvalidImageError:
             pass  # refused or decoded, either is fine: what was said on the way is the point
-        warnings.warn("a warning of pneumo's own", UserWarning)
+        warnings.warn("a warning of pneumo's own", UserWarning, stacklevel=1)
     messages = [str(w.message) for w in caught]
     assert messages == ["a warning of pneumo's own"], messages
     # The value did reach pydicom's validator: outside the decoder the same file warns, quoting it.
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        pydicom.dcmread(io.BytesIO(odd)).file_meta.TransferSyntaxUID
+        _ = pydicom.dcmread(io.BytesIO(odd)).file_meta.TransferSyntaxUID
     assert any("Secret" in str(w.message) for w in caught)
 
 
@@ -729,6 +777,7 @@ def test_file_meta_reader_finds_the_transfer_syntax_in_explicit_and_implicit_vr_
             found = _file_meta(fp)
         # pydicom notes the implicit VR (and this reader recovers from it); nothing else is said.
         assert [str(w.message) for w in caught] == (
-            ["Expected explicit VR, but found implicit VR - using implicit VR for reading"] if implicit else [])
+            ["Expected explicit VR, but found implicit VR - using implicit VR for reading"] if implicit else []
+        )
         assert found.TransferSyntaxUID == DeflatedExplicitVRLittleEndian, implicit
         assert fp.tell() == len(meta)  # left at the first element after the meta group

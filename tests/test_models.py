@@ -27,7 +27,9 @@ def test_unknown_architecture() -> None:
         A.build_model("vgg99")
 
 
-def test_imagenet_weights_without_network_explain_how_to_supply_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_imagenet_weights_without_network_explain_how_to_supply_them(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import keras
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
@@ -114,7 +116,9 @@ def test_serving_cache_is_bounded_shared_by_copies_and_cleared_in_one_call(tmp_p
     img = np.random.default_rng(1).random((60, 50)).astype("float32")
     loaded.predict(img)
     forward = loaded._forward
-    copy = dataclasses.replace(loaded, operating_point="site")  # what pneumo.evaluation.site.apply_operating_point makes
+    copy = dataclasses.replace(
+        loaded, operating_point="site"
+    )  # what pneumo.evaluation.site.apply_operating_point makes
     assert copy._forward is forward and copy.density is loaded.density
     np.testing.assert_allclose(loaded.member_probabilities(img)[:, 0], loaded.predict(img), atol=1e-6)
     assert {"forward", "members", "density"} <= set(loaded.cache.keys())

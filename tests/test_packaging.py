@@ -15,7 +15,9 @@ except ImportError:  # Python 3.10
 def _names(specs: list[str]) -> set[str]:
     import re
 
-    return {re.split(r"[<>=\[ ;]", s.strip(), maxsplit=1)[0].lower() for s in specs if s.strip() and not s.startswith("#")}
+    return {
+        re.split(r"[<>=\[ ;]", s.strip(), maxsplit=1)[0].lower() for s in specs if s.strip() and not s.startswith("#")
+    }
 
 
 def test_cloud_requirements_match_pyproject_with_cpu_tensorflow() -> None:
@@ -26,8 +28,19 @@ def test_cloud_requirements_match_pyproject_with_cpu_tensorflow() -> None:
 
 
 def test_shipped_model_files_present_and_small() -> None:
-    for name in ("model.keras", "model.onnx", "gradcam.onnx", "onnx_probe.json", "card.json", "oof_predictions.csv",
-                 "history.json", "ood.npz", "drift_reference.npz", "image_hashes.json", "EXPERIMENTS.md"):
+    for name in (
+        "model.keras",
+        "model.onnx",
+        "gradcam.onnx",
+        "onnx_probe.json",
+        "card.json",
+        "oof_predictions.csv",
+        "history.json",
+        "ood.npz",
+        "drift_reference.npz",
+        "image_hashes.json",
+        "EXPERIMENTS.md",
+    ):
         assert (ROOT / "models" / name).exists(), name
     # The budget is for everything shipped with the model, not the Keras file alone.
     assert sum(f.stat().st_size for f in (ROOT / "models").iterdir()) <= 30 * 2**20

@@ -14,8 +14,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,8 +65,9 @@ def _pacs(url: str, timeout: float = 30.0) -> Any:
 def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
     env.pop("PNEUMO_PACS_URL", None)  # the server is always named on the command line here
-    return subprocess.run([sys.executable, "-m", "pneumo", *args], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pneumo", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout
+    )
 
 
 def _dataset(raw: bytes) -> Any:
@@ -111,8 +113,17 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
     import cv2
     from pydicom.uid import SecondaryCaptureImageStorage
 
-    from pneumo.integrations.pacs import (ALREADY, RESEARCH_USE, SC_SERIES_DESCRIPTION, SCHEME, SCREENED, SKIPPED,
-                             SR_SERIES_DESCRIPTION, operating_point, screen_studies)
+    from pneumo.integrations.pacs import (
+        ALREADY,
+        RESEARCH_USE,
+        SC_SERIES_DESCRIPTION,
+        SCHEME,
+        SCREENED,
+        SKIPPED,
+        SR_SERIES_DESCRIPTION,
+        operating_point,
+        screen_studies,
+    )
     from pneumo.model.reading import card_hash, read
 
     server, report = orthanc
@@ -154,8 +165,12 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
     assert items["RESEARCH"][0].TextValue == RESEARCH_USE
     assert [w.TextValue for w in items.get("WARNING", [])] == expected.warnings
     assert all(i.ConceptNameCodeSequence[0].CodingSchemeDesignator == SCHEME for i in items["DECISION"])
-    evidence = {r.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-                for se in s.ReferencedSeriesSequence for r in se.ReferencedSOPSequence}
+    evidence = {
+        r.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for se in s.ReferencedSeriesSequence
+        for r in se.ReferencedSOPSequence
+    }
     assert {result.sop_uid, result.stored["sc"]} <= evidence
 
     # The Secondary Capture opens as an RGB image referencing its source, with the red banner on top.
@@ -165,13 +180,16 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == result.sop_uid
     pixels = sc.pixel_array
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3 and min(pixels.shape[:2]) >= 512
-    banner = pixels[2:6, pixels.shape[1] // 4: pixels.shape[1] // 3].reshape(-1, 3).mean(axis=0)
+    banner = pixels[2:6, pixels.shape[1] // 4 : pixels.shape[1] // 3].reshape(-1, 3).mean(axis=0)
     assert banner[0] > 120 and banner[1] < 60 and banner[2] < 60  # red research-use band
     assert float(pixels[..., 0].std()) > 10 and (np.abs(pixels[..., 0].astype(int) - pixels[..., 2]) > 40).mean() > 0.01
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(ARTIFACTS / "secondary_capture.png"), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR))
-    (ARTIFACTS / "timing.json").write_text(json.dumps({"one_study_screen_and_push_s": round(seconds, 3),
-                                                       "images_screened": 1, "first_in_process": True}, indent=2))
+    (ARTIFACTS / "timing.json").write_text(
+        json.dumps(
+            {"one_study_screen_and_push_s": round(seconds, 3), "images_screened": 1, "first_in_process": True}, indent=2
+        )
+    )
 
     # A second screen reads nothing again and stores nothing, and reports the stored reading.
     before = _study_instances(pacs, study)
@@ -215,7 +233,11 @@ def test_resume_and_unscreened_search(orthanc: tuple[Any, Any], loaded: Any, mon
     assert [r.status for r in resumed.results] == [ALREADY, SCREENED]
     assert resumed.results[0].stored == done.results[0].stored
     size = (loaded.input_size, loaded.input_size)
-    assert not drift or seen[-1] == (1, size, [resumed.results[1].probability]) and resumed.drift_note == "shifted batch (test double)"
+    assert (
+        not drift
+        or seen[-1] == (1, size, [resumed.results[1].probability])
+        and resumed.drift_note == "shifted batch (test double)"
+    )
 
 
 def test_screen_then_send_results_as_the_app_does(orthanc: tuple[Any, Any], loaded: Any) -> None:
@@ -233,7 +255,9 @@ def test_screen_then_send_results_as_the_app_does(orthanc: tuple[Any, Any], load
     # keep_pixels keeps the very film that was scored: the model gives its score back on those pixels.
     assert result.reading.probability == pytest.approx(float(loaded.predict(result.reading.xray.pixels)[0]), abs=1e-6)
     before = len(_study_instances(pacs, study))
-    assert send_results(pacs, loaded, run.results) == [] and set(result.stored) <= {"sr", "sc"} and "sr" in result.stored
+    assert (
+        send_results(pacs, loaded, run.results) == [] and set(result.stored) <= {"sr", "sc"} and "sr" in result.stored
+    )
     assert len(_study_instances(pacs, study)) == before + len(result.stored)
     assert send_results(pacs, loaded, run.results) == []  # sent once only
     assert len(_study_instances(pacs, study)) == before + len(result.stored)
@@ -246,8 +270,19 @@ def test_cli_screen_json_contract(orthanc: tuple[Any, Any]) -> None:
     out = _cli("pacs", "screen", "--url", server.dicomweb_url, "--study", study, "--push", "--json")
     assert out.returncode == 0, out.stderr
     entries = json.loads(out.stdout)
-    keys = {"study", "series", "instance", "path", "probability", "prediction", "threshold", "operating_point",
-            "warnings", "error", "stored"}
+    keys = {
+        "study",
+        "series",
+        "instance",
+        "path",
+        "probability",
+        "prediction",
+        "threshold",
+        "operating_point",
+        "warnings",
+        "error",
+        "stored",
+    }
     assert len(entries) == 1 and keys <= set(entries[0])
     entry = entries[0]
     assert entry["study"] == study and entry["status"] == "screened" and entry["error"] is None
@@ -259,7 +294,13 @@ def test_cli_screen_json_contract(orthanc: tuple[Any, Any]) -> None:
     here = read(load_model(), raw, name="instance.dcm")
     assert entry["probability"] == pytest.approx(here.probability, abs=1e-5)
     t = entry["threshold"]
-    rule = "UNCERTAIN — review" if abs(entry["probability"] - t) < 0.05 else "PNEUMONIA" if entry["probability"] >= t else "NORMAL"
+    rule = (
+        "UNCERTAIN — review"
+        if abs(entry["probability"] - t) < 0.05
+        else "PNEUMONIA"
+        if entry["probability"] >= t
+        else "NORMAL"
+    )
     assert entry["prediction"] == rule  # the README's rule: ±0.05 around the threshold is a second look
     assert set(entry["stored"]) == {"sr", "sc"} and entry["path"].endswith(f"/instances/{entry['instance']}")
     again = _cli("pacs", "screen", "--url", server.dicomweb_url, "--study", study, "--json")
@@ -271,12 +312,23 @@ def test_cli_watch_polls_and_screens(orthanc: tuple[Any, Any]) -> None:
     from pneumo.integrations.pacs_server import FIRST_STUDY_DATE
 
     server, report = orthanc
-    last = (FIRST_STUDY_DATE.toordinal() + len(report.studies) - 1)
+    last = FIRST_STUDY_DATE.toordinal() + len(report.studies) - 1
     from datetime import date
 
     since = date.fromordinal(last).strftime("%Y%m%d")  # the newest study only
-    out = _cli("pacs", "watch", "--url", server.dicomweb_url, "--since", since, "--interval", "0.1", "--max-polls", "2",
-               "--json")
+    out = _cli(
+        "pacs",
+        "watch",
+        "--url",
+        server.dicomweb_url,
+        "--since",
+        since,
+        "--interval",
+        "0.1",
+        "--max-polls",
+        "2",
+        "--json",
+    )
     assert out.returncode == 0, out.stderr
     lines = [json.loads(line) for line in out.stdout.splitlines() if line.strip()]
     # First poll screens the study; the second finds nothing new to read (the loop remembers it).
@@ -349,8 +401,7 @@ def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded
     from pneumo.integrations.pacs_server import seed, start_orthanc
 
     lua = tmp_path / "reject_sr.lua"
-    lua.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n"
-                   "  return dicom.Modality ~= 'SR'\nend\n")
+    lua.write_text("function ReceivedInstanceFilter(dicom, origin, info)\n  return dicom.Modality ~= 'SR'\nend\n")
     with start_orthanc(free_ports()[0], workdir=tmp_path / "orthanc", lua_scripts=[str(lua)]) as server:
         study = seed(server.dicomweb_url, limit=2).studies[1]
         run = screen_studies(_pacs(server.dicomweb_url), loaded, [study], push=True)
@@ -377,7 +428,9 @@ def test_views_are_picked_as_a_department_would() -> None:
     def meta(**values: Any) -> dict[str, Any]:
         from pydicom.datadict import tag_for_keyword
 
-        return {f"{tag_for_keyword(k):08X}": {"Value": [v] if not isinstance(v, list) else v} for k, v in values.items()}
+        return {
+            f"{tag_for_keyword(k):08X}": {"Value": [v] if not isinstance(v, list) else v} for k, v in values.items()
+        }
 
     cr = "1.2.840.10008.5.1.4.1.1.1"
     assert classify(meta(Modality="CR", SOPClassUID=cr, ViewPosition="PA")) == ("frontal", None)
@@ -385,8 +438,10 @@ def test_views_are_picked_as_a_department_would() -> None:
     assert "lateral" in classify(meta(Modality="CR", SOPClassUID=cr, ViewPosition="LL"))[1]
     assert "lateral" in classify(meta(Modality="CR", SOPClassUID=cr, SeriesDescription="CHEST LAT"))[1]
     assert "not recorded" in classify(meta(Modality="CR", SOPClassUID=cr, SeriesDescription="CHEST"))[1]
-    assert "for-processing" in classify(meta(Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1.1",
-                                             ViewPosition="PA"))[1]
+    assert (
+        "for-processing"
+        in classify(meta(Modality="DX", SOPClassUID="1.2.840.10008.5.1.4.1.1.1.1.1", ViewPosition="PA"))[1]
+    )
     assert "body part" in classify(meta(Modality="CR", SOPClassUID=cr, ViewPosition="PA", BodyPartExamined="HAND"))[1]
     assert "decubitus" in classify(meta(Modality="CR", SOPClassUID=cr, ViewPosition="LLD"))[1]
     assert classify(meta(Modality="SR", SOPClassUID="1.2.840.10008.5.1.4.1.1.88.22")) is None

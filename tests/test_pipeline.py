@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumo.training import pipeline as P
 from pneumo.data.collection import scan
+from pneumo.training import pipeline as P
 from tests.conftest import make_folder, synthetic_xray
 
 
@@ -21,8 +21,9 @@ def test_make_dataset_batches_and_augments(tmp_path: Path) -> None:
     x = np.concatenate([b[0].numpy() for b in batches])
     assert x.shape == (10, 32, 32, 1)
     # Without training: the films in the frame's order, each its PNG / 255 averaged over 2×2 blocks (64 → 32).
-    expected = np.stack([np.asarray(Image.open(p), np.float64).reshape(32, 2, 32, 2).mean(axis=(1, 3)) / 255.0
-                         for p in frame["path"]])
+    expected = np.stack(
+        [np.asarray(Image.open(p), np.float64).reshape(32, 2, 32, 2).mean(axis=(1, 3)) / 255.0 for p in frame["path"]]
+    )
     np.testing.assert_allclose(x[..., 0], expected, atol=1e-5, rtol=0)
     np.testing.assert_array_equal(np.concatenate([b[1].numpy() for b in batches]), frame["label"].to_numpy())
     aug = P.make_dataset(frame, 32, batch_size=10, training=True, augmentation=P.Augmentation(), seed=1)
@@ -94,7 +95,8 @@ def test_working_resolution_augmentation_feeds_the_full_size_in_pooled_blocks(tm
     from pneumo.training import pipeline as P
 
     frame = D.scan(make_folder(tmp_path / "d", n_per_class=4, size=64)).frame.assign(
-        path=lambda f: f["path"].astype(str))
+        path=lambda f: f["path"].astype(str)
+    )
     ds = P.make_dataset(frame, 64, 4, training=True, augmentation=P.Augmentation.preset("shift"), augment_size=32)
     x = next(iter(ds))[0].numpy()
     assert x.shape == (4, 64, 64, 1)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo.model import reading as predict
 from pneumo.integrations import report
+from pneumo.model import reading as predict
 from pneumo.model.loading import load_model
 from tests.conftest import synthetic_xray, write_png
 
@@ -28,7 +28,16 @@ def test_worklist_puts_rejected_and_warned_first_then_highest_probability(tiny_r
     assert list(table["item"][:2]) == [4, 2]  # the rejected file, then the warned one
     rest = table["probability"][2:].tolist()
     assert rest == sorted(rest, reverse=True)
-    assert set(table.columns) >= {"path", "probability", "decision", "warnings", "threshold", "model", "card_sha256_12", "time"}
+    assert set(table.columns) >= {
+        "path",
+        "probability",
+        "decision",
+        "warnings",
+        "threshold",
+        "model",
+        "card_sha256_12",
+        "time",
+    }
     assert table["threshold"].iloc[0] == loaded.threshold and len(table["card_sha256_12"].iloc[0]) == 12
     before = predict.card_hash(loaded)
     loaded.card.threshold = 0.123
@@ -37,8 +46,9 @@ def test_worklist_puts_rejected_and_warned_first_then_highest_probability(tiny_r
 
 def test_study_report_renders_every_readable_image(tiny_run: Path, tmp_path: Path) -> None:
     loaded, readings = _readings(tiny_run, tmp_path)
-    loaded.card.external_evaluations.append({"name": "normals only", "n": 5, "roc_auc": None, "sensitivity": None,
-                                             "specificity": 0.8, "threshold": 0.5})
+    loaded.card.external_evaluations.append(
+        {"name": "normals only", "n": 5, "roc_auc": None, "sensitivity": None, "specificity": 0.8, "threshold": 0.5}
+    )
     pdf = report.study_pdf(readings, loaded)
     assert pdf.startswith(b"%PDF")
     if shutil.which("pdftoppm"):
@@ -54,18 +64,25 @@ def test_a_packed_reading_keeps_an_8_bit_film_and_unpacks_to_fresh_notes() -> No
     from pneumo.data.decode import XRay
 
     film = np.random.default_rng(0).random((40, 30)).astype(np.float32)
-    reading = predict.Reading("a.png", XRay(film, "a.png", "PNG", (40, 30), warnings=["window"]), 0.7,
-                              predict.PNEUMONIA, warnings=["note"])
+    reading = predict.Reading(
+        "a.png", XRay(film, "a.png", "PNG", (40, 30), warnings=["window"]), 0.7, predict.PNEUMONIA, warnings=["note"]
+    )
     packed = predict.pack(reading)
     assert packed.xray.pixels.dtype == np.uint8 and packed.xray.pixels.nbytes * 4 == film.nbytes
     assert predict.pack(packed) is packed
     # Repeats are found on packed films: the same pixel hash as the float film's.
     from pneumo.data.collection import pixel_hash
+
     assert pixel_hash(packed.xray.pixels) == pixel_hash(film) != pixel_hash(film[::-1])
     again = predict.unpack(packed)
     assert again.xray.pixels.dtype == np.float32
     assert np.abs(again.xray.pixels - film).max() <= 0.5 / 255 + 1e-6
-    assert (again.probability, again.decision, again.warnings, again.xray.warnings) == (0.7, predict.PNEUMONIA, ["note"], ["window"])
+    assert (again.probability, again.decision, again.warnings, again.xray.warnings) == (
+        0.7,
+        predict.PNEUMONIA,
+        ["note"],
+        ["window"],
+    )
     again.warnings.append("repeats item 1")
     again.xray.warnings.append("other")
     assert packed.warnings == ["note"] and packed.xray.warnings == ["window"]
@@ -78,16 +95,20 @@ def test_wrong_inputs_get_no_decision_and_a_turned_film_is_named_by_its_turn(tmp
     film as it is gets a decision; the rest are NOT ASSESSABLE with their probability still listed, each
     named by what is wrong with it (np.rot90 turns a film counter-clockwise on screen). The same rule
     reaches the worklist CSV and the PDF."""
-    from pneumo.data.collection import read_item
     from pneumo.app.settings import SAMPLES_DIR
+    from pneumo.data.collection import read_item
     from tests.conftest import ROOT
     from tests.test_report import _pdf_text
 
     loaded = load_model(ROOT / "models")
     film = read_item(str(sorted(SAMPLES_DIR.glob("NORMAL/*.jpeg"))[0]))
-    sent = {"as it is": film, "looks inverted": 1.0 - film, "looks turned 90° counter-clockwise": np.rot90(film, 1),
-            "looks turned 90° clockwise": np.rot90(film, 3),
-            "unlike the films": np.random.default_rng(0).random(film.shape).astype(np.float32)}
+    sent = {
+        "as it is": film,
+        "looks inverted": 1.0 - film,
+        "looks turned 90° counter-clockwise": np.rot90(film, 1),
+        "looks turned 90° clockwise": np.rot90(film, 3),
+        "unlike the films": np.random.default_rng(0).random(film.shape).astype(np.float32),
+    }
     paths = [write_png(tmp_path / f"sent{i}.png", pixels) for i, pixels in enumerate(sent.values())]
     readings = [predict.read(loaded, str(path)) for path in paths]
     assert readings[0].decision == predict.NORMAL and readings[0].warnings == []

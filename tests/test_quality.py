@@ -66,8 +66,9 @@ def test_a_trained_run_checks_its_inputs(tiny_run: Path, tmp_path: Path) -> None
     assert np.mean(alarms) <= 0.25  # a 20-image calibration half on a one-epoch model: coarse, but bounded
     noise = np.random.default_rng(3).random((64, 64)).astype(np.float32)
     assert quality.check(loaded, noise, loaded.density)
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     photo = np.zeros((64, 64, 3), np.uint8)
     photo[..., 1] = 200

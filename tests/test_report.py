@@ -14,8 +14,8 @@ import pytest
 
 from pneumo.core.card import ModelCard
 from pneumo.data.decode import XRay
-from pneumo.model.reading import Reading, worklist
 from pneumo.integrations.report import _text, csv_safe, safe_csv, study_pdf
+from pneumo.model.reading import Reading, worklist
 
 HOSTILE_NAMES = [
     "[click](http://evil.example/x).png",
@@ -41,21 +41,33 @@ def _pdf_text(pdf: bytes) -> str:
 def _readings() -> list[Reading]:
     pixels = np.tile(np.linspace(0, 1, 64, dtype=np.float32), (64, 1))
     long_warning = "The film matches the held-out films poorly, so this score may not hold " * 4 + "END-OF-WARNING."
-    warned = Reading(HOSTILE_NAMES[0], XRay(pixels, HOSTILE_NAMES[0], "DICOM", (64, 64),
-                                            {"Body part": "**CHEST** [x](http://evil.example)"}),
-                     0.91, "PNEUMONIA", warnings=[long_warning])
-    rejected = [Reading(name, None, None, None, error="not an image: " + "unrecognised content " * 12 + "END-OF-ERROR.")
-                for name in HOSTILE_NAMES[1:]]
-    unicode_name = Reading("胸部 😀 \u202eexe.png\nProbability of pneumonia 0.010 - decision: NORMAL", None, None, None,
-                           error="empty file (0 bytes)")
+    warned = Reading(
+        HOSTILE_NAMES[0],
+        XRay(pixels, HOSTILE_NAMES[0], "DICOM", (64, 64), {"Body part": "**CHEST** [x](http://evil.example)"}),
+        0.91,
+        "PNEUMONIA",
+        warnings=[long_warning],
+    )
+    rejected = [
+        Reading(name, None, None, None, error="not an image: " + "unrecognised content " * 12 + "END-OF-ERROR.")
+        for name in HOSTILE_NAMES[1:]
+    ]
+    unicode_name = Reading(
+        "胸部 😀 \u202eexe.png\nProbability of pneumonia 0.010 - decision: NORMAL",
+        None,
+        None,
+        None,
+        error="empty file (0 bytes)",
+    )
     return [warned, *rejected, unicode_name]
 
 
 def test_pdf_prints_names_fields_and_card_text_as_plain_text() -> None:
     card = ModelCard.default("**model** [card](http://evil.example)")
     readings = _readings()
-    pdf = study_pdf(readings, SimpleNamespace(card=card, threshold=card.threshold),
-                    heatmaps={0: np.zeros((8, 8), np.float32)})
+    pdf = study_pdf(
+        readings, SimpleNamespace(card=card, threshold=card.threshold), heatmaps={0: np.zeros((8, 8), np.float32)}
+    )
     text = _pdf_text(pdf)
     assert b"/URI" not in pdf and b"/Annot" not in pdf  # no link anywhere, let alone a live one
     for name in HOSTILE_NAMES:
@@ -75,8 +87,9 @@ def test_text_keeps_every_character_visible_and_on_one_line() -> None:
     assert _text("Ünïcödé × 😀 \u202e") == "Ünïcödé x ? ?"
 
 
-@pytest.mark.parametrize("value", ["=1+1", "+1", "-2+3", "@SUM(A1:A9)", "\tx", "\rx", "\nx", " =HYPERLINK(\"x\")",
-                                   "=cmd|' /C calc'!A0"])
+@pytest.mark.parametrize(
+    "value", ["=1+1", "+1", "-2+3", "@SUM(A1:A9)", "\tx", "\rx", "\nx", ' =HYPERLINK("x")', "=cmd|' /C calc'!A0"]
+)
 def test_csv_safe_neutralises_formula_starts(value: str) -> None:
     assert csv_safe(value) == "'" + value
 
@@ -87,8 +100,10 @@ def test_csv_safe_leaves_other_cells_alone(value: object) -> None:
 
 
 def test_safe_csv_neutralises_text_cells_and_keeps_numbers() -> None:
-    readings = [Reading('=HYPERLINK("http://evil.example","ok").png', None, None, None, error="@SUM(1)"),
-                Reading("+fine, \"quoted\".png", None, 0.42, "NORMAL", warnings=["-looks negative"])]
+    readings = [
+        Reading('=HYPERLINK("http://evil.example","ok").png', None, None, None, error="@SUM(1)"),
+        Reading('+fine, "quoted".png', None, 0.42, "NORMAL", warnings=["-looks negative"]),
+    ]
     frame = worklist(readings, when="2026-01-01T00:00:00+00:00")
     frame["margin"] = [-0.5, 0.25]  # a negative number is a number, not a formula
     text = safe_csv(frame)
@@ -96,7 +111,7 @@ def test_safe_csv_neutralises_text_cells_and_keeps_numbers() -> None:
     by_item = {row["item"]: row for row in rows}
     assert by_item["1"]["path"] == '\'=HYPERLINK("http://evil.example","ok").png'
     assert by_item["1"]["error"] == "'@SUM(1)"
-    assert by_item["2"]["path"] == "'+fine, \"quoted\".png"  # the comma and quotes stay inside the cell
+    assert by_item["2"]["path"] == '\'+fine, "quoted".png'  # the comma and quotes stay inside the cell
     assert by_item["2"]["warnings"] == "'-looks negative"
     assert "\n2,\"'+fine" in text and ",-0.5\n" in text  # numbers unquoted and unprefixed
     back = pd.read_csv(io.StringIO(text))
@@ -111,9 +126,16 @@ def test_every_pdf_opens_with_the_models_cautions() -> None:
     sound = ModelCard.default("sound")
     sound.validation = {"n": 5216, "sensitivity": 0.97, "specificity": 0.98}
     readings = _readings()[:1]
-    texts = {card.name: _pdf_text(study_pdf(readings, SimpleNamespace(card=card, threshold=card.threshold),
-                                            heatmaps={0: np.zeros((8, 8), np.float32)}))
-             for card in (weak, sound)}
+    texts = {
+        card.name: _pdf_text(
+            study_pdf(
+                readings,
+                SimpleNamespace(card=card, threshold=card.threshold),
+                heatmaps={0: np.zeros((8, 8), np.float32)},
+            )
+        )
+        for card in (weak, sound)
+    }
     assert "CAUTION: this model validated on only 62 films" in texts["weak"]
     assert "CAUTION: this model specificity 0.00 at its own threshold" in texts["weak"]
     assert texts["weak"].index("CAUTION") < texts["weak"].index("Validation (")

@@ -86,7 +86,9 @@ def _run(root: Path, name: str, state: str = "finished", aucs: tuple = (0.7, 0.9
     files.atomic_write_json(d / "config.json", {"model": "compact_cnn", "epochs": 3})
     runs.write_status(d, state, started=f"2026-01-01T00:00:{len(name):02d}")
     for i, auc in enumerate(aucs):
-        files.append_jsonl(d / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": 3, "val_auc": auc, "seconds": 2.0})
+        files.append_jsonl(
+            d / "metrics.jsonl", {"type": "epoch", "epoch": i + 1, "epochs": 3, "val_auc": auc, "seconds": 2.0}
+        )
     if model:
         (d / "model.keras").write_bytes(b"weights")
     return d
@@ -95,7 +97,7 @@ def _run(root: Path, name: str, state: str = "finished", aucs: tuple = (0.7, 0.9
 def test_one_bad_file_marks_only_its_own_run_damaged(tmp_path: Path) -> None:
     from pneumo.app.settings import AppSettings
 
-    good = _run(tmp_path, "good")
+    _run(tmp_path, "good")
     _run(tmp_path, "number-line")
     with open(tmp_path / "number-line" / "metrics.jsonl", "a") as fh:
         fh.write("42\n")  # a bare number between records
@@ -114,8 +116,12 @@ def test_one_bad_file_marks_only_its_own_run_damaged(tmp_path: Path) -> None:
     assert listed["number-line"].state == "finished" and listed["number-line"].epochs_done == 3
     assert listed["number-line"].best_val_auc == 0.95 and "line 3" in listed["number-line"].damaged
     assert listed["text-auc"].best_val_auc == 0.9 and "val_auc must be a number" in listed["text-auc"].damaged
-    for name, reason in (("status-list", "status.json: a JSON list"), ("text-pid", "pid must be a process number"),
-                         ("config-list", "config.json: a JSON list"), ("deep-status", "nested too deeply")):
+    for name, reason in (
+        ("status-list", "status.json: a JSON list"),
+        ("text-pid", "pid must be a process number"),
+        ("config-list", "config.json: a JSON list"),
+        ("deep-status", "nested too deeply"),
+    ):
         assert listed[name].state == "damaged" and reason in listed[name].damaged, (name, listed[name].damaged)
     assert runs.kill(tmp_path / "text-pid") is False  # a text pid is never signalled
     choices = AppSettings(runs_dir=tmp_path, models_dir=tmp_path / "none").model_choices()
@@ -137,8 +143,22 @@ def test_a_huge_metrics_file_is_read_from_its_end_within_a_bound(tmp_path: Path)
     import time
     import tracemalloc
 
-    line = json.dumps({"type": "progress", "epoch": 1, "epochs": 2, "batch": 1, "batches": 9, "loss": 0.5,
-                       "eta_s": 1.0, "elapsed_s": 1.0, "pad": "x" * 400}) + "\n"
+    line = (
+        json.dumps(
+            {
+                "type": "progress",
+                "epoch": 1,
+                "epochs": 2,
+                "batch": 1,
+                "batches": 9,
+                "loss": 0.5,
+                "eta_s": 1.0,
+                "elapsed_s": 1.0,
+                "pad": "x" * 400,
+            }
+        )
+        + "\n"
+    )
     with open(tmp_path / "metrics.jsonl", "w") as fh:
         fh.write(line * (48 * 2**20 // len(line)))  # 48 MB of progress lines, then the epoch that matters
         fh.write(json.dumps({"type": "epoch", "epoch": 1, "epochs": 2, "val_auc": 0.8, "seconds": 3.0}) + "\n")
@@ -158,8 +178,9 @@ def test_a_huge_metrics_file_is_read_from_its_end_within_a_bound(tmp_path: Path)
 
 def test_a_queued_run_whose_pid_is_not_its_training_is_stale_and_stop_clears_it(tmp_path: Path) -> None:
     foreign = subprocess.Popen(["sleep", "60"])
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "pneumo", "train", "--out",
-                             str(tmp_path / "mine")])
+    ours = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", "-m", "pneumo", "train", "--out", str(tmp_path / "mine")]
+    )
     try:
         stale = _run(tmp_path, "stale", state="queued", aucs=(), model=False)
         runs.write_status(stale, "queued", pid=foreign.pid)
@@ -181,8 +202,8 @@ def test_a_queued_run_whose_pid_is_not_its_training_is_stale_and_stop_clears_it(
 def test_stored_predictions_are_validated_and_kept_inside_the_roots(tmp_path: Path) -> None:
     import threading
 
-    from pneumo.core.predictions import PredictionsError
     from pneumo.app.settings import AppSettings
+    from pneumo.core.predictions import PredictionsError
 
     root = tmp_path / "data"
     (root / "NORMAL").mkdir(parents=True)
@@ -194,8 +215,14 @@ def test_stored_predictions_are_validated_and_kept_inside_the_roots(tmp_path: Pa
     (root / "NORMAL" / "link.png").symlink_to(secret / "pipe")
     run = tmp_path / "runs" / "r"
     run.mkdir(parents=True)
-    rows = [(inside, 0, 0.1), (secret / "pipe", 1, 0.9), ("../../../secret/pipe", 1, 0.8),
-            (root / "NORMAL" / "link.png", 0, 0.2), (f"{root / 'mnist.npz'}::val::3", 1, ""), ("/etc/passwd", 0, 0.3)]
+    rows = [
+        (inside, 0, 0.1),
+        (secret / "pipe", 1, 0.9),
+        ("../../../secret/pipe", 1, 0.8),
+        (root / "NORMAL" / "link.png", 0, 0.2),
+        (f"{root / 'mnist.npz'}::val::3", 1, ""),
+        ("/etc/passwd", 0, 0.3),
+    ]
     csv = run / "val_predictions.csv"
     csv.write_text("path,label,probability,patient_id\n" + "".join(f"{p},{lab},{pr},x\n" for p, lab, pr in rows))
     cfg = AppSettings(data_roots=[root], runs_dir=tmp_path / "runs", models_dir=tmp_path / "models")
@@ -211,10 +238,12 @@ def test_stored_predictions_are_validated_and_kept_inside_the_roots(tmp_path: Pa
     assert cfg.resolve_inside_roots("../../../secret/pipe", base=run) is None
     assert cfg.resolve_inside_roots(inside) == inside.resolve()
 
-    for body, message in (("path,probability\nx,0.5\n", "missing column(s) label"),
-                          ("path,label,probability\nx,0,0.5\ny,sick,0.5\n", "row 3: label must be 0"),
-                          ("path,label,probability\nx,0,high\n", "row 2: probability must be a number"),
-                          ("path,label,probability\nx,0,1.5\n", "row 2: probability must be a number")):
+    for body, message in (
+        ("path,probability\nx,0.5\n", "missing column(s) label"),
+        ("path,label,probability\nx,0,0.5\ny,sick,0.5\n", "row 3: label must be 0"),
+        ("path,label,probability\nx,0,high\n", "row 2: probability must be a number"),
+        ("path,label,probability\nx,0,1.5\n", "row 2: probability must be a number"),
+    ):
         csv.write_text(body)
         with pytest.raises(PredictionsError, match=re.escape(message)) as caught:
             cfg.stored_predictions(csv)

@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo.evaluation import site
 from pneumo.core.card import CardError, ModelCard
+from pneumo.evaluation import site
 from tests.conftest import ROOT
 from tests.test_drift import SAMPLES, copy_model
 
@@ -116,19 +116,31 @@ def test_several_site_points_round_trip_through_the_card(tmp_path: Path) -> None
     assert points["ward A"]["target_recall"] == 0.98
     assert points["ward A"]["replaces"]["threshold"] == pytest.approx(site.figures("ward A", y, p, 0.95).threshold)
     assert points["ward A"]["threshold"] != points["ward A"]["replaces"]["threshold"]
-    for key in ("threshold", "rule", "n", "counts", "file_list_sha256_16", "date", "sensitivity_lower_95",
-                "specificity_lower_95", "leakage"):
+    for key in (
+        "threshold",
+        "rule",
+        "n",
+        "counts",
+        "file_list_sha256_16",
+        "date",
+        "sensitivity_lower_95",
+        "specificity_lower_95",
+        "leakage",
+    ):
         assert key in points["ward B"], key
     again = ModelCard.from_dict(json.loads(json.dumps(card.to_dict())), "again")
     assert again.site_operating_points == card.site_operating_points and again.threshold == card.threshold
 
 
-@pytest.mark.parametrize("points,message", [
-    ([{"name": "a", "threshold": 0.3}, {"name": "a", "threshold": 0.4}], "two site operating points"),
-    ([{"name": "a", "threshold": 1.5}], "threshold"),
-    ([{"threshold": 0.2}], "needs a name"),
-    ({"name": "a"}, "must be a JSON array"),
-])
+@pytest.mark.parametrize(
+    "points,message",
+    [
+        ([{"name": "a", "threshold": 0.3}, {"name": "a", "threshold": 0.4}], "two site operating points"),
+        ([{"name": "a", "threshold": 1.5}], "threshold"),
+        ([{"threshold": 0.2}], "needs a name"),
+        ({"name": "a"}, "must be a JSON array"),
+    ],
+)
 def test_a_bad_site_point_in_a_card_is_refused(points: object, message: str) -> None:
     with pytest.raises(CardError, match=message):
         ModelCard.from_dict({"threshold": 0.5, "site_operating_points": points})
@@ -144,7 +156,10 @@ def test_apply_operating_point_leaves_the_cached_model_alone(tmp_path: Path) -> 
     loaded = load_model(model)
     shipped = loaded.threshold
     ward = site.apply_operating_point(loaded, "ward")
-    assert ward.operating_point == "ward" and ward.threshold == ModelCard.read(model / "card.json").site_operating_points[0]["threshold"]
+    assert (
+        ward.operating_point == "ward"
+        and ward.threshold == ModelCard.read(model / "card.json").site_operating_points[0]["threshold"]
+    )
     assert loaded.threshold == shipped and loaded.operating_point == "shipped" and ward.engine is loaded.engine
     back = site.apply_operating_point(ward, "shipped")
     assert back.threshold == shipped and back.operating_point == "shipped"
@@ -168,12 +183,30 @@ def test_site_rule_on_a_stand_in_of_another_population() -> None:
 
 # ---------------------------------------------------------------------- the CLI
 
-def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+
+def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from pneumo.cli import main
 
     model = copy_model(tmp_path / "m")
-    assert main(["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9",
-                 "--name", "clinic", "--json"]) == 0
+    assert (
+        main(
+            [
+                "calibrate",
+                "--model",
+                str(model),
+                "--data",
+                str(SAMPLES),
+                "--target-recall",
+                "0.9",
+                "--name",
+                "clinic",
+                "--json",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert list(out)[:9] == list(site.SUMMARY_KEYS) and out["name"] == "clinic" and out["n"] == 48
@@ -192,17 +225,42 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(tmp_path: Pat
     assert main(["predict", "--model", str(model), "--json", sample]) == 0
     assert json.loads(capsys.readouterr().out)[0]["operating_point"] == "shipped"
 
-    assert main(["evaluate", "--model", str(model), "--data", str(SAMPLES), "--operating-point", "clinic",
-                 "--out", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--data",
+                str(SAMPLES),
+                "--operating-point",
+                "clinic",
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["operating_point"] == "clinic" and report["threshold"] == out["threshold"]
     assert "drift" in report
     capsys.readouterr()
-    for args in (["predict", "--model", str(model), "--operating-point", "nowhere", sample],
-                 ["evaluate", "--model", str(model), "--data", str(SAMPLES), "--operating-point", "nowhere",
-                  "--out", str(tmp_path / "x.json")],
-                 ["predict", "--model", str(model), "--operating-point", "clinic", "--threshold", "0.5", sample],
-                 ["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9", "--name", "shipped"]):
+    for args in (
+        ["predict", "--model", str(model), "--operating-point", "nowhere", sample],
+        [
+            "evaluate",
+            "--model",
+            str(model),
+            "--data",
+            str(SAMPLES),
+            "--operating-point",
+            "nowhere",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        ["predict", "--model", str(model), "--operating-point", "clinic", "--threshold", "0.5", sample],
+        ["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9", "--name", "shipped"],
+    ):
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1, err
@@ -216,8 +274,22 @@ def test_cli_calibrate_refuses_a_read_only_card(tmp_path: Path, capsys: pytest.C
     before = card.read_bytes()
     card.chmod(0o444)
     try:
-        assert main(["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9",
-                     "--name", "clinic"]) == 2
+        assert (
+            main(
+                [
+                    "calibrate",
+                    "--model",
+                    str(model),
+                    "--data",
+                    str(SAMPLES),
+                    "--target-recall",
+                    "0.9",
+                    "--name",
+                    "clinic",
+                ]
+            )
+            == 2
+        )
     finally:
         card.chmod(0o644)
     err = capsys.readouterr().err.strip()

@@ -9,21 +9,41 @@ import pandas as pd
 import pytest
 
 from pneumo.core import files
-from pneumo.training import runs
 from pneumo.model.loading import load_model
+from pneumo.training import runs
 from pneumo.training.job import TrainConfig, train
 from tests.conftest import free_ports, make_folder
 
 
 def test_run_directory_holds_everything(tiny_run: Path) -> None:
-    for name in ("config.json", "metrics.jsonl", "status.json", "model.keras", "card.json", "val_predictions.csv",
-                 "history.json", "checks.json"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "status.json",
+        "model.keras",
+        "card.json",
+        "val_predictions.csv",
+        "history.json",
+        "checks.json",
+    ):
         assert (tiny_run / name).exists(), name
     status = json.loads((tiny_run / "status.json").read_text())
     assert status["state"] == "finished" and status["device"].startswith(("CPU", "1×", "2×"))
     records = runs.read_metrics(tiny_run)
     epoch = runs.epochs_of(records)[0]
-    for key in ("loss", "accuracy", "auc", "recall", "precision", "val_loss", "val_auc", "val_recall", "val_precision", "lr", "seconds"):
+    for key in (
+        "loss",
+        "accuracy",
+        "auc",
+        "recall",
+        "precision",
+        "val_loss",
+        "val_auc",
+        "val_recall",
+        "val_precision",
+        "lr",
+        "seconds",
+    ):
         assert key in epoch, key
     progress = [r for r in records if r["type"] == "progress"]
     assert progress and progress[-1]["batch"] == progress[-1]["batches"]
@@ -43,8 +63,13 @@ def test_card_records_held_out_figures_and_shift_checks(tiny_run: Path) -> None:
     assert len(card.shift_checks["stress"]["conditions"]) == len(STRESS)
     assert set(card.shift_checks["bootstrap_95"]) >= {"sensitivity", "specificity"}
     figure = card.extra["explanation"]
-    assert [r["map"] for r in figure["table"]] == ["Grad-CAM (model)", "average map", "centred blob", "random map",
-                                                    "flat map"]
+    assert [r["map"] for r in figure["table"]] == [
+        "Grad-CAM (model)",
+        "average map",
+        "centred blob",
+        "random map",
+        "flat map",
+    ]
     assert figure["n"] == min(48, len(preds)) and figure["threshold"] == card.threshold
     assert card.input_size == 64 and card.class_names == ["NORMAL", "PNEUMONIA"]
     assert card.training_data["train_patients"] > 0 and len(card.training_data["file_list_sha256_16"]) == 16
@@ -76,7 +101,7 @@ def test_stop_file_stops_with_a_readable_model(tmp_path: Path) -> None:
 
 
 def test_failure_is_recorded(tmp_path: Path) -> None:
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="nowhere"):
         train(TrainConfig(data=str(tmp_path / "nowhere"), epochs=1), tmp_path / "run")
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "no such file" in status["error"]
@@ -158,8 +183,15 @@ def test_run_folders_are_never_overwritten_or_shared(tmp_path: Path) -> None:
                 pass
 
 
-@pytest.mark.parametrize("change, message", [({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"),
-                                             ({"model": "gpt"}, "model"), ({"learning_rate": float("nan")}, "finite")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"model": "gpt"}, "model"),
+        ({"learning_rate": float("nan")}, "finite"),
+    ],
+)
 def test_arguments_are_checked_before_any_work(tmp_path: Path, change: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         train(TrainConfig(data=str(tmp_path), **change), tmp_path / "run")
@@ -191,14 +223,33 @@ def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
 
     data = make_folder(tmp_path / "d", n_per_class=24, size=48)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(2)]}
-    config = TrainConfig(data=str(data), model="compact_cnn", image_size=48, epochs=2, batch_size=8, val_fraction=0.25,
-                         augmentation="basic")
+    config = TrainConfig(
+        data=str(data),
+        model="compact_cnn",
+        image_size=48,
+        epochs=2,
+        batch_size=8,
+        val_fraction=0.25,
+        augmentation="basic",
+    )
     procs, logs = [], [tmp_path / f"worker{i}.log" for i in range(2)]
     for i in range(2):
-        env = {**os.environ, "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
-               "CUDA_VISIBLE_DEVICES": ""}
-        cmd = [sys.executable, "-m", "pneumo", "train", "--data", str(data), "--out", str(tmp_path / f"worker{i}"),
-               *" ".join(config.flags()).split()]
+        env = {
+            **os.environ,
+            "TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+            "CUDA_VISIBLE_DEVICES": "",
+        }
+        cmd = [
+            sys.executable,
+            "-m",
+            "pneumo",
+            "train",
+            "--data",
+            str(data),
+            "--out",
+            str(tmp_path / f"worker{i}"),
+            *" ".join(config.flags()).split(),
+        ]
         # Output to files, not pipes: a worker blocked on a full pipe nobody reads stalls the other in its
         # next collective, and so the whole cluster.
         with logs[i].open("w") as out:
@@ -235,8 +286,18 @@ def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
     epochs = [runs.epochs_of(r) for r in (many, one)]
     assert [len(e) for e in epochs] == [2, 2]
     # The same optimiser steps: batch_size is the whole step's images, shared by the workers.
-    steps = [{(r["epoch"], r["batches"], max(p["batch"] for p in recs if p["type"] == "progress" and p["epoch"] == r["epoch"]))
-              for r in recs if r["type"] == "progress"} for recs in (many, one)]
+    steps = [
+        {
+            (
+                r["epoch"],
+                r["batches"],
+                max(p["batch"] for p in recs if p["type"] == "progress" and p["epoch"] == r["epoch"]),
+            )
+            for r in recs
+            if r["type"] == "progress"
+        }
+        for recs in (many, one)
+    ]
     assert steps[0] == steps[1] == {(1, 5, 5), (2, 5, 5)}, steps
     # Same steps, same schedule: the learning rate after each epoch is the same number.
     assert [e["lr"] for e in epochs[0]] == [e["lr"] for e in epochs[1]]

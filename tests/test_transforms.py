@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from pneumo.training import pipeline as P
-from pneumo.data import transforms as T
 from pneumo.data import transforms
+from pneumo.data import transforms as T
+from pneumo.training import pipeline as P
 from tests.conftest import synthetic_xray
 
 
@@ -95,8 +95,9 @@ def test_augment_batch_computes_each_image_by_the_shared_functions_from_its_draw
     seed = tf.constant([3, 7], tf.int64)
     rows = P.draw_parameters(aug, 6, seed).numpy()
     out = P.augment_batch(tf.constant(batch), aug, seed=seed).numpy()
-    expected = np.stack([P.augment_image(batch[i, ..., 0], P.Draw.from_row(rows[i]), P.blur_sigma(48))
-                         for i in range(6)])[..., None]
+    expected = np.stack(
+        [P.augment_image(batch[i, ..., 0], P.Draw.from_row(rows[i]), P.blur_sigma(48)) for i in range(6)]
+    )[..., None]
     np.testing.assert_array_equal(out, expected)
     # Seeded: the same seed gives the same pixels, another seed others.
     np.testing.assert_array_equal(P.augment_batch(tf.constant(batch), aug, seed=seed).numpy(), out)
@@ -108,9 +109,18 @@ def test_draws_keep_the_recipe_ranges() -> None:
     aug = P.Augmentation.preset("shift")
     rows = P.draw_parameters(aug, 4000, np.array([1, 2])).numpy()
     col = {name: rows[:, i] for i, name in enumerate(P.DRAW_FIELDS)}
-    bounds = {"rotate_deg": (-10, 10), "scale": (0.85, 1.15), "aspect": (-0.1, 0.1), "shift_x": (-0.08, 0.08),
-              "shift_y": (-0.08, 0.08), "gamma": (1 / 1.5, 1.5), "blur": (-0.4, 0.8), "contrast": (0.75, 1.25),
-              "brightness": (-0.12, 0.12), "noise": (0.0, 0.03)}
+    bounds = {
+        "rotate_deg": (-10, 10),
+        "scale": (0.85, 1.15),
+        "aspect": (-0.1, 0.1),
+        "shift_x": (-0.08, 0.08),
+        "shift_y": (-0.08, 0.08),
+        "gamma": (1 / 1.5, 1.5),
+        "blur": (-0.4, 0.8),
+        "contrast": (0.75, 1.25),
+        "brightness": (-0.12, 0.12),
+        "noise": (0.0, 0.03),
+    }
     for name, (low, high) in bounds.items():
         values = col[name]
         assert low - 1e-6 <= values.min() and values.max() <= high + 1e-6, name

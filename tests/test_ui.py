@@ -9,14 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pneumo.app import cards, sessions
+from pneumo.data.pixels import resize, to_uint8
+from pneumo.evaluation import site
 from pneumo.model import explain
 from pneumo.model import reading as predict
-from pneumo.evaluation import site
-from pneumo.app import ui
-from pneumo.app import cards
-from pneumo.app import pacs_panel
-from pneumo.app import sessions
-from pneumo.data.pixels import resize, to_uint8
 from pneumo.model.loading import load_model
 from tests.conftest import synthetic_xray, write_png
 
@@ -48,8 +45,13 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
 
     overlay = cards.overlay_png_on_click(upload, shown, heat, 0.45)
     pdf = cards.reading_pdf_on_click(upload, shown, loaded, heat)
-    batch = cards.batch_pdf_on_click([shown, predict.Reading("junk.png", None, None, None, "not an image")],
-                                  [upload.digest, "junk"], loaded, "model-key", None)
+    batch = cards.batch_pdf_on_click(
+        [shown, predict.Reading("junk.png", None, None, None, "not an image")],
+        [upload.digest, "junk"],
+        loaded,
+        "model-key",
+        None,
+    )
     for made in (overlay, pdf, batch):
         assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.app.ui"
         kept = _arrays(made.args)
@@ -60,7 +62,10 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
     assert overlay() == direct
     assert pdf().startswith(b"%PDF") and batch().startswith(b"%PDF")
     # The batch report draws the map its card shows: the one kept for this film and model.
-    assert cards.PICTURES.peek(("heat", upload.digest, "model-key", int(shown.probability >= loaded.threshold))) is not None
+    assert (
+        cards.PICTURES.peek(("heat", upload.digest, "model-key", int(shown.probability >= loaded.threshold)))
+        is not None
+    )
     assert shown.warnings[-1].startswith("repeats item 1")  # the page's note stays on the page's copy
     assert upload.reading().warnings == shown.warnings[:-1]
 
@@ -71,7 +76,9 @@ def _decoded(picture: bytes) -> np.ndarray:
     return cv2.imdecode(np.frombuffer(picture, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force(tiny_run: Path, tmp_path: Path) -> None:
+def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force(
+    tiny_run: Path, tmp_path: Path
+) -> None:
     """A card's seven pictures: the film once (the same bytes under each map), each map at the film's size
     and the colour bar shared by films of one size; the maps explain the class at the threshold in force,
     so an operating point that turns a film's decision around gets maps of its own, not the cached ones."""
@@ -94,7 +101,9 @@ def test_card_pictures_share_the_film_and_the_bar_and_explain_the_class_in_force
     assert np.abs(grad_map[..., ::-1].astype(int) - drawn).mean() < 6  # cv2 decodes BGR
     # Another operating point, on the other side of the first film's probability: the other class explained.
     p = readings[0].probability
-    loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
+    loaded.card.site_operating_points = [
+        {"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}
+    ]
     other = site.apply_operating_point(loaded, "other side")
     assert int(p >= other.threshold) != int(p >= loaded.threshold)
     flipped = cards.card_pictures(other, digests[0], "model-key", readings[0], readings[0].xray.pixels)
@@ -119,7 +128,9 @@ def test_the_shared_reading_cache_keeps_8_bit_films_and_hands_out_copies(tiny_ru
     # Another operating point of the same model, with the film on the other side of it: the decision is
     # made at the threshold in force, not taken from the reading cached under the first.
     p = second.probability
-    loaded.card.site_operating_points = [{"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}]
+    loaded.card.site_operating_points = [
+        {"name": "other side", "threshold": (p + 1) / 2 if p >= loaded.threshold else p / 2}
+    ]
     other = site.apply_operating_point(loaded, "other side")
     before = cards.cached_reading(loaded, digest, path.name, data, "model-key", 0.0)  # no band: a class either way
     moved = cards.cached_reading(other, digest, path.name, data, "model-key", 0.0)

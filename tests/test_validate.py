@@ -7,9 +7,8 @@ import pandas as pd
 import pytest
 
 from pneumo.data import collection as D
+from pneumo.data import splits, transforms
 from pneumo.evaluation import validate as V
-from pneumo.data import splits
-from pneumo.data import transforms
 from tests.conftest import synthetic_xray, write_png
 
 
@@ -33,9 +32,12 @@ def test_temporal_split_holds_out_the_lowest_numbers_of_each_series(tmp_path: Pa
     train, held = splits.holdout(frame, "temporal", 0.2, duplicates=[])
     _no_shared_patient(train, held)
     assert len(held) == pytest.approx(0.2 * len(frame), abs=4)
+
+    def numbers(f: pd.DataFrame, series: str) -> list[int | None]:
+        return [splits.patient_number(p) for p, s in zip(f["patient_id"], f["path"]) if splits.series(s) == series]
+
     for series in ("IM", "NORMAL2-IM", "person"):
-        numbers = lambda f: [splits.patient_number(p) for p, s in zip(f["patient_id"], f["path"]) if splits.series(s) == series]
-        assert max(numbers(held)) < min(numbers(train)), series
+        assert max(numbers(held, series)) < min(numbers(train, series)), series
 
 
 def test_family_split_holds_out_a_whole_normal_series(tmp_path: Path) -> None:
@@ -133,8 +135,8 @@ def test_compare_runs_groups_seeds_of_one_recipe(tiny_run: Path, tmp_path: Path)
 def test_shipped_maps_beat_the_average_map_on_deletion() -> None:
     """Sentinel: Grad-CAM must find what drives each film's score better than the network's spatial prior
     (the same average map for every film), on the bundled samples through the serving engine."""
-    from pneumo.model.loading import load_model
     from pneumo.app.settings import SAMPLES_DIR
+    from pneumo.model.loading import load_model
 
     loaded = load_model()
     paths = sorted(str(p) for p in SAMPLES_DIR.glob("*/*.jpeg"))

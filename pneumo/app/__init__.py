@@ -1,1 +1,1 @@
-"""Streamlit glue shared by the pages (the only code that imports Streamlit), the deployment's settings and the charts."""
+"""Streamlit glue shared by the pages (the only code that imports Streamlit), settings and charts."""

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import functools
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cachetools import LRUCache
 
-
+from pneumo.data.pixels import resize, shrink
+from pneumo.integrations import report
 from pneumo.model import explain
 from pneumo.model import reading as predict
-from pneumo.integrations import report
-from pneumo.data.pixels import resize, shrink
 from pneumo.model.loading import LoadedModel
 
 
@@ -66,6 +66,7 @@ PICTURES = SharedCache(64 * 2**20, _picture_bytes)
 
 def cached_reading(loaded: LoadedModel, digest: str, name: str, data: bytes, model_key: str, band: float) -> Any:
     """One upload read through the one prediction path, compacted and cached by content (see above)."""
+
     def read() -> predict.Reading:
         with _DECODES:
             return predict.pack(predict.compact(predict.read(loaded, data, name=name, band=band)))
@@ -116,11 +117,15 @@ def _reading_pdf(item: Upload | predict.Reading, notes: predict.Reading, loaded:
     return report.study_pdf([card_film(item, notes)], loaded, {0: heat})
 
 
-def _batch_pdf(packed: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str,
-               drift: str | None) -> bytes:
+def _batch_pdf(
+    packed: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str, drift: str | None
+) -> bytes:
     readings = [predict.unpack(r) for r in packed]
-    heat = {i: card_heatmaps(loaded, digests[i], model_key, r)["gradcam"]
-            for i, r in enumerate(readings) if r.xray is not None}
+    heat = {
+        i: card_heatmaps(loaded, digests[i], model_key, r)["gradcam"]
+        for i, r in enumerate(readings)
+        if r.xray is not None
+    }
     return report.study_pdf(readings, loaded, heat, drift=drift)
 
 
@@ -134,12 +139,13 @@ def card_heatmaps(loaded: LoadedModel, digest: str, model_key: str, reading: pre
     """Both maps of a reading's film at the model's input size, from PICTURES (or made in one pass): the
     cards and the batch report show the same ones."""
     target = _target(loaded, reading)
-    return PICTURES.get(("heat", digest, model_key, target), lambda: explain.gradcams(
-        loaded, resize(predict.unpack(reading).xray.pixels, loaded.input_size), target=target))
+    return PICTURES.get(
+        ("heat", digest, model_key, target),
+        lambda: explain.gradcams(loaded, resize(predict.unpack(reading).xray.pixels, loaded.input_size), target=target),
+    )
 
 
-def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading,
-                  film: Any) -> list[bytes]:
+def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading, film: Any) -> list[bytes]:
     """A card's seven pictures, encoded once for every session (PICTURES): the film, then for each method
     of explain.METHODS the film again (the same bytes: one download), its coloured map (JPEG) and the
     colour bar (PNG, one for every film of that size). The browser blends each map over its film at the
@@ -148,13 +154,15 @@ def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: pre
     heat = card_heatmaps(loaded, digest, model_key, reading)
     screen = shrink(film)
     xray = PICTURES.get(("xray", digest), lambda: explain.jpeg_bytes(screen))
-    bar = PICTURES.get(("bar", *screen.shape[:2]),
-                       lambda: explain.png_bytes(explain.screen_colorbar(*screen.shape[:2])))
+    bar = PICTURES.get(
+        ("bar", *screen.shape[:2]), lambda: explain.png_bytes(explain.screen_colorbar(*screen.shape[:2]))
+    )
     target = _target(loaded, reading)
     pictures = [xray]
     for method in explain.METHODS:
-        pictures += [xray, PICTURES.get((method, digest, model_key, target),
-                                        lambda: explain.jpeg_bytes(explain.map_layer(screen, heat[method]))), bar]
+        # The layer is built at once when missing (get calls it before the loop moves on): bind method anyway.
+        layer = functools.partial(lambda m: explain.jpeg_bytes(explain.map_layer(screen, heat[m])), method)
+        pictures += [xray, PICTURES.get((method, digest, model_key, target), layer), bar]
     return pictures
 
 
@@ -170,8 +178,11 @@ CARD_PICTURES_KEY = "cardpics"  # the container around a card's pictures: key f"
 CARD_NOTES_KEY = "cardnotes"  # the container of a card's notes beside its probability and decision
 _TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}  # each of explain.METHODS as a card names it
 # In card_pictures' order: the film, then for each method its film, its map and its colour bar.
-CARD_PICTURE_ALT = ["X-ray"] + [alt for m in explain.METHODS for alt in (
-    f"X-ray under the {_TITLES[m]} map", f"{_TITLES[m]} map", "colour bar: share of the map's peak, 0 to 1")]
+CARD_PICTURE_ALT = ["X-ray"] + [
+    alt
+    for m in explain.METHODS
+    for alt in (f"X-ray under the {_TITLES[m]} map", f"{_TITLES[m]} map", "colour bar: share of the map's peak, 0 to 1")
+]
 _CAPTIONS = [(1, "X-ray")] + [(2 + 3 * k, _TITLES[m]) for k, m in enumerate(explain.METHODS)]  # under each film
 _GRID = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImage']"
 _PIC = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImageContainer']"
@@ -189,9 +200,12 @@ _CARD_PICTURE_LAYOUT = (
     f"{_PIC}:nth-child(n+2):nth-child(-n+4) {{grid-area: 2 / 1}} {_PIC}:nth-child(n+5) {{grid-area: 3 / 1}}}} "
     # A card's notes take the rest of its first row, or a row of their own where less than 20 rem is left.
     f"[data-testid='stLayoutWrapper']:has(> [class*='st-key-{CARD_NOTES_KEY}-']) {{min-width: min(100%, 20rem)}} "
-    + " ".join(f"{_PIC}:nth-child({n})::after {{content: '{text}'; display: block; text-align: center; "
-               f"font-size: 0.875rem; opacity: 0.6; padding-top: 0.25rem}}"
-               for n, text in _CAPTIONS))
+    + " ".join(
+        f"{_PIC}:nth-child({n})::after {{content: '{text}'; display: block; text-align: center; "
+        f"font-size: 0.875rem; opacity: 0.6; padding-top: 0.25rem}}"
+        for n, text in _CAPTIONS
+    )
+)
 
 
 def card_rules(opacity: float) -> str:
@@ -200,20 +214,23 @@ def card_rules(opacity: float) -> str:
     return f"{_CARD_PICTURE_LAYOUT} {_PIC}:nth-child(3n) img {{opacity: {float(opacity):.2f}}}"
 
 
-def overlay_png_on_click(item: Upload | predict.Reading, notes: predict.Reading, heat: Any,
-                         opacity: float) -> Callable[[], bytes]:
+def overlay_png_on_click(
+    item: Upload | predict.Reading, notes: predict.Reading, heat: Any, opacity: float
+) -> Callable[[], bytes]:
     """The film's Grad-CAM overlay at display size with its colour bar, made when the button is pressed."""
     return functools.partial(_overlay_png, _pack_item(item), _notes(notes), heat, opacity)
 
 
-def reading_pdf_on_click(item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel,
-                         heat: Any) -> Callable[[], bytes]:
+def reading_pdf_on_click(
+    item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any
+) -> Callable[[], bytes]:
     """One film's PDF report, made when the button is pressed."""
     return functools.partial(_reading_pdf, _pack_item(item), _notes(notes), loaded, heat)
 
 
-def batch_pdf_on_click(readings: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str,
-                       drift: str | None) -> Callable[[], bytes]:
+def batch_pdf_on_click(
+    readings: list[predict.Reading], digests: list[str], loaded: LoadedModel, model_key: str, drift: str | None
+) -> Callable[[], bytes]:
     """The batch's PDF report (every film with the Grad-CAM its card shows), made when the button is
     pressed; the films are kept as 8-bit copies until then."""
     return functools.partial(_batch_pdf, [predict.pack(r) for r in readings], list(digests), loaded, model_key, drift)
@@ -225,5 +242,12 @@ def _pack_item(item: Upload | predict.Reading) -> Upload | predict.Reading:
 
 def _notes(reading: predict.Reading) -> predict.Reading:
     """What the page added to a reading (warnings, repeats), without its film."""
-    return predict.Reading(reading.name, None, reading.probability, reading.decision, reading.error,
-                           list(reading.warnings), reading.repeat_of)
+    return predict.Reading(
+        reading.name,
+        None,
+        reading.probability,
+        reading.decision,
+        reading.error,
+        list(reading.warnings),
+        reading.repeat_of,
+    )

@@ -1,17 +1,15 @@
-"""The Predict page's PACS source: the deployment's DICOMweb settings and a study list to screen from.
-"""
+"""The Predict page's PACS source: the deployment's DICOMweb settings and a study list to screen from."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import pandas as pd
 import streamlit as st
 
-import pandas as pd
-
+from pneumo.app.ui import plain, progress_bar, settings
 from pneumo.integrations import pacs
 from pneumo.model.loading import LoadedModel
-from pneumo.app.ui import plain, progress_bar, settings
 
 
 def ui_pacs_config() -> Any:
@@ -36,15 +34,23 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
     through the one prediction path, and send the results back (with the deployment's permission).
     Returns the screening run (kept in this session) or None before one."""
     server = pacs.Pacs.from_config(config)
-    st.caption(f"PACS: {plain(pacs.redact(config.url))}" + (" · patient identifiers shown" if config.show_identifiers
-                                                            else " · no patient identifiers shown"))
+    st.caption(
+        f"PACS: {plain(pacs.redact(config.url))}"
+        + (" · patient identifiers shown" if config.show_identifiers else " · no patient identifiers shown")
+    )
     cols = st.columns([2, 2, 2])
     since = cols[0].text_input("Studies since (YYYYMMDD)", key="pacs-since", placeholder="any date")
     accession = cols[1].text_input("Accession number", key="pacs-accession")
     unscreened = cols[2].toggle("Not yet screened by this model", key="pacs-unscreened")
     try:
-        rows = pacs.list_studies(server, show_identifiers=config.show_identifiers, since=since or None,
-                                 accession=accession or None, unscreened_by=loaded if unscreened else None, limit=200)
+        rows = pacs.list_studies(
+            server,
+            show_identifiers=config.show_identifiers,
+            since=since or None,
+            accession=accession or None,
+            unscreened_by=loaded if unscreened else None,
+            limit=200,
+        )
     except (pacs.PacsError, ValueError) as exc:
         st.error(plain(exc), icon=":material/cloud_off:")
         return None
@@ -52,17 +58,27 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         st.info("No studies match.")
         return None
     table = pd.DataFrame(rows)
-    picked = st.dataframe(table.drop(columns=[c for c in ("study_uid",) if c in table]), hide_index=True,
-                          width="stretch", on_select="rerun", selection_mode="multi-row",
-                          key=f"pacs-studies:{hash(tuple(table.get('study_uid', [])))}")
+    picked = st.dataframe(
+        table.drop(columns=[c for c in ("study_uid",) if c in table]),
+        hide_index=True,
+        width="stretch",
+        on_select="rerun",
+        selection_mode="multi-row",
+        key=f"pacs-studies:{hash(tuple(table.get('study_uid', [])))}",
+    )
     chosen = [rows[i]["study_uid"] for i in picked.selection.rows] if picked and picked.selection else []
     run_key = f"pacs-run:{model_key}"
-    if st.button(f"Screen {len(chosen)} selected stud{'y' if len(chosen) == 1 else 'ies'}", disabled=not chosen,
-                 type="primary", key="pacs-screen"):
+    if st.button(
+        f"Screen {len(chosen)} selected stud{'y' if len(chosen) == 1 else 'ies'}",
+        disabled=not chosen,
+        type="primary",
+        key="pacs-screen",
+    ):
         bar, update = progress_bar("Screening studies…")
         try:
-            st.session_state[run_key] = pacs.screen_studies(server, loaded, chosen, keep_pixels=True,
-                                                            progress=lambda d, t, _r: update(d, t))
+            st.session_state[run_key] = pacs.screen_studies(
+                server, loaded, chosen, keep_pixels=True, progress=lambda d, t, _r: update(d, t)
+            )
         finally:
             bar.empty()
     run = st.session_state.get(run_key)
@@ -73,16 +89,24 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         st.error(plain(run.error), icon=":material/cloud_off:")
     skipped = [r for r in run.results if r.status in (pacs.SKIPPED, pacs.ALREADY)]
     if skipped:
-        st.caption(f"{len(skipped)} image(s) not read: " + "; ".join(plain(f"{r.path}: {r.skipped or r.status}")
-                                                                      for r in skipped[:6]))
+        st.caption(
+            f"{len(skipped)} image(s) not read: "
+            + "; ".join(plain(f"{r.path}: {r.skipped or r.status}") for r in skipped[:6])
+        )
     allowed = config.may_send(settings().allow_changes)
     unsent = [r for r in run.results if r.status == pacs.SCREENED and not r.stored]
-    if st.button("Send results to PACS", disabled=not (allowed and unsent), key="pacs-send",
-                 help=None if allowed else "Sending is switched off in this deployment."):
+    if st.button(
+        "Send results to PACS",
+        disabled=not (allowed and unsent),
+        key="pacs-send",
+        help=None if allowed else "Sending is switched off in this deployment.",
+    ):
         errors = pacs.send_results(server, loaded, run.results)
         stored = sum(bool(r.stored) for r in unsent)
-        st.session_state[f"{run_key}:sent"] = (f"Stored the results of {stored} film(s) in their studies."
-                                               if not errors else None, errors)
+        st.session_state[f"{run_key}:sent"] = (
+            f"Stored the results of {stored} film(s) in their studies." if not errors else None,
+            errors,
+        )
     message, errors = st.session_state.get(f"{run_key}:sent", (None, []))
     for line in errors:
         st.error(plain(line), icon=":material/cloud_off:")

@@ -16,36 +16,71 @@ LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", 
 
 def class_counts(counts: pd.DataFrame) -> go.Figure:
     long = counts.reset_index().melt(id_vars=counts.index.name or "split", var_name="class", value_name="images")
-    fig = px.bar(long, x=long.columns[0], y="images", color="class", barmode="group", text="images",
-                 color_discrete_map=CLASS_COLORS, title="Images per split and class")
+    fig = px.bar(
+        long,
+        x=long.columns[0],
+        y="images",
+        color="class",
+        barmode="group",
+        text="images",
+        color_discrete_map=CLASS_COLORS,
+        title="Images per split and class",
+    )
     return fig.update_layout(**LAYOUT)
 
 
 def images_per_patient(per_patient: pd.Series) -> go.Figure:
     counts = per_patient.value_counts().sort_index()
-    fig = px.bar(x=counts.index, y=counts.values, labels={"x": "images per patient", "y": "patients"},
-                 title="How many images each patient contributes")
+    fig = px.bar(
+        x=counts.index,
+        y=counts.values,
+        labels={"x": "images per patient", "y": "patients"},
+        title="How many images each patient contributes",
+    )
     return fig.update_layout(**LAYOUT)
 
 
 def subtypes(counts: dict[str, int]) -> go.Figure:
     """Pneumonia subtypes (bacterial / viral, from file names) as bars."""
-    fig = px.bar(x=list(counts), y=list(counts.values()), text=list(counts.values()),
-                 labels={"x": "subtype", "y": "images"}, title="Pneumonia subtype (from file names)",
-                 color=list(counts), color_discrete_sequence=["#e76f51", "#f4a261", "#e9c46a"])
+    fig = px.bar(
+        x=list(counts),
+        y=list(counts.values()),
+        text=list(counts.values()),
+        labels={"x": "subtype", "y": "images"},
+        title="Pneumonia subtype (from file names)",
+        color=list(counts),
+        color_discrete_sequence=["#e76f51", "#f4a261", "#e9c46a"],
+    )
     return fig.update_layout(**LAYOUT, showlegend=False)
 
 
 def violins(stats: pd.DataFrame, column: str, title: str) -> go.Figure:
     """One violin per class side by side: no class hides behind the other."""
-    fig = px.violin(stats, x="class_name", y=column, color="class_name", box=True, points=False,
-                    color_discrete_map=CLASS_COLORS, title=title, labels={"class_name": "class"})
+    fig = px.violin(
+        stats,
+        x="class_name",
+        y=column,
+        color="class_name",
+        box=True,
+        points=False,
+        color_discrete_map=CLASS_COLORS,
+        title=title,
+        labels={"class_name": "class"},
+    )
     return fig.update_layout(**LAYOUT, showlegend=False)
 
 
 def distribution(stats: pd.DataFrame, column: str, title: str) -> go.Figure:
-    fig = px.histogram(stats, x=column, color="class_name", barmode="overlay", opacity=0.65, nbins=40,
-                       color_discrete_map=CLASS_COLORS, title=title)
+    fig = px.histogram(
+        stats,
+        x=column,
+        color="class_name",
+        barmode="overlay",
+        opacity=0.65,
+        nbins=40,
+        color_discrete_map=CLASS_COLORS,
+        title=title,
+    )
     return fig.update_layout(**LAYOUT)
 
 
@@ -57,8 +92,13 @@ def confusion(conf: dict[str, int]) -> go.Figure:
     # Each count in the colour that reads on its own cell (white on dark blue, black on pale), in any theme.
     for i, row in enumerate(z):
         for j, value in enumerate(row):
-            fig.add_annotation(x=xs[j], y=ys[i], text=f"{value:,}", showarrow=False,
-                               font=dict(size=16, color="white" if value > top / 2 else "black"))
+            fig.add_annotation(
+                x=xs[j],
+                y=ys[i],
+                text=f"{value:,}",
+                showarrow=False,
+                font=dict(size=16, color="white" if value > top / 2 else "black"),
+            )
     fig.update_yaxes(autorange="reversed", title="actual")
     return fig.update_layout(title="Confusion matrix", height=320, **LAYOUT)
 
@@ -66,18 +106,46 @@ def confusion(conf: dict[str, int]) -> go.Figure:
 def roc_pr(roc: pd.DataFrame, pr: pd.DataFrame, point: dict[str, Any]) -> go.Figure:
     """ROC and precision-recall curves with the current operating point marked."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("ROC", "Precision–recall"))
-    fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name="ROC", customdata=roc["threshold"],
-                             hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>t=%{customdata:.3f}"), 1, 1)
-    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), showlegend=False), 1, 1)
-    fig.add_trace(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name="PR", customdata=pr["threshold"],
-                             hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<br>t=%{customdata:.3f}"), 1, 2)
+    fig.add_trace(
+        go.Scatter(
+            x=roc["fpr"],
+            y=roc["tpr"],
+            mode="lines",
+            name="ROC",
+            customdata=roc["threshold"],
+            hovertemplate="FPR %{x:.3f}<br>TPR %{y:.3f}<br>t=%{customdata:.3f}",
+        ),
+        1,
+        1,
+    )
+    fig.add_trace(
+        go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), showlegend=False), 1, 1
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=pr["recall"],
+            y=pr["precision"],
+            mode="lines",
+            name="PR",
+            customdata=pr["threshold"],
+            hovertemplate="recall %{x:.3f}<br>precision %{y:.3f}<br>t=%{customdata:.3f}",
+        ),
+        1,
+        2,
+    )
     spec, sens, prec = point.get("specificity"), point.get("sensitivity"), point.get("precision")
     if spec is not None and sens is not None:
-        fig.add_trace(go.Scatter(x=[1 - spec], y=[sens], mode="markers", marker=dict(size=13, color="red"),
-                                 name="operating point"), 1, 1)
+        fig.add_trace(
+            go.Scatter(
+                x=[1 - spec], y=[sens], mode="markers", marker=dict(size=13, color="red"), name="operating point"
+            ),
+            1,
+            1,
+        )
     if prec is not None and sens is not None:
-        fig.add_trace(go.Scatter(x=[sens], y=[prec], mode="markers", marker=dict(size=13, color="red"),
-                                 showlegend=False), 1, 2)
+        fig.add_trace(
+            go.Scatter(x=[sens], y=[prec], mode="markers", marker=dict(size=13, color="red"), showlegend=False), 1, 2
+        )
     fig.update_xaxes(title_text="1 − specificity", row=1, col=1)
     fig.update_yaxes(title_text="sensitivity", row=1, col=1)
     fig.update_xaxes(title_text="recall (sensitivity)", row=1, col=2)
@@ -87,8 +155,17 @@ def roc_pr(roc: pd.DataFrame, pr: pd.DataFrame, point: dict[str, Any]) -> go.Fig
 
 def probability_histogram(y: np.ndarray, p: np.ndarray, threshold: float) -> go.Figure:
     frame = pd.DataFrame({"probability": p, "class": np.where(np.asarray(y) == 1, "PNEUMONIA", "NORMAL")})
-    fig = px.histogram(frame, x="probability", color="class", nbins=40, barmode="overlay", opacity=0.65,
-                       color_discrete_map=CLASS_COLORS, title="Predicted probability by true class", range_x=[0, 1])
+    fig = px.histogram(
+        frame,
+        x="probability",
+        color="class",
+        nbins=40,
+        barmode="overlay",
+        opacity=0.65,
+        color_discrete_map=CLASS_COLORS,
+        title="Predicted probability by true class",
+        range_x=[0, 1],
+    )
     fig.add_vline(x=threshold, line_color="red", line_dash="dash", annotation_text=f"threshold {threshold:.3f}")
     return fig.update_layout(**LAYOUT)
 
@@ -96,8 +173,16 @@ def probability_histogram(y: np.ndarray, p: np.ndarray, threshold: float) -> go.
 def calibration(cal: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect"))
-    fig.add_trace(go.Scatter(x=cal["predicted"], y=cal["observed"], mode="lines+markers", name="model",
-                             text=cal["count"], hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}"))
+    fig.add_trace(
+        go.Scatter(
+            x=cal["predicted"],
+            y=cal["observed"],
+            mode="lines+markers",
+            name="model",
+            text=cal["count"],
+            hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}",
+        )
+    )
     fig.update_xaxes(title="mean predicted probability", range=[0, 1])
     fig.update_yaxes(title="observed pneumonia rate", range=[0, 1])
     return fig.update_layout(title="Calibration", height=340, **LAYOUT)
@@ -108,7 +193,9 @@ CURVE_METRICS = ("loss", "auc", "recall", "precision")
 
 def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
     """Loss, AUC, recall and precision per epoch, train (solid) and validation (dashed), one colour per run."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[m.upper() if m == "auc" else m.capitalize() for m in CURVE_METRICS])
+    fig = make_subplots(
+        rows=2, cols=2, subplot_titles=[m.upper() if m == "auc" else m.capitalize() for m in CURVE_METRICS]
+    )
     palette = px.colors.qualitative.Plotly
     for i, (name, epochs) in enumerate(histories.items()):
         if not epochs:
@@ -120,9 +207,19 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
             for prefix, dash in (("", "solid"), ("val_", "dash")):
                 key = prefix + metric
                 if key in epochs[0]:
-                    fig.add_trace(go.Scatter(x=x, y=[e.get(key) for e in epochs], mode="lines+markers",
-                                             line=dict(color=color, dash=dash), name=f"{name} {'val' if prefix else 'train'}",
-                                             legendgroup=name, showlegend=(j == 0)), row, col)
+                    fig.add_trace(
+                        go.Scatter(
+                            x=x,
+                            y=[e.get(key) for e in epochs],
+                            mode="lines+markers",
+                            line=dict(color=color, dash=dash),
+                            name=f"{name} {'val' if prefix else 'train'}",
+                            legendgroup=name,
+                            showlegend=(j == 0),
+                        ),
+                        row,
+                        col,
+                    )
     fig.update_xaxes(title_text="epoch")
     return fig.update_layout(height=520, **LAYOUT)
 
@@ -131,30 +228,59 @@ def stress_chart(conditions: pd.DataFrame, threshold: float) -> go.Figure:
     """ROC AUC and specificity of the held-out films under each acquisition change, worst first."""
     frame = conditions.sort_values("specificity", ascending=False)
     fig = go.Figure()
-    fig.add_bar(y=frame["change"], x=frame["roc_auc"], orientation="h", name="ROC AUC",
-                hovertemplate="%{y}: AUC %{x:.4f}<extra></extra>")
-    fig.add_bar(y=frame["change"], x=frame["specificity"], orientation="h", name=f"specificity at {threshold:.3f}",
-                hovertemplate="%{y}: specificity %{x:.3f}<extra></extra>")
+    fig.add_bar(
+        y=frame["change"],
+        x=frame["roc_auc"],
+        orientation="h",
+        name="ROC AUC",
+        hovertemplate="%{y}: AUC %{x:.4f}<extra></extra>",
+    )
+    fig.add_bar(
+        y=frame["change"],
+        x=frame["specificity"],
+        orientation="h",
+        name=f"specificity at {threshold:.3f}",
+        hovertemplate="%{y}: specificity %{x:.3f}<extra></extra>",
+    )
     # The axis starts at 0: a bar's length is its value, and no difference is stretched to look large. The
     # legend sits below the bars, where it covers none of them at any width.
-    fig.update_layout(barmode="group", height=110 + 26 * len(frame), margin=dict(l=10, r=10, t=10, b=10),
-                      xaxis=dict(range=[0.0, 1.0]), legend=dict(orientation="h", y=-0.08, yanchor="top"))
+    fig.update_layout(
+        barmode="group",
+        height=110 + 26 * len(frame),
+        margin=dict(l=10, r=10, t=10, b=10),
+        xaxis=dict(range=[0.0, 1.0]),
+        legend=dict(orientation="h", y=-0.08, yanchor="top"),
+    )
     return fig
 
 
 def population_chart(rows: list[dict[str, Any]], label: str) -> go.Figure:
     """Specificity of normals and sensitivity of pneumonias per population at the operating threshold."""
-    names = [r.get("population") or f"{r['series']} {'normals' if r['label'] == 0 else 'pneumonia'} {r['numbers']}"
-             for r in rows]
+    names = [
+        r.get("population") or f"{r['series']} {'normals' if r['label'] == 0 else 'pneumonia'} {r['numbers']}"
+        for r in rows
+    ]
     values = [r.get("specificity", r.get("sensitivity")) for r in rows]
     kinds = ["specificity" if "specificity" in r else "sensitivity" for r in rows]
-    fig = go.Figure(go.Bar(y=names, x=values, orientation="h", marker_color=[CLASS_COLORS["NORMAL"] if k == "specificity"
-                                                                              else CLASS_COLORS["PNEUMONIA"] for k in kinds],
-                           text=[f"{k} {v:.3f} (n={r['n']})" for k, v, r in zip(kinds, values, rows)],
-                           textposition="inside", insidetextanchor="start",
-                           hovertemplate="%{y}: %{x:.4f}<extra></extra>"))
-    fig.update_layout(title=label, height=90 + 26 * len(rows), margin=dict(l=10, r=10, t=40, b=10),
-                      xaxis=dict(range=[0.0, 1.0]), showlegend=False)
+    fig = go.Figure(
+        go.Bar(
+            y=names,
+            x=values,
+            orientation="h",
+            marker_color=[CLASS_COLORS["NORMAL"] if k == "specificity" else CLASS_COLORS["PNEUMONIA"] for k in kinds],
+            text=[f"{k} {v:.3f} (n={r['n']})" for k, v, r in zip(kinds, values, rows)],
+            textposition="inside",
+            insidetextanchor="start",
+            hovertemplate="%{y}: %{x:.4f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title=label,
+        height=90 + 26 * len(rows),
+        margin=dict(l=10, r=10, t=40, b=10),
+        xaxis=dict(range=[0.0, 1.0]),
+        showlegend=False,
+    )
     return fig
 
 
@@ -162,11 +288,23 @@ def bound_curve(curve: list[tuple[int, float]], target: float) -> go.Figure:
     """The one-sided 95 % lower bound of sensitivity against the number of labelled pneumonias, with the
     target: how many a site needs before its bound can mean anything."""
     n, bound = zip(*curve) if curve else ((), ())
-    fig = go.Figure(go.Scatter(x=list(n), y=list(bound), mode="lines+markers", name="lower 95 % bound",
-                               hovertemplate="%{x} pneumonias: bound %{y:.3f}<extra></extra>"))
+    fig = go.Figure(
+        go.Scatter(
+            x=list(n),
+            y=list(bound),
+            mode="lines+markers",
+            name="lower 95 % bound",
+            hovertemplate="%{x} pneumonias: bound %{y:.3f}<extra></extra>",
+        )
+    )
     fig.add_hline(y=target, line_dash="dot", annotation_text=f"target {target:.3f}", annotation_position="bottom right")
-    fig.update_layout(title="Sensitivity bound against labelled pneumonias", height=320,
-                      xaxis_title="labelled pneumonia films", yaxis=dict(range=[0, 1], title="lower 95 % bound"), **LAYOUT)
+    fig.update_layout(
+        title="Sensitivity bound against labelled pneumonias",
+        height=320,
+        xaxis_title="labelled pneumonia films",
+        yaxis=dict(range=[0, 1], title="lower 95 % bound"),
+        **LAYOUT,
+    )
     return fig
 
 
@@ -182,12 +320,33 @@ def framing_chart(rows: list[dict[str, Any]], zooms: tuple[float, float]) -> go.
         lows = [(r.get(f"{key}_95") or {}).get("low", r[key]) for r in frame if r.get(key) is not None]
         highs = [(r.get(f"{key}_95") or {}).get("high", r[key]) for r in frame if r.get(key) is not None]
         band = colour + "33"
-        fig.add_scatter(x=xs + xs[::-1], y=highs + lows[::-1], fill="toself", fillcolor=band, line_width=0,
-                        hoverinfo="skip", showlegend=False)
-        fig.add_scatter(x=xs, y=values, mode="lines+markers", name=key, line_color=colour,
-                        hovertemplate=f"zoom %{{x:g}}×: {key} %{{y:.3f}}<extra></extra>")
-    fig.update_layout(height=320, margin=dict(l=10, r=10, t=10, b=10), yaxis=dict(range=[0.0, 1.02], title="at the threshold"),
-                      xaxis=dict(type="log", title="zoom (1 = as sent; above 1 zoomed in)",
-                                 tickvals=[r["zoom"] for r in frame], ticktext=[f"{r['zoom']:g}×" for r in frame]),
-                      legend=dict(orientation="h", y=-0.25, yanchor="top"))
+        fig.add_scatter(
+            x=xs + xs[::-1],
+            y=highs + lows[::-1],
+            fill="toself",
+            fillcolor=band,
+            line_width=0,
+            hoverinfo="skip",
+            showlegend=False,
+        )
+        fig.add_scatter(
+            x=xs,
+            y=values,
+            mode="lines+markers",
+            name=key,
+            line_color=colour,
+            hovertemplate=f"zoom %{{x:g}}×: {key} %{{y:.3f}}<extra></extra>",
+        )
+    fig.update_layout(
+        height=320,
+        margin=dict(l=10, r=10, t=10, b=10),
+        yaxis=dict(range=[0.0, 1.02], title="at the threshold"),
+        xaxis=dict(
+            type="log",
+            title="zoom (1 = as sent; above 1 zoomed in)",
+            tickvals=[r["zoom"] for r in frame],
+            ticktext=[f"{r['zoom']:g}×" for r in frame],
+        ),
+        legend=dict(orientation="h", y=-0.25, yanchor="top"),
+    )
     return fig

@@ -15,9 +15,7 @@ import streamlit as st
 from streamlit import runtime
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-
 from pneumo.core.memory import trim
-
 
 # Sessions by id, with when each was first found disconnected (None while connected); see
 # release_expired_sessions.

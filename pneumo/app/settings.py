@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-from pneumo.data.collection import NPZ_SEPARATOR
-from pneumo.model.loading import DEFAULT_MODEL_DIR, PROJECT_ROOT
-from pneumo.training.runs import list_runs
+from pneumo.core.paths import DATA_DIR, DEFAULT_MODEL_DIR, PROJECT_ROOT, RUNS_DIR, SAMPLES_DIR
 from pneumo.core.predictions import read_predictions
+from pneumo.data.collection import NPZ_SEPARATOR
+from pneumo.training.runs import list_runs
 
-from pneumo.core.paths import DATA_DIR, RUNS_DIR, SAMPLES_DIR  # noqa: F401
 ENV_DATA_ROOTS = "PNEUMO_DATA_ROOTS"
 ENV_RUNS_DIR = "PNEUMO_RUNS_DIR"
 ENV_MODELS_DIR = "PNEUMO_MODELS_DIR"
@@ -36,7 +36,7 @@ class AppSettings:
     max_concurrent_runs: int = 1
 
     @classmethod
-    def load(cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> "AppSettings":
+    def load(cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
         environ = os.environ if environ is None else environ
         section = dict((secrets or {}).get("pneumo", {}) or {})
         roots: list[Path] = [SAMPLES_DIR]
@@ -54,8 +54,13 @@ class AppSettings:
         models_dir = Path(environ.get(ENV_MODELS_DIR) or DEFAULT_MODEL_DIR).expanduser()
         allow = str(environ.get(ENV_ALLOW_CHANGES, section.get("allow_changes", False))).strip().lower()
         max_runs = int(section.get("max_concurrent_runs", 1))
-        return cls(data_roots=unique, runs_dir=runs_dir, models_dir=models_dir,
-                   allow_changes=allow in ("1", "true", "yes", "on"), max_concurrent_runs=max(1, max_runs))
+        return cls(
+            data_roots=unique,
+            runs_dir=runs_dir,
+            models_dir=models_dir,
+            allow_changes=allow in ("1", "true", "yes", "on"),
+            max_concurrent_runs=max(1, max_runs),
+        )
 
     def model_choices(self) -> dict[str, Path]:
         """Label → model path: the shipped default, then every run that has a model, newest first."""
@@ -85,8 +90,9 @@ class AppSettings:
                 continue
         return roots
 
-    def resolve_inside_roots(self, path: str | Path, base: Path = PROJECT_ROOT,
-                             roots: list[Path] | None = None) -> Path | None:
+    def resolve_inside_roots(
+        self, path: str | Path, base: Path = PROJECT_ROOT, roots: list[Path] | None = None
+    ) -> Path | None:
         """path resolved (relative to base, symlinks followed), or None when it lies outside every allowed root.
 
         Only names are resolved (lstat and readlink): nothing is opened, so a refused path reveals nothing,

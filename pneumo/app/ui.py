@@ -10,24 +10,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
-import streamlit as st
-from cachetools import LRUCache
+from typing import Any
 
 import pandas as pd
+import streamlit as st
+from cachetools import LRUCache
 from streamlit.runtime.pages_manager import PagesManager
 
-from pneumo.data import collection as D
-from pneumo.evaluation import drift
-from pneumo.evaluation import drift_reference
-from pneumo.evaluation import site
-from pneumo.model import explain
-from pneumo.core.memory import release_file_pages
-from pneumo.model.loading import LoadedModel, card_path, load_model, read_card
-from pneumo.app.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
 from pneumo.app.sessions import _trim_forever
+from pneumo.app.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
+from pneumo.core.memory import release_file_pages
+from pneumo.data import collection as D
+from pneumo.evaluation import drift, site
+from pneumo.model import explain
+from pneumo.model.loading import LoadedModel, card_path, load_model, read_card
 
 # pneumo.evaluation.metrics (scikit-learn, ~2 s) is imported where used: only predicting a labelled folder needs it.
 
@@ -99,8 +97,10 @@ def active_model() -> LoadedModel | None:
     try:  # a copy with the operating point chosen in the sidebar in force; the cached model is shared
         return site.apply_operating_point(cached, st.session_state.get("operating_point"))
     except ValueError as exc:
-        st.warning(f"The chosen operating point is not in this model's card ({plain(exc)}); the shipped one is in "
-                   "force.", icon=":material/warning:")
+        st.warning(
+            f"The chosen operating point is not in this model's card ({plain(exc)}); the shipped one is in force.",
+            icon=":material/warning:",
+        )
         return cached
 
 
@@ -134,14 +134,22 @@ def data_root() -> Path | None:
     return Path(root) if root else None
 
 
-_DEVICE_PROBE = "from pneumo.training.job import detect_device; print(detect_device().describe())"  # its stderr is dropped
+_DEVICE_PROBE = (
+    "from pneumo.training.job import detect_device; print(detect_device().describe())"  # its stderr is dropped
+)
 _DEVICE: dict[str, str] = {}
 
 
 def _probe_device() -> None:
     try:
-        done = subprocess.run([sys.executable, "-c", _DEVICE_PROBE], capture_output=True, text=True, timeout=300,
-                              cwd=PROJECT_ROOT, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        done = subprocess.run(
+            [sys.executable, "-c", _DEVICE_PROBE],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        )
         lines = done.stdout.strip().splitlines()
         _DEVICE["description"] = lines[-1] if done.returncode == 0 and lines else "unknown (the device check failed)"
     except (OSError, subprocess.SubprocessError) as exc:
@@ -250,9 +258,14 @@ def sidebar(cfg: AppSettings) -> None:
         if roots:
             current = st.session_state.get("data_root") or st.query_params.get("data_root")
             index = next((i for i, r in enumerate(roots) if str(r) == current), 0)
-            picked = st.selectbox("Data folder", labels, index=index, key="data_choice",
-                                  help="Configured roots only: the bundled samples, data/, and paths from "
-                                       ".streamlit/secrets.toml ([pneumo] data_roots) or PNEUMO_DATA_ROOTS.")
+            picked = st.selectbox(
+                "Data folder",
+                labels,
+                index=index,
+                key="data_choice",
+                help="Configured roots only: the bundled samples, data/, and paths from "
+                ".streamlit/secrets.toml ([pneumo] data_roots) or PNEUMO_DATA_ROOTS.",
+            )
             remember_choice("data_root", str(roots[labels.index(picked)]))
         else:
             st.session_state["data_root"] = None
@@ -271,9 +284,14 @@ def operating_point_picker(model_path: Path) -> None:
     current = st.session_state.get("operating_point") or st.query_params.get("operating_point") or names[0]
     index = names.index(current) if current in names else 0
     origin = {p["name"]: p["origin"] for p in points}
-    picked = st.selectbox("Operating point", names, index=index, key=f"operating_point_choice:{model_path}",
-                          help="The threshold in force: the card's own, or one set on a site's own labelled films "
-                               "(Threshold page, Calibrate to this site).")
+    picked = st.selectbox(
+        "Operating point",
+        names,
+        index=index,
+        key=f"operating_point_choice:{model_path}",
+        help="The threshold in force: the card's own, or one set on a site's own labelled films "
+        "(Threshold page, Calibrate to this site).",
+    )
     st.caption(f"{plain(origin[picked])}")
     remember_choice("operating_point", picked)
 
@@ -295,26 +313,42 @@ def _root_label(root: Path) -> str:
         return str(root)
 
 
-FIGURE_NAMES = [("roc_auc", "ROC AUC"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity"),
-                ("accuracy", "Accuracy"), ("precision", "Precision"), ("npv", "NPV"), ("flagged_fraction", "Flagged")]
+FIGURE_NAMES = [
+    ("roc_auc", "ROC AUC"),
+    ("sensitivity", "Sensitivity"),
+    ("specificity", "Specificity"),
+    ("accuracy", "Accuracy"),
+    ("precision", "Precision"),
+    ("npv", "NPV"),
+    ("flagged_fraction", "Flagged"),
+]
 
 
 def figure_table(figures: dict[str, Any]) -> Any:
     """Figures as a two-row table: it wraps at any width, where a row of st.metric truncates to '0.99…'."""
-    return pd.DataFrame([{label: (f"{figures[k]:.4f}" if isinstance(figures.get(k), float) else "—")
-                          for k, label in FIGURE_NAMES}])
+    return pd.DataFrame(
+        [{label: (f"{figures[k]:.4f}" if isinstance(figures.get(k), float) else "—") for k, label in FIGURE_NAMES}]
+    )
 
 
 def card_summary(card: Any) -> Any:
     """The card's main facts as readable rows (the whole card is a download)."""
     v, td, tr = card.validation, card.training_data, card.training
-    rows = [("name", card.name), ("architecture", card.architecture), ("parameters", f"{card.parameters or 0:,}"),
-            ("input", f"{card.input_size} px grayscale"), ("threshold", f"{card.threshold:.4f}"),
-            ("threshold rule", card.threshold_rule), ("validation", f"{v.get('kind', '?')}: {v.get('split', '')}"),
-            ("validation n", str(v.get("n", "?"))), ("training films", str(td.get("train_images", "?"))),
-            ("training time", f"{tr.get('seconds', '?')} s on {tr.get('device', '?')}"),
-            ("reproduce", str(tr.get("command", ""))[:400]), ("created", card.created),
-            ("data attribution", card.data_attribution[:300])]
+    rows = [
+        ("name", card.name),
+        ("architecture", card.architecture),
+        ("parameters", f"{card.parameters or 0:,}"),
+        ("input", f"{card.input_size} px grayscale"),
+        ("threshold", f"{card.threshold:.4f}"),
+        ("threshold rule", card.threshold_rule),
+        ("validation", f"{v.get('kind', '?')}: {v.get('split', '')}"),
+        ("validation n", str(v.get("n", "?"))),
+        ("training films", str(td.get("train_images", "?"))),
+        ("training time", f"{tr.get('seconds', '?')} s on {tr.get('device', '?')}"),
+        ("reproduce", str(tr.get("command", ""))[:400]),
+        ("created", card.created),
+        ("data attribution", card.data_attribution[:300]),
+    ]
     return pd.DataFrame(rows, columns=["field", "value"])
 
 

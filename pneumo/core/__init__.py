@@ -1,1 +1,3 @@
-"""The ground floor: paths and class names, file I/O written atomically and read within bounds, the model card, process memory. Imports nothing else of pneumo."""
+"""The ground floor: paths and class names, file I/O written atomically and read within bounds, the model card, process
+memory. Imports nothing else of pneumo.
+"""

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from pneumo.core.files import atomic_write_json
+from pneumo.core.paths import CLASS_NAMES
 
-from pneumo.core.paths import CLASS_NAMES  # noqa: F401
 # Below this many validation films, or above this width of the AUC interval, a model carries a caution.
 MIN_VALIDATION_FILMS = 200
 MAX_AUC_INTERVAL = 0.05
@@ -33,8 +33,10 @@ def check_threshold(value: Any, where: str) -> float:
     try:
         number = float(value)
     except OverflowError:  # a 400-digit integer: no float holds it, and math.isfinite would raise
-        raise CardError(f"{where}: threshold must be a number in [0, 1], got an integer of about "
-                        f"{int(value.bit_length() * 0.30103) + 1} digits") from None
+        raise CardError(
+            f"{where}: threshold must be a number in [0, 1], got an integer of about "
+            f"{int(value.bit_length() * 0.30103) + 1} digits"
+        ) from None
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise CardError(f"{where}: threshold must be a number in [0, 1], got {number:.6g}")
     return number
@@ -42,13 +44,36 @@ def check_threshold(value: Any, where: str) -> float:
 
 # What the pages, the PDF and the CSV format as numbers: in the sections holding figures, a key of these
 # names holds a number, null, or (for bootstrap intervals and worst conditions) an object of them.
-_FIGURE_KEYS = frozenset({"threshold", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision",
-                          "npv", "f1", "flagged_fraction", "mean_auc", "worst_auc", "mean_specificity",
-                          "worst_specificity", "low", "high", "sd", "outside_chest_mean", "outside_chest_p90",
-                          "val_roc_auc", "oof_roc_auc", "seconds"})
+_FIGURE_KEYS = frozenset(
+    {
+        "threshold",
+        "roc_auc",
+        "pr_auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "npv",
+        "f1",
+        "flagged_fraction",
+        "mean_auc",
+        "worst_auc",
+        "mean_specificity",
+        "worst_specificity",
+        "low",
+        "high",
+        "sd",
+        "outside_chest_mean",
+        "outside_chest_p90",
+        "val_roc_auc",
+        "oof_roc_auc",
+        "seconds",
+    }
+)
 _COUNT_KEYS = frozenset({"n", "tn", "fp", "fn", "tp"})
-_FIGURE_SECTIONS = frozenset({"validation", "shift_checks", "explanation_trust", "external_evaluations",
-                              "threshold_history", "training"})
+_FIGURE_SECTIONS = frozenset(
+    {"validation", "shift_checks", "explanation_trust", "external_evaluations", "threshold_history", "training"}
+)
 _FREE_SUBTREES = frozenset({("training", "config"), ("training", "library_versions")})  # written by other code
 MAX_DEPTH = 32  # the shipped card nests 5 levels; st.json, deepcopy and json.dumps recurse
 
@@ -78,8 +103,9 @@ def _check_values(values: dict[str, Any], where: str) -> None:
                 if not (value is None or isinstance(value, dict) or _is_number(value)):
                     raise CardError(f"{where}: {_name(here)} must be a number, got {type(value).__name__}")
             if inside and isinstance(item, dict) and key in _COUNT_KEYS:
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                          or not 0 <= value <= 10**12):
+                if value is not None and (
+                    isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 10**12
+                ):
                     raise CardError(f"{where}: {_name(here)} must be a count, got {str(value)[:20]!r}")
             stack.append((value, here, inside))
 
@@ -92,10 +118,12 @@ def _is_number(value: Any) -> bool:
 
 def _check_shapes(values: dict[str, Any], where: str) -> None:
     """The objects and arrays the pages index into, where present."""
+
     def need(value: Any, kind: type, name: str) -> Any:
         if not isinstance(value, kind):
-            raise CardError(f"{where}: {name} must be a JSON {'object' if kind is dict else 'array'}, "
-                            f"got {type(value).__name__}")
+            raise CardError(
+                f"{where}: {name} must be a JSON {'object' if kind is dict else 'array'}, got {type(value).__name__}"
+            )
         return value
 
     def items(value: Any, name: str) -> None:
@@ -119,7 +147,9 @@ def _check_shapes(values: dict[str, Any], where: str) -> None:
         for key in ("conditions", "stress"):
             if framing.get(key) is not None:
                 items(framing[key], f"shift_checks.framing.{key}")
-        if not all(isinstance(c, str) for c in need(framing.get("cautions") or [], list, "shift_checks.framing.cautions")):
+        if not all(
+            isinstance(c, str) for c in need(framing.get("cautions") or [], list, "shift_checks.framing.cautions")
+        ):
             raise CardError(f"{where}: shift_checks.framing.cautions must be a list of texts")
     for section in ("shift_checks", "validation"):
         block = values.get(section) or {}
@@ -134,7 +164,9 @@ def _check_shapes(values: dict[str, Any], where: str) -> None:
     for i, entry in enumerate(values.get("external_evaluations") or []):
         for key in ("name", "date", "data", "threshold_source", "file_list_sha256_16"):
             if entry.get(key) is not None and not isinstance(entry[key], str):
-                raise CardError(f"{where}: external_evaluations[{i}].{key} must be text, got {type(entry[key]).__name__}")
+                raise CardError(
+                    f"{where}: external_evaluations[{i}].{key} must be text, got {type(entry[key]).__name__}"
+                )
         if entry.get("confusion") is not None:
             need(entry["confusion"], dict, f"external_evaluations[{i}].confusion")
     if (values.get("training") or {}).get("members") is not None:
@@ -182,11 +214,11 @@ class ModelCard:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def default(cls, name: str) -> "ModelCard":
+    def default(cls, name: str) -> ModelCard:
         return cls(name=name, architecture="unknown", threshold=0.5, threshold_rule="no card: default 0.5")
 
     @classmethod
-    def from_dict(cls, obj: Any, where: str = "card") -> "ModelCard":
+    def from_dict(cls, obj: Any, where: str = "card") -> ModelCard:
         if not isinstance(obj, dict):
             raise CardError(f"{where}: a card must be a JSON object, got {type(obj).__name__}")
         values = dict(obj)
@@ -213,18 +245,27 @@ class ModelCard:
         for key in ("input_check", "serving", "label_audit"):
             if extra.get(key) is not None and not isinstance(extra[key], dict):
                 raise CardError(f"{where}: {key} must be a JSON object, got {type(extra[key]).__name__}")
-        for key, kind in (("training_data", dict), ("validation", dict), ("shift_checks", dict),
-                          ("explanation_trust", dict), ("external_evaluations", list), ("threshold_history", list),
-                          ("training", dict)):
+        for key, kind in (
+            ("training_data", dict),
+            ("validation", dict),
+            ("shift_checks", dict),
+            ("explanation_trust", dict),
+            ("external_evaluations", list),
+            ("threshold_history", list),
+            ("training", dict),
+        ):
             if key in values and values[key] is None:
                 values.pop(key)  # null: the section was not recorded
             elif key in values and not isinstance(values[key], kind):
-                raise CardError(f"{where}: {key} must be a JSON {'object' if kind is dict else 'array'}, "
-                                f"got {type(values[key]).__name__}")
+                raise CardError(
+                    f"{where}: {key} must be a JSON {'object' if kind is dict else 'array'}, "
+                    f"got {type(values[key]).__name__}"
+                )
         _check_shapes(values, where)
         parameters = values.get("parameters")
-        if parameters is not None and (isinstance(parameters, bool) or not isinstance(parameters, int)
-                                       or not 0 <= parameters <= 10**13):
+        if parameters is not None and (
+            isinstance(parameters, bool) or not isinstance(parameters, int) or not 0 <= parameters <= 10**13
+        ):
             raise CardError(f"{where}: parameters must be a whole number, got {str(parameters)[:20]!r}")
         layer = values.get("gradcam_layer")
         if layer is not None and not isinstance(layer, str):
@@ -232,8 +273,15 @@ class ModelCard:
         _check_site_points(values.get("site_operating_points", []), where)
         values.setdefault("name", Path(where).parent.name or "model")
         values.setdefault("architecture", "unknown")
-        for key in ("name", "architecture", "threshold_rule", "description", "preprocessing", "data_attribution",
-                    "created"):
+        for key in (
+            "name",
+            "architecture",
+            "threshold_rule",
+            "description",
+            "preprocessing",
+            "data_attribution",
+            "created",
+        ):
             if key in values and values[key] is not None:
                 values[key] = str(values[key])
             elif key in values:
@@ -246,7 +294,7 @@ class ModelCard:
         return out
 
     @classmethod
-    def read(cls, path: str | Path) -> "ModelCard":
+    def read(cls, path: str | Path) -> ModelCard:
         """The card at path; CardError when it is unreadable or unusable."""
         path = Path(path)
         try:
@@ -272,8 +320,10 @@ class ModelCard:
         ci = (v.get("bootstrap_95") or self.shift_checks.get("bootstrap_95") or {}).get("roc_auc") or {}
         width = ci.get("high", 0.0) - ci.get("low", 0.0) if ci else None
         if n < MIN_VALIDATION_FILMS:
-            out.append(f"validated on only {n} films (fewer than {MIN_VALIDATION_FILMS}): its figures and its threshold "
-                       "are not established")
+            out.append(
+                f"validated on only {n} films (fewer than {MIN_VALIDATION_FILMS}): its figures and its threshold "
+                "are not established"
+            )
         if width is not None and width > MAX_AUC_INTERVAL:
             out.append(f"wide uncertainty: ROC AUC 95 % interval {ci['low']:.3f}–{ci['high']:.3f}")
         for key, floor in (("sensitivity", 0.8), ("specificity", 0.5)):

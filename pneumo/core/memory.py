@@ -30,7 +30,9 @@ class Resident:
 def resident(pid: int | str = "self") -> Resident:
     """Resident memory of a process (Linux /proc); zeros where /proc is unavailable."""
     try:
-        fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line
+        )
     except OSError:
         return Resident(0.0, 0.0, 0.0, 0.0)
 

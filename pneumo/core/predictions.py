@@ -16,6 +16,7 @@ class PredictionsError(ValueError):
 
 # ---------------------------------------------------------------- stored predictions
 
+
 def read_predictions(path: str | Path, max_bytes: int = PREDICTIONS_MAX_BYTES) -> Any:
     """A val_predictions.csv, validated: path, label (0 or 1) and probability (in [0, 1], or empty for an
     unreadable film) on every row; PredictionsError names the file and the first bad row.
@@ -44,15 +45,17 @@ def read_predictions(path: str | Path, max_bytes: int = PREDICTIONS_MAX_BYTES) -
     bad = ~labels.isin([0, 1])
     if bad.any():
         i = int(bad.to_numpy().argmax())
-        raise PredictionsError(f"{name} row {rows[i]}: label must be 0 (normal) or 1 (pneumonia), "
-                               f"got {frame['label'].iloc[i][:20]!r}")
+        raise PredictionsError(
+            f"{name} row {rows[i]}: label must be 0 (normal) or 1 (pneumonia), got {frame['label'].iloc[i][:20]!r}"
+        )
     text = frame["probability"].str.strip()
     probs = pd.to_numeric(text, errors="coerce")
     bad = (probs.isna() & (text != "") & (text.str.lower() != "nan")) | (probs < 0) | (probs > 1)
     if bad.any():
         i = int(bad.to_numpy().argmax())
-        raise PredictionsError(f"{name} row {rows[i]}: probability must be a number in [0, 1], "
-                               f"got {frame['probability'].iloc[i][:20]!r}")
+        raise PredictionsError(
+            f"{name} row {rows[i]}: probability must be a number in [0, 1], got {frame['probability'].iloc[i][:20]!r}"
+        )
     empty = frame["path"].str.strip() == ""
     if empty.any():
         raise PredictionsError(f"{name} row {rows[int(empty.to_numpy().argmax())]}: no path")

@@ -44,7 +44,7 @@ def _fallback(shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     x0, y0, x1, y1 = FALLBACK_BOX
     mask = np.zeros(shape, bool)
-    mask[round(y0 * h): round(y1 * h), round(x0 * w): round(x1 * w)] = True
+    mask[round(y0 * h) : round(y1 * h), round(x0 * w) : round(x1 * w)] = True
     return mask
 
 
@@ -89,8 +89,11 @@ def _pair(u8: np.ndarray, excluded: np.ndarray) -> np.ndarray | None:
     dark = cv2.morphologyEx(dark, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (3, 3)))
     count, labels, stats, centroids = cv2.connectedComponentsWithStats(dark, connectivity=4)
     # A strip of air beside the body hugs the film's side; a lung's centre lies well inside it.
-    big = [i for i in range(1, count) if stats[i, cv2.CC_STAT_AREA] >= 0.015 * WORK_SIDE**2
-           and 0.12 * WORK_SIDE < centroids[i][0] < 0.88 * WORK_SIDE]
+    big = [
+        i
+        for i in range(1, count)
+        if stats[i, cv2.CC_STAT_AREA] >= 0.015 * WORK_SIDE**2 and 0.12 * WORK_SIDE < centroids[i][0] < 0.88 * WORK_SIDE
+    ]
     left = [i for i in big if centroids[i][0] < WORK_SIDE / 2]
     right = [i for i in big if centroids[i][0] >= WORK_SIDE / 2]
     keep = [max(side, key=lambda i: stats[i, cv2.CC_STAT_AREA]) for side in (left, right) if side]

@@ -6,23 +6,25 @@ import functools
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pneumo.data.pixels import InvalidImageError, to_uint8
-from pneumo.data.decode import load_image
 from pneumo.core.files import atomic_write_text
+from pneumo.core.paths import CLASS_NAMES
+from pneumo.data.decode import load_image
+from pneumo.data.pixels import InvalidImageError, to_uint8
 
 # scikit-learn is imported where used: the dashboard imports this module at start, and scikit-learn adds ~2 s.
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm", ".dicom"}
 SPLIT_NAMES = ("train", "val", "test")
-from pneumo.core.paths import CLASS_NAMES  # noqa: F401
+
 NPZ_SEPARATOR = "::"
 
 Progress = Callable[[int, int], None]
@@ -40,6 +42,7 @@ def looks_like_kermany(frame: pd.DataFrame) -> bool:
     """True when most file names follow the Kermany collection's patterns (personN_*, IM-XXXX-YYYY)."""
     names = frame["path"].map(lambda p: Path(p).name)
     return bool(len(names)) and names.str.contains(r"person\d+_|IM-\d+-\d+", regex=True).mean() > 0.5
+
 
 _PERSON = re.compile(r"person(\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
 _IM = re.compile(r"(?:NORMAL2-)?IM-(\d+)-\d+", re.IGNORECASE)
@@ -186,7 +189,9 @@ def scan(root: str | Path) -> Dataset:
     return Dataset(root, layout, _frame(rows), problems)
 
 
-def _rows_from_class_dirs(folder: Path, split: str, problems: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+def _rows_from_class_dirs(
+    folder: Path, split: str, problems: list[tuple[str, str]] | None = None
+) -> list[dict[str, Any]]:
     rows = []
     inside = folder.resolve()
     for label, class_dirs in _class_dirs(folder).items():
@@ -208,7 +213,9 @@ def _frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     if "patient_id" not in frame or frame["patient_id"].isna().all():
         frame["patient_id"] = [p for p, _ in parsed]
     else:
-        frame["patient_id"] = [str(pid) if pd.notna(pid) and str(pid) else p for pid, (p, _) in zip(frame["patient_id"], parsed)]
+        frame["patient_id"] = [
+            str(pid) if pd.notna(pid) and str(pid) else p for pid, (p, _) in zip(frame["patient_id"], parsed)
+        ]
     frame["subtype"] = [s for _, s in parsed]
     frame["label"] = frame["label"].astype(int)
     frame["class_name"] = [CLASS_NAMES[i] for i in frame["label"]]
@@ -233,7 +240,9 @@ def _scan_manifest(csv_path: Path) -> Dataset:
     table.columns = [c.strip().lower() for c in table.columns]
     missing = {"path", "label"} - set(table.columns)
     if missing:
-        raise DatasetError(f"{csv_path}: manifest needs columns path,label[,patient_id][,split]; missing {sorted(missing)}")
+        raise DatasetError(
+            f"{csv_path}: manifest needs columns path,label[,patient_id][,split]; missing {sorted(missing)}"
+        )
     if table.empty:
         raise DatasetError(f"{csv_path}: the manifest lists no images")
     rows = []
@@ -245,7 +254,9 @@ def _scan_manifest(csv_path: Path) -> Dataset:
         # Resolved (symlinks followed) before anything is opened: a manifest names files under its own
         # folder only, so it cannot be used to read, show or probe other files on the machine.
         if not path.resolve().is_relative_to(root):
-            problems.append((str(rec["path"]), f"row {i + 2}: outside the manifest's folder {root}; refused, not opened"))
+            problems.append(
+                (str(rec["path"]), f"row {i + 2}: outside the manifest's folder {root}; refused, not opened")
+            )
             continue
         rows.append(
             {
@@ -279,8 +290,10 @@ def _scan_npz(npz_path: Path) -> Dataset:
             labels = contents[f"{split}_labels"]
             shape = contents[f"{split}_images"]
             if len(shape) not in (3, 4) or shape[0] != len(labels) or min(shape[1:3]) < 8:
-                raise DatasetError(f"{npz_path}: {split}_images has shape {shape}; expected N×H×W (or N×H×W×C) "
-                                   f"with N = {len(labels)} labels")
+                raise DatasetError(
+                    f"{npz_path}: {split}_images has shape {shape}; expected N×H×W (or N×H×W×C) "
+                    f"with N = {len(labels)} labels"
+                )
             if not np.isin(labels, (0, 1)).all():
                 bad = sorted(set(np.unique(labels).tolist()) - {0, 1})[:5]
                 raise DatasetError(f"{npz_path}: {split}_labels must be 0 (normal) or 1 (pneumonia); found {bad}")
@@ -341,8 +354,9 @@ STATS_COLUMNS = ["path", "height", "width", "mean", "std", "hash", "error"]
 STATS_CACHE_FILES = 16  # folders whose image statistics stay cached on disk
 
 
-def inspect_images(paths: Iterable[str], progress: Progress | None = None, workers: int = 4,
-                   cache_dir: str | Path | None = None) -> pd.DataFrame:
+def inspect_images(
+    paths: Iterable[str], progress: Progress | None = None, workers: int = 4, cache_dir: str | Path | None = None
+) -> pd.DataFrame:
     """Decode every image once: size, intensity, pixel hash, or the reason it is unreadable.
 
     cache_dir: keep the result on disk, keyed by the files' paths, sizes and modification times, so the
@@ -352,8 +366,12 @@ def inspect_images(paths: Iterable[str], progress: Progress | None = None, worke
     cached = _stats_cache_file(paths, cache_dir) if cache_dir else None
     if cached is not None and cached.exists():
         try:
-            frame = pd.read_csv(cached, dtype={"path": str, "hash": str, "error": str}, keep_default_na=False,
-                                na_values={"height": [""], "width": [""], "mean": [""], "std": [""]})
+            frame = pd.read_csv(
+                cached,
+                dtype={"path": str, "hash": str, "error": str},
+                keep_default_na=False,
+                na_values={"height": [""], "width": [""], "mean": [""], "std": [""]},
+            )
             frame["error"] = frame["error"].replace("", None)
             frame["hash"] = frame["hash"].replace("", None)
             if list(frame.columns) == STATS_COLUMNS and frame["path"].tolist() == paths:
@@ -409,8 +427,9 @@ def duplicate_groups(stats: pd.DataFrame) -> list[list[str]]:
     return sorted((sorted(g) for g in groups if len(g) > 1), key=lambda g: g[0])
 
 
-def summarize(root: str | Path | Dataset, progress: Progress | None = None,
-              cache_dir: str | Path | None = None) -> Summary:
+def summarize(
+    root: str | Path | Dataset, progress: Progress | None = None, cache_dir: str | Path | None = None
+) -> Summary:
     """Counts, imbalance, patients, subtypes, duplicates and image statistics for a labelled collection
     (the decoded statistics kept in cache_dir, see inspect_images)."""
     dataset = root if isinstance(root, Dataset) else scan(root)
@@ -420,9 +439,14 @@ def summarize(root: str | Path | Dataset, progress: Progress | None = None,
     unreadable = [(r.path, r.error) for r in merged.itertuples() if isinstance(r.error, str)] + dataset.problems
     readable = merged[merged["error"].isna()]
     counts = (
-        frame.groupby(["split", "class_name"]).size().unstack(fill_value=0).reindex(columns=list(CLASS_NAMES), fill_value=0)
+        frame.groupby(["split", "class_name"])
+        .size()
+        .unstack(fill_value=0)
+        .reindex(columns=list(CLASS_NAMES), fill_value=0)
     )
-    counts = counts.reindex([s for s in (*SPLIT_NAMES, *sorted(set(counts.index) - set(SPLIT_NAMES))) if s in counts.index])
+    counts = counts.reindex(
+        [s for s in (*SPLIT_NAMES, *sorted(set(counts.index) - set(SPLIT_NAMES))) if s in counts.index]
+    )
     per_class = frame["label"].value_counts()
     minority = per_class.min() if len(per_class) == 2 else 0
     imbalance = float(per_class.max() / minority) if minority else float("inf")
@@ -495,14 +519,20 @@ def split(
     groups = patient_groups(pool, duplicates)
     n_splits = max(2, int(round(1.0 / val_fraction)))
     if len(np.unique(groups)) < n_splits:
-        raise DatasetError(f"only {len(np.unique(groups))} patients: too few to carve a {val_fraction:.0%} validation split")
+        raise DatasetError(
+            f"only {len(np.unique(groups))} patients: too few to carve a {val_fraction:.0%} validation split"
+        )
     folds = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     train_idx, val_idx = next(folds.split(pool, pool["label"], groups))
     return pool.iloc[train_idx].reset_index(drop=True), pool.iloc[val_idx].reset_index(drop=True)
 
 
 def fold_split(
-    data: Dataset | pd.DataFrame, fold: int, folds: int = 5, seed: int = 0, duplicates: list[list[str]] | None = None,
+    data: Dataset | pd.DataFrame,
+    fold: int,
+    folds: int = 5,
+    seed: int = 0,
+    duplicates: list[list[str]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, held-out) for fold `fold` of `folds`, stratified by class and grouped by patient and
     duplicate group: the held-out parts of one seed's folds partition the non-test images."""

@@ -12,13 +12,13 @@ from typing import Any, Union
 import numpy as np
 from PIL import Image, ImageChops, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
-from pneumo.data.pixels import colourfulness, DEFAULT_MAX_PIXELS, InvalidImageError, MAX_KEPT_SIDE, _check_size, _finish
 from pneumo.data.dicom import _decode_dicom
+from pneumo.data.pixels import DEFAULT_MAX_PIXELS, MAX_KEPT_SIDE, InvalidImageError, _check_size, _finish, colourfulness
 
 # pydicom and OpenCV are imported where used: the dashboard and the CLI import this module at start, and most films
 # are JPEG or PNG.
 
-Source = Union[bytes, bytearray, str, Path]
+Source = Union[bytes, bytearray, str, Path]  # noqa: UP007 - a runtime alias: X | Y needs Python 3.10 types
 
 # Formats Pillow may decode for us; anything else it recognises (PDF, GIF animations, ICO...) is refused.
 PIL_FORMATS = {"PNG", "JPEG", "BMP", "TIFF", "MPO"}
@@ -57,8 +57,11 @@ def _read(source: Source, name: str | None, max_pixels: int = DEFAULT_MAX_PIXELS
     try:
         size = path.stat().st_size
         if size > _max_file_bytes(max_pixels):
-            raise InvalidImageError(label, f"too large: the file holds {size / 1e6:.0f} MB, more than any film "
-                                           f"within the {max_pixels / 1e6:.0f} MP limit needs")
+            raise InvalidImageError(
+                label,
+                f"too large: the file holds {size / 1e6:.0f} MB, more than any film "
+                f"within the {max_pixels / 1e6:.0f} MP limit needs",
+            )
         return path.read_bytes(), label
     except OSError as exc:
         raise InvalidImageError(label, f"cannot be read ({exc.strerror or exc})") from exc
@@ -68,7 +71,11 @@ def sniff_format(data: bytes) -> str | None:
     """Name the format from the leading bytes, whatever the file is called."""
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "DICOM"
-    if len(data) >= 8 and data[:2] in (b"\x02\x00", b"\x08\x00") and data[2:4] in (b"\x00\x00", b"\x01\x00", b"\x02\x00", b"\x05\x00", b"\x10\x00", b"\x16\x00", b"\x18\x00"):
+    if (
+        len(data) >= 8
+        and data[:2] in (b"\x02\x00", b"\x08\x00")
+        and data[2:4] in (b"\x00\x00", b"\x01\x00", b"\x02\x00", b"\x05\x00", b"\x10\x00", b"\x16\x00", b"\x18\x00")
+    ):
         return "DICOM"  # no 128-byte preamble: the file starts with a group 0002 or 0008 element
     signatures = {
         b"\x89PNG\r\n\x1a\n": "PNG",
@@ -150,8 +157,11 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, f
             needed = _min_bytes(img.format, *img.size)
             if len(data) < needed:
                 # Refused before Pillow allocates the image: the bytes present cannot hold what is declared.
-                raise InvalidImageError(label, f"truncated {img.format}: {len(data):,} bytes cannot hold the declared "
-                                               f"{img.size[0]}×{img.size[1]} image (at least {needed:,} bytes)")
+                raise InvalidImageError(
+                    label,
+                    f"truncated {img.format}: {len(data):,} bytes cannot hold the declared "
+                    f"{img.size[0]}×{img.size[1]} image (at least {needed:,} bytes)",
+                )
             _check_complete(data, img.format, label)
             declared = img.size
             draft = None
@@ -221,11 +231,12 @@ def _with_filler_before_markers(data: bytes, scan_start: int) -> bytes | None:
         else:  # a segment between scans (DHT, SOS, DRI, COM...): skip its payload, which may hold 0xFF bytes
             if found.end() + 2 > len(data):
                 return None
-            pos = found.end() + int.from_bytes(data[found.end():found.end() + 2], "big")
+            pos = found.end() + int.from_bytes(data[found.end() : found.end() + 2], "big")
 
 
-def _check_jpeg_entropy_complete(data: bytes, img: Image.Image, draft: tuple[str, tuple[int, int]] | None,
-                                 label: str) -> None:
+def _check_jpeg_entropy_complete(
+    data: bytes, img: Image.Image, draft: tuple[str, tuple[int, int]] | None, label: str
+) -> None:
     """Refuse a JPEG whose entropy-coded data stops before the image does, whatever marker follows.
 
     libjpeg, on meeting a marker where it still needs coded data (a cut file with an end-of-image marker
@@ -236,8 +247,9 @@ def _check_jpeg_entropy_complete(data: bytes, img: Image.Image, draft: tuple[str
     probe = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # headers only: stops right after the first SOS
     padded = _with_filler_before_markers(data, probe.fp.tell())
     if padded is None:
-        raise InvalidImageError(label, "truncated JPEG: a marker segment runs past the end of the file, "
-                                       "before the end-of-image marker")
+        raise InvalidImageError(
+            label, "truncated JPEG: a marker segment runs past the end of the file, before the end-of-image marker"
+        )
     again = JpegImagePlugin.JpegImageFile(io.BytesIO(padded))
     if draft is not None:
         again.draft(*draft)
@@ -253,8 +265,9 @@ def _check_jpeg_entropy_complete(data: bytes, img: Image.Image, draft: tuple[str
             except ValueError:  # a mode ImageChops does not take (12-bit JPEG): compare the raw bytes
                 differs = again.tobytes() != img.tobytes()
     if differs:
-        raise InvalidImageError(label, "truncated JPEG: the coded image data ends before the image does "
-                                       "(the decoder filled the rest)")
+        raise InvalidImageError(
+            label, "truncated JPEG: the coded image data ends before the image does (the decoder filled the rest)"
+        )
 
 
 def _to_gray(img: Image.Image) -> np.ndarray:

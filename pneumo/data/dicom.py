@@ -9,12 +9,12 @@ import contextlib
 import io
 import warnings
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from pneumo.data.pixels import BYTES_PER_PIXEL_BUDGET, InvalidImageError, _check_size
-
 
 # ---------------------------------------------------------------- DICOM
 
@@ -86,18 +86,25 @@ def _declared_bytes(ds: Any, tag: int, label: str, max_pixels: int) -> int:
     except (TypeError, ValueError) as exc:
         raise InvalidImageError(label, f"corrupt DICOM header: image size fields are not numbers ({exc})") from exc
     if rows <= 0 or cols <= 0 or frames <= 0 or samples not in (1, 3, 4) or not (bits == 1 or bits in range(8, 65, 8)):
-        raise InvalidImageError(label, f"corrupt DICOM header: {cols}×{rows}, {frames} frame(s), {samples} "
-                                       f"sample(s) per pixel, {bits} bits allocated")
+        raise InvalidImageError(
+            label,
+            f"corrupt DICOM header: {cols}×{rows}, {frames} frame(s), {samples} "
+            f"sample(s) per pixel, {bits} bits allocated",
+        )
     _check_size(label, cols, rows, max_pixels)
     if frames * rows * cols > max_pixels:  # every frame is decoded: the limit holds for all of them
-        raise InvalidImageError(label, f"too large: {frames} frames of {cols}×{rows} exceed the "
-                                       f"{max_pixels / 1e6:.0f} MP limit")
+        raise InvalidImageError(
+            label, f"too large: {frames} frames of {cols}×{rows} exceed the {max_pixels / 1e6:.0f} MP limit"
+        )
     nbytes = (frames * rows * cols * samples * bits + 7) // 8
     budget = max_pixels * BYTES_PER_PIXEL_BUDGET
     if nbytes > budget:
-        raise InvalidImageError(label, f"too large: {frames} frame(s) of {cols}×{rows} × {samples} sample(s) × "
-                                       f"{bits} bits = {nbytes / 1e6:.0f} MB of pixel data exceeds the "
-                                       f"{budget / 1e6:.0f} MB limit")
+        raise InvalidImageError(
+            label,
+            f"too large: {frames} frame(s) of {cols}×{rows} × {samples} sample(s) × "
+            f"{bits} bits = {nbytes / 1e6:.0f} MB of pixel data exceeds the "
+            f"{budget / 1e6:.0f} MB limit",
+        )
     return nbytes
 
 
@@ -138,15 +145,18 @@ def _inflate_dataset(deflated: bytes, label: str, max_pixels: int) -> bytes:
             if inflater.unconsumed_tail:
                 chunk = inflater.unconsumed_tail
             elif pos < len(deflated):
-                chunk, pos = deflated[pos:pos + step], pos + step
+                chunk, pos = deflated[pos : pos + step], pos + step
             else:
                 break
             # At most 1 MiB per call: a few kB of deflated zeros would otherwise overshoot the cap at once.
             out += inflater.decompress(chunk, min(limit + 1 - len(out), 2**20))
             if len(out) > limit:
                 where = "its declared pixel data" if header_known else "any pixel data"
-                raise InvalidImageError(label, f"deflated DICOM inflates past {where} (over {limit / 1e6:.0f} MB); "
-                                               "refused before inflating further")
+                raise InvalidImageError(
+                    label,
+                    f"deflated DICOM inflates past {where} (over {limit / 1e6:.0f} MB); "
+                    "refused before inflating further",
+                )
             if not header_known and (len(out) >= probe or inflater.eof):
                 probe *= 4  # parse again at 4× the bytes: a few parses in all, however long the header
                 header, found = _header_until_pixels(bytes(out))
@@ -155,8 +165,11 @@ def _inflate_dataset(deflated: bytes, label: str, max_pixels: int) -> bytes:
                     nbytes = _declared_bytes(header, tag, label, max_pixels)
                     length = nbytes if length == 0xFFFFFFFF else length
                     if length > nbytes + 1 + _DEFLATED_TAIL_BYTES:
-                        raise InvalidImageError(label, f"corrupt DICOM: the pixel data element holds {length:,} bytes, "
-                                                       f"the header declares {nbytes:,}")
+                        raise InvalidImageError(
+                            label,
+                            f"corrupt DICOM: the pixel data element holds {length:,} bytes, "
+                            f"the header declares {nbytes:,}",
+                        )
                     limit, header_known = value_at + length + _DEFLATED_TAIL_BYTES, True
     except zlib.error as exc:
         raise InvalidImageError(label, f"corrupt deflated DICOM data ({exc})") from exc
@@ -182,8 +195,11 @@ def _file_meta(fp: io.BytesIO) -> Any:
 
     def read(implicit: bool) -> Any:
         fp.seek(start)
-        meta = FileMetaDataset(read_dataset(fp, is_implicit_VR=implicit, is_little_endian=True,
-                                            stop_when=lambda tag, vr, length: tag >> 16 != 2))
+        meta = FileMetaDataset(
+            read_dataset(
+                fp, is_implicit_VR=implicit, is_little_endian=True, stop_when=lambda tag, vr, length: tag >> 16 != 2
+            )
+        )
         meta.set_original_encoding(implicit, True, default_encoding)
         return meta
 
@@ -213,7 +229,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> Any:
     meta = _file_meta(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
         return pydicom.dcmread(io.BytesIO(data), force=True, defer_size=_DEFER_BYTES)
-    body = io.BytesIO(_inflate_dataset(data[fp.tell():], label, max_pixels))
+    body = io.BytesIO(_inflate_dataset(data[fp.tell() :], label, max_pixels))
     dataset = read_dataset(body, False, True, defer_size=_DEFER_BYTES)
     ds = FileDataset(body, dataset, preamble, meta, False, True)
     # read_dataset recorded the Specific Character Set it decoded with (public: original_character_set).
@@ -252,8 +268,9 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
         if isinstance(source, io.BytesIO) and value_at is not None:
             present = min(length, len(source.getbuffer()) - value_at)
         if present < expected:
-            raise InvalidImageError(label, f"truncated DICOM: the pixel data holds {present:,} bytes, the header "
-                                           f"declares {expected:,}")
+            raise InvalidImageError(
+                label, f"truncated DICOM: the pixel data holds {present:,} bytes, the header declares {expected:,}"
+            )
     rows, cols = int(ds.Rows), int(ds.Columns)
     notes: list[str] = []
     try:
@@ -290,7 +307,10 @@ def _decode_dicom(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray,
         except Exception as exc:
             # A broken window is a display hint gone wrong, not broken pixels: fall back to the full range
             # and say so beside the reading.
-            windowed, window_note = False, f"invalid window in file, ignored ({type(exc).__name__}: {exc}); min-max scaling"
+            windowed, window_note = (
+                False,
+                f"invalid window in file, ignored ({type(exc).__name__}: {exc}); min-max scaling",
+            )
             notes.append(f"DICOM display window {window_note}")
     arr = np.asarray(arr, dtype=np.float32)
     photometric = str(ds.get("PhotometricInterpretation", ""))

@@ -4,9 +4,7 @@ conversions every reader of a film shares (8-bit, square resize, a screen-sized 
 
 from __future__ import annotations
 
-
 import numpy as np
-
 
 DEFAULT_MAX_PIXELS = 50_000_000
 MIN_SIDE = 32
@@ -38,14 +36,18 @@ def _check_shape(label: str, width: int, height: int, what: str = "") -> None:
     if min(width, height) < MIN_SIDE:
         raise InvalidImageError(label, f"too small{what}: {width}×{height}, each side must be at least {MIN_SIDE} px")
     if max(width, height) > MAX_ASPECT * min(width, height):
-        raise InvalidImageError(label, f"extreme aspect ratio{what}: {width}×{height} is beyond {MAX_ASPECT:g}:1, "
-                                       "not the proportions of a chest film")
+        raise InvalidImageError(
+            label,
+            f"extreme aspect ratio{what}: {width}×{height} is beyond {MAX_ASPECT:g}:1, "
+            "not the proportions of a chest film",
+        )
 
 
 def _check_size(label: str, width: int, height: int, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise InvalidImageError(
-            label, f"too large: {width}×{height} = {width * height / 1e6:.1f} MP exceeds the {max_pixels / 1e6:.0f} MP limit"
+            label,
+            f"too large: {width}×{height} = {width * height / 1e6:.1f} MP exceeds the {max_pixels / 1e6:.0f} MP limit",
         )
     _check_shape(label, width, height)
 
@@ -68,8 +70,11 @@ def _finish(arr: np.ndarray, label: str) -> np.ndarray:
         import cv2
 
         scale = MAX_KEPT_SIDE / max(arr.shape)
-        arr = cv2.resize(arr, (max(1, round(arr.shape[1] * scale)), max(1, round(arr.shape[0] * scale))),
-                         interpolation=cv2.INTER_AREA)
+        arr = cv2.resize(
+            arr,
+            (max(1, round(arr.shape[1] * scale)), max(1, round(arr.shape[0] * scale))),
+            interpolation=cv2.INTER_AREA,
+        )
         _check_shape(label, arr.shape[1], arr.shape[0], " once downscaled")
     # Near-constant: a few stray pixels give a black film a full min-max range, so the spread of the
     # central 98 % of pixels decides. A strided sample of about 512×512 pixels is plenty for a 1st and a
@@ -77,8 +82,11 @@ def _finish(arr: np.ndarray, label: str) -> np.ndarray:
     stride = max(1, int(np.ceil(np.sqrt(arr.size / 262_144))))
     p1, p99 = np.percentile(arr[::stride, ::stride], [1, 99])
     if p99 - p1 < MIN_CONTRAST:
-        raise InvalidImageError(label, f"near-constant image: 98 % of pixels lie within {p99 - p1:.3f} of the "
-                                       f"intensity range (at least {MIN_CONTRAST:g} needed), nothing to read")
+        raise InvalidImageError(
+            label,
+            f"near-constant image: 98 % of pixels lie within {p99 - p1:.3f} of the "
+            f"intensity range (at least {MIN_CONTRAST:g} needed), nothing to read",
+        )
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 

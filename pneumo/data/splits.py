@@ -79,7 +79,9 @@ def holdout(
     else:
         normals = set(g.loc[(g["label"] == 0) & (g["series"] == "NORMAL2-IM"), "group"])
         positives = g[(g["label"] == 1) & ~g["group"].isin(normals)]
-        _, held_pos = D.split(positives.drop(columns=["group", "series", "number"]), max(fraction, 0.1), seed, duplicates)
+        _, held_pos = D.split(
+            positives.drop(columns=["group", "series", "number"]), max(fraction, 0.1), seed, duplicates
+        )
         held_groups = normals | set(g.loc[g["path"].isin(held_pos["path"]), "group"])
     held = g["group"].isin(held_groups)
     if pool.loc[held, "label"].nunique() < 2 or pool.loc[~held, "label"].nunique() < 2:
@@ -105,8 +107,10 @@ def _lowest_numbers(g: pd.DataFrame, fraction: float) -> set[str]:
 
 def describe_holdout(kind: str, frame: pd.DataFrame, fold: int = 0, folds: int = 5) -> str:
     if kind == "fold":
-        return (f"fold {fold + 1} of {folds} (StratifiedGroupKFold by patient and exact-duplicate group): "
-                "in-distribution, out of fold")
+        return (
+            f"fold {fold + 1} of {folds} (StratifiedGroupKFold by patient and exact-duplicate group): "
+            "in-distribution, out of fold"
+        )
     if kind == "patient" or not _has_series(frame):
         return "random patient-level draw (StratifiedGroupKFold by patient and exact-duplicate group)"
     if kind == "temporal":

@@ -15,7 +15,8 @@ This module imports only numpy and OpenCV, so anything in the package may use it
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -95,8 +96,13 @@ def noise(img: np.ndarray, sigma: float, seed: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------ geometry
 
 
-def affine_matrix(shape: tuple[int, int], rotate_deg: float = 0.0, scale: float = 1.0, aspect: float = 0.0,
-                  shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def affine_matrix(
+    shape: tuple[int, int],
+    rotate_deg: float = 0.0,
+    scale: float = 1.0,
+    aspect: float = 0.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """The 2 × 3 forward matrix (input pixel → output pixel) of `affine`."""
     h, w = shape
     theta = np.deg2rad(rotate_deg)
@@ -110,8 +116,14 @@ def affine_matrix(shape: tuple[int, int], rotate_deg: float = 0.0, scale: float 
     return np.hstack([linear, offset[:, None]])
 
 
-def affine(img: np.ndarray, rotate_deg: float = 0.0, scale: float = 1.0, aspect: float = 0.0,
-           shift: tuple[float, float] = (0.0, 0.0), border: Border = "constant") -> np.ndarray:
+def affine(
+    img: np.ndarray,
+    rotate_deg: float = 0.0,
+    scale: float = 1.0,
+    aspect: float = 0.0,
+    shift: tuple[float, float] = (0.0, 0.0),
+    border: Border = "constant",
+) -> np.ndarray:
     """Positioning: one bilinear warp about the image centre.
 
     rotate_deg: counter-clockwise as displayed; scale: > 1 zooms in (1/0.85 shows the central 85 %),
@@ -150,8 +162,10 @@ def clahe(img: np.ndarray, clip_limit: float = 2.0, tiles: int = 8) -> np.ndarra
     """Local histogram equalisation as consoles apply it: OpenCV's CLAHE on the 8-bit image, `tiles` × `tiles`
     tiles, contrast amplification capped at `clip_limit`."""
     u8 = (np.clip(_float(img), 0, 1) * 255).astype(np.uint8)
-    return cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tiles), int(tiles))).apply(u8).astype(
-        np.float32) / 255.0
+    return (
+        cv2.createCLAHE(clipLimit=float(clip_limit), tileGridSize=(int(tiles), int(tiles))).apply(u8).astype(np.float32)
+        / 255.0
+    )
 
 
 # ------------------------------------------------------------------ the stress suite

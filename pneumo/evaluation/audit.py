@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumo.data.collection import CLASS_NAMES, scan
-from pneumo.model.loading import OOF_FILE, load_model
 from pneumo.core.files import atomic_write_text, now_iso
+from pneumo.core.paths import CLASS_NAMES
+from pneumo.data.collection import scan
+from pneumo.model.loading import OOF_FILE, load_model
 
 # cleanlab and pneumo.evaluation.metrics (scikit-learn) are imported where an audit runs: pneumo.training.data imports
 # this module only to apply a review and needs neither.
@@ -66,27 +67,31 @@ def audit(predictions: pd.DataFrame) -> pd.DataFrame:
 def summary(audited: pd.DataFrame) -> dict[str, Any]:
     """How many films are suspects, per class."""
     suspects = audited[audited["suspect"]]
-    return {"n": int(len(audited)), "suspects": int(len(suspects)),
-            "suspect_share": float(len(suspects) / max(len(audited), 1)),
-            "suspects_by_label": {str(k): int(v) for k, v in suspects["label"].value_counts().sort_index().items()},
-            "method": "cleanlab find_label_issues (confident learning, prune_by_noise_rate) on out-of-fold "
-                      "probabilities; score = self-confidence"}
+    return {
+        "n": int(len(audited)),
+        "suspects": int(len(suspects)),
+        "suspect_share": float(len(suspects) / max(len(audited), 1)),
+        "suspects_by_label": {str(k): int(v) for k, v in suspects["label"].value_counts().sort_index().items()},
+        "method": "cleanlab find_label_issues (confident learning, prune_by_noise_rate) on out-of-fold "
+        "probabilities; score = self-confidence",
+    }
 
 
-def audit_folder(data: str | Path, model_path: str | Path | None = None,
-                 progress: Any = None) -> pd.DataFrame:
+def audit_folder(data: str | Path, model_path: str | Path | None = None, progress: Any = None) -> pd.DataFrame:
     """Audit a labelled collection: films with a stored out-of-fold prediction of the model use it
     (source "out of fold"); the others are predicted by the model itself (source "model": out of sample
     only if the model never trained on them, which evaluate.leakage tells)."""
     from pneumo.evaluation.metrics import predict_frame
+
     loaded = load_model(model_path)
     frame = scan(data).frame
     stored_path = loaded.path.with_name(OOF_FILE)
     stored = pd.read_csv(stored_path) if stored_path.exists() else pd.DataFrame(columns=["path", "probability"])
     oof = dict(zip((_key(p) for p in stored["path"]), stored["probability"]))
     known = np.array([_key(p) in oof for p in frame["path"]], dtype=bool)
-    frame = frame.assign(probability=[oof.get(_key(p), np.nan) for p in frame["path"]],
-                         source=np.where(known, "out of fold", "model"))
+    frame = frame.assign(
+        probability=[oof.get(_key(p), np.nan) for p in frame["path"]], source=np.where(known, "out of fold", "model")
+    )
     if (~known).any():
         predicted = predict_frame(loaded, frame[~known], progress=progress)
         frame.loc[~known, "probability"] = predicted["probability"].to_numpy()
@@ -129,8 +134,13 @@ def write_review(path: str | Path, verdicts: dict[str, str], audited: pd.DataFra
     info = {} if audited is None else {r.path: r for r in audited.itertuples()}
     for film, verdict in verdicts.items():
         r = info.get(film)
-        rows[film] = {"path": film, "label": "" if r is None else str(int(r.label)), "verdict": verdict,
-                      "score": "" if r is None else f"{r.score:.6f}", "reviewed": now_iso()}
+        rows[film] = {
+            "path": film,
+            "label": "" if r is None else str(int(r.label)),
+            "verdict": verdict,
+            "score": "" if r is None else f"{r.score:.6f}",
+            "reviewed": now_iso(),
+        }
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=REVIEW_COLUMNS)
     writer.writeheader()

@@ -44,18 +44,20 @@ import io
 import json
 import os
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from cachetools import LRUCache
 
-from pneumo.model import input_check as quality
 from pneumo.core.files import atomic_write_bytes
+from pneumo.model import input_check as quality
 
-# SciPy, scikit-learn, pandas, pneumo.data.collection and pneumo.evaluation.validate are imported where used: the CLI imports this module
+# SciPy, scikit-learn, pandas, pneumo.data.collection and pneumo.evaluation.validate are imported where used: the CLI
+# imports this module
 # at start, and they would add seconds to every command.
 
 REFERENCE_FILE = "drift_reference.npz"
@@ -70,9 +72,11 @@ STRATA = ("predicted normal", "predicted pneumonia")
 # The given probabilities are the model's own (or its first member's) when they agree with what it
 # computes now to this much (ONNX Runtime and Keras agree to 1e-4).
 SCORE_TOLERANCE = 1e-3
-METHOD = ("one-sided two-sample KS per predicted class: feature distance (Mahalanobis, larger = shifted) and "
-          "score margin from the threshold (smaller = shifted), the reference counted by patients; Bonferroni over "
-          "the tests run")
+METHOD = (
+    "one-sided two-sample KS per predicted class: feature distance (Mahalanobis, larger = shifted) and "
+    "score margin from the threshold (smaller = shifted), the reference counted by patients; Bonferroni over "
+    "the tests run"
+)
 
 Progress = Callable[[int, int], None]
 
@@ -141,8 +145,10 @@ class Reference:
         distances = np.asarray(distances, dtype=np.float64).reshape(-1)
         n = len(distances)
         if n < MIN_BATCH:
-            raise DriftUnavailable(f"a drift check needs at least {MIN_BATCH} films, got {n}: fewer cannot tell a "
-                                   "shifted batch from chance")
+            raise DriftUnavailable(
+                f"a drift check needs at least {MIN_BATCH} films, got {n}: fewer cannot tell a "
+                "shifted batch from chance"
+            )
         if probabilities is None:
             raise ValueError("the batch's scores are needed: they split it by predicted class")
         probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1)
@@ -152,64 +158,131 @@ class Reference:
         for value, stratum in enumerate(STRATA):
             b, r = batch_pos == bool(value), ref_pos == bool(value)
             if b.sum() < MIN_STRATUM or r.sum() < MIN_STRATUM:
-                skipped.append(f"{stratum}: {int(b.sum())} films in the batch, {int(r.sum())} in the reference "
-                               f"(each needs {MIN_STRATUM})")
+                skipped.append(
+                    f"{stratum}: {int(b.sum())} films in the batch, {int(r.sum())} in the reference "
+                    f"(each needs {MIN_STRATUM})"
+                )
                 continue
             # ks_2samp's first sample is the batch: alternative="less" means its CDF lies below the
             # reference's somewhere, i.e. its distances are larger; "greater" means its margins are smaller.
             m = self.effective(r)
             statistic, p = smirnov(distances[b], self.distances[r], "less", m)
-            tests.append({"stratum": stratum, "kind": "feature distance (larger)", "n": int(b.sum()),
-                          "n_reference": int(r.sum()), "reference_patients": m, "statistic": statistic, "p_value": p})
+            tests.append(
+                {
+                    "stratum": stratum,
+                    "kind": "feature distance (larger)",
+                    "n": int(b.sum()),
+                    "n_reference": int(r.sum()),
+                    "reference_patients": m,
+                    "statistic": statistic,
+                    "p_value": p,
+                }
+            )
             if self.score_source != "none":
                 statistic, p = smirnov(self.margin(probabilities[b]), self.margin(self.probabilities[r]), "greater", m)
-                tests.append({"stratum": stratum, "kind": "score margin (smaller)", "n": int(b.sum()),
-                              "n_reference": int(r.sum()), "reference_patients": m, "statistic": statistic,
-                              "p_value": p})
+                tests.append(
+                    {
+                        "stratum": stratum,
+                        "kind": "score margin (smaller)",
+                        "n": int(b.sum()),
+                        "n_reference": int(r.sum()),
+                        "reference_patients": m,
+                        "statistic": statistic,
+                        "p_value": p,
+                    }
+                )
         if not tests:
-            raise DriftUnavailable("no predicted class has enough films in both the batch and the reference: "
-                                   + "; ".join(skipped))
+            raise DriftUnavailable(
+                "no predicted class has enough films in both the batch and the reference: " + "; ".join(skipped)
+            )
         for t, adjusted in zip(tests, holm([t["p_value"] for t in tests])):
             t["p_holm"] = adjusted
         best = min(tests, key=lambda t: t["p_value"])
         p_value = min(1.0, best["p_value"] * len(tests))
         shifted = p_value <= alpha
-        return DriftResult(shifted, float(p_value), n, METHOD, self.label(), alpha, best["statistic"], tests, skipped,
-                           advice(shifted, p_value, n))
+        return DriftResult(
+            shifted,
+            float(p_value),
+            n,
+            METHOD,
+            self.label(),
+            alpha,
+            best["statistic"],
+            tests,
+            skipped,
+            advice(shifted, p_value, n),
+        )
 
     # ------------------------------------------------------------------ storage
 
     def save(self, path: str | Path) -> None:
         buf = io.BytesIO()
         patients = self.patients if self.patients is not None else np.arange(self.n)
-        np.savez(buf, mean=self.mean, precision=self.precision, distances=self.distances,
-                 probabilities=self.probabilities, split_threshold=self.split_threshold, patients=patients,
-                 meta=np.array(json.dumps({
-                     "score_source": self.score_source, "model_sha256_16": self.model_sha256_16,
-                     "description": self.description, "n_fit": self.n_fit, "n_calibration": self.n_calibration,
-                     "created": self.created, "calibration": self.calibration})))
+        np.savez(
+            buf,
+            mean=self.mean,
+            precision=self.precision,
+            distances=self.distances,
+            probabilities=self.probabilities,
+            split_threshold=self.split_threshold,
+            patients=patients,
+            meta=np.array(
+                json.dumps(
+                    {
+                        "score_source": self.score_source,
+                        "model_sha256_16": self.model_sha256_16,
+                        "description": self.description,
+                        "n_fit": self.n_fit,
+                        "n_calibration": self.n_calibration,
+                        "created": self.created,
+                        "calibration": self.calibration,
+                    }
+                )
+            ),
+        )
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Reference":
+    def load(cls, path: str | Path) -> Reference:
         try:
             with np.load(path, allow_pickle=False) as z:
                 meta = json.loads(str(z["meta"]))
-                return cls(z["mean"], z["precision"], z["distances"], z["probabilities"], float(z["split_threshold"]),
-                           str(meta["score_source"]), str(meta["model_sha256_16"]), str(meta["description"]),
-                           int(meta["n_fit"]), int(meta["n_calibration"]), str(meta["created"]),
-                           dict(meta.get("calibration") or {}),
-                           np.asarray(z["patients"], dtype=np.int64) if "patients" in z.files else None)
+                return cls(
+                    z["mean"],
+                    z["precision"],
+                    z["distances"],
+                    z["probabilities"],
+                    float(z["split_threshold"]),
+                    str(meta["score_source"]),
+                    str(meta["model_sha256_16"]),
+                    str(meta["description"]),
+                    int(meta["n_fit"]),
+                    int(meta["n_calibration"]),
+                    str(meta["created"]),
+                    dict(meta.get("calibration") or {}),
+                    np.asarray(z["patients"], dtype=np.int64) if "patients" in z.files else None,
+                )
         except (OSError, KeyError, ValueError, TypeError) as exc:
             raise DriftUnavailable(f"{path}: not a drift reference ({exc})") from exc
 
     def card_section(self) -> dict[str, Any]:
         """What the card says of the drift check: the reference, the test, and its measured error rates."""
-        return {"reference_file": REFERENCE_FILE, "reference": self.label(), "method": METHOD, "alpha": ALPHA,
-                "reference_patients": self.effective(np.ones(self.n, dtype=bool)),
-                "min_batch": MIN_BATCH, "min_per_predicted_class": MIN_STRATUM, "score_source": self.score_source,
-                "n_fit": self.n_fit, "n_reference": self.n, "n_calibration": self.n_calibration,
-                "model_sha256_16": self.model_sha256_16, "created": self.created, **self.calibration}
+        return {
+            "reference_file": REFERENCE_FILE,
+            "reference": self.label(),
+            "method": METHOD,
+            "alpha": ALPHA,
+            "reference_patients": self.effective(np.ones(self.n, dtype=bool)),
+            "min_batch": MIN_BATCH,
+            "min_per_predicted_class": MIN_STRATUM,
+            "score_source": self.score_source,
+            "n_fit": self.n_fit,
+            "n_reference": self.n,
+            "n_calibration": self.n_calibration,
+            "model_sha256_16": self.model_sha256_16,
+            "created": self.created,
+            **self.calibration,
+        }
 
 
 def smirnov(batch: np.ndarray, reference: np.ndarray, alternative: str, reference_patients: int) -> tuple[float, float]:
@@ -220,7 +293,7 @@ def smirnov(batch: np.ndarray, reference: np.ndarray, alternative: str, referenc
     found = ks_2samp(batch, reference, alternative=alternative)
     n, m = len(batch), max(1, min(int(reference_patients), len(reference)))
     statistic = float(found.statistic)
-    clustered = float(np.exp(-2.0 * n * m / (n + m) * statistic ** 2))
+    clustered = float(np.exp(-2.0 * n * m / (n + m) * statistic**2))
     return statistic, float(min(1.0, max(float(found.pvalue), clustered)))
 
 
@@ -238,12 +311,16 @@ def holm(p_values: Sequence[float]) -> list[float]:
 
 def advice(shifted: bool, p_value: float, n: int) -> str:
     if shifted:
-        return (f"This batch of {n} films is unlike the films the operating point was set on (p = {p_value:.2g}): "
-                "its sensitivity and specificity may not hold. Check a sample of these films by hand, look for a "
-                "change of device, processing or population, and set a site operating point on labelled films "
-                "of this site (python -m pneumo calibrate).")
-    return (f"No evidence that this batch of {n} films differs from the reference (p = {p_value:.2g}); this does not "
-            "prove it is alike, and says nothing of any single film.")
+        return (
+            f"This batch of {n} films is unlike the films the operating point was set on (p = {p_value:.2g}): "
+            "its sensitivity and specificity may not hold. Check a sample of these films by hand, look for a "
+            "change of device, processing or population, and set a site operating point on labelled films "
+            "of this site (python -m pneumo calibrate)."
+        )
+    return (
+        f"No evidence that this batch of {n} films differs from the reference (p = {p_value:.2g}); this does not "
+        "prove it is alike, and says nothing of any single film."
+    )
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -261,6 +338,7 @@ def model_sha(model_path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------- the model's view of a batch
+
 
 def _read(paths: Sequence[str]) -> tuple[list[np.ndarray | None], list[str | None]]:
     from pneumo.data.collection import read_item
@@ -285,13 +363,14 @@ def scores(loaded: Any, images: list[np.ndarray] | np.ndarray, source: str) -> n
     return np.asarray(loaded.predict(images), dtype=float)
 
 
-def view(loaded: Any, paths: Sequence[str], source: str = "model", chunk: int = 128,
-         progress: Progress | None = None) -> tuple[np.ndarray, np.ndarray | None, list[int], list[dict[str, str]]]:
+def view(
+    loaded: Any, paths: Sequence[str], source: str = "model", chunk: int = 128, progress: Progress | None = None
+) -> tuple[np.ndarray, np.ndarray | None, list[int], list[dict[str, str]]]:
     """Pooled features and scores of files, decoded a chunk at a time (a large folder never sits in memory);
     returns (features, scores, indices of the readable files, unreadable files with the reason)."""
     feats, probs, kept, bad = [], [], [], []
     for start in range(0, len(paths), chunk):
-        part = list(paths[start: start + chunk])
+        part = list(paths[start : start + chunk])
         images, errors = _read(part)
         ok = [i for i, img in enumerate(images) if img is not None]
         bad += [{"path": part[i], "error": str(errors[i])} for i in range(len(part)) if images[i] is None]
@@ -324,8 +403,10 @@ def load_reference(loaded: Any) -> Reference:
     """The reference beside the model, checked to belong to it; DriftUnavailable saying why not."""
     path = reference_path(loaded.path)
     if not path.exists():
-        raise DriftUnavailable(f"no drift reference beside {loaded.path} ({REFERENCE_FILE}); build one with "
-                               "`python -m pneumo drift-reference --model MODEL`")
+        raise DriftUnavailable(
+            f"no drift reference beside {loaded.path} ({REFERENCE_FILE}); build one with "
+            "`python -m pneumo drift-reference --model MODEL`"
+        )
     model = Path(loaded.path)
     key = (str(path.resolve()), path.stat().st_mtime, str(model.resolve()), model.stat().st_mtime)
     with _CACHE_LOCK:
@@ -336,8 +417,9 @@ def load_reference(loaded: Any) -> Reference:
             _CACHE[key] = found
     reference, sha = found
     if reference.model_sha256_16 != sha:
-        raise DriftUnavailable(f"{path} was built for another version of the model: rebuild it "
-                               "(`python -m pneumo drift-reference`)")
+        raise DriftUnavailable(
+            f"{path} was built for another version of the model: rebuild it (`python -m pneumo drift-reference`)"
+        )
     return reference
 
 
@@ -356,13 +438,16 @@ def why_unavailable(loaded: Any, n: int) -> str | None:
     except DriftUnavailable as exc:
         return str(exc)
     if n < MIN_BATCH:
-        return (f"{n} films: a drift check needs at least {MIN_BATCH} (fewer cannot tell a shifted batch from chance, "
-                f"and each predicted class needs {MIN_STRATUM})")
+        return (
+            f"{n} films: a drift check needs at least {MIN_BATCH} (fewer cannot tell a shifted batch from chance, "
+            f"and each predicted class needs {MIN_STRATUM})"
+        )
     return None
 
 
-def check_batch(loaded: Any, images: list[np.ndarray] | np.ndarray,
-                probabilities: Sequence[float] | None = None) -> DriftResult | None:
+def check_batch(
+    loaded: Any, images: list[np.ndarray] | np.ndarray, probabilities: Sequence[float] | None = None
+) -> DriftResult | None:
     """The drift check of decoded [0, 1] gray films; None when there is none (``why_unavailable`` says why).
 
     ``probabilities``: the served probabilities when already computed (they are reused when the
@@ -380,8 +465,9 @@ def check_batch(loaded: Any, images: list[np.ndarray] | np.ndarray,
     return reference.compare(reference.distance(quality.features(loaded, images)), s)
 
 
-def check_paths(loaded: Any, paths: Sequence[str], probabilities: Sequence[float] | None = None,
-                progress: Progress | None = None) -> tuple[DriftResult, list[dict[str, str]]]:
+def check_paths(
+    loaded: Any, paths: Sequence[str], probabilities: Sequence[float] | None = None, progress: Progress | None = None
+) -> tuple[DriftResult, list[dict[str, str]]]:
     """The drift check of image files (unreadable ones are listed, not fatal); DriftUnavailable when none
     can be made. ``probabilities``, when given, are the served ones for every path, in order."""
     reference = load_reference(loaded)
@@ -389,8 +475,9 @@ def check_paths(loaded: Any, paths: Sequence[str], probabilities: Sequence[float
         raise DriftUnavailable(f"a drift check needs at least {MIN_BATCH} films, got {len(paths)}")
     source = reference.score_source
     reuse = probabilities is not None and source == "model"
-    feats, s, kept, bad = view(loaded, list(paths), "none" if reuse else (source if source != "none" else "model"),
-                               progress=progress)
+    feats, s, kept, bad = view(
+        loaded, list(paths), "none" if reuse else (source if source != "none" else "model"), progress=progress
+    )
     if reuse:
         s = np.asarray(probabilities, dtype=float)[kept]
     if len(kept) < MIN_BATCH:

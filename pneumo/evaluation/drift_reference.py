@@ -5,18 +5,35 @@ model and in its card.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
+from pneumo.core.files import check_writable, now_iso
+from pneumo.evaluation.drift import (
+    CALIBRATION_N,
+    FRACTIONS,
+    MIN_BATCH,
+    MIN_REFERENCE_FILMS,
+    MIN_STRATUM,
+    SCORE_TOLERANCE,
+    SPLITS,
+    DriftUnavailable,
+    Progress,
+    Reference,
+    _read,
+    model_sha,
+    reference_path,
+    scores,
+    view,
+)
 from pneumo.model import input_check as quality
 from pneumo.model.loading import card_path, load_model, read_card
-from pneumo.core.files import check_writable, now_iso
-from pneumo.evaluation.drift import CALIBRATION_N, DriftUnavailable, FRACTIONS, MIN_BATCH, MIN_REFERENCE_FILMS, MIN_STRATUM, Progress, Reference, SCORE_TOLERANCE, SPLITS, _read, model_sha, reference_path, scores, view
-
 
 # ---------------------------------------------------------------------- building the reference
+
 
 def _group_split(groups: np.ndarray, seed: int, fractions: tuple[float, float, float] = FRACTIONS) -> np.ndarray:
     """0/1/2 (fit, reference, calibration) per film, every patient on one side."""
@@ -28,8 +45,9 @@ def _group_split(groups: np.ndarray, seed: int, fractions: tuple[float, float, f
     return (position >= cuts[0]).astype(int) + (position >= cuts[1]).astype(int)
 
 
-def _alarm_rate(reference: Reference, distances: np.ndarray, probabilities: np.ndarray, n: int, draws: int,
-                rng: np.random.Generator) -> dict[str, Any]:
+def _alarm_rate(
+    reference: Reference, distances: np.ndarray, probabilities: np.ndarray, n: int, draws: int, rng: np.random.Generator
+) -> dict[str, Any]:
     n = min(n, len(distances))
     if n < MIN_BATCH:
         return {"n": n, "draws": 0, "rate": None, "note": f"fewer than {MIN_BATCH} films"}
@@ -51,13 +69,20 @@ def _pooled(per_split: list[dict[str, Any]]) -> dict[str, Any]:
         return per_split[0]
     draws = sum(r["draws"] for r in done)
     rates = [r["rate"] for r in done]
-    return {"n": done[0]["n"], "draws": int(draws), "rate": float(sum(r["rate"] * r["draws"] for r in done) / draws),
-            "splits": len(done), "split_range": [float(min(rates)), float(max(rates))],
-            "split_p10_p90": [float(np.percentile(rates, 10)), float(np.percentile(rates, 90))],
-            "shipped_split_rate": float(per_split[0]["rate"]) if per_split[0]["rate"] is not None else None,
-            "rate_is": (f"pooled over {len(done)} patient splits of the held-out films: what a reference built this "
-                        "way can be expected to do; shipped_split_rate is the saved reference's own, measured on "
-                        "its calibration films only")}
+    return {
+        "n": done[0]["n"],
+        "draws": int(draws),
+        "rate": float(sum(r["rate"] * r["draws"] for r in done) / draws),
+        "splits": len(done),
+        "split_range": [float(min(rates)), float(max(rates))],
+        "split_p10_p90": [float(np.percentile(rates, 10)), float(np.percentile(rates, 90))],
+        "shipped_split_rate": float(per_split[0]["rate"]) if per_split[0]["rate"] is not None else None,
+        "rate_is": (
+            f"pooled over {len(done)} patient splits of the held-out films: what a reference built this "
+            "way can be expected to do; shipped_split_rate is the saved reference's own, measured on "
+            "its calibration films only"
+        ),
+    }
 
 
 def fit_reference(
@@ -107,8 +132,11 @@ def fit_reference(
         raise ValueError(f"only {len(ok)} of {len(paths)} reference films are readable (first error: {first})")
     images = [images[i] for i in ok]
     given = given[ok]
-    groups_arr = np.asarray([str(g) for g in groups], dtype=object)[ok] if groups is not None else np.asarray(
-        [paths[i] for i in ok], dtype=object)
+    groups_arr = (
+        np.asarray([str(g) for g in groups], dtype=object)[ok]
+        if groups is not None
+        else np.asarray([paths[i] for i in ok], dtype=object)
+    )
     labels_arr = np.asarray(labels, dtype=int)[ok] if labels is not None else None
     if progress:
         progress(1, 4)
@@ -134,17 +162,30 @@ def fit_reference(
         part = _group_split(groups_arr, seed + k)
         fit, ref, cal = (np.flatnonzero(part == j) for j in range(3))
         lw = LedoitWolf().fit(feats[fit])
-        built = Reference(lw.location_, lw.precision_, np.zeros(0), given[ref], float(loaded.threshold), source,
-                          sha, description, len(fit), len(cal), now_iso(),
-                          patients=patient_codes[ref].astype(np.int64))
+        built = Reference(
+            lw.location_,
+            lw.precision_,
+            np.zeros(0),
+            given[ref],
+            float(loaded.threshold),
+            source,
+            sha,
+            description,
+            len(fit),
+            len(cal),
+            now_iso(),
+            patients=patient_codes[ref].astype(np.int64),
+        )
         built.distances = built.distance(feats[ref])
         return built, cal
 
     reference, cal = split(0)
     ref_pos = int((reference.probabilities >= reference.split_threshold).sum())
     if min(ref_pos, reference.n - ref_pos) < MIN_STRATUM:
-        raise ValueError(f"the reference part has {reference.n - ref_pos} films scored normal and {ref_pos} scored "
-                         f"pneumonia; each needs {MIN_STRATUM}: give more held-out films of both classes")
+        raise ValueError(
+            f"the reference part has {reference.n - ref_pos} films scored normal and {ref_pos} scored "
+            f"pneumonia; each needs {MIN_STRATUM}: give more held-out films of both classes"
+        )
     if len(cal) < MIN_BATCH:
         raise ValueError(f"only {len(cal)} films left to calibrate the drift check; give more held-out films")
 
@@ -159,8 +200,9 @@ def fit_reference(
         held_d = built.distance(feats[held])
         for name, value in cases.items():
             mask = np.ones(len(held), dtype=bool) if value is None else labels_arr[held] == value
-            per_split[name].append(_alarm_rate(built, held_d[mask], given[held][mask], CALIBRATION_N,
-                                               max(1, draws // SPLITS), rng))
+            per_split[name].append(
+                _alarm_rate(built, held_d[mask], given[held][mask], CALIBRATION_N, max(1, draws // SPLITS), rng)
+            )
     calibration: dict[str, Any] = {"false_alarms": {name: _pooled(rates) for name, rates in per_split.items()}}
     power: dict[str, Any] = {}
     conditions = STRESS if conditions is None else conditions
@@ -169,8 +211,9 @@ def fit_reference(
         changed = [np.clip(change(x), 0.0, 1.0).astype(np.float32) for x in cal_images]
         s = scores(loaded, changed, source)
         d = reference.distance(quality.features(loaded, changed))
-        power[name] = _alarm_rate(reference, d, s if s is not None else np.asarray(loaded.predict(changed)),
-                                  CALIBRATION_N, power_draws, rng)
+        power[name] = _alarm_rate(
+            reference, d, s if s is not None else np.asarray(loaded.predict(changed)), CALIBRATION_N, power_draws, rng
+        )
         if progress:
             progress(2 + (k + 1) / max(len(conditions), 1), 4)
     calibration["power"] = {"stressed held-out films": power}
@@ -182,13 +225,17 @@ def fit_reference(
     for name, population in (populations or {}).items():
         f, s, kept, _ = view(loaded, list(population), source if source != "none" else "model")
         if kept:
-            named[name] = {**_alarm_rate(reference, reference.distance(f), s, CALIBRATION_N, power_draws, rng),
-                           "films": len(kept)}
+            named[name] = {
+                **_alarm_rate(reference, reference.distance(f), s, CALIBRATION_N, power_draws, rng),
+                "films": len(kept),
+            }
     if named:
         calibration["populations"] = named
-    calibration["draws_note"] = (f"false alarms: batches drawn without replacement from the calibration films of "
-                                 f"{SPLITS} patient splits of the held-out films (never the films that built that "
-                                 f"split's reference), pooled; power: the shipped split's {len(cal)} calibration films")
+    calibration["draws_note"] = (
+        f"false alarms: batches drawn without replacement from the calibration films of "
+        f"{SPLITS} patient splits of the held-out films (never the films that built that "
+        f"split's reference), pooled; power: the shipped split's {len(cal)} calibration films"
+    )
     reference.calibration = calibration
     if progress:
         progress(4, 4)
@@ -220,19 +267,31 @@ def predictions_for_reference(model_path: str | Path, predictions: str | Path | 
     return frame.reset_index(drop=True), what
 
 
-def build(model_path: str | Path | None = None, predictions: str | Path | None = None, *,
-          populations: dict[str, Sequence[str]] | None = None, record: bool = True,
-          progress: Progress | None = None, **kwargs: Any) -> Reference:
+def build(
+    model_path: str | Path | None = None,
+    predictions: str | Path | None = None,
+    *,
+    populations: dict[str, Sequence[str]] | None = None,
+    record: bool = True,
+    progress: Progress | None = None,
+    **kwargs: Any,
+) -> Reference:
     """Fit the reference for a saved model, save it beside the model and (by default) record it in the card."""
     loaded = load_model(model_path)
     if record:
         _writable_card(loaded.path)  # before the work: a read-only card is refused at once
     frame, what = predictions_for_reference(loaded.path, predictions)
     reference = fit_reference(
-        loaded, frame["path"].tolist(), frame["probability"].to_numpy(),
+        loaded,
+        frame["path"].tolist(),
+        frame["probability"].to_numpy(),
         groups=frame["patient_id"].astype(str).tolist() if "patient_id" in frame else None,
-        labels=frame["label"].tolist() if "label" in frame else None, description=what,
-        populations=populations, progress=progress, **kwargs)
+        labels=frame["label"].tolist() if "label" in frame else None,
+        description=what,
+        populations=populations,
+        progress=progress,
+        **kwargs,
+    )
     reference.save(reference_path(loaded.path))
     if record:
         record_in_card(loaded.path, reference)

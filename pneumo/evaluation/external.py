@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pneumo.evaluation import drift
-from pneumo.evaluation import drift_reference
 from pneumo.core.card import check_threshold
-from pneumo.data.collection import file_list_hash, scan
-from pneumo.evaluation.metrics import Progress, metrics_at, predict_frame
-from pneumo.model.loading import card_path, load_model, read_card
 from pneumo.core.files import check_writable, now_iso
+from pneumo.data.collection import file_list_hash, scan
+from pneumo.evaluation import drift
+from pneumo.evaluation.metrics import Progress, metrics_at, predict_frame
 from pneumo.evaluation.site import apply_operating_point
+from pneumo.model.loading import card_path, load_model, read_card
 
 
 def evaluate_data(
@@ -49,12 +48,16 @@ def evaluate_data(
         data=str(data),
         file_list_sha256_16=file_list_hash(frame),
         threshold_source="given" if threshold is not None else "model card",
-        unreadable=[{"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()],
+        unreadable=[
+            {"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()
+        ],
     )
     if loaded.operating_point != "shipped":
         report["threshold_source"] = f"site operating point '{loaded.operating_point}' in the model card"
-    report.update(operating_point="--threshold" if threshold is not None else loaded.operating_point,
-                  drift=drift.report(loaded, ok["path"].tolist(), ok["probability"].to_numpy()))
+    report.update(
+        operating_point="--threshold" if threshold is not None else loaded.operating_point,
+        drift=drift.report(loaded, ok["path"].tolist(), ok["probability"].to_numpy()),
+    )
     return report
 
 
@@ -63,10 +66,28 @@ def record_evaluation(report: dict[str, Any], name: str) -> Path:
     path = card_path(Path(report["model"]))
     check_writable(path)  # a read-only card is refused (ReadOnlyError), never silently replaced
     card = read_card(Path(report["model"]))  # validated, size-bounded; the default card when there is none
-    keys = ("n", "threshold", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "npv", "f1",
-            "confusion")
-    card.external_evaluations.append({"name": name, "data": report["data"], "file_list_sha256_16":
-                                      report["file_list_sha256_16"], "date": now_iso(),
-                                      "threshold_source": report["threshold_source"], **{k: report[k] for k in keys}})
+    keys = (
+        "n",
+        "threshold",
+        "roc_auc",
+        "pr_auc",
+        "accuracy",
+        "sensitivity",
+        "specificity",
+        "precision",
+        "npv",
+        "f1",
+        "confusion",
+    )
+    card.external_evaluations.append(
+        {
+            "name": name,
+            "data": report["data"],
+            "file_list_sha256_16": report["file_list_sha256_16"],
+            "date": now_iso(),
+            "threshold_source": report["threshold_source"],
+            **{k: report[k] for k in keys},
+        }
+    )
     card.write(path)
     return path

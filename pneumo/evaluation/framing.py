@@ -16,9 +16,10 @@ training films.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
@@ -75,9 +76,13 @@ def oof_member(member_probabilities: Callable[[np.ndarray], np.ndarray], folds: 
     return score
 
 
-def probabilities(score: Callable[[np.ndarray, slice], np.ndarray], images: np.ndarray,
-                  conditions: dict[str, Callable[[np.ndarray], np.ndarray]], chunk: int = 256,
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+def probabilities(
+    score: Callable[[np.ndarray, slice], np.ndarray],
+    images: np.ndarray,
+    conditions: dict[str, Callable[[np.ndarray], np.ndarray]],
+    chunk: int = 256,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
     """Each condition's probabilities for every film, `chunk` films at a time (memory stays bounded).
 
     score(batch, rows) scores the films at `rows` of `images` after a change: the rows let an
@@ -108,15 +113,19 @@ def _rate(hit: np.ndarray, mask: np.ndarray) -> float | None:
     return float(hit[mask].mean()) if mask.any() else None
 
 
-def decision_figures(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, threshold: float,
-                     rounds: int = 200, seed: int = 0) -> dict[str, Interval]:
+def decision_figures(
+    labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, threshold: float, rounds: int = 200, seed: int = 0
+) -> dict[str, Interval]:
     """AUC, sensitivity, specificity and share flagged at `threshold`, with patient-bootstrap 95 % intervals
     (children resampled, not films: a child's films are not independent)."""
     y, p = np.asarray(labels, int), np.asarray(probs, float)
     flagged = p >= threshold
-    point = {"roc_auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None,
-             "sensitivity": _rate(flagged, y == 1), "specificity": _rate(~flagged, y == 0),
-             "flagged_fraction": float(flagged.mean()) if len(y) else None}
+    point = {
+        "roc_auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None,
+        "sensitivity": _rate(flagged, y == 1),
+        "specificity": _rate(~flagged, y == 0),
+        "flagged_fraction": float(flagged.mean()) if len(y) else None,
+    }
     _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
     order = np.argsort(inverse, kind="stable")
     members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
@@ -130,12 +139,23 @@ def decision_figures(labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, 
             draws["sensitivity"].append(float(ff[yy == 1].mean()))
             draws["specificity"].append(float((~ff[yy == 0]).mean()))
         draws["flagged_fraction"].append(float(ff.mean()))
-    return {k: Interval(v, *(float(np.percentile(draws[k], q)) for q in (2.5, 97.5)) if draws[k] and v is not None
-                        else (None, None)) for k, v in point.items()}
+    return {
+        k: Interval(
+            v, *(float(np.percentile(draws[k], q)) for q in (2.5, 97.5)) if draws[k] and v is not None else (None, None)
+        )
+        for k, v in point.items()
+    }
 
 
-def decision_report(labels: np.ndarray, by_condition: dict[str, np.ndarray], groups: np.ndarray, threshold: float,
-                    framings: Iterable[Framing] = SWEEP, rounds: int = 200, seed: int = 0) -> list[dict[str, Any]]:
+def decision_report(
+    labels: np.ndarray,
+    by_condition: dict[str, np.ndarray],
+    groups: np.ndarray,
+    threshold: float,
+    framings: Iterable[Framing] = SWEEP,
+    rounds: int = 200,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
     """One row per condition ('clean' first when given): its figures at `threshold` with their intervals, and
     the framing parameters where the condition is one of `framings`."""
     known = {f.name: f for f in framings}
@@ -153,22 +173,31 @@ def decision_report(labels: np.ndarray, by_condition: dict[str, np.ndarray], gro
     return rows
 
 
-def framing_cautions(rows: list[dict[str, Any]], clean: dict[str, Any], zooms: tuple[float, float] = CAUTION_ZOOMS,
-                     tolerance: float = TOLERANCE) -> list[str]:
+def framing_cautions(
+    rows: list[dict[str, Any]],
+    clean: dict[str, Any],
+    zooms: tuple[float, float] = CAUTION_ZOOMS,
+    tolerance: float = TOLERANCE,
+) -> list[str]:
     """A caution for each of sensitivity and specificity that falls more than `tolerance` below its clean
     figure at some zoom within `zooms`, naming the worst zoom."""
     out = []
     for key in ("sensitivity", "specificity"):
         base = clean.get(key)
-        inside = [r for r in rows if r.get("family") == "zoom" and zooms[0] <= r["zoom"] <= zooms[1]
-                  and r.get(key) is not None]
+        inside = [
+            r
+            for r in rows
+            if r.get("family") == "zoom" and zooms[0] <= r["zoom"] <= zooms[1] and r.get(key) is not None
+        ]
         if base is None or not inside:
             continue
         worst = min(inside, key=lambda r: r[key])
         if worst[key] < base - tolerance:
-            out.append(f"framing: {key} {worst[key]:.2f} at zoom {worst['zoom']:g}× against {base:.2f} as sent "
-                       f"(more than {tolerance:.2f} lower within {zooms[0]:g}–{zooms[1]:g}×): the decision depends on "
-                       "how the film is framed")
+            out.append(
+                f"framing: {key} {worst[key]:.2f} at zoom {worst['zoom']:g}× against {base:.2f} as sent "
+                f"(more than {tolerance:.2f} lower within {zooms[0]:g}–{zooms[1]:g}×): the decision depends on "
+                "how the film is framed"
+            )
     return out
 
 
@@ -177,13 +206,22 @@ def summary(rows: list[dict[str, Any]], threshold: float, how: str) -> dict[str,
     figures and the cautions they raise."""
     clean = next((r for r in rows if r.get("family") == "zoom" and r.get("zoom") == 1.0), rows[0] if rows else {})
     inside = [r for r in rows if r.get("family") == "zoom" and CAUTION_ZOOMS[0] <= r["zoom"] <= CAUTION_ZOOMS[1]]
-    worst = {key: min((r[key] for r in inside if r.get(key) is not None), default=None)
-             for key in ("sensitivity", "specificity")}
+    worst = {
+        key: min((r[key] for r in inside if r.get(key) is not None), default=None)
+        for key in ("sensitivity", "specificity")
+    }
     spread = [r["specificity"] for r in inside if r.get("specificity") is not None]
-    return {"threshold": float(threshold), "how": how, "conditions": rows,
-            "worst_in_range": {"zooms": list(CAUTION_ZOOMS), **worst,
-                               "specificity_range": (max(spread) - min(spread)) if spread else None},
-            "cautions": framing_cautions(rows, clean)}
+    return {
+        "threshold": float(threshold),
+        "how": how,
+        "conditions": rows,
+        "worst_in_range": {
+            "zooms": list(CAUTION_ZOOMS),
+            **worst,
+            "specificity_range": (max(spread) - min(spread)) if spread else None,
+        },
+        "cautions": framing_cautions(rows, clean),
+    }
 
 
 def as_dict(f: Framing) -> dict[str, Any]:

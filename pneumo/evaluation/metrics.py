@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from pneumo.data.collection import pixel_hash, read_item
 from pneumo.core.files import read_json
+from pneumo.data.collection import pixel_hash, read_item
 
 # sklearn.calibration is imported where used: only calibration() needs it, and sklearn.metrics does not load it.
 
@@ -114,7 +115,11 @@ def calibration(y_true: Any, y_prob: Any, bins: int = 10) -> pd.DataFrame:
 
 
 def predict_frame(
-    loaded: Any, frame: pd.DataFrame, batch_size: int = 32, progress: Progress | None = None, hashes: bool = False,
+    loaded: Any,
+    frame: pd.DataFrame,
+    batch_size: int = 32,
+    progress: Progress | None = None,
+    hashes: bool = False,
 ) -> pd.DataFrame:
     """Probabilities for every row of a dataset frame; unreadable images get NaN and their error.
     hashes: also each film's pixel hash (data.pixel_hash), for the leakage check, in the same decode.
@@ -122,6 +127,7 @@ def predict_frame(
     The one batched path of the CLI's evaluate and the app's folder views: images are decoded on every
     core (the decoders release the GIL) while the model works batch by batch.
     """
+
     def read(path: str) -> tuple[np.ndarray | None, str | None, str | None]:
         try:
             image = read_item(path)
@@ -162,5 +168,9 @@ def leakage(model_path: str | Path, hashes: Any) -> dict[str, Any] | None:
         return None
     folder = {h for h in hashes if isinstance(h, str)}
     train, val = folder & set(seen.get("train", [])), folder & set(seen.get("validation", []))
-    return {"n": len(folder), "train": len(train), "validation": len(val),
-            "fraction": (len(train) + len(val)) / len(folder) if folder else 0.0}
+    return {
+        "n": len(folder),
+        "train": len(train),
+        "validation": len(val),
+        "fraction": (len(train) + len(val)) / len(folder) if folder else 0.0,
+    }

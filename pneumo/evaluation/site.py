@@ -17,30 +17,43 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from pneumo.core.card import ModelCard, check_threshold
+from pneumo.core.files import check_writable as runs_check_writable
+from pneumo.core.files import now_iso
 from pneumo.model.loading import card_path, read_card
-from pneumo.core.files import check_writable as runs_check_writable, now_iso
 
-# SciPy, pneumo.data.collection and pneumo.evaluation.metrics (pandas, scikit-learn) are imported where used: the CLI and the dashboard
+# SciPy, pneumo.data.collection and pneumo.evaluation.metrics (pandas, scikit-learn) are imported where used: the CLI
+# and the dashboard
 # import this module at start.
 
 CONFIDENCE = 0.95  # one-sided
 SHIPPED = "shipped"
 MAX_POSITIVES = 100_000  # positives_needed searches this far, then says "more than"
 FEW_NORMALS = 20
-SUMMARY_KEYS = ("name", "threshold", "n", "n_positive", "sensitivity", "sensitivity_lower_95", "specificity",
-                "specificity_lower_95", "positives_needed")
+SUMMARY_KEYS = (
+    "name",
+    "threshold",
+    "n",
+    "n_positive",
+    "sensitivity",
+    "sensitivity_lower_95",
+    "specificity",
+    "specificity_lower_95",
+    "positives_needed",
+)
 
 Progress = Callable[[int, int], None]
 
 
 # ---------------------------------------------------------------------- the statistics
+
 
 def lower_bound(successes: int, trials: int, confidence: float = CONFIDENCE) -> float | None:
     """One-sided Clopper-Pearson lower bound: the low end of the two-sided interval at 2·confidence − 1."""
@@ -50,8 +63,9 @@ def lower_bound(successes: int, trials: int, confidence: float = CONFIDENCE) -> 
         return None
     if successes <= 0:
         return 0.0
-    return float(binomtest(int(successes), int(trials)).proportion_ci(confidence_level=2 * confidence - 1,
-                                                                      method="exact").low)
+    return float(
+        binomtest(int(successes), int(trials)).proportion_ci(confidence_level=2 * confidence - 1, method="exact").low
+    )
 
 
 def _lower_bounds(successes: np.ndarray, trials: np.ndarray, confidence: float = CONFIDENCE) -> np.ndarray:
@@ -83,8 +97,9 @@ def minimum_positives(target: float, confidence: float = CONFIDENCE) -> int:
     return int(math.ceil(math.log(1 - confidence) / math.log(target))) if target < 1 else MAX_POSITIVES + 1
 
 
-def positives_needed(found: int, positives: int, target: float, confidence: float = CONFIDENCE,
-                     cap: int = MAX_POSITIVES) -> int | None:
+def positives_needed(
+    found: int, positives: int, target: float, confidence: float = CONFIDENCE, cap: int = MAX_POSITIVES
+) -> int | None:
     """How many more positives the site would need for the sensitivity bound to reach target, if the
     observed sensitivity held; 0 when it already does, None when no number would (observed <= target,
     or more than cap)."""
@@ -108,8 +123,9 @@ def positives_needed(found: int, positives: int, target: float, confidence: floa
     return None
 
 
-def bound_curve(found: int, positives: int, target: float, points: int = 40,
-                confidence: float = CONFIDENCE) -> list[tuple[int, float]]:
+def bound_curve(
+    found: int, positives: int, target: float, points: int = 40, confidence: float = CONFIDENCE
+) -> list[tuple[int, float]]:
     """[(n positives, lower bound)] at the observed sensitivity, for a plot of the bound against n: from
     5 positives to past where the bound reaches target (or 4× the site's positives when it never does)."""
     if positives <= 0:
@@ -124,8 +140,14 @@ def bound_curve(found: int, positives: int, target: float, points: int = 40,
     return [(int(n), float(b)) for n, b in zip(grid, bounds)]
 
 
-def resampled_figures(labels: Sequence[int], probabilities: Sequence[float], n_labelled: int, target: float,
-                      draws: int = 200, seed: int = 0) -> dict[str, Any]:
+def resampled_figures(
+    labels: Sequence[int],
+    probabilities: Sequence[float],
+    n_labelled: int,
+    target: float,
+    draws: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The site rule as a site would live it: label n films (a class-stratified draw), set the threshold
     on them, and measure sensitivity and specificity on the site's remaining films; median and 10th
     percentile over draws."""
@@ -135,7 +157,9 @@ def resampled_figures(labels: Sequence[int], probabilities: Sequence[float], n_l
     n_pos = int(round(n_labelled * len(pos) / len(y)))
     n_neg = n_labelled - n_pos
     if not (0 < n_pos < len(pos) and 0 < n_neg < len(neg)):
-        raise ValueError(f"cannot label {n_labelled} of {len(pos)} positives and {len(neg)} normals with both left over")
+        raise ValueError(
+            f"cannot label {n_labelled} of {len(pos)} positives and {len(neg)} normals with both left over"
+        )
     sens, spec, thresholds = [], [], []
     for _ in range(draws):
         chosen = np.concatenate([rng.choice(pos, n_pos, replace=False), rng.choice(neg, n_neg, replace=False)])
@@ -149,12 +173,20 @@ def resampled_figures(labels: Sequence[int], probabilities: Sequence[float], n_l
     def summary(values: list[float]) -> dict[str, float]:
         return {"median": float(np.median(values)), "p10": float(np.percentile(values, 10))}
 
-    return {"n_labelled": n_labelled, "labelled_positives": n_pos, "labelled_normals": n_neg, "draws": draws,
-            "remaining": int(len(y) - n_labelled), "sensitivity": summary(sens), "specificity": summary(spec),
-            "threshold": summary(thresholds)}
+    return {
+        "n_labelled": n_labelled,
+        "labelled_positives": n_pos,
+        "labelled_normals": n_neg,
+        "draws": draws,
+        "remaining": int(len(y) - n_labelled),
+        "sensitivity": summary(sens),
+        "specificity": summary(spec),
+        "threshold": summary(thresholds),
+    }
 
 
 # ---------------------------------------------------------------------- a site's calibration
+
 
 @dataclass
 class SiteCalibration:
@@ -191,7 +223,10 @@ class SiteCalibration:
         out.pop("curve")
         out["unreadable"] = len(self.unreadable)
         out["counts"] = {"NORMAL": self.n_negative, "PNEUMONIA": self.n_positive}
-        out["bound"] = "one-sided 95 % Clopper-Pearson (sensitivity on the films the threshold was set on: valid, see pneumo.evaluation.site)"
+        out["bound"] = (
+            "one-sided 95 % Clopper-Pearson (sensitivity on the films the threshold was set on: valid, "
+            "see pneumo.evaluation.site)"
+        )
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -209,10 +244,19 @@ def check_name(name: Any) -> str:
     return name
 
 
-def figures(name: str, labels: Sequence[int], probabilities: Sequence[float], target: float, *, data: str = "",
-            file_list_sha256_16: str = "", leakage: dict[str, Any] | None = None) -> SiteCalibration:
+def figures(
+    name: str,
+    labels: Sequence[int],
+    probabilities: Sequence[float],
+    target: float,
+    *,
+    data: str = "",
+    file_list_sha256_16: str = "",
+    leakage: dict[str, Any] | None = None,
+) -> SiteCalibration:
     """The site point and its figures from the site films' labels and scores."""
     from pneumo.evaluation.metrics import metrics_at
+
     name = check_name(name)
     y, p = np.asarray(labels, dtype=int), np.asarray(probabilities, dtype=float)
     t = site_threshold(y, p, target)
@@ -224,32 +268,56 @@ def figures(name: str, labels: Sequence[int], probabilities: Sequence[float], ta
     notes: list[str] = []
     floor = minimum_positives(target)
     if n_pos < floor:
-        notes.append(f"Too few pneumonia films for the bound to mean anything: with {n_pos}, the one-sided 95 % lower "
-                     f"bound on sensitivity cannot reach {target:g} even if every one is found (that needs at least "
-                     f"{floor}). The threshold is set, but this site's sensitivity is not established by these films.")
+        notes.append(
+            f"Too few pneumonia films for the bound to mean anything: with {n_pos}, the one-sided 95 % lower "
+            f"bound on sensitivity cannot reach {target:g} even if every one is found (that needs at least "
+            f"{floor}). The threshold is set, but this site's sensitivity is not established by these films."
+        )
     elif needed is None and sens_low is not None and sens_low < target:
-        notes.append(f"At the observed sensitivity {m['sensitivity']:.3f} no number of pneumonia films brings the "
-                     f"lower bound to {target:g}: the bound says the target is not shown to hold.")
+        notes.append(
+            f"At the observed sensitivity {m['sensitivity']:.3f} no number of pneumonia films brings the "
+            f"lower bound to {target:g}: the bound says the target is not shown to hold."
+        )
     if n_neg == 0:
         notes.append("No normal films: specificity is unknown.")
     elif n_neg < FEW_NORMALS:
         notes.append(f"Only {n_neg} normal films: the specificity bound ({spec_low:.2f}) says little.")
     if leakage and (leakage.get("train") or leakage.get("validation")):
-        notes.append(f"{leakage['train'] + leakage['validation']} of these films were used to train or validate this "
-                     "model (by pixel hash): its figures here are optimistic; leave them out.")
-    rule = (f"site '{name}': highest threshold with sensitivity >= {target:g} on the site's {n_pos} pneumonia films "
-            f"({len(y)} films), midway between two adjacent scores")
+        notes.append(
+            f"{leakage['train'] + leakage['validation']} of these films were used to train or validate this "
+            "model (by pixel hash): its figures here are optimistic; leave them out."
+        )
+    rule = (
+        f"site '{name}': highest threshold with sensitivity >= {target:g} on the site's {n_pos} pneumonia films "
+        f"({len(y)} films), midway between two adjacent scores"
+    )
     return SiteCalibration(
-        name=name, threshold=float(t), rule=rule, target_recall=float(target), n=int(len(y)), n_positive=n_pos,
-        n_negative=n_neg, confusion=c, sensitivity=float(m["sensitivity"]), sensitivity_lower_95=sens_low,
-        specificity=m["specificity"], specificity_lower_95=spec_low, positives_needed=needed,
-        note=" ".join(notes) or None, data=data, file_list_sha256_16=file_list_sha256_16, date=now_iso(),
-        leakage=leakage, curve=bound_curve(c["tp"], n_pos, target))
+        name=name,
+        threshold=float(t),
+        rule=rule,
+        target_recall=float(target),
+        n=int(len(y)),
+        n_positive=n_pos,
+        n_negative=n_neg,
+        confusion=c,
+        sensitivity=float(m["sensitivity"]),
+        sensitivity_lower_95=sens_low,
+        specificity=m["specificity"],
+        specificity_lower_95=spec_low,
+        positives_needed=needed,
+        note=" ".join(notes) or None,
+        data=data,
+        file_list_sha256_16=file_list_sha256_16,
+        date=now_iso(),
+        leakage=leakage,
+        curve=bound_curve(c["tp"], n_pos, target),
+    )
 
 
-def calibrate(loaded: Any, data: str | Path, target_recall: float, name: str,
-              progress: Progress | None = None) -> SiteCalibration:
-    """"Calibrate to this site": a labelled folder (any layout pneumo.data.collection.scan reads) -> the site point,
+def calibrate(
+    loaded: Any, data: str | Path, target_recall: float, name: str, progress: Progress | None = None
+) -> SiteCalibration:
+    """ "Calibrate to this site": a labelled folder (any layout pneumo.data.collection.scan reads) -> the site point,
     its figures and the bound-against-n curve (``.curve``), with the leakage check against the model's
     own training and validation films. Nothing is written (``record`` does that)."""
     from pneumo.data.collection import file_list_hash, scan
@@ -262,9 +330,18 @@ def calibrate(loaded: Any, data: str | Path, target_recall: float, name: str,
     if ok.empty:
         raise ValueError(f"{data}: no readable images")
     hashes = ok["hash"].dropna().tolist()
-    result = figures(name, ok["label"].to_numpy(), ok["probability"].to_numpy(), target_recall, data=str(data),
-                     file_list_sha256_16=file_list_hash(frame), leakage=leakage(loaded.path, hashes))
-    result.unreadable = [{"path": r.path, "error": str(r.error)} for r in predicted[predicted["probability"].isna()].itertuples()]
+    result = figures(
+        name,
+        ok["label"].to_numpy(),
+        ok["probability"].to_numpy(),
+        target_recall,
+        data=str(data),
+        file_list_sha256_16=file_list_hash(frame),
+        leakage=leakage(loaded.path, hashes),
+    )
+    result.unreadable = [
+        {"path": r.path, "error": str(r.error)} for r in predicted[predicted["probability"].isna()].itertuples()
+    ]
     return result
 
 
@@ -294,15 +371,28 @@ def record(model_path: str | Path, calibration: SiteCalibration) -> Path:
 
 # ---------------------------------------------------------------------- operating points in force
 
+
 def operating_points(card: Any) -> list[dict[str, Any]]:
     """Every operating point a card offers, the card's own ("shipped") first: name, threshold, rule and
     where its figures come from, for the sidebar's choice."""
-    own = {"name": SHIPPED, "threshold": card.threshold, "rule": card.threshold_rule,
-           "origin": f"{card.validation_kind} held-out films" + (" (in-distribution)" if card.in_distribution else "")}
-    sites = [{"name": p["name"], "threshold": p["threshold"], "rule": p.get("rule", ""),
-              "origin": (f"site: {p.get('n')} films, sensitivity lower 95 % bound {p.get('sensitivity_lower_95')}, "
-                         f"specificity lower 95 % bound {p.get('specificity_lower_95')}")}
-             for p in card.site_operating_points]
+    own = {
+        "name": SHIPPED,
+        "threshold": card.threshold,
+        "rule": card.threshold_rule,
+        "origin": f"{card.validation_kind} held-out films" + (" (in-distribution)" if card.in_distribution else ""),
+    }
+    sites = [
+        {
+            "name": p["name"],
+            "threshold": p["threshold"],
+            "rule": p.get("rule", ""),
+            "origin": (
+                f"site: {p.get('n')} films, sensitivity lower 95 % bound {p.get('sensitivity_lower_95')}, "
+                f"specificity lower 95 % bound {p.get('specificity_lower_95')}"
+            ),
+        }
+        for p in card.site_operating_points
+    ]
     return [own, *sites]
 
 
@@ -323,4 +413,3 @@ def apply_operating_point(loaded: Any, name: str | None) -> Any:
     card.threshold = check_threshold(points[name]["threshold"], f"operating point '{name}'")
     card.threshold_rule = str(points[name].get("rule", f"site '{name}'"))
     return dataclasses.replace(loaded, card=card, operating_point=name)
-

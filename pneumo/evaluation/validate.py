@@ -13,22 +13,23 @@ it cannot rank recipes. These checks hold out a different population instead:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from pneumo.data import collection as D
-from pneumo.evaluation.metrics import metrics_at, threshold_for_recall
-from pneumo.model.explain import gradcam
-from pneumo.data.pixels import resize
 from pneumo.core.files import read_json
 from pneumo.core.paths import PROJECT_ROOT
+from pneumo.data import collection as D
+from pneumo.data.pixels import resize
 from pneumo.data.transforms import STRESS, Transform
+from pneumo.evaluation.metrics import metrics_at, threshold_for_recall
+from pneumo.model.explain import gradcam
 
 
 @dataclass
@@ -70,7 +71,9 @@ def load_images(paths: list[str], size: int) -> np.ndarray:
 
 
 def stressed_probabilities(
-    loaded: Any, images: np.ndarray, conditions: dict[str, Transform] | None = None,
+    loaded: Any,
+    images: np.ndarray,
+    conditions: dict[str, Transform] | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Probabilities for the clean images and under each stress condition."""
@@ -120,8 +123,11 @@ def bootstrap(
         draws["roc_auc"].append(roc_auc_score(y, p))
         draws["sensitivity"].append(float(pred[y == 1].mean()))
         draws["specificity"].append(float((~pred[y == 0]).mean()))
-    return {k: {"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5)), "sd": float(np.std(v))}
-            for k, v in draws.items() if v}
+    return {
+        k: {"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5)), "sd": float(np.std(v))}
+        for k, v in draws.items()
+        if v
+    }
 
 
 # ---------------------------------------------------------------- explanation faithfulness
@@ -134,8 +140,7 @@ def _blob(size: int) -> np.ndarray:
     return np.exp(-(((xx - 0.5) ** 2 + (yy - 0.5) ** 2) / (2 * 0.18**2))).astype(np.float32)
 
 
-def deletion_score(loaded: Any, images: np.ndarray, maps: np.ndarray, classes: np.ndarray,
-                   seed: int = 0) -> np.ndarray:
+def deletion_score(loaded: Any, images: np.ndarray, maps: np.ndarray, classes: np.ndarray, seed: int = 0) -> np.ndarray:
     """Per film, the mean score of its decided class as the most heated pixels are deleted (replaced by a
     blurred copy of the film, so deletion removes detail rather than adding edges), over DELETION_STEPS.
 
@@ -158,8 +163,9 @@ def deletion_score(loaded: Any, images: np.ndarray, maps: np.ndarray, classes: n
     return np.trapezoid(np.stack(curve, axis=1), x=DELETION_STEPS, axis=1) / DELETION_STEPS[-1]
 
 
-def explanation_faithfulness(loaded: Any, images: np.ndarray, threshold: float, limit: int = 96,
-                             seed: int = 0) -> dict[str, Any]:
+def explanation_faithfulness(
+    loaded: Any, images: np.ndarray, threshold: float, limit: int = 96, seed: int = 0
+) -> dict[str, Any]:
     """The deletion score of the model's Grad-CAM maps beside four baselines that know nothing of the
     film: a random map, a centred blob, the average of the model's own maps (the network's spatial prior,
     the same for every film) and a flat map. Per class decided at `threshold`. The maps beat the average
@@ -186,11 +192,18 @@ def explanation_faithfulness(loaded: Any, images: np.ndarray, threshold: float, 
             row[label] = round(float(values[classes == c].mean()), 4) if (classes == c).any() else None
         table.append(row)
     model, average = scores["Grad-CAM (model)"].mean(), scores["average map"].mean()
-    return {"table": table, "n": int(len(films)), "n_pneumonia": int(classes.sum()), "threshold": float(threshold),
-            "beats_average_map": bool(model < average),
-            "how": (f"Deletion score: the mean score of the decided class as the most heated 0–50 % of pixels are "
-                    f"blurred away, over {len(films)} films decided at threshold {threshold:.4f}; lower means the map "
-                    "found what drives the score. Baselines know nothing of the film.")}
+    return {
+        "table": table,
+        "n": int(len(films)),
+        "n_pneumonia": int(classes.sum()),
+        "threshold": float(threshold),
+        "beats_average_map": bool(model < average),
+        "how": (
+            f"Deletion score: the mean score of the decided class as the most heated 0–50 % of pixels are "
+            f"blurred away, over {len(films)} films decided at threshold {threshold:.4f}; lower means the map "
+            "found what drives the score. Baselines know nothing of the film."
+        ),
+    }
 
 
 # ---------------------------------------------------------------- comparing runs
@@ -205,12 +218,21 @@ def check_row(run_dir: str | Path) -> dict[str, Any]:
     config = read_json(run_dir / "config.json", {}) or {}
     stress, clean, ci = checks["stress"], checks["clean"], checks["bootstrap_95"]
     return {
-        "run": run_dir.name, "split": config.get("split", "patient"), "model": config.get("model"),
-        "augmentation": config.get("augmentation"), "mixup": config.get("mixup", 0.0), "seed": config.get("seed"),
-        "n": clean["n"], "threshold": checks["threshold"],
-        "auc": clean["roc_auc"], "auc_low": ci["roc_auc"]["low"], "auc_high": ci["roc_auc"]["high"],
-        "sensitivity": clean["sensitivity"], "specificity": clean["specificity"],
-        "stress_mean_auc": stress["mean_auc"], "stress_worst_auc": stress["worst_auc"]["roc_auc"],
+        "run": run_dir.name,
+        "split": config.get("split", "patient"),
+        "model": config.get("model"),
+        "augmentation": config.get("augmentation"),
+        "mixup": config.get("mixup", 0.0),
+        "seed": config.get("seed"),
+        "n": clean["n"],
+        "threshold": checks["threshold"],
+        "auc": clean["roc_auc"],
+        "auc_low": ci["roc_auc"]["low"],
+        "auc_high": ci["roc_auc"]["high"],
+        "sensitivity": clean["sensitivity"],
+        "specificity": clean["specificity"],
+        "stress_mean_auc": stress["mean_auc"],
+        "stress_worst_auc": stress["worst_auc"]["roc_auc"],
         "stress_mean_specificity": stress["mean_specificity"],
         "stress_worst_specificity": stress["worst_specificity"]["specificity"],
         "stress_worst_condition": stress["worst_specificity"]["condition"],
@@ -224,8 +246,11 @@ def check_row(run_dir: str | Path) -> dict[str, Any]:
 
 def _framing(checks: dict[str, Any]) -> dict[str, Any]:
     worst = (checks.get("framing") or {}).get("worst_in_range") or {}
-    return {"framing_worst_sensitivity": worst.get("sensitivity"), "framing_worst_specificity": worst.get("specificity"),
-            "framing_specificity_range": worst.get("specificity_range")}
+    return {
+        "framing_worst_sensitivity": worst.get("sensitivity"),
+        "framing_worst_specificity": worst.get("specificity"),
+        "framing_specificity_range": worst.get("specificity_range"),
+    }
 
 
 def _deletion(checks: dict[str, Any], name: str = "Grad-CAM (model)") -> float | None:
@@ -237,8 +262,17 @@ def compare(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs side by side, and per recipe (runs differing only in seed) the mean and spread over seeds."""
     rows = pd.DataFrame([check_row(r) for r in run_dirs])
     keys = ["split", "model", "augmentation", "mixup"]
-    figures = ["auc", "specificity", "stress_mean_auc", "stress_worst_auc", "stress_mean_specificity",
-               "stress_worst_specificity", "framing_worst_sensitivity", "framing_worst_specificity", "deletion_score"]
+    figures = [
+        "auc",
+        "specificity",
+        "stress_mean_auc",
+        "stress_worst_auc",
+        "stress_mean_specificity",
+        "stress_worst_specificity",
+        "framing_worst_sensitivity",
+        "framing_worst_specificity",
+        "deletion_score",
+    ]
     grouped = rows.groupby(keys, dropna=False)[figures].agg(["mean", "std", "count"])
     grouped.columns = [f"{a}_{b}" for a, b in grouped.columns]
     return rows, grouped.reset_index()
@@ -264,9 +298,16 @@ def sample_groups(frame: pd.DataFrame, limit: int, seed: int = 0) -> pd.DataFram
     return pd.concat(parts).sort_index().reset_index(drop=True)
 
 
-def decision_checks(loaded: Any, frame: pd.DataFrame, threshold: float, limit: int = 1500, seed: int = 0,
-                    stress: bool = True, rounds: int = 200,
-                    progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def decision_checks(
+    loaded: Any,
+    frame: pd.DataFrame,
+    threshold: float,
+    limit: int = 1500,
+    seed: int = 0,
+    stress: bool = True,
+    rounds: int = 200,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """The framing sweep and the stress suite at `threshold`, on films the model never trained on.
 
     frame: stored predictions (path, label, patient_id, and fold for a cross-fitted ensemble's out-of-fold
@@ -291,27 +332,38 @@ def decision_checks(loaded: Any, frame: pd.DataFrame, threshold: float, limit: i
     probs = F.probabilities(score, images, conditions, progress=progress)
     labels, groups = films["label"].to_numpy(int), films["patient_id"].astype(str).to_numpy()
     n_pos = int(labels.sum())
-    how = (f"{len(films)} films ({n_pos} pneumonia, {len(films) - n_pos} normal; patients sampled by class), {how}; "
-           f"figures at threshold {threshold:.4f} with patient-bootstrap 95 % intervals ({rounds} rounds)")
+    how = (
+        f"{len(films)} films ({n_pos} pneumonia, {len(films) - n_pos} normal; patients sampled by class), {how}; "
+        f"figures at threshold {threshold:.4f} with patient-bootstrap 95 % intervals ({rounds} rounds)"
+    )
     return decision_block(labels, groups, probs, threshold, how, rounds, seed)
 
 
-def decision_block(labels: np.ndarray, groups: np.ndarray, probs: dict[str, np.ndarray], threshold: float, how: str,
-                   rounds: int = 200, seed: int = 0) -> dict[str, Any]:
+def decision_block(
+    labels: np.ndarray,
+    groups: np.ndarray,
+    probs: dict[str, np.ndarray],
+    threshold: float,
+    how: str,
+    rounds: int = 200,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The card's shift_checks.framing block from each condition's probabilities: the framing sweep's rows with
     their cautions, and every other condition (the stress suite) at the same threshold under "stress"."""
     from pneumo.evaluation import framing as F
 
     names = {f.name for f in F.SWEEP}
-    rows = F.decision_report(labels, {k: v for k, v in probs.items() if k != "clean"}, groups, threshold,
-                             rounds=rounds, seed=seed)
+    rows = F.decision_report(
+        labels, {k: v for k, v in probs.items() if k != "clean"}, groups, threshold, rounds=rounds, seed=seed
+    )
     out = F.summary([r for r in rows if r["condition"] in names], threshold, how)
     out["stress"] = [r for r in rows if r["condition"] not in names]
     return out
 
 
-def sweep_model(loaded: Any, limit: int = 1500, seed: int = 0,
-                progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def sweep_model(
+    loaded: Any, limit: int = 1500, seed: int = 0, progress: Callable[[int, int], None] | None = None
+) -> dict[str, Any]:
     """The decision checks of a model on the predictions stored beside it (out of fold for a cross-fitted
     ensemble, its held-out films for a single run), at its card's threshold."""
     from pneumo.core.predictions import read_predictions
@@ -319,12 +371,16 @@ def sweep_model(loaded: Any, limit: int = 1500, seed: int = 0,
 
     stored = stored_predictions_file(loaded.path)
     if stored is None:
-        raise ValueError(f"{loaded.path.parent}: no stored predictions beside the model (oof_predictions.csv or "
-                         "val_predictions.csv); the sweep needs films the model never trained on")
+        raise ValueError(
+            f"{loaded.path.parent}: no stored predictions beside the model (oof_predictions.csv or "
+            "val_predictions.csv); the sweep needs films the model never trained on"
+        )
     frame = read_predictions(stored)
     raw = pd.read_csv(stored, usecols=lambda c: c in ("fold", "patient_id"))
     if "patient_id" not in raw:
         raise ValueError(f"{stored.name}: no patient_id column; the intervals resample patients")
-    frame = frame.assign(patient_id=raw["patient_id"].astype(str).to_numpy(),
-                         **({"fold": raw["fold"].to_numpy()} if "fold" in raw else {}))
+    frame = frame.assign(
+        patient_id=raw["patient_id"].astype(str).to_numpy(),
+        **({"fold": raw["fold"].to_numpy()} if "fold" in raw else {}),
+    )
     return decision_checks(loaded, frame, loaded.threshold, limit=limit, seed=seed, progress=progress)

@@ -1,1 +1,1 @@
-"""The world outside: a PACS over DICOMweb, the local Orthanc for trying it, PDF study reports, generated documentation."""
+"""The world outside: a PACS over DICOMweb, a local Orthanc to try it, PDF study reports, generated docs."""

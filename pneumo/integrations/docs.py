@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pneumo.core.card import ModelCard
-from pneumo.model.loading import DEFAULT_MODEL_DIR, PROJECT_ROOT
 from pneumo.core.files import atomic_write_text
+from pneumo.core.paths import DEFAULT_MODEL_DIR, PROJECT_ROOT
 
 README = PROJECT_ROOT / "README.md"
 EXPERIMENTS = DEFAULT_MODEL_DIR / "EXPERIMENTS.md"
@@ -38,8 +39,10 @@ def model_table(card: ModelCard) -> str:
         "| --- | --- | --- |",
         f"| ROC AUC | {_f(v.get('roc_auc'))} | {_f(v.get('bootstrap_95', {}).get('roc_auc', {}).get('low'))}–"
         f"{_f(v.get('bootstrap_95', {}).get('roc_auc', {}).get('high'))} |",
-        f"| sensitivity, trusted pneumonias ({point.get('trusted_positives', '?')}) | {_f(point.get('sensitivity_trusted'), 3)} | "
-        f"{_f(ci.get('sensitivity_trusted', {}).get('low'), 3)}–{_f(ci.get('sensitivity_trusted', {}).get('high'), 3)} |",
+        f"| sensitivity, trusted pneumonias ({point.get('trusted_positives', '?')}) | "
+        f"{_f(point.get('sensitivity_trusted'), 3)} | "
+        f"{_f(ci.get('sensitivity_trusted', {}).get('low'), 3)}–"
+        f"{_f(ci.get('sensitivity_trusted', {}).get('high'), 3)} |",
         f"| sensitivity, every pneumonia ({point.get('all_positives', '?')}) | {_f(v.get('sensitivity'), 3)} | "
         f"{_f(ci.get('sensitivity', {}).get('low'), 3)}–{_f(ci.get('sensitivity', {}).get('high'), 3)} |",
         f"| specificity | {_f(v.get('specificity'), 3)} | {_f(ci.get('specificity', {}).get('low'), 3)}–"
@@ -52,26 +55,42 @@ def model_table(card: ModelCard) -> str:
     if pops.get("by_population"):
         lines += ["", "| population (out of fold) | n | figure at the threshold |", "| --- | --- | --- |"]
         for r in pops["by_population"]:
-            figure = (f"specificity {_f(r['specificity'], 3)}" if "specificity" in r
-                      else f"sensitivity {_f(r['sensitivity'], 3)}")
+            figure = (
+                f"specificity {_f(r['specificity'], 3)}"
+                if "specificity" in r
+                else f"sensitivity {_f(r['sensitivity'], 3)}"
+            )
             lines.append(f"| {r['population']} | {r['n']:,} | {figure} |")
         for key, label in (("band_specificity_range", "specificity"), ("band_sensitivity_range", "sensitivity")):
             if key in pops:
-                lines.append(f"| five bands of patient numbers per series | | {label} {_f(pops[key][0], 3)}–"
-                             f"{_f(pops[key][1], 3)} |")
+                lines.append(
+                    f"| five bands of patient numbers per series | | {label} {_f(pops[key][0], 3)}–"
+                    f"{_f(pops[key][1], 3)} |"
+                )
     for held in card.shift_checks.get("leave_population_out", []):
-        lines += ["", f"Leave-population-out ({held['held_out']}): n = {held['n']:,}, ROC AUC {_f(held['roc_auc'])}, "
-                      f"sensitivity {_f(held['sensitivity'], 3)}, specificity {_f(held['specificity'], 3)} at this threshold."]
+        lines += [
+            "",
+            f"Leave-population-out ({held['held_out']}): n = {held['n']:,}, ROC AUC {_f(held['roc_auc'])}, "
+            f"sensitivity {_f(held['sensitivity'], 3)}, specificity {_f(held['specificity'], 3)} at this threshold.",
+        ]
     if audit:
-        lines += ["", f"Label audit: {audit['suspects']} of {audit['n']:,} films ({audit['suspect_share']:.1%}) suspected "
-                      f"label errors, by given label {audit['suspects_by_label']}."]
+        lines += [
+            "",
+            f"Label audit: {audit['suspects']} of {audit['n']:,} films ({audit['suspect_share']:.1%}) suspected "
+            f"label errors, by given label {audit['suspects_by_label']}.",
+        ]
     faith = card.extra.get("explanation")
     if faith:
-        lines += ["", "| map | deletion score (lower: more faithful) | decided PNEUMONIA | decided NORMAL |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            "| map | deletion score (lower: more faithful) | decided PNEUMONIA | decided NORMAL |",
+            "| --- | --- | --- | --- |",
+        ]
         for r in faith["table"]:
-            lines.append(f"| {r['map']} | {_f(r['deletion score (all)'])} | {_f(r.get('decided PNEUMONIA'))} | "
-                         f"{_f(r.get('decided NORMAL'))} |")
+            lines.append(
+                f"| {r['map']} | {_f(r['deletion score (all)'])} | {_f(r.get('decided PNEUMONIA'))} | "
+                f"{_f(r.get('decided NORMAL'))} |"
+            )
     seconds = card.training.get("seconds")
     lines += ["", f"Training: {_f((seconds or 0) / 60, 0)} min in all on {card.training.get('device', '?')}."]
     return "\n".join(lines)
@@ -113,7 +132,7 @@ def write(names: list[str] | None = None) -> list[Path]:
         m = _pattern(name).search(text)
         if m is None:
             raise ValueError(f"{path}: no <!-- {name}:start --> … <!-- {name}:end --> block")
-        new = text[: m.start(2)] + expected(name) + text[m.end(2):]
+        new = text[: m.start(2)] + expected(name) + text[m.end(2) :]
         if new != text:
             atomic_write_text(path, new)
             changed.append(path)
@@ -124,15 +143,21 @@ def bench_table(results: dict[str, Any]) -> str:
     """The README's performance table from bench/results.json: each headline key, its value and spread."""
     spread = results.get("spread", {})
     peak = results.get("peak", {})
-    lines = [f"`make bench`, {results.get('date', '?')[:10]}, {results.get('cpu', {}).get('model', '?')} "
-             f"({results.get('cpu_count', '?')} cores), model {results.get('model_forward_gflops', '?')} GFLOP per film; "
-             f"ceiling {peak.get('ceiling_gflops', '?')} GFLOP/s, the larger of the theoretical FMA peak "
-             f"{peak.get('gflops', '?')} GFLOP/s ({peak.get('how', '')}) and the best GEMM measured in the run "
-             f"{results.get('gemm_best_gflops', '?')} GFLOP/s.", "",
-             "| key | value | spread [p10, p90] |", "| --- | --- | --- |"]
+    lines = [
+        f"`make bench`, {results.get('date', '?')[:10]}, {results.get('cpu', {}).get('model', '?')} "
+        f"({results.get('cpu_count', '?')} cores), model {results.get('model_forward_gflops', '?')} GFLOP per film; "
+        f"ceiling {peak.get('ceiling_gflops', '?')} GFLOP/s, the larger of the theoretical FMA peak "
+        f"{peak.get('gflops', '?')} GFLOP/s ({peak.get('how', '')}) and the best GEMM measured in the run "
+        f"{results.get('gemm_best_gflops', '?')} GFLOP/s.",
+        "",
+        "| key | value | spread [p10, p90] |",
+        "| --- | --- | --- |",
+    ]
     for key, value in results.get("headline", {}).items():
         lo_hi = spread.get(key)
-        lines.append(f"| `{key}` | {_f(value, 3)} | {'[' + ', '.join(_f(x, 3) for x in lo_hi) + ']' if lo_hi else '—'} |")
+        lines.append(
+            f"| `{key}` | {_f(value, 3)} | {'[' + ', '.join(_f(x, 3) for x in lo_hi) + ']' if lo_hi else '—'} |"
+        )
     return "\n".join(lines)
 
 

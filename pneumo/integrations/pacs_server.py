@@ -23,19 +23,21 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from pneumo.core.paths import SAMPLES_DIR
 from pneumo.data.collection import parse_name
 from pneumo.data.decode import load_xray
 from pneumo.data.pixels import to_uint8
-from pneumo.core.paths import SAMPLES_DIR
 
-# requests, pydicom and dicomweb-client are imported where used, as in pneumo.integrations.pacs: the test PACS starts without
+# requests, pydicom and dicomweb-client are imported where used, as in pneumo.integrations.pacs: the test PACS starts
+# without
 # them and loads each for the request that needs it.
 
 DEFAULT_PORT = 8042
@@ -43,8 +45,11 @@ DICOMWEB_ROOT = "/dicom-web/"
 # Debian's orthanc package installs the server in /usr/sbin (not on a normal user's PATH) and
 # orthanc-dicomweb links its plugin into /usr/share/orthanc/plugins/.
 ORTHANC_CANDIDATES = ("Orthanc", "/usr/sbin/Orthanc", "/usr/local/sbin/Orthanc")
-PLUGIN_GLOBS = ("/usr/share/orthanc/plugins/libOrthancDicomWeb.so*", "/usr/lib/orthanc/libOrthancDicomWeb.so*",
-                "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so*")
+PLUGIN_GLOBS = (
+    "/usr/share/orthanc/plugins/libOrthancDicomWeb.so*",
+    "/usr/lib/orthanc/libOrthancDicomWeb.so*",
+    "/usr/local/share/orthanc/plugins/libOrthancDicomWeb.so*",
+)
 ENV_ORTHANC = "PNEUMO_ORTHANC"  # a non-packaged Orthanc binary
 ENV_PLUGIN = "PNEUMO_ORTHANC_DICOMWEB"  # ... and its DICOMweb plugin
 
@@ -66,17 +71,31 @@ class PacsServerError(RuntimeError):
 def find_orthanc() -> tuple[str, str] | None:
     """(Orthanc binary, DICOMweb plugin) when both are installed, else None."""
     binary = os.environ.get(ENV_ORTHANC) or next(
-        (found for name in ORTHANC_CANDIDATES if (found := shutil.which(name) or (name if os.access(name, os.X_OK) else None))),
-        None)
-    plugins = [os.environ[ENV_PLUGIN]] if os.environ.get(ENV_PLUGIN) else sorted(
-        p for pattern in PLUGIN_GLOBS for p in glob.glob(pattern))
+        (
+            found
+            for name in ORTHANC_CANDIDATES
+            if (found := shutil.which(name) or (name if os.access(name, os.X_OK) else None))
+        ),
+        None,
+    )
+    plugins = (
+        [os.environ[ENV_PLUGIN]]
+        if os.environ.get(ENV_PLUGIN)
+        else sorted(p for pattern in PLUGIN_GLOBS for p in glob.glob(pattern))
+    )
     if not binary or not plugins:
         return None
     return binary, plugins[0]
 
 
-def orthanc_config(port: int, storage: Path, plugin: str, lua_scripts: Sequence[str] = (),
-                   extra: dict[str, Any] | None = None, name: str = "pneumo-pacs") -> dict[str, Any]:
+def orthanc_config(
+    port: int,
+    storage: Path,
+    plugin: str,
+    lua_scripts: Sequence[str] = (),
+    extra: dict[str, Any] | None = None,
+    name: str = "pneumo-pacs",
+) -> dict[str, Any]:
     """The configuration of a private, loopback-only Orthanc with DICOMweb and no DICOM listener."""
     config: dict[str, Any] = {
         "Name": name,
@@ -97,8 +116,14 @@ def orthanc_config(port: int, storage: Path, plugin: str, lua_scripts: Sequence[
         "LuaScripts": list(lua_scripts),
         # "Full" metadata (the default, said here because screening depends on it): study metadata carries
         # every attribute, so one request lists the views and the SR content of earlier screenings.
-        "DicomWeb": {"Enable": True, "Root": DICOMWEB_ROOT, "EnableWado": False, "Host": f"127.0.0.1:{port}",
-                     "StudiesMetadata": "Full", "SeriesMetadata": "Full"},
+        "DicomWeb": {
+            "Enable": True,
+            "Root": DICOMWEB_ROOT,
+            "EnableWado": False,
+            "Host": f"127.0.0.1:{port}",
+            "StudiesMetadata": "Full",
+            "SeriesMetadata": "Full",
+        },
     }
     config.update(extra or {})
     return config
@@ -141,21 +166,28 @@ class OrthancServer:
         if self.own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "OrthancServer":
+    def __enter__(self) -> OrthancServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
 
-def start_orthanc(port: int = DEFAULT_PORT, workdir: str | Path | None = None, timeout: float = 60.0,
-                  lua_scripts: Sequence[str] = (), extra_config: dict[str, Any] | None = None) -> OrthancServer:
+def start_orthanc(
+    port: int = DEFAULT_PORT,
+    workdir: str | Path | None = None,
+    timeout: float = 60.0,
+    lua_scripts: Sequence[str] = (),
+    extra_config: dict[str, Any] | None = None,
+) -> OrthancServer:
     """Start Orthanc on 127.0.0.1:port with storage in workdir (a new temporary folder by default) and
     return once GET /system answers; PacsServerError names what is missing or why it did not start."""
     found = find_orthanc()
     if found is None:
-        raise PacsServerError("Orthanc with its DICOMweb plugin is not installed: `make pacs-deps` "
-                              "(apt-get install orthanc orthanc-dicomweb)")
+        raise PacsServerError(
+            "Orthanc with its DICOMweb plugin is not installed: `make pacs-deps` "
+            "(apt-get install orthanc orthanc-dicomweb)"
+        )
     binary, plugin = found
     with socket.socket() as probe:  # a busy port would let another server answer our readiness check
         if probe.connect_ex(("127.0.0.1", int(port))) == 0:
@@ -165,13 +197,20 @@ def start_orthanc(port: int = DEFAULT_PORT, workdir: str | Path | None = None, t
     root = Path(tempfile.mkdtemp(prefix="pneumo-orthanc-")) if own else Path(workdir)
     (root / "storage").mkdir(parents=True, exist_ok=True)
     config_path = root / "orthanc.json"
-    config_path.write_text(json.dumps(orthanc_config(port, root / "storage", plugin, lua_scripts, extra_config, name),
-                                      indent=2))
+    config_path.write_text(
+        json.dumps(orthanc_config(port, root / "storage", plugin, lua_scripts, extra_config, name), indent=2)
+    )
     log_path = root / "orthanc.log"
     with open(log_path, "ab") as log:
         # Its own session: a Ctrl-C in the terminal reaches this process, which stops Orthanc in order.
-        process = subprocess.Popen([binary, str(config_path)], stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True, preexec_fn=_die_with_parent)
+        process = subprocess.Popen(
+            [binary, str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
     server = OrthancServer(port, process, root, own, log_path, name)
     atexit.register(server.stop)  # a script that ends on an exception leaves no Orthanc behind
     try:
@@ -199,23 +238,30 @@ def wait_until_ready(server: OrthancServer, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         if server.process.poll() is not None:
-            raise PacsServerError(f"Orthanc exited with status {server.process.returncode} before answering on "
-                                  f"port {server.port}: {server.log_tail()}")
+            raise PacsServerError(
+                f"Orthanc exited with status {server.process.returncode} before answering on "
+                f"port {server.port}: {server.log_tail()}"
+            )
         try:
             answer = requests.get(server.url + "/system", timeout=2)
             if answer.ok and answer.json().get("Name") == server.name:
                 return
             if answer.ok:  # another server took the port between the probe and our start
-                raise PacsServerError(f"port {server.port} is served by another server "
-                                      f"({answer.json().get('Name')}); choose another PACS_PORT")
+                raise PacsServerError(
+                    f"port {server.port} is served by another server "
+                    f"({answer.json().get('Name')}); choose another PACS_PORT"
+                )
         except (requests.RequestException, ValueError):
             pass
         if time.monotonic() > deadline:
-            raise PacsServerError(f"Orthanc did not answer on {server.url}/system within {timeout:g} s: {server.log_tail()}")
+            raise PacsServerError(
+                f"Orthanc did not answer on {server.url}/system within {timeout:g} s: {server.log_tail()}"
+            )
         time.sleep(0.2)
 
 
 # --- the sample films as DICOM studies -------------------------------------------------------------------
+
 
 @dataclass
 class SampleFilm:
@@ -250,12 +296,25 @@ def _uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(uuid.NAMESPACE_URL, '/'.join((UID_NAMESPACE, *parts))).int}"
 
 
-def film_dataset(pixels: Any, *, patient_id: str, study_uid: str, series_uid: str, sop_uid: str, study_date: str,
-                 accession: str, series_number: int, modality: str, view_position: str, source_name: str,
-                 series_description: str, comments: str = SAMPLE_ATTRIBUTION) -> Any:
+def film_dataset(
+    pixels: Any,
+    *,
+    patient_id: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    study_date: str,
+    accession: str,
+    series_number: int,
+    modality: str,
+    view_position: str,
+    source_name: str,
+    series_description: str,
+    comments: str = SAMPLE_ATTRIBUTION,
+) -> Any:
     """One 8-bit MONOCHROME2 chest film as a CR or DX (for presentation) instance."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
     sop_class = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}[modality]
     meta = FileMetaDataset()
@@ -314,27 +373,53 @@ def sample_datasets(samples_dir: str | Path = SAMPLES_DIR, lateral: bool = True)
         modality = "CR" if index % 2 == 0 else "DX"
         for number, film in enumerate(films, start=1):
             pixels = to_uint8(load_xray(film.path).pixels)
-            datasets.append(film_dataset(
-                pixels, patient_id=patient, study_uid=study_uid, series_uid=_uid(patient, film.path.name, "series"),
-                sop_uid=_uid(patient, film.path.name, "instance"), study_date=study_date, accession=accession,
-                series_number=number, modality=modality, view_position="AP", source_name=film.path.name,
-                series_description="CHEST AP"))
+            datasets.append(
+                film_dataset(
+                    pixels,
+                    patient_id=patient,
+                    study_uid=study_uid,
+                    series_uid=_uid(patient, film.path.name, "series"),
+                    sop_uid=_uid(patient, film.path.name, "instance"),
+                    study_date=study_date,
+                    accession=accession,
+                    series_number=number,
+                    modality=modality,
+                    view_position="AP",
+                    source_name=film.path.name,
+                    series_description="CHEST AP",
+                )
+            )
         if lateral and index == 0:
             report.lateral_study = study_uid
-            datasets.append(film_dataset(
-                np.ascontiguousarray(to_uint8(load_xray(films[0].path).pixels)[:, ::-1]), patient_id=patient,
-                study_uid=study_uid, series_uid=_uid(patient, "lateral", "series"),
-                sop_uid=_uid(patient, "lateral", "instance"), study_date=study_date, accession=accession,
-                series_number=len(films) + 1, modality=modality, view_position="LL", source_name=films[0].path.name,
-                series_description="CHEST LAT",
-                comments="Stand-in lateral view for testing (the frontal sample film mirrored, labelled "
-                         "ViewPosition LL). " + SAMPLE_ATTRIBUTION))
+            datasets.append(
+                film_dataset(
+                    np.ascontiguousarray(to_uint8(load_xray(films[0].path).pixels)[:, ::-1]),
+                    patient_id=patient,
+                    study_uid=study_uid,
+                    series_uid=_uid(patient, "lateral", "series"),
+                    sop_uid=_uid(patient, "lateral", "instance"),
+                    study_date=study_date,
+                    accession=accession,
+                    series_number=len(films) + 1,
+                    modality=modality,
+                    view_position="LL",
+                    source_name=films[0].path.name,
+                    series_description="CHEST LAT",
+                    comments="Stand-in lateral view for testing (the frontal sample film mirrored, labelled "
+                    "ViewPosition LL). " + SAMPLE_ATTRIBUTION,
+                )
+            )
     report.instances = len(datasets)
     return datasets, report
 
 
-def seed(dicomweb_url: str, samples_dir: str | Path = SAMPLES_DIR, lateral: bool = True, limit: int | None = None,
-         session: Any = None) -> SeedReport:
+def seed(
+    dicomweb_url: str,
+    samples_dir: str | Path = SAMPLES_DIR,
+    lateral: bool = True,
+    limit: int | None = None,
+    session: Any = None,
+) -> SeedReport:
     """Store the samples (the first `limit` studies when given) into a DICOMweb server over STOW-RS."""
     from dicomweb_client.api import DICOMwebClient
 
@@ -351,12 +436,14 @@ def seed(dicomweb_url: str, samples_dir: str | Path = SAMPLES_DIR, lateral: bool
         try:
             answer = client.store_instances(items, study_instance_uid=study_uid)
         except Exception as exc:  # requests' errors and a malformed answer alike: one line naming the study
-            raise PacsServerError(f"seeding {dicomweb_url}: storing study {study_uid} failed "
-                                  f"({type(exc).__name__}: {exc})") from exc
+            raise PacsServerError(
+                f"seeding {dicomweb_url}: storing study {study_uid} failed ({type(exc).__name__}: {exc})"
+            ) from exc
         failed = getattr(answer, "FailedSOPSequence", None)
         if failed:
-            raise PacsServerError(f"seeding {dicomweb_url}: {len(failed)} instance(s) of study {study_uid} "
-                                  "were rejected")
+            raise PacsServerError(
+                f"seeding {dicomweb_url}: {len(failed)} instance(s) of study {study_uid} were rejected"
+            )
     return report
 
 
@@ -372,11 +459,14 @@ def serve(port: int = DEFAULT_PORT, samples_dir: str | Path = SAMPLES_DIR) -> in
     server = start_orthanc(port)
     try:
         report = seed(server.dicomweb_url, samples_dir)
-        print(f"Orthanc on {server.url} (DICOMweb {server.dicomweb_url}, explorer {server.url}/app/explorer.html), "
-              f"storage {server.workdir}\nseeded {report.instances} instances in {len(report.studies)} studies "
-              f"(a lateral view in study {report.lateral_study})\n"
-              f"try: python -m pneumo pacs screen --url {server.dicomweb_url} --since 20240101 --push\n"
-              "Ctrl-C stops it and deletes the storage.", flush=True)
+        print(
+            f"Orthanc on {server.url} (DICOMweb {server.dicomweb_url}, explorer {server.url}/app/explorer.html), "
+            f"storage {server.workdir}\nseeded {report.instances} instances in {len(report.studies)} studies "
+            f"(a lateral view in study {report.lateral_study})\n"
+            f"try: python -m pneumo pacs screen --url {server.dicomweb_url} --since 20240101 --push\n"
+            "Ctrl-C stops it and deletes the storage.",
+            flush=True,
+        )
         while not stop["now"]:
             if server.process.poll() is not None:
                 raise PacsServerError(f"Orthanc stopped (status {server.process.returncode}): {server.log_tail()}")
@@ -387,8 +477,10 @@ def serve(port: int = DEFAULT_PORT, samples_dir: str | Path = SAMPLES_DIR) -> in
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pneumo.integrations.pacs_server",
-                                     description="a local Orthanc with DICOMweb, seeded with the sample films")
+    parser = argparse.ArgumentParser(
+        prog="python -m pneumo.integrations.pacs_server",
+        description="a local Orthanc with DICOMweb, seeded with the sample films",
+    )
     parser.add_argument("--port", type=int, default=int(os.environ.get("PACS_PORT", DEFAULT_PORT)))
     parser.add_argument("--samples", default=str(SAMPLES_DIR))
     args = parser.parse_args(argv)

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumo.model.explain import gradcam, overlay, png_bytes, with_colorbar
 from pneumo.data.pixels import to_uint8
+from pneumo.model.explain import gradcam, overlay, png_bytes, with_colorbar
 from pneumo.model.reading import Reading, card_hash, order
 
 # fpdf is imported where used: only a PDF report needs it.
@@ -47,7 +47,7 @@ def _short(value: Any, limit: int = 160) -> str:
     """A name for a heading or a table cell: whole when it is of a sane length, else its end (a path's
     informative part) behind "...", so one crafted name cannot fill pages."""
     text = _text(value)
-    return text if len(text) <= limit else "..." + text[-(limit - 3):]
+    return text if len(text) <= limit else "..." + text[-(limit - 3) :]
 
 
 # Cells a spreadsheet would run as a formula (OWASP, CSV injection): =, +, -, @, tab, carriage return; also a
@@ -73,8 +73,11 @@ def safe_csv(frame: pd.DataFrame, index: bool = False) -> str:
     out = frame.copy()
     for column in out.columns:
         series = out[column]
-        if pd.api.types.is_numeric_dtype(series) or pd.api.types.is_bool_dtype(series) \
-                or pd.api.types.is_datetime64_any_dtype(series):
+        if (
+            pd.api.types.is_numeric_dtype(series)
+            or pd.api.types.is_bool_dtype(series)
+            or pd.api.types.is_datetime64_any_dtype(series)
+        ):
             continue
         out[column] = series.map(csv_safe, na_action="ignore")
     return out.to_csv(index=index, quoting=csv.QUOTE_NONNUMERIC)
@@ -100,7 +103,8 @@ def study_pdf(
 ) -> bytes:
     """PDF bytes: a summary table of the batch, then a page per image with the X-ray, the Grad-CAM overlay
     with its colour bar, probability, decision, operating point, model and card figures, warnings and the
-    DICOM study fields (the decoder never keeps patient identifiers). heatmaps maps a reading's index to its Grad-CAM map (computed when missing)."""
+    DICOM study fields (the decoder never keeps patient identifiers). heatmaps maps a reading's index to its
+    Grad-CAM map (computed when missing)."""
     from fpdf import FPDF
 
     heatmaps = dict(heatmaps or {})
@@ -135,35 +139,50 @@ def study_pdf(
     if drift is not None:
         line(f"Drift of this batch: {drift}")
     if validation:
-        line(f"Validation ({validation.get('kind', 'patient')}, n = {validation.get('n')}; in-distribution unless an "
-             f"external evaluation says otherwise): "
-             f"ROC AUC {_num(validation.get('roc_auc'), 4)}, sensitivity {_num(validation.get('sensitivity'))}, "
-             f"specificity {_num(validation.get('specificity'))}")
+        line(
+            f"Validation ({validation.get('kind', 'patient')}, n = {validation.get('n')}; in-distribution unless an "
+            f"external evaluation says otherwise): "
+            f"ROC AUC {_num(validation.get('roc_auc'), 4)}, sensitivity {_num(validation.get('sensitivity'))}, "
+            f"specificity {_num(validation.get('specificity'))}"
+        )
     for ev in card.external_evaluations[-3:]:
-        line(f"External evaluation '{ev.get('name')}' (n = {ev.get('n')}, {str(ev.get('date', ''))[:10]}): ROC AUC "
-             f"{_num(ev.get('roc_auc'), 4)}, sensitivity {_num(ev.get('sensitivity'))}, "
-             f"specificity {_num(ev.get('specificity'))} at threshold {_num(ev.get('threshold'), 4)}")
+        line(
+            f"External evaluation '{ev.get('name')}' (n = {ev.get('n')}, {str(ev.get('date', ''))[:10]}): ROC AUC "
+            f"{_num(ev.get('roc_auc'), 4)}, sensitivity {_num(ev.get('sensitivity'))}, "
+            f"specificity {_num(ev.get('specificity'))} at threshold {_num(ev.get('threshold'), 4)}"
+        )
     pdf.ln(3)
     line("Worklist (rejected and warned inputs first, then highest probability)", bold=True)
     pdf.set_font("Helvetica", "", 9)
     # Table cells wrap (fpdf2 lays each cell out like multi_cell): a warning is printed whole, never cut
     # mid-sentence; only an absurdly long file name is shortened, from the left.
-    with pdf.table(col_widths=(8, 62, 22, 30, 68), text_align=("RIGHT", "LEFT", "RIGHT", "LEFT", "LEFT"),
-                   markdown=False) as table:
+    with pdf.table(
+        col_widths=(8, 62, 22, 30, 68), text_align=("RIGHT", "LEFT", "RIGHT", "LEFT", "LEFT"), markdown=False
+    ) as table:
         table.row(["#", "image", "probability", "decision", "warnings / error"])
         for i in order(readings):
             r = readings[i]
             prob = "-" if r.probability is None else f"{r.probability:.3f}"
-            table.row([str(i + 1), _short(r.name), prob, _text(r.decision or "rejected"),
-                       _text(r.error or "; ".join(r.warnings) or "")])
+            table.row(
+                [
+                    str(i + 1),
+                    _short(r.name),
+                    prob,
+                    _text(r.decision or "rejected"),
+                    _text(r.error or "; ".join(r.warnings) or ""),
+                ]
+            )
 
     for i in order(readings):
         r = readings[i]
         if r.xray is None:
             continue
         header(f"#{i + 1}  {_short(r.name)}")
-        line(f"Probability of pneumonia {r.probability:.3f} - decision: {r.decision} "
-             f"(threshold {card.threshold:.4f})", bold=True, size=11)
+        line(
+            f"Probability of pneumonia {r.probability:.3f} - decision: {r.decision} (threshold {card.threshold:.4f})",
+            bold=True,
+            size=11,
+        )
         for w in r.warnings:
             pdf.set_text_color(170, 90, 0)
             line(f"Warning: {w}")
@@ -175,8 +194,11 @@ def study_pdf(
         left = _image(pdf, r.xray.pixels, x=10, y=y, w=88)
         right = _image(pdf, with_colorbar(overlay(r.xray.pixels, heat, 0.45)), x=102, y=y, w=98)
         pdf.set_y(y + max(left, right) + 2)
-        line("Left: the X-ray as read. Right: Grad-CAM, the regions that drove the score (not a segmentation of disease).",
-             size=8)
+        line(
+            "Left: the X-ray as read. Right: Grad-CAM, the regions that drove the score "
+            "(not a segmentation of disease).",
+            size=8,
+        )
         if r.xray.dicom:
             line("DICOM study fields (no patient identifiers)", bold=True)
             for key, value in r.xray.dicom.items():

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only: see below
     import keras
@@ -17,6 +18,7 @@ if TYPE_CHECKING:  # annotations only: see below
 # Keras is imported inside the builders, not here: the registry (names, input sizes, Grad-CAM layers) is
 # read by the Train form and the CLI's flags, and importing Keras starts TensorFlow, which costs a process
 # about 600 MB resident for good. The dashboard serves through ONNX Runtime and never needs it.
+
 
 @dataclass(frozen=True)
 class Architecture:
@@ -71,7 +73,11 @@ def build_compact_cnn(size: int, weights: str | None = None, dropout: float = 0.
 
 
 def build_shift_cnn(
-    size: int, weights: str | None = None, dropout: float = 0.3, work: int = 112, widths: tuple[int, ...] = (32, 64, 128)
+    size: int,
+    weights: str | None = None,
+    dropout: float = 0.3,
+    work: int = 112,
+    widths: tuple[int, ...] = (32, 64, 128),
 ) -> keras.Model:
     """A residual CNN that reads the film at a working resolution and keeps a 7×7 final map at 224 px.
 
@@ -180,46 +186,70 @@ def _registry() -> dict[str, Architecture]:
         a.name: a
         for a in (
             Architecture(
-                "compact_cnn", 224, "gray [0,1] → per-image standardisation (inside the model)",
-                "block5_out", build_compact_cnn,
+                "compact_cnn",
+                224,
+                "gray [0,1] → per-image standardisation (inside the model)",
+                "block5_out",
+                build_compact_cnn,
                 "Residual separable CNN, ~0.2 M parameters, trained from scratch (the previous default).",
             ),
             Architecture(
-                "shift_cnn", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
-                "stage3_out", build_shift_cnn,
+                "shift_cnn",
+                224,
+                "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
+                "stage3_out",
+                build_shift_cnn,
                 "Residual CNN at 112 px working resolution, ~0.3 M parameters, 7×7 Grad-CAM map, from scratch.",
                 working_resolution=112,
             ),
             Architecture(
-                "shift_cnn_wide", 224, "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
-                "stage3_out", functools.partial(build_shift_cnn, widths=(48, 96, 192)),
+                "shift_cnn_wide",
+                224,
+                "gray [0,1] → per-image standardisation → 2×2 mean pooling (inside the model)",
+                "stage3_out",
+                functools.partial(build_shift_cnn, widths=(48, 96, 192)),
                 "Wider shift_cnn (48/96/192 channels), ~0.7 M parameters, 7×7 Grad-CAM map, from scratch.",
                 working_resolution=112,
             ),
             Architecture(
-                "shift_cnn_64", 224, "gray [0,1] → per-image standardisation → mean pooling to 56 px (inside the model)",
-                "stage3_out", functools.partial(build_shift_cnn, work=56, widths=(48, 96, 192)),
+                "shift_cnn_64",
+                224,
+                "gray [0,1] → per-image standardisation → mean pooling to 56 px (inside the model)",
+                "stage3_out",
+                functools.partial(build_shift_cnn, work=56, widths=(48, 96, 192)),
                 "shift_cnn reading the film at 56 px with 48/96/192 channels; 4×4 Grad-CAM map.",
                 working_resolution=56,
             ),
             Architecture(
-                "efficientnet_b0", 224, "gray [0,1] → RGB ×255 (EfficientNet rescales internally)",
-                "top_activation", _backbone_builder("EfficientNetB0", 255.0, 0.0),
+                "efficientnet_b0",
+                224,
+                "gray [0,1] → RGB ×255 (EfficientNet rescales internally)",
+                "top_activation",
+                _backbone_builder("EfficientNetB0", 255.0, 0.0),
                 "EfficientNet-B0 backbone (ImageNet weights when available).",
             ),
             Architecture(
-                "densenet121", 224, "gray [0,1] → RGB, ImageNet mean/std normalisation",
-                "relu", _backbone_builder("DenseNet121", 1.0, 0.0, imagenet_mean, imagenet_var),
+                "densenet121",
+                224,
+                "gray [0,1] → RGB, ImageNet mean/std normalisation",
+                "relu",
+                _backbone_builder("DenseNet121", 1.0, 0.0, imagenet_mean, imagenet_var),
                 "DenseNet-121 backbone (CheXNet's architecture).",
             ),
             Architecture(
-                "resnet50", 224, "gray [0,1] → RGB ×255, Caffe mean subtraction",
-                "conv5_block3_out", _backbone_builder("ResNet50", 255.0, 0.0, caffe_mean, [1.0, 1.0, 1.0]),
+                "resnet50",
+                224,
+                "gray [0,1] → RGB ×255, Caffe mean subtraction",
+                "conv5_block3_out",
+                _backbone_builder("ResNet50", 255.0, 0.0, caffe_mean, [1.0, 1.0, 1.0]),
                 "ResNet-50 backbone.",
             ),
             Architecture(
-                "mobilenet_v2", 224, "gray [0,1] → RGB scaled to [-1, 1]",
-                "out_relu", _backbone_builder("MobileNetV2", 2.0, -1.0),
+                "mobilenet_v2",
+                224,
+                "gray [0,1] → RGB scaled to [-1, 1]",
+                "out_relu",
+                _backbone_builder("MobileNetV2", 2.0, -1.0),
                 "MobileNet-V2 backbone; the lightest ImageNet option.",
             ),
         )
@@ -237,8 +267,13 @@ def get_architecture(name: str) -> Architecture:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(ARCHITECTURES)}") from None
 
 
-def build_model(name: str, image_size: int | None = None, weights: str | None = None, dropout: float = 0.3,
-                synchronized: bool = False) -> keras.Model:
+def build_model(
+    name: str,
+    image_size: int | None = None,
+    weights: str | None = None,
+    dropout: float = 0.3,
+    synchronized: bool = False,
+) -> keras.Model:
     """The named network; synchronized=True makes its batch norms pool their batch statistics over every
     replica of a distribution strategy (several workers then normalise, and learn, as one process would)."""
     arch = get_architecture(name)

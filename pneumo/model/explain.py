@@ -14,8 +14,8 @@ import numpy as np
 
 from pneumo import import_tensorflow_quietly
 from pneumo.data.pixels import to_uint8
-from pneumo.model.loading import LoadedModel
 from pneumo.model.input_check import check
+from pneumo.model.loading import LoadedModel
 
 # TensorFlow, Keras, tf-keras-vis and SciPy are imported where used: the dashboard imports this module and serves
 # Grad-CAM through ONNX Runtime, so it must not load TensorFlow (~600 MB resident).
@@ -108,13 +108,19 @@ def explained_network(model: Any, layer_name: str) -> Any:
     holder, _ = _find_layer(model, layer_name)
     last = model.layers[-1]
     is_average = isinstance(last, keras.layers.Average)
-    if holder is not None and is_average and holder.input_shape == model.input_shape and holder.output_shape == model.output_shape:
+    if (
+        holder is not None
+        and is_average
+        and holder.input_shape == model.input_shape
+        and holder.output_shape == model.output_shape
+    ):
         return holder
     return model
 
 
 def _explainer(loaded: LoadedModel, method: str, layer: str) -> tuple[Any, str]:
     """The tf-keras-vis explainer for a method and layer, kept in the model's own cache (it dies with it)."""
+
     def build() -> tuple[Any, str]:
         from tf_keras_vis.gradcam import Gradcam
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
@@ -162,21 +168,28 @@ def gradcams(
     if target is None:
         target = int(loaded.predict(image)[0] >= loaded.threshold)
     sign = np.array([1.0 if target else -1.0], np.float32)
-    onnx = (loaded.engine if engine == "compiled" and loaded.engine is not None
-            and loaded.engine.explains(layer or loaded.gradcam_layer) else None)
+    onnx = (
+        loaded.engine
+        if engine == "compiled" and loaded.engine is not None and loaded.engine.explains(layer or loaded.gradcam_layer)
+        else None
+    )
     raw = onnx.cams(batch, sign, tuple(methods)) if onnx is not None else {}
     maps = {}
     for method in methods:
         if method in raw:
             cam = _expand(raw[method][0], batch.shape[1:3])
         elif engine == "compiled":
-            cam = _expand(np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(batch, sign))[0],
-                          batch.shape[1:3])
+            cam = _expand(
+                np.asarray(_compiled_cam(loaded, method, layer or loaded.gradcam_layer)(batch, sign))[0],
+                batch.shape[1:3],
+            )
         else:
             from tf_keras_vis.utils.scores import BinaryScore
 
             explainer, target_layer = _explainer(loaded, method, layer or loaded.gradcam_layer)
-            cam = explainer(BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False)
+            cam = explainer(
+                BinaryScore(bool(target)), batch, penultimate_layer=target_layer, seek_penultimate_conv_layer=False
+            )
             cam = np.asarray(cam[0], dtype=np.float32)
         cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
         cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
@@ -196,13 +209,16 @@ def _expand(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 def _compiled_cam(loaded: LoadedModel, method: str, layer: str) -> Any:
     """Grad-CAM or Grad-CAM++ as one traced TensorFlow graph, kept in the model's cache under
     ("cam", method, layer)."""
+
     def trace() -> Any:
         import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
         import tensorflow as tf
 
         size = loaded.input_size
-        return tf.function(cam_function(loaded.model, method, layer), input_signature=[
-            tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.float32)])
+        return tf.function(
+            cam_function(loaded.model, method, layer),
+            input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32), tf.TensorSpec([None], tf.float32)],
+        )
 
     return loaded.cache.get(("cam", method, layer), trace)
 
@@ -266,8 +282,9 @@ def _bar_geometry(width: int) -> tuple[int, int, int]:
     return max(4, width // 100), max(12, width // 28), max(40, width // 7)
 
 
-def colorbar_panel(height: int, width: int, colormap: int = cv2.COLORMAP_JET, transparent: bool = False,
-                   panel_width: int | None = None) -> np.ndarray:
+def colorbar_panel(
+    height: int, width: int, colormap: int = cv2.COLORMAP_JET, transparent: bool = False, panel_width: int | None = None
+) -> np.ndarray:
     """The panel beside a picture height × width: a vertical colour bar numbered 0 to 1, the map's share of
     this film's own peak (every map is scaled to its film's peak, so colours are comparable within a film,
     not between films).
@@ -283,15 +300,19 @@ def colorbar_panel(height: int, width: int, colormap: int = cv2.COLORMAP_JET, tr
         label_w = max(0, panel_width - pad - bar_w)
     ramp = np.linspace(255, 0, height, dtype=np.float32)[:, None].repeat(bar_w, axis=1).astype(np.uint8)
     panel = np.full((height, pad + bar_w + label_w, 4), (255, 255, 255, 0 if transparent else 255), np.uint8)
-    panel[:, pad: pad + bar_w, :3] = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
-    panel[:, pad: pad + bar_w, 3] = 255
+    panel[:, pad : pad + bar_w, :3] = cv2.cvtColor(cv2.applyColorMap(ramp, colormap), cv2.COLOR_BGR2RGB)
+    panel[:, pad : pad + bar_w, 3] = 255
     scale = max(0.35, height / 700)
     wide = cv2.getTextSize("1.0", cv2.FONT_HERSHEY_SIMPLEX, scale, max(1, int(round(scale * 1.5))))[0][0]
     if wide > label_w - 4:  # the numbers shrink to their area rather than run off the panel
         scale *= max(label_w - 4, 1) / wide
     thick = max(1, int(round(scale * 1.5)))
     ink = (128, 128, 128, 255) if transparent else (30, 30, 30, 255)
-    for text, y in (("1.0", int(14 * scale * 2)), ("0.5", height // 2 + int(5 * scale * 2)), ("0", height - int(6 * scale * 2))):
+    for text, y in (
+        ("1.0", int(14 * scale * 2)),
+        ("0.5", height // 2 + int(5 * scale * 2)),
+        ("0", height - int(6 * scale * 2)),
+    ):
         cv2.putText(panel, text, (pad + bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, thick, cv2.LINE_AA)
     return panel if transparent else panel[..., :3]
 
@@ -349,7 +370,9 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def explain_to_png(loaded: LoadedModel, image: np.ndarray, path: str | Path, method: str = "gradcam", alpha: float = 0.4) -> Path:
+def explain_to_png(
+    loaded: LoadedModel, image: np.ndarray, path: str | Path, method: str = "gradcam", alpha: float = 0.4
+) -> Path:
     """Write a Grad-CAM overlay PNG and return its path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

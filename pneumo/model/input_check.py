@@ -49,16 +49,29 @@ class FeatureDensity:
 
     def save(self, path: str | Path) -> None:
         buf = io.BytesIO()
-        np.savez(buf, mean=self.mean, precision=self.precision, alarm=self.alarm,
-                 false_alarm_rate=self.false_alarm_rate, n_fit=self.n_fit, n_calibrate=self.n_calibrate)
+        np.savez(
+            buf,
+            mean=self.mean,
+            precision=self.precision,
+            alarm=self.alarm,
+            false_alarm_rate=self.false_alarm_rate,
+            n_fit=self.n_fit,
+            n_calibrate=self.n_calibrate,
+        )
         atomic_write_bytes(path, buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> "FeatureDensity | None":
+    def load(cls, path: str | Path) -> FeatureDensity | None:
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(z["mean"], z["precision"], float(z["alarm"]), float(z["false_alarm_rate"]),
-                           int(z["n_fit"]), int(z["n_calibrate"]))
+                return cls(
+                    z["mean"],
+                    z["precision"],
+                    float(z["alarm"]),
+                    float(z["false_alarm_rate"]),
+                    int(z["n_fit"]),
+                    int(z["n_calibrate"]),
+                )
         except (OSError, KeyError, ValueError):
             return None
 
@@ -81,18 +94,21 @@ def features(loaded: Any, images: np.ndarray | list[np.ndarray], batch_size: int
     batch = loaded.prepare(images)
     engine = getattr(loaded, "engine", None)
     run = engine.features if engine is not None and engine.has_features else _traced_features(loaded)
-    return np.concatenate([np.asarray(run(batch[i: i + batch_size])) for i in range(0, len(batch), batch_size)])
+    return np.concatenate([np.asarray(run(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)])
 
 
 def _traced_features(loaded: Any) -> Any:
     """The pooled-feature sub-network as one traced graph, kept in the model's cache under "features"."""
+
     def trace() -> Any:
         import_tensorflow_quietly()  # the first TensorFlow import when ONNX Runtime serves predictions
         import tensorflow as tf
 
         net = feature_model(loaded.model)
         size = loaded.input_size
-        return tf.function(lambda x: net(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+        return tf.function(
+            lambda x: net(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)]
+        )
 
     return loaded.cache.get("features", trace)
 
@@ -105,7 +121,7 @@ def fit(feats: np.ndarray, seed: int = 0) -> FeatureDensity:
     if len(feats) < 20:
         raise ValueError(f"need at least 20 held-out images to calibrate the input check, got {len(feats)}")
     order = np.random.default_rng(seed).permutation(len(feats))
-    fit_part, cal_part = feats[order[: len(feats) // 2]], feats[order[len(feats) // 2:]]
+    fit_part, cal_part = feats[order[: len(feats) // 2]], feats[order[len(feats) // 2 :]]
     lw = LedoitWolf().fit(fit_part)
     density = FeatureDensity(lw.location_, lw.precision_, 0.0, 0.0, len(fit_part), len(cal_part))
     cal = density.distance(cal_part)
@@ -146,7 +162,9 @@ def inspect(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colo
     warnings: list[str] = []
     assessable = True
     if colour > COLOUR_LIMIT:
-        warnings.append(f"colour image (channel spread {colour:.2f}): a radiograph is gray; this looks like a photo or document")
+        warnings.append(
+            f"colour image (channel spread {colour:.2f}): a radiograph is gray; this looks like a photo or document"
+        )
         assessable = False
     if density is None:
         return Assessment(warnings, assessable)
@@ -159,12 +177,16 @@ def inspect(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colo
         others = dict(zip(variants, density.distance(features(loaded, list(variants.values())))))
         cause, best = min(others.items(), key=lambda kv: kv[1])
         if best < density.alarm and own - best > NAMED_CAUSE_MARGIN * density.alarm:
-            warnings.append(f"looks {cause}: the model's features match real films far better that way; "
-                            "correct the orientation or polarity and send the film again")
+            warnings.append(
+                f"looks {cause}: the model's features match real films far better that way; "
+                "correct the orientation or polarity and send the film again"
+            )
         else:
-            warnings.append(f"unlike the films the model was checked on (feature distance {own:.1f}, alarm level "
-                            f"{density.alarm:.1f}): not a frontal chest X-ray, or from a very different source; "
-                            "the score is not reliable")
+            warnings.append(
+                f"unlike the films the model was checked on (feature distance {own:.1f}, alarm level "
+                f"{density.alarm:.1f}): not a frontal chest X-ray, or from a very different source; "
+                "the score is not reliable"
+            )
     return Assessment(warnings, assessable)
 
 
@@ -173,8 +195,9 @@ def check(loaded: Any, image: np.ndarray, density: FeatureDensity | None, colour
     return inspect(loaded, image, density, colour).warnings
 
 
-def detection_rates(loaded: Any, images: np.ndarray, density: FeatureDensity, limit: int = 200,
-                    seed: int = 0) -> dict[str, float]:
+def detection_rates(
+    loaded: Any, images: np.ndarray, density: FeatureDensity, limit: int = 200, seed: int = 0
+) -> dict[str, float]:
     """Share of held-out films warned about as they are (false alarms), and once inverted, turned or
     replaced by noise (detections): the figures the card reports for the input check."""
     rng = np.random.default_rng(seed)

@@ -7,25 +7,26 @@ export (pneumo.model.serving) is served by ONNX Runtime, which starts in a fract
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Hashable, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from cachetools import LRUCache
 
 from pneumo import import_tensorflow_quietly
-from pneumo.model.architectures import ARCHITECTURES
 from pneumo.core.card import CardError, ModelCard, check_threshold
-from pneumo.model.serving import ensemble_members, open_onnx
-from pneumo.data.pixels import resize
-from pneumo.model.input_check import FILE_NAME, FeatureDensity
 from pneumo.core.files import check_writable, now_iso
 
 # TensorFlow and Keras are imported where used: the dashboard serves through ONNX Runtime and must not load them
 # (~600 MB resident).
+from pneumo.core.paths import DEFAULT_MODEL_PATH
+from pneumo.data.pixels import resize
+from pneumo.model.architectures import ARCHITECTURES
+from pneumo.model.input_check import FILE_NAME, FeatureDensity
+from pneumo.model.serving import ensemble_members, open_onnx
 
-from pneumo.core.paths import CLASS_NAMES, DEFAULT_MODEL_DIR, DEFAULT_MODEL_PATH, PROJECT_ROOT  # noqa: F401
 CARD_MAX_BYTES = 8 * 2**20
 
 T = TypeVar("T")
@@ -143,7 +144,9 @@ class LoadedModel:
     def predict(self, images: list[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Probability of pneumonia for each [0, 1] grayscale image."""
         batch = self.prepare(images)
-        out = [np.asarray(self._forward(batch[start : start + batch_size])) for start in range(0, len(batch), batch_size)]
+        out = [
+            np.asarray(self._forward(batch[start : start + batch_size])) for start in range(0, len(batch), batch_size)
+        ]
         return np.concatenate(out).reshape(-1).astype(float)
 
     def member_probabilities(self, images: list[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
@@ -158,11 +161,13 @@ class LoadedModel:
             def trace() -> Any:
                 nets = ensemble_members(self.model) or [self.model]
                 size = self.input_size
-                return tf.function(lambda x: tf.stack([tf.reshape(n(x, training=False), [-1]) for n in nets], axis=1),
-                                   input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+                return tf.function(
+                    lambda x: tf.stack([tf.reshape(n(x, training=False), [-1]) for n in nets], axis=1),
+                    input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)],
+                )
 
             run = self.cache.get("members", trace)
-        return np.concatenate([np.asarray(run(batch[i: i + batch_size])) for i in range(0, len(batch), batch_size)])
+        return np.concatenate([np.asarray(run(batch[i : i + batch_size])) for i in range(0, len(batch), batch_size)])
 
     @property
     def _forward(self) -> Callable[[np.ndarray], Any]:
@@ -177,8 +182,9 @@ class LoadedModel:
 
         size = self.input_size
         model = self.model  # the network itself, not self: a copy made by dataclasses.replace shares this graph
-        return tf.function(lambda x: model(x, training=False),
-                           input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)])
+        return tf.function(
+            lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)]
+        )
 
 
 def _last_conv_layer(model: Any) -> str:
@@ -220,7 +226,9 @@ def read_card(model_path: Path) -> ModelCard:
     except OSError as exc:
         raise CardError(f"{path}: cannot be read ({exc.strerror or exc})") from None
     if size > CARD_MAX_BYTES:  # the shipped card is 9 KB; nothing is read from a runaway or hostile file
-        raise CardError(f"{path}: {size / 2**20:.0f} MB, larger than a model card can be ({CARD_MAX_BYTES // 2**20} MB)")
+        raise CardError(
+            f"{path}: {size / 2**20:.0f} MB, larger than a model card can be ({CARD_MAX_BYTES // 2**20} MB)"
+        )
     try:
         return ModelCard.read(path)
     except RecursionError:  # JSON nested beyond the parser's stack
@@ -252,8 +260,9 @@ def load_model(path: str | Path | None = None, shared_cores: bool = False) -> Lo
     card = read_card(model_path)  # a bad card is refused before the model is loaded
     notes: list[str] = []
     engine = open_onnx(model_path, notes, spin=not shared_cores)
-    return LoadedModel(None if engine else load_keras_model(model_path), card, model_path, engine,
-                       engine_note="; ".join(notes) or None)
+    return LoadedModel(
+        None if engine else load_keras_model(model_path), card, model_path, engine, engine_note="; ".join(notes) or None
+    )
 
 
 def load_keras_model(model_path: str | Path) -> Any:
@@ -278,7 +287,9 @@ def save_operating_point(model_path: str | Path, threshold: float, rule: str, **
     threshold = check_threshold(threshold, str(model_path))
     check_writable(card_path(Path(model_path)))  # a read-only card is refused, never replaced (ReadOnlyError)
     card = read_card(Path(model_path))
-    card.threshold_history.append({"threshold": card.threshold, "rule": card.threshold_rule, "replaced": now_iso(), **record})
+    card.threshold_history.append(
+        {"threshold": card.threshold, "rule": card.threshold_rule, "replaced": now_iso(), **record}
+    )
     card.threshold, card.threshold_rule = threshold, rule
     card.write(card_path(Path(model_path)))
     return card

@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumo.model import input_check as quality
 from pneumo.data.collection import pixel_hash
-from pneumo.data.pixels import InvalidImageError, to_uint8
 from pneumo.data.decode import Source, XRay, load_xray
+from pneumo.data.pixels import InvalidImageError, to_uint8
+from pneumo.model import input_check as quality
 from pneumo.model.loading import LoadedModel
 
 # pneumo.model.explain (OpenCV) is imported where used: only a thumbnail of the heat map needs it.
@@ -57,8 +57,13 @@ def read(loaded: LoadedModel, source: Source, name: str | None = None, band: flo
         return Reading(exc.name, None, None, None, exc.reason)
     probability = float(loaded.predict(xray.pixels)[0])
     found = quality.inspect(loaded, xray.pixels, loaded.density, xray.colour)
-    return Reading(xray.name, xray, probability, decide(probability, loaded.threshold, band, found.assessable),
-                   warnings=[*xray.warnings, *found.warnings])  # the decoder's notes (a broken DICOM window) first
+    return Reading(
+        xray.name,
+        xray,
+        probability,
+        decide(probability, loaded.threshold, band, found.assessable),
+        warnings=[*xray.warnings, *found.warnings],
+    )  # the decoder's notes (a broken DICOM window) first
 
 
 SCREEN_SIDE = 1024  # the long side a reading keeps for display and maps once its probability is known
@@ -134,6 +139,7 @@ def mark_repeats(readings: list[Reading]) -> list[Reading]:
 def order(readings: list[Reading]) -> list[int]:
     """Worklist order: rejected and warned inputs first (they need a person before any score is used),
     then the highest probability first."""
+
     def key(i: int) -> tuple[int, float]:
         r = readings[i]
         return (0 if r.error else 1 if r.warnings else 2, -(r.probability if r.probability is not None else 0.0))
@@ -149,16 +155,34 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
     card_sha = card_hash(loaded) if loaded else ""
     for i in order(readings):
         r = readings[i]
-        rows.append({
-            "item": i + 1, "path": r.name, "probability": r.probability, "decision": r.decision or "rejected",
-            "warnings": " | ".join(r.warnings), "error": r.error or "",
-            "threshold": loaded.threshold if loaded else None,
-            "operating_point": getattr(loaded, "operating_point", "shipped") if loaded else "",
-            "model": loaded.card.name if loaded else "", "card_sha256_12": card_sha,
-            "time": when,
-        })
-    columns = ["item", "path", "probability", "decision", "warnings", "error", "threshold", "operating_point", "model", "card_sha256_12",
-               "time"]
+        rows.append(
+            {
+                "item": i + 1,
+                "path": r.name,
+                "probability": r.probability,
+                "decision": r.decision or "rejected",
+                "warnings": " | ".join(r.warnings),
+                "error": r.error or "",
+                "threshold": loaded.threshold if loaded else None,
+                "operating_point": getattr(loaded, "operating_point", "shipped") if loaded else "",
+                "model": loaded.card.name if loaded else "",
+                "card_sha256_12": card_sha,
+                "time": when,
+            }
+        )
+    columns = [
+        "item",
+        "path",
+        "probability",
+        "decision",
+        "warnings",
+        "error",
+        "threshold",
+        "operating_point",
+        "model",
+        "card_sha256_12",
+        "time",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 

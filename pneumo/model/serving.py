@@ -1,17 +1,17 @@
 """Inference engines for a saved model: ONNX Runtime when an exported graph matches the model file.
 
-On a CPU, ONNX Runtime runs this project's small CNNs several times faster than TensorFlow, for one
-film and for batches (see bench/), and it needs no TensorFlow import, which costs seconds at start-up.
-The model is exported with tf2onnx into two graphs: model.onnx (the probability and the pooled features
-the input check reads, for any batch) and gradcam.onnx (Grad-CAM and Grad-CAM++ maps of one image, the
-gradient included, exported from the same TensorFlow function the traced engine runs). Each records the SHA-256 of the .keras file it came from; a
-graph whose source no longer matches is ignored, so a retrained or replaced model is never served by a
-stale export. Without onnxruntime, or without a matching export, TensorFlow serves the model.
+On a CPU, ONNX Runtime runs this project's small CNNs several times faster than TensorFlow, for one film and for
+batches (see bench/), and it needs no TensorFlow import, which costs seconds at start-up. The model is exported with
+tf2onnx into two graphs: model.onnx (the probability and the pooled features the input check reads, for any batch)
+and gradcam.onnx (Grad-CAM and Grad-CAM++ maps of one image, the gradient included, exported from the same
+TensorFlow function the traced engine runs). Each records the SHA-256 of the .keras file it came from; a graph whose
+source no longer matches is ignored, so a retrained or replaced model is never served by a stale export. Without
+onnxruntime, or without a matching export, TensorFlow serves the model.
 
-The recorded hash is self-declared: any graph can carry it. So export also writes onnx_probe.json beside
-the model: a few deterministic synthetic films with the Keras model's own outputs on them. Every load runs
-the probe through the graphs (a few milliseconds) and serves them only when they agree within 1e-4
-(probabilities); a graph that does not, or has no probe, is refused with one line and TensorFlow serves.
+The recorded hash is self-declared: any graph can carry it. So export also writes onnx_probe.json beside the model:
+a few deterministic synthetic films with the Keras model's own outputs on them. Every load runs the probe through
+the graphs (a few milliseconds) and serves them only when they agree within 1e-4 (probabilities); a graph that does
+not, or has no probe, is refused with one line and TensorFlow serves.
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
-from pneumo.model.input_check import feature_model
 from pneumo.core.files import atomic_write_bytes, atomic_write_json
+from pneumo.model.input_check import feature_model
 
 # TensorFlow, tf2onnx and ONNX Runtime are imported where used: exporting needs the first two and serving the last;
 # the dashboard imports this module and must not load TensorFlow (~600 MB resident).
@@ -61,8 +62,9 @@ def onnx_path(model_path: str | Path) -> Path:
     return Path(model_path).with_name(ONNX_NAME)
 
 
-def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = None,
-                cam_functions: Mapping[str, Any] | None = None) -> Path:
+def export_onnx(
+    model: Any, model_path: str | Path, gradcam_layer: str | None = None, cam_functions: Mapping[str, Any] | None = None
+) -> Path:
     """Write model.onnx (and gradcam.onnx when map functions are given) beside model_path, the saved
     .keras file of `model`, atomically.
 
@@ -72,7 +74,7 @@ def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = 
     """
     try:
         import tensorflow as tf
-        import tf2onnx
+        import tf2onnx  # noqa: F401 - checked here, so a missing converter is one line before any work
     except ImportError as exc:
         raise ExportError(f"ONNX export needs tf2onnx ({exc})") from exc
     size = int(model.input_shape[1])
@@ -116,8 +118,12 @@ def export_onnx(model: Any, model_path: str | Path, gradcam_layer: str | None = 
         one = [tf.TensorSpec([1, size, size, 1], tf.float32, name="xray"), tf.TensorSpec([1], tf.float32, name="sign")]
         try:
             cam_dest = dest.with_name(CAM_NAME)
-            _convert(lambda x, sign: {CAM_OUTPUTS[m]: fn(x, sign) for m, fn in cams.items()}, one,
-                     {SOURCE_KEY: source, LAYER_KEY: gradcam_layer}, cam_dest)
+            _convert(
+                lambda x, sign: {CAM_OUTPUTS[m]: fn(x, sign) for m, fn in cams.items()},
+                one,
+                {SOURCE_KEY: source, LAYER_KEY: gradcam_layer},
+                cam_dest,
+            )
             sign = np.ones(1, np.float32)
             maps = {CAM_OUTPUTS[m]: np.asarray(fn(probe[:1], sign)) for m, fn in cams.items()}
             _check(cam_dest, maps, {"xray": probe[:1], "sign": sign}, relative=1e-3)
@@ -171,15 +177,26 @@ def _agreeing_outputs(path: Path, expected: dict[str, np.ndarray], probe: np.nda
     return kept
 
 
-def _write_probe(model_path: str | Path, source: str, size: int, outputs: dict[str, np.ndarray],
-                 cams: dict[str, np.ndarray] | None = None) -> None:
-    atomic_write_json(probe_path(model_path), {
-        "version": PROBE_VERSION, "source_sha256": source, "input_size": size, "images": int(len(outputs["probability"])),
-        "about": "Keras outputs on pneumo.model.serving.probe_images(input_size); every load of model.onnx and "
-                 "gradcam.onnx is checked against them",
-        "outputs": {name: value.astype(float).tolist() for name, value in outputs.items()},
-        "gradcam": {name: value.astype(float).tolist() for name, value in (cams or {}).items()},
-    })
+def _write_probe(
+    model_path: str | Path,
+    source: str,
+    size: int,
+    outputs: dict[str, np.ndarray],
+    cams: dict[str, np.ndarray] | None = None,
+) -> None:
+    atomic_write_json(
+        probe_path(model_path),
+        {
+            "version": PROBE_VERSION,
+            "source_sha256": source,
+            "input_size": size,
+            "images": int(len(outputs["probability"])),
+            "about": "Keras outputs on pneumo.model.serving.probe_images(input_size); every load of model.onnx and "
+            "gradcam.onnx is checked against them",
+            "outputs": {name: value.astype(float).tolist() for name, value in outputs.items()},
+            "gradcam": {name: value.astype(float).tolist() for name, value in (cams or {}).items()},
+        },
+    )
 
 
 def _read_probe(model_path: Path, source: str, size: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -189,8 +206,10 @@ def _read_probe(model_path: Path, source: str, size: int) -> tuple[dict[str, np.
         with open(path, "rb") as fh:
             raw = fh.read(PROBE_MAX_BYTES + 1)
     except FileNotFoundError:
-        raise ValueError(f"there is no {PROBE_NAME} to check it against (an export from before load-time "
-                         "checks, or copied without it)") from None
+        raise ValueError(
+            f"there is no {PROBE_NAME} to check it against (an export from before load-time "
+            "checks, or copied without it)"
+        ) from None
     if len(raw) > PROBE_MAX_BYTES:
         raise ValueError(f"{PROBE_NAME} is larger than {PROBE_MAX_BYTES // 2**20} MB")
     try:
@@ -218,7 +237,7 @@ def _read_probe(model_path: Path, source: str, size: int) -> tuple[dict[str, np.
     return outputs, arrays(record.get("gradcam", {}), "gradcam")
 
 
-def check_probe(engine: "OnnxEngine", model_path: str | Path, source: str) -> tuple[str | None, str | None]:
+def check_probe(engine: OnnxEngine, model_path: str | Path, source: str) -> tuple[str | None, str | None]:
     """Run the stored probe through an engine's graphs: (why model.onnx must not serve, or None; why
     gradcam.onnx must not, or None). A refused Grad-CAM graph is dropped from the engine."""
     model_path = Path(model_path)
@@ -238,11 +257,16 @@ def check_probe(engine: "OnnxEngine", model_path: str | Path, source: str) -> tu
     for name, want in outputs.items():
         got = served[name]
         if got.shape != want.shape:
-            return f"its '{name}' has shape {tuple(got.shape)} on the probe films, the model's {tuple(want.shape)}", None
+            return (
+                f"its '{name}' has shape {tuple(got.shape)} on the probe films, the model's {tuple(want.shape)}",
+                None,
+            )
         diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
         if not diff <= _tolerance(name, want):
-            return (f"its '{name}' on the probe films differs from the model's by {diff:.3g} "
-                    f"(allowed {_tolerance(name, want):.0e})"), None
+            return (
+                f"its '{name}' on the probe films differs from the model's by {diff:.3g} "
+                f"(allowed {_tolerance(name, want):.0e})"
+            ), None
     if engine.cam_session is None:
         return None, None
     cam_problem = None
@@ -289,8 +313,9 @@ def _convert(fn: Any, signature: list[Any], metadata: dict[str, str], dest: Path
     import tf2onnx
 
     try:
-        proto, _ = tf2onnx.convert.from_function(tf.function(fn, input_signature=signature), input_signature=signature,
-                                                 opset=OPSET)
+        proto, _ = tf2onnx.convert.from_function(
+            tf.function(fn, input_signature=signature), input_signature=signature, opset=OPSET
+        )
     except Exception as exc:  # the converter raises many types for operations it cannot map
         raise ExportError(f"{dest}: ONNX export failed ({type(exc).__name__}: {exc})") from exc
     for key, value in metadata.items():
@@ -389,9 +414,16 @@ class OnnxEngine:
     def cams(self, batch: np.ndarray, sign: np.ndarray, methods: tuple[str, ...]) -> dict[str, np.ndarray]:
         """Raw maps of several methods from one forward and backward pass per image (they share it)."""
         names = [CAM_OUTPUTS[m] for m in methods]
-        runs = [self.cam_session.run(names, {"xray": np.ascontiguousarray(batch[i: i + 1], np.float32),
-                                             "sign": np.asarray(sign[i: i + 1], np.float32)})
-                for i in range(len(batch))]
+        runs = [
+            self.cam_session.run(
+                names,
+                {
+                    "xray": np.ascontiguousarray(batch[i : i + 1], np.float32),
+                    "sign": np.asarray(sign[i : i + 1], np.float32),
+                },
+            )
+            for i in range(len(batch))
+        ]
         return {m: np.concatenate([run[k] for run in runs]) for k, m in enumerate(methods)}
 
 
@@ -412,7 +444,9 @@ def open_onnx(model_path: str | Path, notes: list[str] | None = None, spin: bool
     path = onnx_path(model_path)
     if choice == "tensorflow" or not path.exists():
         if choice == "onnx":
-            raise FileNotFoundError(f"{ENGINE_ENV}=onnx but there is no {path}; run: python -m pneumo export {model_path}")
+            raise FileNotFoundError(
+                f"{ENGINE_ENV}=onnx but there is no {path}; run: python -m pneumo export {model_path}"
+            )
         return None
     try:
         engine = OnnxEngine(path, spin)
@@ -433,15 +467,19 @@ def open_onnx(model_path: str | Path, notes: list[str] | None = None, spin: bool
     if problem:
         message = f"{path}: refused: {problem}; {Path(model_path).name} is served by TensorFlow"
         if choice == "onnx":
-            raise ValueError(message.replace("is served by TensorFlow", f"is not served ({ENGINE_ENV}=onnx)")
-                             + f"; run: python -m pneumo export {model_path}")
+            raise ValueError(
+                message.replace("is served by TensorFlow", f"is not served ({ENGINE_ENV}=onnx)")
+                + f"; run: python -m pneumo export {model_path}"
+            )
         message += f" (a trusted re-export: python -m pneumo export {model_path})"
         _log.warning("warning: %s", message)
         if notes is not None:
             notes.append(message)
         return None
     if cam_problem:
-        message = f"{path.with_name(CAM_NAME)}: refused: {cam_problem.split(': ', 1)[-1]}; Grad-CAM is drawn by TensorFlow"
+        message = (
+            f"{path.with_name(CAM_NAME)}: refused: {cam_problem.split(': ', 1)[-1]}; Grad-CAM is drawn by TensorFlow"
+        )
         _log.warning("warning: %s", message)
         if notes is not None:
             notes.append(message)

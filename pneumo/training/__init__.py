@@ -1,1 +1,3 @@
-"""Training runs as directories: the config, the input pipeline, the fit, the checks that qualify a run, ensembles and cross-fits."""
+"""Training runs as directories: the config, the input pipeline, the fit, the checks that qualify a run, ensembles and
+cross-fits.
+"""

@@ -40,8 +40,12 @@ def predict_probabilities(model: Any, images: np.ndarray) -> np.ndarray:
 
     Called directly rather than through model.predict(), which Keras 3 cannot run under
     MultiWorkerMirroredStrategy: one and several processes then score the held-out films the same way."""
-    return np.concatenate([np.asarray(model(images[j: j + VAL_BATCH], training=False), dtype=np.float64).ravel()
-                           for j in range(0, len(images), VAL_BATCH)])
+    return np.concatenate(
+        [
+            np.asarray(model(images[j : j + VAL_BATCH], training=False), dtype=np.float64).ravel()
+            for j in range(0, len(images), VAL_BATCH)
+        ]
+    )
 
 
 class HeldOutFigures(keras.callbacks.Callback):
@@ -66,9 +70,15 @@ class HeldOutFigures(keras.callbacks.Callback):
         probs = predict_probabilities(self.model, self.images)
         figures = E.metrics_at(self.labels, probs, 0.5)
         loss = self.loss(self.labels.reshape(-1, 1).astype(np.float32), probs.reshape(-1, 1).astype(np.float32))
-        logs.update({"val_loss": float(loss), "val_accuracy": figures["accuracy"] or 0.0,
-                     "val_auc": figures["roc_auc"] if figures["roc_auc"] is not None else 0.0,
-                     "val_recall": figures["sensitivity"] or 0.0, "val_precision": figures["precision"] or 0.0})
+        logs.update(
+            {
+                "val_loss": float(loss),
+                "val_accuracy": figures["accuracy"] or 0.0,
+                "val_auc": figures["roc_auc"] if figures["roc_auc"] is not None else 0.0,
+                "val_recall": figures["sensitivity"] or 0.0,
+                "val_precision": figures["precision"] or 0.0,
+            }
+        )
 
 
 class RunLogger(keras.callbacks.Callback):
@@ -113,18 +123,30 @@ class RunLogger(keras.callbacks.Callback):
             # Later epochs cost what finished ones did (validation included); before any, the step rate.
             per_epoch = float(np.mean(self.epoch_seconds)) if self.epoch_seconds else steps * per_step
             remaining = (steps - done) * per_step + (self.epochs - self.epoch) * per_epoch
-            self._emit({
-                "type": "progress", "epoch": self.epoch, "epochs": self.epochs, "batch": done, "batches": steps,
-                "loss": float((logs or {}).get("loss", float("nan"))), "eta_s": round(remaining, 1),
-                "elapsed_s": round(time.time() - self.t_start, 1),
-            })
+            self._emit(
+                {
+                    "type": "progress",
+                    "epoch": self.epoch,
+                    "epochs": self.epochs,
+                    "batch": done,
+                    "batches": steps,
+                    "loss": float((logs or {}).get("loss", float("nan"))),
+                    "eta_s": round(remaining, 1),
+                    "elapsed_s": round(time.time() - self.t_start, 1),
+                }
+            )
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
         schedule = self.schedule
         lr = float(schedule(self.model.optimizer.iterations)) if callable(schedule) else float(schedule)
-        record = {"type": "epoch", "epoch": epoch + 1, "epochs": self.epochs, "lr": lr,
-                  "seconds": round(time.time() - self.t_epoch, 2)}
+        record = {
+            "type": "epoch",
+            "epoch": epoch + 1,
+            "epochs": self.epochs,
+            "lr": lr,
+            "seconds": round(time.time() - self.t_epoch, 2),
+        }
         self.epoch_seconds.append(record["seconds"])
         record.update({k: float(v) for k, v in logs.items() if k != "learning_rate"})
         val_auc = record.get("val_auc", -math.inf)
@@ -138,10 +160,19 @@ class RunLogger(keras.callbacks.Callback):
         self._emit(record)
 
 
-def epoch_callbacks(run_dir: Path, steps: int, epochs: int, schedule: Any, hook: MetricsHook | None, keep: str,
-                    val_images: np.ndarray, val_labels: np.ndarray, loss: Any) -> list[keras.callbacks.Callback]:
+def epoch_callbacks(
+    run_dir: Path,
+    steps: int,
+    epochs: int,
+    schedule: Any,
+    hook: MetricsHook | None,
+    keep: str,
+    val_images: np.ndarray,
+    val_labels: np.ndarray,
+    loss: Any,
+) -> list[keras.callbacks.Callback]:
     """The callbacks of a run, in the order they must see each epoch's logs."""
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(run_dir / CHECKPOINT_FILE), monitor="val_auc", mode="max", save_best_only=keep == "best")
-    return [HeldOutFigures(val_images, val_labels, loss), checkpoint,
-            RunLogger(run_dir, steps, epochs, schedule, hook)]
+        str(run_dir / CHECKPOINT_FILE), monitor="val_auc", mode="max", save_best_only=keep == "best"
+    )
+    return [HeldOutFigures(val_images, val_labels, loss), checkpoint, RunLogger(run_dir, steps, epochs, schedule, hook)]

@@ -8,9 +8,10 @@ import json
 import math
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pneumo.model.architectures import ARCHITECTURES, get_architecture
 
@@ -19,8 +20,13 @@ from pneumo.model.architectures import ARCHITECTURES, get_architecture
 MetricsHook = Callable[[dict[str, Any]], None]  # called with each metrics.jsonl record as it is written
 
 
-def _opt(default: Any, help: str, choices: tuple[Any, ...] | None = None, minimum: float | None = None,
-         maximum: float | None = None) -> Any:
+def _opt(
+    default: Any,
+    help: str,
+    choices: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> Any:
     """A config field with what the CLI, the Train form and validation need to know about it."""
     return field(default=default, metadata={"help": help, "choices": choices, "min": minimum, "max": maximum})
 
@@ -48,20 +54,27 @@ class TrainConfig:
     model: str = _opt("shift_cnn", "architecture", choices=None)
     image_size: int = _opt(0, "input side in pixels; 0: the architecture's own", minimum=0, maximum=1024)
     epochs: int = _opt(40, "passes over the training images", minimum=1, maximum=1000)
-    batch_size: int = _opt(32, "images per step (over TF_CONFIG workers: all of theirs together)", minimum=1,
-                           maximum=1024)
-    learning_rate: float = _opt(2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", minimum=1e-7, maximum=1.0)
+    batch_size: int = _opt(
+        32, "images per step (over TF_CONFIG workers: all of theirs together)", minimum=1, maximum=1024
+    )
+    learning_rate: float = _opt(
+        2e-3, "peak learning rate (AdamW, warm-up then cosine decay)", minimum=1e-7, maximum=1.0
+    )
     weight_decay: float = _opt(1e-4, "AdamW weight decay", minimum=0.0, maximum=1.0)
     warmup_epochs: int = _opt(1, "epochs of linear warm-up", minimum=0, maximum=100)
-    split: str = _opt("temporal", "how the validation images are held out", choices=("patient", "fold", "temporal", "family"))
+    split: str = _opt(
+        "temporal", "how the validation images are held out", choices=("patient", "fold", "temporal", "family")
+    )
     fold: int = _opt(0, "with --split fold: the fold held out (0-based)", minimum=0, maximum=99)
     folds: int = _opt(5, "with --split fold: how many folds partition the images", minimum=2, maximum=100)
     val_fraction: float = _opt(0.15, "share of images held out for validation", minimum=0.05, maximum=0.45)
     augmentation: str = _opt("shift", "augmentation recipe", choices=AUGMENTATIONS)
     mixup: float = _opt(0.0, "mixup Beta(α, α) parameter; 0 turns it off", minimum=0.0, maximum=2.0)
     work_resolution_augmentation: bool = _opt(
-        False, "augment at the network's working resolution (shift_cnn: 112 px, 4× cheaper; off by default: in "
-               "one check it cost robustness to CLAHE, see models/EXPERIMENTS.md)")
+        False,
+        "augment at the network's working resolution (shift_cnn: 112 px, 4× cheaper; off by default: in "
+        "one check it cost robustness to CLAHE, see models/EXPERIMENTS.md)",
+    )
     class_weighting: bool = _opt(True, "balance the classes' weight in the loss")
     label_smoothing: float = _opt(0.05, "binary label smoothing", minimum=0.0, maximum=0.5)
     dropout: float = _opt(0.3, "dropout before the classifier", minimum=0.0, maximum=0.9)
@@ -72,12 +85,13 @@ class TrainConfig:
     mixed_precision: bool = _opt(True, "float16 compute on a GPU (ignored on a CPU)")
     target_recall: float = _opt(0.98, "sensitivity the operating threshold must keep", minimum=0.5, maximum=1.0)
     max_images: int = _opt(0, "stratified subsample for quick trials; 0: all", minimum=0)
-    label_review: str = _opt("", "a label-review CSV (pneumo audit-labels; verdicts keep, relabel, exclude) applied "
-                                 "to the training films")
+    label_review: str = _opt(
+        "", "a label-review CSV (pneumo audit-labels; verdicts keep, relabel, exclude) applied to the training films"
+    )
     notes: str = _opt("", "free text kept with the run")
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         values = dict(values)
         if "augment" in values:  # config.json files written before augmentation recipes had names
             values.setdefault("augmentation", "basic" if values.pop("augment") else "none")
@@ -87,7 +101,7 @@ class TrainConfig:
             raise ValueError(f"unknown config keys: {', '.join(sorted(unknown))}")
         return cls(**values)
 
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Raise ValueError naming the first field outside its allowed values."""
         if self.fold >= self.folds:
             raise ValueError(f"fold must be below folds ({self.folds}); got {self.fold}")
@@ -131,7 +145,11 @@ class DeviceInfo:
     names: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
-        return f"{len(self.names)}× GPU ({', '.join(self.names)})" if self.kind == "GPU" else f"CPU ({platform.processor() or platform.machine()})"
+        return (
+            f"{len(self.names)}× GPU ({', '.join(self.names)})"
+            if self.kind == "GPU"
+            else f"CPU ({platform.processor() or platform.machine()})"
+        )
 
 
 def detect_device() -> DeviceInfo:

@@ -22,18 +22,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pneumo.evaluation import audit
 from pneumo.core import files
-from pneumo.training import runs
 from pneumo.core.card import ModelCard
+from pneumo.core.paths import PROJECT_ROOT
 from pneumo.data.collection import parse_name
-from pneumo.evaluation.metrics import metrics_at
-
-from pneumo.model.loading import OOF_FILE
-from pneumo.training.qualify import export_for_serving
-from pneumo.model.loading import PROJECT_ROOT, load_model
-from pneumo.evaluation.validate import bootstrap, explanation_faithfulness, load_images
 from pneumo.data.splits import patient_number, series
+from pneumo.evaluation import audit
+from pneumo.evaluation.metrics import metrics_at
+from pneumo.evaluation.validate import bootstrap, decision_checks, explanation_faithfulness, load_images
+from pneumo.model.loading import OOF_FILE, load_model
+from pneumo.training import runs
+from pneumo.training.qualify import export_for_serving
 
 # pneumo.training.job's helpers are imported where used: they are lazy re-exports that load TensorFlow.
 OOF_COLUMNS = ["path", "label", "fold", "probability", "patient_id"]
@@ -57,11 +56,20 @@ def fold_runs(run_dirs: list[str | Path]) -> list[Path]:
         if not isinstance(config, dict) or config.get("split") != "fold":
             raise ValueError(f"{d}: not a fold run (train it with --split fold --fold K)")
         configs[d] = config
-    keys = {(str(Path(str(c.get("data"))).resolve()), c.get("folds"), c.get("split_seed") if c.get("split_seed") is not None else c.get("seed"),
-             c.get("max_images")) for c in configs.values()}
+    keys = {
+        (
+            str(Path(str(c.get("data"))).resolve()),
+            c.get("folds"),
+            c.get("split_seed") if c.get("split_seed") is not None else c.get("seed"),
+            c.get("max_images"),
+        )
+        for c in configs.values()
+    }
     if len(keys) != 1:
-        raise ValueError("the fold runs differ in data, number of folds or split seed; train them with the same "
-                         "--data, --folds and --split-seed")
+        raise ValueError(
+            "the fold runs differ in data, number of folds or split seed; train them with the same "
+            "--data, --folds and --split-seed"
+        )
     folds = int(next(iter(configs.values()))["folds"])
     order = sorted(dirs, key=lambda d: int(configs[d]["fold"]))
     got = [int(configs[d]["fold"]) for d in order]
@@ -121,8 +129,15 @@ def _groups_index(groups: np.ndarray) -> list[np.ndarray]:
     return np.split(order, bounds)
 
 
-def operating_point(labels: np.ndarray, probabilities: np.ndarray, trusted: np.ndarray, groups: np.ndarray,
-                    target: float, rounds: int = 1000, seed: int = 0) -> dict[str, Any]:
+def operating_point(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    trusted: np.ndarray,
+    groups: np.ndarray,
+    target: float,
+    rounds: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """The threshold for `target` recall on the trusted positives, with patient-bootstrap 95 % intervals
     of the threshold itself and of the figures at it."""
     y, p, ok = np.asarray(labels, int), np.asarray(probabilities, float), np.asarray(trusted, bool)
@@ -139,7 +154,9 @@ def operating_point(labels: np.ndarray, probabilities: np.ndarray, trusted: np.n
         draws["sensitivity_trusted"].append(float((pp[(yy == 1) & tt] >= threshold).mean()))
         draws["sensitivity"].append(float((pp[yy == 1] >= threshold).mean()))
         draws["specificity"].append(float((pp[yy == 0] < threshold).mean()))
-    interval = {k: {"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5))} for k, v in draws.items()}
+    interval = {
+        k: {"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5))} for k, v in draws.items()
+    }
     return {
         "threshold": threshold,
         "target_recall": target,
@@ -155,9 +172,11 @@ def populations(frame: pd.DataFrame, threshold: float, bands: int = 5) -> dict[s
     """Figures per file-name population of the films (series and subtype) and per band of patient
     numbers within each series, ordered by the number as written: how far the operating point moves
     between groups of children."""
-    f = frame.assign(series=[series(p) for p in frame["path"]],
-                     subtype=[parse_name(p)[1] for p in frame["path"]],
-                     number=[patient_number(pid) for pid in frame["patient_id"]])
+    f = frame.assign(
+        series=[series(p) for p in frame["path"]],
+        subtype=[parse_name(p)[1] for p in frame["path"]],
+        number=[patient_number(pid) for pid in frame["patient_id"]],
+    )
     positives = f[f["label"] == 1]
     out: dict[str, Any] = {"by_population": [], "by_band": []}
     groups = [(f"{s} normals", f[(f["series"] == s) & (f["label"] == 0)]) for s in ("IM", "NORMAL2-IM")]
@@ -180,9 +199,19 @@ def populations(frame: pd.DataFrame, threshold: float, bands: int = 5) -> dict[s
                 continue
             chunk = part.iloc[rows]
             figure = "specificity" if label == 0 else "sensitivity"
-            value = (chunk["probability"] < threshold).mean() if label == 0 else (chunk["probability"] >= threshold).mean()
-            out["by_band"].append({"series": s, "label": int(label), "band": b + 1, "numbers": f"{int(chunk['number'].min())}"
-                                   f"–{int(chunk['number'].max())}", "n": int(len(chunk)), figure: float(value)})
+            value = (
+                (chunk["probability"] < threshold).mean() if label == 0 else (chunk["probability"] >= threshold).mean()
+            )
+            out["by_band"].append(
+                {
+                    "series": s,
+                    "label": int(label),
+                    "band": b + 1,
+                    "numbers": f"{int(chunk['number'].min())}–{int(chunk['number'].max())}",
+                    "n": int(len(chunk)),
+                    figure: float(value),
+                }
+            )
     for figure in ("specificity", "sensitivity"):
         values = [r[figure] for r in out["by_band"] if figure in r]
         if values:
@@ -195,9 +224,12 @@ def _held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
     preds = pd.read_csv(run_dir / "val_predictions.csv")
     config = files.read_json(run_dir / "config.json", {}) or {}
     m = metrics_at(preds["label"], preds["probability"], threshold)
-    return {"run": run_dir.name, "split": config.get("split"), "held_out": (files.read_json(run_dir / "data_summary.json", {})
-                                                                          or {}).get("split", ""),
-            **{k: m[k] for k in ("n", "roc_auc", "sensitivity", "specificity", "accuracy")}}
+    return {
+        "run": run_dir.name,
+        "split": config.get("split"),
+        "held_out": (files.read_json(run_dir / "data_summary.json", {}) or {}).get("split", ""),
+        **{k: m[k] for k in ("n", "roc_auc", "sensitivity", "specificity", "accuracy")},
+    }
 
 
 def _stress_by_fold(fold_dirs: list[Path]) -> dict[str, Any]:
@@ -206,14 +238,22 @@ def _stress_by_fold(fold_dirs: list[Path]) -> dict[str, Any]:
         checks = files.read_json(d / "checks.json", {}) or {}
         stress = checks.get("stress") or {}
         if stress:
-            rows.append({"fold": len(rows), "mean_auc": stress.get("mean_auc"),
-                         "worst_auc": (stress.get("worst_auc") or {}).get("roc_auc"),
-                         "worst_condition": (stress.get("worst_auc") or {}).get("condition")})
+            rows.append(
+                {
+                    "fold": len(rows),
+                    "mean_auc": stress.get("mean_auc"),
+                    "worst_auc": (stress.get("worst_auc") or {}).get("roc_auc"),
+                    "worst_condition": (stress.get("worst_auc") or {}).get("condition"),
+                }
+            )
     means = [r["mean_auc"] for r in rows if r["mean_auc"] is not None]
     worsts = [r["worst_auc"] for r in rows if r["worst_auc"] is not None]
-    return {"folds": rows, "mean_auc": float(np.mean(means)) if means else None,
-            "worst_auc": float(np.min(worsts)) if worsts else None,
-            "note": "each fold model on its own held-out films under the 16 stress conditions (threshold-free AUC)"}
+    return {
+        "folds": rows,
+        "mean_auc": float(np.mean(means)) if means else None,
+        "worst_auc": float(np.min(worsts)) if worsts else None,
+        "note": "each fold model on its own held-out films under the 16 stress conditions (threshold-free AUC)",
+    }
 
 
 def member_faithfulness(fold_dirs: list[Path], threshold: float, limit: int = 96) -> dict[str, Any]:
@@ -222,19 +262,30 @@ def member_faithfulness(fold_dirs: list[Path], threshold: float, limit: int = 96
     for k, d in enumerate(fold_dirs):
         member = load_model(d / "model.keras")
         held = pd.read_csv(d / "val_predictions.csv")
-        figure = explanation_faithfulness(member, load_images(held["path"].tolist(), member.input_size), threshold,
-                                          limit=limit, seed=k)
+        figure = explanation_faithfulness(
+            member, load_images(held["path"].tolist(), member.input_size), threshold, limit=limit, seed=k
+        )
         tables.append(pd.DataFrame(figure["table"]).set_index("map"))
         parts.append({"fold": k, "beats_average_map": figure["beats_average_map"], "n": figure["n"]})
     mean = sum(tables) / len(tables)
-    return {"table": mean.round(4).reset_index().to_dict("records"), "members": parts,
-            "beats_average_map": all(p["beats_average_map"] for p in parts),
-            "how": figure["how"].replace(f"over {figure['n']} films", f"over {figure['n']} held-out films of each of "
-                                         f"the {len(tables)} members, averaged")}
+    return {
+        "table": mean.round(4).reset_index().to_dict("records"),
+        "members": parts,
+        "beats_average_map": all(p["beats_average_map"] for p in parts),
+        "how": figure["how"].replace(
+            f"over {figure['n']} films",
+            f"over {figure['n']} held-out films of each of the {len(tables)} members, averaged",
+        ),
+    }
 
 
-def ensemble_folds(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98,
-                   population_runs: list[str | Path] | None = None, overwrite: bool = False) -> ModelCard:
+def ensemble_folds(
+    run_dirs: list[str | Path],
+    out_dir: str | Path,
+    target_recall: float = 0.98,
+    population_runs: list[str | Path] | None = None,
+    overwrite: bool = False,
+) -> ModelCard:
     """The mean of the fold models, with its operating point and figures from the predictions out of fold."""
     folds = fold_runs(run_dirs)
     pops = [Path(r) for r in population_runs or []]
@@ -251,13 +302,16 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
     from pneumo.training.callbacks import save_model
     from pneumo.training.config import library_versions
     from pneumo.training.ensemble import average_model
+
     members = [load_model(d / "model.keras") for d in folds]
     save_model(average_model([m.model for m in members]), out / "model.keras")
     oof = oof_predictions(folds)
     audited = audit.audit(oof)
-    oof = oof.merge(audited[["path", "score", "suspect"]].rename(columns={"score": "label_quality",
-                                                                           "suspect": "label_suspect"}),
-                    on="path", how="left")
+    oof = oof.merge(
+        audited[["path", "score", "suspect"]].rename(columns={"score": "label_quality", "suspect": "label_suspect"}),
+        on="path",
+        how="left",
+    )
     oof.to_csv(out / OOF_FILE, index=False)
 
     y, p = oof["label"].to_numpy(), oof["probability"].to_numpy()
@@ -266,14 +320,18 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
     point = operating_point(y, p, trusted, groups, target_recall)
     t = point["threshold"]
     first = members[0].card
-    rule = (f"midway between two out-of-fold scores, at sensitivity >= {target_recall} on the "
-            f"{point['trusted_positives']} pneumonia films the label audit trusts (of {point['all_positives']}), "
-            f"out of fold over {len(oof)} films ({len(folds)} folds by patient and duplicate group)")
+    rule = (
+        f"midway between two out-of-fold scores, at sensitivity >= {target_recall} on the "
+        f"{point['trusted_positives']} pneumonia films the label audit trusts (of {point['all_positives']}), "
+        f"out of fold over {len(oof)} films ({len(folds)} folds by patient and duplicate group)"
+    )
     clean = metrics_at(y, p, t)
     trusted_m = metrics_at(y[trusted], p[trusted], t)
     hashes = [files.read_json(d / "image_hashes.json", {}) or {} for d in folds]
-    files.atomic_write_json(out / "image_hashes.json", {
-        "train": sorted({h for x in hashes for h in x.get("train", []) + x.get("validation", [])}), "validation": []})
+    files.atomic_write_json(
+        out / "image_hashes.json",
+        {"train": sorted({h for x in hashes for h in x.get("train", []) + x.get("validation", [])}), "validation": []},
+    )
     files.atomic_write_json(out / "history.json", {d.name: files.read_json(d / "history.json", []) for d in folds})
     # The input check reads the first member's pooled features: the density that member fitted on its own
     # held-out films (which it never trained on) is the ensemble's.
@@ -290,19 +348,27 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
         threshold_rule=rule,
         input_size=loaded.input_size,
         gradcam_layer=first.gradcam_layer,
-        description=(f"Mean probability of {len(folds)} {first.architecture} networks, fold k's network trained on "
-                     "every training film outside fold k: every film trains the ensemble, and every film has a "
-                     "probability from a network that never saw it."),
+        description=(
+            f"Mean probability of {len(folds)} {first.architecture} networks, fold k's network trained on "
+            "every training film outside fold k: every film trains the ensemble, and every film has a "
+            "probability from a network that never saw it."
+        ),
         preprocessing=first.preprocessing,
         parameters=int(loaded.model.count_params()),
-        training_data={**first.training_data, "train_images": int(len(oof)), "val_images": 0,
-                       "split": f"{len(folds)} folds by patient and exact-duplicate group"},
+        training_data={
+            **first.training_data,
+            "train_images": int(len(oof)),
+            "val_images": 0,
+            "split": f"{len(folds)} folds by patient and exact-duplicate group",
+        },
         validation={
             "kind": "out-of-fold",
             "split": f"every training film, scored by the fold network that never saw it ({len(folds)} folds)",
             "predictions": OOF_FILE,
-            "note": ("in-distribution: children of the same hospital and period as the training films. The served "
-                     "model averages the fold networks, so these are the figures of one network on unseen films."),
+            "note": (
+                "in-distribution: children of the same hospital and period as the training films. The served "
+                "model averages the fold networks, so these are the figures of one network on unseen films."
+            ),
             **clean,
             "trusted": {k: trusted_m[k] for k in ("n", "sensitivity", "specificity", "roc_auc")},
             "operating_point": point,
@@ -315,10 +381,17 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
             "framing": decision_checks(loaded, oof, t, limit=FRAMING_FILMS),
         },
         training={
-            "members": [{"run": d.name, "fold": k, "seed": c.get("seed"), "recipe":
-                         f"{m.card.architecture} ({c.get('augmentation')} augmentation, {c.get('epochs')} epochs)",
-                         "oof_roc_auc": m.card.validation.get("roc_auc"), "seconds": m.card.training.get("seconds")}
-                        for k, (d, m, c) in enumerate(zip(folds, members, configs))],
+            "members": [
+                {
+                    "run": d.name,
+                    "fold": k,
+                    "seed": c.get("seed"),
+                    "recipe": f"{m.card.architecture} ({c.get('augmentation')} augmentation, {c.get('epochs')} epochs)",
+                    "oof_roc_auc": m.card.validation.get("roc_auc"),
+                    "seconds": m.card.training.get("seconds"),
+                }
+                for k, (d, m, c) in enumerate(zip(folds, members, configs))
+            ],
             "seconds": round(sum(float(m.card.training.get("seconds") or 0) for m in members), 1),
             "device": first.training.get("device"),
             "library_versions": library_versions(),
@@ -329,13 +402,17 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
         },
         data_attribution=first.data_attribution,
         created=files.now_iso(),
-        extra={"label_audit": audit.summary(audited),
-               "explanation": member_faithfulness(folds, t),
-               "input_check": {**(first.extra.get("input_check") or {}),
-                               "fitted_on": "fold 1's held-out films, by the first member (which never trained on them)"},
-               "serving": serving,
-               "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
-               "output": "sigmoid probability of PNEUMONIA (mean of the members)"},
+        extra={
+            "label_audit": audit.summary(audited),
+            "explanation": member_faithfulness(folds, t),
+            "input_check": {
+                **(first.extra.get("input_check") or {}),
+                "fitted_on": "fold 1's held-out films, by the first member (which never trained on them)",
+            },
+            "serving": serving,
+            "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
+            "output": "sigmoid probability of PNEUMONIA (mean of the members)",
+        },
     )
     card.write(out / "card.json")
     return card

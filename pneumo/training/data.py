@@ -4,16 +4,19 @@ into training and held-out films, shared between TF_CONFIG workers, recorded in 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from pneumo.core import files
+from pneumo.core.paths import CLASS_NAMES
 from pneumo.training.config import TrainConfig
 
-# scikit-learn and pneumo.data.collection, pneumo.evaluation.validate and pneumo.evaluation.audit are imported where used: the CLI imports this
+# scikit-learn and pneumo.data.collection, pneumo.evaluation.validate and pneumo.evaluation.audit are imported where
+# used: the CLI imports this
 # module at start, through pneumo.training.job.
 
 LEAKAGE_FILE = "image_hashes.json"
@@ -44,12 +47,13 @@ def subsample(frame: Any, n: int, seed: int) -> Any:
     return keep.sort_index()
 
 
-def prepare(config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers: int = 1,
-            worker: int = 0) -> TrainingData:
+def prepare(
+    config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers: int = 1, worker: int = 0
+) -> TrainingData:
     """Read, check and split config.data; write data_summary.json and the images' content hashes."""
     from pneumo.data import collection as D
-    from pneumo.evaluation import validate as V
     from pneumo.data import splits
+    from pneumo.evaluation import validate as V
 
     dataset = D.scan(config.data)
     frame = subsample(dataset.frame[dataset.frame["split"] != "test"], config.max_images, config.seed)
@@ -60,7 +64,7 @@ def prepare(config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers
         frame, review_counts = apply_review(frame, config.label_review)
     present = set(frame["label"])
     if present != {0, 1}:
-        missing = [D.CLASS_NAMES[c] for c in (0, 1) if c not in present]
+        missing = [CLASS_NAMES[c] for c in (0, 1) if c not in present]
         raise D.DatasetError(f"{config.data}: training needs both classes; no {', '.join(missing)} images found")
 
     phase("checking images for duplicates", 0, len(frame))
@@ -79,7 +83,9 @@ def prepare(config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers
     dups = D.duplicate_groups(stats)
     phase("building the model")
     split_seed = config.seed if config.split_seed is None else config.split_seed
-    train_df, val_df = splits.holdout(frame, config.split, config.val_fraction, split_seed, dups, config.fold, config.folds)
+    train_df, val_df = splits.holdout(
+        frame, config.split, config.val_fraction, split_seed, dups, config.fold, config.folds
+    )
     weights = D.class_weights(train_df["label"].to_numpy()) if config.class_weighting else None
     # Each worker reads its own share of the training images; every step averages all workers' gradients.
     shard = train_df.iloc[worker::workers] if workers > 1 else train_df
@@ -87,8 +93,8 @@ def prepare(config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers
         "images": int(len(frame)),
         "train_images": int(len(train_df)),
         "val_images": int(len(val_df)),
-        "train_counts": {c: int((train_df["class_name"] == c).sum()) for c in D.CLASS_NAMES},
-        "val_counts": {c: int((val_df["class_name"] == c).sum()) for c in D.CLASS_NAMES},
+        "train_counts": {c: int((train_df["class_name"] == c).sum()) for c in CLASS_NAMES},
+        "val_counts": {c: int((val_df["class_name"] == c).sum()) for c in CLASS_NAMES},
         "train_patients": int(train_df["patient_id"].nunique()),
         "val_patients": int(val_df["patient_id"].nunique()),
         "duplicate_groups": len(dups),
@@ -97,7 +103,7 @@ def prepare(config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers
         "split": splits.describe_holdout(config.split, frame, config.fold, config.folds),
         "fold": config.fold if config.split == "fold" else None,
         "label_review": {"file": config.label_review, **review_counts} if review_counts else None,
-        "class_weights": {D.CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
+        "class_weights": {CLASS_NAMES[k]: round(v, 4) for k, v in (weights or {}).items()},
         "workers": workers,
         "worker_index": worker,
         "worker_train_images": int(len(shard)),
@@ -106,11 +112,13 @@ def prepare(config: TrainConfig, run_dir: Path, size: int, phase: Phase, workers
     # Content hashes of every image the model learned from or was checked on: the app warns when a
     # folder it is asked to tune a threshold on overlaps them.
     hash_of = dict(zip(stats["path"], stats["hash"]))
-    files.atomic_write_json(run_dir / LEAKAGE_FILE, {
-        "train": sorted({hash_of[p] for p in train_df["path"] if isinstance(hash_of.get(p), str)}),
-        "validation": sorted({hash_of[p] for p in val_df["path"] if isinstance(hash_of.get(p), str)}),
-    })
+    files.atomic_write_json(
+        run_dir / LEAKAGE_FILE,
+        {
+            "train": sorted({hash_of[p] for p in train_df["path"] if isinstance(hash_of.get(p), str)}),
+            "validation": sorted({hash_of[p] for p in val_df["path"] if isinstance(hash_of.get(p), str)}),
+        },
+    )
     # Read as the checks after training read them, so an epoch's val_auc is the card's figure for that model.
     val_images = V.load_images(val_df["path"].tolist(), size)[..., None]
     return TrainingData(frame, dataset.layout, train_df, val_df, shard, weights, summary, val_images)
-

@@ -11,16 +11,18 @@ import keras
 import pandas as pd
 
 from pneumo.core import files
-from pneumo.training import runs
 from pneumo.core.card import ModelCard
 from pneumo.model.loading import load_model
-from pneumo.training.qualify import finish_run
+from pneumo.training import runs
 from pneumo.training.callbacks import save_model
 from pneumo.training.config import library_versions
 from pneumo.training.data import LEAKAGE_FILE
+from pneumo.training.qualify import finish_run
 
 
-def ensemble(run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98, overwrite: bool = False) -> ModelCard:
+def ensemble(
+    run_dirs: list[str | Path], out_dir: str | Path, target_recall: float = 0.98, overwrite: bool = False
+) -> ModelCard:
     """Average the probabilities of several runs trained on one validation split into one model.
 
     The members must share their validation images (same data and split), so the ensemble's threshold
@@ -62,7 +64,9 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
     members = [load_model(r / "model.keras") for r in run_dirs]
     vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
     if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):
-        raise ValueError("the runs do not share one validation split; train them with the same --split and --split-seed")
+        raise ValueError(
+            "the runs do not share one validation split; train them with the same --split and --split-seed"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     save_model(average_model([m.model for m in members]), out_dir / "model.keras")
@@ -75,21 +79,33 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
     cards = [m.card for m in members]
     first = cards[0]
     configs = [c.training.get("config") or c.extra.get("config") or {} for c in cards]
-    recipes = [f"{c.architecture} ({cfg.get('augmentation', 'basic' if cfg.get('augment') else 'none')} augmentation, "
-               f"seed {cfg.get('seed')})" for c, cfg in zip(cards, configs)]
+    recipes = [
+        f"{c.architecture} ({cfg.get('augmentation', 'basic' if cfg.get('augment') else 'none')} augmentation, "
+        f"seed {cfg.get('seed')})"
+        for c, cfg in zip(cards, configs)
+    ]
     return finish_run(
-        out_dir, load_model(out_dir / "model.keras"), vals[0][["path", "label", "patient_id"]], target_recall,
-        architecture=f"ensemble of {len(members)} × {first.architecture}" if len({c.architecture for c in cards}) == 1
+        out_dir,
+        load_model(out_dir / "model.keras"),
+        vals[0][["path", "label", "patient_id"]],
+        target_recall,
+        architecture=f"ensemble of {len(members)} × {first.architecture}"
+        if len({c.architecture for c in cards}) == 1
         else "ensemble of " + " + ".join(c.architecture for c in cards),
-        description=f"Mean probability of {len(members)} models trained on one held-out split: " + "; ".join(recipes) + ".",
+        description=f"Mean probability of {len(members)} models trained on one held-out split: "
+        + "; ".join(recipes)
+        + ".",
         preprocessing=first.preprocessing,
         gradcam_layer=first.gradcam_layer,
         training_data=first.training_data,
-        validation_kind=str(first.validation.get("kind") or files.read_json(run_dirs[0] / "config.json", {}).get("split")
-                            or "patient"),
+        validation_kind=str(
+            first.validation.get("kind") or files.read_json(run_dirs[0] / "config.json", {}).get("split") or "patient"
+        ),
         training={
-            "members": [{"run": r.name, "recipe": recipe, "val_roc_auc": c.validation.get("roc_auc")}
-                        for r, c, recipe in zip(run_dirs, cards, recipes)],
+            "members": [
+                {"run": r.name, "recipe": recipe, "val_roc_auc": c.validation.get("roc_auc")}
+                for r, c, recipe in zip(run_dirs, cards, recipes)
+            ],
             "seconds": round(sum(c.training.get("seconds", c.extra.get("training_seconds", 0.0)) for c in cards), 1),
             "device": first.training.get("device"),
             "library_versions": library_versions(),

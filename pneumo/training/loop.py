@@ -55,8 +55,16 @@ def learning_rate_schedule(config: TrainConfig, steps: int) -> keras.optimizers.
     )
 
 
-def fit(model: Any, strategy: Any, train_ds: Any, epochs: int, steps: int, callbacks: list[Any],
-        loss: keras.losses.Loss, run_dir: Path) -> None:
+def fit(
+    model: Any,
+    strategy: Any,
+    train_ds: Any,
+    epochs: int,
+    steps: int,
+    callbacks: list[Any],
+    loss: keras.losses.Loss,
+    run_dir: Path,
+) -> None:
     """Train `model` (compiled with compile_for_training) for `epochs`, `steps` optimiser steps each.
 
     In one process Keras' fit() runs the loop; under MultiWorkerMirroredStrategy the loop below runs the
@@ -64,8 +72,16 @@ def fit(model: Any, strategy: Any, train_ds: Any, epochs: int, steps: int, callb
     (reduction="none") form of the compiled loss, for that loop."""
     try:
         if _multi_worker(strategy):
-            _fit_multi_worker(model, strategy, train_ds, epochs, steps, keras.callbacks.CallbackList(
-                callbacks, model=model), loss, run_dir)
+            _fit_multi_worker(
+                model,
+                strategy,
+                train_ds,
+                epochs,
+                steps,
+                keras.callbacks.CallbackList(callbacks, model=model),
+                loss,
+                run_dir,
+            )
         else:
             # Exactly `steps` steps an epoch over the repeated images, as the multi-worker loop takes: on a
             # dataset of unknown length Keras counts one optimiser iteration more per epoch (the call that
@@ -96,8 +112,16 @@ def wait_for_all(strategy: Any) -> None:
     arrive()
 
 
-def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, epochs: int, steps: int, callbacks: Any,
-                      per_image_loss: keras.losses.Loss, run_dir: Path) -> None:
+def _fit_multi_worker(
+    model: Any,
+    strategy: Any,
+    train_ds: Any,
+    epochs: int,
+    steps: int,
+    callbacks: Any,
+    per_image_loss: keras.losses.Loss,
+    run_dir: Path,
+) -> None:
     """Keras 3's fit() cannot run under MultiWorkerMirroredStrategy (keras-team/keras#20585), but its layers,
     optimiser, metrics and callbacks can. A Stop on any worker stops all of them after the same step (a
     worker left alone would wait for the others forever)."""
@@ -146,8 +170,13 @@ def _fit_multi_worker(model: Any, strategy: Any, train_ds: Any, epochs: int, ste
 
         loss, stops, y, prob, weight = strategy.run(replica, args=(next(batches), stop))
         # Every worker's labels and probabilities: the training metrics cover all images of the step.
-        return (strategy.reduce(total, loss, axis=None), strategy.reduce(total, stops, axis=None),
-                strategy.gather(y, axis=0), strategy.gather(prob, axis=0), strategy.gather(weight, axis=0))
+        return (
+            strategy.reduce(total, loss, axis=None),
+            strategy.reduce(total, stops, axis=None),
+            strategy.gather(y, axis=0),
+            strategy.gather(prob, axis=0),
+            strategy.gather(weight, axis=0),
+        )
 
     metrics = training_metrics()  # outside the strategy's scope: updated on the host with the gathered values
     model.stop_training = False
@@ -186,7 +215,8 @@ def per_worker_batch(batch_size: int, workers: int) -> int:
     """Each worker's share of a step's images: config.batch_size is the whole step's, so that a run over
     several workers takes the steps, and follows the learning-rate schedule, of the same run in one process."""
     if batch_size % workers:
-        raise ValueError(f"batch_size ({batch_size}) must be a multiple of the {workers} TF_CONFIG workers, "
-                         "which share each step's images")
+        raise ValueError(
+            f"batch_size ({batch_size}) must be a multiple of the {workers} TF_CONFIG workers, "
+            "which share each step's images"
+        )
     return batch_size // workers
-

@@ -42,17 +42,37 @@ class Augmentation:
     zoom_max: float = 0.0
 
     @classmethod
-    def preset(cls, name: str) -> "Augmentation | None":
+    def preset(cls, name: str) -> Augmentation | None:
         """Named recipes: 'none', 'basic' (small geometry and exposure), 'shift' (acquisition shift) and 'frame'
         (acquisition shift with framing from 0.7× to 1.6×, aspect and translation: the decision must not depend on
         how tightly the film is framed, see pneumo.evaluation.framing)."""
         presets = {
             "none": None,
             "basic": cls(),
-            "shift": cls(rotation_deg=10.0, shift=0.08, zoom=0.15, aspect=0.10, brightness=0.12, contrast=0.25,
-                         gamma=0.5, blur=0.8, noise=0.03),
-            "frame": cls(rotation_deg=10.0, shift=0.10, zoom=0.0, aspect=0.20, brightness=0.12, contrast=0.25,
-                         gamma=0.5, blur=0.8, noise=0.03, zoom_min=0.7, zoom_max=1.6),
+            "shift": cls(
+                rotation_deg=10.0,
+                shift=0.08,
+                zoom=0.15,
+                aspect=0.10,
+                brightness=0.12,
+                contrast=0.25,
+                gamma=0.5,
+                blur=0.8,
+                noise=0.03,
+            ),
+            "frame": cls(
+                rotation_deg=10.0,
+                shift=0.10,
+                zoom=0.0,
+                aspect=0.20,
+                brightness=0.12,
+                contrast=0.25,
+                gamma=0.5,
+                blur=0.8,
+                noise=0.03,
+                zoom_min=0.7,
+                zoom_max=1.6,
+            ),
         }
         try:
             return presets[name]
@@ -101,6 +121,7 @@ def make_dataset(
     if not paths:
         raise DatasetError("no images to build a dataset from")
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+
     # One decoder for training, checks and serving (read_item → imaging.resize): TensorFlow's own JPEG
     # decode and area resize differed from it by up to 3/255 a pixel, enough to move a film across a
     # threshold. The cache below makes it a first-epoch cost only.
@@ -183,7 +204,7 @@ class Draw:
     noise_seed: int = 0  # transforms.noise pattern
 
     @classmethod
-    def from_row(cls, row: Any) -> "Draw":
+    def from_row(cls, row: Any) -> Draw:
         """From one row of ``draw_parameters`` (the fields in order)."""
         values = [float(v) for v in row]
         return cls(*values[:-1], noise_seed=int(values[-1]))
@@ -234,8 +255,11 @@ def draw_parameters(aug: Augmentation, n: Any, seed: Any, pooled: int = 1) -> An
     log_aspect = uniform(2, -aug.aspect, aug.aspect) if aug.aspect else zeros
     columns = {
         "rotate_deg": uniform(0, -aug.rotation_deg, aug.rotation_deg),
-        "scale": (tf.exp(uniform(1, math.log(aug.zoom_min), math.log(aug.zoom_max))) if aug.zoom_min and aug.zoom_max
-                  else uniform(1, 1.0 - aug.zoom, 1.0 + aug.zoom)),
+        "scale": (
+            tf.exp(uniform(1, math.log(aug.zoom_min), math.log(aug.zoom_max)))
+            if aug.zoom_min and aug.zoom_max
+            else uniform(1, 1.0 - aug.zoom, 1.0 + aug.zoom)
+        ),
         "aspect": log_aspect,
         "shift_x": uniform(3, -aug.shift, aug.shift),
         "shift_y": uniform(4, -aug.shift, aug.shift),

@@ -15,14 +15,24 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
-from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
+from pneumo.core.files import (
+    RunDataError,
+    _is_number,
+    atomic_write_json,
+    atomic_write_text,
+    load_json,
+    now_iso,
+    read_json,
+    read_json_object,
+)
 from pneumo.core.paths import PROJECT_ROOT
-from pneumo.core.files import RunDataError, _is_number, atomic_write_json, atomic_write_text, load_json, now_iso, read_json, read_json_object
 
 # pandas is imported where used: only one reader needs it, and the CLI imports this module at start.
 
@@ -36,9 +46,26 @@ PROBE_FILE = "onnx_probe.json"  # pneumo.model.serving.PROBE_NAME: the record a 
 # somewhere its pid cannot be checked from here (another machine, another container).
 HEARTBEAT_S = 15.0
 HEARTBEAT_DEAD_S = 300.0
-RUN_FILES = ("config.json", "status.json", "metrics.jsonl", "model.keras", "model.onnx", "gradcam.onnx", PROBE_FILE,
-             "card.json", "val_predictions.csv", "history.json", "checks.json", "oof_predictions.csv", "drift_reference.npz", "data_summary.json", "train.log",
-             "ood.npz", "image_hashes.json", STOP_FILE)
+RUN_FILES = (
+    "config.json",
+    "status.json",
+    "metrics.jsonl",
+    "model.keras",
+    "model.onnx",
+    "gradcam.onnx",
+    PROBE_FILE,
+    "card.json",
+    "val_predictions.csv",
+    "history.json",
+    "checks.json",
+    "oof_predictions.csv",
+    "drift_reference.npz",
+    "data_summary.json",
+    "train.log",
+    "ood.npz",
+    "image_hashes.json",
+    STOP_FILE,
+)
 # Bounds on what one render reads from a run folder. A normal run writes well under 1 MB of metrics (at most
 # 25 progress lines per epoch); a runaway or hostile file is read from its end only, and the reader says so.
 METRICS_MAX_BYTES = 8 * 2**20
@@ -47,9 +74,24 @@ METRICS_MAX_RECORDS = 50_000
 # Fields the app formats as numbers or text: a wrong type there is a damaged file, not a crash.
 _STATUS_TEXT = ("started", "ended", "updated", "heartbeat", "created", "error", "phase", "device")
 _STATUS_NUMBERS = ("phase_done", "phase_total", "seconds", "workers", "worker_index")
-_CONFIG_NUMBERS = ("image_size", "epochs", "batch_size", "learning_rate", "weight_decay", "warmup_epochs", "fold",
-                   "folds", "val_fraction", "mixup", "label_smoothing", "dropout", "seed", "split_seed",
-                   "target_recall", "max_images")
+_CONFIG_NUMBERS = (
+    "image_size",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "warmup_epochs",
+    "fold",
+    "folds",
+    "val_fraction",
+    "mixup",
+    "label_smoothing",
+    "dropout",
+    "seed",
+    "split_seed",
+    "target_recall",
+    "max_images",
+)
 _CONFIG_TEXT = ("data", "model", "split", "augmentation", "keep", "weights", "notes")
 _CONFIG_FLAGS = ("class_weighting", "mixed_precision", "work_resolution_augmentation", "augment")
 _RECORD_INTS = {"epoch": ("epoch", "epochs"), "progress": ("epoch", "epochs", "batch", "batches")}
@@ -67,8 +109,14 @@ class Metrics(list):
     complete lines that were not usable records, with their problem (the first few are kept).
     """
 
-    def __init__(self, records: list[dict[str, Any]] = (), truncated: bool = False, size: int = 0,
-                 skipped: int = 0, problems: list[str] | None = None):
+    def __init__(
+        self,
+        records: list[dict[str, Any]] = (),
+        truncated: bool = False,
+        size: int = 0,
+        skipped: int = 0,
+        problems: list[str] | None = None,
+    ):
         super().__init__(records)
         self.truncated, self.size, self.skipped, self.problems = truncated, size, skipped, list(problems or [])
 
@@ -83,11 +131,12 @@ class Metrics(list):
         return "; ".join(parts) or None
 
 
-_METRICS_CACHE: "OrderedDict[tuple[str, int, int, int, int, int], Metrics]" = OrderedDict()
+_METRICS_CACHE: OrderedDict[tuple[str, int, int, int, int, int], Metrics] = OrderedDict()
 
 
-def read_metrics(run_dir: str | Path, max_bytes: int = METRICS_MAX_BYTES,
-                 max_records: int = METRICS_MAX_RECORDS) -> Metrics:
+def read_metrics(
+    run_dir: str | Path, max_bytes: int = METRICS_MAX_BYTES, max_records: int = METRICS_MAX_RECORDS
+) -> Metrics:
     """Every usable complete line of metrics.jsonl, reading at most its last max_bytes.
 
     A half-written last line is skipped silently (a run is writing it); a line that is not a JSON object,
@@ -253,8 +302,12 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, RunDataError) as exc:
-        return {"state": DAMAGED, "error": str(exc) if isinstance(exc, RunDataError) else
-                f"status.json: cannot be read ({exc.strerror or exc})"}
+        return {
+            "state": DAMAGED,
+            "error": str(exc)
+            if isinstance(exc, RunDataError)
+            else f"status.json: cannot be read ({exc.strerror or exc})",
+        }
     problem = status_problem(status)
     if problem:
         return {"state": DAMAGED, "error": problem}
@@ -266,14 +319,20 @@ def read_status(run_dir: str | Path) -> dict[str, Any]:
             status["error"] = status.get("error") or "the training process never started; see train.log"
         elif pid and not pid_alive(pid) and age > 5:
             status["state"] = "failed"
-            status["error"] = status.get("error") or "the training process ended without reporting (killed or crashed); see train.log"
+            status["error"] = (
+                status.get("error") or "the training process ended without reporting (killed or crashed); see train.log"
+            )
         elif status.get("state") == "queued" and pid and not is_training_process(pid, run_dir):
             status["state"] = "failed"
-            status["error"] = (f"stale: process {pid} is alive but is not this run's training (the launcher "
-                               "ended and the number was reused)")
+            status["error"] = (
+                f"stale: process {pid} is alive but is not this run's training (the launcher "
+                "ended and the number was reused)"
+            )
         elif status.get("state") == "running" and age > HEARTBEAT_DEAD_S:
             status["state"] = "failed"
-            status["error"] = status.get("error") or f"no heartbeat for {age / 60:.0f} min: the training process stopped answering"
+            status["error"] = (
+                status.get("error") or f"no heartbeat for {age / 60:.0f} min: the training process stopped answering"
+            )
     return status
 
 
@@ -369,7 +428,9 @@ def run_info(run_dir: str | Path) -> RunInfo:
         config = {}
     except (OSError, RunDataError) as exc:
         config, config_damaged = {}, True
-        problems.append(str(exc) if isinstance(exc, RunDataError) else f"config.json: cannot be read ({exc.strerror or exc})")
+        problems.append(
+            str(exc) if isinstance(exc, RunDataError) else f"config.json: cannot be read ({exc.strerror or exc})"
+        )
     else:
         problem = config_problem(config)
         if problem:
@@ -377,7 +438,9 @@ def run_info(run_dir: str | Path) -> RunInfo:
             problems.append(problem)
     metrics = read_metrics(run_dir)
     if metrics.skipped:
-        problems.append(f"metrics.jsonl: {metrics.skipped} unusable line(s) skipped ({'; '.join(metrics.problems[:2])})")
+        problems.append(
+            f"metrics.jsonl: {metrics.skipped} unusable line(s) skipped ({'; '.join(metrics.problems[:2])})"
+        )
     epochs = epochs_of(metrics)
     aucs = [float(e["val_auc"]) for e in epochs if e.get("val_auc") is not None and math.isfinite(float(e["val_auc"]))]
     epochs_total = config.get("epochs")
@@ -434,14 +497,42 @@ def list_runs(runs_root: str | Path) -> list[RunInfo]:
         except (OSError, RuntimeError):
             continue
         if outside:  # a link out of the runs folder: nothing in it is read
-            runs.append(RunInfo(d, d.name, DAMAGED, "", None, None, 0, None, None, None, False,
-                                damaged="the folder links outside the runs folder; not read"))
+            runs.append(
+                RunInfo(
+                    d,
+                    d.name,
+                    DAMAGED,
+                    "",
+                    None,
+                    None,
+                    0,
+                    None,
+                    None,
+                    None,
+                    False,
+                    damaged="the folder links outside the runs folder; not read",
+                )
+            )
             continue
         try:
             runs.append(run_info(d))
         except Exception as exc:  # the last guard of the runs table: one folder never takes it down
-            runs.append(RunInfo(d, d.name, DAMAGED, "", None, None, 0, None, None, None, False,
-                                damaged=f"cannot be read ({type(exc).__name__}: {exc})"))
+            runs.append(
+                RunInfo(
+                    d,
+                    d.name,
+                    DAMAGED,
+                    "",
+                    None,
+                    None,
+                    0,
+                    None,
+                    None,
+                    None,
+                    False,
+                    damaged=f"cannot be read ({type(exc).__name__}: {exc})",
+                )
+            )
     return sorted(runs, key=lambda r: (r.started or "", r.name), reverse=True)
 
 
@@ -461,15 +552,18 @@ def _refuse_folder(run_dir: Path, overwrite: bool) -> None:
     present = [p.name for p in run_dir.iterdir() if p.name != LOCK_FILE]
     extra = sorted(n for n in present if n not in RUN_FILES and not n.startswith("."))
     if extra:
-        raise RunFolderError(f"{run_dir}: not empty and not a pneumo run (holds {', '.join(extra[:5])}); "
-                             "choose a new --out folder")
+        raise RunFolderError(
+            f"{run_dir}: not empty and not a pneumo run (holds {', '.join(extra[:5])}); choose a new --out folder"
+        )
     state = read_status(run_dir).get("state") if "status.json" in present else None
     if state == DAMAGED:
-        raise RunFolderError(f"{run_dir}: its status.json is damaged ({read_status(run_dir).get('error')}); "
-                             "choose a new --out folder")
+        raise RunFolderError(
+            f"{run_dir}: its status.json is damaged ({read_status(run_dir).get('error')}); choose a new --out folder"
+        )
     if state is None and set(present) - {STOP_FILE}:
-        raise RunFolderError(f"{run_dir}: holds {', '.join(sorted(present)[:5])} but no run status; "
-                             "choose a new --out folder")
+        raise RunFolderError(
+            f"{run_dir}: holds {', '.join(sorted(present)[:5])} but no run status; choose a new --out folder"
+        )
     if state is None or state == "queued":
         return  # empty, or prepared by launch()
     if state not in ENDED:
@@ -498,7 +592,7 @@ def _check_folder(run_dir: Path, overwrite: bool) -> None:
     _prepare_folder(run_dir, overwrite)
 
 
-def active_runs(runs_root: str | Path) -> list["RunInfo"]:
+def active_runs(runs_root: str | Path) -> list[RunInfo]:
     return [r for r in list_runs(runs_root) if r.state in ("queued", "running")]
 
 
@@ -512,14 +606,25 @@ def launch(config: Any, runs_root: str | Path, python: str | None = None, max_co
     config.validate()
     busy = active_runs(runs_root)
     if len(busy) >= max_concurrent:
-        raise RunFolderError(f"{', '.join(r.name for r in busy)} is still {busy[0].state}; "
-                             f"at most {max_concurrent} training run(s) at a time: stop it or wait")
+        raise RunFolderError(
+            f"{', '.join(r.name for r in busy)} is still {busy[0].state}; "
+            f"at most {max_concurrent} training run(s) at a time: stop it or wait"
+        )
     run_dir = new_run_dir(runs_root, config.model)
     atomic_write_json(run_dir / "config.json", asdict(config))
     write_status(run_dir, "queued", created=now_iso())
     log = open(run_dir / "train.log", "ab")
     proc = subprocess.Popen(
-        [python or sys.executable, "-m", "pneumo", "train", "--config", str(run_dir / "config.json"), "--out", str(run_dir)],
+        [
+            python or sys.executable,
+            "-m",
+            "pneumo",
+            "train",
+            "--config",
+            str(run_dir / "config.json"),
+            "--out",
+            str(run_dir),
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,

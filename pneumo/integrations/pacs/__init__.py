@@ -7,65 +7,65 @@ screening (the runs). The names below are the public ones the CLI and the app us
 
 from __future__ import annotations
 
+from pneumo.integrations.pacs.client import ACCEPT_DICOM, FAILURE_REASONS, Pacs
 from pneumo.integrations.pacs.config import (
-    ENV_URL,
-    ENV_TOKEN,
-    ENV_USERNAME,
-    ENV_PASSWORD,
-    ENV_TIMEOUT,
-    ENV_CA_BUNDLE,
-    ENV_SHOW_IDENTIFIERS,
-    ENV_ALLOW_SEND,
     DEFAULT_TIMEOUT,
+    ENV_ALLOW_SEND,
+    ENV_CA_BUNDLE,
+    ENV_PASSWORD,
+    ENV_SHOW_IDENTIFIERS,
+    ENV_TIMEOUT,
+    ENV_TOKEN,
+    ENV_URL,
+    ENV_USERNAME,
     MANUFACTURER,
     SCHEME,
-    PacsError,
-    redact,
     PacsConfig,
+    PacsError,
     load_secrets_file,
-)
-from pneumo.integrations.pacs.client import ACCEPT_DICOM, Pacs, FAILURE_REASONS
-from pneumo.integrations.pacs.studies import (
-    SCREENED_MODALITIES,
-    FRONTAL_VIEWS,
-    LATERAL_VIEWS,
-    DECUBITUS_VIEWS,
-    CHEST_BODY_PARTS,
-    DX_FOR_PROCESSING,
-    DX_MAMMO_INTRAORAL_PREFIXES,
-    StudySummary,
-    search_studies,
-    list_studies,
-    Candidate,
-    Skip,
-    classify,
-    select_instances,
+    redact,
 )
 from pneumo.integrations.pacs.priors import (
-    operating_point,
-    ScreeningKey,
     PriorScreening,
-    read_screening_sr,
+    ScreeningKey,
+    operating_point,
     prior_screenings,
+    read_screening_sr,
 )
 from pneumo.integrations.pacs.results import ALREADY, FAILED, SCREENED, SKIPPED, InstanceResult, ScreenRun, describe
-from pneumo.integrations.pacs.writers import (
-    RESEARCH_USE,
-    BANNER,
-    SR_SERIES_DESCRIPTION,
-    SC_SERIES_DESCRIPTION,
-    overlay_picture,
-    build_overlay_sc,
-    build_screening_sr,
-)
 from pneumo.integrations.pacs.screening import (
-    push_result,
-    screen_study,
     MAX_DRIFT_IMAGES,
+    now_utc,
+    push_result,
     screen_studies,
+    screen_study,
     send_results,
     watch,
-    now_utc,
+)
+from pneumo.integrations.pacs.studies import (
+    CHEST_BODY_PARTS,
+    DECUBITUS_VIEWS,
+    DX_FOR_PROCESSING,
+    DX_MAMMO_INTRAORAL_PREFIXES,
+    FRONTAL_VIEWS,
+    LATERAL_VIEWS,
+    SCREENED_MODALITIES,
+    Candidate,
+    Skip,
+    StudySummary,
+    classify,
+    list_studies,
+    search_studies,
+    select_instances,
+)
+from pneumo.integrations.pacs.writers import (
+    BANNER,
+    RESEARCH_USE,
+    SC_SERIES_DESCRIPTION,
+    SR_SERIES_DESCRIPTION,
+    build_overlay_sc,
+    build_screening_sr,
+    overlay_picture,
 )
 
 __all__ = [

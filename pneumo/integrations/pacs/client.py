@@ -5,23 +5,25 @@ store failures read from the server's answer.
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
-
 
 from pneumo.integrations.pacs.config import DEFAULT_TIMEOUT, PacsConfig, PacsError, _reason, redact
 from pneumo.integrations.pacs.dicomjson import _value
+
 ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 
 
 # --- the server -----------------------------------------------------------------------------------------
 
+
 class Pacs:
     """A DICOMweb server: dicomweb-client for QIDO-RS, metadata and STOW-RS, the same session for WADO-RS."""
 
     def __init__(self, url: str, session: Any = None, timeout: float = DEFAULT_TIMEOUT):
-        from dicomweb_client.api import DICOMwebClient
         import requests
+        from dicomweb_client.api import DICOMwebClient
 
         self.url = url.rstrip("/")
         self.display_url = redact(self.url)
@@ -38,7 +40,7 @@ class Pacs:
         self.client.set_http_retry_params(retry=True, max_attempts=3, wait_exponential_multiplier=250)
 
     @classmethod
-    def from_config(cls, config: PacsConfig) -> "Pacs":
+    def from_config(cls, config: PacsConfig) -> Pacs:
         return cls(config.url, session=config.session(), timeout=config.timeout)
 
     def _call(self, what: str, study: str | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -58,24 +60,42 @@ class Pacs:
             detail = _http_detail(response)
             verb = "was rejected" if what.startswith("storing") else "failed"
             # Wrong credentials fail every later call too.
-            raise PacsError(f"{where} {verb}: HTTP {code} {response.reason if response is not None else ''}"
-                            f"{detail}".rstrip(), fatal=code in (401, 403)) from None
+            raise PacsError(
+                f"{where} {verb}: HTTP {code} {response.reason if response is not None else ''}{detail}".rstrip(),
+                fatal=code in (401, 403),
+            ) from None
         except requests.RequestException as exc:
             raise PacsError(f"{where} failed: {_reason(exc)}", fatal=True) from None
         except (ValueError, KeyError, TypeError, InvalidDicomError) as exc:
-            raise PacsError(f"{where} failed: the answer could not be read ({type(exc).__name__}: "
-                            f"{_reason(exc)})") from None
+            raise PacsError(
+                f"{where} failed: the answer could not be read ({type(exc).__name__}: {_reason(exc)})"
+            ) from None
 
     def ping(self) -> None:
         """One QIDO request (limit 1): PacsError when the server cannot be searched."""
         self._call("searching studies", None, self.client.search_for_studies, limit=1)
 
     def search_studies(self, filters: Mapping[str, str], limit: int | None = None) -> list[dict[str, Any]]:
-        fields = ["StudyDate", "StudyTime", "AccessionNumber", "ModalitiesInStudy", "StudyDescription",
-                  "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances", "PatientID", "PatientName",
-                  "PatientBirthDate"]
-        return self._call("searching studies", None, self.client.search_for_studies,
-                          search_filters=dict(filters), fields=fields, limit=limit)
+        fields = [
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "ModalitiesInStudy",
+            "StudyDescription",
+            "NumberOfStudyRelatedSeries",
+            "NumberOfStudyRelatedInstances",
+            "PatientID",
+            "PatientName",
+            "PatientBirthDate",
+        ]
+        return self._call(
+            "searching studies",
+            None,
+            self.client.search_for_studies,
+            search_filters=dict(filters),
+            fields=fields,
+            limit=limit,
+        )
 
     def study_metadata(self, study_uid: str) -> list[dict[str, Any]]:
         return self._call("reading the study's metadata", study_uid, self.client.retrieve_study_metadata, study_uid)
@@ -102,33 +122,52 @@ class Pacs:
         result that is not in the study would be screened again by the next run as if never sent.
         Returns the stored SOP Instance UIDs; PacsError when any was refused or is missing."""
         uids = [str(ds.SOPInstanceUID) for ds in datasets]
-        answer = self._call("storing results", study_uid, self.client.store_instances, list(datasets),
-                            study_instance_uid=study_uid)
+        answer = self._call(
+            "storing results", study_uid, self.client.store_instances, list(datasets), study_instance_uid=study_uid
+        )
         failed = list(getattr(answer, "FailedSOPSequence", None) or [])
         if failed:
-            raise PacsError(f"PACS {self.display_url}: storing results for study {study_uid} was rejected: "
-                            f"{len(failed)} of {len(uids)} instance(s) refused ({_failure_reasons(failed)})")
-        found = self._call("checking the stored results", study_uid, self.client.search_for_instances,
-                           study_uid, fields=["SOPInstanceUID"], search_filters={"SOPInstanceUID": ",".join(uids)})
+            raise PacsError(
+                f"PACS {self.display_url}: storing results for study {study_uid} was rejected: "
+                f"{len(failed)} of {len(uids)} instance(s) refused ({_failure_reasons(failed)})"
+            )
+        found = self._call(
+            "checking the stored results",
+            study_uid,
+            self.client.search_for_instances,
+            study_uid,
+            fields=["SOPInstanceUID"],
+            search_filters={"SOPInstanceUID": ",".join(uids)},
+        )
         present = {str(_value(item, "SOPInstanceUID")) for item in found}
         missing = [uid for uid in uids if uid not in present]
         if missing:
-            raise PacsError(f"PACS {self.display_url}: storing results for study {study_uid} was rejected: the server "
-                            f"answered success but {len(missing)} of {len(uids)} instance(s) are not in the study "
-                            "(refused by a filter or a policy?)")
+            raise PacsError(
+                f"PACS {self.display_url}: storing results for study {study_uid} was rejected: the server "
+                f"answered success but {len(missing)} of {len(uids)} instance(s) are not in the study "
+                "(refused by a filter or a policy?)"
+            )
         return uids
 
 
-FAILURE_REASONS = {0xA700: "out of resources", 0xA900: "data set does not match SOP class or study",
-                   0xC000: "cannot understand", 0x0110: "processing failure", 0x0122: "SOP class not supported",
-                   0x0124: "not authorized", 0xA770: "out of resources", 0xC122: "SOP class not supported",
-                   0xB000: "coercion of data elements"}
+FAILURE_REASONS = {
+    0xA700: "out of resources",
+    0xA900: "data set does not match SOP class or study",
+    0xC000: "cannot understand",
+    0x0110: "processing failure",
+    0x0122: "SOP class not supported",
+    0x0124: "not authorized",
+    0xA770: "out of resources",
+    0xC122: "SOP class not supported",
+    0xB000: "coercion of data elements",
+}
 
 
 def _failure_reasons(failed: Sequence[Any]) -> str:
     codes = sorted({int(getattr(f, "FailureReason", 0) or 0) for f in failed})
-    return "; ".join(f"failure reason 0x{c:04X}" + (f" {FAILURE_REASONS[c]}" if c in FAILURE_REASONS else "")
-                     for c in codes)
+    return "; ".join(
+        f"failure reason 0x{c:04X}" + (f" {FAILURE_REASONS[c]}" if c in FAILURE_REASONS else "") for c in codes
+    )
 
 
 def _http_detail(response: Any) -> str:

@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-
-from pneumo.model.loading import PROJECT_ROOT
+from pneumo.core.paths import PROJECT_ROOT
 
 ENV_URL = "PNEUMO_PACS_URL"
 ENV_TOKEN = "PNEUMO_PACS_TOKEN"
@@ -81,8 +81,9 @@ class PacsConfig:
         return bool(allow_changes) if self.allow_send is None else bool(self.allow_send)
 
     @classmethod
-    def load(cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
-             url: str | None = None) -> "PacsConfig | None":
+    def load(
+        cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, url: str | None = None
+    ) -> PacsConfig | None:
         """From `[pneumo.integrations.pacs]` in .streamlit/secrets.toml and PNEUMO_PACS_* variables (the environment
         wins); url overrides both (the CLI's --url). None when no URL is configured anywhere."""
         environ = os.environ if environ is None else environ
@@ -106,11 +107,16 @@ class PacsConfig:
         if not math.isfinite(timeout_s) or timeout_s <= 0:
             raise ValueError(f"PACS timeout must be a positive number of seconds, got {timeout!r}")
         send = pick(ENV_ALLOW_SEND, "allow_send")
-        return cls(url=str(chosen).rstrip("/"), token=pick(ENV_TOKEN, "token") or None,
-                   username=pick(ENV_USERNAME, "username") or None, password=pick(ENV_PASSWORD, "password") or None,
-                   timeout=timeout_s, ca_bundle=pick(ENV_CA_BUNDLE, "ca_bundle") or None,
-                   show_identifiers=_truthy(pick(ENV_SHOW_IDENTIFIERS, "show_identifiers") or False),
-                   allow_send=None if send in (None, "") else _truthy(send))
+        return cls(
+            url=str(chosen).rstrip("/"),
+            token=pick(ENV_TOKEN, "token") or None,
+            username=pick(ENV_USERNAME, "username") or None,
+            password=pick(ENV_PASSWORD, "password") or None,
+            timeout=timeout_s,
+            ca_bundle=pick(ENV_CA_BUNDLE, "ca_bundle") or None,
+            show_identifiers=_truthy(pick(ENV_SHOW_IDENTIFIERS, "show_identifiers") or False),
+            allow_send=None if send in (None, "") else _truthy(send),
+        )
 
     def session(self) -> Any:
         """A requests session carrying the configured authentication and certificate authority."""
@@ -142,7 +148,10 @@ def load_secrets_file(paths: Sequence[str] | None = None) -> dict[str, Any]:
         import tomllib
     except ImportError:
         return {}
-    candidates = paths or [os.path.join(".streamlit", "secrets.toml"), str(PROJECT_ROOT / ".streamlit" / "secrets.toml")]
+    candidates = paths or [
+        os.path.join(".streamlit", "secrets.toml"),
+        str(PROJECT_ROOT / ".streamlit" / "secrets.toml"),
+    ]
     for candidate in candidates:
         if os.path.isfile(candidate):
             try:

@@ -5,16 +5,16 @@ in force.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-
-from pneumo.model.loading import LoadedModel
-from pneumo.integrations.pacs.dicomjson import _value, _values
 from pneumo.integrations.pacs.config import MANUFACTURER, SCHEME
-
+from pneumo.integrations.pacs.dicomjson import _value, _values
+from pneumo.model.loading import LoadedModel
 
 # --- what was screened before --------------------------------------------------------------------------------
+
 
 def operating_point(loaded: LoadedModel) -> str:
     """The named operating point in force ("shipped" for a card without one)."""
@@ -33,13 +33,20 @@ class ScreeningKey:
     threshold: float
 
     @classmethod
-    def of(cls, loaded: LoadedModel) -> "ScreeningKey":
-        return cls(str(loaded.card.name), str(loaded.card.created or "unrecorded"), operating_point(loaded),
-                   float(loaded.threshold))
+    def of(cls, loaded: LoadedModel) -> ScreeningKey:
+        return cls(
+            str(loaded.card.name),
+            str(loaded.card.created or "unrecorded"),
+            operating_point(loaded),
+            float(loaded.threshold),
+        )
 
-    def matches(self, other: "ScreeningKey") -> bool:
-        return (self.model, self.version, self.operating_point) == (other.model, other.version, other.operating_point) \
-            and abs(self.threshold - other.threshold) <= 1e-9
+    def matches(self, other: ScreeningKey) -> bool:
+        return (self.model, self.version, self.operating_point) == (
+            other.model,
+            other.version,
+            other.operating_point,
+        ) and abs(self.threshold - other.threshold) <= 1e-9
 
 
 @dataclass
@@ -89,13 +96,23 @@ def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
     first = lambda code, default=None: (found.get(code) or [default])[0]  # noqa: E731
     if not source or first(f"{SCHEME}:THRESHOLD") is None:
         return None
-    key = ScreeningKey(str(first("DCM:111001", "")), str(first("DCM:111003", "")), str(first(f"{SCHEME}:OPPOINT", "")),
-                       float(first(f"{SCHEME}:THRESHOLD")))
+    key = ScreeningKey(
+        str(first("DCM:111001", "")),
+        str(first("DCM:111003", "")),
+        str(first(f"{SCHEME}:OPPOINT", "")),
+        float(first(f"{SCHEME}:THRESHOLD")),
+    )
     probability = first("DCM:122157")
-    return PriorScreening(sr_uid=str(_value(item, "SOPInstanceUID")), source_uid=source, key=key,
-                          probability=None if probability is None or math.isnan(probability) else float(probability),
-                          decision=str(first(f"{SCHEME}:DECISION", "")), warnings=list(found.get(f"{SCHEME}:WARNING", [])),
-                          card_hash=str(first(f"{SCHEME}:CARDHASH", "")), overlay_uid=overlay)
+    return PriorScreening(
+        sr_uid=str(_value(item, "SOPInstanceUID")),
+        source_uid=source,
+        key=key,
+        probability=None if probability is None or math.isnan(probability) else float(probability),
+        decision=str(first(f"{SCHEME}:DECISION", "")),
+        warnings=list(found.get(f"{SCHEME}:WARNING", [])),
+        card_hash=str(first(f"{SCHEME}:CARDHASH", "")),
+        overlay_uid=overlay,
+    )
 
 
 def prior_screenings(metadata: Iterable[Mapping[str, Any]], key: ScreeningKey) -> dict[str, PriorScreening]:

@@ -1,15 +1,11 @@
-"""One film's screening result and one run's, as the CLI, the app and the stored SR describe them.
-"""
+"""One film's screening result and one run's, as the CLI, the app and the stored SR describe them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-
-
 SCREENED, ALREADY, SKIPPED, FAILED = "screened", "already screened", "skipped", "failed"
-
 
 
 @dataclass
@@ -38,12 +34,24 @@ class InstanceResult:
     heatmap: Any = field(default=None, repr=False)
 
     def to_json(self) -> dict[str, Any]:
-        return {"study": self.study_uid, "series": self.series_uid, "instance": self.sop_uid, "path": self.path,
-                "status": self.status, "probability": self.probability, "prediction": self.prediction,
-                "threshold": self.threshold, "operating_point": self.operating_point, "model": self.model,
-                "card_hash": self.card_hash, "warnings": list(self.warnings), "error": self.error,
-                "skipped": self.skipped, "stored": dict(self.stored),
-                "seconds": None if self.seconds is None else round(self.seconds, 3)}
+        return {
+            "study": self.study_uid,
+            "series": self.series_uid,
+            "instance": self.sop_uid,
+            "path": self.path,
+            "status": self.status,
+            "probability": self.probability,
+            "prediction": self.prediction,
+            "threshold": self.threshold,
+            "operating_point": self.operating_point,
+            "model": self.model,
+            "card_hash": self.card_hash,
+            "warnings": list(self.warnings),
+            "error": self.error,
+            "skipped": self.skipped,
+            "stored": dict(self.stored),
+            "seconds": None if self.seconds is None else round(self.seconds, 3),
+        }
 
 
 @dataclass

@@ -6,23 +6,25 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
 from pneumo.data.pixels import resize
+from pneumo.integrations.pacs.client import Pacs
+from pneumo.integrations.pacs.config import PacsError
+from pneumo.integrations.pacs.priors import ScreeningKey, operating_point, prior_screenings
+from pneumo.integrations.pacs.results import ALREADY, FAILED, SCREENED, SKIPPED, InstanceResult, ScreenRun
+from pneumo.integrations.pacs.studies import _check_date, search_studies, select_instances
+from pneumo.integrations.pacs.writers import _header, build_overlay_sc, build_screening_sr, overlay_picture
 from pneumo.model.loading import LoadedModel
 from pneumo.model.reading import NOT_ASSESSABLE, card_hash, read
-from pneumo.integrations.pacs.config import PacsError
-from pneumo.integrations.pacs.client import Pacs
-from pneumo.integrations.pacs.studies import _check_date, search_studies, select_instances
-from pneumo.integrations.pacs.results import ALREADY, FAILED, SCREENED, SKIPPED, InstanceResult, ScreenRun
-from pneumo.integrations.pacs.priors import ScreeningKey, operating_point, prior_screenings
-from pneumo.integrations.pacs.writers import _header, build_overlay_sc, build_screening_sr, overlay_picture
 
-# pydicom, highdicom, dicomweb-client, requests, OpenCV and pneumo.model.explain (OpenCV) are imported where used: the CLI
+# pydicom, highdicom, dicomweb-client, requests, OpenCV and pneumo.model.explain (OpenCV) are imported where used: the
+# CLI
 # and the dashboard import this module at start; pneumo.evaluation.drift is optional (see _drift).
 
 # dicomweb-client logs failed requests at ERROR; without a handler Python's last resort would print them
@@ -33,8 +35,8 @@ logging.getLogger("dicomweb_client").addHandler(logging.NullHandler())
 # --- results --------------------------------------------------------------------------------------------------
 
 
-
 # --- screening ------------------------------------------------------------------------------------------------
+
 
 def _result_from_reading(result: InstanceResult, reading: Any, loaded: LoadedModel) -> None:
     result.reading = reading
@@ -82,20 +84,33 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
             from pneumo.model.explain import gradcam
 
             heatmap = result.heatmap = gradcam(loaded, reading.xray.pixels)
-        lines = [f"{loaded.card.name}: p(pneumonia) {result.probability:.3f} -> {result.prediction} "
-                 f"(threshold {result.threshold:.4f}, {result.operating_point})",
-                 # Grad-CAM explains the decided class (as the app and the PDF report do); say which.
-                 f"heat: what drove the {'PNEUMONIA' if result.probability >= result.threshold else 'NORMAL'} "
-                 "score, not where disease is"]
-        overlay = build_overlay_sc(result.source, overlay_picture(reading.xray.pixels, heatmap, lines),
-                                   output.sc_series, output.count, loaded)
+        lines = [
+            f"{loaded.card.name}: p(pneumonia) {result.probability:.3f} -> {result.prediction} "
+            f"(threshold {result.threshold:.4f}, {result.operating_point})",
+            # Grad-CAM explains the decided class (as the app and the PDF report do); say which.
+            f"heat: what drove the {'PNEUMONIA' if result.probability >= result.threshold else 'NORMAL'} "
+            "score, not where disease is",
+        ]
+        overlay = build_overlay_sc(
+            result.source, overlay_picture(reading.xray.pixels, heatmap, lines), output.sc_series, output.count, loaded
+        )
     sr = build_screening_sr(result.source, result, loaded, output.sr_series, output.count, overlay)
     pacs.store(result.study_uid, [d for d in (overlay, sr) if d is not None])
-    result.stored = {"sr": str(sr.SOPInstanceUID), **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {})}
+    result.stored = {
+        "sr": str(sr.SOPInstanceUID),
+        **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {}),
+    }
 
 
-def screen_study(pacs: Pacs, loaded: LoadedModel, study_uid: str, push: bool = False, force: bool = False,
-                 keep_pixels: bool = False, drift_images: list[tuple[np.ndarray, float]] | None = None) -> list[InstanceResult]:
+def screen_study(
+    pacs: Pacs,
+    loaded: LoadedModel,
+    study_uid: str,
+    push: bool = False,
+    force: bool = False,
+    keep_pixels: bool = False,
+    drift_images: list[tuple[np.ndarray, float]] | None = None,
+) -> list[InstanceResult]:
     """Every image of one study: frontal films screened (or reported from an earlier SR of this model and
     operating point unless force), the rest skipped with the reason; with push each reading is stored
     as it is made. Fatal PacsErrors propagate; others fail that image only.
@@ -115,23 +130,38 @@ def screen_study(pacs: Pacs, loaded: LoadedModel, study_uid: str, push: bool = F
     results: list[InstanceResult] = []
     order = {c.sop_uid: i for i, c in enumerate(frontal)}
     for s in skipped:
-        results.append(InstanceResult(s.study_uid or study_uid, s.series_uid, s.sop_uid, path(s.series_uid, s.sop_uid),
-                                      SKIPPED, skipped=s.reason))
+        results.append(
+            InstanceResult(
+                s.study_uid or study_uid,
+                s.series_uid,
+                s.sop_uid,
+                path(s.series_uid, s.sop_uid),
+                SKIPPED,
+                skipped=s.reason,
+            )
+        )
     if not frontal and not skipped:
-        results.append(InstanceResult(study_uid, None, None, base, SKIPPED,
-                                      skipped="no CR or DX image in the study"))
+        results.append(InstanceResult(study_uid, None, None, base, SKIPPED, skipped="no CR or DX image in the study"))
     output: _StudyOutput | None = None
     for candidate in frontal:
-        result = InstanceResult(study_uid, candidate.series_uid, candidate.sop_uid,
-                                path(candidate.series_uid, candidate.sop_uid), FAILED)
+        result = InstanceResult(
+            study_uid, candidate.series_uid, candidate.sop_uid, path(candidate.series_uid, candidate.sop_uid), FAILED
+        )
         prior = done.get(candidate.sop_uid)
         if prior is not None:
             result.status = ALREADY
             result.probability, result.prediction, result.warnings = prior.probability, prior.decision, prior.warnings
-            result.threshold, result.operating_point, result.model = prior.key.threshold, prior.key.operating_point, prior.key.model
+            result.threshold, result.operating_point, result.model = (
+                prior.key.threshold,
+                prior.key.operating_point,
+                prior.key.model,
+            )
             result.card_hash = prior.card_hash
             result.stored = {"sr": prior.sr_uid, **({"sc": prior.overlay_uid} if prior.overlay_uid else {})}
-            result.skipped = f"already screened by {prior.key.model} at operating point {prior.key.operating_point} (SR {prior.sr_uid})"
+            result.skipped = (
+                f"already screened by {prior.key.model} at operating point {prior.key.operating_point} "
+                f"(SR {prior.sr_uid})"
+            )
             results.append(result)
             continue
         started = time.perf_counter()
@@ -155,11 +185,18 @@ def screen_study(pacs: Pacs, loaded: LoadedModel, study_uid: str, push: bool = F
             continue
         except Exception as exc:  # writing the SR or overlay from an unusual header: this image fails, not the run
             result.status = FAILED
-            result.error = (f"{result.path}: the results could not be written ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:200]})")
+            result.error = (
+                f"{result.path}: the results could not be written ({type(exc).__name__}: "
+                f"{' '.join(str(exc).split())[:200]})"
+            )
         result.seconds = time.perf_counter() - started
-        if drift_images is not None and result.reading is not None and result.reading.xray is not None \
-                and result.probability is not None and len(drift_images) < MAX_DRIFT_IMAGES:
+        if (
+            drift_images is not None
+            and result.reading is not None
+            and result.reading.xray is not None
+            and result.probability is not None
+            and len(drift_images) < MAX_DRIFT_IMAGES
+        ):
             drift_images.append((resize(result.reading.xray.pixels, loaded.input_size), result.probability))
         if not keep_pixels:
             result.source, result.heatmap = None, None
@@ -197,9 +234,15 @@ def _drift(loaded: LoadedModel, images: Sequence[np.ndarray], probabilities: Seq
         return None
 
 
-def screen_studies(pacs: Pacs, loaded: LoadedModel, study_uids: Sequence[str], push: bool = False,
-                   force: bool = False, keep_pixels: bool = False,
-                   progress: Callable[[int, int, list[InstanceResult]], None] | None = None) -> ScreenRun:
+def screen_studies(
+    pacs: Pacs,
+    loaded: LoadedModel,
+    study_uids: Sequence[str],
+    push: bool = False,
+    force: bool = False,
+    keep_pixels: bool = False,
+    progress: Callable[[int, int, list[InstanceResult]], None] | None = None,
+) -> ScreenRun:
     """Screen studies in order. A failing study is recorded and the run goes on; an unreachable server
     ends the run with one line in run.error and the studies not reached in run.studies_left. The batch
     drift check runs over the films read, at the model's input size."""
@@ -208,17 +251,21 @@ def screen_studies(pacs: Pacs, loaded: LoadedModel, study_uids: Sequence[str], p
     uids = list(dict.fromkeys(study_uids))
     for index, uid in enumerate(uids):
         try:
-            results = screen_study(pacs, loaded, uid, push=push, force=force, keep_pixels=keep_pixels,
-                                   drift_images=drift_images)
+            results = screen_study(
+                pacs, loaded, uid, push=push, force=force, keep_pixels=keep_pixels, drift_images=drift_images
+            )
         except _Interrupted as stop:
             run.results.extend(stop.results)
-            run.error, run.studies_left = str(stop.error), uids[index + 1:]
+            run.error, run.studies_left = str(stop.error), uids[index + 1 :]
             break
         except PacsError as exc:
-            run.results.append(InstanceResult(uid, None, None, f"{pacs.display_url}/studies/{uid}", FAILED,
-                                              error=str(exc), retryable=True))
+            run.results.append(
+                InstanceResult(
+                    uid, None, None, f"{pacs.display_url}/studies/{uid}", FAILED, error=str(exc), retryable=True
+                )
+            )
             if exc.fatal:
-                run.error, run.studies_left = str(exc), uids[index + 1:]
+                run.error, run.studies_left = str(exc), uids[index + 1 :]
                 break
             continue
         run.results.extend(results)
@@ -255,9 +302,16 @@ def send_results(pacs: Pacs, loaded: LoadedModel, results: Sequence[InstanceResu
     return errors
 
 
-def watch(pacs: Pacs, loaded: LoadedModel, interval: float = 60.0, max_polls: int | None = None,
-          since: str | None = None, push: bool = False,
-          on_poll: Callable[[ScreenRun], None] | None = None, sleep: Callable[[float], None] = time.sleep) -> bool:
+def watch(
+    pacs: Pacs,
+    loaded: LoadedModel,
+    interval: float = 60.0,
+    max_polls: int | None = None,
+    since: str | None = None,
+    push: bool = False,
+    on_poll: Callable[[ScreenRun], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> bool:
     """Poll for studies (from `since`, default today) and screen each new one: the triage loop. A study
     screened completely in this process is not read again; with push, the PACS's SRs carry that across
     restarts. A failed poll is reported through on_poll and the loop goes on. True when anything failed."""
@@ -267,7 +321,9 @@ def watch(pacs: Pacs, loaded: LoadedModel, interval: float = 60.0, max_polls: in
     while max_polls is None or polls < max_polls:
         polls += 1
         try:
-            studies = [s.study_uid for s in search_studies(pacs, since=since, limit=None) if s.study_uid not in finished]
+            studies = [
+                s.study_uid for s in search_studies(pacs, since=since, limit=None) if s.study_uid not in finished
+            ]
             run = screen_studies(pacs, loaded, studies, push=push)
         except PacsError as exc:
             run = ScreenRun(error=str(exc))

@@ -5,15 +5,16 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
-
-from pneumo.model.loading import LoadedModel
 from pneumo.integrations.pacs.client import Pacs
 from pneumo.integrations.pacs.dicomjson import _value, _values
 from pneumo.integrations.pacs.priors import ScreeningKey, prior_screenings
+from pneumo.model.loading import LoadedModel
+
 SCREENED_MODALITIES = ("CR", "DX")
 FRONTAL_VIEWS = {"AP", "PA"}
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "XTABLE LATERAL", "LATERAL LEFT", "LATERAL RIGHT"}
@@ -26,6 +27,7 @@ DX_MAMMO_INTRAORAL_PREFIXES = ("1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1
 # --- DICOM JSON helpers ---------------------------------------------------------------------------------
 
 # --- what a department screens ------------------------------------------------------------------------------
+
 
 @dataclass
 class StudySummary:
@@ -47,14 +49,26 @@ class StudySummary:
     def row(self, show_identifiers: bool = False) -> dict[str, Any]:
         """A table row for the page; identifiers (and the accession number, which leads to them) only when
         the deployment enables them."""
-        row: dict[str, Any] = {"study_uid": self.study_uid, "date": self.date, "time": self.time,
-                               "modalities": ",".join(self.modalities), "description": self.description,
-                               "series": self.series, "instances": self.instances}
+        row: dict[str, Any] = {
+            "study_uid": self.study_uid,
+            "date": self.date,
+            "time": self.time,
+            "modalities": ",".join(self.modalities),
+            "description": self.description,
+            "series": self.series,
+            "instances": self.instances,
+        }
         if self.screened is not None:
             row["screened"] = self.screened
         if show_identifiers:
-            row.update({"accession": self.accession, "patient_id": self.patient_id,
-                        "patient_name": self.patient_name, "patient_birth_date": self.patient_birth_date})
+            row.update(
+                {
+                    "accession": self.accession,
+                    "patient_id": self.patient_id,
+                    "patient_name": self.patient_name,
+                    "patient_birth_date": self.patient_birth_date,
+                }
+            )
         return row
 
 
@@ -76,9 +90,16 @@ def _int_or_none(value: Any) -> int | None:
         return None
 
 
-def search_studies(pacs: Pacs, since: str | None = None, until: str | None = None, accession: str | None = None,
-                   modalities: Sequence[str] = SCREENED_MODALITIES, study_uids: Sequence[str] = (),
-                   unscreened_by: LoadedModel | None = None, limit: int | None = 200) -> list[StudySummary]:
+def search_studies(
+    pacs: Pacs,
+    since: str | None = None,
+    until: str | None = None,
+    accession: str | None = None,
+    modalities: Sequence[str] = SCREENED_MODALITIES,
+    study_uids: Sequence[str] = (),
+    unscreened_by: LoadedModel | None = None,
+    limit: int | None = 200,
+) -> list[StudySummary]:
     """Studies by date range (YYYYMMDD, inclusive), modality, accession number or UID, newest first.
 
     One query per modality (ModalitiesInStudy lists are not matched alike by every server). With
@@ -93,20 +114,28 @@ def search_studies(pacs: Pacs, since: str | None = None, until: str | None = Non
     if study_uids:
         filters["StudyInstanceUID"] = ",".join(study_uids)
     found: dict[str, dict[str, Any]] = {}
-    for modality in (modalities or [None]):
+    for modality in modalities or [None]:
         query = dict(filters, **({"ModalitiesInStudy": modality} if modality else {}))
         for item in pacs.search_studies(query, limit):
             uid = str(_value(item, "StudyInstanceUID"))
             if uid:
                 found.setdefault(uid, item)
-    studies = [StudySummary(
-        study_uid=uid, date=str(_value(item, "StudyDate")), time=str(_value(item, "StudyTime")),
-        modalities=[str(m) for m in _values(item, "ModalitiesInStudy")], description=str(_value(item, "StudyDescription")),
-        series=_int_or_none(_value(item, "NumberOfStudyRelatedSeries", None)),
-        instances=_int_or_none(_value(item, "NumberOfStudyRelatedInstances", None)),
-        accession=str(_value(item, "AccessionNumber")), patient_id=str(_value(item, "PatientID")),
-        patient_name=str(_value(item, "PatientName")), patient_birth_date=str(_value(item, "PatientBirthDate")),
-    ) for uid, item in found.items()]
+    studies = [
+        StudySummary(
+            study_uid=uid,
+            date=str(_value(item, "StudyDate")),
+            time=str(_value(item, "StudyTime")),
+            modalities=[str(m) for m in _values(item, "ModalitiesInStudy")],
+            description=str(_value(item, "StudyDescription")),
+            series=_int_or_none(_value(item, "NumberOfStudyRelatedSeries", None)),
+            instances=_int_or_none(_value(item, "NumberOfStudyRelatedInstances", None)),
+            accession=str(_value(item, "AccessionNumber")),
+            patient_id=str(_value(item, "PatientID")),
+            patient_name=str(_value(item, "PatientName")),
+            patient_birth_date=str(_value(item, "PatientBirthDate")),
+        )
+        for uid, item in found.items()
+    ]
     studies.sort(key=lambda s: (s.date, s.time, s.study_uid), reverse=True)
     if limit is not None:
         studies = studies[:limit]
@@ -182,7 +211,9 @@ def classify(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
     if view:
         return "skip", f"view position {view} is not frontal (AP/PA)"
     codes = " ".join(str(_value(c, "CodeMeaning")) for c in _values(item, "ViewCodeSequence") if isinstance(c, dict))
-    described = " ".join(str(_value(item, k)) for k in ("SeriesDescription", "ProtocolName", "AcquisitionDeviceProcessingDescription"))
+    described = " ".join(
+        str(_value(item, k)) for k in ("SeriesDescription", "ProtocolName", "AcquisitionDeviceProcessingDescription")
+    )
     if _is_lateral_text(codes) or _is_lateral_text(described):
         return "skip", "lateral view (from the view code or series description); the model reads frontal films only"
     return "frontal", "view position not recorded: read as a frontal film, check the view"
@@ -192,16 +223,31 @@ def select_instances(metadata: Iterable[Mapping[str, Any]]) -> tuple[list[Candid
     """The frontal chest films of a study, and the films left out with the reason, in series order."""
     frontal: list[Candidate] = []
     skipped: list[Skip] = []
-    ordered = sorted(metadata, key=lambda m: (_int_or_none(_value(m, "SeriesNumber", None)) or 0,
-                                              _int_or_none(_value(m, "InstanceNumber", None)) or 0))
+    ordered = sorted(
+        metadata,
+        key=lambda m: (
+            _int_or_none(_value(m, "SeriesNumber", None)) or 0,
+            _int_or_none(_value(m, "InstanceNumber", None)) or 0,
+        ),
+    )
     for item in ordered:
         verdict = classify(item)
         if verdict is None:
             continue
-        ids = (str(_value(item, "StudyInstanceUID")), str(_value(item, "SeriesInstanceUID")), str(_value(item, "SOPInstanceUID")))
+        ids = (
+            str(_value(item, "StudyInstanceUID")),
+            str(_value(item, "SeriesInstanceUID")),
+            str(_value(item, "SOPInstanceUID")),
+        )
         if verdict[0] == "frontal":
-            frontal.append(Candidate(*ids, sop_class_uid=str(_value(item, "SOPClassUID")),
-                                     view=str(_value(item, "ViewPosition")), note=verdict[1]))
+            frontal.append(
+                Candidate(
+                    *ids,
+                    sop_class_uid=str(_value(item, "SOPClassUID")),
+                    view=str(_value(item, "ViewPosition")),
+                    note=verdict[1],
+                )
+            )
         else:
             skipped.append(Skip(*ids, reason=str(verdict[1])))
     return frontal, skipped

@@ -5,22 +5,24 @@ Grad-CAM overlay with a research-use banner burned in, both referencing the sour
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from pneumo import __version__
-from pneumo.model.loading import LoadedModel
-from pneumo.model.reading import DEFAULT_BAND
 from pneumo.integrations.pacs.config import MANUFACTURER, SCHEME
 from pneumo.integrations.pacs.results import InstanceResult
+from pneumo.model.loading import LoadedModel
+from pneumo.model.reading import DEFAULT_BAND
 
-RESEARCH_USE = ("Research use only - not a medical device. pneumo has not been cleared by any regulator; its "
-                "output must not be used to diagnose or treat patients without a qualified clinician's own reading.")
+RESEARCH_USE = (
+    "Research use only - not a medical device. pneumo has not been cleared by any regulator; its "
+    "output must not be used to diagnose or treat patients without a qualified clinician's own reading."
+)
 BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 SR_SERIES_DESCRIPTION = "pneumo pneumonia screening SR - RESEARCH USE ONLY"
 SC_SERIES_DESCRIPTION = "pneumo Grad-CAM overlay - RESEARCH USE ONLY"
-
 
 
 # High series numbers: viewers list series by number, so the results follow the acquisitions.
@@ -54,14 +56,24 @@ def _codes() -> dict[str, Any]:
 
 # --- the DICOM we write --------------------------------------------------------------------------------------
 
+
 def _header(source_bytes: bytes) -> Any:
     """The source's header without its pixels, with the patient and study attributes SR and SC copy
     made present (a PACS may omit type-2 attributes; highdicom reads them unconditionally)."""
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(source_bytes), force=True, stop_before_pixels=True)
-    for keyword in ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
-                    "StudyDate", "StudyTime", "ReferringPhysicianName"):
+    for keyword in (
+        "PatientID",
+        "PatientName",
+        "PatientBirthDate",
+        "PatientSex",
+        "AccessionNumber",
+        "StudyID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+    ):
         if keyword not in ds:
             setattr(ds, keyword, "")
     return ds
@@ -80,12 +92,21 @@ def _fit_text(canvas: np.ndarray, text: str, y0: int, height: int, colour: tuple
     if w > width * 0.96:  # shrink to fit the band's width
         scale *= width * 0.96 / w
         (w, h), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
-    cv2.putText(canvas, text, ((width - w) // 2, y0 + (height + h) // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, colour,
-                thick, cv2.LINE_AA)
+    cv2.putText(
+        canvas,
+        text,
+        ((width - w) // 2, y0 + (height + h) // 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        colour,
+        thick,
+        cv2.LINE_AA,
+    )
 
 
-def overlay_picture(pixels: np.ndarray, heatmap: np.ndarray, lines: Sequence[str], alpha: float = 0.4,
-                    min_side: int = 512) -> np.ndarray:
+def overlay_picture(
+    pixels: np.ndarray, heatmap: np.ndarray, lines: Sequence[str], alpha: float = 0.4, min_side: int = 512
+) -> np.ndarray:
     """The Grad-CAM overlay with its colour bar, a red research-use banner on top and the reading below,
     as RGB uint8. Small films are enlarged first so the burned-in text stays legible in a viewer."""
     import cv2
@@ -115,7 +136,9 @@ def _orientation(source: Any) -> tuple[str, str]:
     return "L", "F"  # a frontal chest film as displayed: rows run to the patient's left, columns to the feet
 
 
-def build_overlay_sc(source: Any, picture: np.ndarray, series_uid: str, instance_number: int, loaded: LoadedModel) -> Any:
+def build_overlay_sc(
+    source: Any, picture: np.ndarray, series_uid: str, instance_number: int, loaded: LoadedModel
+) -> Any:
     """The overlay as a Secondary Capture (highdicom) in the source's study, referencing the source image."""
     import highdicom as hd
     from pydicom.dataset import Dataset
@@ -124,24 +147,46 @@ def build_overlay_sc(source: Any, picture: np.ndarray, series_uid: str, instance
     try:
         orientation = _orientation(source)
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=instance_number, manufacturer=MANUFACTURER,
-            patient_orientation=orientation, transfer_syntax_uid=ExplicitVRLittleEndian,
-            series_description=SC_SERIES_DESCRIPTION, manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
-            software_versions=f"pneumo {__version__}")
+            ref_dataset=source,
+            pixel_array=picture,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            patient_orientation=orientation,
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=SC_SERIES_DESCRIPTION,
+            manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+            software_versions=f"pneumo {__version__}",
+        )
     except ValueError:  # an orientation value highdicom does not know: keep the image, drop the claim
         sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=source, pixel_array=picture, photometric_interpretation="RGB", bits_allocated=8,
-            coordinate_system="PATIENT", series_instance_uid=series_uid, series_number=SC_SERIES_NUMBER,
-            sop_instance_uid=hd.UID(), instance_number=instance_number, manufacturer=MANUFACTURER,
-            patient_orientation=("L", "F"), transfer_syntax_uid=ExplicitVRLittleEndian,
-            series_description=SC_SERIES_DESCRIPTION, manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
-            software_versions=f"pneumo {__version__}")
+            ref_dataset=source,
+            pixel_array=picture,
+            photometric_interpretation="RGB",
+            bits_allocated=8,
+            coordinate_system="PATIENT",
+            series_instance_uid=series_uid,
+            series_number=SC_SERIES_NUMBER,
+            sop_instance_uid=hd.UID(),
+            instance_number=instance_number,
+            manufacturer=MANUFACTURER,
+            patient_orientation=("L", "F"),
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            series_description=SC_SERIES_DESCRIPTION,
+            manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+            software_versions=f"pneumo {__version__}",
+        )
     ref = Dataset()
     ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
     sc.SourceImageSequence = [ref]
-    sc.DerivationDescription = _ascii(f"Grad-CAM overlay of the pneumonia score by {loaded.card.name}; {RESEARCH_USE}")[:1024]
+    sc.DerivationDescription = _ascii(f"Grad-CAM overlay of the pneumonia score by {loaded.card.name}; {RESEARCH_USE}")[
+        :1024
+    ]
     sc.BurnedInAnnotation = "NO"  # the burned-in text names the model and score, never the patient
     sc.ImageComments = RESEARCH_USE
     if "SpecificCharacterSet" not in sc:
@@ -149,8 +194,15 @@ def build_overlay_sc(source: Any, picture: np.ndarray, series_uid: str, instance
     return sc
 
 
-def build_screening_sr(source: Any, result: InstanceResult, loaded: LoadedModel, series_uid: str,
-                       instance_number: int, overlay: Any | None = None, band: float | None = None) -> Any:
+def build_screening_sr(
+    source: Any,
+    result: InstanceResult,
+    loaded: LoadedModel,
+    series_uid: str,
+    instance_number: int,
+    overlay: Any | None = None,
+    band: float | None = None,
+) -> Any:
     """The reading as an Enhanced SR (highdicom): probability (NUM, inferred from the source image),
     decision, threshold, band, operating point, model name and version, card hash, engine, warnings and
     the research-use statement; the overlay (when stored with it) referenced too."""
@@ -158,41 +210,62 @@ def build_screening_sr(source: Any, result: InstanceResult, loaded: LoadedModel,
 
     c = _codes()
     rel = hd.sr.RelationshipTypeValues
-    source_ref = hd.sr.ImageContentItem(c["source"], source.SOPClassUID, source.SOPInstanceUID,
-                                        relationship_type=rel.INFERRED_FROM)
+    source_ref = hd.sr.ImageContentItem(
+        c["source"], source.SOPClassUID, source.SOPInstanceUID, relationship_type=rel.INFERRED_FROM
+    )
     items: list[Any] = [
         hd.sr.TextContentItem(c["research"], RESEARCH_USE, relationship_type=rel.CONTAINS),
         hd.sr.TextContentItem(c["algorithm"], str(loaded.card.name), relationship_type=rel.HAS_OBS_CONTEXT),
-        hd.sr.TextContentItem(c["version"], str(loaded.card.created or "unrecorded"), relationship_type=rel.HAS_OBS_CONTEXT),
+        hd.sr.TextContentItem(
+            c["version"], str(loaded.card.created or "unrecorded"), relationship_type=rel.HAS_OBS_CONTEXT
+        ),
         hd.sr.TextContentItem(c["card_hash"], str(result.card_hash), relationship_type=rel.HAS_OBS_CONTEXT),
-        hd.sr.TextContentItem(c["engine"], f"pneumo {__version__}, {loaded.engine_name}", relationship_type=rel.HAS_OBS_CONTEXT),
+        hd.sr.TextContentItem(
+            c["engine"], f"pneumo {__version__}, {loaded.engine_name}", relationship_type=rel.HAS_OBS_CONTEXT
+        ),
         hd.sr.TextContentItem(c["operating_point"], str(result.operating_point), relationship_type=rel.CONTAINS),
         hd.sr.NumContentItem(c["threshold"], float(result.threshold), c["no_units"], relationship_type=rel.CONTAINS),
-        hd.sr.NumContentItem(c["band"], float(DEFAULT_BAND if band is None else band), c["no_units"],
-                             relationship_type=rel.CONTAINS),
+        hd.sr.NumContentItem(
+            c["band"], float(DEFAULT_BAND if band is None else band), c["no_units"], relationship_type=rel.CONTAINS
+        ),
     ]
     if result.probability is not None:
-        probability = hd.sr.NumContentItem(c["probability"], float(result.probability), c["no_units"],
-                                           relationship_type=rel.CONTAINS)
-        probability.ContentSequence = hd.sr.ContentSequence([
-            hd.sr.CodeContentItem(c["finding"], c["pneumonia"], relationship_type=rel.HAS_CONCEPT_MOD), source_ref])
+        probability = hd.sr.NumContentItem(
+            c["probability"], float(result.probability), c["no_units"], relationship_type=rel.CONTAINS
+        )
+        probability.ContentSequence = hd.sr.ContentSequence(
+            [hd.sr.CodeContentItem(c["finding"], c["pneumonia"], relationship_type=rel.HAS_CONCEPT_MOD), source_ref]
+        )
         items.append(probability)
     items.append(hd.sr.TextContentItem(c["decision"], str(result.prediction), relationship_type=rel.CONTAINS))
     for warning in result.warnings:
         items.append(hd.sr.TextContentItem(c["warning"], str(warning)[:1024], relationship_type=rel.CONTAINS))
     # The source image at the root as well: a reader of the tree finds it without knowing our layout.
-    items.append(hd.sr.ImageContentItem(c["source"], source.SOPClassUID, source.SOPInstanceUID,
-                                        relationship_type=rel.CONTAINS))
+    items.append(
+        hd.sr.ImageContentItem(c["source"], source.SOPClassUID, source.SOPInstanceUID, relationship_type=rel.CONTAINS)
+    )
     evidence = [source]
     if overlay is not None:
-        items.append(hd.sr.ImageContentItem(c["overlay"], overlay.SOPClassUID, overlay.SOPInstanceUID,
-                                            relationship_type=rel.CONTAINS))
+        items.append(
+            hd.sr.ImageContentItem(
+                c["overlay"], overlay.SOPClassUID, overlay.SOPInstanceUID, relationship_type=rel.CONTAINS
+            )
+        )
         evidence.append(overlay)
     root = hd.sr.ContainerContentItem(c["title"])
     root.ContentSequence = hd.sr.ContentSequence(items)
     return hd.sr.EnhancedSR(
-        evidence=evidence, content=root, series_instance_uid=series_uid, series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(), instance_number=instance_number, manufacturer=MANUFACTURER,
-        is_complete=True, is_final=False, is_verified=False,  # PRELIMINARY and UNVERIFIED: no person has read it
-        series_description=SR_SERIES_DESCRIPTION, manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
-        software_versions=f"pneumo {__version__}")
+        evidence=evidence,
+        content=root,
+        series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,  # PRELIMINARY and UNVERIFIED: no person has read it
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+        software_versions=f"pneumo {__version__}",
+    )
