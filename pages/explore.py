@@ -12,13 +12,14 @@ from pneumo.app.ui import (
     data_root,
     model_state_key,
     plain,
+    progress_bar,
     require_entry_point,
     settings,
     summarize_with_bar,
 )
 from pneumo.core.paths import CLASS_NAMES
 from pneumo.data import collection as D
-from pneumo.evaluation import audit
+from pneumo.evaluation import audit, shortcuts
 
 require_entry_point()
 
@@ -173,3 +174,46 @@ else:
                 st.error(f"The verdicts cannot be saved: {exc}", icon=":material/error:")
             else:
                 st.toast(f"Saved {len(verdicts)} verdicts into {written.name}.")
+
+st.subheader("Cues that are not anatomy")
+st.caption(
+    "Framing, the film's border, burned-in marks and exposure statistics, each asked alone (and all together) how "
+    "well it predicts the label, cross-validated by patient. A strong cue is something other than the lungs that "
+    "tells the classes apart in this collection: a network can learn it, and figures on the same collection will not "
+    "show it."
+)
+shortcut_key = f"shortcuts:{root}"
+if st.button("Run the shortcut audit", key=f"run-shortcuts:{root}"):
+    bar, tick = progress_bar("Measuring each film's cues…")
+    try:
+        st.session_state[shortcut_key] = shortcuts.audit_folder(str(root), progress=tick)
+    except (ValueError, OSError) as exc:
+        st.error(f"The shortcut audit cannot run on this folder: {plain(exc)}", icon=":material/error:")
+    bar.empty()
+found = st.session_state.get(shortcut_key)
+if found:
+    st.markdown(
+        f"**All {len(found['cues'])} cues together: ROC AUC {found['all_cues_roc_auc']:.3f}** on {found['n']:,} films "
+        f"(0.5 is chance). Strongest alone: **{plain(found['strongest'])}**."
+    )
+    st.plotly_chart(
+        plots.cue_chart(found["cues"]), width="stretch", key=f"cue-chart:{root}", config={"displayModeBar": False}
+    )
+    st.dataframe(
+        pd.DataFrame(found["framing_by_class"]),
+        hide_index=True,
+        width="stretch",
+        column_config={k: st.column_config.NumberColumn(format="%.3f") for k in ("p10", "median", "p90")},
+    )
+    st.caption(plain(found["how"]))
+    framing = loaded.card.shift_checks.get("framing") if loaded is not None else None
+    if framing and framing.get("conditions"):
+        st.markdown("**The active model's decision under the framing sweep** (from its card):")
+        zooms = tuple((framing.get("worst_in_range") or {}).get("zooms") or (0.85, 1.3))
+        st.plotly_chart(
+            plots.framing_chart(framing["conditions"], zooms),
+            width="stretch",
+            key=f"explore-framing:{root}",
+            config={"displayModeBar": False},
+        )
+        st.caption(plain(framing["how"]))

@@ -18,6 +18,7 @@ from pneumo.app.cards import (
     card_heatmaps,
     card_pictures,
     card_rules,
+    map_peak_note,
     overlay_png_on_click,
     reading_pdf_on_click,
 )
@@ -222,6 +223,9 @@ def show_card(i: int) -> None:
             st.image(
                 card_pictures(loaded, digests[i], model_key, readings[i], pixels), alt=CARD_PICTURE_ALT, width="stretch"
             )
+        peak_note = map_peak_note(digests[i], model_key, pixels, heat)
+        if peak_note:
+            st.caption(f":material/center_focus_weak: {peak_note}")
         with st.container(horizontal=True):
             st.download_button(
                 f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)",

@@ -228,6 +228,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict_paths(given: Sequence[str]) -> list[str]:
+    """A folder stands for every image file under it, sorted (drift's expansion); any other path stays as given,
+    so a missing or unreadable file is answered in its own entry."""
+    paths: list[str] = []
+    for path in given:
+        if Path(path).is_dir():
+            found = expand([path])
+            if not found:
+                raise ValueError(f"{path}: no image files in this folder")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     if args.threshold is not None and args.operating_point:
@@ -241,10 +256,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise ValueError(f"--cam {args.cam}: exists and is not a folder")
     if args.band is not None and not 0.0 <= args.band <= 0.5:
         raise ValueError(f"--band must be between 0 and 0.5; got {args.band}")
+    paths = _predict_paths(args.paths)
     results = []
     repeats = Repeats()
     cautions = loaded.card.cautions()
-    for i, path in enumerate(args.paths):
+    for i, path in enumerate(paths):
         reading = repeats.note(i, read(loaded, path, band=DEFAULT_BAND if args.band is None else args.band))
         entry: dict[str, Any] = {
             "path": path,
@@ -254,7 +270,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "operating_point": loaded.operating_point,
             "warnings": reading.warnings,
             "cautions": cautions,
-            "repeat_of": args.paths[reading.repeat_of] if reading.repeat_of is not None else None,
+            "repeat_of": paths[reading.repeat_of] if reading.repeat_of is not None else None,
             "error": f"{reading.name}: {reading.error}" if reading.error else None,
         }
         if args.cam and reading.xray is not None:
@@ -564,6 +580,35 @@ def _decision_line(row: dict[str, Any]) -> str:
     )
 
 
+def cmd_audit_shortcuts(args: argparse.Namespace) -> int:
+    from pneumo.evaluation.shortcuts import audit_folder
+
+    if args.folds < 2:
+        raise ValueError(f"--folds must be at least 2, got {args.folds}")
+    report = audit_folder(args.data, folds=args.folds, progress=_progress("cues"))
+    if args.model or not args.json:
+        card = read_card(model_file(args.model))
+        report["model_framing"] = card.shift_checks.get("framing")
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(report["how"])
+    for row in report["cues"]:
+        print(f"  {row['cue']:20s} ROC AUC {row['roc_auc']:.3f}  ({row['kind']}: {row['meaning']})")
+    print(f"  {'all cues together':20s} ROC AUC {report['all_cues_roc_auc']:.3f}")
+    print("framing by class (p10 / median / p90):")
+    for row in report["framing_by_class"]:
+        print(f"  {row['class']:9s} {row['cue']:18s} {row['p10']:.3f} / {row['median']:.3f} / {row['p90']:.3f}")
+    framing = report.get("model_framing")
+    if framing:
+        print(f"the model's decision under the framing sweep ({framing['how']}):")
+        for row in framing["conditions"]:
+            print("  " + _decision_line(row))
+    else:
+        print("the model's card records no framing sweep: python -m pneumo sweep --record measures it")
+    return 0
+
+
 def cmd_summarize(args: argparse.Namespace) -> int:
     summary = summarize(args.data, progress=_progress("summarize"))
     if args.json:
@@ -669,7 +714,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         help="uncertain band (± probability around the threshold) reported as 'UNCERTAIN — review' "
         "(default: the app's, 0.05)",
     )
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="image files or folders (every image file under a folder, sorted)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="write model.onnx beside a model, so ONNX Runtime serves it (faster on a CPU)")
@@ -772,6 +817,16 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_docs)
 
     p = sub.add_parser(
+        "audit-shortcuts",
+        help="how well cues that are not anatomy (framing, border, corner marks, intensity) predict the labels",
+    )
+    p.add_argument("data", help="a labelled folder (any layout summarize reads)")
+    p.add_argument("--model", help="whose framing sweep to show beside (default: the shipped model)")
+    p.add_argument("--folds", type=int, default=5, help="cross-validation folds by patient (default: 5)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_audit_shortcuts)
+
+    p = sub.add_parser(
         "sweep",
         help="the decision at the operating point under framing (zoom 0.7–1.6, shifts, aspect) "
         "and the stress suite, on films the model never trained on",
@@ -796,10 +851,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser(train_flags="train" in words).parse_args(argv)
     try:
         return int(args.func(args))
-    except (DatasetError, ValueError, OSError, TypeError, KeyError, RecursionError, OverflowError, ExportError) as exc:
+    except (DatasetError, ValueError, OSError, RecursionError, OverflowError, ExportError) as exc:
         # CardError, ModelLoadError, RunFolderError, RunDataError, PredictionsError are ValueErrors,
         # ReadOnlyError an OSError; RecursionError: JSON nested beyond the parser.
-        # User errors (bad data, card, model, folder, arguments): one line, never a traceback.
+        # User errors (bad data, card, model, folder, arguments): one line, never a traceback. A TypeError or
+        # KeyError is a bug in pneumo, not in what the user gave: it keeps its traceback.
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

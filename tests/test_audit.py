@@ -24,7 +24,14 @@ def test_confident_learning_flags_labels_their_scores_contradict() -> None:
     suspects = set(found.loc[found["suspect"], "path"])
     assert {f"f{i}" for i in flipped} <= suspects
     assert len(suspects) <= 15  # not every film: the clean ones are trusted
-    assert list(found["path"][:5]) != [] and found["score"].is_monotonic_increasing
+    # Self-confidence is the score's probability of the given label: p for a film labelled 1, 1 - p for one
+    # labelled 0. The flipped films' given labels get at most 0.3 and every clean one at least 0.7, so the
+    # five flipped films head the list, and each row keeps its own film's score.
+    assert set(found["path"][:5]) == {f"f{i}" for i in flipped} and found["score"].is_monotonic_increasing
+    index = found["path"].str[1:].astype(int).to_numpy()
+    confidence = np.where(y[index] == 1, p[index], 1 - p[index])
+    np.testing.assert_allclose(found["score"].to_numpy(), confidence, rtol=0, atol=1e-6)
+    assert found["label"].tolist() == y[index].tolist()
 
 
 def test_review_round_trip_and_apply(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, SHARED_TRAIN, make_folder
+from tests.conftest import ROOT, make_folder
 
 
 def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
@@ -66,7 +66,9 @@ def test_predict_json_contract_and_exit_status(tiny_run: Path, tmp_path: Path) -
         True
     ] * 4
     ok, rejected, wrong, again = results
-    assert wrong["prediction"] == "NOT ASSESSABLE" and 0.0 <= wrong["probability"] <= 1.0
+    # Scored all the same: the model's own probability for the photo, read as the library reads it.
+    assert wrong["prediction"] == "NOT ASSESSABLE"
+    assert wrong["probability"] == pytest.approx(float(_in_process(tiny_run / "model.keras", [photo])[0]), abs=1e-5)
     assert any("colour image" in w for w in wrong["warnings"])
     assert again["repeat_of"] == str(good) and again["probability"] == ok["probability"] and ok["repeat_of"] is None
     assert any(w.startswith("repeats item 1") for w in again["warnings"])
@@ -118,13 +120,12 @@ def test_summarize_json_and_bad_path(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason=f"shared training data not found at {SHARED_TRAIN}")
-def test_integration_on_real_xrays(tmp_path: Path) -> None:
+def test_integration_on_real_xrays(tmp_path: Path, shared_train: Path) -> None:
     """One epoch on ~200 real images, then evaluate and predict through the CLI."""
     subset = tmp_path / "subset"
     for cls in ("NORMAL", "PNEUMONIA"):
         (subset / cls).mkdir(parents=True)
-        for path in sorted((SHARED_TRAIN / cls).iterdir())[:100]:
+        for path in sorted((shared_train / cls).iterdir())[:100]:
             shutil.copy(path, subset / cls / path.name)
     run = tmp_path / "run"
     out = _cli("train", "--data", str(subset), "--epochs", "1", "--image-size", "128", "--out", str(run))
@@ -211,6 +212,55 @@ def test_user_errors_exit_2_with_one_line(tiny_run: Path, tmp_path: Path) -> Non
         out = _cli(*args)
         assert out.returncode == 2, (args, out.stderr)
         assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr, (args, out.stderr)
+
+
+@pytest.mark.parametrize("error", [TypeError, KeyError])
+def test_a_programming_error_is_a_traceback_not_a_user_error(
+    error: type[Exception], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """A bug in a command (here summarize made to raise) reaches the caller with its traceback; only user
+    errors are turned into exit status 2 and one line."""
+    from pneumo import cli
+
+    def broken(args: object) -> int:
+        raise error("a bug in the command, not in what the user gave")
+
+    monkeypatch.setattr(cli, "cmd_summarize", broken)
+    with pytest.raises(error, match="a bug in the command"):
+        cli.main(["summarize", str(tmp_path)])
+    assert "error: " not in capsys.readouterr().err
+
+
+def test_a_config_value_of_the_wrong_type_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A --config file with a number given as text is refused before training, naming the field: one line,
+    exit status 2, and no run folder made."""
+    config = tmp_path / "config.json"
+    for values, field in (({"epochs": "3"}, "epochs"), ({"learning_rate": [0.1]}, "learning_rate")):
+        config.write_text(json.dumps({"data": str(tmp_path), **values}))
+        rc, _, err = _main(capsys, "train", "--config", str(config), "--out", str(tmp_path / "run"))
+        assert rc == 2 and field in err, err
+        _one_error_line(err)
+        assert not (tmp_path / "run").exists()
+
+
+def test_predict_reads_the_images_of_a_folder(tiny_run: Path, tmp_path: Path) -> None:
+    """A folder stands for every image file under it, sorted, as for drift; files beside it keep their place."""
+    data = make_folder(tmp_path / "d", n_per_class=2, size=64)
+    (data / "NORMAL" / "notes.txt").write_text("not an image: not a film of the folder")
+    single = make_folder(tmp_path / "e", n_per_class=1, size=64, seed=3) / "NORMAL"
+    one = next(single.iterdir())
+    out = _cli("predict", "--model", str(tiny_run), "--json", str(data), str(one))
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)
+    films = sorted((data / "NORMAL").glob("*.png")) + sorted((data / "PNEUMONIA").glob("*.png"))
+    assert [r["path"] for r in results] == [str(p) for p in films] + [str(one)]
+    expected = _in_process(tiny_run, [*films, one])
+    assert [r["probability"] for r in results] == pytest.approx(expected.tolist(), abs=1e-5)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    refused = _cli("predict", "--model", str(tiny_run), str(empty))
+    assert refused.returncode == 2 and "no image files" in refused.stderr and str(empty) in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def test_evaluate_record_appends_an_external_evaluation(tiny_run: Path, tmp_path: Path) -> None:

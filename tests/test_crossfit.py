@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from pneumo.training import crossfit
-from tests.conftest import ROOT, SHARED_TRAIN, make_folder
+from tests.conftest import ROOT, make_folder
 
 
 def test_recall_threshold_lies_between_two_scores_and_keeps_the_target() -> None:
@@ -162,8 +162,7 @@ def test_shipped_card_recall_holds_on_its_stored_out_of_fold_scores() -> None:
     assert card.validation["roc_auc"] == pytest.approx(auc, abs=1e-9)
 
 
-@pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason=f"shared training data not found at {SHARED_TRAIN}")
-def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores() -> None:
+def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores(shared_train: Path) -> None:
     """Re-serving films through the shipped model (models/model.keras via load_model: ONNX Runtime, the
     ensemble's own graph) gives each fold network's stored out-of-fold score back: member k on fold k's
     films within 1e-4. The ensemble's own answer, the mean of 5 members of which 4 trained on the film, is
@@ -174,7 +173,7 @@ def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores()
     from pneumo.model.loading import load_model
 
     oof = pd.read_csv(ROOT / "models" / crossfit.OOF_FILE)
-    assert (PROJECT_ROOT / oof["path"].iloc[0]).resolve().is_relative_to(SHARED_TRAIN.resolve())
+    assert (PROJECT_ROOT / oof["path"].iloc[0]).resolve().is_relative_to(shared_train.resolve())
     loaded = load_model(ROOT / "models" / "model.keras")
     assert loaded.engine_name == "ONNX Runtime" and loaded.engine.has_members
     rng = np.random.default_rng(0)

@@ -14,7 +14,7 @@ from PIL import Image
 from scipy.stats import ks_2samp
 
 from pneumo.evaluation import drift, drift_reference
-from tests.conftest import ROOT, SHARED_TRAIN
+from tests.conftest import ROOT, SHARED_TRAIN, require
 
 SAMPLES = ROOT / "data" / "samples"
 
@@ -141,6 +141,24 @@ def test_holm_against_hand_computed_values() -> None:
     assert drift.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
 
 
+def test_split_rates_pool_by_their_draws() -> None:
+    """Three patient splits: 3 alarms in 10 draws, 0 in 30, and one that could not be measured. Pooled:
+    3 alarms in 40 draws, not the mean of the two rates (0.15); the range and the shipped (first) split's
+    rate are the measured splits' own."""
+    pooled = drift_reference._pooled(
+        [
+            {"n": 50, "draws": 10, "rate": 0.3},
+            {"n": 50, "draws": 30, "rate": 0.0},
+            {"n": 50, "draws": 0, "rate": None, "note": "too few films"},
+        ]
+    )
+    assert pooled["rate"] == pytest.approx(3 / 40) and pooled["draws"] == 40 and pooled["splits"] == 2
+    assert pooled["split_range"] == [0.0, 0.3] and pooled["shipped_split_rate"] == 0.3
+    # The first split unmeasured: no shipped rate, though the others still pool.
+    later = drift_reference._pooled([{"n": 50, "draws": 0, "rate": None}, {"n": 50, "draws": 20, "rate": 0.1}])
+    assert later["shipped_split_rate"] is None and later["rate"] == pytest.approx(0.1) and later["splits"] == 1
+
+
 def test_reference_round_trips(tmp_path: Path) -> None:
     rng = np.random.default_rng(6)
     ref = synthetic_reference(rng)
@@ -259,11 +277,17 @@ def test_cli_drift_reference_builds_and_records(
 
 def test_cli_drift_contract(model_with_reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from pneumo.cli import main
+    from pneumo.model.loading import load_model
 
     assert main(["drift", str(SAMPLES), "--json", "--model", str(model_with_reference)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert isinstance(out["shifted"], bool) and out["shifted"] is False
-    assert 0.0 <= out["p_value"] <= 1.0 and out["n"] == 48
+    # The command's figures are the library's on the same 48 films, named one by one rather than by folder.
+    films = sorted(str(p) for p in SAMPLES.rglob("*.jpeg"))
+    direct, unreadable = drift.check_paths(load_model(model_with_reference), films)
+    assert len(films) == 48 and not unreadable and out["n"] == direct.n == 48
+    assert out["p_value"] == pytest.approx(direct.p_value, rel=1e-9, abs=1e-12)
+    assert [t["p_value"] for t in out["tests"]] == pytest.approx([t["p_value"] for t in direct.tests], abs=1e-12)
     assert isinstance(out["method"], str) and "one-sided" in out["method"] and "bundled films" in out["reference"]
     few = [str(p) for p in sorted((SAMPLES / "NORMAL").iterdir())[:5]]
     for args in (
@@ -313,6 +337,7 @@ def shipped_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from pneumo.data.transforms import STRESS
     from pneumo.model.loading import load_model
 
+    require(SHARED_TRAIN.is_dir(), f"shared training data not found at {SHARED_TRAIN}")
     model_dir = copy_model(tmp_path_factory.mktemp("shipped") / "model")
     frame, what = drift_reference.predictions_for_reference(ROOT / "models" / "model.keras")
     frame["path"] = [str(ROOT / p) for p in frame["path"]]
@@ -338,24 +363,21 @@ def shipped_reference(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason=f"shared training data not found at {SHARED_TRAIN}")
 def test_false_alarms_on_in_distribution_batches_of_50(shipped_reference: dict) -> None:
     calibration = shipped_reference["reference"].calibration
     for case in ("in-distribution", "all normal", "all pneumonia"):
         figure = calibration["false_alarms"][case]
         assert figure["n"] == 50 and figure["draws"] == 500 and figure["splits"] == drift.SPLITS
         # The pooled rate over patient splits is the figure the card promises; one split's rate varies with
-        # which patients formed its reference (0-10 % measured), so it is reported, not bounded here.
+        # which patients formed its reference (0-10 % measured), so it is reported, not bounded here (how the
+        # splits are pooled is checked by hand in test_split_rates_pool_by_their_draws).
         assert figure["rate"] <= 0.05, (case, figure)
-        low, high = figure["split_range"]
-        assert low <= figure["rate"] <= high and low <= figure["shipped_split_rate"] <= high
     # Films the model was trained on lie closer: they must not raise it.
     trained = calibration["populations"]["NORMAL2-IM films the model trained on"]
     assert trained["films"] >= 150 and trained["rate"] <= 0.08, trained
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason=f"shared training data not found at {SHARED_TRAIN}")
 def test_power_on_stressed_held_out_films_at_n_50(shipped_reference: dict) -> None:
     power = shipped_reference["reference"].calibration["power"]["stressed held-out films"]
     # The shifts that cost the shipped point most specificity (CLAHE 0.83, blur 0.97) and a turned film.
@@ -367,7 +389,6 @@ def test_power_on_stressed_held_out_films_at_n_50(shipped_reference: dict) -> No
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SHARED_TRAIN.is_dir(), reason=f"shared training data not found at {SHARED_TRAIN}")
 def test_bundled_samples_do_not_raise_it(shipped_reference: dict) -> None:
     from pneumo.model.loading import load_model
 

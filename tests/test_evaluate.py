@@ -50,3 +50,21 @@ def test_curves_and_calibration() -> None:
 def test_recall_undefined_without_positives() -> None:
     with pytest.raises(ValueError, match="no positive"):
         E.threshold_for_recall([0, 0], [0.1, 0.2])
+
+
+def test_calibration_counts_and_rates_come_from_one_binning() -> None:
+    """Ten bins [0, 0.1), [0.1, 0.2), …: a probability on an edge belongs to the bin it opens. Counted by hand."""
+    two = E.calibration([0, 1], [0.05, 0.1])
+    assert two["count"].tolist() == [1, 1]  # 0.05 in [0, 0.1), 0.1 in [0.1, 0.2)
+    assert two["observed"].tolist() == [0.0, 1.0] and two["predicted"].tolist() == pytest.approx([0.05, 0.1])
+    three = E.calibration([0, 1, 0], [0.05, 0.1, 0.15])
+    assert three["count"].tolist() == [1, 2]  # 0.1 and 0.15 share [0.1, 0.2)
+    assert three["observed"].tolist() == [0.0, 0.5] and three["predicted"].tolist() == pytest.approx([0.05, 0.125])
+    # The ends: 0 in the first bin, 1 in the last; 0.3 written as such opens [0.3, 0.4).
+    ends = E.calibration([0, 1, 1, 0], [0.0, 1.0, 0.3, 0.29])
+    assert ends["count"].tolist() == [1, 1, 1, 1]
+    assert ends["predicted"].tolist() == pytest.approx([0.0, 0.29, 0.3, 1.0])
+    assert ends["observed"].tolist() == [0.0, 0.0, 1.0, 1.0]
+    assert E.calibration([1, 0], [0.5, 0.5], bins=2)["count"].tolist() == [2]  # 0.5 opens [0.5, 1]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        E.calibration([1], [1.2])

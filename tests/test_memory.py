@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 
 from pneumo.core import memory
+from tests.conftest import require
 
-linux = pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+
+def _need_proc() -> None:
+    require(Path("/proc/self/maps").exists(), "reads Linux /proc")
 
 
-@linux
 def test_resident_splits_into_anonymous_and_file_pages() -> None:
+    _need_proc()
     # A fresh private anonymous mapping, every page written: malloc could hand back pages this process
     # already holds (so the resident set would not grow), a new mapping cannot.
     before = memory.resident()
@@ -28,8 +31,8 @@ def test_resident_of_a_missing_process_is_zero() -> None:
     assert memory.resident(2**22 + 12345) == memory.Resident(0.0, 0.0, 0.0, 0.0)
 
 
-@linux
 def test_release_file_pages_drops_clean_file_pages_and_keeps_data(tmp_path: Path) -> None:
+    _need_proc()
     payload = np.random.default_rng(0).integers(0, 256, 64 * 2**20, dtype=np.uint8)
     path = tmp_path / "blob.bin"
     path.write_bytes(payload.tobytes())
@@ -48,6 +51,6 @@ def test_release_file_pages_drops_clean_file_pages_and_keeps_data(tmp_path: Path
     assert int(scratch.min()) == 7 == int(scratch.max())
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 def test_malloc_arena_cap_is_accepted_by_glibc() -> None:
+    require(sys.platform.startswith("linux"), "glibc only")
     assert memory.limit_malloc_arenas(2) is True

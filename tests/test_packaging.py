@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-
 from tests.conftest import ROOT
 
 try:
     import tomllib
-except ImportError:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+except ImportError:  # Python 3.10: tomli, pytest's own dependency there
+    import tomli as tomllib
 
 
 def _names(specs: list[str]) -> set[str]:
@@ -100,3 +98,34 @@ def test_the_dashboard_never_imports_tensorflow() -> None:
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:]
+
+
+def test_serving_and_its_maps_need_no_tf_keras_vis() -> None:
+    """tf-keras-vis is a development dependency (the reference Grad-CAM of the tests and the bench): with it
+    unimportable, the shipped model still predicts and draws both maps, and only the reference engine is
+    refused, saying where it comes from."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "sys.modules['tf_keras_vis'] = None  # every import of it now raises ImportError\n"
+        "import numpy as np\n"
+        "from pneumo.model import explain\n"
+        "from pneumo.model.loading import load_model\n"
+        "loaded = load_model()\n"
+        "film = np.outer(np.linspace(0.1, 0.9, 256), np.linspace(0.9, 0.2, 256)).astype(np.float32)\n"
+        "loaded.predict(film)\n"
+        "maps = explain.gradcams(loaded, film)\n"
+        "assert sorted(maps) == ['gradcam', 'gradcam++'] and all(m.shape == film.shape for m in maps.values())\n"
+        "try:\n"
+        "    explain.gradcam(loaded, film, engine='tf-keras-vis')\n"
+        "except ImportError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (
+        done.stdout.strip().splitlines()[-1]
+        == "refused: engine 'tf-keras-vis' needs the dev extra: pip install -e '.[dev]'"
+    )

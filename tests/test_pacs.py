@@ -1,7 +1,7 @@
 """The PACS round trip against a real Orthanc with DICOMweb: seed, search, screen, push, read back, resume, fail.
 
-Skipped only where Orthanc is not installed and this is not CI (`make pacs-deps` installs it); on CI a
-missing Orthanc fails, so the round trip cannot silently drop out of `make test`.
+Skipped only where Orthanc is not installed and this is not CI (`make pacs-deps` installs it); on CI (CI=true) a
+missing Orthanc fails (tests.conftest.require), so the round trip cannot silently drop out of `make test`.
 """
 
 from __future__ import annotations
@@ -21,25 +21,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_ports
+from tests.conftest import ROOT, free_ports, require_orthanc
 
 pytestmark = [pytest.mark.pacs, pytest.mark.timeout(900)]
 
 ARTIFACTS = ROOT / "artifacts" / "pacs"
 
 
-def _need_orthanc() -> None:
-    from pneumo.integrations.pacs_server import find_orthanc
-
-    if find_orthanc() is None:
-        if os.environ.get("CI"):
-            pytest.fail("Orthanc with its DICOMweb plugin is not installed on this CI machine (make pacs-deps)")
-        pytest.skip("Orthanc with its DICOMweb plugin is not installed (make pacs-deps)")
-
-
 @pytest.fixture(scope="module")
 def orthanc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Any]]:
-    _need_orthanc()
+    require_orthanc()
     from pneumo.integrations.pacs_server import seed, start_orthanc
 
     server = start_orthanc(free_ports()[0], workdir=tmp_path_factory.mktemp("orthanc"))
@@ -343,7 +334,7 @@ def _one_line(stderr: str) -> str:
 
 
 def test_stopped_server_is_one_line(tmp_path: Path) -> None:
-    _need_orthanc()
+    require_orthanc()
     from pneumo.integrations.pacs_server import seed, start_orthanc
 
     server = start_orthanc(free_ports()[0], workdir=tmp_path / "orthanc")
@@ -396,7 +387,7 @@ def test_timeout_is_one_line() -> None:
 def test_rejected_store_is_one_line_and_keeps_the_reading(tmp_path: Path, loaded: Any) -> None:
     """Orthanc's Lua filter drops the SR while STOW-RS answers success: the check after the store catches it,
     the reading stays in the output, and nothing counts as screened, so the next run tries again."""
-    _need_orthanc()
+    require_orthanc()
     from pneumo.integrations.pacs import FAILED, screen_studies
     from pneumo.integrations.pacs_server import seed, start_orthanc
 

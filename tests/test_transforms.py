@@ -87,22 +87,51 @@ def test_training_blur_on_a_300_px_film_is_the_stress_blur() -> None:
     assert P.blur_sigma(64) == 1.0  # never under one pixel
 
 
-def test_augment_batch_computes_each_image_by_the_shared_functions_from_its_draw() -> None:
+def test_augment_batch_changes_each_image_by_its_own_draw() -> None:
+    """A recipe of contrast and brightness only: each image's pixels are worked out here by hand from its own
+    row of draws, (x - mean) × contrast + mean + brightness, clipped to [0, 1]; no geometry, gamma, blur or
+    noise touches them. Six films, six different draws."""
     import tensorflow as tf
 
     batch = np.stack([_film(48, seed=s) for s in range(6)])[..., None]
-    aug = P.Augmentation.preset("shift")
+    aug = P.Augmentation(rotation_deg=0, shift=0, zoom=0, aspect=0, brightness=0.1, contrast=0.3)
     seed = tf.constant([3, 7], tf.int64)
     rows = P.draw_parameters(aug, 6, seed).numpy()
+    col = {name: rows[:, i] for i, name in enumerate(P.DRAW_FIELDS)}
+    assert len(np.unique(col["brightness"])) == 6 and len(np.unique(col["contrast"])) == 6
+    assert np.all(col["scale"] == 1.0) and np.all(col["rotate_deg"] == 0.0) and np.all(col["noise"] == 0.0)
     out = P.augment_batch(tf.constant(batch), aug, seed=seed).numpy()
-    expected = np.stack(
-        [P.augment_image(batch[i, ..., 0], P.Draw.from_row(rows[i]), P.blur_sigma(48)) for i in range(6)]
-    )[..., None]
-    np.testing.assert_array_equal(out, expected)
+    assert out.shape == batch.shape and out.dtype == np.float32
+    for i in range(6):
+        x = batch[i, ..., 0].astype(np.float64)
+        expected = np.clip((x - x.mean()) * col["contrast"][i] + x.mean() + col["brightness"][i], 0.0, 1.0)
+        np.testing.assert_allclose(out[i, ..., 0], expected, rtol=0, atol=1e-5, err_msg=f"image {i}")
     # Seeded: the same seed gives the same pixels, another seed others.
     np.testing.assert_array_equal(P.augment_batch(tf.constant(batch), aug, seed=seed).numpy(), out)
     other = P.augment_batch(tf.constant(batch), aug, seed=tf.constant([3, 8], tf.int64)).numpy()
     assert np.abs(other - out).mean() > 1e-3
+
+
+def test_augment_batch_turns_each_image_by_its_own_draw() -> None:
+    """Rotation only: the centre pixel stays where it is, and a bright spot 10 px right of the centre ends up
+    where each image's own drawn angle takes it (counter-clockwise as displayed: rows run downwards)."""
+    import tensorflow as tf
+
+    size, c = 49, 24  # an odd side: the centre of rotation is the pixel (24, 24)
+    img = np.full((size, size), 0.2, np.float32)
+    img[c - 1 : c + 2, c + 9 : c + 12] = 1.0  # 3 × 3 spot centred 10 px right of the centre
+    img[c, c] = 0.6
+    batch = np.stack([img] * 4)[..., None]
+    aug = P.Augmentation(rotation_deg=40, shift=0, zoom=0, aspect=0, brightness=0, contrast=0)
+    seed = tf.constant([1, 2], tf.int64)
+    angles = P.draw_parameters(aug, 4, seed).numpy()[:, P.DRAW_FIELDS.index("rotate_deg")]
+    assert np.ptp(angles) > 5  # different turns, so each image must follow its own
+    out = P.augment_batch(tf.constant(batch), aug, seed=seed).numpy()[..., 0]
+    for i, angle in enumerate(angles):
+        theta = np.deg2rad(angle)
+        row, col = round(c - 10 * np.sin(theta)), round(c + 10 * np.cos(theta))
+        assert out[i, row, col] > 0.8, (angle, row, col)
+        assert out[i, c, c] == pytest.approx(0.6, abs=1e-5)
 
 
 def test_draws_keep_the_recipe_ranges() -> None:
@@ -273,4 +302,4 @@ def test_the_transforms_need_neither_the_pipeline_nor_the_checks() -> None:
     tree = ast.parse(Path(T.__file__).read_text())
     imported = {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    assert imported <= {"__future__", "typing", "cv2", "numpy"}, imported
+    assert imported <= {"__future__", "typing", "collections.abc", "cv2", "numpy"}, imported

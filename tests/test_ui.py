@@ -53,13 +53,26 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
         None,
     )
     for made in (overlay, pdf, batch):
-        assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.app.ui"
+        assert isinstance(made, functools.partial) and made.func.__module__ == "pneumo.app.cards"
         kept = _arrays(made.args)
         assert all(a.dtype == np.uint8 or a.size <= heat.size for a in kept), [(a.dtype, a.shape) for a in kept]
     assert _arrays(batch.args) and all(a.dtype == np.uint8 for a in _arrays(batch.args[0]))
 
-    direct = explain.png_bytes(explain.with_colorbar(explain.overlay(shown.xray.pixels, heat, 0.45)))
-    assert overlay() == direct
+    # The overlay blends the map at the chosen opacity over the grey film. A map that is 0 on the left half
+    # and 1 on the right gives, by the jet colour scale's ends (dark blue (0, 0, 128) at 0, dark red
+    # (128, 0, 0) at 1), 0.55 × grey + 0.45 × that colour in each channel; the colour bar lies to the right.
+    film = shown.xray.pixels
+    half = np.zeros_like(film)
+    half[:, film.shape[1] // 2 :] = 1.0
+    picture = _decoded(cards.overlay_png_on_click(upload, shown, half, 0.45)())[..., ::-1].astype(float)  # BGR
+    grey = np.round(film.astype(float) * 255)
+    h, w = film.shape
+    assert picture.shape[0] == h and picture.shape[1] > w
+    for columns, colour in ((slice(0, w // 2), (0, 0, 128)), (slice(w // 2, w), (128, 0, 0))):
+        for channel, value in enumerate(colour):
+            expected = 0.55 * grey[:, columns] + 0.45 * value
+            assert np.abs(picture[:, columns, channel] - expected).max() <= 1.0, (columns, channel)
+    assert _decoded(overlay()).shape == picture.shape  # the Grad-CAM map's overlay: the same film, the same bar
     assert pdf().startswith(b"%PDF") and batch().startswith(b"%PDF")
     # The batch report draws the map its card shows: the one kept for this film and model.
     assert (

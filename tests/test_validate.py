@@ -145,3 +145,13 @@ def test_shipped_maps_beat_the_average_map_on_deletion() -> None:
     assert figure["n"] == 48
     assert table["Grad-CAM (model)"] < table["average map"] < table["random map"]
     assert abs(table["random map"] - table["flat map"]) < 0.05  # a flat map is a random order: no information
+
+
+def test_a_damaged_checks_file_is_named_not_a_traceback(tmp_path: Path) -> None:
+    import json
+
+    from pneumo.evaluation.validate import check_row
+
+    (tmp_path / "checks.json").write_text(json.dumps({"clean": {}, "bootstrap_95": {}}))
+    with pytest.raises(ValueError, match="checks.json: no stress"):
+        check_row(tmp_path)

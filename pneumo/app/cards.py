@@ -109,8 +109,9 @@ def card_film(item: Upload | predict.Reading, notes: predict.Reading) -> predict
 
 
 def _overlay_png(item: Upload | predict.Reading, notes: predict.Reading, heat: Any, opacity: float) -> bytes:
-    pixels = card_film(item, notes).xray.pixels
-    return explain.png_bytes(explain.with_colorbar(explain.overlay(pixels, heat, opacity)))
+    xray = card_film(item, notes).xray
+    assert xray is not None  # only a card of a decoded film offers its overlay
+    return explain.png_bytes(explain.with_colorbar(explain.overlay(xray.pixels, heat, opacity)))
 
 
 def _reading_pdf(item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any) -> bytes:
@@ -132,6 +133,7 @@ def _batch_pdf(
 def _target(loaded: LoadedModel, reading: predict.Reading) -> int:
     """The class a card's maps explain: the reading's own at the threshold in force (an operating point
     chosen in the sidebar may move it), so the maps need no pass of their own to find it."""
+    assert reading.probability is not None  # maps are made only for decoded films, which all have one
     return int(reading.probability >= loaded.threshold)
 
 
@@ -139,10 +141,13 @@ def card_heatmaps(loaded: LoadedModel, digest: str, model_key: str, reading: pre
     """Both maps of a reading's film at the model's input size, from PICTURES (or made in one pass): the
     cards and the batch report show the same ones."""
     target = _target(loaded, reading)
-    return PICTURES.get(
-        ("heat", digest, model_key, target),
-        lambda: explain.gradcams(loaded, resize(predict.unpack(reading).xray.pixels, loaded.input_size), target=target),
-    )
+
+    def make() -> dict[str, Any]:
+        xray = predict.unpack(reading).xray
+        assert xray is not None  # maps are made only for decoded films
+        return explain.gradcams(loaded, resize(xray.pixels, loaded.input_size), target=target)
+
+    return PICTURES.get(("heat", digest, model_key, target), make)
 
 
 def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading, film: Any) -> list[bytes]:
@@ -251,3 +256,18 @@ def _notes(reading: predict.Reading) -> predict.Reading:
         list(reading.warnings),
         reading.repeat_of,
     )
+
+
+PEAK_OUTSIDE_NOTE = (
+    "The map's peak lies outside the lung field (estimated by image analysis): something other than the lungs, "
+    "such as the neck, a side marker or the film's edge, drove the score. Read the film, not the map."
+)
+
+
+def map_peak_note(digest: str, model_key: str, film: Any, heat: Any) -> str | None:
+    """PEAK_OUTSIDE_NOTE when the card's Grad-CAM map peaks outside the lungs, else None (cached per film)."""
+    # Kept as one byte (b"1": inside) in the byte-bounded picture cache.
+    inside = PICTURES.get(
+        ("peak-in-lungs", digest, model_key), lambda: b"1" if explain.peak_in_lungs(film, heat) else b"0"
+    )
+    return None if inside == b"1" else PEAK_OUTSIDE_NOTE

@@ -13,7 +13,7 @@ from pneumo.model.loading import LoadedModel
 
 
 def ui_pacs_config() -> Any:
-    """The deployment's PACS (secrets.toml [pneumo.integrations.pacs] or PNEUMO_PACS_*), never a visitor's URL; None
+    """The deployment's PACS (secrets.toml [pneumo.pacs] or PNEUMO_PACS_*), never a visitor's URL; None
     when none is configured or its settings are unusable (said once, as an error box)."""
     try:
         return pacs.PacsConfig.load(_secrets())

@@ -350,3 +350,29 @@ def framing_chart(rows: list[dict[str, Any]], zooms: tuple[float, float]) -> go.
         legend=dict(orientation="h", y=-0.25, yanchor="top"),
     )
     return fig
+
+
+def cue_chart(rows: list[dict[str, Any]]) -> go.Figure:
+    """Each non-anatomical cue's cross-validated ROC AUC for the label, strongest first; 0.5 (chance) marked."""
+    colours = {"framing": "#e76f51", "border": "#8d99ae", "text": "#6a4c93", "intensity": "#2a9d8f"}
+    fig = go.Figure(
+        go.Bar(
+            y=[r["cue"] for r in rows],
+            x=[r["roc_auc"] for r in rows],
+            orientation="h",
+            marker_color=[colours.get(r["kind"], "#888888") for r in rows],
+            text=[f"{r['kind']}: {r['roc_auc']:.3f}" for r in rows],
+            textposition="inside",
+            insidetextanchor="start",
+            hovertemplate="%{y}: ROC AUC %{x:.3f}<extra></extra>",
+        )
+    )
+    fig.add_vline(x=0.5, line_dash="dot", annotation_text="chance", annotation_position="top")
+    fig.update_layout(
+        height=90 + 26 * len(rows),
+        margin=dict(l=10, r=10, t=30, b=10),
+        showlegend=False,
+        xaxis=dict(range=[0.0, 1.0], title="ROC AUC of the cue alone (cross-validated by patient)"),
+        yaxis=dict(autorange="reversed"),
+    )
+    return fig

@@ -1,5 +1,5 @@
-"""Streamlit glue shared by the pages: cached loaders, the sidebar pickers, state keys. The only module of the
-package that imports Streamlit; the library never imports it. No maths here."""
+"""Streamlit glue shared by the pages: the cached model, the sidebar pickers, state keys, progress bars, the
+entry-point guard. pneumo.app is the only package that imports Streamlit; no maths here."""
 
 from __future__ import annotations
 
@@ -247,6 +247,7 @@ def sidebar(cfg: AppSettings) -> None:
             current = st.session_state.get("model_path") or st.query_params.get("model_path")
             index = next((i for i, label in enumerate(labels) if str(choices[label]) == current), 0)
             label = st.selectbox("Active model", labels, index=index, key="model_choice")
+            assert label is not None  # a selectbox with options and an index always holds one
             remember_choice("model_path", str(choices[label]))
             operating_point_picker(Path(str(choices[label])))
         else:
@@ -266,6 +267,7 @@ def sidebar(cfg: AppSettings) -> None:
                 help="Configured roots only: the bundled samples, data/, and paths from "
                 ".streamlit/secrets.toml ([pneumo] data_roots) or PNEUMO_DATA_ROOTS.",
             )
+            assert picked is not None  # a selectbox with options and an index always holds one
             remember_choice("data_root", str(roots[labels.index(picked)]))
         else:
             st.session_state["data_root"] = None

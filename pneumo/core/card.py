@@ -35,7 +35,7 @@ def check_threshold(value: Any, where: str) -> float:
     except OverflowError:  # a 400-digit integer: no float holds it, and math.isfinite would raise
         raise CardError(
             f"{where}: threshold must be a number in [0, 1], got an integer of about "
-            f"{int(value.bit_length() * 0.30103) + 1} digits"
+            f"{int(int(value).bit_length() * 0.30103) + 1} digits"
         ) from None
     if not math.isfinite(number) or not 0.0 <= number <= 1.0:
         raise CardError(f"{where}: threshold must be a number in [0, 1], got {number:.6g}")
@@ -316,7 +316,8 @@ class ModelCard:
         if not v:
             return ["no validation recorded: nothing is known of its figures"]
         out: list[str] = []
-        n = v.get("n") if isinstance(v.get("n"), int) else 0
+        n_raw = v.get("n")
+        n = n_raw if isinstance(n_raw, int) else 0
         ci = (v.get("bootstrap_95") or self.shift_checks.get("bootstrap_95") or {}).get("roc_auc") or {}
         width = ci.get("high", 0.0) - ci.get("low", 0.0) if ci else None
         if n < MIN_VALIDATION_FILMS:

@@ -99,7 +99,7 @@ def _pair(u8: np.ndarray, excluded: np.ndarray) -> np.ndarray | None:
     keep = [max(side, key=lambda i: stats[i, cv2.CC_STAT_AREA]) for side in (left, right) if side]
     if len(keep) < 2:
         return None
-    mask = np.isin(labels, keep).astype(np.uint8)
+    mask: np.ndarray = np.isin(labels, keep).astype(np.uint8)
     mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (9, 9)))
     contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(mask)

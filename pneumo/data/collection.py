@@ -248,7 +248,7 @@ def _scan_manifest(csv_path: Path) -> Dataset:
     rows = []
     problems: list[tuple[str, str]] = []
     root = csv_path.parent.resolve()
-    for i, rec in table.iterrows():
+    for i, (_, rec) in enumerate(table.iterrows()):  # i: the row number (read_csv numbers the rows 0, 1, …)
         path = Path(str(rec["path"]))
         path = path if path.is_absolute() else csv_path.parent / path
         # Resolved (symlinks followed) before anything is opened: a manifest names files under its own
@@ -459,7 +459,7 @@ def summarize(
         class_weights=class_weights(frame["label"].to_numpy()),
         patients_per_class={c: int(frame.loc[frame.class_name == c, "patient_id"].nunique()) for c in CLASS_NAMES},
         images_per_patient=frame.groupby("patient_id").size().sort_values(ascending=False),
-        subtypes={k: int(v) for k, v in frame.loc[frame.subtype != "", "subtype"].value_counts().items()},
+        subtypes={str(k): int(v) for k, v in frame.loc[frame.subtype != "", "subtype"].value_counts().items()},
         duplicate_groups=duplicate_groups(stats),
         image_stats=readable[["path", "class_name", "width", "height", "mean", "std", "hash"]].reset_index(drop=True),
         unreadable=unreadable,

@@ -150,7 +150,7 @@ def _decode_pil(data: bytes, label: str, max_pixels: int) -> tuple[np.ndarray, f
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img: Image.Image = Image.open(io.BytesIO(data))
             if img.format not in PIL_FORMATS:
                 raise InvalidImageError(label, f"unsupported image format {img.format}")
             _check_size(label, *img.size, max_pixels)
@@ -245,6 +245,7 @@ def _check_jpeg_entropy_complete(
     scan never reads past its own data, so the filler is skipped and the picture is identical; a cut scan
     reads the filler instead of zeros, and the picture changes."""
     probe = JpegImagePlugin.JpegImageFile(io.BytesIO(data))  # headers only: stops right after the first SOS
+    assert probe.fp is not None  # opened from a buffer: its file stays set until closed
     padded = _with_filler_before_markers(data, probe.fp.tell())
     if padded is None:
         raise InvalidImageError(

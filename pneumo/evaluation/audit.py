@@ -131,14 +131,14 @@ def write_review(path: str | Path, verdicts: dict[str, str], audited: pd.DataFra
     if path.exists():
         for r in read_review(path).to_dict("records"):
             rows[r["path"]] = {c: str(r.get(c, "")) for c in REVIEW_COLUMNS}
-    info = {} if audited is None else {r.path: r for r in audited.itertuples()}
+    info: dict[Any, Any] = {} if audited is None else {t.path: t for t in audited.itertuples()}
     for film, verdict in verdicts.items():
-        r = info.get(film)
+        seen = info.get(film)
         rows[film] = {
             "path": film,
-            "label": "" if r is None else str(int(r.label)),
+            "label": "" if seen is None else str(int(seen.label)),
             "verdict": verdict,
-            "score": "" if r is None else f"{r.score:.6f}",
+            "score": "" if seen is None else f"{seen.score:.6f}",
             "reviewed": now_iso(),
         }
     buf = io.StringIO()

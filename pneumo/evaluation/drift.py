@@ -375,7 +375,7 @@ def view(
         ok = [i for i, img in enumerate(images) if img is not None]
         bad += [{"path": part[i], "error": str(errors[i])} for i in range(len(part)) if images[i] is None]
         if ok:
-            batch = [images[i] for i in ok]
+            batch = [img for img in images if img is not None]  # the films of ok, in order
             feats.append(quality.features(loaded, batch))
             s = scores(loaded, batch, source)
             if s is not None:
@@ -456,6 +456,7 @@ def check_batch(
     if why_unavailable(loaded, len(images)) is not None:
         return None
     reference = load_reference(loaded)
+    s: np.ndarray | None
     if probabilities is not None and reference.score_source == "model":
         s = np.asarray(probabilities, dtype=float)
     else:

@@ -21,7 +21,6 @@ from pneumo.evaluation.drift import (
     SCORE_TOLERANCE,
     SPLITS,
     DriftUnavailable,
-    Progress,
     Reference,
     _read,
     model_sha,
@@ -31,6 +30,10 @@ from pneumo.evaluation.drift import (
 )
 from pneumo.model import input_check as quality
 from pneumo.model.loading import card_path, load_model, read_card
+
+# A callback(done, total), as drift.Progress, but done may be fractional: the stress conditions of step 3 count
+# as parts of it.
+Progress = Callable[[float, int], None]
 
 # ---------------------------------------------------------------------- building the reference
 
@@ -125,12 +128,12 @@ def fit_reference(
         raise ValueError(f"{len(paths)} films but {len(given)} probabilities")
     if len(paths) < MIN_REFERENCE_FILMS:
         raise ValueError(f"a drift reference needs at least {MIN_REFERENCE_FILMS} held-out films, got {len(paths)}")
-    images, errors = _read(paths)
-    ok = [i for i, img in enumerate(images) if img is not None]
+    decoded, errors = _read(paths)
+    ok = [i for i, img in enumerate(decoded) if img is not None]
     if len(ok) < MIN_REFERENCE_FILMS:
         first = next(e for e in errors if e)
         raise ValueError(f"only {len(ok)} of {len(paths)} reference films are readable (first error: {first})")
-    images = [images[i] for i in ok]
+    images = [img for img in decoded if img is not None]  # the films of ok, in order
     given = given[ok]
     groups_arr = (
         np.asarray([str(g) for g in groups], dtype=object)[ok]
@@ -190,7 +193,7 @@ def fit_reference(
         raise ValueError(f"only {len(cal)} films left to calibrate the drift check; give more held-out films")
 
     rng = np.random.default_rng(seed + 1)
-    cases = {"in-distribution": None}
+    cases: dict[str, int | None] = {"in-distribution": None}
     if labels_arr is not None:
         cases.update({"all normal": 0, "all pneumonia": 1})
     # False alarms over SPLITS patient splits (the first is the shipped one), draws shared out between them.
@@ -199,7 +202,11 @@ def fit_reference(
         built, held = (reference, cal) if k == 0 else split(k)
         held_d = built.distance(feats[held])
         for name, value in cases.items():
-            mask = np.ones(len(held), dtype=bool) if value is None else labels_arr[held] == value
+            if value is None:
+                mask = np.ones(len(held), dtype=bool)
+            else:
+                assert labels_arr is not None  # the labelled cases are listed only when labels are given
+                mask = labels_arr[held] == value
             per_split[name].append(
                 _alarm_rate(built, held_d[mask], given[held][mask], CALIBRATION_N, max(1, draws // SPLITS), rng)
             )
@@ -225,6 +232,7 @@ def fit_reference(
     for name, population in (populations or {}).items():
         f, s, kept, _ = view(loaded, list(population), source if source != "none" else "model")
         if kept:
+            assert s is not None  # scored with the model or its first member: view returns scores for kept films
             named[name] = {
                 **_alarm_rate(reference, reference.distance(f), s, CALIBRATION_N, power_draws, rng),
                 "films": len(kept),

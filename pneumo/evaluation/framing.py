@@ -63,7 +63,7 @@ TOLERANCE = 0.05
 Scorer = Callable[[np.ndarray], np.ndarray]  # a batch of [0, 1] films (n, side, side) → one probability each
 
 
-def oof_member(member_probabilities: Callable[[np.ndarray], np.ndarray], folds: Sequence[int]) -> Scorer:
+def oof_member(member_probabilities: Callable[[np.ndarray], np.ndarray], folds: Sequence[int] | np.ndarray) -> Scorer:
     """A scorer that gives film i the probability of ensemble member folds[i] (the one that never saw it)."""
     index = np.asarray(folds, dtype=int)
 

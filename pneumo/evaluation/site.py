@@ -77,7 +77,9 @@ def _lower_bounds(successes: np.ndarray, trials: np.ndarray, confidence: float =
     return np.where(k <= 0, 0.0, out)
 
 
-def site_threshold(labels: Sequence[int], probabilities: Sequence[float], target: float) -> float:
+def site_threshold(
+    labels: Sequence[int] | np.ndarray, probabilities: Sequence[float] | np.ndarray, target: float
+) -> float:
     """The highest threshold with sensitivity >= target on these films, midway between the lowest
     positive score it must flag and the next lower score of any film."""
     y, p = np.asarray(labels, dtype=int), np.asarray(probabilities, dtype=float)

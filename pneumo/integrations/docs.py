@@ -1,12 +1,14 @@
-"""Tables in README.md and models/EXPERIMENTS.md generated from the JSON they quote.
+"""Tables in README.md and models/EXPERIMENTS.md generated from what they quote: the JSON of the card and the
+bench, and the package's own modules.
 
 A block between `<!-- NAME:start -->` and `<!-- NAME:end -->` is written by `python -m pneumo docs`;
-tests/test_docs.py fails when a block differs from what its source gives, so a figure in the docs is
-never copied by hand.
+tests/test_docs.py fails when a block differs from what its source gives, so a figure or a module list in
+the docs is never copied by hand.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Callable
@@ -101,11 +103,46 @@ def _card() -> ModelCard:
 
 
 BENCH = PROJECT_ROOT / "bench" / "results.json"
+PACKAGE = PROJECT_ROOT / "pneumo"
+
+
+def _summary(source: str) -> str:
+    """A module docstring's first line as written before wrapping: its first paragraph on one line."""
+    doc = ast.get_docstring(ast.parse(source)) or ""
+    return " ".join(doc.strip().split("\n\n")[0].split())
+
+
+def _dotted(package: Path, path: Path) -> str:
+    parts = path.relative_to(package.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_map(package: Path = PACKAGE) -> str:
+    """Every module of a package with the first line of its docstring, one table per subpackage (the top level
+    first, then the subpackages by name; a subpackage's own subpackages sit in its table). Read from the
+    source, never imported: the list costs no TensorFlow or Streamlit start-up."""
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for path in sorted(package.rglob("*.py")):
+        name = _dotted(package, path)
+        parts = name.split(".")
+        nested = len(parts) > 2 or (len(parts) == 2 and (package / parts[1]).is_dir())
+        group = ".".join(parts[:2]) if nested else parts[0]
+        groups.setdefault(group, []).append((name, _summary(path.read_text(encoding="utf-8"))))
+    lines: list[str] = []
+    for group in sorted(groups, key=lambda g: (g != package.name, g)):
+        lines += ["", f"**`{group}`**" if group != package.name else f"**`{group}`** (top level)", ""]
+        lines += ["| module | what it holds |", "| --- | --- |"]
+        for name, summary in sorted(groups[group]):
+            escaped = summary.replace("|", "\\|")  # a bar in a docstring would end the table cell
+            lines.append(f"| `{name}` | {escaped or '(no docstring)'} |")
+    return "\n".join(lines[1:])
+
 
 BLOCKS: dict[str, tuple[Path, Callable[[], str]]] = {
     "model-table": (README, lambda: model_table(_card())),
     "experiments-shipped": (EXPERIMENTS, lambda: model_table(_card())),
     "bench-table": (README, lambda: bench_table(load_json(BENCH))),
+    "module-map": (README, module_map),
 }
 
 

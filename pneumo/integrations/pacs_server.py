@@ -194,7 +194,7 @@ def start_orthanc(
             raise PacsServerError(f"port {port} on 127.0.0.1 is already in use; choose another PACS_PORT")
     name = f"pneumo-pacs-{uuid.uuid4().hex[:8]}"
     own = workdir is None
-    root = Path(tempfile.mkdtemp(prefix="pneumo-orthanc-")) if own else Path(workdir)
+    root = Path(tempfile.mkdtemp(prefix="pneumo-orthanc-")) if workdir is None else Path(workdir)
     (root / "storage").mkdir(parents=True, exist_ok=True)
     config_path = root / "orthanc.json"
     config_path.write_text(
@@ -314,12 +314,12 @@ def film_dataset(
 ) -> Any:
     """One 8-bit MONOCHROME2 chest film as a CR or DX (for presentation) instance."""
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     sop_class = {"CR": "1.2.840.10008.5.1.4.1.1.1", "DX": "1.2.840.10008.5.1.4.1.1.1.1"}[modality]
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = sop_uid
+    meta.MediaStorageSOPClassUID = UID(sop_class)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds = Dataset()

@@ -1,12 +1,12 @@
 """Grad-CAM and Grad-CAM++ heatmaps and their overlay on the X-ray.
 
 Three engines give the same maps: the exported ONNX graph when the model has one (pneumo.model.serving), a
-traced TensorFlow graph otherwise, and tf-keras-vis, the reference both are tested against.
+traced TensorFlow graph otherwise, and tf-keras-vis, the reference both are tested against (a development
+dependency: the `dev` extra installs it; serving never needs it).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -184,7 +184,10 @@ def gradcams(
                 batch.shape[1:3],
             )
         else:
-            from tf_keras_vis.utils.scores import BinaryScore
+            try:
+                from tf_keras_vis.utils.scores import BinaryScore
+            except ImportError as exc:  # the reference engine is the tests' and the bench's, not the app's
+                raise ImportError("engine 'tf-keras-vis' needs the dev extra: pip install -e '.[dev]'") from exc
 
             explainer, target_layer = _explainer(loaded, method, layer or loaded.gradcam_layer)
             cam = explainer(
@@ -370,16 +373,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def explain_to_png(
-    loaded: LoadedModel, image: np.ndarray, path: str | Path, method: str = "gradcam", alpha: float = 0.4
-) -> Path:
-    """Write a Grad-CAM overlay PNG and return its path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(overlay(image, gradcam(loaded, image, method), alpha)))
-    return path
-
-
 def warm_up(loaded: LoadedModel) -> None:
     """Trace the forward pass, both explainers and the input check once, so the first real X-ray is as fast
     as the rest."""
@@ -389,3 +382,11 @@ def warm_up(loaded: LoadedModel) -> None:
     gradcams(loaded, image, METHODS, target=1)
     if loaded.density is not None:
         check(loaded, image, loaded.density)
+
+
+def peak_in_lungs(film: np.ndarray, heat: np.ndarray) -> bool:
+    """Whether a map's hottest point lies inside the film's lung field (pneumo.data.anatomy's estimate): a map
+    peaking on the neck, a side marker or the film's edge shows something other than the lungs drove the score."""
+    from pneumo.data.anatomy import lung_field, peak_inside
+
+    return peak_inside(heat, lung_field(film).mask)

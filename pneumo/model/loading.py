@@ -191,7 +191,10 @@ def _last_conv_layer(model: Any) -> str:
     import keras
 
     for layer in reversed(model.layers):
-        if not isinstance(layer, keras.layers.InputLayer) and len(getattr(layer, "output", None).shape or ()) == 4:
+        if (
+            not isinstance(layer, keras.layers.InputLayer)
+            and len(getattr(getattr(layer, "output", None), "shape", None) or ()) == 4
+        ):
             return layer.name
     raise ValueError("model has no 4-D feature map for Grad-CAM")
 

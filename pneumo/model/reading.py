@@ -21,7 +21,6 @@ from pneumo.model.loading import LoadedModel
 
 PNEUMONIA, NORMAL, UNCERTAIN = "PNEUMONIA", "NORMAL", "UNCERTAIN — review"
 NOT_ASSESSABLE = "NOT ASSESSABLE"
-DECISIONS = (PNEUMONIA, NORMAL, UNCERTAIN, NOT_ASSESSABLE)
 # The one uncertain band (± probability around the threshold) of the CLI, the app, the reports and PACS.
 DEFAULT_BAND = 0.05
 

@@ -140,7 +140,7 @@ class RunLogger(keras.callbacks.Callback):
         logs = dict(logs or {})
         schedule = self.schedule
         lr = float(schedule(self.model.optimizer.iterations)) if callable(schedule) else float(schedule)
-        record = {
+        record: dict[str, Any] = {
             "type": "epoch",
             "epoch": epoch + 1,
             "epochs": self.epochs,

@@ -38,6 +38,24 @@ def field_choices(f: Any) -> tuple[Any, ...] | None:
     return f.metadata.get("choices")
 
 
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """ValueError unless value has a type the field's annotation allows ("int", "float", "str", "bool",
+    "int | None"): a config.json is user input, and a number given as text must be refused here, not fail
+    deep inside training. An int passes for a float; a bool passes for neither."""
+    allowed = {part.strip() for part in annotation.split("|")}
+    if value is None and "None" in allowed:
+        return
+    ok = {
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "str": isinstance(value, str),
+    }
+    if not any(ok.get(kind, False) for kind in allowed):
+        wanted = " or ".join(sorted(allowed - {"None"}))
+        raise ValueError(f"{name} must be {wanted}; got {type(value).__name__} {str(value)[:40]!r}")
+
+
 AUGMENTATIONS = ("none", "basic", "shift", "frame")
 KEEP = ("last", "best")
 
@@ -102,7 +120,9 @@ class TrainConfig:
         return cls(**values)
 
     def validate(self) -> TrainConfig:
-        """Raise ValueError naming the first field outside its allowed values."""
+        """Raise ValueError naming the first field of the wrong type or outside its allowed values."""
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), str(f.type))
         if self.fold >= self.folds:
             raise ValueError(f"fold must be below folds ({self.folds}); got {self.fold}")
         if self.label_review and not Path(self.label_review).is_file():

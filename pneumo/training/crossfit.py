@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,22 @@ from pneumo.data.collection import parse_name
 from pneumo.data.splits import patient_number, series
 from pneumo.evaluation import audit
 from pneumo.evaluation.metrics import metrics_at
-from pneumo.evaluation.validate import bootstrap, decision_checks, explanation_faithfulness, load_images
+from pneumo.evaluation.validate import (
+    bootstrap,
+    decision_checks,
+    explanation_faithfulness,
+    load_images,
+    map_anatomy,
+)
 from pneumo.model.loading import OOF_FILE, load_model
 from pneumo.training import runs
 from pneumo.training.qualify import export_for_serving
 
 # pneumo.training.job's helpers are imported where used: they are lazy re-exports that load TensorFlow.
 OOF_COLUMNS = ["path", "label", "fold", "probability", "patient_id"]
-# Films the framing sweep and the stress suite score out of fold, by patient: 30 conditions each, about 4 minutes
-# on 2 CPU cores at 2,000 films; the intervals say what the sample size allows.
-FRAMING_FILMS = 2000
+# Films the framing sweep and the stress suite score out of fold, by patient: 30 conditions each, about 3 minutes
+# on 2 CPU cores at 1,500 films; the intervals say what the sample size allows.
+FRAMING_FILMS = 1500
 
 
 def is_fold_run(run_dir: str | Path) -> bool:
@@ -46,7 +53,7 @@ def is_fold_run(run_dir: str | Path) -> bool:
     return isinstance(config, dict) and config.get("split") == "fold"
 
 
-def fold_runs(run_dirs: list[str | Path]) -> list[Path]:
+def fold_runs(run_dirs: Sequence[str | Path]) -> list[Path]:
     """The fold runs in fold order, checked to be one partition: same data, folds and split seed, each
     fold once, every film held out exactly once."""
     dirs = [Path(r) for r in run_dirs]
@@ -55,6 +62,9 @@ def fold_runs(run_dirs: list[str | Path]) -> list[Path]:
         config = files.read_json(d / "config.json")
         if not isinstance(config, dict) or config.get("split") != "fold":
             raise ValueError(f"{d}: not a fold run (train it with --split fold --fold K)")
+        bad = [k for k in ("folds", "fold") if isinstance(config.get(k), bool) or not isinstance(config.get(k), int)]
+        if bad:
+            raise ValueError(f"{d / 'config.json'}: {', '.join(bad)} must be a whole number (damaged config)")
         configs[d] = config
     keys = {
         (
@@ -78,7 +88,7 @@ def fold_runs(run_dirs: list[str | Path]) -> list[Path]:
     return order
 
 
-def oof_predictions(run_dirs: list[str | Path]) -> pd.DataFrame:
+def oof_predictions(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     """Each fold run's held-out predictions stacked: one row per training film (path, label, fold,
     probability, patient_id)."""
     parts = []
@@ -175,7 +185,7 @@ def populations(frame: pd.DataFrame, threshold: float, bands: int = 5) -> dict[s
     f = frame.assign(
         series=[series(p) for p in frame["path"]],
         subtype=[parse_name(p)[1] for p in frame["path"]],
-        number=[patient_number(pid) for pid in frame["patient_id"]],
+        number=pd.array([patient_number(pid) for pid in frame["patient_id"]], dtype="Int64"),
     )
     positives = f[f["label"] == 1]
     out: dict[str, Any] = {"by_population": [], "by_band": []}
@@ -233,7 +243,7 @@ def _held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
 
 
 def _stress_by_fold(fold_dirs: list[Path]) -> dict[str, Any]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for d in fold_dirs:
         checks = files.read_json(d / "checks.json", {}) or {}
         stress = checks.get("stress") or {}
@@ -262,11 +272,19 @@ def member_faithfulness(fold_dirs: list[Path], threshold: float, limit: int = 96
     for k, d in enumerate(fold_dirs):
         member = load_model(d / "model.keras")
         held = pd.read_csv(d / "val_predictions.csv")
-        figure = explanation_faithfulness(
-            member, load_images(held["path"].tolist(), member.input_size), threshold, limit=limit, seed=k
-        )
+        images = load_images(held["path"].tolist(), member.input_size)
+        figure = explanation_faithfulness(member, images, threshold, limit=limit, seed=k)
         tables.append(pd.DataFrame(figure["table"]).set_index("map"))
-        parts.append({"fold": k, "beats_average_map": figure["beats_average_map"], "n": figure["n"]})
+        anatomy = map_anatomy(member, images, threshold, limit=limit, seed=k)
+        parts.append(
+            {
+                "fold": k,
+                "beats_average_map": figure["beats_average_map"],
+                "n": figure["n"],
+                "anatomy": anatomy["table"],
+                "lung_field_found": anatomy["lung_field_found"],
+            }
+        )
     mean = sum(tables) / len(tables)
     return {
         "table": mean.round(4).reset_index().to_dict("records"),

@@ -29,18 +29,18 @@ def ensemble(
     and checks still come from images none of its members trained on. out_dir is claimed like a run
     folder (new, or an ended run replaced with overwrite=True).
     """
-    run_dirs = [Path(r) for r in run_dirs]
-    if len(run_dirs) < 2:
+    members = [Path(r) for r in run_dirs]
+    if len(members) < 2:
         raise ValueError("an ensemble needs at least two runs")
-    if Path(out_dir).resolve() in {r.resolve() for r in run_dirs}:
+    if Path(out_dir).resolve() in {r.resolve() for r in members}:
         raise ValueError(f"{out_dir}: the ensemble cannot be written into one of its members")
-    for r in run_dirs:  # checked before the output folder is claimed: a refused request creates nothing
+    for r in members:  # checked before the output folder is claimed: a refused request creates nothing
         for name in ("model.keras", "val_predictions.csv"):
             if not (r / name).is_file():
                 raise ValueError(f"{r}: not a finished run (no {name})")
     with runs.claim(out_dir, overwrite) as out:
         runs.write_status(out, "running", pid=os.getpid(), started=files.now_iso(), heartbeat=files.now_iso())
-        card = _ensemble(run_dirs, out, target_recall)
+        card = _ensemble(members, out, target_recall)
         runs.write_status(out, "finished", ended=files.now_iso())
     return card
 

@@ -40,6 +40,9 @@ class Augmentation:
     # the symmetric `zoom` above. Log-uniform, so that zooming in by s and out by 1/s are equally likely.
     zoom_min: float = 0.0
     zoom_max: float = 0.0
+    # The share of draws whose geometry meets black at the film's edge (a collimated or padded film) instead of
+    # the mirrored edge: both classes see black borders equally often, so a border tells the network nothing.
+    black_border: float = 0.0
 
     @classmethod
     def preset(cls, name: str) -> Augmentation | None:
@@ -61,6 +64,7 @@ class Augmentation:
                 noise=0.03,
             ),
             "frame": cls(
+                black_border=0.3,
                 rotation_deg=10.0,
                 shift=0.10,
                 zoom=0.0,
@@ -201,13 +205,15 @@ class Draw:
     contrast: float = 1.0  # transforms.contrast factor
     brightness: float = 0.0  # transforms.brightness delta
     noise: float = 0.0  # transforms.noise standard deviation
+    black_border: float = 0.0  # 1: the geometry meets black at the border, 0: the mirrored edge
     noise_seed: int = 0  # transforms.noise pattern
 
     @classmethod
     def from_row(cls, row: Any) -> Draw:
         """From one row of ``draw_parameters`` (the fields in order)."""
         values = [float(v) for v in row]
-        return cls(*values[:-1], noise_seed=int(values[-1]))
+        floats = dict(zip(DRAW_FIELDS[:-1], values[:-1], strict=True))  # every field but noise_seed, the last
+        return cls(**floats, noise_seed=int(values[-1]))
 
 
 DRAW_FIELDS = tuple(f.name for f in fields(Draw))
@@ -220,13 +226,14 @@ def blur_sigma(side: int, pooled: int = 1) -> float:
 
 
 def augment_image(img: np.ndarray, draw: Draw, sigma: float) -> np.ndarray:
-    """One 2-D [0, 1] image changed by `draw`: the geometry as one warp (border reflected), then gamma,
+    """One 2-D [0, 1] image changed by `draw`: the geometry as one warp (border mirrored, or black), then gamma,
     blur or sharpening of width `sigma`, contrast about the mean, brightness, noise; clipped to [0, 1] once.
 
     The functions are the stress suite's (validate.STRESS): a draw with a stress condition's value gives
     its pixels, apart from the border rule of the geometry.
     """
-    out = T.affine(img, draw.rotate_deg, draw.scale, draw.aspect, (draw.shift_x, draw.shift_y), border="reflect")
+    border: T.Border = "constant" if draw.black_border >= 0.5 else "reflect"
+    out = T.affine(img, draw.rotate_deg, draw.scale, draw.aspect, (draw.shift_x, draw.shift_y), border=border)
     if draw.gamma != 1.0:
         out = T.gamma(out, draw.gamma)
     if draw.blur:
@@ -270,6 +277,7 @@ def draw_parameters(aug: Augmentation, n: Any, seed: Any, pooled: int = 1) -> An
         "contrast": 1.0 + uniform(7, -aug.contrast, aug.contrast),
         "brightness": uniform(8, -aug.brightness, aug.brightness),
         "noise": uniform(9, 0.0, aug.noise / pooled) if aug.noise else zeros,
+        "black_border": tf.cast(uniform(11, 0.0, 1.0) < aug.black_border, tf.float32) if aug.black_border else zeros,
         "noise_seed": tf.floor(uniform(10, 0.0, float(_NOISE_SEEDS))),
     }
     return tf.stack([columns[name] for name in DRAW_FIELDS], axis=1)

@@ -75,6 +75,7 @@ def finish_run(
             "input_check": input_check,
             "serving": serving,
             "explanation": checks["explanation"],
+            "explanation_anatomy": checks["explanation_anatomy"],
             "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
             "output": "sigmoid probability of PNEUMONIA",
         },
@@ -151,4 +152,5 @@ def shift_checks(
         "bootstrap_95": V.bootstrap(labels, probs["clean"], val_df["patient_id"].to_numpy(), threshold),
         "stress": {k: v for k, v in stress.to_dict().items() if k != "probabilities"},
         "explanation": V.explanation_faithfulness(loaded, images, threshold, limit=explain_limit),
+        "explanation_anatomy": V.map_anatomy(loaded, images, threshold, limit=explain_limit),
     }

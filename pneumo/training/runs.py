@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -111,7 +111,7 @@ class Metrics(list):
 
     def __init__(
         self,
-        records: list[dict[str, Any]] = (),
+        records: Iterable[dict[str, Any]] = (),
         truncated: bool = False,
         size: int = 0,
         skipped: int = 0,
@@ -164,7 +164,8 @@ def read_metrics(
         lines = lines[1:]  # the first line starts somewhere inside a record
     lines = lines[:-1]  # the part after the last newline is empty or still being written
     records: list[dict[str, Any]] = []
-    skipped, problems = 0, []
+    skipped = 0
+    problems: list[str] = []
     first_line = None if truncated else 1
     for i, line in enumerate(lines):
         if not line.strip():
@@ -471,9 +472,11 @@ def run_info(run_dir: str | Path) -> RunInfo:
 
 def _kept_auc(epochs: list[dict[str, Any]]) -> float | None:
     kept = [e for e in epochs if e.get("kept")]
-    value = kept[-1].get("val_auc") if kept else None
+    raw = kept[-1].get("val_auc") if kept else None
+    if raw is None:
+        return None
     try:
-        value = float(value)
+        value = float(raw)
     except (TypeError, ValueError):
         return None
     return value if math.isfinite(value) else None
@@ -661,6 +664,7 @@ def kill(run_dir: str | Path) -> bool:
     pid = status.get("pid")
     if status.get("state") not in ("queued", "running") or not pid_alive(pid):
         return False
+    assert isinstance(pid, int)  # pid_alive is False for anything but a positive int
     args = _cmdline(pid)
     if args is not None and "pneumo" not in " ".join(args):
         return False  # the number belongs to another program now

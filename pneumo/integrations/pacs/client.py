@@ -21,7 +21,7 @@ ACCEPT_DICOM = 'multipart/related; type="application/dicom"; transfer-syntax=*'
 class Pacs:
     """A DICOMweb server: dicomweb-client for QIDO-RS, metadata and STOW-RS, the same session for WADO-RS."""
 
-    def __init__(self, url: str, session: Any = None, timeout: float = DEFAULT_TIMEOUT):
+    def __init__(self, url: str, session: Any = None, timeout: float = DEFAULT_TIMEOUT, secret: str | None = None):
         import requests
         from dicomweb_client.api import DICOMwebClient
 
@@ -29,6 +29,7 @@ class Pacs:
         self.display_url = redact(self.url)
         self.timeout = float(timeout)
         self.session = session if session is not None else requests.Session()
+        self.secret = secret  # seals the SRs this deployment writes; see pneumo.integrations.pacs.seal
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"not a DICOMweb URL (expected http(s)://host[:port]/path): {self.display_url}")
@@ -41,7 +42,7 @@ class Pacs:
 
     @classmethod
     def from_config(cls, config: PacsConfig) -> Pacs:
-        return cls(config.url, session=config.session(), timeout=config.timeout)
+        return cls(config.url, session=config.session(), timeout=config.timeout, secret=config.secret)
 
     def _call(self, what: str, study: str | None, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         import requests

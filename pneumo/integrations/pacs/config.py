@@ -8,7 +8,7 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -22,6 +22,7 @@ ENV_TIMEOUT = "PNEUMO_PACS_TIMEOUT"
 ENV_CA_BUNDLE = "PNEUMO_PACS_CA_BUNDLE"
 ENV_SHOW_IDENTIFIERS = "PNEUMO_PACS_SHOW_IDENTIFIERS"
 ENV_ALLOW_SEND = "PNEUMO_PACS_ALLOW_SEND"
+ENV_SECRET = "PNEUMO_PACS_SECRET"
 DEFAULT_TIMEOUT = 30.0
 
 
@@ -74,6 +75,7 @@ class PacsConfig:
     ca_bundle: str | None = None
     show_identifiers: bool = False  # patient name, id, birth date and accession shown in lists
     allow_send: bool | None = None  # storing results from the app; None: as the deployment's allow_changes
+    secret: str | None = field(default=None, repr=False)  # the key that seals our SRs (pneumo.integrations.pacs.seal)
 
     def may_send(self, allow_changes: bool) -> bool:
         """Whether the app may store results: allow_send when the deployment set it, else allow_changes
@@ -84,7 +86,7 @@ class PacsConfig:
     def load(
         cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None, url: str | None = None
     ) -> PacsConfig | None:
-        """From `[pneumo.integrations.pacs]` in .streamlit/secrets.toml and PNEUMO_PACS_* variables (the environment
+        """From `[pneumo.pacs]` in .streamlit/secrets.toml and PNEUMO_PACS_* variables (the environment
         wins); url overrides both (the CLI's --url). None when no URL is configured anywhere."""
         environ = os.environ if environ is None else environ
         section: Mapping[str, Any] = {}
@@ -116,6 +118,7 @@ class PacsConfig:
             ca_bundle=pick(ENV_CA_BUNDLE, "ca_bundle") or None,
             show_identifiers=_truthy(pick(ENV_SHOW_IDENTIFIERS, "show_identifiers") or False),
             allow_send=None if send in (None, "") else _truthy(send),
+            secret=pick(ENV_SECRET, "secret") or None,
         )
 
     def session(self) -> Any:

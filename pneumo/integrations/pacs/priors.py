@@ -49,6 +49,22 @@ class ScreeningKey:
         ) and abs(self.threshold - other.threshold) <= 1e-9
 
 
+def sealed_fields(
+    source_uid: str, key: ScreeningKey, probability: float | None, decision: str, card_hash: str
+) -> dict[str, Any]:
+    """What a seal covers: the film and every field a reader of the result would act on."""
+    return {
+        "source": source_uid,
+        "model": key.model,
+        "version": key.version,
+        "operating_point": key.operating_point,
+        "threshold": float(key.threshold),
+        "probability": None if probability is None else float(probability),
+        "decision": decision,
+        "card_hash": card_hash,
+    }
+
+
 @dataclass
 class PriorScreening:
     """A pneumo SR found in the study: what it said, for the worklist, and what it stands for."""
@@ -61,6 +77,20 @@ class PriorScreening:
     warnings: list[str]
     card_hash: str
     overlay_uid: str | None
+    seal: str = ""
+
+    def distrust(self, key: bytes, card_hash: str) -> str | None:
+        """Why this SR is not believed, or None when its seal checks out and its card is the one in force."""
+        from pneumo.integrations.pacs.seal import verify
+
+        fields = sealed_fields(self.source_uid, self.key, self.probability, self.decision, self.card_hash)
+        if not self.seal:
+            return "carries no seal"
+        if not verify(key, fields, self.seal):
+            return "its seal does not match its content (forged or altered)"
+        if self.card_hash != card_hash:
+            return f"written under card {self.card_hash[:12]!r}, not the card in force ({card_hash[:12]})"
+        return None
 
 
 def _content_items(item: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
@@ -77,18 +107,18 @@ def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
     found: dict[str, list[Any]] = {}
     source = overlay = None
     for child in _content_items(item):
-        concept = next(iter(_values(child, "ConceptNameCodeSequence")), {})
+        concept: Mapping[str, Any] = next(iter(_values(child, "ConceptNameCodeSequence")), {})
         code = f"{_value(concept, 'CodingSchemeDesignator')}:{_value(concept, 'CodeValue')}"
         kind = str(_value(child, "ValueType"))
         if kind == "NUM":
-            measured = next(iter(_values(child, "MeasuredValueSequence")), {})
+            measured: Mapping[str, Any] = next(iter(_values(child, "MeasuredValueSequence")), {})
             number = _value(measured, "FloatingPointValue", None)
             number = float(number) if number is not None else float(_value(measured, "NumericValue", "nan"))
             found.setdefault(code, []).append(number)
         elif kind == "TEXT":
             found.setdefault(code, []).append(str(_value(child, "TextValue")))
         elif kind == "IMAGE":
-            ref = next(iter(_values(child, "ReferencedSOPSequence")), {})
+            ref: Mapping[str, Any] = next(iter(_values(child, "ReferencedSOPSequence")), {})
             if code == f"{SCHEME}:GRADCAM":
                 overlay = str(_value(ref, "ReferencedSOPInstanceUID")) or None
             elif code == "DCM:121322":
@@ -112,14 +142,24 @@ def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
         warnings=list(found.get(f"{SCHEME}:WARNING", [])),
         card_hash=str(first(f"{SCHEME}:CARDHASH", "")),
         overlay_uid=overlay,
+        seal=str(first(f"{SCHEME}:SEAL", "")),
     )
 
 
-def prior_screenings(metadata: Iterable[Mapping[str, Any]], key: ScreeningKey) -> dict[str, PriorScreening]:
-    """Source SOP Instance UID → the latest SR of this model and operating point that screened it."""
+def prior_screenings(
+    metadata: Iterable[Mapping[str, Any]], key: ScreeningKey, seal_key: bytes, card_hash: str
+) -> tuple[dict[str, PriorScreening], dict[str, list[str]]]:
+    """Source SOP Instance UID → the latest SR of this model and operating point that screened it and proves it
+    (PriorScreening.distrust), and source UID → why each other SR claiming it was not believed."""
     done: dict[str, PriorScreening] = {}
+    untrusted: dict[str, list[str]] = {}
     for item in metadata:
         prior = read_screening_sr(item)
-        if prior is not None and prior.key.matches(key):
+        if prior is None or not prior.key.matches(key):
+            continue
+        why = prior.distrust(seal_key, card_hash)
+        if why is None:
             done[prior.source_uid] = prior
-    return done
+        else:
+            untrusted.setdefault(prior.source_uid, []).append(f"SR {prior.sr_uid} ignored: {why}")
+    return done, untrusted

@@ -79,22 +79,27 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
     reading = result.reading
     if result.prediction != NOT_ASSESSABLE and reading.xray is not None:
         # No explanation for a film the input check cannot assess: a heat map would lend it a reading.
+        probability, threshold = result.probability, result.threshold
+        assert probability is not None and threshold is not None  # both are set for every screened film
         heatmap = result.heatmap
         if heatmap is None:
             from pneumo.model.explain import gradcam
 
             heatmap = result.heatmap = gradcam(loaded, reading.xray.pixels)
         lines = [
-            f"{loaded.card.name}: p(pneumonia) {result.probability:.3f} -> {result.prediction} "
-            f"(threshold {result.threshold:.4f}, {result.operating_point})",
+            f"{loaded.card.name}: p(pneumonia) {probability:.3f} -> {result.prediction} "
+            f"(threshold {threshold:.4f}, {result.operating_point})",
             # Grad-CAM explains the decided class (as the app and the PDF report do); say which.
-            f"heat: what drove the {'PNEUMONIA' if result.probability >= result.threshold else 'NORMAL'} "
-            "score, not where disease is",
+            f"heat: what drove the {'PNEUMONIA' if probability >= threshold else 'NORMAL'} score, not where disease is",
         ]
         overlay = build_overlay_sc(
             result.source, overlay_picture(reading.xray.pixels, heatmap, lines), output.sc_series, output.count, loaded
         )
-    sr = build_screening_sr(result.source, result, loaded, output.sr_series, output.count, overlay)
+    from pneumo.integrations.pacs.seal import seal_key
+
+    sr = build_screening_sr(
+        result.source, result, loaded, output.sr_series, output.count, overlay, seal_key=seal_key(pacs.secret)
+    )
     pacs.store(result.study_uid, [d for d in (overlay, sr) if d is not None])
     result.stored = {
         "sr": str(sr.SOPInstanceUID),
@@ -121,7 +126,10 @@ def screen_study(
     key = ScreeningKey.of(loaded)
     metadata = pacs.study_metadata(study_uid)
     frontal, skipped = select_instances(metadata)
-    done = {} if force else prior_screenings(metadata, key)
+    from pneumo.integrations.pacs.seal import seal_key
+
+    sealing = seal_key(pacs.secret)
+    done, untrusted = ({}, {}) if force else prior_screenings(metadata, key, sealing, card_hash(loaded))
     base = f"{pacs.display_url}/studies/{study_uid}"
 
     def path(series: str, sop: str) -> str:
@@ -171,6 +179,8 @@ def screen_study(
             _result_from_reading(result, reading, loaded)
             if candidate.note and result.status == SCREENED:
                 result.warnings.append(candidate.note)
+            # An SR that claimed this film without proving it is named beside the new reading.
+            result.warnings += untrusted.get(candidate.sop_uid, [])
             if result.status == SCREENED:
                 result.source = _header(raw)
             if push and result.status == SCREENED:

@@ -114,7 +114,8 @@ def search_studies(
     if study_uids:
         filters["StudyInstanceUID"] = ",".join(study_uids)
     found: dict[str, dict[str, Any]] = {}
-    for modality in modalities or [None]:
+    queried: Sequence[str | None] = modalities or [None]  # [None]: one query for every modality
+    for modality in queried:
         query = dict(filters, **({"ModalitiesInStudy": modality} if modality else {}))
         for item in pacs.search_studies(query, limit):
             uid = str(_value(item, "StudyInstanceUID"))
@@ -140,11 +141,14 @@ def search_studies(
     if limit is not None:
         studies = studies[:limit]
     if unscreened_by is not None:
-        key = ScreeningKey.of(unscreened_by)
+        from pneumo.integrations.pacs.seal import seal_key
+        from pneumo.model.reading import card_hash
+
+        key, sealing, in_force = ScreeningKey.of(unscreened_by), seal_key(pacs.secret), card_hash(unscreened_by)
         for study in studies:
             metadata = pacs.study_metadata(study.study_uid)
             frontal, _ = select_instances(metadata)
-            done = prior_screenings(metadata, key)
+            done, _ = prior_screenings(metadata, key, sealing, in_force)
             study.screened = all(c.sop_uid in done for c in frontal)
         studies = [s for s in studies if not s.screened]
     return studies

@@ -47,6 +47,7 @@ def _codes() -> dict[str, Any]:
         "band": Code("BAND", SCHEME, "Uncertain band half-width"),
         "operating_point": Code("OPPOINT", SCHEME, "Operating point"),
         "card_hash": Code("CARDHASH", SCHEME, "Model card SHA-256 (12 hex)"),
+        "seal": Code("SEAL", SCHEME, "HMAC-SHA256 of the reading under the deployment's key"),
         "engine": Code("ENGINE", SCHEME, "Inference engine"),
         "warning": Code("WARNING", SCHEME, "Input check warning"),
         "research": Code("RESEARCH", SCHEME, "Research use statement"),
@@ -202,12 +203,15 @@ def build_screening_sr(
     instance_number: int,
     overlay: Any | None = None,
     band: float | None = None,
+    seal_key: bytes | None = None,
 ) -> Any:
     """The reading as an Enhanced SR (highdicom): probability (NUM, inferred from the source image),
     decision, threshold, band, operating point, model name and version, card hash, engine, warnings and
     the research-use statement; the overlay (when stored with it) referenced too."""
     import highdicom as hd
 
+    if result.threshold is None:
+        raise ValueError(f"{result.path}: no threshold recorded; only a screened film has an SR")
     c = _codes()
     rel = hd.sr.RelationshipTypeValues
     source_ref = hd.sr.ImageContentItem(
@@ -238,6 +242,20 @@ def build_screening_sr(
         )
         items.append(probability)
     items.append(hd.sr.TextContentItem(c["decision"], str(result.prediction), relationship_type=rel.CONTAINS))
+    if seal_key is not None:
+        from pneumo.integrations.pacs.priors import ScreeningKey, sealed_fields
+        from pneumo.integrations.pacs.seal import seal
+
+        key = ScreeningKey(
+            str(loaded.card.name),
+            str(loaded.card.created or "unrecorded"),
+            str(result.operating_point),
+            float(result.threshold),
+        )
+        fields = sealed_fields(
+            str(source.SOPInstanceUID), key, result.probability, str(result.prediction), str(result.card_hash)
+        )
+        items.append(hd.sr.TextContentItem(c["seal"], seal(seal_key, fields), relationship_type=rel.HAS_OBS_CONTEXT))
     for warning in result.warnings:
         items.append(hd.sr.TextContentItem(c["warning"], str(warning)[:1024], relationship_type=rel.CONTAINS))
     # The source image at the root as well: a reader of the tree finds it without knowing our layout.
