@@ -120,14 +120,16 @@ def audited_for(root: str, model_key: str) -> pd.DataFrame:
     return audit.audit_folder(root, loaded.path)
 
 
+audited = None
 if loaded is None:
     st.info("Select a model in the sidebar: the audit reads its predictions out of fold.")
 else:
     try:
         audited = audited_for(str(root), model_state_key(loaded))
     except (ValueError, OSError) as exc:
-        st.error(f"The labels of this folder cannot be audited: {exc}", icon=":material/error:")
-        st.stop()
+        st.error(f"The labels of this folder cannot be audited: {plain(exc)}", icon=":material/error:")
+        audited = None
+if loaded is not None and audited is not None:
     info = audit.summary(audited)
     sources = audited["source"].value_counts().to_dict()
     st.caption(
@@ -216,4 +218,4 @@ if found:
             key=f"explore-framing:{root}",
             config={"displayModeBar": False},
         )
-        st.caption(plain(framing["how"]))
+        st.caption(plain(framing.get("how", "")))

@@ -187,10 +187,10 @@ with left:
             )
             st.caption(
                 f"Each film zoomed about its centre, the film's edge mirrored where it is zoomed out; "
-                f"{plain(framing['how'])}. Shaded: the zooms a caution watches."
+                f"{plain(framing.get('how', ''))}. Shaded: the zooms a caution watches."
             )
             st.dataframe(
-                pd.DataFrame(framing["conditions"] + framing.get("stress", []))[
+                pd.DataFrame(framing["conditions"] + (framing.get("stress") or []))[
                     ["condition", "n", "sensitivity", "specificity", "flagged_fraction", "roc_auc"]
                 ],
                 hide_index=True,

@@ -223,7 +223,7 @@ def show_card(i: int) -> None:
             st.image(
                 card_pictures(loaded, digests[i], model_key, readings[i], pixels), alt=CARD_PICTURE_ALT, width="stretch"
             )
-        peak_note = map_peak_note(digests[i], model_key, pixels, heat)
+        peak_note = map_peak_note(loaded, digests[i], model_key, readings[i], pixels, heat)
         if peak_note:
             st.caption(f":material/center_focus_weak: {peak_note}")
         with st.container(horizontal=True):

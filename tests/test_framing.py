@@ -155,6 +155,14 @@ def test_training_records_the_sweep_and_sweep_command_recomputes_it(
     assert main(["sweep", "--model", str(run / "model.keras"), "--limit", "60", "--record", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     recorded = ModelCard.read(run / "card.json").shift_checks["framing"]
-    assert recorded["conditions"] == out["conditions"] and recorded["threshold"] == card.threshold
+    assert recorded["threshold"] == card.threshold and [r["condition"] for r in recorded["conditions"]] == names
+    # The film as sent, at the card's threshold, from the run's own stored predictions (a second source).
+    import pandas as pd
+
+    stored = pd.read_csv(run / "val_predictions.csv")
+    normals = stored.loc[stored["label"] == 0, "probability"]
+    as_sent = next(r for r in out["conditions"] if r["condition"] == "zoom 1×")
+    assert as_sent["n"] == len(stored)
+    assert as_sent["specificity"] == pytest.approx(float((normals < card.threshold).mean()), abs=1e-9)
     assert main(["sweep", "--model", str(run / "model.keras"), "--limit", "10"]) == 2
     assert "at least 50" in capsys.readouterr().err

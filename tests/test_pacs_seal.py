@@ -23,11 +23,20 @@ def loaded(tiny_run: Path) -> Any:
     return load_model(tiny_run / "model.keras")
 
 
-def _sr(loaded: Any, probability: float = 0.01, decision: str = "NORMAL", key: bytes | None = KEY) -> dict:
+def _sr(
+    loaded: Any,
+    probability: float = 0.01,
+    decision: str = "NORMAL",
+    key: bytes | None = KEY,
+    operating_point: str = "shipped",
+    charset: str | None = "ISO_IR 192",
+) -> dict:
     """A screening SR of the first sample film, as a PACS's metadata answer carries it (DICOM JSON)."""
     from pneumo.integrations.pacs_server import sample_datasets
 
     source = sample_datasets(lateral=False)[0][0]
+    if charset is None:
+        del source.SpecificCharacterSet  # many CR and DX films declare none
     result = InstanceResult(
         str(source.StudyInstanceUID),
         str(source.SeriesInstanceUID),
@@ -37,7 +46,7 @@ def _sr(loaded: Any, probability: float = 0.01, decision: str = "NORMAL", key: b
         probability=probability,
         prediction=decision,
         threshold=loaded.threshold,
-        operating_point="shipped",
+        operating_point=operating_point,
         model=loaded.card.name,
         card_hash=card_hash(loaded),
     )
@@ -93,3 +102,37 @@ def test_without_a_secret_each_machine_makes_its_own_key_once(tmp_path: Path, mo
     assert (tmp_path / KEY_FILE).stat().st_mode & 0o077 == 0  # readable by its owner only
     assert seal_key(folder=tmp_path / "other") != first
     assert seal_key("configured") == b"configured"
+
+
+def test_a_site_name_outside_latin_1_reads_back_as_sealed_from_a_film_without_a_character_set(loaded: Any) -> None:
+    prior = read_screening_sr(_sr(loaded, operating_point="Łódź – site", charset=None))
+    assert prior.key.operating_point == "Łódź – site"
+    assert prior.distrust(KEY, card_hash(loaded)) is None
+
+
+def test_a_crafted_seal_or_sr_is_distrusted_never_a_crash(loaded: Any) -> None:
+    from pneumo.integrations.pacs.seal import verify
+
+    assert not verify(KEY, {"a": 1}, "é" * 64) and not verify(KEY, {"a": 1}, "0" * 63)
+    ours = _sr(loaded)
+    crafted = json.loads(json.dumps(ours))
+    crafted["0040A730"] = {"vr": "SQ", "Value": ["not an item"]}
+    done, untrusted = prior_screenings([crafted], ScreeningKey.of(loaded), KEY, card_hash(loaded))
+    assert done == {} and untrusted == {}
+
+
+def test_a_damaged_key_file_is_replaced_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PNEUMO_PACS_SECRET", raising=False)
+    (tmp_path / KEY_FILE).write_text("")  # a crash between create and write
+    key = seal_key(folder=tmp_path)
+    assert len(key) == 32 and seal_key(folder=tmp_path) == key
+
+    def refused(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    from pneumo.integrations.pacs import seal as seal_module
+
+    monkeypatch.setattr(seal_module, "_write_key", refused)  # a read-only runs folder
+    own = seal_key(folder=tmp_path / "elsewhere")
+    assert len(own) == 32 and own == seal_key(folder=tmp_path / "elsewhere")  # this process's own, no crash
+    assert not (tmp_path / "elsewhere" / KEY_FILE).exists()

@@ -264,10 +264,14 @@ PEAK_OUTSIDE_NOTE = (
 )
 
 
-def map_peak_note(digest: str, model_key: str, film: Any, heat: Any) -> str | None:
-    """PEAK_OUTSIDE_NOTE when the card's Grad-CAM map peaks outside the lungs, else None (cached per film)."""
+def map_peak_note(
+    loaded: LoadedModel, digest: str, model_key: str, reading: predict.Reading, film: Any, heat: Any
+) -> str | None:
+    """PEAK_OUTSIDE_NOTE when the card's Grad-CAM map peaks outside the lungs, else None; cached per film, model
+    and the class the map explains (an operating point chosen in the sidebar may change it)."""
+    target = _target(loaded, reading)
     # Kept as one byte (b"1": inside) in the byte-bounded picture cache.
     inside = PICTURES.get(
-        ("peak-in-lungs", digest, model_key), lambda: b"1" if explain.peak_in_lungs(film, heat) else b"0"
+        ("peak-in-lungs", digest, model_key, target), lambda: b"1" if explain.peak_in_lungs(film, heat) else b"0"
     )
     return None if inside == b"1" else PEAK_OUTSIDE_NOTE

@@ -319,7 +319,8 @@ class ModelCard:
         n_raw = v.get("n")
         n = n_raw if isinstance(n_raw, int) else 0
         ci = (v.get("bootstrap_95") or self.shift_checks.get("bootstrap_95") or {}).get("roc_auc") or {}
-        width = ci.get("high", 0.0) - ci.get("low", 0.0) if ci else None
+        low, high = ci.get("low"), ci.get("high")
+        width = high - low if isinstance(low, (int, float)) and isinstance(high, (int, float)) else None
         if n < MIN_VALIDATION_FILMS:
             out.append(
                 f"validated on only {n} films (fewer than {MIN_VALIDATION_FILMS}): its figures and its threshold "

@@ -3,7 +3,7 @@
 The lungs are the two large dark regions either side of the bright mediastinum. So: equalise locally (CLAHE),
 smooth, take the darkest part of the chest's usual zone, keep the largest region left of the midline and the
 largest right of it, close and fill them. A film where that finds no pair, or a pair covering under 6 % or over
-60 % of the film, falls back to a fixed chest box and says so.
+50 % of the film, falls back to a fixed chest box and says so.
 
 Used for the framing cue of the shortcut audit (how much of the film the lung field fills) and for the share of
 a map's heat inside the lungs.

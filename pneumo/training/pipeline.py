@@ -44,6 +44,15 @@ class Augmentation:
     # the mirrored edge: both classes see black borders equally often, so a border tells the network nothing.
     black_border: float = 0.0
 
+    def __post_init__(self) -> None:
+        if bool(self.zoom_min) != bool(self.zoom_max) or not 0 <= self.zoom_min <= self.zoom_max:
+            raise ValueError(
+                f"zoom_min and zoom_max are set together, 0 < zoom_min <= zoom_max; got "
+                f"{self.zoom_min} and {self.zoom_max}"
+            )
+        if not 0 <= self.black_border <= 1:
+            raise ValueError(f"black_border is a share of draws in [0, 1]; got {self.black_border}")
+
     @classmethod
     def preset(cls, name: str) -> Augmentation | None:
         """Named recipes: 'none', 'basic' (small geometry and exposure), 'shift' (acquisition shift) and 'frame'

@@ -154,7 +154,10 @@ def prior_screenings(
     done: dict[str, PriorScreening] = {}
     untrusted: dict[str, list[str]] = {}
     for item in metadata:
-        prior = read_screening_sr(item)
+        try:
+            prior = read_screening_sr(item)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            continue  # a damaged or crafted SR claims nothing we can read: no film is skipped on its word
         if prior is None or not prior.key.matches(key):
             continue
         why = prior.distrust(seal_key, card_hash)

@@ -27,22 +27,57 @@ KEY_FILE = ".pacs-seal-key"
 
 
 def seal_key(secret: str | None = None, folder: Path | None = None) -> bytes:
-    """The deployment's key: the configured secret, or this machine's own key file (made on first use)."""
+    """The deployment's key: the configured secret, or this machine's own key file (made once, atomically).
+
+    A key file that is missing, short or damaged is never used as it is: a new one is made beside it when the
+    folder is writable; otherwise this process gets a key of its own, so it trusts no earlier SR (each film is read
+    again) rather than trusting with a key others could guess."""
     chosen = secret or os.environ.get(ENV_SECRET)
     if chosen:
         return chosen.encode()
     folder = folder or Path(os.environ.get("PNEUMO_RUNS_DIR") or RUNS_DIR)
     path = folder / KEY_FILE
+    for _ in range(2):
+        key = _read_key(path)
+        if key is not None:
+            return key
+        try:
+            _write_key(path)
+        except FileExistsError:
+            continue  # another process made it first: read theirs
+        except OSError:
+            break
+    return _PROCESS_KEY
+
+
+_PROCESS_KEY = secrets.token_bytes(32)
+MIN_KEY_BYTES = 16
+
+
+def _read_key(path: Path) -> bytes | None:
     try:
-        return bytes.fromhex(path.read_text().strip())
+        key = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError):
-        pass
-    folder.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex())
-    return key
+        return None
+    return key if len(key) >= MIN_KEY_BYTES else None
+
+
+def _write_key(path: Path) -> None:
+    """A new key, written whole before it appears under its name (a reader never sees half of one); a damaged
+    file in its place is replaced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_bytes(32).hex())
+            fh.flush()
+            os.fsync(fh.fileno())
+        if path.exists() and _read_key(path) is None:
+            path.unlink()  # damaged: an empty or cut key must not stand
+        os.link(tmp, path)  # fails if another process linked its key first
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _message(fields: Mapping[str, Any]) -> bytes:
@@ -56,4 +91,8 @@ def seal(key: bytes, fields: Mapping[str, Any]) -> str:
 
 
 def verify(key: bytes, fields: Mapping[str, Any], claimed: str) -> bool:
-    return bool(claimed) and hmac.compare_digest(seal(key, fields), claimed)
+    """Whether `claimed` is the seal of these fields. Text from a server: anything but 64 hex digits is no seal,
+    and the comparison runs on bytes in constant time."""
+    if not isinstance(claimed, str) or len(claimed) != 64 or any(c not in "0123456789abcdef" for c in claimed):
+        return False
+    return hmac.compare_digest(seal(key, fields).encode(), claimed.encode())

@@ -273,6 +273,9 @@ def build_screening_sr(
     root = hd.sr.ContainerContentItem(c["title"])
     root.ContentSequence = hd.sr.ContentSequence(items)
     return hd.sr.EnhancedSR(
+        # UTF-8, whatever the source film declares (often nothing, i.e. ASCII): the sealed text (site and operating
+        # point names) must read back as written.
+        specific_character_set="ISO_IR 192",
         evidence=evidence,
         content=root,
         series_instance_uid=series_uid,
