@@ -34,7 +34,7 @@ if root is None:
 try:
     summary = summarize_with_bar(root)
 except (ValueError, OSError) as exc:  # DatasetError and any unreadable folder: a message, never a traceback
-    st.error(f"This data folder cannot be read: {exc}", icon=":material/error:")
+    st.error(f"This data folder cannot be read: {plain(exc)}", icon=":material/error:")
     st.stop()
 
 st.caption(f"{plain(summary.root)} — {summary.layout}, {summary.n_images:,} images")
@@ -173,7 +173,7 @@ if loaded is not None and audited is not None:
             try:
                 written = audit.write_review(audit.review_path(root), verdicts, audited)
             except (ValueError, OSError) as exc:
-                st.error(f"The verdicts cannot be saved: {exc}", icon=":material/error:")
+                st.error(f"The verdicts cannot be saved: {plain(exc)}", icon=":material/error:")
             else:
                 st.toast(f"Saved {len(verdicts)} verdicts into {written.name}.")
 

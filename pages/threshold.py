@@ -67,7 +67,7 @@ else:
         preds = folder_predictions(loaded, root, model_key)
         openable = preds
     except (ValueError, OSError) as exc:  # DatasetError and unreadable folders: a message, never a traceback
-        st.error(f"This data folder cannot be predicted: {exc}", icon=":material/error:")
+        st.error(f"This data folder cannot be predicted: {plain(exc)}", icon=":material/error:")
         st.stop()
     leak = E.leakage(loaded.path, preds["hash"])
     computed_on = f"the data folder {root.name} ({len(preds)} films), predicted now"

@@ -65,7 +65,7 @@ if start and root is not None and cfg.allow_changes:
         config = TrainConfig.from_dict({**values, "data": str(root)}).validate()
         run_dir = runs.launch(config, cfg.runs_dir, max_concurrent=cfg.max_concurrent_runs)
     except (ValueError, OSError) as exc:
-        st.error(f"Not started: {exc}", icon=":material/block:")
+        st.error(f"Not started: {plain(exc)}", icon=":material/block:")
     else:
         st.session_state["watch_run"] = str(run_dir)
         st.toast(f"Started {run_dir.name}")

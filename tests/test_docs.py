@@ -118,3 +118,36 @@ def test_readme_module_map_names_modules_of_every_layer() -> None:
     for group in ("app", "core", "data", "evaluation", "integrations", "model", "training"):
         assert f"**`pneumo.{group}`**" in block.splitlines(), group
     assert "| `pneumo.integrations.pacs.client` |" in block  # a subpackage's subpackage, in its parent's table
+
+
+def test_framing_table_quotes_each_zoom_and_the_caution() -> None:
+    card = ModelCard.default("m")
+    row = {
+        "family": "zoom",
+        "sensitivity": 0.97,
+        "specificity": 0.9,
+        "flagged_fraction": 0.7,
+        "roc_auc": 0.99,
+        "sensitivity_95": {"low": 0.95, "high": 0.98},
+        "specificity_95": {"low": 0.85, "high": 0.93},
+    }
+    card.shift_checks["framing"] = {
+        "how": "12 films",
+        "cautions": ["framing: specificity 0.60 at zoom 1.3×"],
+        "conditions": [
+            {**row, "zoom": 1.3, "specificity": 0.6},
+            {**row, "zoom": 0.8},
+            {"family": "shift", "zoom": 1.0},
+        ],
+    }
+    lines = docs.framing_table(card)
+    assert lines[1] == "Framing sweep: 12 films."
+    body = [line for line in lines if line.startswith("| 0.8× |") or line.startswith("| 1.3× |")]
+    assert body == [
+        "| 0.8× | 0.970 (0.950–0.980) | 0.900 (0.850–0.930) | 0.700 | 0.9900 |",
+        "| 1.3× | 0.970 (0.950–0.980) | 0.600 (0.850–0.930) | 0.700 | 0.9900 |",
+    ]
+    assert lines[-1] == "Framing caution: framing: specificity 0.60 at zoom 1.3×"
+    card.shift_checks["framing"]["cautions"] = []
+    assert docs.framing_table(card)[-1].startswith("No framing caution")
+    assert docs.framing_table(ModelCard.default("bare")) == []
