@@ -652,7 +652,9 @@ def test_second_look_every_page_survives_second_use(browser: object, server: Ser
             c.close()
 
 
-def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, orthanc: object) -> None:
+def test_predict_from_pacs_screens_and_sends_back(
+    page: object, server: Server, orthanc: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The "From PACS" source: the configured server's studies, two screened, results sent into their studies."""
     from pneumo.integrations.pacs import Pacs
 
@@ -682,8 +684,13 @@ def test_predict_from_pacs_screens_and_sends_back(page: object, server: Server, 
     from pneumo.integrations.pacs import list_studies
     from pneumo.model.loading import load_model
 
-    rows = list_studies(Pacs(orthanc.dicomweb_url), unscreened_by=load_model(server.env["PNEUMO_MODELS_DIR"]))
+    # Read as the app's deployment reads them: under its own seal key (its runs folder's), which is what makes
+    # its SRs believed. Under any other key they are not ours, and the studies stay unscreened.
+    monkeypatch.setenv("PNEUMO_RUNS_DIR", server.env["PNEUMO_RUNS_DIR"])
+    model = load_model(server.env["PNEUMO_MODELS_DIR"])
+    rows = list_studies(Pacs(orthanc.dicomweb_url), unscreened_by=model)
     assert len(rows) == 6 - 2, rows  # the two screened studies are no longer "not yet screened"
+    assert len(list_studies(Pacs(orthanc.dicomweb_url, secret="another deployment"), unscreened_by=model)) == 6
 
 
 def _large_films(folder: Path, n: int, side: int = 2500) -> list[Path]:
