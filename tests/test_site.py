@@ -177,7 +177,10 @@ def test_site_rule_on_a_stand_in_of_another_population() -> None:
     standin = val[val["path"].str.contains("NORMAL2-IM") | (val["label"] == 1)]
     figures = site.resampled_figures(standin["label"], standin["probability"], 100, 0.98, draws=200)
     assert figures["labelled_positives"] + figures["labelled_normals"] == 100 and figures["draws"] == 200
-    assert figures["sensitivity"]["median"] >= 0.96 and figures["specificity"]["median"] >= 0.95
+    # The bounds follow the shipped model. The framing-invariant ensemble keeps 0.949 of NORMAL2-IM normals at
+    # its own point (the one before kept 0.974, but fell to 0.78 on films framed 1.3x tighter); at recall 0.98 set
+    # on 100 films its median specificity here is 0.88 (0.95 before). The sensitivity bound is unchanged.
+    assert figures["sensitivity"]["median"] >= 0.96 and figures["specificity"]["median"] >= 0.85
     assert figures["sensitivity"]["p10"] <= figures["sensitivity"]["median"]
 
 
