@@ -380,12 +380,14 @@ def test_false_alarms_on_in_distribution_batches_of_50(shipped_reference: dict) 
 @pytest.mark.slow
 def test_power_on_stressed_held_out_films_at_n_50(shipped_reference: dict) -> None:
     power = shipped_reference["reference"].calibration["power"]["stressed held-out films"]
-    # The shifts that cost the shipped point most specificity (CLAHE 0.83, blur 0.97) and a turned film.
+    # CLAHE costs the shipped point most (specificity 0.894 at the threshold): it is always found.
     assert power["CLAHE"]["rate"] >= 0.95, power
-    assert power["rotate +8°"]["rate"] >= 0.95, power
-    # 0.6 for the previous model; the cross-fitted one measured 0.59 at n = 50 over 200 draws (0.45 leaves room
-    # for the 100 draws here, whose standard error is 0.05).
-    assert power["blur σ=2 px"]["rate"] >= 0.45, power
+    # The framing-invariant ensemble was trained on wider rotations and blurs, so its features move less under
+    # them and the check finds them less often: its card measured 0.89 (rotation) and 0.26 (blur) at n = 50 over
+    # 200 draws, where the previous ensemble gave 0.95 and 0.59. The bounds leave two standard errors of the 100
+    # draws here (0.03 and 0.045) below those: a model whose features stop moving at all fails them.
+    assert power["rotate +8°"]["rate"] >= 0.8, power
+    assert power["blur σ=2 px"]["rate"] >= 0.15, power
 
 
 @pytest.mark.slow
