@@ -113,6 +113,13 @@ def _rate(hit: np.ndarray, mask: np.ndarray) -> float | None:
     return float(hit[mask].mean()) if mask.any() else None
 
 
+def children(groups: np.ndarray) -> list[np.ndarray]:
+    """The row indices of each child (each distinct group), for a bootstrap that resamples children."""
+    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    return np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+
+
 def decision_figures(
     labels: np.ndarray, probs: np.ndarray, groups: np.ndarray, threshold: float, rounds: int = 200, seed: int = 0
 ) -> dict[str, Interval]:
@@ -126,9 +133,7 @@ def decision_figures(
         "specificity": _rate(~flagged, y == 0),
         "flagged_fraction": float(flagged.mean()) if len(y) else None,
     }
-    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
+    members = children(groups)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {k: [] for k in point}
     for _ in range(rounds):

@@ -29,6 +29,7 @@ from pneumo.core.paths import PROJECT_ROOT
 from pneumo.data.collection import parse_name
 from pneumo.data.splits import patient_number, series
 from pneumo.evaluation import audit
+from pneumo.evaluation.framing import children
 from pneumo.evaluation.metrics import metrics_at
 from pneumo.evaluation.validate import (
     bootstrap,
@@ -132,13 +133,6 @@ def recall_threshold(scores: np.ndarray, target: float, others: np.ndarray | Non
     return float((edges[widest] + edges[widest + 1]) / 2.0)
 
 
-def _groups_index(groups: np.ndarray) -> list[np.ndarray]:
-    _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.flatnonzero(np.diff(inverse[order])) + 1
-    return np.split(order, bounds)
-
-
 def operating_point(
     labels: np.ndarray,
     probabilities: np.ndarray,
@@ -152,7 +146,7 @@ def operating_point(
     of the threshold itself and of the figures at it."""
     y, p, ok = np.asarray(labels, int), np.asarray(probabilities, float), np.asarray(trusted, bool)
     threshold = recall_threshold(p[(y == 1) & ok], target, p[~((y == 1) & ok)])
-    members = _groups_index(groups)
+    members = children(groups)
     rng = np.random.default_rng(seed)
     draws: dict[str, list[float]] = {"threshold": [], "sensitivity_trusted": [], "sensitivity": [], "specificity": []}
     for _ in range(rounds):
