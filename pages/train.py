@@ -1,16 +1,27 @@
 """Train: launch a background training run, watch it live, compare runs, activate a model."""
 
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
-from pneumo.app import plots
-from pneumo.app.ui import activate_model, data_root, device_description, plain, require_entry_point, settings
+from pneumo.app import auth, plots
+from pneumo.app.ui import (
+    TRAINING_NEEDS,
+    activate_model,
+    data_root,
+    device_description,
+    plain,
+    require_entry_point,
+    settings,
+    training_available,
+)
+from pneumo.app.verdicts import audit_event
 from pneumo.core import files
 from pneumo.core.card import ModelCard
-from pneumo.training import runs
+from pneumo.training import metrics_log, runs
 from pneumo.training.job import TrainConfig, field_choices
 
 require_entry_point()
@@ -22,6 +33,23 @@ st.caption(f"Device: **{device_description()}** · runs folder `{cfg.runs_dir}`"
 
 FORM_SKIP = {"data", "split_seed", "mixed_precision", "notes", "label_review"}
 ETA_AFTER_STEPS = 10
+can_train = training_available()
+if not can_train:
+    # The serving install (requirements.txt: ONNX Runtime, no TensorFlow) reads and explains films; training
+    # needs TensorFlow. Said here, instead of a run that fails in its log.
+    st.info(TRAINING_NEEDS, icon=":material/info:")
+
+
+def val_size(run_dir: Path) -> int | None:
+    """How many validation films a run's figures come from (its data_summary.json), or None when unknown: a
+    "best val AUC 1.0000" from 7 films is not one from 700, and the figure alone does not say which."""
+    n = files.read_json_object(run_dir / "data_summary.json").get("val_images")
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
+
+
+def on_n(n: int | None) -> str:
+    """The "(n = 7 val films)" put beside a validation figure."""
+    return f"(n = {n:,} val films)" if n is not None else "(n unknown)"
 
 
 def config_widget(f: Any, column: Any) -> Any:
@@ -51,24 +79,35 @@ with st.form("config"):
     shown = [f for f in fields(TrainConfig) if f.name not in FORM_SKIP]
     columns = st.columns(4)
     values = {f.name: config_widget(f, columns[i % 4]) for i, f in enumerate(shown)}
-    blocked = (
-        None
-        if cfg.allow_changes
-        else (
-            "Training is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 or [pneumo] allow_changes = true)."
-        )
-    )
+    blocked = auth.refusal(auth.TRAIN) or (None if can_train else TRAINING_NEEDS)  # role, deployment, install
     start = st.form_submit_button("Start", type="primary", disabled=root is None or blocked is not None, help=blocked)
 
-if start and root is not None and cfg.allow_changes:
+if start and root is not None and auth.can(auth.TRAIN) and can_train:
     try:
         config = TrainConfig.from_dict({**values, "data": str(root)}).validate()
-        run_dir = runs.launch(config, cfg.runs_dir, max_concurrent=cfg.max_concurrent_runs)
-    except (ValueError, OSError) as exc:
+    except ValueError as exc:
         st.error(f"Not started: {plain(exc)}", icon=":material/block:")
     else:
-        st.session_state["watch_run"] = str(run_dir)
-        st.toast(f"Started {run_dir.name}")
+        busy = runs.active_runs(cfg.runs_dir)
+        mine = next((r for r in busy if str(r.path) == st.session_state.get("watch_run")), None)
+        if mine is not None and len(busy) >= cfg.max_concurrent_runs:
+            # Start pressed again while this visitor's own run waits or trains: nothing is wrong, their run is
+            # on its way (a red "Not started" read as if it had been lost).
+            st.info(
+                f"Your run **{plain(mine.name)}** is {mine.state}: it is shown below. Another run can start when it "
+                "has ended (or press Stop).",
+                icon=":material/schedule:",
+            )
+        else:
+            try:
+                run_dir = runs.launch(config, cfg.runs_dir, max_concurrent=cfg.max_concurrent_runs)
+            except (ValueError, OSError) as exc:
+                st.error(f"Not started: {plain(exc)}", icon=":material/block:")
+                audit_event("training_started", str(cfg.runs_dir), "failed", {"error": str(exc)})
+            else:
+                audit_event("training_started", str(run_dir), details={"data": str(root), "model": config.model})
+                st.session_state["watch_run"] = str(run_dir)
+                st.toast(f"Started {run_dir.name}")
 
 all_runs = runs.list_runs(cfg.runs_dir)
 if not all_runs:
@@ -84,8 +123,8 @@ watched = all_runs[st.selectbox("Watch run", range(len(names)), index=default, f
 def live_view() -> None:
     info = runs.run_info(watched)
     status = runs.read_status(watched)
-    records = runs.read_metrics(watched)
-    epochs = runs.epochs_of(records)
+    records = metrics_log.read_metrics(watched)
+    epochs = metrics_log.epochs_of(records)
     progress = [r for r in records if r.get("type") == "progress"]
     icon = {
         "running": ":green[:material/play_circle:]",
@@ -106,7 +145,7 @@ def live_view() -> None:
         last = epochs[-1]
         cols[1].markdown(
             f"**Epoch** {last['epoch']}/{last['epochs']} · lr {last.get('lr', 0):.2e}  \n"
-            f"best val AUC {info.best_val_auc:.4f}"
+            f"best val AUC {info.best_val_auc:.4f} {on_n(val_size(watched))}"
             if info.best_val_auc is not None
             else ""
         )
@@ -115,8 +154,11 @@ def live_view() -> None:
         if stopping:
             # Training ends after the current batch; the run then checks and writes the model it kept.
             cols[0].markdown(":orange[**stopping…**] the run checks and saves the model it kept, then ends")
-        elif cols[3].button("Stop", key=f"stop-{watched.name}"):
+        elif cols[3].button(
+            "Stop", key=f"stop-{watched.name}", disabled=not auth.can(auth.TRAIN), help=auth.refusal(auth.TRAIN)
+        ):
             runs.request_stop(watched)
+            audit_event("training_stopped", str(watched), details={"requested": "stop"})
             st.toast("Stop requested: the run ends after the current batch and keeps the model it has so far.")
             st.rerun(scope="fragment")
         if progress and not stopping:
@@ -134,7 +176,11 @@ def live_view() -> None:
         st.error(status.get("error") or "failed")
         st.code(runs.log_tail(watched), language="text")
     if epochs:
-        st.plotly_chart(plots.learning_curves({watched.name: epochs}), width="stretch", key="live-curves")
+        st.plotly_chart(
+            plots.learning_curves({watched.name: epochs}, {watched.name: val_size(watched)}),
+            width="stretch",
+            key="live-curves",
+        )
     elif info.state in ("running", "queued"):
         st.caption("Curves appear after the first epoch.")
 
@@ -161,6 +207,7 @@ def runs_section() -> None:
                 "model": r.model,
                 "kept model's val AUC": r.kept_val_auc,
                 "best val AUC": r.best_val_auc,
+                "val films (n)": val_size(r.path),  # what both AUCs are measured on
                 **{k: config.get(k) for k in HYPER},
                 "epochs done": r.epochs_done,
                 "duration (min)": round((r.duration_s or 0) / 60, 1),
@@ -183,7 +230,10 @@ def runs_section() -> None:
         st.caption("Tick runs to compare their curves.")
         return
     st.plotly_chart(
-        plots.learning_curves({r.name: runs.epochs_of(runs.read_metrics(r.path)) for r in selected}),
+        plots.learning_curves(
+            {r.name: metrics_log.epochs_of(metrics_log.read_metrics(r.path)) for r in selected},
+            {r.name: val_size(r.path) for r in selected},
+        ),
         width="stretch",
         key="compare-curves",
     )

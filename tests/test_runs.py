@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pneumo.core import files
-from pneumo.training import runs
+from pneumo.training import metrics_log, runs
 
 
 def test_atomic_json_leaves_no_temporary_files(tmp_path: Path) -> None:
@@ -25,7 +25,7 @@ def test_metrics_reader_skips_a_half_written_line(tmp_path: Path) -> None:
     files.append_jsonl(tmp_path / "metrics.jsonl", {"type": "epoch", "epoch": 1, "val_auc": 0.8})
     with open(tmp_path / "metrics.jsonl", "a") as fh:
         fh.write('{"type": "epoch", "epo')
-    assert runs.read_metrics(tmp_path) == [{"type": "epoch", "epoch": 1, "val_auc": 0.8}]
+    assert metrics_log.read_metrics(tmp_path) == [{"type": "epoch", "epoch": 1, "val_auc": 0.8}]
 
 
 def test_status_of_a_vanished_process_reads_failed(tmp_path: Path) -> None:
@@ -164,7 +164,7 @@ def test_a_huge_metrics_file_is_read_from_its_end_within_a_bound(tmp_path: Path)
         fh.write(json.dumps({"type": "epoch", "epoch": 1, "epochs": 2, "val_auc": 0.8, "seconds": 3.0}) + "\n")
     tracemalloc.start()
     started = time.perf_counter()
-    records = runs.read_metrics(tmp_path)
+    records = metrics_log.read_metrics(tmp_path)
     seconds = time.perf_counter() - started
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()

@@ -10,7 +10,7 @@ import pytest
 
 from pneumo.core import files
 from pneumo.model.loading import load_model
-from pneumo.training import runs
+from pneumo.training import metrics_log, runs
 from pneumo.training.job import TrainConfig, train
 from tests.conftest import free_ports, make_folder
 
@@ -29,8 +29,8 @@ def test_run_directory_holds_everything(tiny_run: Path) -> None:
         assert (tiny_run / name).exists(), name
     status = json.loads((tiny_run / "status.json").read_text())
     assert status["state"] == "finished" and status["device"].startswith(("CPU", "1×", "2×"))
-    records = runs.read_metrics(tiny_run)
-    epoch = runs.epochs_of(records)[0]
+    records = metrics_log.read_metrics(tiny_run)
+    epoch = metrics_log.epochs_of(records)[0]
     for key in (
         "loss",
         "accuracy",
@@ -94,7 +94,7 @@ def test_stop_file_stops_with_a_readable_model(tmp_path: Path) -> None:
     card = train(config, run, hook=stop_at_first_progress)
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
     assert card.training["epochs_run"] == 1
-    progress = [r for r in runs.read_metrics(run) if r["type"] == "progress"]
+    progress = [r for r in metrics_log.read_metrics(run) if r["type"] == "progress"]
     assert progress[0]["batch"] < progress[0]["batches"]  # stopped inside the epoch
     model = load_model(run / "model.keras")
     assert model.predict(np.random.rand(48, 48).astype("float32")).shape == (1,)
@@ -282,8 +282,8 @@ def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
         np.testing.assert_allclose(a, b, atol=1e-6)
     assert json.loads((tmp_path / "worker0" / "card.json").read_text())["validation"]["n"] > 0
 
-    many, one = (runs.read_metrics(tmp_path / name) for name in ("worker0", "one"))
-    epochs = [runs.epochs_of(r) for r in (many, one)]
+    many, one = (metrics_log.read_metrics(tmp_path / name) for name in ("worker0", "one"))
+    epochs = [metrics_log.epochs_of(r) for r in (many, one)]
     assert [len(e) for e in epochs] == [2, 2]
     # The same optimiser steps: batch_size is the whole step's images, shared by the workers.
     steps = [

@@ -27,7 +27,7 @@ from pneumo.core import files
 from pneumo.core.card import ModelCard
 from pneumo.model.architectures import build_model, get_architecture
 from pneumo.model.loading import load_model
-from pneumo.training import runs
+from pneumo.training import metrics_log, runs
 from pneumo.training.config import (
     AUGMENTATIONS,
     KEEP,
@@ -214,7 +214,7 @@ def _check_and_card(
     phase("checking the model on held-out and stressed images")
     best = load_model(run_dir / MODEL_FILE)
     beat = lambda done, total: phase("checking the model on held-out and stressed images", done, total)  # noqa: E731
-    history = runs.epochs_of(runs.read_metrics(run_dir))
+    history = metrics_log.epochs_of(metrics_log.read_metrics(run_dir))
     files.atomic_write_json(run_dir / "history.json", history)
     return finish_run(
         run_dir,

@@ -1,0 +1,55 @@
+"""Pieces every command shares: progress bars on stderr, one decision line, the audit trail's events."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _bar(total: int, desc: str) -> Any:
+    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+def _progress(desc: str) -> Any:
+    """A callback(done, total) drawing a tqdm bar on stderr."""
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = _bar(total, desc)
+        bar = state["bar"]
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
+def _decision_line(row: dict[str, Any]) -> str:
+    def fig(key: str) -> str:
+        iv = row.get(f"{key}_95") or {}
+        value = row.get(key)
+        if value is None:
+            return f"{key} n/a"
+        span = f" [{iv['low']:.3f}–{iv['high']:.3f}]" if iv.get("low") is not None else ""
+        return f"{key} {value:.3f}{span}"
+
+    return f"{row['condition'][:28]:28s}  " + "  ".join(
+        fig(k) for k in ("sensitivity", "specificity", "flagged_fraction", "roc_auc")
+    )
+
+
+def audit_event(kind: str, obj: str, outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
+    """Append one event (pneumo.integrations.records.audit) for a change this command made. A database that
+    cannot be written costs the event, said on stderr, never the change the command has already made."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pneumo.core.text import terminal_safe
+    from pneumo.integrations.records import RecordsError, current_user, log_event
+
+    try:
+        log_event(kind, obj, outcome, user=current_user(), details=details)
+    except (RecordsError, OSError, SQLAlchemyError) as exc:
+        print(f"warning: not written to the audit trail ({terminal_safe(str(exc))})", file=sys.stderr)
