@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pandas as pd
 import streamlit as st
 
+from pneumo.app import auth
 from pneumo.app.ui import plain, progress_bar, settings
 from pneumo.integrations import pacs
 from pneumo.model.loading import LoadedModel
+
+BACKOFF_KEY = "pacs-backoff"  # (failures in a row, monotonic time of the next search, the last failure's line)
+BACKOFF_BASE_S = 5.0
+BACKOFF_CAP_S = 300.0
 
 
 def ui_pacs_config() -> Any:
@@ -33,7 +39,11 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
     """Predict's "From PACS" source: search the configured server's studies, screen the ticked ones
     through the one prediction path, and send the results back (with the deployment's permission).
     Returns the screening run (kept in this session) or None before one."""
-    server = pacs.Pacs.from_config(config)
+    try:
+        server = pacs.Pacs.from_config(config)
+    except ValueError as exc:  # an unusable URL or timeout in the deployment's settings
+        st.error(f"The configured PACS cannot be used: {plain(exc)}", icon=":material/error:")
+        return None
     st.caption(
         f"PACS: {plain(pacs.redact(config.url))}"
         + (" · patient identifiers shown" if config.show_identifiers else " · no patient identifiers shown")
@@ -42,6 +52,14 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
     since = cols[0].text_input("Studies since (YYYYMMDD)", key="pacs-since", placeholder="any date")
     accession = cols[1].text_input("Accession number", key="pacs-accession")
     unscreened = cols[2].toggle("Not yet screened by this model", key="pacs-unscreened")
+    # A busy or failing server is asked again only after a wait that doubles with each failure (capped): every
+    # widget change reruns this page, and each rerun would otherwise send it the same search at once.
+    failures, retry_at, last_error = st.session_state.get(BACKOFF_KEY, (0, 0.0, ""))
+    waiting = retry_at - time.monotonic()
+    if waiting > 0:
+        st.error(f"{plain(last_error)} — the PACS is asked again in {waiting:.0f} s.", icon=":material/cloud_off:")
+        if not st.button("Try again now", key="pacs-retry"):
+            return None
     try:
         rows = pacs.list_studies(
             server,
@@ -51,9 +69,16 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
             unscreened_by=loaded if unscreened else None,
             limit=200,
         )
-    except (pacs.PacsError, ValueError) as exc:
-        st.error(plain(exc), icon=":material/cloud_off:")
+    except pacs.PacsError as exc:
+        failures += 1
+        wait = pacs.backoff_delay(BACKOFF_BASE_S, failures - 1, cap=BACKOFF_CAP_S)
+        st.session_state[BACKOFF_KEY] = (failures, time.monotonic() + wait, str(exc))
+        st.error(f"{plain(exc)} — the PACS is asked again in {wait:.0f} s.", icon=":material/cloud_off:")
         return None
+    except ValueError as exc:  # the visitor's search (a date that is not one): nothing to back off from
+        st.error(plain(exc), icon=":material/error:")
+        return None
+    st.session_state.pop(BACKOFF_KEY, None)
     if not rows:
         st.info("No studies match.")
         return None
@@ -77,7 +102,7 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         bar, update = progress_bar("Screening studies…")
         try:
             st.session_state[run_key] = pacs.screen_studies(
-                server, loaded, chosen, keep_pixels=True, progress=lambda d, t, _r: update(d, t)
+                server, loaded, chosen, keep_pixels=True, progress=lambda d, t, _r: update(d, t), log=True
             )
         finally:
             bar.empty()
@@ -87,13 +112,15 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         return None
     if run.error:
         st.error(plain(run.error), icon=":material/cloud_off:")
+    if run.log_note:
+        st.warning(plain(run.log_note), icon=":material/database:")
     skipped = [r for r in run.results if r.status in (pacs.SKIPPED, pacs.ALREADY)]
     if skipped:
         st.caption(
             f"{len(skipped)} image(s) not read: "
             + "; ".join(plain(f"{r.path}: {r.skipped or r.status}") for r in skipped[:6])
         )
-    allowed = config.may_send(settings().allow_changes)
+    allowed = auth.can(auth.SEND_TO_PACS) and config.may_send(settings().allow_changes)
     unsent = [r for r in run.results if r.status == pacs.SCREENED and not r.stored]
     if st.button(
         "Send results to PACS",

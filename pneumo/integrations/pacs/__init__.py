@@ -7,7 +7,7 @@ screening (the runs). The names below are the public ones the CLI and the app us
 
 from __future__ import annotations
 
-from pneumo.integrations.pacs.client import ACCEPT_DICOM, FAILURE_REASONS, Pacs
+from pneumo.integrations.pacs.client import ACCEPT_DICOM, FAILURE_REASONS, Pacs, check_uid
 from pneumo.integrations.pacs.config import (
     DEFAULT_TIMEOUT,
     ENV_ALLOW_SEND,
@@ -34,7 +34,9 @@ from pneumo.integrations.pacs.priors import (
 )
 from pneumo.integrations.pacs.results import ALREADY, FAILED, SCREENED, SKIPPED, InstanceResult, ScreenRun, describe
 from pneumo.integrations.pacs.screening import (
+    MAX_BACKOFF,
     MAX_DRIFT_IMAGES,
+    backoff_delay,
     now_utc,
     push_result,
     screen_studies,
@@ -94,6 +96,7 @@ __all__ = [
     "InstanceResult",
     "LATERAL_VIEWS",
     "MANUFACTURER",
+    "MAX_BACKOFF",
     "MAX_DRIFT_IMAGES",
     "Pacs",
     "PacsConfig",
@@ -108,8 +111,10 @@ __all__ = [
     "ScreeningKey",
     "Skip",
     "StudySummary",
+    "backoff_delay",
     "build_overlay_sc",
     "build_screening_sr",
+    "check_uid",
     "classify",
     "describe",
     "list_studies",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pneumo.core.text import terminal_safe
+
 SCREENED, ALREADY, SKIPPED, FAILED = "screened", "already screened", "skipped", "failed"
 
 
@@ -26,7 +28,7 @@ class InstanceResult:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     skipped: str | None = None
-    stored: dict[str, str] = field(default_factory=dict)  # {"sr": uid, "sc": uid} once in the PACS
+    stored: dict[str, str] = field(default_factory=dict)  # {"sr": uid, "sc": uid, "pdf": uid} once in the PACS
     seconds: float | None = None
     retryable: bool = False  # failed on the server's side (another try may pass), not on the film itself
     reading: Any = field(default=None, repr=False)  # predict.Reading, for the app's cards and worklist
@@ -62,6 +64,7 @@ class ScreenRun:
     error: str | None = None
     drift: Any = None  # pneumo.evaluation.drift.DriftResult of the films read, when a check could be made
     drift_note: str | None = None  # its advice when the batch is shifted, or why the check failed
+    log_note: str | None = None  # why the readings were not stored in the readings database (log=True)
     studies_done: int = 0
     studies_left: list[str] = field(default_factory=list)
 
@@ -74,16 +77,24 @@ class ScreenRun:
 
 
 def describe(result: InstanceResult) -> str:
-    """One human-readable line per image (the CLI without --json)."""
-    where = f"study {result.study_uid}" + (f" instance {result.sop_uid}" if result.sop_uid else "")
+    """One human-readable line per image (the CLI without --json), and a line per warning below it. Every field
+    that came from outside (UIDs, a server's error, a DICOM field quoted in a reason) is escaped for a terminal:
+    an escape sequence in a ViewPosition or an error page cannot clear the screen or forge a line of its own."""
+    where = f"study {terminal_safe(result.study_uid)}" + (
+        f" instance {terminal_safe(result.sop_uid)}" if result.sop_uid else ""
+    )
     if result.status == FAILED:
-        return f"{where}: FAILED {result.error}"
+        return f"{where}: FAILED {terminal_safe(result.error)}"
     if result.status == SKIPPED:
-        return f"{where}: skipped, {result.skipped}"
+        return f"{where}: skipped, {terminal_safe(result.skipped)}"
     score = f"p={result.probability:.4f}" if result.probability is not None else "no score"
-    line = f"{where}: {result.prediction}  {score}  (threshold {result.threshold:.4f}, {result.operating_point})"
+    threshold = f"{result.threshold:.4f}" if result.threshold is not None else "n/a"
+    line = (
+        f"{where}: {terminal_safe(result.prediction)}  {score}  "
+        f"(threshold {threshold}, {terminal_safe(result.operating_point)})"
+    )
     if result.status == ALREADY:
         line += "  [already screened]"
     elif result.stored:
-        line += f"  stored SR {result.stored.get('sr')}"
-    return line + "".join(f"\n  warning: {w}" for w in result.warnings)
+        line += f"  stored SR {terminal_safe(result.stored.get('sr'))}"
+    return line + "".join(f"\n  warning: {terminal_safe(w)}" for w in result.warnings)

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from pneumo.integrations.pacs.client import Pacs
-from pneumo.integrations.pacs.dicomjson import _value, _values
+from pneumo.integrations.pacs.client import Pacs, check_uid
+from pneumo.integrations.pacs.config import PacsError
+from pneumo.integrations.pacs.dicomjson import _texts, _value, _values
 from pneumo.integrations.pacs.priors import ScreeningKey, prior_screenings
 from pneumo.model.loading import LoadedModel
 
@@ -86,7 +87,7 @@ def _check_date(value: str | None, what: str) -> str | None:
 def _int_or_none(value: Any) -> int | None:
     try:
         return int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: a JSON number read as infinity
         return None
 
 
@@ -112,7 +113,8 @@ def search_studies(
     if accession:
         filters["AccessionNumber"] = str(accession)
     if study_uids:
-        filters["StudyInstanceUID"] = ",".join(study_uids)
+        # Checked like any UID bound for the server: a list of them is a filter, never free text.
+        filters["StudyInstanceUID"] = ",".join(check_uid(uid) for uid in study_uids)
     found: dict[str, dict[str, Any]] = {}
     queried: Sequence[str | None] = modalities or [None]  # [None]: one query for every modality
     for modality in queried:
@@ -126,7 +128,7 @@ def search_studies(
             study_uid=uid,
             date=str(_value(item, "StudyDate")),
             time=str(_value(item, "StudyTime")),
-            modalities=[str(m) for m in _values(item, "ModalitiesInStudy")],
+            modalities=_texts(item, "ModalitiesInStudy"),
             description=str(_value(item, "StudyDescription")),
             series=_int_or_none(_value(item, "NumberOfStudyRelatedSeries", None)),
             instances=_int_or_none(_value(item, "NumberOfStudyRelatedInstances", None)),
@@ -146,7 +148,13 @@ def search_studies(
 
         key, sealing, in_force = ScreeningKey.of(unscreened_by), seal_key(pacs.secret), card_hash(unscreened_by)
         for study in studies:
-            metadata = pacs.study_metadata(study.study_uid)
+            try:
+                metadata = pacs.study_metadata(study.study_uid)
+            except PacsError as exc:
+                if exc.fatal:
+                    raise
+                study.screened = False  # not known: listed, and screening it says what is wrong with it
+                continue
             frontal, _ = select_instances(metadata)
             done, _ = prior_screenings(metadata, key, sealing, in_force)
             study.screened = all(c.sop_uid in done for c in frontal)
@@ -193,7 +201,7 @@ def classify(item: Mapping[str, Any]) -> tuple[str, str | None] | None:
     sop_class = str(_value(item, "SOPClassUID"))
     view = str(_value(item, "ViewPosition")).strip().upper()
     body = str(_value(item, "BodyPartExamined")).strip().upper()
-    image_type = [str(v).upper() for v in _values(item, "ImageType")]
+    image_type = [v.upper() for v in _texts(item, "ImageType")]
     if sop_class == DX_FOR_PROCESSING or str(_value(item, "PresentationIntentType")).upper() == "FOR PROCESSING":
         return "skip", "for-processing image (raw detector data); its for-presentation image is the one read"
     if sop_class.startswith(DX_MAMMO_INTRAORAL_PREFIXES):
