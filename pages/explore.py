@@ -6,7 +6,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from pneumo.app import plots
+from pneumo.app import auth, plots
 from pneumo.app.ui import (
     active_model,
     data_root,
@@ -40,14 +40,25 @@ except (ValueError, OSError) as exc:  # DatasetError and any unreadable folder: 
 st.caption(f"{plain(summary.root)} — {summary.layout}, {summary.n_images:,} images")
 cols = st.columns(5)
 cols[0].metric("Images", f"{summary.n_images:,}")
-cols[1].metric("Imbalance ratio", f"{summary.imbalance_ratio:.2f} : 1", help="majority : minority class")
+readable = summary.n_images if summary.n_readable is None else summary.n_readable
+imbalance = f"{summary.imbalance_ratio:.2f} : 1" if readable else "—"
+cols[1].metric("Imbalance ratio", imbalance, help="majority : minority class, over the readable films")
 cols[2].metric("Patients", f"{len(summary.images_per_patient):,}")
 cols[3].metric("Duplicate groups", len(summary.duplicate_groups))
 cols[4].metric("Unreadable files", len(summary.unreadable))
 
+# Class folders (and a manifest without a split column) have no splits: the scanner files their films under
+# "train", which the chart must not show as a training split.
+has_splits = summary.layout not in ("class folders", "CSV manifest") or list(summary.counts.index) != ["train"]
 left, right = st.columns(2)
-left.plotly_chart(plots.class_counts(summary.counts), width="stretch")
+left.plotly_chart(plots.class_counts(summary.counts, splits=has_splits), width="stretch")
+if not has_splits:
+    left.caption("This folder has no train/val/test splits: training draws its own validation films from it.")
+for line in summary.links.lines():
+    st.info(plain(line), icon=":material/link:")
 with right:
+    if not readable:
+        st.warning("No film of this folder could be read: class weights and the imbalance are not computed.")
     weights = ", ".join(f"{CLASS_NAMES[k]} × {v:.2f}" for k, v in summary.class_weights.items())
     normal_share = summary.counts.get("NORMAL", pd.Series(dtype=int)).sum() / max(summary.n_images, 1)
     st.markdown(
@@ -97,7 +108,13 @@ if summary.unreadable:
 
 st.subheader("Sample grid")
 readable = summary.image_stats
-seed = st.number_input("Shuffle", 0, 10_000, 0, help="Another draw of images")
+# A button, not a number box: a box labelled "Shuffle" read as a count of something. Each press is a new
+# random draw, kept (per folder) until the next press.
+draw_key = f"sample-draw:{root}"
+if st.button("Shuffle", icon=":material/shuffle:", key=f"shuffle:{root}", help="Show another random draw of images"):
+    st.session_state[draw_key] = st.session_state.get(draw_key, 0) + 1
+seed = st.session_state.get(draw_key, 0)
+st.caption(f"Draw {seed + 1}: up to 8 films of each class at random; Shuffle shows another draw.")
 for cls in CLASS_NAMES:
     paths = readable.loc[readable.class_name == cls, "path"].tolist()
     if not paths:
@@ -147,8 +164,23 @@ if loaded is not None and audited is not None:
         order = st.radio(
             "Sort", ["most suspicious first", "least suspicious first"], horizontal=True, key=f"audit-sort:{root}"
         )
-        shown = suspects.sort_values("score", ascending=order.startswith("least")).head(24)
+        # The score is cleanlab's label quality (self-confidence): the lower it is, the more the model doubts the
+        # given label, so the most suspicious films have the lowest scores and come first in ascending order.
+        shown = suspects.sort_values("score", ascending=order.startswith("most"), kind="stable").head(24)
+        # Each widget starts at the verdict saved in the review file, so a second session shows the first one's
+        # verdicts instead of "keep" everywhere. The file is read at every run: a widget this session has not
+        # touched follows a verdict another reviewer saved since; shown_before remembers what each widget last
+        # showed from the file, the baseline a save compares against.
+        review_file = audit.review_path(root)
+        try:
+            saved = audit.saved_verdicts(review_file, shown["path"])
+            review_problem = None
+        except (ValueError, OSError) as exc:  # ReviewError (duplicate or conflicting rows, …): saving would refuse
+            saved, review_problem = {}, plain(exc)
+            st.error(f"The saved verdicts cannot be read: {review_problem}", icon=":material/error:")
         verdicts: dict[str, str] = {}
+        shown_key = f"verdicts-shown:{root}"
+        shown_before: dict[str, str] = st.session_state.setdefault(shown_key, {})
         cols = st.columns(6)
         for i, r in enumerate(shown.itertuples()):
             with cols[i % 6]:
@@ -157,25 +189,30 @@ if loaded is not None and audited is not None:
                     f"{plain(Path(r.path).name)} · labelled {CLASS_NAMES[int(r.label)]} · p={r.probability:.3f} · "
                     f"score {r.score:.3f}"
                 )
-                verdicts[r.path] = st.selectbox(
-                    "Verdict", audit.VERDICTS, key=f"verdict:{root}:{r.path}", label_visibility="collapsed"
-                )
+                widget = f"verdict:{root}:{r.path}"
+                was = shown_before.get(r.path)
+                if was is None or st.session_state.get(widget, was) == was:  # untouched here: show the file's
+                    shown_before[r.path] = st.session_state[widget] = saved.get(r.path, "keep")
+                verdicts[r.path] = st.selectbox("Verdict", audit.VERDICTS, key=widget, label_visibility="collapsed")
         cfg = settings()
-        blocked = (
-            None
-            if cfg.allow_changes
-            else (
-                "Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 "
-                "or [pneumo] allow_changes = true)."
-            )
+        blocked = auth.refusal(auth.REVIEW_LABELS) or (
+            f"The saved verdicts cannot be read: {review_problem}" if review_problem else None
         )
         if st.button("Save verdicts", disabled=blocked is not None, help=blocked, key=f"save-verdicts:{root}"):
+            # Only what this reviewer changed is written (merged under a lock into the file as it is now): an
+            # untouched widget neither overwrites a verdict saved meanwhile nor records "keep" for an unseen film.
+            changed = audit.changed_verdicts(verdicts, shown_before)
             try:
-                written = audit.write_review(audit.review_path(root), verdicts, audited)
+                written = audit.write_review(review_file, changed, audited) if changed else review_file
             except (ValueError, OSError) as exc:
                 st.error(f"The verdicts cannot be saved: {plain(exc)}", icon=":material/error:")
             else:
-                st.toast(f"Saved {len(verdicts)} verdicts into {written.name}.")
+                shown_before.update(changed)  # saved: the new baseline
+                st.toast(
+                    f"Saved {len(changed)} changed verdict(s) into {written.name}."
+                    if changed
+                    else "No verdict changed."
+                )
 
 st.subheader("Cues that are not anatomy")
 st.caption(

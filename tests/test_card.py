@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from pneumo.core.card import MAX_AUC_INTERVAL, MIN_VALIDATION_FILMS, ModelCard
+from pathlib import Path
+
+import pytest
+
+from pneumo.core.card import (
+    CARD_MAX_BYTES,
+    MAX_AUC_INTERVAL,
+    MIN_VALIDATION_FILMS,
+    CardError,
+    ModelCard,
+    site_name_skeleton,
+    update_card,
+)
 
 
 def _card(**validation: object) -> ModelCard:
@@ -29,3 +41,24 @@ def test_a_model_validated_on_enough_films_with_a_tight_interval_carries_none() 
     assert len(_card(n=MIN_VALIDATION_FILMS - 1, sensitivity=0.97, specificity=0.9, bootstrap_95=tight).cautions()) == 1
     wide = {"roc_auc": {"low": 0.9, "high": 0.9 + MAX_AUC_INTERVAL + 0.001}}
     assert len(_card(n=MIN_VALIDATION_FILMS, sensitivity=0.97, specificity=0.9, bootstrap_95=wide).cautions()) == 1
+
+
+def test_an_update_reads_the_card_within_bounds_and_writes_nothing_it_refuses(tmp_path: Path) -> None:
+    """update_card reads as the model's loader does: a runaway card is refused unread, nothing written."""
+    card = tmp_path / "card.json"
+    card.write_text('{"threshold": 0.5, "description": "' + "x" * (CARD_MAX_BYTES + 1) + '"}')
+    before = card.stat().st_mtime_ns
+    with pytest.raises(CardError, match="larger than a model card can be"):
+        update_card(card, lambda c: setattr(c, "threshold", 0.4))
+    assert card.stat().st_mtime_ns == before
+    # A missing card: the default one is created, or, with create=False, refused.
+    with pytest.raises(CardError, match="no card to record in"):
+        update_card(tmp_path / "n" / "card.json", lambda c: None, create=False)
+    made = update_card(tmp_path / "m" / "card.json", lambda c: setattr(c, "description", "made"))
+    assert made.threshold == 0.5 and ModelCard.read(tmp_path / "m" / "card.json").description == "made"
+
+
+def test_look_alike_names_share_one_skeleton() -> None:
+    assert site_name_skeleton("sh\u0456pped") == site_name_skeleton("SHIPPED") == site_name_skeleton("sh1pped")
+    assert site_name_skeleton("ward A") == site_name_skeleton("ward \u0410") == site_name_skeleton("Ward  a")
+    assert site_name_skeleton("ward A") != site_name_skeleton("ward B")

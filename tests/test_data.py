@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -101,7 +102,8 @@ def test_summarize_counts_duplicates_and_unreadable(tmp_path: Path) -> None:
     assert [Path(p).name for p in summary.duplicate_groups[0]] == ["IM-0000-0000.png", "IM-0099-0001.png"]
     assert len(summary.unreadable) == 1 and "PDF" in summary.unreadable[0][1]
     assert summary.subtypes == {"bacterial": 4, "viral": 3}
-    assert summary.imbalance_ratio == pytest.approx(1.0)
+    # Of the readable films (7 normal, 6 pneumonia): the PDF cannot weigh in the loss.
+    assert summary.imbalance_ratio == pytest.approx(7 / 6) and summary.n_readable == 13
     assert summary.patients_per_class["NORMAL"] == 4  # IM-0000..0002 and IM-0099
     as_json = summary.to_dict()
     assert as_json["images_per_patient"]["max"] == 2
@@ -208,3 +210,134 @@ def test_npz_archives_are_kept_open_boundedly_and_reread_when_rewritten(tmp_path
         D.read_item(f"{other}{D.NPZ_SEPARATOR}train{D.NPZ_SEPARATOR}0")
     assert D._open_npz.cache_info().currsize == D.NPZ_OPEN_MAX
     D._open_npz.cache_clear()
+
+
+# ---------------------------------------------------------------------- unreadable films and symbolic links
+
+
+def test_no_class_weights_from_films_that_cannot_be_read(tmp_path: Path) -> None:
+    """The probe: `summarize` on 100,000 empty files reported class weights, computed from nothing."""
+    import json
+
+    empty = tmp_path / "empty"
+    for name in ("NORMAL/a.png", "NORMAL/b.png", "PNEUMONIA/c.png", "PNEUMONIA/d.png", "PNEUMONIA/e.png"):
+        (empty / name).parent.mkdir(parents=True, exist_ok=True)
+        (empty / name).write_bytes(b"")
+    summary = D.summarize(empty)
+    assert summary.n_images == 5 and summary.n_readable == 0 and len(summary.unreadable) == 5
+    assert summary.class_weights == {}
+    as_json = summary.to_dict()
+    assert as_json["class_weights"] == {} and as_json["imbalance_ratio"] is None and as_json["n_readable"] == 0
+    json.dumps(as_json, allow_nan=False)  # valid JSON: no NaN, no Infinity
+
+    # Some readable: the weights are those of the readable films (4 normal, 2 pneumonia), not of the listed 4 and 5.
+    mixed = make_folder(tmp_path / "mixed", n_per_class=4, size=40)
+    for stale in sorted((mixed / "PNEUMONIA").iterdir())[:2]:
+        stale.unlink()
+    for i in range(3):
+        (mixed / "PNEUMONIA" / f"empty{i}.png").write_bytes(b"")
+    summary = D.summarize(mixed)
+    assert summary.n_readable == 6 and summary.counts.loc["train", "PNEUMONIA"] == 5
+    assert summary.class_weights == pytest.approx(D.class_weights(np.array([0] * 4 + [1] * 2)))
+    assert summary.imbalance_ratio == pytest.approx(2.0)
+
+
+def test_summarize_command_says_weights_are_not_computed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pneumo.cli import main
+
+    for name in ("NORMAL/a.png", "PNEUMONIA/b.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert main(["summarize", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "class weights not computed: 0 readable films" in out and "2 images, 0 readable" in out
+
+
+def _half_linked(tmp_path: Path) -> tuple[Path, Path]:
+    """data/NORMAL and data/PNEUMONIA, 4 films each, every second one a symbolic link to a film in elsewhere/."""
+    source = make_folder(tmp_path / "elsewhere", n_per_class=4, size=40)
+    data = tmp_path / "data"
+    for i, film in enumerate(sorted(source.glob("*/*.png"))):
+        target = data / film.parent.name / film.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(film) if i % 2 else shutil.copy(film, target)
+    return data, source
+
+
+def test_linked_films_are_counted_followed_or_refused_and_named(tmp_path: Path) -> None:
+    """The probe: half the films linked, evaluate said n = 36 and calibrate "36 films", neither said why."""
+    data, source = _half_linked(tmp_path)
+    # By default (and so in the app), a link out of the scanned folder is refused: counted and named.
+    ds = D.scan(data)
+    assert len(ds) == 4 and ds.links.refused == 4 and ds.links.followed == 0
+    assert ds.links.refused_example is not None and ds.links.refused_example.startswith(str(data))
+    assert str(data.resolve()) in ds.links.allowed
+    assert len(ds.problems) == 4 and all("a link to a file outside" in reason for _, reason in ds.problems)
+    assert "4 film(s) are symbolic links, refused and not counted; e.g." in ds.links.lines()[0]
+    assert "a link to a file outside" in ds.links.lines()[0]
+    # The command line follows every link, and counts them.
+    ds = D.scan(data, follow_links=True)
+    assert len(ds) == 8 and ds.links.followed == 4 and ds.links.refused == 0 and not ds.problems
+    assert "4 film(s) are symbolic links, followed" in ds.links.lines()[0]
+    # The app passes its roots: links that stay inside them are followed, the others refused.
+    assert len(D.scan(data, allowed_roots=[source])) == 8
+    other = tmp_path / "other"
+    other.mkdir()
+    assert D.scan(data, allowed_roots=[other]).links.refused == 4
+    # The summary carries the counts, in to_dict too.
+    summary = D.summarize(data)
+    assert summary.to_dict()["links"]["refused"] == 4 and summary.n_images == 4
+    assert D.summarize(data, follow_links=True).to_dict()["links"]["followed"] == 4
+
+
+def test_a_folder_of_links_only_says_so(tmp_path: Path) -> None:
+    """The probe: every film a link, and the scan said "no labelled images found … found: NORMAL/, PNEUMONIA/"."""
+    source = make_folder(tmp_path / "elsewhere", n_per_class=3, size=40)
+    data = tmp_path / "data"
+    for film in source.glob("*/*.png"):
+        (data / film.parent.name).mkdir(parents=True, exist_ok=True)
+        (data / film.parent.name / film.name).symlink_to(film)
+    with pytest.raises(
+        D.DatasetError, match=r"6 film\(s\) there are symbolic links, refused \(e\.g\. .*: a link to a file outside"
+    ):
+        D.scan(data)
+    assert len(D.scan(data, follow_links=True)) == 6
+
+
+def test_a_linked_class_folder_is_a_link_too(tmp_path: Path) -> None:
+    source = make_folder(tmp_path / "elsewhere", n_per_class=3, size=40)
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copytree(source / "NORMAL", data / "NORMAL")
+    (data / "PNEUMONIA").symlink_to(source / "PNEUMONIA", target_is_directory=True)
+    ds = D.scan(data)
+    assert ds.links.refused == 3 and set(ds.frame["class_name"]) == {"NORMAL"}
+    ds = D.scan(data, follow_links=True)
+    assert ds.links.followed == 3 and len(ds) == 6
+
+
+def test_manifest_links_follow_the_same_rule(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "m", n_per_class=2, size=40)
+    secret = make_folder(tmp_path / "elsewhere", n_per_class=1, size=40)
+    (root / "link.png").symlink_to(next((secret / "NORMAL").iterdir()))
+    rows = [f"{p.relative_to(root)},{p.parent.name}" for p in sorted(root.glob("*/*.png"))] + ["link.png,NORMAL"]
+    (root / "list.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    ds = D.scan(root / "list.csv")
+    assert len(ds) == 4 and ds.links.refused == 1 and ds.links.refused_example == str(root / "link.png")
+    ds = D.scan(root / "list.csv", follow_links=True)
+    assert len(ds) == 5 and ds.links.followed == 1
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="giving a link to another user needs root")
+def test_the_command_line_follows_only_links_its_user_made(tmp_path: Path) -> None:
+    """A link another user made in a shared folder (to the runner's own files, say) is not followed out of the
+    folder, even by the command line; one that stays inside the folder is."""
+    data, _ = _half_linked(tmp_path)
+    foreign = sorted(p for p in data.glob("*/*.png") if p.is_symlink())[0]
+    os.lchown(foreign, 12345, 12345)
+    inside = data / "NORMAL" / "inside.png"
+    inside.symlink_to(sorted(p for p in (data / "NORMAL").iterdir() if not p.is_symlink())[0])
+    os.lchown(inside, 12345, 12345)
+    ds = D.scan(data, follow_links=True)
+    assert ds.links.followed == 4 and ds.links.refused == 1 and ds.links.refused_example == str(foreign)
+    assert ds.problems == [(str(foreign), "a link made by another user (uid 12345); refused, not opened")]

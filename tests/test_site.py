@@ -3,6 +3,7 @@ positives still needed, several site points through the card, operating points i
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -108,8 +109,15 @@ def test_several_site_points_round_trip_through_the_card(tmp_path: Path) -> None
     rng = np.random.default_rng(1)
     y = (rng.random(300) < 0.6).astype(int)
     p = np.clip(np.where(y == 1, rng.normal(0.8, 0.15, 300), rng.normal(0.2, 0.15, 300)), 0, 1)
-    for name, target in (("ward A", 0.95), ("ward B", 0.9), ("ward A", 0.98)):  # the second A replaces the first
+    for name, target in (("ward A", 0.95), ("ward B", 0.9)):
         site.record(model / "model.keras", site.figures(name, y, p, target, data="d", file_list_sha256_16="0" * 16))
+    again_a = site.figures("ward A", y, p, 0.98, data="d", file_list_sha256_16="0" * 16)
+    before = (model / "card.json").read_bytes()
+    # A second "ward A" replaces the first only when asked to; otherwise it is refused, naming the point there.
+    with pytest.raises(site.NameTaken, match="already has a site operating point 'ward A' \\(threshold 0\\.") as taken:
+        site.record(model / "model.keras", again_a)
+    assert "--replace" in str(taken.value) and (model / "card.json").read_bytes() == before
+    site.record(model / "model.keras", again_a, replace=True)
     card = ModelCard.read(model / "card.json")
     points = {x["name"]: x for x in card.site_operating_points}
     assert list(points) == ["ward B", "ward A"]
@@ -144,6 +152,75 @@ def test_several_site_points_round_trip_through_the_card(tmp_path: Path) -> None
 def test_a_bad_site_point_in_a_card_is_refused(points: object, message: str) -> None:
     with pytest.raises(CardError, match=message):
         ModelCard.from_dict({"threshold": 0.5, "site_operating_points": points})
+
+
+@pytest.mark.parametrize(
+    "name,message",
+    [
+        ("sh\u0456pped", "mixes Cyrillic and Latin"),  # Cyrillic і: the probe's homoglyph
+        ("\u0455\u04bb\u0456\u0440\u0440\u0435\u0501", "looks like, 'shipped'"),  # every letter Cyrillic
+        ("SHIPPED", "looks like, 'shipped'"),
+        ("sh1pped", "looks like, 'shipped'"),
+        ("ｓｈｉｐｐｅｄ", "looks like, 'shipped'"),  # fullwidth: NFKC makes it "shipped"
+        ("sh\xedpped", "looks like, 'shipped'"),  # an accent
+        ("ward\x07A", "control character"),
+        ("ward\u202eA", "RIGHT-TO-LEFT OVERRIDE"),
+        ("\u200bward", "ZERO WIDTH SPACE"),
+        ("x" * 65, "at most 64 characters"),
+        ("x" * 200_000, "at most 64 characters"),
+        ("---", "no letter or digit"),
+        ("  ", "needs a name"),
+    ],
+)
+def test_a_bad_or_look_alike_site_name_is_refused(name: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message) as refused:
+        site.check_name(name)
+    assert len(str(refused.value)) < 400  # a 200 KB name is not echoed back
+
+
+def test_names_of_any_script_are_kept_normalised() -> None:
+    assert site.check_name("  ward   A ") == "ward A"
+    assert site.check_name("Klinik Москва") == "Klinik Москва"  # scripts may differ between words
+    assert site.check_name("клиника") == "клиника" and site.check_name("病院 (東)") == "病院 (東)"
+    assert site.check_name("St. Mary's - ward 2") == "St. Mary's - ward 2"
+    assert site.check_name("ward\u00a0A") == "ward A"  # NFKC: a no-break space is a space
+
+
+def test_a_name_that_looks_like_a_point_in_the_card_is_refused_even_with_replace(tmp_path: Path) -> None:
+    model = copy_model(tmp_path / "m")
+    y = np.array([1] * 30 + [0] * 30)
+    p = np.concatenate([np.linspace(0.5, 0.99, 30), np.linspace(0.01, 0.45, 30)])
+    site.record(model / "model.keras", site.figures("ward l", y, p, 0.9))
+    for lookalike in ("ward 1", "Ward I", "WARD L"):
+        with pytest.raises(site.NameTaken, match="looks like the site operating point 'ward l'"):
+            site.record(model / "model.keras", site.figures(lookalike, y, p, 0.95), replace=True)
+    assert [x["name"] for x in ModelCard.read(model / "card.json").site_operating_points] == ["ward l"]
+
+
+@pytest.mark.parametrize("name", ["shipped", "Shipped", " shipped", "sh\u0456pped"])
+def test_a_hand_edited_point_named_shipped_is_refused_not_offered_twice(name: str) -> None:
+    """The probe's card offered "shipped" twice in the sidebar, the second at the site point's threshold."""
+    obj = {"threshold": 0.5, "site_operating_points": [{"name": name, "threshold": 0.1}]}
+    with pytest.raises(CardError, match="the card's own operating point; rename or remove it"):
+        ModelCard.from_dict(obj)
+    # A card built in memory is never offered with two points of that name either.
+    card = ModelCard.default("m")
+    card.site_operating_points = [{"name": name, "threshold": 0.1}, {"name": "ward", "threshold": 0.2}]
+    assert [x["name"] for x in site.operating_points(card)] == ["shipped", "ward"]
+
+
+@pytest.mark.parametrize(
+    "points,message",
+    [
+        ([{"name": "a\x1b[2J", "threshold": 0.3}], "printable"),
+        ([{"name": "x" * 200_000, "threshold": 0.3}], "at most 100"),
+        ([{"name": "ward A", "threshold": 0.3}, {"name": "ward \u0410", "threshold": 0.4}], "look alike"),
+    ],
+)
+def test_unusable_or_look_alike_names_in_a_card_are_refused(points: object, message: str) -> None:
+    with pytest.raises(CardError, match=message) as refused:
+        ModelCard.from_dict({"threshold": 0.5, "site_operating_points": points})
+    assert len(str(refused.value)) < 400
 
 
 def test_apply_operating_point_leaves_the_cached_model_alone(tmp_path: Path) -> None:
@@ -193,6 +270,13 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
     from pneumo.cli import main
 
     model = copy_model(tmp_path / "m")
+    # The site's films, half of them symbolic links to the bundled samples (outside the folder): the command
+    # line follows them, counts them in n and says so (the probe's folder gave n = 36 of 48, unsaid).
+    data = tmp_path / "site"
+    for i, film in enumerate(sorted(SAMPLES.glob("*/*.jpeg"))):
+        target = data / film.parent.name / film.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(film) if i % 2 else target.write_bytes(film.read_bytes())
     assert (
         main(
             [
@@ -200,7 +284,7 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
                 "--model",
                 str(model),
                 "--data",
-                str(SAMPLES),
+                str(data),
                 "--target-recall",
                 "0.9",
                 "--name",
@@ -211,6 +295,7 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
         == 0
     )
     captured = capsys.readouterr()
+    assert "links: 24 film(s) are symbolic links, followed" in captured.err
     out = json.loads(captured.out)
     assert list(out)[:9] == list(site.SUMMARY_KEYS) and out["name"] == "clinic" and out["n"] == 48
     assert out["n_positive"] == 24 and out["sensitivity"] >= 0.9
@@ -220,6 +305,16 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
     assert "used to train or validate" in out["note"]  # the bundled films trained the model: said, not hidden
     point = ModelCard.read(model / "card.json").site_operating_points[0]
     assert point["threshold"] == out["threshold"] and point["leakage"]["train"] > 0
+    assert point["links"]["followed"] == 24 and point["links"]["refused"] == 0
+    # The change is in the audit trail: who, what, which card (the session's database, tests/conftest.py).
+    from pneumo.integrations.records import iter_events, open_records
+
+    saved = [
+        e
+        for e in iter_events(open_records())
+        if e["kind"] == "threshold_saved" and e["object"] == str(model / "card.json")
+    ]
+    assert len(saved) == 1 and saved[0]["details"]["site_point"] == "clinic" and saved[0]["outcome"] == "ok"
 
     sample = str(next((SAMPLES / "NORMAL").iterdir()))
     assert main(["predict", "--model", str(model), "--operating-point", "clinic", "--json", sample]) == 0
@@ -235,7 +330,7 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
                 "--model",
                 str(model),
                 "--data",
-                str(SAMPLES),
+                str(data),
                 "--operating-point",
                 "clinic",
                 "--out",
@@ -246,8 +341,9 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
     )
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["operating_point"] == "clinic" and report["threshold"] == out["threshold"]
-    assert "drift" in report
-    capsys.readouterr()
+    assert report["n"] == 48 and report["links"]["followed"] == 24 and "drift" in report
+    assert "links: 24 film(s) are symbolic links, followed" in capsys.readouterr().err
+    card_before = (model / "card.json").read_bytes()
     for args in (
         ["predict", "--model", str(model), "--operating-point", "nowhere", sample],
         [
@@ -263,10 +359,37 @@ def test_cli_calibrate_then_predict_and_evaluate_at_the_site_point(
         ],
         ["predict", "--model", str(model), "--operating-point", "clinic", "--threshold", "0.5", sample],
         ["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.9", "--name", "shipped"],
+        # Refused before any film is read: a look-alike of "shipped", and a name the card holds already.
+        [
+            "calibrate",
+            "--model",
+            str(model),
+            "--data",
+            str(SAMPLES),
+            "--target-recall",
+            "0.9",
+            "--name",
+            "sh\u0456pped",
+        ],
+        ["calibrate", "--model", str(model), "--data", str(SAMPLES), "--target-recall", "0.95", "--name", "clinic"],
     ):
         assert main(args) == 2, args
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert "already has a site operating point 'clinic'" in err and "--replace" in err
+    assert (model / "card.json").read_bytes() == card_before
+
+    # With --replace (args.replace, as the calibrate parser sets it), the point is replaced and the command says so.
+    from pneumo.cli.reading import cmd_calibrate
+
+    replace = argparse.Namespace(
+        model=str(model), data=str(SAMPLES), target_recall=0.95, name="clinic", json=False, replace=True
+    )
+    assert cmd_calibrate(replace) == 0
+    assert f"replaced site operating point 'clinic' (threshold {out['threshold']}" in capsys.readouterr().err
+    points = ModelCard.read(model / "card.json").site_operating_points
+    assert [p["name"] for p in points] == ["clinic"] and points[0]["target_recall"] == 0.95
+    assert points[0]["replaces"]["threshold"] == out["threshold"]
 
 
 def test_cli_calibrate_refuses_a_read_only_card(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

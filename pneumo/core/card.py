@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pneumo.core.files import atomic_write_json
+from pneumo.core.files import atomic_write_json, atomic_write_text, check_writable, file_lock, json_text
 from pneumo.core.paths import CLASS_NAMES
 
 # Below this many validation films, or above this width of the AUC interval, a model carries a caution.
@@ -24,6 +27,27 @@ MAX_AUC_INTERVAL = 0.05
 
 class CardError(ValueError):
     """A card that cannot be used for inference; the message names the card and the problem."""
+
+
+# The card's probability map (pneumo.evaluation.calibration): the served score's logit mapped by a and b.
+PROBABILITY_CALIBRATION = "probability_calibration"
+
+
+def platt(score: Any, a: float, b: float) -> Any:
+    """sigmoid(a * logit(score) + b), elementwise; a > 0 keeps the order of scores, so a decision at threshold
+    t on the score is the same decision at platt(t) on the probability."""
+    import numpy as np
+
+    q = np.clip(np.asarray(score, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return 1.0 / (1.0 + np.exp(-(a * np.log(q / (1 - q)) + b)))
+
+
+def _check_calibration(value: Any, where: str) -> None:
+    if not isinstance(value, dict):
+        raise CardError(f"{where}: {PROBABILITY_CALIBRATION} must be a JSON object, got {type(value).__name__}")
+    a, b = value.get("a"), value.get("b")
+    if value.get("method") != "platt" or not (_is_number(a) and _is_number(b)) or not float(a or 0) > 0:
+        raise CardError(f"{where}: {PROBABILITY_CALIBRATION} must be a Platt map with a > 0 and a number b")
 
 
 def check_threshold(value: Any, where: str) -> float:
@@ -173,18 +197,157 @@ def _check_shapes(values: dict[str, Any], where: str) -> None:
         items(values["training"]["members"], "training.members")
 
 
+# ---------------------------------------------------------------------- site operating point names
+
+SHIPPED_POINT = "shipped"  # the card's own operating point: never a site point's name
+MAX_SITE_NAME = 64  # characters, for a new name
+MAX_STORED_SITE_NAME = 100  # what earlier versions let calibrate write: a card holding longer names is refused
+SITE_NAME_PUNCTUATION = frozenset(" -_.()'&+,")
+
+# Letters that look like Latin ones (Unicode TS 39's confusables, the ones that matter for short names), by the
+# Latin letter they pass for. Both cases are listed: the table is applied before case folding, as a capital
+# Cyrillic EN (Н) passes for H but folds to н, which does not pass for h.
+_LOOKALIKES = str.maketrans(
+    {
+        **dict.fromkeys("аɑαⱥ", "a"),
+        **dict.fromkeys("АΑᎪ", "A"),
+        **dict.fromkeys("ВΒᏴ", "B"),
+        **dict.fromkeys("сϲⅽ", "c"),
+        **dict.fromkeys("СϹᏟ", "C"),
+        **dict.fromkeys("ԁɗᑯꓒ", "d"),
+        **dict.fromkeys("ᎠꓓⅮ", "D"),
+        **dict.fromkeys("еҽєꬲ", "e"),
+        **dict.fromkeys("ЕΕᎬⴹ", "E"),
+        **dict.fromkeys("ɡ", "g"),
+        **dict.fromkeys("һհᏂ", "h"),
+        **dict.fromkeys("НΗᎻꓧ", "H"),
+        **dict.fromkeys("іıɩιӏǀɪꙇ", "i"),
+        **dict.fromkeys("ІΙӀᎥⅠ", "I"),
+        **dict.fromkeys("јϳ", "j"),
+        **dict.fromkeys("ЈᎫ", "J"),
+        **dict.fromkeys("κк", "k"),
+        **dict.fromkeys("КΚᏦ", "K"),
+        **dict.fromkeys("МΜᎷ", "M"),
+        **dict.fromkeys("ΝᏁ", "N"),
+        **dict.fromkeys("оοօσ", "o"),
+        **dict.fromkeys("ОΟՕ", "O"),
+        **dict.fromkeys("рρϱ", "p"),
+        **dict.fromkeys("РΡᏢ", "P"),
+        **dict.fromkeys("ԛ", "q"),
+        **dict.fromkeys("ѕꜱʂ", "s"),
+        **dict.fromkeys("ЅᏚՏ", "S"),
+        **dict.fromkeys("ТΤᎢ", "T"),
+        **dict.fromkeys("υսʋ", "u"),
+        **dict.fromkeys("νѵ", "v"),
+        **dict.fromkeys("ԝѡ", "w"),
+        **dict.fromkeys("хχ", "x"),
+        **dict.fromkeys("ХΧ", "X"),
+        **dict.fromkeys("уγ", "y"),
+        **dict.fromkeys("УΥ", "Y"),
+        **dict.fromkeys("ΖᏃ", "Z"),
+    }
+)
+# Then the ASCII look-alikes of one another (l, 1 and I; 0 and O; rn and m; cl and d; vv and w), folded on both
+# sides of a comparison.
+_ASCII_FOLDS = (("rn", "m"), ("cl", "d"), ("vv", "w"), ("1", "l"), ("i", "l"), ("|", "l"), ("0", "o"))
+# Scripts whose letters pass for Latin ones: a word mixing two of them is how a look-alike name is made, and no
+# place or ward is written that way (a name may still mix scripts across words: "Klinik Москва").
+_LATIN_LOOKALIKE_SCRIPTS = frozenset({"LATIN", "CYRILLIC", "GREEK", "ARMENIAN", "CHEROKEE", "COPTIC", "LISU"})
+
+
+def site_name_skeleton(name: str) -> str:
+    """What a name looks like, for comparison: NFKC, look-alike letters as the Latin ones they pass for, case
+    folded, accents dropped, ASCII look-alikes folded, spaces collapsed. Two names with one skeleton cannot be
+    told apart on a screen (or hardly), so they are one name."""
+    text = unicodedata.normalize("NFKC", name).translate(_LOOKALIKES).casefold()
+    text = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    text = text.translate(_LOOKALIKES)  # a letter its accent hid (ї is і with a diaeresis)
+    for seen, folded in _ASCII_FOLDS:
+        text = text.replace(seen, folded)
+    return " ".join(text.split())
+
+
+def _shown(name: str) -> str:
+    """A name in a message: the first 40 characters, anything outside ASCII escaped (a look-alike shows as one)."""
+    return ascii(name[:40]) + ("…" if len(name) > 40 else "")
+
+
+def check_site_name(name: Any, where: str = "--name") -> str:
+    """A new site operating point's name, normalised (NFKC, single spaces), or ValueError saying why not.
+
+    The rule: at most MAX_SITE_NAME characters, each a letter, combining mark or digit of any script, a space
+    or one of SITE_NAME_PUNCTUATION, with at least one letter or digit; no word mixing Latin with Cyrillic,
+    Greek or another script whose letters pass for Latin ones; and not the card's own point's name, nor
+    anything that looks like it (site_name_skeleton). The character set keeps out what no name needs and
+    what harms where names are shown (control and format characters, bidirectional overrides, zero-width
+    joiners, emoji, quotes that end a CSV field); the look-alike rules keep the sidebar's choice honest: a
+    point that reads "shipped" but is not the card's own must not exist.
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"{where}: a site operating point needs a name")
+    if len(name) > 4 * MAX_SITE_NAME:  # refused before any work on it (a 200 KB name is not normalised)
+        raise ValueError(f"{where}: a site operating point's name has at most {MAX_SITE_NAME} characters")
+    text = unicodedata.normalize("NFKC", name)
+    bad = [c for c in text if not (c in SITE_NAME_PUNCTUATION or unicodedata.category(c)[0] in "LM" or c.isdigit())]
+    if bad:
+        raise ValueError(
+            f"{where}: {_shown(name)} holds {ascii(bad[0])} ({unicodedata.name(bad[0], 'a control character')}); "
+            "a site operating point's name holds letters, digits, spaces and - _ . ( ) ' & + , only"
+        )
+    text = " ".join(part for part in text.split(" ") if part)  # spaces collapsed: "ward  A" is "ward A"
+    if len(text) > MAX_SITE_NAME:
+        raise ValueError(f"{where}: a site operating point's name has at most {MAX_SITE_NAME} characters")
+    if not any(c.isalnum() for c in text):
+        raise ValueError(f"{where}: {_shown(text)} holds no letter or digit")
+    for word in re.split(r"[^\w]+|_", text):
+        scripts = {
+            unicodedata.name(c, "?").split(" ")[0] for c in word if unicodedata.category(c)[0] == "L"
+        } & _LATIN_LOOKALIKE_SCRIPTS
+        if len(scripts) > 1:
+            raise ValueError(
+                f"{where}: {_shown(text)} mixes {' and '.join(sorted(s.title() for s in scripts))} letters in one "
+                "word, which is how a look-alike of another name is made; write each word in one script"
+            )
+    if site_name_skeleton(text) == site_name_skeleton(SHIPPED_POINT):
+        raise ValueError(
+            f"{where}: {_shown(text)} is, or looks like, '{SHIPPED_POINT}', the card's own operating point; "
+            "choose another name"
+        )
+    return text
+
+
 def _check_site_points(points: Any, where: str) -> None:
-    """Site operating points are read for inference: each a named object with a usable threshold, names unique."""
+    """Site operating points are read for inference: each a named object with a usable threshold, names unique
+    and unlike one another and the card's own point's (a hand-edited point named "shipped" would be offered
+    beside the card's own, under the same name). Names are held to what earlier versions wrote (printable, at
+    most MAX_STORED_SITE_NAME characters), not to check_site_name's newer rules: a card those wrote is read."""
     if not isinstance(points, list):
         raise CardError(f"{where}: site_operating_points must be a JSON array")
-    names: set[str] = set()
+    names: dict[str, str] = {}  # skeleton -> name
     for point in points:
         if not isinstance(point, dict) or not isinstance(point.get("name"), str) or not point["name"].strip():
             raise CardError(f"{where}: every site operating point needs a name")
-        check_threshold(point.get("threshold"), f"{where}: site operating point '{point['name']}'")
-        if point["name"] in names:
-            raise CardError(f"{where}: two site operating points are named '{point['name']}'")
-        names.add(point["name"])
+        name = point["name"]
+        if len(name) > MAX_STORED_SITE_NAME or not name.isprintable():
+            raise CardError(
+                f"{where}: site operating point {_shown(name)}: a name is at most {MAX_STORED_SITE_NAME} "
+                "printable characters"
+            )
+        if site_name_skeleton(name) == site_name_skeleton(SHIPPED_POINT):
+            raise CardError(
+                f"{where}: a site operating point is named {_shown(name)}, which is, or looks like, "
+                f"'{SHIPPED_POINT}', the card's own operating point; rename or remove it in the card"
+            )
+        check_threshold(point.get("threshold"), f"{where}: site operating point '{name}'")
+        key = site_name_skeleton(name)
+        if key in names:
+            if names[key] == name:
+                raise CardError(f"{where}: two site operating points are named '{name}'")
+            raise CardError(
+                f"{where}: two site operating points look alike, {_shown(names[key])} and {_shown(name)}; "
+                "rename or remove one in the card"
+            )
+        names[key] = name
 
 
 @dataclass
@@ -245,6 +408,8 @@ class ModelCard:
         for key in ("input_check", "serving", "label_audit"):
             if extra.get(key) is not None and not isinstance(extra[key], dict):
                 raise CardError(f"{where}: {key} must be a JSON object, got {type(extra[key]).__name__}")
+        if extra.get(PROBABILITY_CALIBRATION) is not None:
+            _check_calibration(extra[PROBABILITY_CALIBRATION], where)
         for key, kind in (
             ("training_data", dict),
             ("validation", dict),
@@ -306,7 +471,22 @@ class ModelCard:
         return cls.from_dict(obj, str(path))
 
     def write(self, path: str | Path) -> None:
+        """Replace the card at path whole. A change to a card that exists goes through update_card instead,
+        which holds the card's lock across the read, the change and this write."""
         atomic_write_json(path, self.to_dict())
+
+    def probability(self, score: float) -> float:
+        """The probability of pneumonia a score stands for: the card's out-of-fold calibration map where it
+        has one (pneumo.evaluation.calibration), else the score itself (an older card)."""
+        calib = self.extra.get(PROBABILITY_CALIBRATION)
+        if not calib:
+            return float(score)
+        return float(platt(score, float(calib["a"]), float(calib["b"])))
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether probability() maps scores (else it returns them as they are)."""
+        return bool(self.extra.get(PROBABILITY_CALIBRATION))
 
     def cautions(self) -> list[str]:
         """What a reader of any figure or decision of this model must know first: validated on few films,
@@ -344,3 +524,65 @@ class ModelCard:
     def in_distribution(self) -> bool:
         """True when the validation images were a random patient draw of the training collection."""
         return self.validation_kind in ("patient", "fold", "out-of-fold")
+
+
+# ---------------------------------------------------------------------- changing a card on disk
+
+CARD_MAX_BYTES = 8 * 2**20  # the shipped card is 9 KB (pneumo.model.loading refuses larger ones on load too)
+CARD_LOCK_TIMEOUT_S = 10.0  # an update holds the lock for milliseconds; ten seconds is another process stuck
+
+
+def update_card(
+    path: str | Path,
+    change: Callable[[ModelCard], object],
+    *,
+    timeout: float | None = None,
+    create: bool = True,
+) -> ModelCard:
+    """Read the card at path, apply change to it, and write it back, one writer at a time; the changed card.
+
+    Every process that changes a card does it here (calibrate, evaluate --record, drift-reference, sweep
+    --record, the app's threshold and site saves), so the card's lock (pneumo.core.files.file_lock) is held
+    across the read, the change and the write: two updates at once are applied one after the other, and
+    neither is lost. Read and written without the lock, six calibrations at once kept four or five points.
+
+    Refused, with nothing written: a read-only card or folder (ReadOnlyError, before the lock is taken); a
+    lock held by another process for longer than timeout seconds (CARD_LOCK_TIMEOUT_S, read at each call,
+    when None): pneumo.core.files.LockTimeout, "…/card.json is being updated by another process; tried for
+    N s"; a card that is unreadable or unusable (CardError); an exception raised by change; and a changed
+    card that would no longer read back (CardError). A missing card is the default one (threshold 0.5) with
+    create=True, a CardError without.
+    """
+    path = Path(path)
+    check_writable(path)
+    if not path.parent.is_dir():  # the lock's sidecar lives beside the card
+        if not create:
+            raise CardError(f"{path}: no card to record in")
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(path, CARD_LOCK_TIMEOUT_S if timeout is None else timeout):
+        card = _read_for_update(path, create)
+        change(card)
+        text = json_text(card.to_dict())
+        ModelCard.from_dict(json.loads(text), str(path))  # what is written must read back, or nothing is written
+        atomic_write_text(path, text)
+    return card
+
+
+def _read_for_update(path: Path, create: bool) -> ModelCard:
+    """The card at path, read within bounds (as pneumo.model.loading.read_card), or the default when missing."""
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        if create:
+            return ModelCard.default(path.parent.name)
+        raise CardError(f"{path}: no card to record in") from None
+    except OSError as exc:
+        raise CardError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    if size > CARD_MAX_BYTES:
+        raise CardError(
+            f"{path}: {size / 2**20:.0f} MB, larger than a model card can be ({CARD_MAX_BYTES // 2**20} MB)"
+        )
+    try:
+        return ModelCard.read(path)
+    except RecursionError:  # JSON nested beyond the parser's stack
+        raise CardError(f"{path}: nested too deeply to be a model card") from None

@@ -12,6 +12,9 @@ import json
 import os
 import stat
 import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -133,7 +136,82 @@ def _create_exclusively(target: Path, data: bytes) -> bool:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    atomic_write_text(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """obj as the JSON text atomic_write_json writes (numpy scalars and paths included)."""
+    return json.dumps(obj, indent=2, default=_jsonable) + "\n"
+
+
+class LockTimeout(TimeoutError):
+    """Another process (or thread) held a file's lock for longer than the caller would wait; nothing was changed.
+
+    A TimeoutError, so an OSError: the command line answers it in one line, as any other file problem."""
+
+
+LOCK_POLL_S = 0.05
+
+
+def lock_path(path: str | Path) -> Path:
+    """The sidecar file whose lock stands for path's (.NAME.lock beside it; see file_lock)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
+@contextmanager
+def file_lock(path: str | Path, timeout: float) -> Iterator[None]:
+    """Hold the one exclusive lock for path while the block runs: a read, change and write of path by every
+    process (and thread) that takes this lock happens one at a time, never interleaved.
+
+    The lock is ``flock`` on a sidecar file (lock_path), not on path itself: an atomic write renames a new
+    file over path, and a lock on the old file would no longer guard anything. The sidecar is removed on
+    release, so nothing is left beside the file; that is safe because a taker checks, once it holds the
+    lock, that the file it locked is still the one at the sidecar's name, and starts again if it is not
+    (a holder unlinks before it unlocks). A holder that dies loses its lock to the kernel: no stale lock.
+    Tried every LOCK_POLL_S for timeout seconds, then LockTimeout naming the file.
+
+    flock is POSIX (Linux, macOS); the sidecar is opened read-only (flock needs no write access), so the app
+    and the command line, run as different users, share one lock.
+    """
+    import fcntl  # POSIX only: imported here so that the rest of this module imports everywhere
+
+    path = Path(path)
+    sidecar = lock_path(path)
+    deadline = time.monotonic() + max(timeout, 0.0)
+    flags = os.O_RDONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        fd = os.open(sidecar, flags, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                raise LockTimeout(
+                    f"{path} is being updated by another process; tried for {timeout:g} s, nothing written "
+                    "(run it again once the other update is done)",
+                ) from None
+            time.sleep(LOCK_POLL_S)
+            continue
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            on_disk = os.stat(sidecar, follow_symlinks=False)
+        except FileNotFoundError:
+            on_disk = None
+        held = os.fstat(fd)
+        if on_disk is not None and (on_disk.st_ino, on_disk.st_dev) == (held.st_ino, held.st_dev):
+            break
+        os.close(fd)  # the holder before us removed this sidecar as it let go: take the lock on the new one
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(sidecar)  # before the unlock: see above
+        except OSError:
+            pass  # gone or not removable: the next taker locks what is there, which is just as safe
+        os.close(fd)
 
 
 def _jsonable(obj: Any) -> Any:

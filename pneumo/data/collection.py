@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISLNK
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,121 @@ class DatasetError(ValueError):
 
 
 @dataclass
+class LinkReport:
+    """Films reached through a symbolic link (the file, or a folder above it inside the scanned folder): how
+    many were followed and how many refused, with one example of each, and where links were allowed to
+    lead. A count the scan keeps, so that "n = 36" is never said without "and 36 links refused"."""
+
+    followed: int = 0
+    refused: int = 0
+    followed_example: str | None = None
+    refused_example: str | None = None
+    refused_reason: str | None = None  # why refused_example was refused
+    allowed: str = ""  # where links may lead, in words
+
+    def add(self, path: Path, refusal: str | None) -> None:
+        """Count the film at path, reached through a link: followed (refusal None) or refused, and why."""
+        if refusal is None:
+            self.followed += 1
+            self.followed_example = self.followed_example or str(path)
+        else:
+            self.refused += 1
+            if self.refused_example is None:
+                self.refused_example, self.refused_reason = str(path), refusal
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "followed": self.followed,
+            "refused": self.refused,
+            "followed_example": self.followed_example,
+            "refused_example": self.refused_example,
+            "refused_reason": self.refused_reason,
+            "allowed": self.allowed,
+        }
+
+    def lines(self) -> list[str]:
+        """What a reader of the counts must know, one line each: nothing when no film is a link."""
+        out = []
+        if self.followed:
+            out.append(
+                f"{self.followed} film(s) are symbolic links, followed ({self.allowed}); e.g. {self.followed_example}"
+            )
+        if self.refused:
+            out.append(
+                f"{self.refused} film(s) are symbolic links, refused and not counted; e.g. {self.refused_example}: "
+                f"{self.refused_reason}"
+            )
+        return out
+
+
+def link_lines(links: dict[str, Any]) -> list[str]:
+    """A stored link report (LinkReport.to_dict) as its lines: what a reader of the counts must know."""
+    return LinkReport(**links).lines() if links else []
+
+
+@dataclass(frozen=True)
+class _LinkPolicy:
+    """Where a film's symbolic links may lead: inside the scanned folder or one of roots, or, with follow, anywhere
+    when the links were made by the user running the command (or root)."""
+
+    follow: bool = False
+    roots: tuple[Path, ...] = ()
+
+    @classmethod
+    def make(cls, follow_links: bool, allowed_roots: Sequence[str | Path] | None) -> _LinkPolicy:
+        roots = []
+        for root in allowed_roots or ():
+            try:
+                roots.append(Path(root).expanduser().resolve())
+            except (OSError, RuntimeError):  # a root that is a symlink loop allows nothing
+                continue
+        return cls(follow_links, tuple(roots))
+
+    def describe(self, inside: Path | str) -> str:
+        """Where links may lead, in words, for messages and LinkReport.allowed."""
+        if self.follow:
+            return "anywhere when made by you or root: the command line follows its own user's links"
+        return " or ".join(str(p) for p in (inside, *self.roots))
+
+    def refusal(self, link: Path, base: Path, real: Path, inside: Path) -> str | None:
+        """Why the film at link (under the scanned folder base, resolving to real) is not opened, or None.
+
+        Inside the scanned folder (resolved: inside) or a root, any link is followed. With follow, a link out
+        of them is followed too when every link on the way (the file, or a folder between base and it) was made
+        by the user running the command or by root: the command line reads what its user can read, on the
+        folder its user named, and a link that user made is theirs. A link another user made, in a folder
+        shared with them, is not: it could lead the command to read the runner's own files into a report."""
+        if any(real.is_relative_to(p) for p in (inside, *self.roots)):
+            return None
+        if not self.follow:
+            return f"a link to a file outside {self.describe(inside)}; refused, not opened"
+        maker = _foreign_link_owner(link, base)
+        if maker is not None:
+            return f"a link made by another user (uid {maker}); refused, not opened"
+        return None
+
+
+def _foreign_link_owner(link: Path, base: Path) -> int | None:
+    """The owner of the first symbolic link between base and link (both included) made by neither the user running
+    this nor root; None when there is none (or the system has no user ids)."""
+    if not hasattr(os, "getuid"):
+        return None
+    trusted = {os.getuid(), 0}
+    try:
+        parts = link.relative_to(base).parts
+    except ValueError:
+        return None
+    for i in range(len(parts) + 1):
+        try:
+            st = os.lstat(base.joinpath(*parts[:i]))
+        except OSError:
+            continue
+        if S_ISLNK(st.st_mode) and st.st_uid not in trusted:
+            return st.st_uid
+    return None
+
+
+@dataclass
 class Dataset:
     """The labelled images found under a root: one row per image."""
 
@@ -60,6 +177,7 @@ class Dataset:
     layout: str
     frame: pd.DataFrame  # path, label, class_name, split, patient_id, subtype
     problems: list[tuple[str, str]] = field(default_factory=list)  # entries refused at scan time, with the reason
+    links: LinkReport = field(default_factory=LinkReport)  # films reached through symbolic links
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -81,14 +199,20 @@ class Summary:
     duplicate_groups: list[list[str]]
     image_stats: pd.DataFrame  # path, class_name, width, height, mean, std, hash (of the decoded pixels)
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    links: LinkReport = field(default_factory=LinkReport)  # films reached through symbolic links
+    # Films that decode: the imbalance and the class weights are computed on these only (a weight from files
+    # that cannot be read is computed from nothing: 100,000 empty files once reported "balanced" weights).
+    n_readable: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "root": self.root,
             "layout": self.layout,
             "n_images": self.n_images,
+            "n_readable": self.n_images if self.n_readable is None else self.n_readable,
             "counts": {split: {k: int(v) for k, v in row.items()} for split, row in self.counts.iterrows()},
-            "imbalance_ratio": round(self.imbalance_ratio, 3),
+            # null, not Infinity or NaN (neither is JSON): one class, or no readable film, has no ratio
+            "imbalance_ratio": round(self.imbalance_ratio, 3) if math.isfinite(self.imbalance_ratio) else None,
             "class_weights": {CLASS_NAMES[k]: round(v, 4) for k, v in self.class_weights.items()},
             "patients_per_class": self.patients_per_class,
             "images_per_patient": {
@@ -101,6 +225,7 @@ class Summary:
             "image_size": _describe(self.image_stats, ["width", "height"]),
             "intensity": _describe(self.image_stats, ["mean", "std"]),
             "unreadable": [{"path": p, "reason": r} for p, r in self.unreadable],
+            "links": self.links.to_dict(),
         }
 
 
@@ -150,59 +275,92 @@ def _class_dirs(folder: Path) -> dict[int, list[Path]]:
     return found
 
 
-def scan(root: str | Path) -> Dataset:
-    """Find labelled images under root: split folders, class folders, a CSV manifest or a MedMNIST .npz."""
+def scan(root: str | Path, *, follow_links: bool = False, allowed_roots: Sequence[str | Path] | None = None) -> Dataset:
+    """Find labelled images under root: split folders, class folders, a CSV manifest or a MedMNIST .npz.
+
+    Films reached through symbolic links (a linked file, or a linked folder above it) are counted in
+    ``links``, followed or refused. By default a link is followed only where it stays inside the folder
+    scanned (the split folder, the class folders' parent, the manifest's folder) or inside one of
+    allowed_roots: the app, serving other people, passes its configured roots
+    (pneumo.app.settings.AppSettings.allowed_roots()), so a folder's links cannot read other files on the
+    machine. follow_links=True also follows links out of them that the user running it (or root) made: the
+    command line runs as the machine's user on folders that user named, whose links are that user's own, and
+    says how many it followed; a link another user made in a shared folder is still refused
+    (_LinkPolicy.refusal). Refused links are listed in ``problems`` with the reason, and never opened.
+    """
     root = Path(root).expanduser()
+    policy = _LinkPolicy.make(follow_links, allowed_roots)
     if not root.exists():
         raise DatasetError(f"{root}: no such file or folder")
     if root.is_file():
         if root.suffix == ".npz":
             return _scan_npz(root)
         if root.suffix == ".csv":
-            return _scan_manifest(root)
+            return _scan_manifest(root, policy)
         raise DatasetError(f"{root}: expected a folder, a .csv manifest or a pneumoniamnist .npz file")
     rows: list[dict[str, Any]] = []
     problems: list[tuple[str, str]] = []  # files refused at scan time (links out of their folder)
+    links = LinkReport()
     layout = ""
     split_dirs = {c.name.lower(): c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() in SPLIT_NAMES}
     if split_dirs:
         layout = "split folders"
         for split, folder in split_dirs.items():
-            rows += _rows_from_class_dirs(folder, split, problems)
+            rows += _rows_from_class_dirs(folder, split, problems, policy, links)
+        links.allowed = policy.describe(f"the split folder under {root.resolve()} that holds the link")
     elif _class_dirs(root):
         layout = "class folders"
-        rows = _rows_from_class_dirs(root, "train", problems)
+        rows = _rows_from_class_dirs(root, "train", problems, policy, links)
+        links.allowed = policy.describe(root.resolve())
     else:
         manifests = sorted(root.glob("*.csv"))
         npz = sorted(root.glob("pneumoniamnist*.npz"))
         if manifests:
-            return _scan_manifest(manifests[0])
+            return _scan_manifest(manifests[0], policy)
         if npz:
             return _scan_npz(npz[0])
     if not rows:
         found = sorted(c.name + ("/" if c.is_dir() else "") for c in root.iterdir())[:20]
+        refused = (
+            f" {links.refused} film(s) there are symbolic links, refused (e.g. {links.refused_example}: "
+            f"{links.refused_reason})."
+            if links.refused
+            else ""
+        )
         raise DatasetError(
-            f"{root}: no labelled images found. Expected train/val/test folders or NORMAL/ and PNEUMONIA/ "
+            f"{root}: no labelled images found.{refused} Expected train/val/test folders or NORMAL/ and PNEUMONIA/ "
             f"folders with images, a CSV manifest (path,label[,patient_id][,split]) or pneumoniamnist*.npz; "
             f"found: {', '.join(found) if found else 'an empty folder'}"
         )
-    return Dataset(root, layout, _frame(rows), problems)
+    return Dataset(root, layout, _frame(rows), problems, links)
 
 
 def _rows_from_class_dirs(
-    folder: Path, split: str, problems: list[tuple[str, str]] | None = None
+    folder: Path,
+    split: str,
+    problems: list[tuple[str, str]] | None = None,
+    policy: _LinkPolicy | None = None,
+    links: LinkReport | None = None,
 ) -> list[dict[str, Any]]:
     rows = []
+    policy = policy or _LinkPolicy()
+    links = links if links is not None else LinkReport()
     inside = folder.resolve()
     for label, class_dirs in _class_dirs(folder).items():
         for class_dir in class_dirs:
             for path in _image_files(class_dir):
-                # Resolved (symlinks followed) before anything is opened, as for manifests: a class folder
-                # holds its own films, so a link cannot be used to read, show or probe other files.
-                if not path.resolve().is_relative_to(inside):
-                    if problems is not None:
-                        problems.append((str(path), f"a link to a file outside {folder}; refused, not opened"))
-                    continue
+                # Resolved (symlinks followed) before anything is opened, as for manifests: where the policy
+                # says a link may not lead (by default, out of the folder), it cannot be used to read, show or
+                # probe other files. A film whose resolved path is not where its name says is reached through a
+                # link: of the file, or of a folder between it and the scanned folder.
+                real = path.resolve()
+                if real != inside / path.relative_to(folder):
+                    refusal = policy.refusal(path, folder, real, inside)
+                    links.add(path, refusal)
+                    if refusal is not None:
+                        if problems is not None:
+                            problems.append((str(path), refusal))
+                        continue
                 rows.append({"path": str(path), "label": label, "split": split})
     return rows
 
@@ -232,7 +390,7 @@ def _parse_label(value: Any, where: str) -> int:
     raise DatasetError(f"{where}: label '{value}' is neither NORMAL/0 nor PNEUMONIA/1")
 
 
-def _scan_manifest(csv_path: Path) -> Dataset:
+def _scan_manifest(csv_path: Path, policy: _LinkPolicy | None = None) -> Dataset:
     try:
         table = pd.read_csv(csv_path)
     except Exception as exc:
@@ -247,13 +405,26 @@ def _scan_manifest(csv_path: Path) -> Dataset:
         raise DatasetError(f"{csv_path}: the manifest lists no images")
     rows = []
     problems: list[tuple[str, str]] = []
+    policy = policy or _LinkPolicy()
+    links = LinkReport(allowed=policy.describe(csv_path.parent.resolve()))
     root = csv_path.parent.resolve()
+    folders = {Path(os.path.normpath(csv_path.parent.absolute())), root}  # the folder by its name, and resolved
     for i, (_, rec) in enumerate(table.iterrows()):  # i: the row number (read_csv numbers the rows 0, 1, …)
         path = Path(str(rec["path"]))
         path = path if path.is_absolute() else csv_path.parent / path
         # Resolved (symlinks followed) before anything is opened: a manifest names files under its own
-        # folder only, so it cannot be used to read, show or probe other files on the machine.
-        if not path.resolve().is_relative_to(root):
+        # folder only, so it cannot be used to read, show or probe other files on the machine. A row named
+        # inside the folder that resolves elsewhere is a symbolic link: followed where the policy allows.
+        real = path.resolve()
+        named = Path(os.path.normpath(path.absolute()))
+        base = next((f for f in folders if named.is_relative_to(f)), None)
+        if base is not None and real != root / named.relative_to(base):
+            refusal = policy.refusal(named, base, real, root)
+            links.add(path, refusal)
+            if refusal is not None:
+                problems.append((str(rec["path"]), f"row {i + 2}: {refusal}"))
+                continue
+        elif not real.is_relative_to(root):
             problems.append(
                 (str(rec["path"]), f"row {i + 2}: outside the manifest's folder {root}; refused, not opened")
             )
@@ -267,14 +438,18 @@ def _scan_manifest(csv_path: Path) -> Dataset:
             }
         )
     if not rows:
-        raise DatasetError(f"{csv_path}: no usable rows; " + "; ".join(r for _, r in problems[:3]))
+        raise DatasetError(
+            f"{csv_path}: no usable rows; "
+            + (f"{links.refused} are links refused; " if links.refused else "")
+            + "; ".join(r for _, r in problems[:3])
+        )
     frame = _frame(rows)
     labels_per_file = frame.groupby("path")["label"].nunique()
     for path in labels_per_file[labels_per_file > 1].index:
         problems.append((path, "listed with both labels in the manifest; left out"))
     frame = frame[~frame["path"].isin(labels_per_file[labels_per_file > 1].index)]
     frame = frame.drop_duplicates("path").reset_index(drop=True)
-    return Dataset(csv_path, "CSV manifest", frame, problems)
+    return Dataset(csv_path, "CSV manifest", frame, problems, links)
 
 
 def _scan_npz(npz_path: Path) -> Dataset:
@@ -428,11 +603,21 @@ def duplicate_groups(stats: pd.DataFrame) -> list[list[str]]:
 
 
 def summarize(
-    root: str | Path | Dataset, progress: Progress | None = None, cache_dir: str | Path | None = None
+    root: str | Path | Dataset,
+    progress: Progress | None = None,
+    cache_dir: str | Path | None = None,
+    *,
+    follow_links: bool = False,
+    allowed_roots: Sequence[str | Path] | None = None,
 ) -> Summary:
     """Counts, imbalance, patients, subtypes, duplicates and image statistics for a labelled collection
-    (the decoded statistics kept in cache_dir, see inspect_images)."""
-    dataset = root if isinstance(root, Dataset) else scan(root)
+    (the decoded statistics kept in cache_dir, see inspect_images). follow_links and allowed_roots: which
+    symbolic links to films are followed (see scan); the summary's ``links`` counts them.
+
+    The counts are of the films listed; the imbalance ratio and the class weights are of the films that
+    decode (what training can use): with none readable there are no weights (an empty dict) and no ratio
+    (NaN; null in to_dict), never figures computed from nothing."""
+    dataset = root if isinstance(root, Dataset) else scan(root, follow_links=follow_links, allowed_roots=allowed_roots)
     frame = dataset.frame
     stats = inspect_images(frame["path"], progress, cache_dir=cache_dir)
     merged = frame.merge(stats, on="path", how="left")
@@ -447,22 +632,24 @@ def summarize(
     counts = counts.reindex(
         [s for s in (*SPLIT_NAMES, *sorted(set(counts.index) - set(SPLIT_NAMES))) if s in counts.index]
     )
-    per_class = frame["label"].value_counts()
+    per_class = readable["label"].value_counts()
     minority = per_class.min() if len(per_class) == 2 else 0
-    imbalance = float(per_class.max() / minority) if minority else float("inf")
+    imbalance = float(per_class.max() / minority) if minority else float("inf") if len(per_class) else float("nan")
     return Summary(
         root=str(dataset.root),
         layout=dataset.layout,
         n_images=len(frame),
         counts=counts,
         imbalance_ratio=imbalance,
-        class_weights=class_weights(frame["label"].to_numpy()),
+        class_weights=class_weights(readable["label"].to_numpy()),
         patients_per_class={c: int(frame.loc[frame.class_name == c, "patient_id"].nunique()) for c in CLASS_NAMES},
         images_per_patient=frame.groupby("patient_id").size().sort_values(ascending=False),
         subtypes={str(k): int(v) for k, v in frame.loc[frame.subtype != "", "subtype"].value_counts().items()},
         duplicate_groups=duplicate_groups(stats),
         image_stats=readable[["path", "class_name", "width", "height", "mean", "std", "hash"]].reset_index(drop=True),
         unreadable=unreadable,
+        links=dataset.links,
+        n_readable=len(readable),
     )
 
 

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumo.core.card import ModelCard, update_card
 from pneumo.core.files import check_writable, now_iso
 from pneumo.evaluation.drift import (
     CALIBRATION_N,
@@ -29,7 +30,7 @@ from pneumo.evaluation.drift import (
     view,
 )
 from pneumo.model import input_check as quality
-from pneumo.model.loading import card_path, load_model, read_card
+from pneumo.model.loading import card_path, load_model
 
 # A callback(done, total), as drift.Progress, but done may be fractional: the stress conditions of step 3 count
 # as parts of it.
@@ -313,10 +314,14 @@ def _writable_card(model_path: Path) -> Path:
 
 
 def record_in_card(model_path: str | Path, reference: Reference) -> Path:
-    """Write the reference's section (``drift``) into the model's card; a read-only card is refused."""
+    """Write the reference's section (``drift``) into the model's card; a read-only card is refused. Read,
+    changed and written under the card's lock (update_card): no concurrent update of the card is lost."""
     model_path = Path(model_path) / "model.keras" if Path(model_path).is_dir() else Path(model_path)
     path = _writable_card(model_path)
-    card = read_card(model_path)
-    card.extra["drift"] = reference.card_section()
-    card.write(path)
+    section = reference.card_section()
+
+    def put(card: ModelCard) -> None:
+        card.extra["drift"] = section
+
+    update_card(path, put)
     return path

@@ -7,16 +7,17 @@ Above pneumo.evaluation.metrics (the metrics) in the import order: this module a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pneumo.core.card import check_threshold
+from pneumo.core.card import ModelCard, check_threshold, update_card
 from pneumo.core.files import check_writable, now_iso
 from pneumo.data.collection import file_list_hash, scan
 from pneumo.evaluation import drift
 from pneumo.evaluation.metrics import Progress, metrics_at, predict_frame
 from pneumo.evaluation.site import apply_operating_point
-from pneumo.model.loading import card_path, load_model, read_card
+from pneumo.model.loading import card_path, load_model
 
 
 def evaluate_data(
@@ -26,15 +27,21 @@ def evaluate_data(
     split: str | None = None,
     progress: Progress | None = None,
     operating_point: str | None = None,
+    *,
+    follow_links: bool = False,
+    allowed_roots: Sequence[str | Path] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a saved model on a labelled folder at a threshold (the card's, or the named site
-    operating point's, when not given), with the drift check of the folder as a batch."""
+    operating point's, when not given), with the drift check of the folder as a batch. follow_links and
+    allowed_roots: which symbolic links to films are followed (pneumo.data.collection.scan); the report's
+    ``links`` says how many were followed and refused, so n is never read without them."""
     if threshold is not None and operating_point:
         raise ValueError("give --threshold or --operating-point, not both")
     loaded = load_model(model_path)
     if operating_point:
         loaded = apply_operating_point(loaded, operating_point)
-    frame = scan(data).frame
+    dataset = scan(data, follow_links=follow_links, allowed_roots=allowed_roots)
+    frame = dataset.frame
     if split:
         frame = frame[frame["split"] == split]
     predicted = predict_frame(loaded, frame, progress=progress)
@@ -51,6 +58,7 @@ def evaluate_data(
         unreadable=[
             {"path": r.path, "error": r.error} for r in predicted[predicted["probability"].isna()].itertuples()
         ],
+        links=dataset.links.to_dict(),
     )
     if loaded.operating_point != "shipped":
         report["threshold_source"] = f"site operating point '{loaded.operating_point}' in the model card"
@@ -62,10 +70,10 @@ def evaluate_data(
 
 
 def record_evaluation(report: dict[str, Any], name: str) -> Path:
-    """Append an evaluation report to its model's card (external evaluations); returns the card's path."""
+    """Append an evaluation report to its model's card (external evaluations); returns the card's path.
+    Read, changed and written under the card's lock (update_card): no concurrent update of the card is lost."""
     path = card_path(Path(report["model"]))
     check_writable(path)  # a read-only card is refused (ReadOnlyError), never silently replaced
-    card = read_card(Path(report["model"]))  # validated, size-bounded; the default card when there is none
     keys = (
         "n",
         "threshold",
@@ -79,15 +87,17 @@ def record_evaluation(report: dict[str, Any], name: str) -> Path:
         "f1",
         "confusion",
     )
-    card.external_evaluations.append(
-        {
-            "name": name,
-            "data": report["data"],
-            "file_list_sha256_16": report["file_list_sha256_16"],
-            "date": now_iso(),
-            "threshold_source": report["threshold_source"],
-            **{k: report[k] for k in keys},
-        }
-    )
-    card.write(path)
+    entry = {
+        "name": name,
+        "data": report["data"],
+        "file_list_sha256_16": report["file_list_sha256_16"],
+        "date": now_iso(),
+        "threshold_source": report["threshold_source"],
+        **{k: report[k] for k in keys},
+    }
+
+    def append(card: ModelCard) -> None:
+        card.external_evaluations.append(entry)
+
+    update_card(path, append)  # validated, size-bounded; the default card when there is none
     return path

@@ -234,10 +234,12 @@ def as_dict(f: Framing) -> dict[str, Any]:
 
 
 def record_in_card(card_file: Path, block: dict[str, Any]) -> Path:
-    """Store a sweep in the card (shift_checks.framing), replacing the earlier one."""
-    from pneumo.core.card import ModelCard
+    """Store a sweep in the card (shift_checks.framing), replacing the earlier one. Read, changed and written
+    under the card's lock (update_card): no concurrent update of the card is lost. The card must exist."""
+    from pneumo.core.card import ModelCard, update_card
 
-    card = ModelCard.read(card_file)
-    card.shift_checks["framing"] = block
-    card.write(card_file)
+    def put(card: ModelCard) -> None:
+        card.shift_checks["framing"] = block
+
+    update_card(card_file, put, create=False)
     return card_file

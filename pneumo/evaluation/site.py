@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.core.card import ModelCard, check_threshold
+from pneumo.core.card import (
+    SHIPPED_POINT,
+    ModelCard,
+    check_site_name,
+    check_threshold,
+    site_name_skeleton,
+    update_card,
+)
 from pneumo.core.files import check_writable as runs_check_writable
 from pneumo.core.files import now_iso
 from pneumo.model.loading import card_path, read_card
@@ -34,7 +41,7 @@ from pneumo.model.loading import card_path, read_card
 # import this module at start.
 
 CONFIDENCE = 0.95  # one-sided
-SHIPPED = "shipped"
+SHIPPED = SHIPPED_POINT
 MAX_POSITIVES = 100_000  # positives_needed searches this far, then says "more than"
 FEW_NORMALS = 20
 SUMMARY_KEYS = (
@@ -214,6 +221,9 @@ class SiteCalibration:
     leakage: dict[str, Any] | None = None
     curve: list[tuple[int, float]] = field(default_factory=list)
     unreadable: list[dict[str, str]] = field(default_factory=list)
+    # Films reached through symbolic links, followed and refused (pneumo.data.collection.LinkReport.to_dict):
+    # the films a site point was set on are said in full, links included.
+    links: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The CLI's --json object: SUMMARY_KEYS, then the note."""
@@ -236,14 +246,48 @@ class SiteCalibration:
 
 
 def check_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip():
-        raise ValueError("--name: a site operating point needs a name")
-    name = name.strip()
-    if name == SHIPPED:
-        raise ValueError(f"--name: '{SHIPPED}' is the card's own operating point; choose another name")
-    if len(name) > 100 or not name.isprintable():
-        raise ValueError("--name: at most 100 printable characters")
-    return name
+    """A new site point's name, normalised; ValueError when it is unusable or looks like "shipped"
+    (pneumo.core.card.check_site_name says the rule and why)."""
+    return check_site_name(name, "--name")
+
+
+class NameTaken(ValueError):
+    """A site point of that name (or one that looks like it) is in the card already; nothing was written."""
+
+
+def _check_free(card: ModelCard, name: str, replace: bool, where: Path) -> dict[str, Any] | None:
+    """The point this name replaces (replace=True), None when the name is new; NameTaken when the name is taken
+    and replace is False, or when another point's name looks like it (never replaced: it is another name)."""
+    for point in card.site_operating_points:
+        if point.get("name") == name:
+            if replace:
+                return point
+            raise NameTaken(
+                f"the card {where} already has a site operating point '{name}' (threshold "
+                f"{_figure(point.get('threshold'))}, set {point.get('date') or 'at an unknown date'} on "
+                f"{point.get('n', '?')} films); replacing it must be asked for (calibrate --replace), "
+                "or choose another name; nothing written"
+            )
+        if site_name_skeleton(str(point.get("name"))) == site_name_skeleton(name):
+            raise NameTaken(
+                f"--name {ascii(name)} looks like the site operating point {ascii(point.get('name'))} already in the "
+                f"card {where}; choose a name that cannot be mistaken for it; nothing written"
+            )
+    return None
+
+
+def _figure(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def check_can_record(model_path: str | Path, name: str, replace: bool = False) -> Path:
+    """Before any work: the card's path when the name may be recorded in it (a new name, or replace=True);
+    ReadOnlyError for a read-only card, NameTaken for a taken name. record checks again, under the lock."""
+    path = check_writable(model_path)
+    name = check_name(name)
+    if path.exists():
+        _check_free(read_card(path), name, replace, path)
+    return path
 
 
 def figures(
@@ -317,16 +361,26 @@ def figures(
 
 
 def calibrate(
-    loaded: Any, data: str | Path, target_recall: float, name: str, progress: Progress | None = None
+    loaded: Any,
+    data: str | Path,
+    target_recall: float,
+    name: str,
+    progress: Progress | None = None,
+    *,
+    follow_links: bool = False,
+    allowed_roots: Sequence[str | Path] | None = None,
 ) -> SiteCalibration:
     """ "Calibrate to this site": a labelled folder (any layout pneumo.data.collection.scan reads) -> the site point,
     its figures and the bound-against-n curve (``.curve``), with the leakage check against the model's
-    own training and validation films. Nothing is written (``record`` does that)."""
+    own training and validation films. Nothing is written (``record`` does that). follow_links and
+    allowed_roots: which symbolic links to films are followed (pneumo.data.collection.scan); what was
+    followed and refused is in ``.links``."""
     from pneumo.data.collection import file_list_hash, scan
     from pneumo.evaluation.metrics import leakage, predict_frame
 
     check_name(name)
-    frame = scan(data).frame
+    dataset = scan(data, follow_links=follow_links, allowed_roots=allowed_roots)
+    frame = dataset.frame
     predicted = predict_frame(loaded, frame, progress=progress, hashes=True)  # one decode: scores and pixel hashes
     ok = predicted[predicted["probability"].notna()]
     if ok.empty:
@@ -344,6 +398,7 @@ def calibrate(
     result.unreadable = [
         {"path": r.path, "error": str(r.error)} for r in predicted[predicted["probability"].isna()].itertuples()
     ]
+    result.links = dataset.links.to_dict()
     return result
 
 
@@ -356,18 +411,25 @@ def check_writable(model_path: str | Path) -> Path:
     return path
 
 
-def record(model_path: str | Path, calibration: SiteCalibration) -> Path:
-    """Add the site point to the model's card (a point of the same name is replaced, and says so); a
-    read-only card is refused, never replaced (the card is written by renaming a new file over it,
-    which a read-only file would not stop). Returns the card's path."""
+def record(model_path: str | Path, calibration: SiteCalibration, replace: bool = False) -> Path:
+    """Add the site point to the model's card; returns the card's path.
+
+    A point of the same name is replaced only with replace=True (the new entry keeps the old threshold and
+    date under ``replaces``); otherwise NameTaken names the point in the card, and nothing is written. A
+    name that looks like another point's is refused either way. A read-only card is refused, never replaced
+    (the card is written by renaming a new file over it, which a read-only file would not stop). Read,
+    changed and written under the card's lock (update_card): calibrations recorded at once all land."""
     path = check_writable(model_path)
-    card = ModelCard.read(path) if path.exists() else ModelCard.default(path.parent.name)
-    entry = calibration.card_entry()
-    earlier = [p for p in card.site_operating_points if p.get("name") == calibration.name]
-    if earlier:
-        entry["replaces"] = {"threshold": earlier[0].get("threshold"), "date": earlier[0].get("date")}
-    card.site_operating_points = [p for p in card.site_operating_points if p.get("name") != calibration.name] + [entry]
-    card.write(path)
+    name = check_name(calibration.name)
+    entry = {**calibration.card_entry(), "name": name}
+
+    def add(card: ModelCard) -> None:
+        earlier = _check_free(card, name, replace, path)
+        if earlier is not None:
+            entry["replaces"] = {"threshold": earlier.get("threshold"), "date": earlier.get("date")}
+        card.site_operating_points = [p for p in card.site_operating_points if p.get("name") != name] + [entry]
+
+    update_card(path, add)
     return path
 
 
@@ -394,6 +456,9 @@ def operating_points(card: Any) -> list[dict[str, Any]]:
             ),
         }
         for p in card.site_operating_points
+        # A card read from disk holds no point named (or looking like) "shipped": ModelCard refuses it. One
+        # built in memory might: it is never offered beside the card's own under the same name.
+        if site_name_skeleton(str(p.get("name"))) != site_name_skeleton(SHIPPED)
     ]
     return [own, *sites]
 

@@ -16,7 +16,7 @@ import numpy as np
 from cachetools import LRUCache
 
 from pneumo import import_tensorflow_quietly
-from pneumo.core.card import CardError, ModelCard, check_threshold
+from pneumo.core.card import CardError, ModelCard, check_threshold, update_card
 from pneumo.core.files import check_writable, now_iso
 
 # TensorFlow and Keras are imported where used: the dashboard serves through ONNX Runtime and must not load them
@@ -285,14 +285,17 @@ def load_keras_model(model_path: str | Path) -> Any:
 def save_operating_point(model_path: str | Path, threshold: float, rule: str, **record: Any) -> ModelCard:
     """Write a new operating threshold (and how it was chosen) into the model's card, atomically.
 
-    Extra keyword fields (who confirmed what) are kept in the card's threshold history.
+    Extra keyword fields (who confirmed what) are kept in the card's threshold history. Read, changed and
+    written under the card's lock (update_card): a save at the same time as a calibration, an evaluation or
+    another save loses neither.
     """
     threshold = check_threshold(threshold, str(model_path))
     check_writable(card_path(Path(model_path)))  # a read-only card is refused, never replaced (ReadOnlyError)
-    card = read_card(Path(model_path))
-    card.threshold_history.append(
-        {"threshold": card.threshold, "rule": card.threshold_rule, "replaced": now_iso(), **record}
-    )
-    card.threshold, card.threshold_rule = threshold, rule
-    card.write(card_path(Path(model_path)))
-    return card
+
+    def put(card: ModelCard) -> None:
+        card.threshold_history.append(
+            {"threshold": card.threshold, "rule": card.threshold_rule, "replaced": now_iso(), **record}
+        )
+        card.threshold, card.threshold_rule = threshold, rule
+
+    return update_card(card_path(Path(model_path)), put)

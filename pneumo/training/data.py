@@ -61,7 +61,7 @@ def prepare(
     if config.label_review:
         from pneumo.evaluation.audit import apply_review
 
-        frame, review_counts = apply_review(frame, config.label_review)
+        frame, review_counts = apply_review(frame, config.label_review, root=config.data)
     present = set(frame["label"])
     if present != {0, 1}:
         missing = [CLASS_NAMES[c] for c in (0, 1) if c not in present]
