@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -865,3 +866,84 @@ def test_file_meta_reader_finds_the_transfer_syntax_in_explicit_and_implicit_vr_
         )
         assert found.TransferSyntaxUID == DeflatedExplicitVRLittleEndian, implicit
         assert fp.tell() == len(meta)  # left at the first element after the meta group
+
+
+# ---------------------------------------------------------------- DICOM: data after the pixel data
+
+
+def _padded_cases() -> dict[str, bytes]:
+    """A small film in each encoding the reader takes (the pixel element of defined and of undefined length,
+    each byte order and VR coding, deflated), before anything is appended."""
+    from pydicom.uid import ExplicitVRBigEndian, ImplicitVRLittleEndian, RLELossless
+
+    ramp = _ramp()
+    return {
+        "explicit": _dicom(ramp),
+        "implicit": _dicom_with(64, 64, ramp.tobytes(), syntax=ImplicitVRLittleEndian),
+        "big-endian": _dicom_with(64, 64, ramp.byteswap().tobytes(), syntax=ExplicitVRBigEndian),
+        "encapsulated": _dicom(ramp, syntax=RLELossless),  # undefined length: items up to a delimiter
+        "deflated": _as_deflated(_dicom(ramp)),
+    }
+
+
+@pytest.mark.parametrize("case", ["explicit", "implicit", "big-endian", "encapsulated", "deflated"])
+def test_data_after_the_pixel_data_is_refused_in_one_line(case: str) -> None:
+    data = _padded_cases()[case] + bytes(2**20)  # 1 MiB of zeros: ~0.5 s for pydicom to parse as elements
+    with pytest.raises(InvalidImageError) as err:
+        load_xray(data, name="padded.dcm")
+    # The deflated writer ends an odd-length stream with one zero byte (PS3.5 A.5): it counts as a tail too.
+    assert re.fullmatch(r"padded.dcm: 1,048,57[67] bytes after the pixel data [^\n]*", str(err.value))
+
+
+def test_deflated_data_inflating_past_the_pixel_data_is_refused() -> None:
+    """The tail inside the deflated stream counts as well as bytes after the stream's end."""
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp())))
+    ds.add_new(0xFFFCFFFC, "OB", bytes(100_000))  # Data Set Trailing Padding, after the pixel data
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with pytest.raises(InvalidImageError, match=r"^tail.dcm: 100,01\d bytes after the pixel data"):
+        load_xray(_as_deflated(buf.getvalue()), name="tail.dcm")
+
+
+def test_padding_after_the_pixel_data_costs_no_parsing_time() -> None:
+    """A 64 MiB padding at a quarter of its size: 16 MiB of zeros took pydicom ~9 s of CPU to parse, element
+    by element, before the film was read; refused unread, it takes milliseconds (CPU time: a shared machine's
+    load does not count)."""
+    import time
+
+    data = _dicom(np.tile(np.linspace(0, 4000, 512), (512, 1)).astype(np.uint16)) + bytes(16 * 2**20)
+    start = time.process_time()
+    with pytest.raises(InvalidImageError, match="bytes after the pixel data"):
+        load_xray(data, name="padded.dcm")
+    assert time.process_time() - start < 1.0
+
+
+def test_a_small_tail_is_ignored_unread_and_the_film_decodes() -> None:
+    """Up to 64 KiB after the pixel data (a trailing padding element, a stray byte) is allowed and never
+    parsed: the dataset ends at the pixel data. An icon's pixel data nested in a sequence before it does not
+    end the read early. One byte past the allowance is refused."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from pneumo.data.dicom import _read_dicom
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom(_ramp())))
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated, icon.SamplesPerPixel = 8, 8, 8, 1
+    icon.PixelData = bytes(range(64))
+    ds.IconImageSequence = Sequence([icon])
+    ds.add_new(0xFFFCFFFC, "OB", bytes(4096))  # Data Set Trailing Padding
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    with_tail = buf.getvalue()
+    read = _read_dicom(with_tail, "tail.dcm", 10**6)
+    assert 0x7FE00010 in read and 0xFFFCFFFC not in read  # read up to the pixel data, not past it
+    expected = load_xray(_dicom(_ramp()), name="plain.dcm").pixels
+    assert np.array_equal(load_xray(with_tail, name="tail.dcm").pixels, expected)
+    plain = _dicom(_ramp())
+    assert np.array_equal(load_xray(plain + bytes(64 * 1024), name="edge.dcm").pixels, expected)
+    with pytest.raises(InvalidImageError, match=r"^over.dcm: 65,537 bytes after the pixel data"):
+        load_xray(plain + bytes(64 * 1024 + 1), name="over.dcm")

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from cachetools import LRUCache
 
-from pneumo.data.pixels import resize, shrink
+from pneumo.data.decode import load_xray
+from pneumo.data.pixels import resize, shrink, to_uint8
 from pneumo.integrations import report
 from pneumo.model import explain
 from pneumo.model import reading as predict
@@ -59,16 +62,38 @@ READING_CACHE_BYTES = 64 * 2**20  # 64 films at 1024 px: two pages of 25 cards a
 DECODE_SLOTS = 2
 READINGS = SharedCache(READING_CACHE_BYTES, predict.nbytes)
 _DECODES = threading.BoundedSemaphore(DECODE_SLOTS)
+# One decode at a time per session, taken before a shared slot: a session's page run and its download
+# threads (Streamlit runs download callables beside the script) could otherwise hold every shared slot
+# and make every other visitor wait behind one visitor's batch. A session's semaphore lives while it is
+# held or waited on (a weak dictionary), so closed sessions leave nothing behind.
+_SESSION_DECODES: weakref.WeakValueDictionary[str, threading.Semaphore] = weakref.WeakValueDictionary()
+_SESSION_DECODES_LOCK = threading.Lock()
+
+
+@contextmanager
+def session_slot(session: str) -> Iterator[None]:
+    """Hold this session's one decode slot (an empty session id shares one slot: callers outside the app)."""
+    with _SESSION_DECODES_LOCK:
+        slot = _SESSION_DECODES.get(session)
+        if slot is None:
+            slot = _SESSION_DECODES[session] = threading.Semaphore(1)
+    with slot:
+        yield
+
+
 # What the cards draw, shared by every session: heat maps at the model's input size (200 KB a method)
 # and the encoded screen pictures (films and maps at most 640 px a side, one colour bar per film size).
 PICTURES = SharedCache(64 * 2**20, _picture_bytes)
 
 
-def cached_reading(loaded: LoadedModel, digest: str, name: str, data: bytes, model_key: str, band: float) -> Any:
-    """One upload read through the one prediction path, compacted and cached by content (see above)."""
+def cached_reading(
+    loaded: LoadedModel, digest: str, name: str, data: bytes, model_key: str, band: float, session: str = ""
+) -> Any:
+    """One upload read through the one prediction path, compacted and cached by content (see above);
+    session: whose decode this is, for the one-slot-per-session rule."""
 
     def read() -> predict.Reading:
-        with _DECODES:
+        with session_slot(session), _DECODES:
             return predict.pack(predict.compact(predict.read(loaded, data, name=name, band=band)))
 
     # The threshold in force is part of the key: a reading's decision is made at it, and an operating point
@@ -88,12 +113,13 @@ class Upload:
     source: Any  # a Streamlit UploadedFile or a Path
     model_key: str
     band: float
+    session: str = ""  # the visitor's session id: one decode at a time each
 
     def data(self) -> bytes:
         return self.source.read_bytes() if isinstance(self.source, Path) else self.source.getvalue()
 
     def reading(self) -> predict.Reading:
-        return cached_reading(self.loaded, self.digest, self.name, self.data(), self.model_key, self.band)
+        return cached_reading(self.loaded, self.digest, self.name, self.data(), self.model_key, self.band, self.session)
 
 
 # Downloads made on click. Streamlit keeps a download button's callable until the session's next run, or
@@ -114,8 +140,10 @@ def _overlay_png(item: Upload | predict.Reading, notes: predict.Reading, heat: A
     return explain.png_bytes(explain.with_colorbar(explain.overlay(xray.pixels, heat, opacity)))
 
 
-def _reading_pdf(item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any) -> bytes:
-    return report.study_pdf([card_film(item, notes)], loaded, {0: heat})
+def _reading_pdf(
+    item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any, number: int
+) -> bytes:
+    return report.study_pdf([card_film(item, notes)], loaded, {0: heat}, numbers=[number])
 
 
 def _batch_pdf(
@@ -181,6 +209,11 @@ def card_pictures(loaded: LoadedModel, digest: str, model_key: str, reading: pre
 # screen reader.
 CARD_PICTURES_KEY = "cardpics"  # the container around a card's pictures: key f"{CARD_PICTURES_KEY}-{item}"
 CARD_NOTES_KEY = "cardnotes"  # the container of a card's notes beside its probability and decision
+# A not-assessable reading's score: greyed and small (no decision is made; the CSV, PDF and PACS list it).
+CARD_MUTED_KEY = "cardmuted"  # the container around such a card's probability: f"{CARD_MUTED_KEY}-{item}"
+# Around the pictures of a card whose maps are off (a not-assessable film, until its toggle shows them): the film
+# only is shown. The maps stay in the one image element, hidden, so showing them fetches nothing new.
+CARD_MAPS_OFF_KEY = "cardmapsoff"
 _TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++"}  # each of explain.METHODS as a card names it
 # In card_pictures' order: the film, then for each method its film, its map and its colour bar.
 CARD_PICTURE_ALT = ["X-ray"] + [
@@ -189,6 +222,8 @@ CARD_PICTURE_ALT = ["X-ray"] + [
     for alt in (f"X-ray under the {_TITLES[m]} map", f"{_TITLES[m]} map", "colour bar: share of the map's peak, 0 to 1")
 ]
 _CAPTIONS = [(1, "X-ray")] + [(2 + 3 * k, _TITLES[m]) for k, m in enumerate(explain.METHODS)]  # under each film
+# Under each colour bar, its title: what its numbers are.
+_BAR_TITLES = [(4 + 3 * k, "share of peak") for k in range(len(explain.METHODS))]
 _GRID = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImage']"
 _PIC = f"[class*='st-key-{CARD_PICTURES_KEY}-'] [data-testid='stImageContainer']"
 _MAP_CELL = 1 + 1 / explain.SCREEN_BAR_SHARE  # a map's cell: its film's width and its bar's
@@ -210,12 +245,21 @@ _CARD_PICTURE_LAYOUT = (
         f"font-size: 0.875rem; opacity: 0.6; padding-top: 0.25rem}}"
         for n, text in _CAPTIONS
     )
+    + " "
+    + " ".join(
+        f"{_PIC}:nth-child({n})::after {{content: '{text}'; display: block; text-align: center; "
+        f"font-size: 0.75rem; line-height: 1.2; opacity: 0.6; padding-top: 0.25rem}}"
+        for n, text in _BAR_TITLES
+    )
+    + f" [class*='st-key-{CARD_MAPS_OFF_KEY}-'] [data-testid='stImageContainer']:nth-child(n+2) {{display: none}}"
+    + f" [class*='st-key-{CARD_MUTED_KEY}-'] [data-testid='stMetricValue'] {{font-size: 1.1rem; opacity: 0.55}}"
+    + f" [class*='st-key-{CARD_MUTED_KEY}-'] [data-testid='stMetricLabel'] {{opacity: 0.7}}"
 )
 
 
 def card_rules(opacity: float) -> str:
-    """The style rules of every card: its notes and its pictures, the maps (the 3rd and 6th picture) at
-    `opacity`."""
+    """The style rules of every card: its notes, its score (greyed and small where no decision is made) and its
+    pictures, the maps (the 3rd and 6th picture) at `opacity`, or the film only where the maps are off."""
     return f"{_CARD_PICTURE_LAYOUT} {_PIC}:nth-child(3n) img {{opacity: {float(opacity):.2f}}}"
 
 
@@ -227,10 +271,10 @@ def overlay_png_on_click(
 
 
 def reading_pdf_on_click(
-    item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any
+    item: Upload | predict.Reading, notes: predict.Reading, loaded: LoadedModel, heat: Any, number: int
 ) -> Callable[[], bytes]:
-    """One film's PDF report, made when the button is pressed."""
-    return functools.partial(_reading_pdf, _pack_item(item), _notes(notes), loaded, heat)
+    """One film's PDF report, made when the button is pressed; number: the item number its card shows."""
+    return functools.partial(_reading_pdf, _pack_item(item), _notes(notes), loaded, heat, number)
 
 
 def batch_pdf_on_click(
@@ -255,6 +299,7 @@ def _notes(reading: predict.Reading) -> predict.Reading:
         reading.error,
         list(reading.warnings),
         reading.repeat_of,
+        reading.calibrated,
     )
 
 
@@ -275,3 +320,18 @@ def map_peak_note(
         ("peak-in-lungs", digest, model_key, target), lambda: b"1" if explain.peak_in_lungs(film, heat) else b"0"
     )
     return None if inside == b"1" else PEAK_OUTSIDE_NOTE
+
+
+def native_film(item: Upload | predict.Reading) -> Any:
+    """The film at its own resolution for the full-size viewer, as 8-bit samples: an upload decoded again (as the
+    decoder keeps it, at most 2048 px a side; one decode slot per session and the shared ones, like a reading)
+    and kept in PICTURES; a reading's (a PACS run's) film as it is."""
+    if isinstance(item, predict.Reading):
+        assert item.xray is not None  # only a decoded film is viewed
+        return to_uint8(item.xray.pixels)
+
+    def make() -> dict[str, Any]:
+        with session_slot(item.session), _DECODES:
+            return {"film": to_uint8(load_xray(item.data(), name=item.name).pixels)}
+
+    return PICTURES.get(("native", item.digest), make)["film"]

@@ -18,9 +18,72 @@ ENV_RUNS_DIR = "PNEUMO_RUNS_DIR"
 ENV_MODELS_DIR = "PNEUMO_MODELS_DIR"
 ENV_ALLOW_CHANGES = "PNEUMO_ALLOW_CHANGES"
 ENV_CACHE_DIR = "PNEUMO_CACHE_DIR"
+ENV_SESSION_UPLOAD_MB = "PNEUMO_SESSION_UPLOAD_MB"
+ENV_SERVER_UPLOAD_MB = "PNEUMO_SERVER_UPLOAD_MB"
+# Upload bytes held at once (pneumo.app.sessions.enforce_upload_budgets): a session's batch of 10 films at the
+# 50 MB per-file limit, or hundreds of ordinary 1-2 MB JPEGs; the server's, four such sessions. Uploads
+# cost about twice their size resident while they are read, so 2 GB of uploads is about 4 GB of memory.
+DEFAULT_SESSION_UPLOAD_BYTES = 512 * 2**20
+DEFAULT_SERVER_UPLOAD_BYTES = 2 * 2**30
+# Roles of signed-in users (pneumo.app.auth), lowest first: each may do what the ones before it may. A reader reads
+# films and gives verdicts; an analyst also explores collections, trains and tunes thresholds; an admin also applies
+# operating points and manages the records database.
+READER, ANALYST, ADMIN = "reader", "analyst", "admin"
+ROLES = (READER, ANALYST, ADMIN)
+NO_ROLE = "none"  # `default = "none"` in [pneumo.roles]: an account nobody listed is refused
 # Decoded image statistics by folder content (pneumo.data.collection.inspect_images): the app's folder views
 # read a large collection once, not on every visit or restart.
 CACHE_DIR = Path(os.environ.get(ENV_CACHE_DIR) or PROJECT_ROOT / ".cache").expanduser()
+
+
+def _megabytes(value: Any, default: int, name: str) -> int:
+    """A budget given in MiB (PNEUMO_…_MB, or the secrets section's …_mb) as bytes; unset, the default. A
+    value that is not a positive number is refused by name: a typo must not lift or zero a budget silently."""
+    if value is None or str(value).strip() == "":
+        return default
+    try:
+        mib = float(value)
+    except (TypeError, ValueError):
+        mib = float("nan")
+    if not mib > 0 or mib == float("inf"):
+        raise ValueError(f"{name} must be a positive number of MiB, not {value!r}")
+    return int(mib * 2**20)
+
+
+def parse_roles(section: Any) -> tuple[dict[str, str], str | None]:
+    """`[pneumo.roles]` as (account -> role, the role of a signed-in account nobody listed).
+
+    Each role lists accounts: `admin = ["alice@example.org"]`, `analyst = [...]`, `reader = [...]` (e-mail addresses,
+    compared without regard to case; for a provider that gives no e-mail, the account's subject id). An account
+    listed under several roles has the highest. `default = "reader"` (the default) is the role of everyone else who
+    signs in; `default = "none"` refuses them. An unknown role, a non-text entry or an empty one is refused by name:
+    a typo must neither grant nor withdraw access silently.
+    """
+    if section is None:
+        section = {}
+    if not isinstance(section, Mapping):
+        raise ValueError(f"[pneumo.roles] must be a table of roles, not {section!r}")
+    accounts: dict[str, str] = {}
+    default: str | None = READER
+    for key, value in section.items():
+        if key == "default":
+            name = str(value).strip().lower()
+            if name not in (*ROLES, NO_ROLE):
+                raise ValueError(f"[pneumo.roles] default must be one of {', '.join((*ROLES, NO_ROLE))}, not {value!r}")
+            default = None if name == NO_ROLE else name
+            continue
+        if key not in ROLES:
+            raise ValueError(f"[pneumo.roles] has an unknown role {key!r} (roles: {', '.join(ROLES)}; and default)")
+        entries = [value] if isinstance(value, str) else value
+        if not isinstance(entries, (list, tuple)):
+            raise ValueError(f"[pneumo.roles] {key} must be a list of accounts, not {value!r}")
+        for entry in entries:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ValueError(f"[pneumo.roles] {key} lists {entry!r}: an account is a non-empty e-mail address")
+            account = entry.strip().lower()
+            if account not in accounts or ROLES.index(key) > ROLES.index(accounts[account]):
+                accounts[account] = key
+    return accounts, default
 
 
 @dataclass
@@ -34,6 +97,15 @@ class AppSettings:
     # machine: off unless the deployment turns them on (make run does, for a local single-user app).
     allow_changes: bool = False
     max_concurrent_runs: int = 1
+    # Upload budgets in bytes: past them the oldest uploads are released (see DEFAULT_SESSION_UPLOAD_BYTES).
+    session_upload_bytes: int = DEFAULT_SESSION_UPLOAD_BYTES
+    server_upload_bytes: int = DEFAULT_SERVER_UPLOAD_BYTES
+    # Sign-in (pneumo.app.auth): on when the secrets have an [auth] section (Streamlit's OpenID Connect settings).
+    # Then every visitor signs in, and the role of their account (roles: account -> role, from [pneumo.roles]; an
+    # account nobody listed has default_role, None: refused) says what they may do, within allow_changes.
+    sign_in: bool = False
+    roles: dict[str, str] = field(default_factory=dict)
+    default_role: str | None = READER
 
     @classmethod
     def load(cls, secrets: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> AppSettings:
@@ -54,12 +126,27 @@ class AppSettings:
         models_dir = Path(environ.get(ENV_MODELS_DIR) or DEFAULT_MODEL_DIR).expanduser()
         allow = str(environ.get(ENV_ALLOW_CHANGES, section.get("allow_changes", False))).strip().lower()
         max_runs = int(section.get("max_concurrent_runs", 1))
+        auth = (secrets or {}).get("auth")
+        roles, default_role = parse_roles(section.get("roles"))
         return cls(
             data_roots=unique,
             runs_dir=runs_dir,
             models_dir=models_dir,
             allow_changes=allow in ("1", "true", "yes", "on"),
             max_concurrent_runs=max(1, max_runs),
+            session_upload_bytes=_megabytes(
+                environ.get(ENV_SESSION_UPLOAD_MB) or section.get("session_upload_mb"),
+                DEFAULT_SESSION_UPLOAD_BYTES,
+                ENV_SESSION_UPLOAD_MB,
+            ),
+            server_upload_bytes=_megabytes(
+                environ.get(ENV_SERVER_UPLOAD_MB) or section.get("server_upload_mb"),
+                DEFAULT_SERVER_UPLOAD_BYTES,
+                ENV_SERVER_UPLOAD_MB,
+            ),
+            sign_in=isinstance(auth, Mapping) and bool(auth),
+            roles=roles,
+            default_role=default_role,
         )
 
     def model_choices(self) -> dict[str, Path]:

@@ -102,7 +102,9 @@ def load_xray(source: Source, name: str | None = None, max_pixels: int = DEFAULT
     """Decode bytes or a path, keeping the format and (for DICOM) the displayable header fields.
 
     Memory is bounded before any pixel is decoded: the declared size is checked against max_pixels (and,
-    for DICOM, the decoded bytes against max_pixels × 2), and against what the bytes present can hold."""
+    for DICOM, the decoded bytes against max_pixels × 2), and against what the bytes present can hold. A DICOM
+    is read up to the end of its pixel data: up to 64 KiB after it are ignored unread, more are refused
+    (pneumo.data.dicom._TRAILING_BYTES)."""
     data, label = _read(source, name, max_pixels)
     if not data:
         raise InvalidImageError(label, "empty file (0 bytes)")

@@ -9,7 +9,7 @@ import contextlib
 import io
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,14 @@ _DEFER_BYTES = 64 * 1024
 # elements, overlays) and this much after it: DICOM puts nothing large there in practice.
 _DEFLATED_HEADER_BYTES = 16_000_000
 _DEFLATED_TAIL_BYTES = 1_000_000
+# What a file may hold after its pixel data and still be read: the rest is never parsed, and more than this
+# is refused. pydicom parses whatever follows the pixel data element by element, about 0.55 s of CPU per MB
+# of zero padding (8-byte empty elements), so 64 MB appended to a small film held a decoder for ~40 s.
+# Real files put little there: the Data Set Trailing Padding element (FFFC,FFFC) pads to a media block of a
+# few KiB, a digital signature sequence holds a few KiB of certificates, an odd-length writer adds a byte.
+# 64 KiB leaves room for those many times over and costs nothing (none of it is parsed); beyond it a file
+# was padded or spliced, and saying so beats reading a film from it.
+_TRAILING_BYTES = 64 * 1024
 
 
 # pydicom's reading warnings that a decoder of untrusted files expects, by message (pydicom 3.0 texts). Most
@@ -129,8 +137,9 @@ def _header_until_pixels(inflated: bytes) -> tuple[Any, tuple[int, int, int] | N
     return header, (found[0] if found else None)
 
 
-def _inflate_dataset(deflated: bytes, label: str, max_pixels: int) -> bytes:
-    """Inflate a Deflated Explicit VR Little Endian dataset in steps, never past what its header declares.
+def _inflate_dataset(deflated: bytes, label: str, max_pixels: int) -> tuple[bytes, int]:
+    """Inflate a Deflated Explicit VR Little Endian dataset in steps, never past what its header declares;
+    returns the inflated dataset and the count of bytes left in the file after the deflated stream's end.
 
     pydicom inflates the whole stream before reading a single element, so a few hundred kB of deflated
     zeros become gigabytes. Here the output is capped at _DEFLATED_HEADER_BYTES until the header up to the
@@ -175,7 +184,8 @@ def _inflate_dataset(deflated: bytes, label: str, max_pixels: int) -> bytes:
         raise InvalidImageError(label, f"corrupt deflated DICOM data ({exc})") from exc
     if not inflater.eof:
         raise InvalidImageError(label, "truncated DICOM: the deflated data ends before the dataset does")
-    return bytes(out)
+    # Bytes past the stream's end were fed (unused_data) or never fed: they follow the dataset in the file.
+    return bytes(out), len(inflater.unused_data) + max(0, len(deflated) - pos)
 
 
 def _file_meta(fp: io.BytesIO) -> Any:
@@ -215,11 +225,39 @@ def _file_meta(fp: io.BytesIO) -> Any:
     return meta
 
 
+def _stop_after_pixels() -> Callable[[Any, Any, int], bool]:
+    """A read_dataset stop_when that passes the pixel element(s) and stops at the first element after them.
+
+    Reading then ends at the pixel data, as stop_before_pixels ends before it, and pydicom leaves the
+    file at the start of that next element (it rewinds over the element's header): what follows is never
+    parsed, and the file's position says how many bytes follow."""
+    seen = False
+
+    def stop(tag: Any, vr: Any, length: int) -> bool:
+        nonlocal seen
+        if int(tag) in _PIXEL_TAGS:
+            seen = True
+            return False
+        return seen
+
+    return stop
+
+
+def _refuse_trailing(trailing: int, label: str) -> None:
+    if trailing > _TRAILING_BYTES:
+        raise InvalidImageError(
+            label,
+            f"{trailing:,} bytes after the pixel data (at most {_TRAILING_BYTES // 1024} KiB are "
+            "ignored); refused unread",
+        )
+
+
 def _read_dicom(data: bytes, label: str, max_pixels: int) -> Any:
-    """The dataset with every element over _DEFER_BYTES left unread, deflated data inflated with a bound."""
-    import pydicom
+    """The dataset up to and including its pixel data, every element over _DEFER_BYTES left unread,
+    deflated data inflated with a bound. Up to _TRAILING_BYTES after the pixel data are ignored unread;
+    more are refused (the one path for the CLI, the app and PACS screening: load_xray)."""
     from pydicom.dataset import FileDataset
-    from pydicom.filereader import read_dataset, read_preamble
+    from pydicom.filereader import read_dataset, read_partial, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     fp = io.BytesIO(data)
@@ -228,9 +266,15 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> Any:
     preamble = read_preamble(fp, True)
     meta = _file_meta(fp)
     if meta.get("TransferSyntaxUID") != DeflatedExplicitVRLittleEndian:
-        return pydicom.dcmread(io.BytesIO(data), force=True, defer_size=_DEFER_BYTES)
-    body = io.BytesIO(_inflate_dataset(data[fp.tell() :], label, max_pixels))
-    dataset = read_dataset(body, False, True, defer_size=_DEFER_BYTES)
+        # dcmread(force=True) is read_partial with no stop: the same reader, stopped after the pixel data.
+        whole = io.BytesIO(data)
+        ds = read_partial(whole, stop_when=_stop_after_pixels(), defer_size=_DEFER_BYTES, force=True)
+        _refuse_trailing(len(data) - whole.tell(), label)
+        return ds
+    inflated, after_stream = _inflate_dataset(data[fp.tell() :], label, max_pixels)
+    body = io.BytesIO(inflated)
+    dataset = read_dataset(body, False, True, stop_when=_stop_after_pixels(), defer_size=_DEFER_BYTES)
+    _refuse_trailing(len(inflated) - body.tell() + after_stream, label)
     ds = FileDataset(body, dataset, preamble, meta, False, True)
     # read_dataset recorded the Specific Character Set it decoded with (public: original_character_set).
     ds.set_original_encoding(False, True, dataset.original_character_set)
