@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -37,6 +38,102 @@ def require_orthanc() -> None:
     from pneumo.integrations.pacs_server import find_orthanc
 
     require(find_orthanc() is not None, "Orthanc with its DICOMweb plugin is not installed (make pacs-deps)")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def records_database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One readings database for the whole run, outside the checkout: the commands and the app write readings
+    and audit events, and a test never leaves runs/pneumo.db behind. A test that needs its own sets its own."""
+    url = f"sqlite:///{tmp_path_factory.mktemp('records') / 'pneumo.db'}"
+    before = os.environ.get("PNEUMO_DATABASE_URL")
+    os.environ["PNEUMO_DATABASE_URL"] = url
+    yield url
+    if before is None:
+        os.environ.pop("PNEUMO_DATABASE_URL", None)
+    else:
+        os.environ["PNEUMO_DATABASE_URL"] = before
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Callable[[], str]]:
+    """A PostgreSQL server of this run's own, from Debian's postgresql (make db-deps): initdb in a temporary folder,
+    listening on 127.0.0.1 only (a free port; trust authentication, no data worth a password), stopped at the end
+    (pg_ctl stop -m fast) and its folder removed. Yields a function that creates an empty database and gives its
+    URL (postgresql+psycopg://, psycopg 3). PostgreSQL refuses to run as root, so as root (CI) the server runs as
+    the `postgres` account the package creates; otherwise as the current user."""
+    import glob
+    import importlib.util
+    import shutil
+    import subprocess
+    import tempfile
+
+    def version(initdb: str) -> tuple[int, ...]:  # /usr/lib/postgresql/<ver>/bin/initdb
+        ver = Path(initdb).parent.parent.name
+        return tuple(int(p) for p in ver.split(".") if p.isdigit())
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=version)
+    require(found, "PostgreSQL is not installed: no /usr/lib/postgresql/<version>/bin/initdb (make db-deps)")
+    require(importlib.util.find_spec("psycopg"), "psycopg 3 is not installed (pip install -e '.[dev]')")
+    import psycopg
+
+    bin_dir = Path(found[-1]).parent
+    as_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    prefix: list[str] = []
+    if as_root:
+        import pwd
+
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            require(False, "running as root, and there is no `postgres` account to run PostgreSQL as (make db-deps)")
+        prefix = ["runuser", "-u", "postgres", "--"] if shutil.which("runuser") else []
+    # Not under pytest's tmp_path: its folders are private to this user, and the server's account must enter them.
+    root = Path(tempfile.mkdtemp(prefix="pneumo-pg-"))
+    if as_root:
+        os.chown(root, account.pw_uid, account.pw_gid)
+    data, log = root / "data", root / "server.log"
+
+    def pg(tool: str, *args: str) -> subprocess.CompletedProcess[str]:
+        command = [str(bin_dir / tool), *args]
+        if as_root and not prefix:  # no runuser: su, with the command quoted for its shell
+            import shlex
+
+            command = ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(command)]
+        return subprocess.run([*prefix, *command], cwd=root, capture_output=True, text=True, timeout=120)
+
+    def failed(what: str, done: subprocess.CompletedProcess[str]) -> None:
+        server = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        pytest.fail(f"PostgreSQL {what} failed ({done.returncode}): {done.stderr[-2000:]}{server}", pytrace=False)
+
+    port = free_ports()[0]
+    try:
+        done = pg("initdb", "-D", str(data), "-U", "pneumo", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync")
+        if done.returncode:
+            failed("initdb", done)
+        # Durability is no concern of a server that lives for one run: fsync and friends off make it faster. Its
+        # time zone is UTC-10, so a time given back in the session's zone rather than UTC would show (on another day).
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -k {root} -c fsync=off -c synchronous_commit=off "
+            "-c TimeZone=Pacific/Honolulu"
+        )
+        done = pg("pg_ctl", "start", "-w", "-t", "60", "-D", str(data), "-l", str(log), "-o", options)
+        if done.returncode:
+            failed("pg_ctl start", done)
+        admin = f"host=127.0.0.1 port={port} user=pneumo dbname=postgres"
+        count = 0
+
+        def create() -> str:
+            nonlocal count
+            count += 1
+            with psycopg.connect(admin, autocommit=True) as connection:
+                connection.execute(f"CREATE DATABASE pneumo_{count}")
+            return f"postgresql+psycopg://pneumo@127.0.0.1:{port}/pneumo_{count}"
+
+        yield create
+    finally:
+        if (data / "postmaster.pid").exists():  # started, or half-started (pg_ctl start gave up waiting)
+            pg("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(data))
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

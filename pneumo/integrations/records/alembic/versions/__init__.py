@@ -1,0 +1,1 @@
+"""The records database's migrations, oldest first (Alembic reads them by file; this file is not one)."""
