@@ -1,5 +1,6 @@
 """Predict: drop X-rays, read the worklist, the probability, the decision and the Grad-CAM maps."""
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -7,7 +8,10 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from pneumo.app import viewer, worklist
 from pneumo.app.cards import (
+    CARD_MAPS_OFF_KEY,
+    CARD_MUTED_KEY,
     CARD_NOTES_KEY,
     CARD_PICTURE_ALT,
     CARD_PICTURES_KEY,
@@ -19,15 +23,27 @@ from pneumo.app.cards import (
     card_pictures,
     card_rules,
     map_peak_note,
+    native_film,
     overlay_png_on_click,
     reading_pdf_on_click,
 )
 from pneumo.app.pacs_panel import pacs_source, ui_pacs_config
+from pneumo.app.sessions import current_session, enforce_upload_budgets
 from pneumo.app.settings import SAMPLES_DIR
-from pneumo.app.ui import DISCLAIMER, active_model, model_state_key, plain, progress_bar, require_entry_point
+from pneumo.app.ui import (
+    DISCLAIMER,
+    active_model,
+    model_state_key,
+    plain,
+    progress_bar,
+    require_entry_point,
+    settings,
+)
+from pneumo.app.verdicts import log_batch_once, pacs_reading_ids, verdict_buttons
 from pneumo.core.memory import trim
 from pneumo.data.pixels import resize
 from pneumo.evaluation import drift
+from pneumo.integrations.records import ReadingSource, pixel_sha256
 from pneumo.integrations.report import safe_csv
 from pneumo.model import reading as predict
 
@@ -64,6 +80,13 @@ opacity = controls[1].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
 controls[2].markdown(
     f"Operating point **{plain(loaded.operating_point)}**, threshold **{loaded.threshold:.4f}**  \n"
     f"{plain(loaded.card.threshold_rule)}"
+    + (
+        f"  \nProbabilities are calibrated out of fold (at the training films' "
+        f"{loaded.card.extra['probability_calibration']['prevalence']:.0%} pneumonia); the threshold is the model's "
+        f"score {loaded.threshold:.4f}, probability {loaded.card.probability(loaded.threshold):.3f}."
+        if loaded.card.calibrated
+        else ""
+    )
 )
 
 pacs_config = ui_pacs_config()
@@ -79,12 +102,36 @@ if source_kind == "From PACS":
     if pacs_run is None:
         st.stop()
 else:
+    # Before the uploader reads its files: the server holds uploads within a byte budget per session and in
+    # all, the oldest released first as new ones arrive; what this session lost is said here.
+    budgets = settings()
+    released = enforce_upload_budgets(budgets.session_upload_bytes, budgets.server_upload_bytes)
     uploads = st.file_uploader(
         "Drop chest X-rays (PNG, JPEG, BMP, TIFF or DICOM)",
         accept_multiple_files=True,
         help="The format is read from the content, not the file name.",
     )
-    files = [(u.name, u) for u in uploads or []]
+    if released:
+
+        def size(n: int) -> str:
+            return f"{n / 2**20:,.0f} MB" if n >= 10 * 2**20 else f"{n / 2**20:.2f} MB"
+
+        names = ", ".join(plain(r.upload.name) for r in released[:5]) + (
+            f" and {len(released) - 5} more" if len(released) > 5 else ""
+        )
+        why = (
+            f"this session may hold {size(budgets.session_upload_bytes)} of uploads"
+            if any(r.budget == "session" for r in released)
+            else f"the server holds at most {size(budgets.server_upload_bytes)} of every visitor's uploads"
+        )
+        st.warning(
+            f"**{len(released)} earlier upload(s) released**, the oldest first: {why}. No longer held: "
+            f"{names}. Upload them again, in a smaller batch, to read them.",
+            icon=":material/delete_sweep:",
+        )
+    # Streamlit made the widget's files before this run started: one released just now is still among them.
+    gone = {r.upload.file_id for r in released}
+    files = [(u.name, u) for u in uploads or [] if u.file_id not in gone]
 if not files and pacs_run is None:
     st.session_state.setdefault("use_samples", False)
     use = st.toggle("Use the bundled sample images", key="use_samples")
@@ -101,6 +148,7 @@ if not files and pacs_run is None:
     st.stop()
 
 digests, readings = [], []
+pixel_hashes: list[str | None] = []  # each upload's film hash, as the readings database keys films
 if pacs_run is not None:
     pacs_readings = pacs_run.readings()  # the run's own readings; a card shows a compacted copy of its one
     readings = [predict.pack(predict.compact(r, LIST_SIDE)) for r in pacs_readings]
@@ -110,6 +158,7 @@ if pacs_run is not None:
         if r.reading is not None
     ]
 bar, update = progress_bar("Reading…") if len(files) > 1 else (None, None)
+session = current_session()  # one decode at a time per visitor (pneumo.app.cards.session_slot)
 for i, (name, source) in enumerate(files):
     # One file's bytes at a time: an upload is read when its turn comes and dropped after.
     data = source.read_bytes() if isinstance(source, Path) else source.getvalue()
@@ -117,8 +166,9 @@ for i, (name, source) in enumerate(files):
     digests.append(digest)
     # The batch keeps each film at LIST_SIDE px as 8-bit samples (for repeats, drift, the maps and the
     # reports: 147 KB a film); a card on screen fetches its film again at display size (card_source).
-    full = cached_reading(loaded, digest, name, data, model_key, band)
+    full = cached_reading(loaded, digest, name, data, model_key, band, session)
     readings.append(predict.pack(predict.compact(full, LIST_SIDE)))
+    pixel_hashes.append(pixel_sha256(full.xray.pixels) if full.xray is not None else None)
     del data, full
     if update:
         update(i + 1, len(files))
@@ -127,6 +177,33 @@ if bar:
 trim()  # the decoders' large buffers go back to the system, not into the heap's free lists
 readings = predict.mark_repeats(readings)
 assessed = [r for r in readings if r.xray is not None]
+
+
+def batch_drift() -> Any:
+    """The batch's drift check over every film read (cached by the films' digests); None for one film."""
+    if len(readings) < 2:
+        return None
+    return cached_drift(
+        tuple(d for d, r in zip(digests, readings) if r.xray is not None),
+        model_key,
+        [resize(predict.unpack(r).xray.pixels, loaded.input_size) for r in assessed],
+        [r.probability for r in assessed],
+    )
+
+
+# Every reading is stored once per batch (readings database), with its batch's drift result; PACS readings were
+# stored by the screening itself. The ids let a reader's verdict on a card land on its reading.
+if pacs_run is None:
+    reading_ids = log_batch_once(
+        readings,
+        loaded,
+        [*digests, model_key, str(band), str(loaded.threshold)],
+        sources=[ReadingSource.upload(name) for name, _ in files],
+        pixel_hashes=pixel_hashes,
+        drift=batch_drift,
+    )
+else:
+    reading_ids = pacs_reading_ids(pacs_run, loaded)
 st.session_state["last_drift"] = None  # until this batch's check is made (a run cut short leaves none)
 # The batch's drift check shows here, but is made after the cards: a reader wants those first.
 drift_box = st.container()
@@ -139,31 +216,24 @@ def heatmap(i: int) -> np.ndarray:
     return card_heatmaps(loaded, digests[i], model_key, readings[i])["gradcam"]
 
 
-table = predict.worklist(readings, loaded)
+table = predict.worklist(readings, loaded)  # the CSV's rows
+sequence = worklist.sequence(readings)  # the reading order of the worklist, the cards and the viewer
+viewable = [i for i in sequence if readings[i].xray is not None]
+VIEWER = "predict-viewer"  # session state: (item index, digest) of the film open in the full-size viewer
 st.subheader("Worklist")
-HUES = {
-    predict.PNEUMONIA: "#c0392b",
-    predict.NORMAL: "#1e8449",
-    predict.UNCERTAIN: "#d68910",
-    predict.NOT_ASSESSABLE: "#7f8c8d",
-    "rejected": "#7f8c8d",
-}
-# The decision leads, right after the item number: on a phone the grid shows its first columns only.
-styled = table[["item", "decision", "probability", "path", "warnings", "error"]].style.map(
-    lambda v: f"color: {HUES.get(v, 'inherit')}; font-weight: 600", subset=["decision"]
-)
-st.dataframe(
-    styled,
-    hide_index=True,
-    width="stretch",
-    column_config={
-        "item": st.column_config.NumberColumn("#", width="small"),
-        "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f"),
-        "decision": st.column_config.TextColumn("decision", width="medium"),
-    },
-)
-# Links to the cards below, in this page and tab (item numbers only: no user text in markup).
-st.markdown("Go to: " + " · ".join(f"[{i}](#item-{i})" for i in table["item"]))
+rows = worklist.rows(readings)
+st.html(f"<style>{worklist.WORKLIST_RULES}</style>")  # before the table: it is never drawn without them
+# Each row links to its card (named for a screen reader), the reason for attention beside the decision, the full
+# warning on hover and on expand; a long batch scrolls within its own box.
+with st.container(height=440 if len(rows) > 12 else "content", key="worklist"):
+    st.html(worklist.worklist_html(rows))
+if viewable and st.button(
+    "Read the films in order, full size",
+    icon=":material/slideshow:",
+    help="The full-size viewer (zoom, pan, window/level, the Grad-CAM layer), with the previous and next film of "
+    "the worklist on the keys P and N.",
+):
+    st.session_state[VIEWER] = (viewable[0], digests[viewable[0]])
 downloads = st.columns(2)
 downloads[0].download_button(
     "Download worklist CSV",
@@ -181,13 +251,22 @@ COLOURS = {
 }
 
 
+def film_source(i: int) -> Upload | predict.Reading:
+    """Where reading i's film at its own resolution comes from (the full-size viewer): the PACS run's reading,
+    or the upload."""
+    if pacs_run is not None:
+        return pacs_readings[i]
+    name, source = files[i]
+    return Upload(loaded, digests[i], name, source, model_key, band, session)
+
+
 def card_source(i: int) -> Upload | predict.Reading:
     """Where reading i's film at display size comes from: the PACS run's reading, or the upload (the shared
     cache, or its bytes read again)."""
     if pacs_run is not None:
         return predict.compact(pacs_readings[i])
     name, source = files[i]
-    return Upload(loaded, digests[i], name, source, model_key, band)
+    return Upload(loaded, digests[i], name, source, model_key, band, session)
 
 
 def show_card(i: int) -> None:
@@ -203,30 +282,56 @@ def show_card(i: int) -> None:
         if reading.error:
             st.error(f"This file could not be read: {plain(reading.error)}", icon=":material/block:")
             return
+        scored = worklist.scored(reading)
         with st.container(horizontal=True, gap="medium"):  # side by side; wrapped on a phone
-            st.metric("Probability of pneumonia", f"{reading.probability:.3f}", width="content")
+            # No decision, no score in large type: a not-assessable film's probability is greyed and small.
+            with st.container(key=f"{CARD_MUTED_KEY if not scored else 'cardscore'}-{i}", width="content"):
+                st.metric(
+                    "Probability of pneumonia",
+                    f"{reading.shown:.3f}",
+                    width="content",
+                    help=(
+                        f"Calibrated out of fold; the model's score is {reading.probability:.4f}."
+                        if reading.calibrated is not None
+                        else None
+                    )
+                    if scored
+                    else "Listed, not a decision: the input check does not take this film for one the model can read.",
+                )
             st.markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]", width="content")
+            verdict_buttons(reading_ids[i], reading.decision)
             if reading.decision == predict.NOT_ASSESSABLE or reading.repeat_of is not None or reading.warnings:
                 with st.container(key=f"{CARD_NOTES_KEY}-{i}"):  # the rest of the row (card_rules)
                     if reading.decision == predict.NOT_ASSESSABLE:
-                        st.caption(
-                            "The input check does not take this for a chest film the model can read: the "
-                            "probability is listed, no decision is made."
-                        )
+                        st.caption(worklist.NOT_ASSESSABLE_NOTE)
                     if reading.repeat_of is not None:
                         st.markdown(f"Repeats [item {reading.repeat_of + 1}](#item-{reading.repeat_of + 1}).")
                     for warning in reading.warnings:
                         st.warning(plain(warning), icon=":material/warning:")
         pixels = reading.xray.pixels
         heat = heatmap(i)
-        with st.container(key=f"{CARD_PICTURES_KEY}-{i}"):  # one element, laid out by card_rules
-            st.image(
-                card_pictures(loaded, digests[i], model_key, readings[i], pixels), alt=CARD_PICTURE_ALT, width="stretch"
-            )
-        peak_note = map_peak_note(loaded, digests[i], model_key, readings[i], pixels, heat)
+        # Where the model looked says nothing about pneumonia on a film it cannot read: such a card's maps are off
+        # until asked for (card_rules hides them; they stay in the picture element, so the toggle fetches nothing).
+        maps_on = scored or st.toggle(
+            "Show the maps anyway",
+            key=f"maps-{i}-{digests[i]}",
+            help="The Grad-CAM maps of a film the input check does not take for a chest film.",
+        )
+        with st.container(key=f"{'cardmapson' if maps_on else CARD_MAPS_OFF_KEY}-{i}"):
+            with st.container(key=f"{CARD_PICTURES_KEY}-{i}"):  # one element, laid out by card_rules
+                st.image(
+                    card_pictures(loaded, digests[i], model_key, readings[i], pixels),
+                    alt=CARD_PICTURE_ALT,
+                    width="stretch",
+                )
+        if not maps_on:
+            st.caption(":material/visibility_off: Maps off: this is not a film the model can read.")
+        peak_note = maps_on and map_peak_note(loaded, digests[i], model_key, readings[i], pixels, heat)
         if peak_note:
             st.caption(f":material/center_focus_weak: {peak_note}")
         with st.container(horizontal=True):
+            if st.button("Open full size", key=f"view-{i}-{digests[i]}", icon=":material/fullscreen:"):
+                st.session_state[VIEWER] = (i, digests[i])
             st.download_button(
                 f"Grad-CAM overlay ({pixels.shape[1]}×{pixels.shape[0]} PNG)",
                 overlay_png_on_click(source, readings[i], heat, opacity),
@@ -236,7 +341,7 @@ def show_card(i: int) -> None:
             )
             st.download_button(
                 "Report for this image (PDF)",
-                reading_pdf_on_click(source, readings[i], loaded, heat),
+                reading_pdf_on_click(source, readings[i], loaded, heat, i + 1),
                 f"{Path(reading.name).stem}_report.pdf",
                 "application/pdf",
                 key=f"pdf-{i}-{digests[i]}-{model_key}",
@@ -249,14 +354,9 @@ def show_card(i: int) -> None:
 # Every card's pictures laid out, the maps over their films at the slider's opacity: a change of opacity
 # re-sends this rule only, not the pictures.
 st.html(f"<style>{card_rules(opacity)}</style>")
-ordered = predict.order(readings)
-attention = [
-    i for i in ordered if readings[i].error or readings[i].warnings or readings[i].decision == predict.NOT_ASSESSABLE
-]
-rest = [i for i in ordered if i not in attention]
+attention, rest = worklist.sections(readings)
 # Cards in pages of CARDS_PER_PAGE, in worklist order: the worklist above lists every film, and a batch of
 # hundreds of films does not hold hundreds of pictures per session in the browser and the server.
-sequence = attention + rest
 pages_total = max(1, -(-len(sequence) // CARDS_PER_PAGE))
 page_no = 1
 if pages_total > 1:
@@ -296,12 +396,7 @@ if pages_total > 1:
 with drift_box:
     if len(readings) > 1:
         # Drift is a property of a batch, not of a film: one test over every film read here.
-        drift_result = cached_drift(
-            tuple(d for d, r in zip(digests, readings) if r.xray is not None),
-            model_key,
-            [resize(predict.unpack(r).xray.pixels, loaded.input_size) for r in assessed],
-            [r.probability for r in assessed],
-        )
+        drift_result = batch_drift()
         if drift_result is None:
             st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
         else:
@@ -324,3 +419,74 @@ downloads[1].download_button(
     key=f"pdf-batch-{model_key}",
     help="Every image with its Grad-CAM, the decision, the operating point and the model's figures.",
 )
+
+
+# The full-size viewer: the film open in it at its own resolution (zoom, pan, window/level, the Grad-CAM layer),
+# the previous and next film of the worklist on P and N. Open while VIEWER names a film of this batch: a card's
+# "Open full size" or the worklist's button sets it, closing the dialog clears it. Its widgets rerun the dialog only.
+@st.dialog("Film viewer", width="large", on_dismiss=functools.partial(st.session_state.pop, VIEWER, None))
+def show_viewer() -> None:
+    # The film from the state, not an argument: a rerun of the dialog alone calls it with the arguments it was
+    # first called with.
+    i = st.session_state[VIEWER][0]
+    at = viewable.index(i)
+    steps = {
+        "Previous film": (at - 1, "P", ":material/arrow_back:"),
+        "Next film": (at + 1, "N", ":material/arrow_forward:"),
+    }
+    with st.container(horizontal=True, vertical_alignment="center", key="viewer-nav"):
+        for label, (to, key, icon) in steps.items():
+            j = viewable[to] if 0 <= to < len(viewable) else None
+            st.button(
+                label,
+                key=f"viewer-{key}",
+                icon=icon,
+                shortcut=key,
+                disabled=j is None,
+                on_click=st.session_state.__setitem__,
+                args=(VIEWER, (j, digests[j])) if j is not None else None,
+            )
+        st.markdown(f"Film **{at + 1}** of {len(viewable)} in worklist order")
+    reading = readings[i]
+    scored = worklist.scored(reading)
+    score = (
+        f"probability of pneumonia **{reading.shown:.3f}**"
+        if scored
+        else f":gray[probability {reading.shown:.3f}, listed: no decision is made]"
+    )
+    st.markdown(
+        f"**Item {i + 1}** · :{COLOURS[reading.decision]}-badge[**{reading.decision}**] · {score}",
+    )
+    st.text(Path(reading.name).name)
+    for warning in reading.warnings:
+        st.warning(plain(warning), icon=":material/warning:")
+    controls = st.columns([3, 2, 2, 2], vertical_alignment="bottom")
+    preset = controls[0].selectbox("Window preset", list(viewer.PRESETS), key="viewer-preset")
+    centre_default, width_default = viewer.PRESETS[preset]
+    # One pair of sliders per preset: picking a preset starts from its window, the sliders fine-tune it.
+    centre = controls[1].slider(
+        "Window centre (level)", 0, viewer.LEVELS - 1, centre_default, key=f"viewer-centre-{preset}"
+    )
+    width = controls[2].slider("Window width", 1, viewer.LEVELS, width_default, key=f"viewer-width-{preset}")
+    layer = controls[3].toggle(
+        "Grad-CAM layer",
+        value=scored,
+        key=f"viewer-map-{i}-{digests[i]}",
+        help="Off at first for a film the input check does not take for a chest film.",
+    )
+    film = native_film(film_source(i))
+    figure = viewer.film_figure(film, centre, width, heatmap(i) if layer else None, opacity)
+    st.plotly_chart(figure, config=viewer.CONFIG, key="viewer-figure")
+    st.caption(
+        f"The film at its own resolution ({film.shape[1]}×{film.shape[0]} px), window centre {centre}, width "
+        f"{width} of gray levels 0–255. Drag to pan, scroll or pinch to zoom, double-click to fit."
+        + (" The map is scaled to its own peak (1.0 on the bar)." if layer else "")
+    )
+
+
+opened = st.session_state.get(VIEWER)
+if opened is not None:
+    if opened[0] in viewable and digests[opened[0]] == opened[1]:
+        show_viewer()
+    else:  # a film of an earlier batch
+        del st.session_state[VIEWER]

@@ -1,13 +1,13 @@
 """Threshold: tune the operating point on labelled predictions and save it into the model card."""
 
-import math
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pneumo.app import plots
+from pneumo.app import auth, plots
 from pneumo.app.ui import (
     active_model,
     data_root,
@@ -20,12 +20,14 @@ from pneumo.app.ui import (
     settings,
     stored_predictions,
 )
+from pneumo.app.verdicts import audit_event
 from pneumo.data import collection as D
+from pneumo.data.collection import link_lines
 from pneumo.data.pixels import shrink
 from pneumo.evaluation import drift, site
 from pneumo.evaluation import metrics as E
 from pneumo.model import explain
-from pneumo.model.loading import STORED_KINDS, save_operating_point, stored_predictions_file
+from pneumo.model.loading import STORED_KINDS, card_path, save_operating_point, stored_predictions_file
 
 require_entry_point()
 
@@ -109,29 +111,34 @@ if len(np.unique(y)) < 2:
     st.stop()
 
 
-def _snap(t: float) -> float:
-    # Round down to the slider's resolution: rounding up could drop recall below the target.
-    return math.floor(t * 10_000) / 10_000
-
-
 # The threshold lives under its own key, by model and card version, apart from the slider's widget state:
 # Streamlit drops a widget's state in any run that does not draw it (an error, another source), and the
 # value must survive that. Switching model or saving starts again from the card.
+# The value is kept exactly as the card or the rule gave it, never snapped to the slider's 0.0001 steps: the
+# slider shows it to four decimals (rounded, as every other place on the page and the card do), and the
+# figures are those of the threshold itself. Snapping down showed 0.4380 on the slider beside 0.4381 elsewhere.
 value_key, slider_key = f"threshold-value:{model_key}", f"threshold:{model_key}"
-rule_key = f"rule:{model_key}"
-st.session_state.setdefault(value_key, _snap(loaded.threshold))
-st.session_state.setdefault(rule_key, "set by hand on the Threshold page")
+rule_key, target_key = f"rule:{model_key}", f"target_recall:{model_key}"
+HAND = "set by hand on the Threshold page"
+st.session_state.setdefault(value_key, float(loaded.threshold))
+st.session_state.setdefault(rule_key, None)  # None: the card's own threshold and rule
 if slider_key not in st.session_state:
     st.session_state[slider_key] = st.session_state[value_key]
 
 
 def set_threshold(value: float, rule: str) -> None:
-    st.session_state[value_key] = st.session_state[slider_key] = _snap(value)
+    st.session_state[value_key] = st.session_state[slider_key] = float(value)
     st.session_state[rule_key] = rule
+    if not rule.startswith("target recall"):
+        # The target-recall box shows a target only while it is the rule in force: after Youden J it kept
+        # saying 0.980, as if that target had set the threshold.
+        st.session_state[target_key] = None
 
 
 def apply_target() -> None:
-    target = st.session_state[f"target_recall:{model_key}"]
+    target = st.session_state[target_key]
+    if target is None:  # the box emptied: the threshold stays where it is, under the rule that set it
+        return
     set_threshold(E.threshold_for_recall(y, p, target), f"target recall {target:.3f}")
 
 
@@ -147,23 +154,32 @@ threshold = controls[0].slider(
     step=0.0001,
     format="%.4f",
     key=slider_key,
-    on_change=lambda: set_threshold(st.session_state[slider_key], "set by hand on the Threshold page"),
+    on_change=lambda: set_threshold(st.session_state[slider_key], HAND),
 )
 controls[1].number_input(
     "Target recall",
     0.5,
     1.0,
-    0.98,
+    None,
     0.005,
     format="%.3f",
-    key=f"target_recall:{model_key}",
+    key=target_key,
     on_change=apply_target,
-    help="Sets the threshold to the highest value whose sensitivity on this set reaches the target.",
+    placeholder="e.g. 0.980",
+    help="Sets the threshold to the highest value whose sensitivity on this set reaches the target. Empty while "
+    "another rule (the card's own, Max F1, Youden J, the slider) sets the threshold.",
 )
 with controls[2]:
     st.button("Max F1", on_click=apply_rule, args=("max F1",), key=f"maxf1:{model_key}")
     st.button("Youden J", on_click=apply_rule, args=("Youden J",), key=f"youden:{model_key}")
 threshold = st.session_state[value_key]
+rule = st.session_state[rule_key]
+# Which rule set the threshold the figures below are computed at: the buttons and the box leave no trace of
+# their own once pressed.
+st.markdown(
+    f"**Threshold {threshold:.4f}, set by:** "
+    + (f"the card's own rule ({plain(loaded.card.threshold_rule)})" if rule is None else plain(rule))
+)
 st.caption(f"Figures on {computed_on}.")
 
 m = E.metrics_at(y, p, threshold)
@@ -188,7 +204,6 @@ right2.plotly_chart(plots.calibration(E.calibration(y, p)), width="stretch")
 st.caption(f"n = {m['n']} · ROC AUC {m['roc_auc']:.4f} · PR AUC {m['pr_auc']:.4f}")
 
 save_cols = st.columns([2, 3])
-rule = st.session_state[rule_key]
 shipped = loaded.path.resolve().parent == cfg.models_dir.resolve()
 # In a container of their own: a checkbox placed directly in a column keeps one line and cuts its label
 # with an ellipsis, which hides what is being confirmed on a phone.
@@ -208,18 +223,22 @@ with save_cols[1].container():
         if shipped
         else True
     )
-blocked = (
-    None
-    if cfg.allow_changes
-    else "Saving is switched off in this deployment (set PNEUMO_ALLOW_CHANGES=1 or [pneumo] allow_changes = true)."
-) or (None if confirm_leak and confirm_shipped else "Tick the confirmation first.")
+blocked = auth.refusal(auth.APPLY_OPERATING_POINT) or (
+    None if confirm_leak and confirm_shipped else "Tick the confirmation first."
+)
 if save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked):
     record = {"overlap_confirmed": leak} if leak and leak["fraction"] > 0 else {}
     try:
-        save_operating_point(loaded.path, threshold, f"{rule} (on {computed_on}, n={m['n']})", **record)
+        # The card's own rule was not derived on this set: saved as the card words it.
+        words = loaded.card.threshold_rule if rule is None else f"{rule} (on {computed_on}, n={m['n']})"
+        save_operating_point(loaded.path, threshold, words, **record)
     except (ValueError, OSError) as exc:  # a read-only card is refused, not replaced
         st.error(f"Not saved: {plain(exc)}", icon=":material/block:")
+        audit_event(
+            "threshold_saved", str(card_path(loaded.path)), "failed", {"threshold": threshold, "error": str(exc)}
+        )
     else:
+        audit_event("threshold_saved", str(card_path(loaded.path)), details={"threshold": threshold, "rule": words})
         st.toast(f"Saved threshold {threshold:.4f} into {loaded.path.with_name('card.json')}; every page uses it now.")
         st.rerun()
 
@@ -251,14 +270,26 @@ for title, mask, ascending in (
         )
         continue
     cols = st.columns(4)
+    maps_off = False
     for i, r in enumerate(present[:8]):
         try:
-            picture = overlay_for(str(r.path), model_key)
+            try:
+                picture = overlay_for(str(r.path), model_key)
+            except ImportError:
+                # The serving install has no TensorFlow, and this model's export no Grad-CAM graph: the film alone.
+                picture, maps_off = shrink(D.read_item(str(r.path)), 320), True
         except (ValueError, OSError) as exc:
             where = f"row {r.row}" if hasattr(r, "row") else "a film of this folder"
             cols[i % 4].warning(f"{where}: {plain(getattr(exc, 'reason', exc))}")
             continue
-        cols[i % 4].image(picture, caption=f"{plain(Path(str(r.path)).name)} · p={r.probability:.3f}", width="stretch")
+        cols[i % 4].image(
+            picture, caption=f"{plain(Path(str(r.path)).name)} · p={r.probability:.3f}", clamp=True, width="stretch"
+        )
+    if maps_off:
+        st.caption(
+            "Films without their Grad-CAM maps: this install has no TensorFlow and this model's export no Grad-CAM "
+            "graph (`python -m pneumo export` on the full install writes one)."
+        )
 
 st.subheader("Calibrate to this site")
 if root is None:
@@ -278,7 +309,9 @@ calibration_key = f"site-calibration:{model_key}:{root}"
 if site_cols[2].button("Calibrate", key=f"site-calibrate:{model_key}", disabled=not site_name.strip()):
     bar, update = progress_bar("Predicting the site's films…")
     try:
-        st.session_state[calibration_key] = site.calibrate(loaded, root, site_target, site_name, progress=update)
+        st.session_state[calibration_key] = site.calibrate(
+            loaded, root, site_target, site_name, progress=update, allowed_roots=cfg.allowed_roots()
+        )
     except (ValueError, OSError) as exc:
         st.error(f"Not calibrated: {plain(exc)}", icon=":material/block:")
     finally:
@@ -315,13 +348,43 @@ if calibration is not None:
         )
     if c.curve:
         st.plotly_chart(plots.bound_curve(c.curve, c.target_recall), width="stretch", key=f"bound:{model_key}")
-    site_blocked = None if cfg.allow_changes else "Saving is switched off in this deployment."
+    for line in link_lines(c.links):
+        st.info(plain(line), icon=":material/link:")
+    # As with the main Save: a site point set on the model's own training or validation films is saved only
+    # once someone confirms they know, and the confirmation is recorded with the point in the card.
+    overlap = bool(c.leakage and c.leakage.get("fraction", 0) > 0)
+    confirm_site_leak = (
+        st.checkbox(
+            "I know these films overlap the model's own training or validation images and still want to save",
+            key=f"site-leak-ok:{model_key}:{c.name}",
+        )
+        if overlap
+        else True
+    )
+    site_blocked = auth.refusal(auth.APPLY_OPERATING_POINT) or (
+        None if confirm_site_leak else "Tick the confirmation first."
+    )
+    taken = c.name in {p["name"] for p in loaded.card.site_operating_points}
+    replace = taken and st.checkbox(
+        f"Replace the site point '{c.name}' already in the card",
+        key=f"site-replace:{model_key}:{c.name}",
+        help="Without this, a name already in the card is refused: another calibration is never overwritten unseen.",
+    )
     if st.button(
         "Save site operating point", disabled=site_blocked is not None, help=site_blocked, key=f"site-save:{model_key}"
     ):
+        confirmed = dataclasses.replace(c, leakage={**c.leakage, "overlap_confirmed": True}) if overlap else c
         try:
-            site.record(loaded.path, c)
+            site.record(loaded.path, confirmed, replace=replace)
         except (ValueError, OSError) as exc:
             st.error(f"Not saved: {plain(exc)}", icon=":material/block:")
+            audit_event(
+                "threshold_saved", str(card_path(loaded.path)), "failed", {"site_point": c.name, "error": str(exc)}
+            )
         else:
+            audit_event(
+                "threshold_saved",
+                str(card_path(loaded.path)),
+                details={"site_point": c.name, "threshold": c.threshold, "n": c.n, "replaced": replace},
+            )
             st.toast(f"Saved '{c.name}' into the card; choose it in the sidebar under Operating point.")

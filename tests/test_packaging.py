@@ -4,26 +4,6 @@ from __future__ import annotations
 
 from tests.conftest import ROOT
 
-try:
-    import tomllib
-except ImportError:  # Python 3.10: tomli, pytest's own dependency there
-    import tomli as tomllib
-
-
-def _names(specs: list[str]) -> set[str]:
-    import re
-
-    return {
-        re.split(r"[<>=\[ ;]", s.strip(), maxsplit=1)[0].lower() for s in specs if s.strip() and not s.startswith("#")
-    }
-
-
-def test_cloud_requirements_match_pyproject_with_cpu_tensorflow() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    runtime = _names(project["dependencies"])
-    cloud = _names((ROOT / "requirements.txt").read_text().splitlines())
-    assert cloud == (runtime - {"tensorflow"}) | {"tensorflow-cpu"}
-
 
 def test_shipped_model_files_present_and_small() -> None:
     for name in (

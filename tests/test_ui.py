@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
     heat = explain.gradcam(loaded, shown.xray.pixels)
 
     overlay = cards.overlay_png_on_click(upload, shown, heat, 0.45)
-    pdf = cards.reading_pdf_on_click(upload, shown, loaded, heat)
+    pdf = cards.reading_pdf_on_click(upload, shown, loaded, heat, 3)
     batch = cards.batch_pdf_on_click(
         [shown, predict.Reading("junk.png", None, None, None, "not an image")],
         [upload.digest, "junk"],
@@ -57,6 +58,9 @@ def test_downloads_keep_small_arguments_and_make_what_the_screen_shows(tiny_run:
         kept = _arrays(made.args)
         assert all(a.dtype == np.uint8 or a.size <= heat.size for a in kept), [(a.dtype, a.shape) for a in kept]
     assert _arrays(batch.args) and all(a.dtype == np.uint8 for a in _arrays(batch.args[0]))
+    from tests.test_report import _pdf_text
+
+    assert "Item 3" in _pdf_text(pdf())  # the card's own number, not the PDF's list position
 
     # The overlay blends the map at the chosen opacity over the grey film. A map that is 0 on the left half
     # and 1 on the right gives, by the jet colour scale's ends (dark blue (0, 0, 128) at 0, dark red
@@ -219,3 +223,84 @@ def test_a_closed_session_is_released_only_once_it_can_no_longer_resume(monkeypa
     sessions.release_expired_sessions(rt, now=4000 + ttl, margin_s=2)
     rt.active.discard("open")
     assert sessions.release_expired_sessions(rt, now=4000 + ttl + 10, margin_s=2) == []
+
+
+def test_one_session_holds_one_decode_slot_and_others_go_past_it() -> None:
+    """A visitor's page run and its download threads share one decode slot: a second decode of the same
+    session waits, another session's goes ahead (the shared slots are never all one visitor's)."""
+    import threading
+
+    from pneumo.app import cards
+
+    second_of_a = threading.Event()
+
+    def decode_again() -> None:
+        with cards.session_slot("a"):
+            second_of_a.set()
+
+    with cards.session_slot("a"):
+        waiting = threading.Thread(target=decode_again)
+        waiting.start()
+        assert not second_of_a.wait(0.3)  # the same session waits for its own slot
+        other = threading.Event()
+
+        def decode_for_b() -> None:
+            with cards.session_slot("b"):
+                other.set()
+
+        threading.Thread(target=decode_for_b, daemon=True).start()
+        assert other.wait(5)  # another session is not held up by a's
+    waiting.join(5)
+    assert second_of_a.is_set()
+
+
+def test_the_viewer_gets_the_film_at_its_own_resolution_and_keeps_it_once(tiny_run: Path, tmp_path: Path) -> None:
+    """A card holds its film at display size (at most predict.SCREEN_SIDE); the full-size viewer gets the film as
+    the decoder gives it (8-bit), decoded again once and then kept in the shared picture cache."""
+    from pneumo.data.decode import load_xray
+
+    loaded = load_model(tiny_run)
+    rng = np.random.default_rng(11)
+    side = predict.SCREEN_SIDE + 276  # larger than a card keeps, under the decoder's 2048
+    film = np.clip(resize(synthetic_xray(rng, 200), side) + rng.normal(0, 0.01, (side, side)), 0, 1)
+    path = write_png(tmp_path / "large.png", film[:, : side - 100])  # not square: rows and columns kept apart
+    data = path.read_bytes()
+    upload = cards.Upload(loaded, hashlib.sha256(data).hexdigest(), path.name, path, "model-key", 0.05)
+    assert max(upload.reading().xray.pixels.shape) == predict.SCREEN_SIDE  # the card's copy is smaller
+    native = cards.native_film(upload)
+    assert native.dtype == np.uint8 and native.shape == (side, side - 100)
+    assert (native == to_uint8(load_xray(data, name=path.name).pixels)).all()
+    kept = cards.PICTURES.peek(("native", upload.digest))
+    assert kept is not None and kept["film"] is native
+    assert cards.native_film(upload) is native  # not decoded again
+    # A PACS run's reading: its own film, at 8 bits.
+    reading = predict.read(loaded, data, name=path.name)
+    assert (cards.native_film(reading) == to_uint8(reading.xray.pixels)).all()
+
+
+def test_card_rules_grey_a_score_without_decision_and_hide_maps_that_are_off() -> None:
+    """The rules the page relies on for a not-assessable card (the browser test sees their effect): its score
+    greyed and small, its maps hidden while off (the film, the first picture, stays), the colour bars titled."""
+    rules = cards.card_rules(0.45)
+    value = r"\[data-testid='stMetricValue'\]"
+    muted = re.search(rf"\[class\*='st-key-{cards.CARD_MUTED_KEY}-'\] {value} \{{([^}}]*)\}}", rules)
+    assert muted and "opacity: 0.55" in muted.group(1) and "font-size: 1.1rem" in muted.group(1)
+    hidden = re.search(rf"\[class\*='st-key-{cards.CARD_MAPS_OFF_KEY}-'\] ([^{{]*)\{{display: none\}}", rules)
+    assert hidden and hidden.group(1).strip() == "[data-testid='stImageContainer']:nth-child(n+2)"
+    for n in (4, 7):  # the two colour bars (card_pictures' order)
+        assert re.search(rf":nth-child\({n}\)::after \{{content: 'share of peak'", rules), n
+
+
+def test_without_tensorflow_the_app_says_training_needs_the_full_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The serving install (requirements.txt) has no TensorFlow: found by its spec, never by importing it, and the
+    device line says training is not available instead of a device check that fails in a child process."""
+    import importlib.util
+
+    from pneumo.app import ui
+
+    assert ui.training_available()  # this environment is the full install
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorflow" else real(name, *a))
+    assert not ui.training_available()
+    assert "no TensorFlow" in ui.device_description()
+    assert "pip install -e ." in ui.TRAINING_NEEDS and "make run" in ui.TRAINING_NEEDS

@@ -11,10 +11,27 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 CLASS_COLORS = {"NORMAL": "#2a9d8f", "PNEUMONIA": "#e76f51"}
-LAYOUT = dict(margin=dict(l=10, r=10, t=40, b=10), legend=dict(orientation="h", y=-0.2))
+# Plotly's toolbar (the modebar) sits in a chart's top-right corner; on a phone it appears on a tap and stays,
+# and it covered the end of every title. Each chart keeps a band this tall at its top for the toolbar alone,
+# and its title sits under that band, left-aligned, where the toolbar never reaches.
+MODEBAR_PX = 30
+TITLE = dict(x=0, xref="container", xanchor="left", y=1, yref="container", yanchor="top", pad=dict(t=MODEBAR_PX, l=10))
+TITLED_TOP = MODEBAR_PX + 40  # the toolbar's band, then the title's line
+# The title's place as title_* keys, not a `title` key: a chart may still pass title="…" beside **LAYOUT.
+LAYOUT = dict(
+    margin=dict(l=10, r=10, t=TITLED_TOP, b=10),
+    legend=dict(orientation="h", y=-0.2),
+    **{f"title_{k}": v for k, v in TITLE.items()},
+)
+NO_SPLITS = "no splits (one folder)"  # the x label of a folder whose films are not divided into splits
 
 
-def class_counts(counts: pd.DataFrame) -> go.Figure:
+def class_counts(counts: pd.DataFrame, splits: bool = True) -> go.Figure:
+    """Images per split and class; splits=False for a folder that has none (class folders, a manifest without a
+    split column), whose films the scanner files under "train": shown as NO_SPLITS, not as a training split."""
+    if not splits:
+        counts = counts.groupby(lambda _: NO_SPLITS).sum()
+        counts.index.name = "split"
     long = counts.reset_index().melt(id_vars=counts.index.name or "split", var_name="class", value_name="images")
     fig = px.bar(
         long,
@@ -24,7 +41,7 @@ def class_counts(counts: pd.DataFrame) -> go.Figure:
         barmode="group",
         text="images",
         color_discrete_map=CLASS_COLORS,
-        title="Images per split and class",
+        title="Images per split and class" if splits else "Images per class (this folder has no splits)",
     )
     return fig.update_layout(**LAYOUT)
 
@@ -191,16 +208,26 @@ def calibration(cal: pd.DataFrame) -> go.Figure:
 CURVE_METRICS = ("loss", "auc", "recall", "precision")
 
 
-def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
-    """Loss, AUC, recall and precision per epoch, train (solid) and validation (dashed), one colour per run."""
+def learning_curves(
+    histories: dict[str, list[dict[str, Any]]], val_n: dict[str, int | None] | None = None
+) -> go.Figure:
+    """Loss, AUC, recall and precision per epoch, train (solid) and validation (dashed), one colour per run.
+
+    val_n: each run's number of validation films, named beside its validation curves ("val, n = 7"): an AUC of
+    1.0 on 7 films says little, and the curve alone does not show it."""
     fig = make_subplots(
         rows=2, cols=2, subplot_titles=[m.upper() if m == "auc" else m.capitalize() for m in CURVE_METRICS]
     )
     palette = px.colors.qualitative.Plotly
+    val_n = val_n or {}
+    last_epoch = 1
     for i, (name, epochs) in enumerate(histories.items()):
         if not epochs:
             continue
         x = [e["epoch"] for e in epochs]
+        last_epoch = max([last_epoch, *(int(v) for v in x)])
+        n = val_n.get(name)
+        val_label = f"val, n = {n:,}" if n is not None else "val"
         color = palette[i % len(palette)]
         for j, metric in enumerate(CURVE_METRICS):
             row, col = j // 2 + 1, j % 2 + 1
@@ -213,14 +240,16 @@ def learning_curves(histories: dict[str, list[dict[str, Any]]]) -> go.Figure:
                             y=[e.get(key) for e in epochs],
                             mode="lines+markers",
                             line=dict(color=color, dash=dash),
-                            name=f"{name} {'val' if prefix else 'train'}",
+                            name=f"{name} {val_label if prefix else 'train'}",
                             legendgroup=name,
                             showlegend=(j == 0),
                         ),
                         row,
                         col,
                     )
-    fig.update_xaxes(title_text="epoch")
+    # Epochs are whole numbers: a tick every epoch (a few epochs gave ticks at 1.2 and 1.4), or every few on
+    # a long run, about ten ticks in all, never a fraction.
+    fig.update_xaxes(title_text="epoch", tick0=0, dtick=max(1, -(-last_epoch // 10)), tickformat="d")
     return fig.update_layout(height=520, **LAYOUT)
 
 
@@ -246,20 +275,39 @@ def stress_chart(conditions: pd.DataFrame, threshold: float) -> go.Figure:
     # legend sits below the bars, where it covers none of them at any width.
     fig.update_layout(
         barmode="group",
-        height=110 + 26 * len(frame),
-        margin=dict(l=10, r=10, t=10, b=10),
+        height=130 + 26 * len(frame),
+        margin=dict(l=10, r=10, t=MODEBAR_PX, b=10),  # the toolbar's band above the top bars
         xaxis=dict(range=[0.0, 1.0]),
         legend=dict(orientation="h", y=-0.08, yanchor="top"),
     )
     return fig
 
 
+# The Kermany collection's file-name series, named for a reader: IM-… and NORMAL2-IM-… are two numbering series
+# of normal films (the second a later addition to the collection), person… the pneumonias. A card names a
+# population by its series ("NORMAL2-IM normals"), which says nothing to someone who never read the file names.
+SERIES_NAMES = {
+    "IM": "IM series (earlier period)",
+    "NORMAL2-IM": "NORMAL2-IM series (later period)",
+    "person": "person series",
+}
+
+
+def population_name(row: dict[str, Any]) -> str:
+    """A population of the card's shift checks in words: "normals, NORMAL2-IM series (later period)", or a band of
+    patient numbers, "pneumonias, person series, patients 1–336"."""
+    population = row.get("population")
+    if population:
+        series, _, kind = str(population).rpartition(" ")
+        return f"{kind}, {SERIES_NAMES[series]}" if series in SERIES_NAMES else str(population)
+    kind = "normals" if row.get("label") == 0 else "pneumonias"
+    series = SERIES_NAMES.get(str(row.get("series")), str(row.get("series")))
+    return f"{kind}, {series}, patients {row.get('numbers')}"
+
+
 def population_chart(rows: list[dict[str, Any]], label: str) -> go.Figure:
     """Specificity of normals and sensitivity of pneumonias per population at the operating threshold."""
-    names = [
-        r.get("population") or f"{r['series']} {'normals' if r['label'] == 0 else 'pneumonia'} {r['numbers']}"
-        for r in rows
-    ]
+    names = [population_name(r) for r in rows]
     values = [r.get("specificity", r.get("sensitivity")) for r in rows]
     kinds = ["specificity" if "specificity" in r else "sensitivity" for r in rows]
     fig = go.Figure(
@@ -275,9 +323,9 @@ def population_chart(rows: list[dict[str, Any]], label: str) -> go.Figure:
         )
     )
     fig.update_layout(
-        title=label,
-        height=90 + 26 * len(rows),
-        margin=dict(l=10, r=10, t=40, b=10),
+        title=dict(TITLE, text=label),
+        height=MODEBAR_PX + 90 + 26 * len(rows),
+        margin=dict(l=10, r=10, t=TITLED_TOP, b=10),
         xaxis=dict(range=[0.0, 1.0]),
         showlegend=False,
     )

@@ -4,6 +4,7 @@ entry-point guard. pneumo.app is the only package that imports Streamlit; no mat
 from __future__ import annotations
 
 import gc
+import importlib.util
 import os
 import re
 import subprocess
@@ -36,6 +37,24 @@ DISCLAIMER = (
 )
 
 
+# The serving install (requirements.txt, Streamlit Community Cloud) is ONNX Runtime without TensorFlow: it reads
+# films and draws their maps from a model's ONNX export. Training, and serving a model that has no export, need
+# the full install (pyproject.toml's dependencies, TensorFlow included).
+TRAINING_NEEDS = (
+    "Training needs TensorFlow, which this install leaves out: it serves models through ONNX Runtime only "
+    "(requirements.txt). Train on the full install — `pip install -e .` in a checkout of pneumo, or `make run` — "
+    "and the finished run's model can be served here."
+)
+
+
+def training_available() -> bool:
+    """Whether TensorFlow is installed (found, not imported: importing it costs ~600 MB resident)."""
+    try:
+        return importlib.util.find_spec("tensorflow") is not None
+    except (ImportError, ValueError):  # a broken or half-removed installation counts as none
+        return False
+
+
 def settings() -> AppSettings:
     try:
         secrets: Any = dict(st.secrets)
@@ -58,7 +77,12 @@ if not any(t.name == "pneumo-trim" for t in threading.enumerate()):
 @st.cache_resource(show_spinner="Loading model…", max_entries=1)
 def _cached_model(path: str, mtime: float) -> LoadedModel:
     loaded = load_model(path, shared_cores=True)
-    explain.warm_up(loaded)
+    try:
+        explain.warm_up(loaded)
+    except ImportError:
+        # No TensorFlow (the serving install) and an export without a Grad-CAM graph: predictions are served;
+        # maps are drawn where they can be, and each place that draws one says when it cannot.
+        pass
     drift.warm_up(loaded)
     release_file_pages()  # the start-up pages of TensorFlow, now that everything has been traced once
     _freeze_start_up()
@@ -93,6 +117,15 @@ def active_model() -> LoadedModel | None:
         cached.card = read_card(Path(path))  # keep the traced graph; only the card may have changed
     except (ValueError, OSError) as exc:
         st.error(f"The selected model cannot be used: {plain(exc)}", icon=":material/error:")
+        return None
+    except ImportError as exc:
+        # A model without a usable ONNX export needs TensorFlow, which the serving install leaves out.
+        st.error(
+            f"The selected model cannot be served by this install ({plain(exc)}): it has no ONNX export that "
+            "ONNX Runtime accepts (`python -m pneumo export` on the full install writes one), and TensorFlow is "
+            "not installed here.",
+            icon=":material/error:",
+        )
         return None
     try:  # a copy with the operating point chosen in the sidebar in force; the cached model is shared
         return site.apply_operating_point(cached, st.session_state.get("operating_point"))
@@ -168,6 +201,8 @@ def _device_probe() -> threading.Thread:
 
 def device_description(wait_s: float = 0.0) -> str:
     """The device training would use ("checking…" until the one-off check in a child process is done)."""
+    if not training_available():  # nothing to ask: the child process would fail to import TensorFlow
+        return "none for training (serving install: ONNX Runtime, no TensorFlow)"
     _device_probe().join(wait_s)
     return _DEVICE.get("description", "checking…")
 
@@ -204,7 +239,7 @@ def summarize_with_bar(root: Path) -> D.Summary:
     """The folder's summary; its decoded statistics come from the disk cache after the first visit."""
     bar, update = progress_bar("Reading images…")
     try:
-        return D.summarize(root, progress=update, cache_dir=CACHE_DIR)
+        return D.summarize(root, progress=update, cache_dir=CACHE_DIR, allowed_roots=settings().allowed_roots())
     finally:
         bar.empty()
 
@@ -221,7 +256,7 @@ def folder_predictions(loaded: LoadedModel, root: Path, model_key: str) -> Any:
     """
     from pneumo.evaluation.metrics import predict_frame
 
-    frame = D.scan(root).frame
+    frame = D.scan(root, allowed_roots=settings().allowed_roots()).frame  # links out of the roots: refused
     key = (model_key, str(root), D.file_list_hash(frame), D.content_fingerprint(frame["path"]))
     with _FOLDER_LOCK:
         hit = _FOLDER_PREDICTIONS.get(key)

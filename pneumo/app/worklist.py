@@ -1,0 +1,187 @@
+"""The Predict page's worklist as a reader works through it: the films in reading order (those that need a person
+first), each row with a link to its card named for a screen reader, the decision, the score as a bar (empty where
+no decision is made), the reason for attention in a column of its own with the full warning on hover and on
+expand, and the file name, wrapped rather than cut at any width. Plain data in, escaped HTML out: a visitor's
+text (file names, warnings quoting them) is never markup. The CSV download keeps pneumo.model.reading.worklist."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumo.model import reading as predict
+
+REJECTED = "rejected"  # the decision column of a file that could not be read
+# Decision colours, legible on the light and the dark theme.
+HUES = {
+    predict.PNEUMONIA: "#d64536",
+    predict.NORMAL: "#2e9e5b",
+    predict.UNCERTAIN: "#d68910",
+    predict.NOT_ASSESSABLE: "#8a9597",
+    REJECTED: "#8a9597",
+}
+NOT_ASSESSABLE_NOTE = (
+    "The input check does not take this for a chest film the model can read: the probability is listed, "
+    "no decision is made."
+)
+SHORT = 60  # a reason longer than this is cut at a word for its column; the full text is on hover and expand
+
+
+def sections(readings: list[predict.Reading]) -> tuple[list[int], list[int]]:
+    """The readings' indices in reading order (pneumo.model.reading.order), split into those that need a person
+    before any score is used (unreadable, warned about, not assessable) and the rest."""
+    ordered = predict.order(readings)
+    attention = [
+        i
+        for i in ordered
+        if readings[i].error or readings[i].warnings or readings[i].decision == predict.NOT_ASSESSABLE
+    ]
+    return attention, [i for i in ordered if i not in set(attention)]
+
+
+def sequence(readings: list[predict.Reading]) -> list[int]:
+    """The order a reader goes through the films: the worklist's rows, the cards, and the viewer's next and
+    previous film all follow it."""
+    attention, rest = sections(readings)
+    return attention + rest
+
+
+def scored(reading: predict.Reading) -> bool:
+    """Whether a reading's probability stands for a decision: a film the input check does not take for a chest
+    film has its probability listed (CSV, PDF, PACS), not shown as a score."""
+    return reading.probability is not None and reading.decision not in (None, predict.NOT_ASSESSABLE)
+
+
+def _short(text: str) -> str:
+    """A warning's head (up to its first ': ', without the figures in brackets at its end), cut at a word to
+    SHORT characters."""
+    head = text.split(": ", 1)[0].strip()
+    if head.endswith(")") and " (" in head:
+        head = head[: head.rindex(" (")]
+    if len(head) <= SHORT:
+        return head
+    cut = head[:SHORT].rsplit(" ", 1)[0]
+    return f"{cut}…"
+
+
+@dataclass(frozen=True)
+class Row:
+    """One worklist row: item is 1-based (the card's anchor is #item-{item})."""
+
+    item: int
+    name: str
+    decision: str
+    probability: float | None
+    scored: bool
+    reasons: list[str] = field(default_factory=list)  # short, one per warning (or the error)
+    details: list[str] = field(default_factory=list)  # the same in full
+
+    @property
+    def label(self) -> str:
+        """The link's accessible name: where it goes, not a bare number."""
+        return f"Go to item {self.item}, {self.name}, {self.decision}"
+
+
+def rows(readings: list[predict.Reading]) -> list[Row]:
+    """The worklist's rows in reading order (sequence)."""
+    out = []
+    for i in sequence(readings):
+        r = readings[i]
+        details = [f"could not be read: {r.error}"] if r.error else list(r.warnings)
+        if r.decision == predict.NOT_ASSESSABLE and not r.warnings:
+            details.append(NOT_ASSESSABLE_NOTE)
+        out.append(
+            Row(
+                item=i + 1,
+                name=Path(r.name).name,
+                decision=r.decision or REJECTED,
+                probability=r.shown,
+                scored=scored(r),
+                reasons=[_short(d) for d in details],
+                details=details,
+            )
+        )
+    return out
+
+
+def _bar(row: Row) -> str:
+    """The probability as a bar and its number; empty and greyed where it stands for no decision."""
+    share = row.probability if row.scored and row.probability is not None else 0.0
+    fill = f'<span class="pn-fill" style="width: {100 * share:.1f}%"></span>' if row.scored else ""
+    if row.probability is None:
+        number = '<span class="pn-muted">—</span>'
+    elif row.scored:
+        number = f'<span class="pn-p">{row.probability:.3f}</span>'
+    else:
+        number = (
+            f'<span class="pn-muted" title="{html.escape(NOT_ASSESSABLE_NOTE)}">{row.probability:.3f} '
+            f"(not assessed)</span>"
+        )
+    return f'<span class="pn-bar" aria-hidden="true">{fill}</span> {number}'
+
+
+def _reason(row: Row) -> str:
+    if not row.details:
+        return '<span class="pn-muted">—</span>'
+    short = html.escape("; ".join(row.reasons))
+    full = "".join(f"<li>{html.escape(d)}</li>" for d in row.details)
+    return (
+        f'<details title="{html.escape(" | ".join(row.details))}"><summary>{short}</summary>'
+        f'<ul class="pn-full">{full}</ul></details>'
+    )
+
+
+def worklist_html(table: list[Row]) -> str:
+    """The worklist as one HTML table (WORKLIST_RULES lay it out), every visitor's text escaped."""
+    body = []
+    for row in table:
+        hue = HUES.get(row.decision, "inherit")
+        body.append(
+            f'<tr data-item="{row.item}">'
+            f'<td class="pn-item"><a href="#item-{row.item}" aria-label="{html.escape(row.label)}">'
+            f"Item&nbsp;{row.item}</a></td>"
+            f'<td class="pn-decision"><span class="pn-badge" style="color: {hue}; border-color: {hue}">'
+            f"{html.escape(row.decision)}</span></td>"
+            f'<td class="pn-probability">{_bar(row)}</td>'
+            f'<td class="pn-reason">{_reason(row)}</td>'
+            f'<td class="pn-file">{html.escape(row.name)}</td>'
+            "</tr>"
+        )
+    return (
+        '<table class="pn-worklist"><caption class="pn-hidden">Worklist in reading order: each row links to its '
+        "card</caption><thead><tr><th scope=col>Card</th><th scope=col>Decision</th>"
+        "<th scope=col>Probability of pneumonia</th><th scope=col>Needs attention</th><th scope=col>File</th>"
+        f"</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
+
+
+# The worklist's layout: a table on a wide screen; on a phone each row a small block (link, decision and score on
+# one line, the reason and the file name under them), so nothing runs off the side.
+WORKLIST_RULES = (
+    ".pn-worklist {width: 100%; border-collapse: collapse; font-size: 0.875rem; line-height: 1.4} "
+    ".pn-worklist th {text-align: left; font-weight: 600; opacity: 0.75; padding: 0.3rem 0.5rem; "
+    "border-bottom: 1px solid rgba(128, 128, 128, 0.45)} "
+    ".pn-worklist td {padding: 0.35rem 0.5rem; vertical-align: top; border-bottom: 1px solid rgba(128, 128, 128, 0.2)} "
+    ".pn-worklist td.pn-item, .pn-worklist td.pn-decision, .pn-worklist td.pn-probability {white-space: nowrap} "
+    ".pn-worklist td.pn-file, .pn-worklist td.pn-reason {overflow-wrap: anywhere} "
+    ".pn-worklist td.pn-reason {min-width: 12rem} .pn-worklist td.pn-file {min-width: 9rem} "
+    ".pn-badge {display: inline-block; font-weight: 600; font-size: 0.8rem; border: 1px solid; border-radius: 0.5rem; "
+    "padding: 0 0.4rem} "
+    ".pn-bar {display: inline-block; width: 4.5rem; height: 0.55rem; border-radius: 0.3rem; vertical-align: middle; "
+    "background: rgba(128, 128, 128, 0.22); overflow: hidden} "
+    ".pn-fill {display: block; height: 100%; background: #ff4b4b} "
+    ".pn-p {font-variant-numeric: tabular-nums} "
+    ".pn-muted {opacity: 0.6; font-size: 0.8rem} "
+    ".pn-worklist details summary {cursor: pointer} "
+    ".pn-worklist ul.pn-full {margin: 0.25rem 0 0 1rem; padding: 0; font-size: 0.8rem} "
+    ".pn-hidden {position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0); "
+    "white-space: nowrap} "
+    "@media (max-width: 640px) {"
+    ".pn-worklist thead {position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0)} "
+    ".pn-worklist tr {display: flex; flex-wrap: wrap; align-items: baseline; gap: 0.15rem 0.6rem; "
+    "padding: 0.45rem 0; border-bottom: 1px solid rgba(128, 128, 128, 0.25)} "
+    ".pn-worklist td {display: block; padding: 0; border: 0} "
+    ".pn-worklist td.pn-reason, .pn-worklist td.pn-file {flex-basis: 100%; min-width: 0} "
+    ".pn-worklist td.pn-reason:has(> .pn-muted) {display: none}}"
+)
