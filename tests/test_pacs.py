@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -100,9 +101,10 @@ def test_seeded_studies_one_per_child_with_attribution(orthanc: tuple[Any, Any])
     assert all("CC BY 4.0" in str(_value(m, "ImageComments")) for m in metadata)
 
 
-def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any], loaded: Any) -> None:
+def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any], loaded: Any, tmp_path: Path) -> None:
     import cv2
-    from pydicom.uid import SecondaryCaptureImageStorage
+    import highdicom as hd
+    from pydicom.uid import Comprehensive3DSRStorage, SecondaryCaptureImageStorage
 
     from pneumo.integrations.pacs import (
         ALREADY,
@@ -115,6 +117,8 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
         operating_point,
         screen_studies,
     )
+    from pneumo.integrations.pacs.tid1500 import device_uid, read_measurement_report
+    from pneumo.integrations.pacs.writers import ENCAPSULATED_PDF
     from pneumo.model.reading import card_hash, read
 
     server, report = orthanc
@@ -129,7 +133,7 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
     assert len(screened) == 1 and len(laterals) == 1
     assert "lateral" in laterals[0].skipped and "LL" in laterals[0].skipped and not laterals[0].stored
     result = screened[0]
-    assert set(result.stored) == {"sr", "sc"}
+    assert set(result.stored) == {"sr", "sc", "pdf"}
 
     # The SR read back holds the probability predict gives for the very pixels the PACS serves.
     source_raw = pacs.retrieve_instance(study, result.series_uid, result.sop_uid)
@@ -137,37 +141,65 @@ def test_round_trip_sr_equals_predict_and_overlay_opens(orthanc: tuple[Any, Any]
     assert expected.probability is not None and result.probability == expected.probability
     metadata = pacs.study_metadata(study)
     series_of = {m["00080018"]["Value"][0]: m["0020000E"]["Value"][0] for m in metadata}
+    source = _dataset(source_raw)
     sr = _dataset(pacs.retrieve_instance(study, series_of[result.stored["sr"]], result.stored["sr"]))
     assert sr.Modality == "SR" and sr.SeriesDescription == SR_SERIES_DESCRIPTION and sr.StudyInstanceUID == study
+    assert sr.SOPClassUID == Comprehensive3DSRStorage
     assert sr.VerificationFlag == "UNVERIFIED" and sr.PreliminaryFlag == "PRELIMINARY"
-    items = {}
-    for item in sr.ContentSequence:
-        items.setdefault(item.ConceptNameCodeSequence[0].CodeValue, []).append(item)
-    probability = items["122157"][0]
-    assert probability.MeasuredValueSequence[0].FloatingPointValue == expected.probability
-    assert abs(float(probability.MeasuredValueSequence[0].NumericValue) - expected.probability) < 1e-6
-    inferred = [c for c in probability.ContentSequence if c.ValueType == "IMAGE"]
-    assert inferred[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID == result.sop_uid
-    assert items["DECISION"][0].TextValue == expected.decision
-    assert items["THRESHOLD"][0].MeasuredValueSequence[0].FloatingPointValue == loaded.threshold
-    assert items["OPPOINT"][0].TextValue == operating_point(loaded)
-    assert items["CARDHASH"][0].TextValue == card_hash(loaded)
-    assert items["111001"][0].TextValue == loaded.card.name
-    assert items["RESEARCH"][0].TextValue == RESEARCH_USE
-    assert [w.TextValue for w in items.get("WARNING", [])] == expected.warnings
-    assert all(i.ConceptNameCodeSequence[0].CodingSchemeDesignator == SCHEME for i in items["DECISION"])
+    # A TID 1500 Imaging Measurement Report, filed under the source's patient, study and accession.
+    assert (
+        sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+        and sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    )
+    for keyword in ("PatientID", "PatientName", "StudyInstanceUID", "AccessionNumber", "StudyID", "StudyDate"):
+        assert sr.get(keyword) == source.get(keyword), keyword
+    # pneumo as Contributing Equipment (IHE AIR): processing equipment, model, versions, the model file's device UID.
+    ours = [e for e in sr.ContributingEquipmentSequence if e.Manufacturer == "pneumo"]
+    assert len(ours) == 1 and ours[0].PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert ours[0].ManufacturerModelName == loaded.card.name and ours[0].DeviceUID == device_uid(loaded)
+    assert any(str(v).startswith("pneumo ") for v in ours[0].SoftwareVersions)
+    # Read back through highdicom's own TID 1500 classes: probability, decision, threshold and the region.
+    back = read_measurement_report(sr)
+    assert back.probability == expected.probability and back.decision == expected.decision
+    assert back.source_uid == result.sop_uid and back.threshold == loaded.threshold
+    assert back.operating_point == operating_point(loaded) and back.warnings == expected.warnings
+    assert back.presence == {"PNEUMONIA": "Present", "NORMAL": "Absent"}.get(expected.decision, "Indeterminate")
+    assert back.region is not None and 0 <= back.region.left < back.region.right <= source.Columns
+    assert 0 <= back.region.top < back.region.bottom <= source.Rows
+    texts = {}
+    for item in hd.sr.utils.find_content_items(sr, value_type=hd.sr.ValueTypeValues.TEXT, recursive=True):
+        texts.setdefault(item.ConceptNameCodeSequence[0].CodeValue, []).append(item)
+    assert texts["CARDHASH"][0].TextValue == card_hash(loaded) and texts["111001"][0].TextValue == loaded.card.name
+    assert texts["RESEARCH"][0].TextValue == RESEARCH_USE and len(texts["SEAL"][0].TextValue) == 64
+    assert all(i.ConceptNameCodeSequence[0].CodingSchemeDesignator == SCHEME for i in texts["DECISION"])
     evidence = {
         r.ReferencedSOPInstanceUID
         for s in sr.CurrentRequestedProcedureEvidenceSequence
         for se in s.ReferencedSeriesSequence
         for r in se.ReferencedSOPSequence
     }
-    assert {result.sop_uid, result.stored["sc"]} <= evidence
+    assert {result.sop_uid, result.stored["sc"], result.stored["pdf"]} <= evidence
+
+    # The Encapsulated PDF: the reading's report, in the same study, under the same patient.
+    pdf = _dataset(pacs.retrieve_instance(study, series_of[result.stored["pdf"]], result.stored["pdf"]))
+    assert pdf.SOPClassUID == ENCAPSULATED_PDF and pdf.Modality == "DOC" and pdf.StudyInstanceUID == study
+    assert pdf.PatientID == source.PatientID and pdf.AccessionNumber == source.AccessionNumber
+    assert pdf.MIMETypeOfEncapsulatedDocument == "application/pdf" and pdf.VerificationFlag == "UNVERIFIED"
+    document = bytes(pdf.EncapsulatedDocument)[: int(pdf.EncapsulatedDocumentLength)]
+    assert document.startswith(b"%PDF-") and document.rstrip().endswith(b"%%EOF")
+    assert pdf.SourceInstanceSequence[0].ReferencedSOPInstanceUID == result.sop_uid
+    # Each object as the PACS serves it passes dicom3tools' IOD check without an error.
+    if shutil.which("dciodvfy"):
+        for uid in result.stored.values():
+            path = tmp_path / f"{uid}.dcm"
+            path.write_bytes(pacs.retrieve_instance(study, series_of[uid], uid))
+            checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+            assert not [line for line in checked.stderr.splitlines() if line.startswith("Error")], checked.stderr
 
     # The Secondary Capture opens as an RGB image referencing its source, with the red banner on top.
     sc = _dataset(pacs.retrieve_instance(study, series_of[result.stored["sc"]], result.stored["sc"]))
     assert sc.SOPClassUID == SecondaryCaptureImageStorage and sc.SeriesDescription == SC_SERIES_DESCRIPTION
-    assert sc.StudyInstanceUID == study and sc.PatientID == _dataset(source_raw).PatientID
+    assert sc.StudyInstanceUID == study and sc.PatientID == source.PatientID
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == result.sop_uid
     pixels = sc.pixel_array
     assert pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3 and min(pixels.shape[:2]) >= 512
@@ -247,7 +279,9 @@ def test_screen_then_send_results_as_the_app_does(orthanc: tuple[Any, Any], load
     assert result.reading.probability == pytest.approx(float(loaded.predict(result.reading.xray.pixels)[0]), abs=1e-6)
     before = len(_study_instances(pacs, study))
     assert (
-        send_results(pacs, loaded, run.results) == [] and set(result.stored) <= {"sr", "sc"} and "sr" in result.stored
+        send_results(pacs, loaded, run.results) == []
+        and set(result.stored) <= {"sr", "sc", "pdf"}
+        and {"sr", "pdf"} <= set(result.stored)
     )
     assert len(_study_instances(pacs, study)) == before + len(result.stored)
     assert send_results(pacs, loaded, run.results) == []  # sent once only
@@ -293,7 +327,7 @@ def test_cli_screen_json_contract(orthanc: tuple[Any, Any]) -> None:
         else "NORMAL"
     )
     assert entry["prediction"] == rule  # the README's rule: ±0.05 around the threshold is a second look
-    assert set(entry["stored"]) == {"sr", "sc"} and entry["path"].endswith(f"/instances/{entry['instance']}")
+    assert set(entry["stored"]) == {"sr", "sc", "pdf"} and entry["path"].endswith(f"/instances/{entry['instance']}")
     again = _cli("pacs", "screen", "--url", server.dicomweb_url, "--study", study, "--json")
     assert again.returncode == 0 and json.loads(again.stdout)[0]["status"] == "already screened"
     assert json.loads(again.stdout)[0]["probability"] == entry["probability"]

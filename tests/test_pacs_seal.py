@@ -1,4 +1,5 @@
-"""A screening SR is believed only when it proves it is ours: its seal checks out and its card is in force."""
+"""A screening SR is believed only when it proves it is ours: its seal checks out and its card is in force. The TID 1500
+report pneumo writes now and the Enhanced SR it wrote before are both read and both checked."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from pneumo.integrations.pacs.priors import ScreeningKey, prior_screenings, read_screening_sr
 from pneumo.integrations.pacs.results import SCREENED, InstanceResult
 from pneumo.integrations.pacs.seal import KEY_FILE, seal_key
-from pneumo.integrations.pacs.writers import build_screening_sr
+from pneumo.integrations.pacs.writers import build_enhanced_sr, build_screening_sr
 from pneumo.model.loading import load_model
 from pneumo.model.reading import card_hash
 
@@ -30,6 +31,7 @@ def _sr(
     key: bytes | None = KEY,
     operating_point: str = "shipped",
     charset: str | None = "ISO_IR 192",
+    enhanced: bool = False,
 ) -> dict:
     """A screening SR of the first sample film, as a PACS's metadata answer carries it (DICOM JSON)."""
     from pneumo.integrations.pacs_server import sample_datasets
@@ -55,16 +57,28 @@ def _sr(
     import pydicom
 
     stored = io.BytesIO()
-    build_screening_sr(source, result, loaded, "1.2.3.4.5", 1, seal_key=key).save_as(stored)
+    build = build_enhanced_sr if enhanced else build_screening_sr
+    build(source, result, loaded, "1.2.3.4.5", 1, seal_key=key).save_as(stored)
     # Written and read back, as a server stores it and answers for its metadata.
     return json.loads(pydicom.dcmread(io.BytesIO(stored.getvalue())).to_json())
 
 
+def _items(item: dict) -> list[dict]:
+    """Every content item of an SR's JSON, depth first (the TID 1500 report nests them in measurement groups)."""
+    found = []
+    for child in item.get("0040A730", {}).get("Value", []):
+        found += [child, *_items(child)]
+    return found
+
+
+def _concept(item: dict) -> str:
+    return item.get("0040A043", {}).get("Value", [{}])[0].get("00080100", {}).get("Value", [""])[0]
+
+
 def _set_probability(item: dict, value: float) -> None:
     """Edit the probability (concept DCM 122157) inside the SR's JSON, as a forger would."""
-    for child in item.get("0040A730", {}).get("Value", []):
-        concept = child.get("0040A043", {}).get("Value", [{}])[0]
-        if concept.get("00080100", {}).get("Value") == ["122157"]:
+    for child in _items(item):
+        if _concept(child) == "122157":
             measured = child["0040A300"]["Value"][0]
             for tag in ("0040A30A", "0040A161"):  # NumericValue, FloatingPointValue
                 if tag in measured:
@@ -73,9 +87,10 @@ def _set_probability(item: dict, value: float) -> None:
     raise AssertionError("no probability in the SR")
 
 
-def test_our_sealed_sr_is_believed_and_a_forged_or_unsealed_one_is_not(loaded: Any) -> None:
+@pytest.mark.parametrize("enhanced", [False, True], ids=["tid1500", "enhanced-sr"])
+def test_our_sealed_sr_is_believed_and_a_forged_or_unsealed_one_is_not(loaded: Any, enhanced: bool) -> None:
     key, in_force = ScreeningKey.of(loaded), card_hash(loaded)
-    ours = _sr(loaded)
+    ours = _sr(loaded, enhanced=enhanced)
     prior = read_screening_sr(ours)
     assert prior is not None and prior.seal and prior.distrust(KEY, in_force) is None
 
@@ -84,12 +99,12 @@ def test_our_sealed_sr_is_believed_and_a_forged_or_unsealed_one_is_not(loaded: A
     assert read_screening_sr(forged).probability == pytest.approx(0.95)
     assert "does not match" in read_screening_sr(forged).distrust(KEY, in_force)
 
-    unsealed = read_screening_sr(_sr(loaded, key=None))
+    unsealed = read_screening_sr(_sr(loaded, key=None, enhanced=enhanced))
     assert unsealed.distrust(KEY, in_force) == "carries no seal"
     assert "does not match" in prior.distrust(b"another deployment", in_force)
     assert "not the card in force" in prior.distrust(KEY, "000000000000")
 
-    done, untrusted = prior_screenings([ours, forged, _sr(loaded, key=None)], key, KEY, in_force)
+    done, untrusted = prior_screenings([ours, forged, _sr(loaded, key=None, enhanced=enhanced)], key, KEY, in_force)
     assert list(done.values())[0].sr_uid == prior.sr_uid
     reasons = next(iter(untrusted.values()))
     assert len(reasons) == 2 and any("forged" in r for r in reasons) and any("no seal" in r for r in reasons)
@@ -136,3 +151,30 @@ def test_a_damaged_key_file_is_replaced_not_used(tmp_path: Path, monkeypatch: py
     own = seal_key(folder=tmp_path / "elsewhere")
     assert len(own) == 32 and own == seal_key(folder=tmp_path / "elsewhere")  # this process's own, no crash
     assert not (tmp_path / "elsewhere" / KEY_FILE).exists()
+
+
+def test_both_layouts_read_back_the_same_reading(loaded: Any) -> None:
+    """A study screened before the TID 1500 report (an Enhanced SR) is still "already screened": the same fields, the
+    same seal; only the new report carries the region and the PDF reference (none here: neither was given)."""
+    new, old = (
+        read_screening_sr(_sr(loaded, 0.42, "PNEUMONIA")),
+        read_screening_sr(_sr(loaded, 0.42, "PNEUMONIA", enhanced=True)),
+    )
+    assert new.layout == "tid1500" and old.layout == "enhanced"
+    for field in ("source_uid", "key", "probability", "decision", "warnings", "card_hash", "seal"):
+        assert getattr(new, field) == getattr(old, field), field
+    assert new.key.threshold == loaded.threshold  # text in the new report, read back to the very float
+    assert new.distrust(KEY, card_hash(loaded)) is None and old.distrust(KEY, card_hash(loaded)) is None
+
+
+def test_an_altered_threshold_or_decision_text_breaks_the_seal(loaded: Any) -> None:
+    ours = _sr(loaded)
+    for concept, value in (("THRESHOLD", "0.5"), ("DECISION", "PNEUMONIA")):
+        altered = json.loads(json.dumps(ours))
+        for child in _items(altered):
+            if _concept(child) == concept:
+                child["0040A160"]["Value"] = [value]
+        prior = read_screening_sr(altered)
+        if concept == "THRESHOLD":  # another threshold is another screening key: not this model's reading
+            assert not prior.key.matches(ScreeningKey.of(loaded))
+        assert "does not match" in prior.distrust(KEY, card_hash(loaded))

@@ -2,9 +2,10 @@
 
 ``make pacs`` and the tests share this: start Orthanc as this process's child (never the system service)
 with a generated configuration, wait until its REST API answers, store the bundled samples as DICOM
-studies over STOW-RS, stop it and remove its storage at the end.
+studies over STOW-RS, stop it and remove its storage at the end. With screen_on_arrival, Orthanc's Python plugin
+(orthanc-python) runs pneumo's screening on each study once it is stable (pacs/onchange.py), with no polling.
 
-    python -m pneumo.integrations.pacs_server [--port 8042]   # serves until interrupted
+    python -m pneumo.integrations.pacs_server [--port 8042] [--no-screen-on-arrival] [--stable-age S]
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.core.paths import SAMPLES_DIR
+from pneumo.core.paths import PROJECT_ROOT, SAMPLES_DIR
 from pneumo.data.collection import parse_name
 from pneumo.data.decode import load_xray
 from pneumo.data.pixels import to_uint8
@@ -52,6 +53,14 @@ PLUGIN_GLOBS = (
 )
 ENV_ORTHANC = "PNEUMO_ORTHANC"  # a non-packaged Orthanc binary
 ENV_PLUGIN = "PNEUMO_ORTHANC_DICOMWEB"  # ... and its DICOMweb plugin
+# orthanc-python (Debian) links its plugin beside the DICOMweb one; it runs pacs/onchange.py inside Orthanc.
+PYTHON_PLUGIN_GLOBS = (
+    "/usr/share/orthanc/plugins/libOrthancPython.so*",
+    "/usr/lib/orthanc/libOrthancPython.so*",
+    "/usr/local/share/orthanc/plugins/libOrthancPython.so*",
+)
+ENV_PYTHON_PLUGIN = "PNEUMO_ORTHANC_PYTHON"  # a non-packaged Python plugin
+ONCHANGE_SCRIPT = Path(__file__).resolve().with_name("pacs") / "onchange.py"
 
 SAMPLE_ATTRIBUTION = (
     "Sample film from Kermany D.S., Goldbaum M., Cai W. et al., Cell 172(5):1122-1131.e9 (2018), "
@@ -88,6 +97,39 @@ def find_orthanc() -> tuple[str, str] | None:
     return binary, plugins[0]
 
 
+def find_python_plugin() -> str | None:
+    """Orthanc's Python plugin (orthanc-python) when installed, else None."""
+    if os.environ.get(ENV_PYTHON_PLUGIN):
+        return os.environ[ENV_PYTHON_PLUGIN]
+    return next(iter(sorted(p for pattern in PYTHON_PLUGIN_GLOBS for p in glob.glob(pattern))), None)
+
+
+@dataclass
+class ScreenOnArrival:
+    """Screening as each study arrives: Orthanc's Python plugin runs `python -m pneumo pacs screen --push` for every
+    study that has had no new instance for stable_age seconds (Orthanc's StableAge), in a child process of its own.
+
+    python: pneumo's interpreter (this one by default); arguments: more `pacs screen` options (e.g. --model PATH);
+    timeout: the longest one run may take."""
+
+    python: str = field(default_factory=lambda: sys.executable)
+    arguments: Sequence[str] = ()
+    stable_age: int = 10
+    timeout: float = 3600.0
+    workdir: Path = PROJECT_ROOT
+
+    def config(self, dicomweb_url: str, log_file: Path) -> dict[str, Any]:
+        """The "PneumoOnChange" section onchange.py reads."""
+        return {
+            "Url": dicomweb_url,
+            "Python": self.python,
+            "Arguments": [str(a) for a in self.arguments],
+            "WorkingDirectory": str(self.workdir),
+            "LogFile": str(log_file),
+            "Timeout": float(self.timeout),
+        }
+
+
 def orthanc_config(
     port: int,
     storage: Path,
@@ -95,8 +137,10 @@ def orthanc_config(
     lua_scripts: Sequence[str] = (),
     extra: dict[str, Any] | None = None,
     name: str = "pneumo-pacs",
+    on_arrival: tuple[str, str, dict[str, Any], int] | None = None,
 ) -> dict[str, Any]:
-    """The configuration of a private, loopback-only Orthanc with DICOMweb and no DICOM listener."""
+    """The configuration of a private, loopback-only Orthanc with DICOMweb and no DICOM listener. on_arrival: (Python
+    plugin, script, the script's "PneumoOnChange" section, StableAge in seconds) to screen each study once stable."""
     config: dict[str, Any] = {
         "Name": name,
         "StorageDirectory": str(storage),
@@ -125,6 +169,13 @@ def orthanc_config(
             "SeriesMetadata": "Full",
         },
     }
+    if on_arrival is not None:
+        python_plugin, script, section, stable_age = on_arrival
+        config["Plugins"].append(python_plugin)
+        config["PythonScript"] = script
+        config["PythonVerbose"] = False
+        config["StableAge"] = int(stable_age)  # seconds without a new instance before a study counts as complete
+        config["PneumoOnChange"] = section
     config.update(extra or {})
     return config
 
@@ -139,6 +190,7 @@ class OrthancServer:
     own_workdir: bool
     log_path: Path
     name: str = "pneumo-pacs"  # unique per start: /system must answer with it, not another server's
+    on_arrival_log: Path | None = None  # what each screening-on-arrival run printed (its command, JSON and errors)
 
     @property
     def url(self) -> str:
@@ -179,9 +231,12 @@ def start_orthanc(
     timeout: float = 60.0,
     lua_scripts: Sequence[str] = (),
     extra_config: dict[str, Any] | None = None,
+    screen_on_arrival: ScreenOnArrival | None = None,
 ) -> OrthancServer:
     """Start Orthanc on 127.0.0.1:port with storage in workdir (a new temporary folder by default) and
-    return once GET /system answers; PacsServerError names what is missing or why it did not start."""
+    return once GET /system answers; PacsServerError names what is missing or why it did not start.
+    screen_on_arrival: load the Python plugin with pacs/onchange.py, so each stable study is screened and its
+    results stored with no command run."""
     found = find_orthanc()
     if found is None:
         raise PacsServerError(
@@ -189,6 +244,11 @@ def start_orthanc(
             "(apt-get install orthanc orthanc-dicomweb)"
         )
     binary, plugin = found
+    python_plugin = find_python_plugin() if screen_on_arrival is not None else None
+    if screen_on_arrival is not None and python_plugin is None:
+        raise PacsServerError(
+            "screening on arrival needs Orthanc's Python plugin: `make pacs-deps` (apt-get install orthanc-python)"
+        )
     with socket.socket() as probe:  # a busy port would let another server answer our readiness check
         if probe.connect_ex(("127.0.0.1", int(port))) == 0:
             raise PacsServerError(f"port {port} on 127.0.0.1 is already in use; choose another PACS_PORT")
@@ -197,8 +257,20 @@ def start_orthanc(
     root = Path(tempfile.mkdtemp(prefix="pneumo-orthanc-")) if workdir is None else Path(workdir)
     (root / "storage").mkdir(parents=True, exist_ok=True)
     config_path = root / "orthanc.json"
+    on_arrival, on_arrival_log = None, None
+    if screen_on_arrival is not None and python_plugin is not None:
+        # A copy beside the configuration: Orthanc puts the script's folder on its Python path, and pneumo's package
+        # folder there would offer its modules to Orthanc's interpreter under bare names (config, client, ...).
+        script = root / "pneumo_onchange.py"
+        shutil.copyfile(ONCHANGE_SCRIPT, script)
+        on_arrival_log = root / "pneumo-onchange.log"
+        url = f"http://127.0.0.1:{int(port)}{DICOMWEB_ROOT.rstrip('/')}"
+        section = screen_on_arrival.config(url, on_arrival_log)
+        on_arrival = (python_plugin, str(script), section, screen_on_arrival.stable_age)
     config_path.write_text(
-        json.dumps(orthanc_config(port, root / "storage", plugin, lua_scripts, extra_config, name), indent=2)
+        json.dumps(
+            orthanc_config(port, root / "storage", plugin, lua_scripts, extra_config, name, on_arrival), indent=2
+        )
     )
     log_path = root / "orthanc.log"
     with open(log_path, "ab") as log:
@@ -211,7 +283,7 @@ def start_orthanc(
             start_new_session=True,
             preexec_fn=_die_with_parent,
         )
-    server = OrthancServer(port, process, root, own, log_path, name)
+    server = OrthancServer(port, process, root, own, log_path, name, on_arrival_log)
     atexit.register(server.stop)  # a script that ends on an exception leaves no Orthanc behind
     try:
         wait_until_ready(server, timeout)
@@ -447,8 +519,11 @@ def seed(
     return report
 
 
-def serve(port: int = DEFAULT_PORT, samples_dir: str | Path = SAMPLES_DIR) -> int:
-    """`make pacs`: start, seed, print where it is, and serve until Ctrl-C or SIGTERM."""
+def serve(
+    port: int = DEFAULT_PORT, samples_dir: str | Path = SAMPLES_DIR, screen_on_arrival: ScreenOnArrival | None = None
+) -> int:
+    """`make pacs`: start, seed, print where it is, and serve until Ctrl-C or SIGTERM. With screen_on_arrival the
+    seeded studies, and any stored later, are screened as each becomes stable."""
     stop = {"now": False}
 
     def ask_to_stop(*_: Any) -> None:
@@ -456,14 +531,20 @@ def serve(port: int = DEFAULT_PORT, samples_dir: str | Path = SAMPLES_DIR) -> in
 
     signal.signal(signal.SIGTERM, ask_to_stop)
     signal.signal(signal.SIGINT, ask_to_stop)
-    server = start_orthanc(port)
+    server = start_orthanc(port, screen_on_arrival=screen_on_arrival)
     try:
         report = seed(server.dicomweb_url, samples_dir)
         print(
             f"Orthanc on {server.url} (DICOMweb {server.dicomweb_url}, explorer {server.url}/app/explorer.html), "
             f"storage {server.workdir}\nseeded {report.instances} instances in {len(report.studies)} studies "
             f"(a lateral view in study {report.lateral_study})\n"
-            f"try: python -m pneumo pacs screen --url {server.dicomweb_url} --since 20240101 --push\n"
+            + (
+                f"each study is screened {screen_on_arrival.stable_age} s after its last instance arrives "
+                f"(log: {server.on_arrival_log})\n"
+                if screen_on_arrival is not None
+                else ""
+            )
+            + f"try: python -m pneumo pacs screen --url {server.dicomweb_url} --since 20240101 --push\n"
             "Ctrl-C stops it and deletes the storage.",
             flush=True,
         )
@@ -483,9 +564,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=int(os.environ.get("PACS_PORT", DEFAULT_PORT)))
     parser.add_argument("--samples", default=str(SAMPLES_DIR))
+    parser.add_argument(
+        "--no-screen-on-arrival",
+        dest="screen_on_arrival",
+        action="store_false",
+        help="do not screen each study as it arrives (Orthanc's Python plugin); `pacs screen` still does",
+    )
+    parser.add_argument(
+        "--stable-age", type=int, default=10, help="seconds without a new instance before a study is screened"
+    )
     args = parser.parse_args(argv)
     try:
-        return serve(args.port, args.samples)
+        on_arrival = ScreenOnArrival(stable_age=max(1, args.stable_age)) if args.screen_on_arrival else None
+        return serve(args.port, args.samples, on_arrival)
     except (PacsServerError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

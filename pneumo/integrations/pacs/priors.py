@@ -2,6 +2,11 @@
 in force.
 """
 
+# Two layouts are read: the TID 1500 measurement report pneumo writes now (tid1500.py: the items nested in measurement
+# groups, the threshold as text, the source film as "Source of Measurement") and the Enhanced SR it wrote before (the
+# items at the root, the threshold as a number, the source as "Source image for image processing operation"). Both use
+# the same concept codes for what is sealed, so one walk over the tree by concept finds either.
+
 from __future__ import annotations
 
 import math
@@ -78,6 +83,9 @@ class PriorScreening:
     card_hash: str
     overlay_uid: str | None
     seal: str = ""
+    pdf_uid: str | None = None  # the Encapsulated PDF the report references (TID 1500 reports only)
+    region: tuple[float, ...] | None = None  # the Grad-CAM region's GraphicData (column, row pairs on the source film)
+    layout: str = "enhanced"  # "tid1500" or "enhanced"
 
     def distrust(self, key: bytes, card_hash: str) -> str | None:
         """Why this SR is not believed, or None when its seal checks out and its card is the one in force."""
@@ -93,19 +101,30 @@ class PriorScreening:
         return None
 
 
-def _content_items(item: Mapping[str, Any]) -> Iterable[Mapping[str, Any]]:
+MAX_CONTENT_DEPTH = 16  # our SRs nest at most five levels; a deeper tree is not ours, and is not walked to its end
+# The source film: "Source image for image processing operation" in the Enhanced SR, "Source of Measurement" in the TID
+# 1500 report (the first one met, the probability's own, walking depth first).
+SOURCE_CONCEPTS = ("DCM:121322", "DCM:121112")
+TID1500_ROOT = "DCM:126000"  # Imaging Measurement Report
+
+
+def _content_items(item: Mapping[str, Any], depth: int = 0) -> Iterable[Mapping[str, Any]]:
+    if depth >= MAX_CONTENT_DEPTH:
+        return
     for child in _values(item, "ContentSequence"):
         if isinstance(child, dict):
             yield child
-            yield from _content_items(child)
+            yield from _content_items(child, depth + 1)
 
 
 def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
-    """A pneumo screening SR (as DICOM JSON) read back; None for any other SR."""
+    """A pneumo screening SR (as DICOM JSON) read back, the TID 1500 report or the Enhanced SR before it; None for any
+    other SR."""
     if str(_value(item, "Modality")) != "SR" or str(_value(item, "Manufacturer")) != MANUFACTURER:
         return None
     found: dict[str, list[Any]] = {}
-    source = overlay = None
+    refs: dict[str, str] = {}
+    region: tuple[float, ...] | None = None
     for child in _content_items(item):
         concept: Mapping[str, Any] = next(iter(_values(child, "ConceptNameCodeSequence")), {})
         code = f"{_value(concept, 'CodingSchemeDesignator')}:{_value(concept, 'CodeValue')}"
@@ -117,20 +136,23 @@ def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
             found.setdefault(code, []).append(number)
         elif kind == "TEXT":
             found.setdefault(code, []).append(str(_value(child, "TextValue")))
-        elif kind == "IMAGE":
+        elif kind in ("IMAGE", "COMPOSITE"):
             ref: Mapping[str, Any] = next(iter(_values(child, "ReferencedSOPSequence")), {})
-            if code == f"{SCHEME}:GRADCAM":
-                overlay = str(_value(ref, "ReferencedSOPInstanceUID")) or None
-            elif code == "DCM:121322":
-                source = str(_value(ref, "ReferencedSOPInstanceUID")) or None
+            refs.setdefault(code, str(_value(ref, "ReferencedSOPInstanceUID")))
+        elif kind == "SCOORD" and code == "DCM:111030" and region is None:  # Image Region
+            region = tuple(float(v) for v in _values(child, "GraphicData"))
     first = lambda code, default=None: (found.get(code) or [default])[0]  # noqa: E731
-    if not source or first(f"{SCHEME}:THRESHOLD") is None:
+    source = next((refs[c] for c in SOURCE_CONCEPTS if refs.get(c)), None)
+    threshold = first(f"{SCHEME}:THRESHOLD")
+    if not source or threshold is None:
         return None
+    root: Mapping[str, Any] = next(iter(_values(item, "ConceptNameCodeSequence")), {})
+    tid1500 = f"{_value(root, 'CodingSchemeDesignator')}:{_value(root, 'CodeValue')}" == TID1500_ROOT
     key = ScreeningKey(
         str(first("DCM:111001", "")),
         str(first("DCM:111003", "")),
         str(first(f"{SCHEME}:OPPOINT", "")),
-        float(first(f"{SCHEME}:THRESHOLD")),
+        float(threshold),  # a number in the Enhanced SR, its repr() as text in the TID 1500 report
     )
     probability = first("DCM:122157")
     return PriorScreening(
@@ -141,8 +163,11 @@ def read_screening_sr(item: Mapping[str, Any]) -> PriorScreening | None:
         decision=str(first(f"{SCHEME}:DECISION", "")),
         warnings=list(found.get(f"{SCHEME}:WARNING", [])),
         card_hash=str(first(f"{SCHEME}:CARDHASH", "")),
-        overlay_uid=overlay,
+        overlay_uid=refs.get(f"{SCHEME}:GRADCAM") or None,
         seal=str(first(f"{SCHEME}:SEAL", "")),
+        pdf_uid=refs.get(f"{SCHEME}:REPORTPDF") or None,
+        region=region or None,
+        layout="tid1500" if tid1500 else "enhanced",
     )
 
 
@@ -156,7 +181,7 @@ def prior_screenings(
     for item in metadata:
         try:
             prior = read_screening_sr(item)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError, RecursionError, OverflowError):
             continue  # a damaged or crafted SR claims nothing we can read: no film is skipped on its word
         if prior is None or not prior.key.matches(key):
             continue

@@ -5,6 +5,7 @@ resumes where it stopped; a watch loop for new studies.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,7 +20,14 @@ from pneumo.integrations.pacs.config import PacsError
 from pneumo.integrations.pacs.priors import ScreeningKey, operating_point, prior_screenings
 from pneumo.integrations.pacs.results import ALREADY, FAILED, SCREENED, SKIPPED, InstanceResult, ScreenRun
 from pneumo.integrations.pacs.studies import _check_date, search_studies, select_instances
-from pneumo.integrations.pacs.writers import _header, build_overlay_sc, build_screening_sr, overlay_picture
+from pneumo.integrations.pacs.tid1500 import hottest_region
+from pneumo.integrations.pacs.writers import (
+    _header,
+    build_overlay_sc,
+    build_report_pdf,
+    build_screening_sr,
+    overlay_picture,
+)
 from pneumo.model.loading import LoadedModel
 from pneumo.model.reading import NOT_ASSESSABLE, card_hash, read
 
@@ -55,27 +63,43 @@ def _result_from_reading(result: InstanceResult, reading: Any, loaded: LoadedMod
 
 @dataclass
 class _StudyOutput:
-    """The result series of one study in one run: images are stored one by one into the same two series."""
+    """The result series of one study in one run: images are stored one by one into the same three series."""
 
     sr_series: str
     sc_series: str
+    pdf_series: str
     count: int = 0
 
 
 def _new_output() -> _StudyOutput:
     import highdicom as hd
 
-    return _StudyOutput(str(hd.UID()), str(hd.UID()))
+    return _StudyOutput(str(hd.UID()), str(hd.UID()), str(hd.UID()))
+
+
+def _report_pdf(loaded: LoadedModel, result: InstanceResult, heatmap: Any, output: _StudyOutput) -> Any | None:
+    """The reading's PDF report (pneumo.integrations.report, as the app makes it) as an Encapsulated PDF; None, with a
+    warning on the reading, when the report cannot be made: the SR and the overlay carry the reading without it."""
+    from pneumo.integrations.report import study_pdf
+
+    try:
+        document = study_pdf([result.reading], loaded, {0: heatmap} if heatmap is not None else None)
+        return build_report_pdf(result.source, document, output.pdf_series, output.count, loaded)
+    except Exception as exc:  # the report is an addition: its failure must not cost the film its stored reading
+        result.warnings.append(f"no PDF report stored ({_one_line(exc)})")
+        return None
 
 
 def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output: _StudyOutput | None = None) -> None:
-    """Store one screened image's SC (when assessable) and SR, in one STOW-RS request; on success the
-    result holds their UIDs. PacsError otherwise (the reading itself stays in the result)."""
+    """Store one screened image's results in one STOW-RS request: the SC of the Grad-CAM overlay (when assessable),
+    the Encapsulated PDF of the reading and the TID 1500 report (SR) that references both, with the map's hottest
+    region on the source film. On success the result holds their UIDs ("sr", "sc", "pdf"). PacsError otherwise (the
+    reading itself stays in the result)."""
     if result.status != SCREENED or result.reading is None or result.source is None:
         return
     output = output or _new_output()
     output.count += 1
-    overlay = None
+    overlay = region = heatmap = None
     reading = result.reading
     if result.prediction != NOT_ASSESSABLE and reading.xray is not None:
         # No explanation for a film the input check cannot assess: a heat map would lend it a reading.
@@ -95,15 +119,29 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
         overlay = build_overlay_sc(
             result.source, overlay_picture(reading.xray.pixels, heatmap, lines), output.sc_series, output.count, loaded
         )
+        # The map is at the decoded film's size (at most 2048 px on its long side, or the app's display copy):
+        # hottest_region scales it onto the source's own rows and columns.
+        rows, columns = int(result.source.get("Rows") or 0), int(result.source.get("Columns") or 0)
+        region = hottest_region(heatmap, rows, columns) if rows and columns else None
+    pdf = _report_pdf(loaded, result, heatmap, output) if reading.xray is not None else None
     from pneumo.integrations.pacs.seal import seal_key
 
     sr = build_screening_sr(
-        result.source, result, loaded, output.sr_series, output.count, overlay, seal_key=seal_key(pacs.secret)
+        result.source,
+        result,
+        loaded,
+        output.sr_series,
+        output.count,
+        overlay,
+        seal_key=seal_key(pacs.secret),
+        region=region,
+        pdf=pdf,
     )
-    pacs.store(result.study_uid, [d for d in (overlay, sr) if d is not None])
+    pacs.store(result.study_uid, [d for d in (overlay, pdf, sr) if d is not None])
     result.stored = {
         "sr": str(sr.SOPInstanceUID),
         **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {}),
+        **({"pdf": str(pdf.SOPInstanceUID)} if pdf is not None else {}),
     }
 
 
@@ -165,7 +203,11 @@ def screen_study(
                 prior.key.model,
             )
             result.card_hash = prior.card_hash
-            result.stored = {"sr": prior.sr_uid, **({"sc": prior.overlay_uid} if prior.overlay_uid else {})}
+            result.stored = {
+                "sr": prior.sr_uid,
+                **({"sc": prior.overlay_uid} if prior.overlay_uid else {}),
+                **({"pdf": prior.pdf_uid} if prior.pdf_uid else {}),
+            }
             result.skipped = (
                 f"already screened by {prior.key.model} at operating point {prior.key.operating_point} "
                 f"(SR {prior.sr_uid})"
@@ -195,10 +237,7 @@ def screen_study(
             continue
         except Exception as exc:  # writing the SR or overlay from an unusual header: this image fails, not the run
             result.status = FAILED
-            result.error = (
-                f"{result.path}: the results could not be written ({type(exc).__name__}: "
-                f"{' '.join(str(exc).split())[:200]})"
-            )
+            result.error = f"{result.path}: the results could not be written ({_one_line(exc)})"
         result.seconds = time.perf_counter() - started
         if (
             drift_images is not None
@@ -252,14 +291,17 @@ def screen_studies(
     force: bool = False,
     keep_pixels: bool = False,
     progress: Callable[[int, int, list[InstanceResult]], None] | None = None,
+    log: bool = False,
 ) -> ScreenRun:
     """Screen studies in order. A failing study is recorded and the run goes on; an unreachable server
     ends the run with one line in run.error and the studies not reached in run.studies_left. The batch
-    drift check runs over the films read, at the model's input size."""
+    drift check runs over the films read, at the model's input size. log: store the readings in the
+    readings database (pneumo.integrations.records) once the run is done."""
     run = ScreenRun()
     drift_images: list[tuple[np.ndarray, float]] = []
     uids = list(dict.fromkeys(study_uids))
     for index, uid in enumerate(uids):
+        path = f"{pacs.display_url}/studies/{uid}"
         try:
             results = screen_study(
                 pacs, loaded, uid, push=push, force=force, keep_pixels=keep_pixels, drift_images=drift_images
@@ -269,14 +311,22 @@ def screen_studies(
             run.error, run.studies_left = str(stop.error), uids[index + 1 :]
             break
         except PacsError as exc:
-            run.results.append(
-                InstanceResult(
-                    uid, None, None, f"{pacs.display_url}/studies/{uid}", FAILED, error=str(exc), retryable=True
-                )
-            )
+            run.results.append(InstanceResult(uid, None, None, path, FAILED, error=str(exc), retryable=True))
             if exc.fatal:
                 run.error, run.studies_left = str(exc), uids[index + 1 :]
                 break
+            continue
+        except Exception as exc:  # what a study's content does to the code reading it: that study fails, not the run
+            run.results.append(
+                InstanceResult(
+                    uid,
+                    None,
+                    None,
+                    path,
+                    FAILED,
+                    error=f"PACS {pacs.display_url}: study {uid} could not be screened ({_one_line(exc)})",
+                )
+            )
             continue
         run.results.extend(results)
         run.studies_done += 1
@@ -287,8 +337,24 @@ def screen_studies(
         if run.drift is not None and getattr(run.drift, "shifted", False):
             run.drift_note = str(getattr(run.drift, "advice", "") or "this batch is unlike the reference films")
     except Exception as exc:  # the drift check must not cost the run its results
-        run.drift_note = f"batch drift check failed ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        run.drift_note = f"batch drift check failed ({_one_line(exc)})"
+    if log:
+        from pneumo.integrations.records import RecordsError, log_pacs_run
+
+        try:  # the database must not cost the run its results
+            log_pacs_run(run, loaded)
+        except (RecordsError, OSError) as exc:
+            run.log_note = f"readings not logged ({_one_line(exc)})"
     return run
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as its type and the start of its message on one line (the message may quote a server)."""
+    try:
+        text = " ".join(str(exc).split())
+    except Exception:  # a message that cannot even be made (RecursionError from a nested value)
+        text = ""
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def send_results(pacs: Pacs, loaded: LoadedModel, results: Sequence[InstanceResult]) -> list[str]:
@@ -309,7 +375,18 @@ def send_results(pacs: Pacs, loaded: LoadedModel, results: Sequence[InstanceResu
             errors.append(str(exc))
             if exc.fatal:
                 break
+        except Exception as exc:  # an SR or overlay that cannot be written from this film's header
+            errors.append(f"{result.path}: the results could not be written ({_one_line(exc)})")
     return errors
+
+
+MAX_BACKOFF = 900.0  # seconds: the longest a watch waits between polls while the server keeps failing
+
+
+def backoff_delay(interval: float, failures: int, cap: float = MAX_BACKOFF) -> float:
+    """The wait before the next poll after `failures` failed polls in a row: the interval doubled for each, at most
+    cap (or the interval itself, when that is longer). A busy server is polled less and less, not hammered."""
+    return min(interval * 2.0 ** min(failures, 64), max(cap, interval))
 
 
 def watch(
@@ -321,19 +398,25 @@ def watch(
     push: bool = False,
     on_poll: Callable[[ScreenRun], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[str], None] | None = None,
 ) -> bool:
     """Poll for studies (from `since`, default today) and screen each new one: the triage loop. A study
     screened completely in this process is not read again; with push, the PACS's SRs carry that across
-    restarts. A failed poll is reported through on_poll and the loop goes on. True when anything failed."""
+    restarts. A failed poll is reported through on_poll and the loop goes on, waiting longer after each poll
+    that failed on the server's side (backoff_delay). progress gets one line per poll (what it found and did,
+    and when the next comes). True when anything failed."""
+    if not (math.isfinite(interval) and interval > 0):
+        raise ValueError(f"the interval between polls must be a positive number of seconds, got {interval!r}")
     since = _check_date(since, "since") or date.today().strftime("%Y%m%d")
     finished: set[str] = set()
-    polls, failed = 0, False
+    polls, failed, failures = 0, False, 0
     while max_polls is None or polls < max_polls:
         polls += 1
+        found = new = 0
         try:
-            studies = [
-                s.study_uid for s in search_studies(pacs, since=since, limit=None) if s.study_uid not in finished
-            ]
+            listed = [s.study_uid for s in search_studies(pacs, since=since, limit=None)]
+            studies = [uid for uid in listed if uid not in finished]
+            found, new = len(listed), len(studies)
             run = screen_studies(pacs, loaded, studies, push=push)
         except PacsError as exc:
             run = ScreenRun(error=str(exc))
@@ -343,11 +426,34 @@ def watch(
             if not any(r.retryable for r in run.results if r.study_uid == uid) and uid not in run.studies_left:
                 finished.add(uid)
         failed = failed or run.failed
+        # The server failed us (a search or a study it could not serve): wait longer before asking again.
+        server_failed = run.error is not None or any(r.retryable for r in run.results)
+        failures = failures + 1 if server_failed else 0
         if on_poll is not None:
             on_poll(run)
-        if max_polls is None or polls < max_polls:
-            sleep(interval)
+        more = max_polls is None or polls < max_polls
+        wait = backoff_delay(interval, failures)
+        if progress is not None:
+            progress(_poll_line(polls, found, new, run, wait if more else None, failures))
+        if more:
+            sleep(wait)
     return failed
+
+
+def _poll_line(poll: int, found: int, new: int, run: ScreenRun, wait: float | None, failures: int) -> str:
+    counts: dict[str, int] = {}
+    for r in run.results:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    done = ", ".join(f"{n} {status}" for status, n in counts.items()) or "nothing read"
+    line = f"poll {poll}: {found} stud{'y' if found == 1 else 'ies'} found, {new} to screen; {done}"
+    if run.error:
+        line += f"; error: {run.error}"
+    elif failures:
+        failing = sorted({r.study_uid for r in run.results if r.retryable})
+        line += f"; {len(failing)} stud{'y' if len(failing) == 1 else 'ies'} failed on the server's side"
+    if wait is not None:
+        line += f"; next poll in {wait:g} s" + (f" (backing off after {failures} failed polls)" if failures else "")
+    return line
 
 
 def now_utc() -> str:

@@ -1,18 +1,28 @@
-"""The DICOM pneumo writes into the source's study: a screening SR (highdicom) and a Secondary Capture of the
-Grad-CAM overlay with a research-use banner burned in, both referencing the source film.
+"""The DICOM pneumo writes into the source's study: a TID 1500 measurement report (highdicom Comprehensive 3D SR), an
+Encapsulated PDF of the reading and a Secondary Capture of the Grad-CAM overlay with a research-use banner burned in,
+all referencing the source film.
 """
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from pneumo import __version__
-from pneumo.integrations.pacs.config import MANUFACTURER, SCHEME
+from pneumo.integrations.pacs.config import MANUFACTURER
 from pneumo.integrations.pacs.results import InstanceResult
+from pneumo.integrations.pacs.tid1500 import (
+    Region,
+    codes,
+    coding_scheme,
+    contributing_equipment,
+    measurement_report,
+    software_versions,
+)
 from pneumo.model.loading import LoadedModel
 from pneumo.model.reading import DEFAULT_BAND
 
@@ -23,36 +33,17 @@ RESEARCH_USE = (
 BANNER = "RESEARCH USE ONLY - NOT FOR DIAGNOSIS"
 SR_SERIES_DESCRIPTION = "pneumo pneumonia screening SR - RESEARCH USE ONLY"
 SC_SERIES_DESCRIPTION = "pneumo Grad-CAM overlay - RESEARCH USE ONLY"
+PDF_SERIES_DESCRIPTION = "pneumo screening report PDF - RESEARCH USE ONLY"
+PDF_TITLE = "Chest X-ray pneumonia screening report - RESEARCH USE ONLY"
+ENCAPSULATED_PDF = "1.2.840.10008.5.1.4.1.1.104.1"
 
 
 # High series numbers: viewers list series by number, so the results follow the acquisitions.
-SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902
+SR_SERIES_NUMBER, SC_SERIES_NUMBER, PDF_SERIES_NUMBER = 9901, 9902, 9903
 
 
 def _codes() -> dict[str, Any]:
-    from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
-
-    return {
-        "title": Code("18748-4", "LN", "Diagnostic imaging report"),
-        "probability": codes.DCM.Probability,
-        "finding": codes.DCM.Finding,
-        "pneumonia": Code("233604007", "SCT", "Pneumonia"),
-        "source": codes.DCM.SourceImageForImageProcessingOperation,
-        "algorithm": codes.DCM.AlgorithmName,
-        "version": codes.DCM.AlgorithmVersion,
-        "no_units": codes.UCUM.NoUnits,
-        "decision": Code("DECISION", SCHEME, "Screening decision"),
-        "threshold": Code("THRESHOLD", SCHEME, "Decision threshold"),
-        "band": Code("BAND", SCHEME, "Uncertain band half-width"),
-        "operating_point": Code("OPPOINT", SCHEME, "Operating point"),
-        "card_hash": Code("CARDHASH", SCHEME, "Model card SHA-256 (12 hex)"),
-        "seal": Code("SEAL", SCHEME, "HMAC-SHA256 of the reading under the deployment's key"),
-        "engine": Code("ENGINE", SCHEME, "Inference engine"),
-        "warning": Code("WARNING", SCHEME, "Input check warning"),
-        "research": Code("RESEARCH", SCHEME, "Research use statement"),
-        "overlay": Code("GRADCAM", SCHEME, "Grad-CAM overlay"),
-    }
+    return codes()
 
 
 # --- the DICOM we write --------------------------------------------------------------------------------------
@@ -189,10 +180,31 @@ def build_overlay_sc(
         :1024
     ]
     sc.BurnedInAnnotation = "NO"  # the burned-in text names the model and score, never the patient
+    # Only chest films are screened (studies.py); saying so tells a validator the body part is unpaired, so no
+    # Laterality is owed (dciodvfy asks for one when the body part is unknown).
+    sc.BodyPartExamined = str(source.get("BodyPartExamined") or "CHEST")[:16]
     sc.ImageComments = RESEARCH_USE
     if "SpecificCharacterSet" not in sc:
         sc.SpecificCharacterSet = "ISO_IR 192"
     return sc
+
+
+def _seal(source: Any, result: InstanceResult, loaded: LoadedModel, seal_key: bytes) -> str:
+    """The seal of what a reader acts on (seal.py), the same for the TID 1500 report and the Enhanced SR before it."""
+    from pneumo.integrations.pacs.priors import ScreeningKey, sealed_fields
+    from pneumo.integrations.pacs.seal import seal
+
+    assert result.threshold is not None  # checked by the builders
+    key = ScreeningKey(
+        str(loaded.card.name),
+        str(loaded.card.created or "unrecorded"),
+        str(result.operating_point),
+        float(result.threshold),
+    )
+    fields = sealed_fields(
+        str(source.SOPInstanceUID), key, result.probability, str(result.prediction), str(result.card_hash)
+    )
+    return seal(seal_key, fields)
 
 
 def build_screening_sr(
@@ -204,10 +216,176 @@ def build_screening_sr(
     overlay: Any | None = None,
     band: float | None = None,
     seal_key: bytes | None = None,
+    region: Region | None = None,
+    pdf: Any | None = None,
 ) -> Any:
-    """The reading as an Enhanced SR (highdicom): probability (NUM, inferred from the source image),
+    """The reading as a TID 1500 Imaging Measurement Report in a Comprehensive 3D SR (highdicom): the finding coded,
+    the probability measured, decision, operating point, threshold, warnings and research use as text, the Grad-CAM's
+    hottest region (a POLYLINE on the source film) when given, the overlay and the PDF referenced when stored with it,
+    pneumo as Contributing Equipment and device observer (IHE AIR), sealed with seal_key. UNVERIFIED and PRELIMINARY:
+    no person has read it. Patient, study and accession come from the source (highdicom copies them from the first
+    evidence), which is also the requested procedure's evidence."""
+    import highdicom as hd
+
+    if result.threshold is None:
+        raise ValueError(f"{result.path}: no threshold recorded; only a screened film has an SR")
+    content = measurement_report(
+        source,
+        result,
+        loaded,
+        band=float(DEFAULT_BAND if band is None else band),
+        research_use=RESEARCH_USE,
+        seal=_seal(source, result, loaded, seal_key) if seal_key is not None else None,
+        region=region,
+        overlay=overlay,
+        pdf=pdf,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        # UTF-8, whatever the source film declares (often nothing, i.e. ASCII): the sealed text (site and operating
+        # point names) must read back as written.
+        specific_character_set="ISO_IR 192",
+        evidence=[d for d in (source, overlay, pdf) if d is not None],
+        content=content[0],
+        series_instance_uid=series_uid,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=hd.UID(),
+        instance_number=instance_number,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        is_final=False,
+        is_verified=False,  # PRELIMINARY and UNVERIFIED: no person has read it
+        requested_procedures=_requests(source) or None,
+        contributing_equipment=[contributing_equipment(loaded, "pneumonia screening of the referenced film")],
+        series_description=SR_SERIES_DESCRIPTION,
+        manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
+        software_versions=software_versions(loaded),
+    )
+    sr.CodingSchemeIdentificationSequence = [coding_scheme()]
+    return sr
+
+
+def _requests(source: Any) -> list[Any]:
+    """The source's requests (Request Attributes Sequence) as the SR's Referenced Request Sequence: the order the
+    film answered is the order the report answers, with the study's accession number."""
+    from pydicom.dataset import Dataset
+
+    items = []
+    for request in list(source.get("RequestAttributesSequence") or [])[:16]:
+        item = Dataset()
+        item.StudyInstanceUID = source.StudyInstanceUID
+        item.ReferencedStudySequence = list(request.get("ReferencedStudySequence") or [])
+        item.AccessionNumber = source.get("AccessionNumber", "")
+        if source.get("IssuerOfAccessionNumberSequence"):
+            item.IssuerOfAccessionNumberSequence = list(source.IssuerOfAccessionNumberSequence)[:1]
+        item.PlacerOrderNumberImagingServiceRequest = ""
+        item.FillerOrderNumberImagingServiceRequest = ""
+        item.RequestedProcedureID = request.get("RequestedProcedureID", "")
+        item.RequestedProcedureDescription = request.get("RequestedProcedureDescription", "")
+        item.RequestedProcedureCodeSequence = list(request.get("RequestedProcedureCodeSequence") or [])
+        items.append(item)
+    return items
+
+
+def build_report_pdf(source: Any, pdf_bytes: bytes, series_uid: str, instance_number: int, loaded: LoadedModel) -> Any:
+    """The reading's PDF report (pneumo.integrations.report) as an Encapsulated PDF in the source's study: patient,
+    study and accession copied from the source, which it names as its source instance; pneumo as equipment and as
+    Contributing Equipment; UNVERIFIED."""
+    import highdicom as hd
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
+
+    if not pdf_bytes.startswith(b"%PDF-"):
+        raise ValueError("not a PDF document")
+    sop_uid = hd.UID()
+    now = datetime.now(timezone.utc)
+    meta = FileMetaDataset()
+    # Complete as a file's: the STOW-RS body (client.stow_body) writes the meta as it is, and the PACS serves it so.
+    meta.FileMetaInformationGroupLength = 0  # pydicom writes the real length in its place
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(ENCAPSULATED_PDF)
+    meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    # SOP Common
+    ds.SOPClassUID, ds.SOPInstanceUID = ENCAPSULATED_PDF, sop_uid
+    ds.InstanceCreationDate, ds.InstanceCreationTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.ContributingEquipmentSequence = [contributing_equipment(loaded, "screening report of the referenced film")]
+    ds.CodingSchemeIdentificationSequence = [coding_scheme()]
+    # Patient and General Study: the source's, so the document files under the same patient, study and accession.
+    for keyword in (
+        "PatientName",
+        "PatientID",
+        "IssuerOfPatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyInstanceUID",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+        "IssuerOfAccessionNumberSequence",
+        "StudyDescription",
+    ):
+        if keyword in source:
+            setattr(ds, keyword, source[keyword].value)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    for keyword in ("ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        if keyword not in ds:
+            setattr(ds, keyword, "")
+    # Encapsulated Document Series, General Equipment, SC Equipment
+    ds.Modality = "DOC"
+    ds.SeriesInstanceUID, ds.SeriesNumber = series_uid, PDF_SERIES_NUMBER
+    ds.SeriesDescription = PDF_SERIES_DESCRIPTION
+    ds.Manufacturer = MANUFACTURER
+    ds.ManufacturerModelName = _ascii(str(loaded.card.name))[:64]
+    ds.SoftwareVersions = software_versions(loaded)
+    ds.ConversionType = "SYN"  # made by software, not scanned
+    # Encapsulated Document
+    ds.InstanceNumber = instance_number
+    ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
+    ds.AcquisitionDateTime = now.strftime("%Y%m%d%H%M%S")
+    ds.BurnedInAnnotation = "NO"  # the report prints the study fields the decoder keeps, never patient identifiers
+    ds.RecognizableVisualFeatures = "NO"
+    ds.DocumentTitle = PDF_TITLE
+    title = _codes()["title"]
+    concept = Dataset()
+    concept.CodeValue, concept.CodingSchemeDesignator, concept.CodeMeaning = (
+        title.value,
+        title.scheme_designator,
+        title.meaning,
+    )
+    ds.ConceptNameCodeSequence = [concept]
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = source.SOPClassUID, source.SOPInstanceUID
+    ds.SourceInstanceSequence = [ref]
+    ds.VerificationFlag = "UNVERIFIED"
+    ds.MIMETypeOfEncapsulatedDocument = "application/pdf"
+    ds.EncapsulatedDocumentLength = len(pdf_bytes)  # the document's own length; the value is padded to even
+    ds.EncapsulatedDocument = pdf_bytes + (b"\0" if len(pdf_bytes) % 2 else b"")
+    return ds
+
+
+def build_enhanced_sr(
+    source: Any,
+    result: InstanceResult,
+    loaded: LoadedModel,
+    series_uid: str,
+    instance_number: int,
+    overlay: Any | None = None,
+    band: float | None = None,
+    seal_key: bytes | None = None,
+) -> Any:
+    """The Enhanced SR pneumo wrote before the TID 1500 report: probability (NUM, inferred from the source image),
     decision, threshold, band, operating point, model name and version, card hash, engine, warnings and
-    the research-use statement; the overlay (when stored with it) referenced too."""
+    the research-use statement; the overlay (when stored with it) referenced too. PACS hold such SRs from earlier
+    runs; priors.py still reads them, and the tests make them with this to prove it."""
     import highdicom as hd
 
     if result.threshold is None:
@@ -243,19 +421,8 @@ def build_screening_sr(
         items.append(probability)
     items.append(hd.sr.TextContentItem(c["decision"], str(result.prediction), relationship_type=rel.CONTAINS))
     if seal_key is not None:
-        from pneumo.integrations.pacs.priors import ScreeningKey, sealed_fields
-        from pneumo.integrations.pacs.seal import seal
-
-        key = ScreeningKey(
-            str(loaded.card.name),
-            str(loaded.card.created or "unrecorded"),
-            str(result.operating_point),
-            float(result.threshold),
-        )
-        fields = sealed_fields(
-            str(source.SOPInstanceUID), key, result.probability, str(result.prediction), str(result.card_hash)
-        )
-        items.append(hd.sr.TextContentItem(c["seal"], seal(seal_key, fields), relationship_type=rel.HAS_OBS_CONTEXT))
+        sealed = _seal(source, result, loaded, seal_key)
+        items.append(hd.sr.TextContentItem(c["seal"], sealed, relationship_type=rel.HAS_OBS_CONTEXT))
     for warning in result.warnings:
         items.append(hd.sr.TextContentItem(c["warning"], str(warning)[:1024], relationship_type=rel.CONTAINS))
     # The source image at the root as well: a reader of the tree finds it without knowing our layout.
