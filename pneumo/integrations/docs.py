@@ -94,6 +94,7 @@ def model_table(card: ModelCard) -> str:
                 f"{_f(r.get('decided NORMAL'))} |"
             )
     lines += framing_table(card)
+    lines += calibration_lines(card)
     members = (faith or {}).get("members") or []
     anatomy = [m["anatomy"] for m in members if m.get("anatomy")]
     if anatomy:
@@ -109,6 +110,22 @@ def model_table(card: ModelCard) -> str:
     seconds = card.training.get("seconds")
     lines += ["", f"Training: {_f((seconds or 0) / 60, 0)} min in all on {card.training.get('device', '?')}."]
     return "\n".join(lines)
+
+
+def calibration_lines(card: ModelCard) -> list[str]:
+    """The card's probability map (pneumo.evaluation.calibration) and its calibration error, in one paragraph."""
+    calib = card.extra.get("probability_calibration")
+    if not calib:
+        return ["", "Probability: the ensemble's score as it is (no calibration map in the card)."]
+    return [
+        "",
+        f"Probability: the score mapped by Platt scaling (a = {_f(calib['a'])}, b = {_f(calib['b'])}), fitted on "
+        f"{calib['fitted_on']}. Expected calibration error, {calib['measured_on']}: score {_f(calib['ece_score_oof'])}"
+        f" → probability {_f(calib['ece_oof'])} out of fold; on the later period ({calib['n_later_period']} films) "
+        f"{_f(calib['ece_score_later_period'])} → {_f(calib['ece_later_period'])}. It holds at this collection's "
+        f"share of pneumonia ({_f(calib['prevalence'], 2)}); the threshold {_f(card.threshold)} on the score is "
+        f"probability {_f(card.probability(card.threshold))}. `python -m pneumo calibrate-probability` reproduces it.",
+    ]
 
 
 def framing_table(card: ModelCard) -> list[str]:

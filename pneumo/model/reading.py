@@ -46,6 +46,15 @@ class Reading:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     repeat_of: int | None = None  # index of an earlier reading with the same pixels (see mark_repeats)
+    # The probability the score stands for, by the card's out-of-fold calibration map (None: the card has
+    # none). `probability` stays the served score: the threshold, the seal and every stored figure use it.
+    calibrated: float | None = None
+
+    @property
+    def shown(self) -> float | None:
+        """What pages and reports call the probability of pneumonia: the calibrated one where the card maps
+        scores, else the score (an older card)."""
+        return self.calibrated if self.calibrated is not None else self.probability
 
 
 def read(loaded: LoadedModel, source: Source, name: str | None = None, band: float = DEFAULT_BAND) -> Reading:
@@ -62,6 +71,7 @@ def read(loaded: LoadedModel, source: Source, name: str | None = None, band: flo
         probability,
         decide(probability, loaded.threshold, band, found.assessable),
         warnings=[*xray.warnings, *found.warnings],
+        calibrated=loaded.card.probability(probability) if loaded.card.calibrated else None,
     )  # the decoder's notes (a broken DICOM window) first
 
 
@@ -147,8 +157,9 @@ def order(readings: list[Reading]) -> list[int]:
 
 
 def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: str | None = None) -> pd.DataFrame:
-    """A review list in worklist order, with what a record of the reading needs: the input, the score,
-    the decision, the operating point, which model (name and card hash) and when."""
+    """A review list in worklist order, with what a record of the reading needs: the input, the score
+    (`probability`, the model's output the threshold applies to) and its calibrated probability (empty where
+    the card has no map), the decision, the operating point, which model (name and card hash) and when."""
     when = when or datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows: list[dict[str, Any]] = []
     card_sha = card_hash(loaded) if loaded else ""
@@ -159,6 +170,7 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
                 "item": i + 1,
                 "path": r.name,
                 "probability": r.probability,
+                "probability_calibrated": r.calibrated,
                 "decision": r.decision or "rejected",
                 "warnings": " | ".join(r.warnings),
                 "error": r.error or "",
@@ -173,6 +185,7 @@ def worklist(readings: list[Reading], loaded: LoadedModel | None = None, when: s
         "item",
         "path",
         "probability",
+        "probability_calibrated",
         "decision",
         "warnings",
         "error",
