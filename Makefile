@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PORT   ?= 8501
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup run test test-fast lint bench browser pacs-deps pacs clean default-model
+.PHONY: setup run test test-fast lint bench browser pacs-deps db-deps pacs clean default-model
 
 # Re-install whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -24,18 +24,26 @@ browser:
 	  echo "installing Debian packages chromium chromium-driver poppler-utils"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium chromium-driver poppler-utils >/dev/null; }
 
-# Orthanc with its DICOMweb plugin, from Debian's packages, for `make pacs` and the PACS tests (the
-# packaged service is never started: pneumo runs Orthanc as its own process with its own configuration).
+# Orthanc with its DICOMweb and Python plugins, from Debian's packages, for `make pacs` and the PACS tests (the
+# packaged service is never started: pneumo runs Orthanc as its own process with its own configuration); dicom3tools'
+# dciodvfy and dcmtk's dsrdump check the DICOM pneumo writes (tests/test_tid1500.py).
 pacs-deps:
-	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 || { \
-	  echo "installing Debian packages orthanc orthanc-dicomweb"; \
-	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq orthanc orthanc-dicomweb >/dev/null; }
+	@{ command -v Orthanc >/dev/null 2>&1 || test -x /usr/sbin/Orthanc; } && ls /usr/share/orthanc/plugins/libOrthancDicomWeb.so* >/dev/null 2>&1 \
+	  && ls /usr/share/orthanc/plugins/libOrthancPython.so* >/dev/null 2>&1 \
+	  && command -v dciodvfy >/dev/null 2>&1 && command -v dsrdump >/dev/null 2>&1 || { \
+	  echo "installing Debian packages orthanc orthanc-dicomweb orthanc-python dicom3tools dcmtk"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq orthanc orthanc-dicomweb orthanc-python dicom3tools dcmtk >/dev/null; }
 
 # A local Orthanc on 127.0.0.1:$(PACS_PORT) (no authentication, loopback only, temporary storage) seeded with
-# the sample films as DICOM studies; serves until Ctrl-C.
+# the sample films as DICOM studies; serves until Ctrl-C. Each study is screened (and its results stored) once no
+# instance has arrived for $(PACS_STABLE_AGE) s, by Orthanc's Python plugin; PACS_ON_ARRIVAL=0 leaves that to
+# `pacs screen`.
 PACS_PORT ?= 8042
+PACS_STABLE_AGE ?= 10
+PACS_ON_ARRIVAL ?= 1
 pacs: setup pacs-deps
-	$(PY) -m pneumo.integrations.pacs_server --port $(PACS_PORT)
+	$(PY) -m pneumo.integrations.pacs_server --port $(PACS_PORT) --stable-age $(PACS_STABLE_AGE) \
+	  $(if $(filter 0,$(PACS_ON_ARRIVAL)),--no-screen-on-arrival,)
 
 # A local, single-user app: bound to this machine, with saving thresholds and training switched on.
 run: setup
@@ -50,22 +58,25 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
 
-test: setup browser pacs-deps lint
-	$(PY) -m pytest -q
+# The slowest tests are named at the end, so a suite that grows slower shows where.
+test: setup browser pacs-deps db-deps lint
+	$(PY) -m pytest -q -m "not bench" --durations=25
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not browser and not slow"
+	$(PY) -m pytest -q -m "not browser and not slow and not bench"
 
-bench: setup
+# The library's figures (bench/results*.json), then the app's, measured in a real browser (artifacts/).
+bench: setup browser
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
+	$(PY) -m pytest -q -m bench tests/test_browser.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts
 
 # Rebuild the shipped model (about 80 min on 2 CPU cores): five fold networks over every training film
 # (grouped by patient and duplicate group), a leave-population-out run (the NORMAL2-IM series held out),
-# and their cross-fitted ensemble, its operating point chosen out of fold; then the framing sweep and the
-# drift reference (models/EXPERIMENTS.md). The 'frame' recipe: framing from 0.7x to 1.6x, aspect,
+# and their cross-fitted ensemble, its operating point chosen out of fold; then the framing sweep, the
+# drift reference and the probability map (models/EXPERIMENTS.md). The 'frame' recipe: framing from 0.7x to 1.6x, aspect,
 # translation and black borders on a share of films, beside the acquisition-shift changes.
 TRAIN_DATA ?= ../shared/data/chest_xray/train
 TARGET_RECALL ?= 0.97
@@ -79,6 +90,7 @@ default-model: setup
 	$(PY) -m pneumo ensemble $(foreach k,$(FOLDS),runs/fold-$(k)) --population runs/pop-family \
 	  --target-recall $(TARGET_RECALL) --out runs/ensemble --overwrite
 	$(PY) -m pneumo drift-reference --model runs/ensemble
+	$(PY) -m pneumo calibrate-probability --model runs/ensemble --record
 	cp runs/ensemble/model.keras runs/ensemble/card.json runs/ensemble/oof_predictions.csv runs/ensemble/history.json \
 	  runs/ensemble/ood.npz runs/ensemble/image_hashes.json runs/ensemble/drift_reference.npz \
 	  runs/ensemble/model.onnx runs/ensemble/gradcam.onnx runs/ensemble/onnx_probe.json models/
