@@ -241,27 +241,36 @@ def build_screening_sr(
         pdf=pdf,
     )
     sr = hd.sr.Comprehensive3DSR(
-        # UTF-8, whatever the source film declares (often nothing, i.e. ASCII): the sealed text (site and operating
-        # point names) must read back as written.
-        specific_character_set="ISO_IR 192",
         evidence=[d for d in (source, overlay, pdf) if d is not None],
         content=content[0],
-        series_instance_uid=series_uid,
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,  # PRELIMINARY and UNVERIFIED: no person has read it
         requested_procedures=_requests(source) or None,
         contributing_equipment=[contributing_equipment(loaded, "pneumonia screening of the referenced film")],
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
         software_versions=software_versions(loaded),
+        **_sr_series(series_uid, instance_number, loaded),
     )
     sr.CodingSchemeIdentificationSequence = [coding_scheme()]
     return sr
+
+
+def _sr_series(series_uid: str, instance_number: int, loaded: LoadedModel) -> dict[str, Any]:
+    """What every SR pneumo writes says of its series, its instance and its state, whichever template it holds."""
+    import highdicom as hd
+
+    return {
+        # UTF-8, whatever the source film declares (often nothing, i.e. ASCII): the sealed text (site and operating
+        # point names) must read back as written.
+        "specific_character_set": "ISO_IR 192",
+        "series_instance_uid": series_uid,
+        "series_number": SR_SERIES_NUMBER,
+        "sop_instance_uid": hd.UID(),
+        "instance_number": instance_number,
+        "manufacturer": MANUFACTURER,
+        "is_complete": True,
+        "is_final": False,
+        "is_verified": False,  # PRELIMINARY and UNVERIFIED: no person has read it
+        "series_description": SR_SERIES_DESCRIPTION,
+        "manufacturer_model_name": _ascii(str(loaded.card.name))[:64],
+    }
 
 
 def _requests(source: Any) -> list[Any]:
@@ -440,20 +449,8 @@ def build_enhanced_sr(
     root = hd.sr.ContainerContentItem(c["title"])
     root.ContentSequence = hd.sr.ContentSequence(items)
     return hd.sr.EnhancedSR(
-        # UTF-8, whatever the source film declares (often nothing, i.e. ASCII): the sealed text (site and operating
-        # point names) must read back as written.
-        specific_character_set="ISO_IR 192",
         evidence=evidence,
         content=root,
-        series_instance_uid=series_uid,
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=hd.UID(),
-        instance_number=instance_number,
-        manufacturer=MANUFACTURER,
-        is_complete=True,
-        is_final=False,
-        is_verified=False,  # PRELIMINARY and UNVERIFIED: no person has read it
-        series_description=SR_SERIES_DESCRIPTION,
-        manufacturer_model_name=_ascii(str(loaded.card.name))[:64],
         software_versions=f"pneumo {__version__}",
+        **_sr_series(series_uid, instance_number, loaded),
     )
