@@ -218,3 +218,25 @@ def free_ports(n: int = 1) -> list[int]:
         if len(ports) == n:
             return ports
     raise RuntimeError(f"no {n} free ports below {low}")
+
+
+# Debian's Chromium, driven by Playwright (never a downloaded browser), for the tests marked browser.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    """One headless Chromium per test module (a module's chromium fixture checks it is installed first)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

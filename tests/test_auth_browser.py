@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, free_ports, require
+from tests.conftest import CHROMIUM, ROOT, free_ports, require
 
-CHROMIUM = Path("/usr/bin/chromium")
 ANALYST = {"sub": "alice@example.org", "email": "alice@example.org", "email_verified": True, "name": "Alice Analyst"}
 READER = {"sub": "rita@example.org", "email": "rita@example.org", "email_verified": True, "name": "Rita Reader"}
 
@@ -122,25 +121,6 @@ reader = ["{READER["email"]}"]
         yield url
     finally:
         _stop(proc)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture

@@ -20,9 +20,8 @@ from pathlib import Path
 import pytest
 
 from pneumo.core.memory import resident
-from tests.conftest import ROOT, SHARED_TRAIN, free_ports, require, require_orthanc
+from tests.conftest import CHROMIUM, ROOT, SHARED_TRAIN, free_ports, require, require_orthanc
 
-CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "artifacts" / "screenshots"
 SAMPLE = next((ROOT / "data" / "samples" / "PNEUMONIA").glob("*.jpeg"))
 TIMINGS: dict[str, float] = {}
@@ -143,25 +142,6 @@ def server(workspace: Path, orthanc: object) -> Iterator[Server]:
     TIMINGS["server_start_s"] = round(time.perf_counter() - started, 2)
     yield srv
     srv.kill()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-            ],
-        )
-        yield b
-        b.close()
 
 
 @pytest.fixture
