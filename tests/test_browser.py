@@ -684,6 +684,25 @@ def test_predict_from_pacs_screens_and_sends_back(
     assert len(rows) == 6 - 2, rows  # the two screened studies are no longer "not yet screened"
     assert len(list_studies(Pacs(orthanc.dicomweb_url, secret="another deployment"), unscreened_by=model)) == 6
 
+    # What a department's viewer finds in each screened study: beside the film, the TID 1500 report, the overlay and
+    # the PDF, as new series; Orthanc's own explorer shows them (a picture for the record).
+    import requests
+
+    def modalities(study: dict) -> list[str]:
+        series = [requests.get(f"{orthanc.url}/series/{s}", timeout=10).json() for s in study["Series"]]
+        return sorted(x["MainDicomTags"].get("Modality", "") for x in series)
+
+    every = requests.get(f"{orthanc.url}/studies?expand", timeout=10).json()
+    studies = {study["ID"]: modalities(study) for study in every}
+    screened = [uid for uid, kinds in studies.items() if "SR" in kinds]
+    assert len(screened) == 2, studies
+    for uid in screened:  # the film, its report, its overlay and its PDF (one seeded study also holds a lateral)
+        assert studies[uid].count("SR") == 1 and len(studies[uid]) >= 4, studies[uid]
+    page.goto(f"{orthanc.url}/app/explorer.html#study?uuid={screened[0]}")
+    page.wait_for_load_state("networkidle")
+    page.wait_for_timeout(1000)
+    _shot(page, "12-orthanc-explorer-screened-study")
+
 
 def _large_films(folder: Path, n: int, side: int = 2500) -> list[Path]:
     """n different large films (smooth chest-like gradients with noise), as JPEG."""
