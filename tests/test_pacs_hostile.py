@@ -411,6 +411,12 @@ def test_one_bad_study_between_good_ones_keeps_the_others_and_their_stored_resul
     assert entries[0]["stored"]["sr"] in server.pacs.stored and entries[2]["stored"]["sr"] in server.pacs.stored
     (line,) = ran.lines()
     assert BAD in line and "could not be read" in line
+    # Each store is an event of the audit trail (the session's database, tests/conftest.py), naming its study.
+    from pneumo.integrations.records import iter_events, open_records
+
+    stores = [e for e in iter_events(open_records()) if e["kind"] == "pacs_store" and server.url in e["object"]]
+    assert sorted(e["object"].rsplit("/", 1)[1] for e in stores) == sorted([GOOD, OTHER])
+    assert {e["details"]["sr"] for e in stores} == {entries[0]["stored"]["sr"], entries[2]["stored"]["sr"]}
 
 
 # --- bounds: time and size -------------------------------------------------------------------------------------

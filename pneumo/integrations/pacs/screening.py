@@ -137,12 +137,31 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
         region=region,
         pdf=pdf,
     )
-    pacs.store(result.study_uid, [d for d in (overlay, pdf, sr) if d is not None])
+    where = f"{pacs.display_url}/studies/{result.study_uid}"
+    try:
+        pacs.store(result.study_uid, [d for d in (overlay, pdf, sr) if d is not None])
+    except PacsError as exc:
+        _store_event(where, "failed", {"instance": result.sop_uid, "error": str(exc)[:500]})
+        raise
     result.stored = {
         "sr": str(sr.SOPInstanceUID),
         **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {}),
         **({"pdf": str(pdf.SOPInstanceUID)} if pdf is not None else {}),
     }
+    _store_event(where, "ok", {"instance": result.sop_uid, **result.stored})
+
+
+def _store_event(where: str, outcome: str, details: dict[str, Any]) -> None:
+    """A PACS store in the audit trail (pneumo.integrations.records): a database that cannot be written costs the
+    event, logged, never the results already stored."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pneumo.integrations.records import RecordsError, current_user, log_event
+
+    try:
+        log_event("pacs_store", where, outcome, user=current_user(), details=details)
+    except (RecordsError, OSError, SQLAlchemyError) as exc:
+        logging.getLogger(__name__).warning("PACS store not written to the audit trail: %s", exc)
 
 
 def screen_study(
