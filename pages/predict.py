@@ -39,7 +39,13 @@ from pneumo.app.ui import (
     require_entry_point,
     settings,
 )
-from pneumo.app.verdicts import log_batch_once, pacs_reading_ids, verdict_buttons
+from pneumo.app.verdicts import (
+    log_batch_once,
+    pacs_reading_ids,
+    read_before_notes,
+    recent_history,
+    verdict_buttons,
+)
 from pneumo.core.memory import trim
 from pneumo.data.pixels import resize
 from pneumo.evaluation import drift
@@ -69,7 +75,7 @@ def cached_drift(
 
 controls = st.columns([2, 2, 3])
 band = controls[0].number_input(
-    "Uncertain band (± probability)",
+    "Uncertain band (± score)",
     0.0,
     0.3,
     0.05,
@@ -204,6 +210,8 @@ if pacs_run is None:
     )
 else:
     reading_ids = pacs_reading_ids(pacs_run, loaded)
+# A film read before (the same pixels, by any model) says when and with what result.
+earlier_notes = read_before_notes(pixel_hashes if pacs_run is None else [None] * len(readings), reading_ids)
 st.session_state["last_drift"] = None  # until this batch's check is made (a run cut short leaves none)
 # The batch's drift check shows here, but is made after the cards: a reader wants those first.
 drift_box = st.container()
@@ -300,6 +308,8 @@ def show_card(i: int) -> None:
                 )
             st.markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]", width="content")
             verdict_buttons(reading_ids[i], reading.decision)
+        if earlier_notes[i]:
+            st.caption(f":material/history: {plain(earlier_notes[i])}")
             if reading.decision == predict.NOT_ASSESSABLE or reading.repeat_of is not None or reading.warnings:
                 with st.container(key=f"{CARD_NOTES_KEY}-{i}"):  # the rest of the row (card_rules)
                     if reading.decision == predict.NOT_ASSESSABLE:
@@ -490,3 +500,11 @@ if opened is not None:
         show_viewer()
     else:  # a film of an earlier batch
         del st.session_state[VIEWER]
+
+# The signed-in (or local) user's own history: what was read, when, by which model (no films are stored).
+with st.expander("Your recent readings", icon=":material/history:"):
+    history = recent_history()
+    if history:
+        st.dataframe(history, hide_index=True, width="stretch")
+    else:
+        st.caption("No readings of yours are stored yet.")

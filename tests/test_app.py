@@ -665,3 +665,31 @@ def test_predict_a_photo_is_not_scored_in_large_type_its_maps_are_off_and_films_
     spec = _viewer_figure(at)
     assert [t["type"] for t in spec["data"]] == ["image"] and _viewer_film(spec).shape == (240, 240)
     assert next(b for b in at.button if b.label == "Previous film").disabled
+
+
+def test_a_film_read_again_says_when_it_was_read_and_the_history_lists_it(app_env: Path, tmp_path: Path) -> None:
+    """A second visit that uploads the same pixels (under another name) is told the film was read before, when
+    and with what result; the user's history lists both readings. The film's pixels are this test's own, so no
+    other test's reading of a bundled sample counts."""
+    import io
+
+    from PIL import Image
+
+    from pneumo.app.settings import SAMPLES_DIR
+
+    sample = sorted((SAMPLES_DIR / "PNEUMONIA").glob("*.jpeg"))[1]
+    pixels = np.asarray(Image.open(sample).convert("L"), dtype=np.int16)
+    unique = np.clip(pixels + int(tmp_path.stat().st_ino % 7) + 3, 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(unique).save(buffer, format="PNG")
+    notes = []
+    for name in ("first-visit.png", "second-visit.png"):
+        at = _open("pages/predict.py")
+        at.file_uploader[0].set_value([(name, buffer.getvalue(), "image/png")])
+        at.run()
+        assert not at.exception, [e.value for e in at.exception]
+        notes.append([c.value for c in at.caption if "Read before on" in c.value])
+    assert notes[0] == [] and len(notes[1]) == 1, notes
+    assert "PNEUMONIA" in notes[1][0] or "NORMAL" in notes[1][0] or "UNCERTAIN" in notes[1][0]
+    listed = next(d.value for d in at.dataframe if "film" in d.value.columns)
+    assert {"first-visit.png", "second-visit.png"} <= set(listed["film"])

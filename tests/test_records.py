@@ -549,3 +549,21 @@ def test_a_batch_is_logged_once_however_often_the_page_reruns(tmp_path: Path, mo
             ("upload", "a.png", "app-model", "tester"),
             ("upload", "b.png", "app-model", "tester"),
         ]
+
+
+def test_a_film_read_before_names_its_newest_earlier_reading_and_history_is_the_users_own(tmp_path: Path) -> None:
+    """The same pixels read again say when they were read and with what result (the newest reading before this
+    one, not this one, not a later one); each user's history lists their own readings, newest first."""
+    url = _url(tmp_path)
+    first = R.add_readings(
+        [_entry("a.png", 0.2, digest="a" * 64), _entry("b.png", 0.9, digest="b" * 64)], url=url, user="ann"
+    )
+    again = R.add_readings([_entry("a-copy.png", 0.8, digest="a" * 64)], url=url, user="bob")
+    later = R.add_readings([_entry("a-third.png", 0.6, digest="a" * 64)], url=url, user="bob")
+    found = R.read_before(["a" * 64, "b" * 64, None], [again[0], first[1], again[0]], url=url)
+    assert found[0] is not None and found[0]["id"] == first[0] and found[0]["source_name"] == "a.png"
+    assert found[1] is None  # b's only reading is itself
+    assert found[2] is None  # no hash: no history
+    assert R.read_before(["a" * 64], [later[0]], url=url)[0]["id"] == again[0]  # the newest earlier one
+    assert [r["source_name"] for r in R.recent_readings("bob", url=url)] == ["a-third.png", "a-copy.png"]
+    assert [r["source_name"] for r in R.recent_readings("ann", 1, url=url)] == ["b.png"]

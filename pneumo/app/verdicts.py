@@ -48,7 +48,7 @@ def audit_event(kind: str, obj: str, outcome: str = "ok", details: dict[str, Any
     try:
         log_event(kind, obj, outcome, user=app_user(), details=details, url=app_database_url())
     except (RecordsError, OSError, SQLAlchemyError) as exc:
-        st.warning(f"Not written to the audit trail: {exc}", icon=":material/database:")
+        st.warning(f"Not written to the audit trail: {plain(exc)}", icon=":material/database:")
 
 
 def app_user() -> str:
@@ -169,3 +169,48 @@ def pacs_reading_ids(pacs_run: Any, loaded: Any) -> list[int | None]:
         st.warning(f"Verdicts unavailable for these readings: {plain(exc)}", icon=":material/database:")
         return [None] * len(screened)
     return [by_uid.get(r.sop_uid or "") for r in screened]
+
+
+def read_before_notes(pixel_hashes: Sequence[str | None], reading_ids: Sequence[int | None]) -> list[str | None]:
+    """For each card, one line when its film (by pixel hash) was read before: when, by which model, with what
+    result; None otherwise, or for every card when the database cannot be read (the readings stand alone)."""
+    from pneumo.integrations.records import read_before
+
+    try:
+        earlier = read_before(pixel_hashes, reading_ids, url=app_database_url())
+    except (RecordsError, OSError):
+        return [None] * len(reading_ids)
+    return [None if e is None else history_line(e) for e in earlier]
+
+
+def history_line(reading: dict[str, Any]) -> str:
+    """A stored reading in words, for a card's "read before" line and the history list."""
+    when = str(reading["time"])[:16].replace("T", " ")
+    if reading.get("error"):
+        return f"Read before on {when} UTC: the file could not be read."
+    score = reading.get("probability")
+    return (
+        f"Read before on {when} UTC by {reading['model']} ({reading['operating_point']}): "
+        f"{reading.get('decision') or 'no decision'}" + ("" if score is None else f", score {float(score):.3f}")
+    )
+
+
+def recent_history(limit: int = 20) -> list[dict[str, Any]]:
+    """This session's user's newest readings as table rows (empty when the database cannot be read)."""
+    from pneumo.integrations.records import recent_readings
+
+    try:
+        rows = recent_readings(app_user(), limit, url=app_database_url())
+    except (RecordsError, OSError):
+        return []
+    return [
+        {
+            "time (UTC)": str(r["time"])[:19].replace("T", " "),
+            "film": r.get("source_name") or r.get("instance_uid") or "",
+            "decision": r.get("decision") or "rejected",
+            "score": r.get("probability"),
+            "model": r["model"],
+            "operating point": r["operating_point"],
+        }
+        for r in rows
+    ]

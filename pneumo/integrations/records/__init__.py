@@ -43,7 +43,9 @@ from pneumo.integrations.records.readings import (
     log_readings,
     new_reading,
     pixel_sha256,
+    read_before,
     reading_ids_by_instance,
+    recent_readings,
 )
 from pneumo.integrations.records.verdicts import ImportReport, add_verdict, import_verdicts, label_of, latest_verdict
 
@@ -86,7 +88,9 @@ __all__ = [
     "new_reading",
     "open_records",
     "pixel_sha256",
+    "read_before",
     "reading_ids_by_instance",
+    "recent_readings",
     "redacted",
     "verify",
 ]

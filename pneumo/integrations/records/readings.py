@@ -280,3 +280,47 @@ def reading_ids_by_instance(
             for uid, reading_id in session.execute(query):
                 found[str(uid)] = int(reading_id)  # ordered by id: the newest wins
     return found
+
+
+def read_before(
+    pixel_hashes: Sequence[str | None],
+    reading_ids: Sequence[int | None],
+    *,
+    url: str | None = None,
+    records: Records | None = None,
+) -> list[dict[str, Any] | None]:
+    """For each film, its newest reading stored before this one (a smaller id) with the same pixel hash, by any
+    model, or None: "this film was read before, on this day, with this result". The films of one batch come in
+    pairs of (pixel hash, this reading's id); a film without a hash or an id has no history to show."""
+    from sqlalchemy import select
+
+    records = records or open_records(url)
+    wanted = sorted({h for h in pixel_hashes if h})
+    newest: dict[str, list[ReadingRow]] = {}
+    with records.reading() as session:
+        for start in range(0, len(wanted), 500):
+            query = (
+                select(ReadingRow)
+                .where(ReadingRow.pixel_sha256.in_(wanted[start : start + 500]))
+                .order_by(ReadingRow.id.desc())
+            )
+            for row in session.scalars(query):
+                newest.setdefault(str(row.pixel_sha256), []).append(row)
+        out: list[dict[str, Any] | None] = []
+        for pixel_hash, reading_id in zip(pixel_hashes, reading_ids):
+            rows = newest.get(pixel_hash or "", [])
+            earlier = next((r for r in rows if reading_id is not None and r.id < reading_id), None)
+            out.append(reading_dict(earlier) if earlier is not None and pixel_hash else None)
+    return out
+
+
+def recent_readings(
+    user: str, limit: int = 20, *, url: str | None = None, records: Records | None = None
+) -> list[dict[str, Any]]:
+    """A user's newest readings, newest first: what the Predict page lists as the user's history."""
+    from sqlalchemy import select
+
+    records = records or open_records(url)
+    with records.reading() as session:
+        query = select(ReadingRow).where(ReadingRow.user == user).order_by(ReadingRow.id.desc()).limit(max(1, limit))
+        return [reading_dict(row) for row in session.scalars(query)]
