@@ -226,7 +226,11 @@ with save_cols[1].container():
 blocked = auth.refusal(auth.APPLY_OPERATING_POINT) or (
     None if confirm_leak and confirm_shipped else "Tick the confirmation first."
 )
-if save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked):
+# The refusal is checked again on the click itself, not left to the button being drawn disabled.
+if (
+    save_cols[0].button("Save operating point", type="primary", disabled=blocked is not None, help=blocked)
+    and not blocked
+):
     record = {"overlap_confirmed": leak} if leak and leak["fraction"] > 0 else {}
     try:
         # The card's own rule was not derived on this set: saved as the card words it.
@@ -364,14 +368,24 @@ if calibration is not None:
     site_blocked = auth.refusal(auth.APPLY_OPERATING_POINT) or (
         None if confirm_site_leak else "Tick the confirmation first."
     )
-    taken = c.name in {p["name"] for p in loaded.card.site_operating_points}
+    try:  # the name as the card would store it (normalised), so "ward 3 " finds "ward 3"
+        stored_name = site.check_name(c.name)
+    except ValueError:
+        stored_name = c.name  # record() refuses it with the reason
+    taken = stored_name in {p["name"] for p in loaded.card.site_operating_points}
     replace = taken and st.checkbox(
         f"Replace the site point '{c.name}' already in the card",
         key=f"site-replace:{model_key}:{c.name}",
         help="Without this, a name already in the card is refused: another calibration is never overwritten unseen.",
     )
-    if st.button(
-        "Save site operating point", disabled=site_blocked is not None, help=site_blocked, key=f"site-save:{model_key}"
+    if (
+        st.button(
+            "Save site operating point",
+            disabled=site_blocked is not None,
+            help=site_blocked,
+            key=f"site-save:{model_key}",
+        )
+        and not site_blocked
     ):
         confirmed = dataclasses.replace(c, leakage={**c.leakage, "overlap_confirmed": True}) if overlap else c
         try:

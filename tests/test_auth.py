@@ -50,7 +50,7 @@ def _settings(roles: dict | None = None, *, allow_changes: bool = False, sign_in
 
 
 def _signed_in(email: str, **claims: object) -> dict:
-    return {"is_logged_in": True, "email": email, "sub": f"sub-{email}", **claims}
+    return {"is_logged_in": True, "email": email, "email_verified": True, "sub": f"sub-{email}", **claims}
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -140,7 +140,9 @@ def test_signed_in_accounts_get_their_listed_role_or_the_default() -> None:
 def test_an_unverified_email_is_not_matched_against_the_list() -> None:
     roles = {"alice@example.org": ADMIN}
     assert role_of({"email": "alice@example.org", "email_verified": True}, roles, READER) == ADMIN
-    assert role_of({"email": "alice@example.org"}, roles, READER) == ADMIN  # the provider says nothing: trusted
+    # The provider says nothing (some omit the claim), or says it as text: not a verified address, not a listed role.
+    assert role_of({"email": "alice@example.org"}, roles, READER) == READER
+    assert role_of({"email": "alice@example.org", "email_verified": "false"}, roles, READER) == READER
     assert role_of({"email": "alice@example.org", "email_verified": False}, roles, READER) == READER
     assert role_of({"email": "alice@example.org", "email_verified": False}, roles, None) is None
     assert role_of({"sub": "u-123"}, {"u-123": ANALYST}, None) == ANALYST  # no e-mail: the subject id
@@ -183,7 +185,9 @@ def test_without_sign_in_the_app_is_as_before() -> None:
     public = access_for(_settings(sign_in=False), None, {})
     assert public.user == auth.ANONYMOUS
     assert all(public.may_open(p) for p in auth.PAGE_ACTIONS)  # every page opens, as before
-    assert {a for a in auth.ACTIONS if public.can(a)} == {READ, VERDICT, SEND_TO_PACS, EXPLORE, TUNE}
+    # Verdicts feed the Monitor and calibrate --from-verdicts: anonymous visitors give none.
+    assert {a for a in auth.ACTIONS if public.can(a)} == {READ, SEND_TO_PACS, EXPLORE, TUNE}
+    assert public.refusal(VERDICT) == auth.SWITCHED_OFF
     assert public.refusal(TRAIN) == auth.SWITCHED_OFF
     assert access_for(_settings(sign_in=False), None, {"PNEUMO_USER": "kiosk"}).user == "kiosk"
 

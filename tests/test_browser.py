@@ -582,7 +582,7 @@ def _touch_widgets(page: object, name: str) -> None:
             _no_exception(page, f"{name}: samples toggle")
         page.get_by_text("Probability of pneumonia").first.wait_for()
         _slide_twice(page, f"{name}: opacity", ("ArrowLeft", "ArrowRight"))
-        _fill_twice(page, "Uncertain band (± probability)", ("0.10", "0.05"), name)
+        _fill_twice(page, "Uncertain band (± score)", ("0.10", "0.05"), name)
     elif name == "threshold":
         for source in ("Predict the data folder", "Stored", "Predict the data folder", "Stored"):
             page.get_by_text(source).first.click()

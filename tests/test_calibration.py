@@ -47,14 +47,23 @@ def test_an_already_calibrated_score_is_left_about_as_it_is() -> None:
 def test_the_card_maps_scores_in_order_and_keeps_old_cards_as_they_were() -> None:
     card = ModelCard(name="m", architecture="a", threshold=0.3)
     assert not card.calibrated and card.probability(0.25) == 0.25
-    card.extra[PROBABILITY_CALIBRATION] = {"method": "platt", "a": 1.4, "b": 2.4}
+    card.extra[PROBABILITY_CALIBRATION] = {"method": "platt", "a": 1.4, "b": 2.4, "prevalence": 0.74}
     mapped = [card.probability(s) for s in (0.05, 0.25, 0.3, 0.9)]
     assert mapped == sorted(mapped) and mapped[1] > 0.6  # increasing: a decision at t is one at probability(t)
     again = ModelCard.from_dict(card.to_dict())
     assert again.probability(0.25) == pytest.approx(mapped[1])
 
 
-@pytest.mark.parametrize("bad", [{"method": "platt", "a": -1.0, "b": 0.0}, {"method": "isotonic"}, [1, 2]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"method": "platt", "a": -1.0, "b": 0.0, "prevalence": 0.7},
+        {"method": "platt", "a": 1.0, "b": float("nan"), "prevalence": 0.7},
+        {"method": "platt", "a": 1.0, "b": 0.0},  # no prevalence: pages would not say where it holds
+        {"method": "isotonic"},
+        [1, 2],
+    ],
+)
 def test_a_card_with_a_map_that_would_reorder_scores_is_refused(bad: object) -> None:
     values = ModelCard(name="m", architecture="a", threshold=0.3).to_dict()
     values[PROBABILITY_CALIBRATION] = bad

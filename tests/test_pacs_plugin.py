@@ -136,12 +136,14 @@ def test_studies_that_became_stable_together_share_one_run(tmp_path: Path) -> No
 def test_the_registered_callback_queues_stable_studies_and_returns_at_once(tmp_path: Path) -> None:
     onchange = _onchange()
     fake = _fake_screen(tmp_path, sleep=2)
-    script = Path(fake[1])  # run as pneumo's "interpreter": `SCRIPT -m pneumo pacs screen --url ... --study UID`
+    script = Path(fake[1])  # run as pneumo's "interpreter": `SCRIPT -m pneumo pacs screen --push ... --study UID`
     script.write_text(f"#!{sys.executable}\n" + script.read_text())
     script.chmod(0o755)
     orthanc = _Orthanc({"Url": "http://127.0.0.1:1/dicom-web", "Python": str(script)})
     screener = onchange.register(orthanc)
-    assert screener is not None and screener.command[1:6] == ["-m", "pneumo", "pacs", "screen", "--url"]
+    assert screener is not None and screener.command[1:6] == ["-m", "pneumo", "pacs", "screen", "--push"]
+    # The URL reaches the run through its environment: a user:password in it is never in a log line or `ps`.
+    assert "--url" not in screener.command and screener.env == {"PNEUMO_PACS_URL": "http://127.0.0.1:1/dicom-web"}
     (callback,) = orthanc.callbacks
     callback(_Orthanc.ChangeType.NEW_INSTANCE, 0, "o-film")  # not stable yet: nothing
     started = time.monotonic()

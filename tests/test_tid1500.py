@@ -107,7 +107,11 @@ def _pushed(loaded: Any, result: Any) -> dict[str, Any]:
     from pneumo.integrations.pacs.screening import push_result
 
     stored: list[Any] = []
-    pacs = SimpleNamespace(secret="a deployment's secret", store=lambda study, datasets: stored.extend(datasets))
+    pacs = SimpleNamespace(
+        secret="a deployment's secret",
+        display_url="http://pacs.test/dicom-web",
+        store=lambda study, datasets: stored.extend(datasets),
+    )
     push_result(pacs, loaded, result)  # type: ignore[arg-type]
     by_uid = {}
     for ds in stored:

@@ -45,6 +45,11 @@ TRAIN = "train"  # the Train page: start and stop runs
 APPLY_OPERATING_POINT = "apply_operating_point"  # save a threshold or a site point into a model's card
 MANAGE_DATABASE = "manage_database"  # the records database: import verdicts, exports, upkeep
 
+# What only a known person may do: a signed-in account, the user of a local app (allow_changes on), or the one user
+# a deployment names (PNEUMO_USER). A verdict
+# feeds the Monitor's alerts and calibrate --from-verdicts, so an anonymous visitor gives none.
+NAMED_ONLY = frozenset({VERDICT})
+
 ACTIONS: dict[str, tuple[str, bool, str]] = {  # action -> (lowest role, changes shared state, in words)
     READ: (READER, False, "read films"),
     VERDICT: (READER, False, "give verdicts"),
@@ -117,6 +122,8 @@ class Access:
             return f"Your role ({self.role}) cannot {words}: that needs the {needed} role."
         if changes and not self.allow_changes:
             return SWITCHED_OFF
+        if action in NAMED_ONLY and not self.signed_in and not self.allow_changes and self.user in (None, ANONYMOUS):
+            return SWITCHED_OFF  # an anonymous visitor of a public deployment: nobody to answer for it
         return None
 
     def may_open(self, page: str) -> bool:
@@ -149,8 +156,8 @@ def role_of(claims: Mapping[str, Any], roles: Mapping[str, str], default_role: s
     An e-mail address the provider itself says it has not verified (email_verified false) is not matched against
     the list: anybody could claim it at a provider that lets them type it in. Such an account has the default role.
     """
-    if claims.get("email_verified") is False:
-        return default_role
+    if "email" in claims and claims.get("email_verified") is not True:
+        return default_role  # unverified, or not said (some providers omit the claim): never a listed role
     return roles.get(account_of(claims).lower(), default_role)
 
 

@@ -92,7 +92,9 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         key=f"pacs-studies:{hash(tuple(table.get('study_uid', [])))}",
     )
     chosen = [rows[i]["study_uid"] for i in picked.selection.rows] if picked and picked.selection else []
-    run_key = f"pacs-run:{model_key}"
+    # The run belongs to the model and the operating point in force: its decisions were made at that threshold, and
+    # a site point picked in the sidebar afterwards must not show them under its own.
+    run_key = f"pacs-run:{model_key}:{loaded.operating_point}:{loaded.threshold!r}"
     if st.button(
         f"Screen {len(chosen)} selected stud{'y' if len(chosen) == 1 else 'ies'}",
         disabled=not chosen,
@@ -122,11 +124,14 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         )
     allowed = auth.can(auth.SEND_TO_PACS) and config.may_send(settings().allow_changes)
     unsent = [r for r in run.results if r.status == pacs.SCREENED and not r.stored]
-    if st.button(
-        "Send results to PACS",
-        disabled=not (allowed and unsent),
-        key="pacs-send",
-        help=None if allowed else "Sending is switched off in this deployment.",
+    if (
+        st.button(
+            "Send results to PACS",
+            disabled=not (allowed and unsent),
+            key="pacs-send",
+            help=None if allowed else "Sending is switched off in this deployment.",
+        )
+        and allowed
     ):
         errors = pacs.send_results(server, loaded, run.results)
         stored = sum(bool(r.stored) for r in unsent)

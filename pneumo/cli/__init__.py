@@ -107,7 +107,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         "--band",
         type=float,
         default=None,
-        help="uncertain band (± probability around the threshold) reported as 'UNCERTAIN — review' "
+        help="uncertain band (± score around the threshold) reported as 'UNCERTAIN — review' "
         "(default: the app's, 0.05)",
     )
     p.add_argument("--log", action="store_true", help="store each reading in the records database (see monitor)")

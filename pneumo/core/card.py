@@ -45,9 +45,13 @@ def platt(score: Any, a: float, b: float) -> Any:
 def _check_calibration(value: Any, where: str) -> None:
     if not isinstance(value, dict):
         raise CardError(f"{where}: {PROBABILITY_CALIBRATION} must be a JSON object, got {type(value).__name__}")
-    a, b = value.get("a"), value.get("b")
-    if value.get("method") != "platt" or not (_is_number(a) and _is_number(b)) or not float(a or 0) > 0:
-        raise CardError(f"{where}: {PROBABILITY_CALIBRATION} must be a Platt map with a > 0 and a number b")
+    a, b, prevalence = value.get("a"), value.get("b"), value.get("prevalence")
+    numbers = all(_is_number(x) and math.isfinite(float(x or 0)) for x in (a, b, prevalence))
+    if value.get("method") != "platt" or not numbers or not float(a or 0) > 0 or not 0 <= float(prevalence or 0) <= 1:
+        # a <= 0 would reverse the order of scores; every page says at which share of pneumonia the map holds.
+        raise CardError(
+            f"{where}: {PROBABILITY_CALIBRATION} must be a Platt map: finite a > 0 and b, and its prevalence"
+        )
 
 
 def check_threshold(value: Any, where: str) -> float:

@@ -209,8 +209,6 @@ def screener_from_config(
         "pneumo",
         "pacs",
         "screen",
-        "--url",
-        url,
         "--push",
         "--json",
         *(str(a) for a in config.get("Arguments") or []),
@@ -220,6 +218,8 @@ def screener_from_config(
         rest_get,
         log,
         cwd=config.get("WorkingDirectory") or None,
+        # The URL (which may carry user:password) goes through the environment: never in a log line or `ps`.
+        env={"PNEUMO_PACS_URL": url},
         timeout=float(config.get("Timeout") or DEFAULT_TIMEOUT),
         log_file=config.get("LogFile") or None,
     )

@@ -87,7 +87,7 @@ def describe(result: InstanceResult) -> str:
         return f"{where}: FAILED {terminal_safe(result.error)}"
     if result.status == SKIPPED:
         return f"{where}: skipped, {terminal_safe(result.skipped)}"
-    score = f"p={result.probability:.4f}" if result.probability is not None else "no score"
+    score = f"score={result.probability:.4f}" if result.probability is not None else "no score"
     threshold = f"{result.threshold:.4f}" if result.threshold is not None else "n/a"
     line = (
         f"{where}: {terminal_safe(result.prediction)}  {score}  "

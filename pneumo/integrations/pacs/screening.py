@@ -110,9 +110,12 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
             from pneumo.model.explain import gradcam
 
             heatmap = result.heatmap = gradcam(loaded, reading.xray.pixels)
+        calibrated = (
+            f", probability {loaded.card.probability(probability):.3f}" if loaded.card.calibrated else ""
+        )  # the score is what the threshold applies to; the card's map says what it means
         lines = [
-            f"{loaded.card.name}: p(pneumonia) {probability:.3f} -> {result.prediction} "
-            f"(threshold {threshold:.4f}, {result.operating_point})",
+            f"{loaded.card.name}: score {probability:.3f}{calibrated} -> {result.prediction} "
+            f"(threshold {threshold:.4f} on the score, {result.operating_point})",
             # Grad-CAM explains the decided class (as the app and the PDF report do); say which.
             f"heat: what drove the {'PNEUMONIA' if probability >= threshold else 'NORMAL'} score, not where disease is",
         ]
