@@ -307,9 +307,6 @@ def show_card(i: int) -> None:
                     else "Listed, not a decision: the input check does not take this film for one the model can read.",
                 )
             st.markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]", width="content")
-            verdict_buttons(reading_ids[i], reading.decision)
-        if earlier_notes[i]:
-            st.caption(f":material/history: {plain(earlier_notes[i])}")
             if reading.decision == predict.NOT_ASSESSABLE or reading.repeat_of is not None or reading.warnings:
                 with st.container(key=f"{CARD_NOTES_KEY}-{i}"):  # the rest of the row (card_rules)
                     if reading.decision == predict.NOT_ASSESSABLE:
@@ -318,6 +315,9 @@ def show_card(i: int) -> None:
                         st.markdown(f"Repeats [item {reading.repeat_of + 1}](#item-{reading.repeat_of + 1}).")
                     for warning in reading.warnings:
                         st.warning(plain(warning), icon=":material/warning:")
+        verdict_buttons(reading_ids[i], reading.decision)  # the reader's verdict, below the reading's row
+        if earlier_notes[i]:
+            st.caption(f":material/history: {plain(earlier_notes[i])}")
         pixels = reading.xray.pixels
         heat = heatmap(i)
         # Where the model looked says nothing about pneumonia on a film it cannot read: such a card's maps are off

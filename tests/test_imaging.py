@@ -695,6 +695,7 @@ def test_float_pixel_data_is_decoded(keyword: str, bits: int, dtype: type) -> No
 def test_broken_window_note_reaches_the_reading(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
+    from pneumo.core.card import ModelCard
     from pneumo.model import reading as predict
 
     plain = load_xray(_dicom(_ramp(), window=(2000, 4000)), name="ok.dcm")
@@ -706,7 +707,9 @@ def test_broken_window_note_reaches_the_reading(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(
         predict.quality, "inspect", lambda *a, **k: SimpleNamespace(warnings=["input check note"], assessable=True)
     )
-    loaded = SimpleNamespace(predict=lambda pixels: np.array([0.2]), threshold=0.5, density=None)
+    loaded = SimpleNamespace(
+        predict=lambda pixels: np.array([0.2]), threshold=0.5, density=None, card=ModelCard.default("test")
+    )
     reading = predict.read(loaded, _dicom(_ramp(), window=(2000, -5)), name="w-5.dcm")
     assert (
         reading.error is None
