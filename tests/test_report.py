@@ -34,9 +34,15 @@ def _pdf_text(pdf: bytes) -> str:
     """Every text string the PDF draws, unescaped (fpdf2 writes core-font text as (literal) Tj)."""
     shown = []
     for match in re.finditer(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.S):
-        try:
-            content = zlib.decompress(match.group(1))
-        except zlib.error:
+        # The delimiter before "endstream" is "\n" or "\r\n": a compressed stream whose last byte is "\r" (one in
+        # 256, as the printed date changes the bytes) loses it to the pattern, so that byte is tried back.
+        for data in (match.group(1), match.group(1) + b"\r"):
+            try:
+                content = zlib.decompress(data)
+                break
+            except zlib.error:
+                content = b""
+        if not content:
             continue  # an image stream
         for literal in re.findall(rb"\(((?:\\.|[^\\)])*)\)\s*Tj", content):
             shown.append(re.sub(rb"\\(.)", rb"\1", literal).decode("latin-1"))
