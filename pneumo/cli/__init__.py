@@ -18,6 +18,7 @@ from pneumo.cli.auditing import (
     cmd_drift_reference,
     cmd_summarize,
 )
+from pneumo.cli.common import add_operating_point_flag
 from pneumo.cli.modelling import (
     add_config_flags,
     cmd_calibrate_probability,
@@ -84,12 +85,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         metavar="NAME",
         help="append this evaluation (name, file-list hash, date, n, figures) to the model card's external evaluations",
     )
-    p.add_argument(
-        "--operating-point",
-        dest="operating_point",
-        metavar="NAME",
-        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
-    )
+    add_operating_point_flag(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="probability of pneumonia for image files")
@@ -97,12 +93,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float)
     p.add_argument("--cam", help="write a Grad-CAM overlay PNG per image into this folder")
     p.add_argument("--json", action="store_true", help="print one JSON array")
-    p.add_argument(
-        "--operating-point",
-        dest="operating_point",
-        metavar="NAME",
-        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
-    )
+    add_operating_point_flag(p)
     p.add_argument(
         "--band",
         type=float,

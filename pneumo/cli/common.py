@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Any
 
@@ -53,3 +54,13 @@ def audit_event(kind: str, obj: str, outcome: str = "ok", details: dict[str, Any
         log_event(kind, obj, outcome, user=current_user(), details=details)
     except (RecordsError, OSError, SQLAlchemyError) as exc:
         print(f"warning: not written to the audit trail ({terminal_safe(str(exc))})", file=sys.stderr)
+
+
+def add_operating_point_flag(parser: argparse.ArgumentParser) -> None:
+    """--operating-point NAME, as every command that reads films at a card's point takes it."""
+    parser.add_argument(
+        "--operating-point",
+        dest="operating_point",
+        metavar="NAME",
+        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
+    )

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from datetime import date, datetime
 from typing import Any
 
+from pneumo.cli.common import add_operating_point_flag
+
 DATABASE_HELP = "the records database's SQLAlchemy URL (default: PNEUMO_DATABASE_URL, secrets, runs/pneumo.db)"
 
 
@@ -58,12 +60,7 @@ def add_parsers(sub: Any) -> None:
         "readers' verdicts with bounds; alerts; the site point the verdicts propose",
     )
     p.add_argument("--model", help="default: the shipped model (its card's name selects the readings)")
-    p.add_argument(
-        "--operating-point",
-        dest="operating_point",
-        metavar="NAME",
-        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
-    )
+    add_operating_point_flag(p)
     p.add_argument("--since", type=parse_day, help="readings from this day on (YYYY-MM-DD, UTC)")
     p.add_argument("--by", choices=("day", "week"), default="day", help="period of the table (default: day)")
     p.add_argument(

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from pneumo.cli.common import _progress
+from pneumo.cli.common import _progress, add_operating_point_flag
 from pneumo.cli.pacs import positive_count
 
 # pneumo.integrations.archive (and through it Ray and PyArrow) is imported in the command: `python -m pneumo --help`
@@ -49,12 +49,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="model copies reading at once, one CPU each (default: every CPU of the Ray cluster)",
     )
     p.add_argument("--model", help="default: the shipped model")
-    p.add_argument(
-        "--operating-point",
-        dest="operating_point",
-        metavar="NAME",
-        help="a site operating point recorded in the card (default: the card's own, 'shipped')",
-    )
+    add_operating_point_flag(p)
     p.add_argument(
         "--drift",
         action="store_true",
