@@ -41,14 +41,11 @@ def app_database_url() -> str:
 def audit_event(kind: str, obj: str, outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
     """Append one event of this session's user to the audit trail (pneumo.integrations.records.audit); a database
     that cannot be written costs the event, said on the page, never the change already made."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from pneumo.integrations.records import try_log_event
 
-    from pneumo.integrations.records import log_event
-
-    try:
-        log_event(kind, obj, outcome, user=app_user(), details=details, url=app_database_url())
-    except (RecordsError, OSError, SQLAlchemyError) as exc:
-        st.warning(f"Not written to the audit trail: {plain(exc)}", icon=":material/database:")
+    problem = try_log_event(kind, obj, outcome, user=app_user(), details=details, url=app_database_url())
+    if problem:
+        st.warning(f"Not written to the audit trail: {plain(problem)}", icon=":material/database:")
 
 
 def app_user() -> str:

@@ -45,15 +45,12 @@ def _decision_line(row: dict[str, Any]) -> str:
 def audit_event(kind: str, obj: str, outcome: str = "ok", details: dict[str, Any] | None = None) -> None:
     """Append one event (pneumo.integrations.records.audit) for a change this command made. A database that
     cannot be written costs the event, said on stderr, never the change the command has already made."""
-    from sqlalchemy.exc import SQLAlchemyError
-
     from pneumo.core.text import terminal_safe
-    from pneumo.integrations.records import RecordsError, current_user, log_event
+    from pneumo.integrations.records import current_user, try_log_event
 
-    try:
-        log_event(kind, obj, outcome, user=current_user(), details=details)
-    except (RecordsError, OSError, SQLAlchemyError) as exc:
-        print(f"warning: not written to the audit trail ({terminal_safe(str(exc))})", file=sys.stderr)
+    problem = try_log_event(kind, obj, outcome, user=current_user(), details=details)
+    if problem:
+        print(f"warning: not written to the audit trail ({terminal_safe(problem)})", file=sys.stderr)
 
 
 def add_operating_point_flag(parser: argparse.ArgumentParser) -> None:

@@ -157,14 +157,11 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
 def _store_event(where: str, outcome: str, details: dict[str, Any]) -> None:
     """A PACS store in the audit trail (pneumo.integrations.records): a database that cannot be written costs the
     event, logged, never the results already stored."""
-    from sqlalchemy.exc import SQLAlchemyError
+    from pneumo.integrations.records import current_user, try_log_event
 
-    from pneumo.integrations.records import RecordsError, current_user, log_event
-
-    try:
-        log_event("pacs_store", where, outcome, user=current_user(), details=details)
-    except (RecordsError, OSError, SQLAlchemyError) as exc:
-        logging.getLogger(__name__).warning("PACS store not written to the audit trail: %s", exc)
+    problem = try_log_event("pacs_store", where, outcome, user=current_user(), details=details)
+    if problem:
+        logging.getLogger(__name__).warning("PACS store not written to the audit trail: %s", problem)
 
 
 def screen_study(

@@ -21,6 +21,7 @@ from pneumo.integrations.records.audit import (
     Verification,
     iter_events,
     log_event,
+    try_log_event,
     verify,
 )
 from pneumo.integrations.records.db import (
@@ -82,6 +83,7 @@ __all__ = [
     "label_of",
     "latest_verdict",
     "log_event",
+    "try_log_event",
     "log_pacs_run",
     "log_readings",
     "monitor_model",

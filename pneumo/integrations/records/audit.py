@@ -205,6 +205,27 @@ def log_event(
         return append_event(session, kind, object, outcome, user=user, details=details).id
 
 
+def try_log_event(
+    kind: str,
+    object: str,
+    outcome: str = OK,
+    *,
+    user: str,
+    details: Mapping[str, Any] | None = None,
+    url: str | None = None,
+) -> str | None:
+    """log_event for a change already made (a saved card, a stored study): a database that cannot be written costs
+    the event, never the change. None when the event was written, else why not, in one line for the caller to say
+    (stderr, the page, the log)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        log_event(kind, object, outcome, user=user, details=details, url=url)
+    except (RecordsError, OSError, SQLAlchemyError) as exc:
+        return str(exc)
+    return None
+
+
 def event_dict(row: EventRow) -> dict[str, Any]:
     """An event as its JSON line."""
     return {
