@@ -97,3 +97,10 @@ def test_without_out_of_fold_predictions_one_line_and_nothing_written(
     assert main(["calibrate-probability", "--model", str(tmp_path), "--record"]) == 2
     assert "no out-of-fold predictions" in capsys.readouterr().err
     assert (tmp_path / "card.json").read_text() == card
+
+
+def test_a_model_that_is_not_there_is_named(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from pneumo.cli import main
+
+    assert main(["calibrate-probability", "--model", str(tmp_path / "nowhere")]) == 2
+    assert f"--model {tmp_path / 'nowhere'}: no model there" in capsys.readouterr().err

@@ -160,6 +160,8 @@ def cmd_calibrate_probability(args: argparse.Namespace) -> int:
     from pneumo.evaluation.calibration import measure, record_in_card
 
     model = model_file(args.model)
+    if not model.exists():  # not a folder holding model.keras, nor a model file: say so, not a path beside it
+        raise ValueError(f"--model {args.model}: no model there")
     model_dir = model.parent
     if args.record:
         check_writable(card_path(model))  # a read-only card is refused before any work
