@@ -68,3 +68,16 @@ def test_calibration_counts_and_rates_come_from_one_binning() -> None:
     assert E.calibration([1, 0], [0.5, 0.5], bins=2)["count"].tolist() == [2]  # 0.5 opens [0.5, 1]
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         E.calibration([1], [1.2])
+
+
+def test_rank_auc_is_scikit_learns_auc_with_ties() -> None:
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 300)
+    p = np.round(rng.random(300) * 0.5 + 0.3 * y, 1)  # rounded: many ties across the classes
+    assert E.rank_auc(y, p) == pytest.approx(roc_auc_score(y, p), abs=1e-12)
+    # Hand-counted: pairs (pos, neg) = (0.9, 0.1), (0.9, 0.5), (0.5, 0.1), (0.5, 0.5 tie) -> 3.5 of 4.
+    assert E.rank_auc([1, 1, 0, 0], [0.9, 0.5, 0.1, 0.5]) == pytest.approx(3.5 / 4)
+    with pytest.raises(ValueError, match="both classes"):
+        E.rank_auc([1, 1], [0.2, 0.3])

@@ -25,6 +25,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from pneumo.data import transforms as T
+from pneumo.evaluation.metrics import rank_auc
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def decision_figures(
         idx = np.concatenate([members[i] for i in rng.integers(0, len(members), len(members))])
         yy, ff = y[idx], flagged[idx]
         if len(np.unique(yy)) == 2:
-            draws["roc_auc"].append(float(roc_auc_score(yy, p[idx])))
+            draws["roc_auc"].append(rank_auc(yy, p[idx]))
             draws["sensitivity"].append(float(ff[yy == 1].mean()))
             draws["specificity"].append(float((~ff[yy == 0]).mean()))
         draws["flagged_fraction"].append(float(ff.mean()))

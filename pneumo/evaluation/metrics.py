@@ -31,6 +31,21 @@ def _ratio(num: int, den: int) -> float | None:
     return float(num / den) if den else None
 
 
+def rank_auc(y_true: Any, y_prob: Any) -> float:
+    """ROC AUC as the Mann-Whitney statistic over average ranks: the same number as scikit-learn's
+    roc_auc_score (ties count one half), without its input validation, which costs ~10 ms a call and
+    dominated the patient bootstraps (hundreds of rounds per condition). Both classes must be present."""
+    from scipy.stats import rankdata
+
+    y, p = _arrays(y_true, y_prob)
+    positive = y == 1
+    n1, n0 = int(positive.sum()), int((~positive).sum())
+    if not n1 or not n0:
+        raise ValueError("ROC AUC needs both classes")
+    ranks = rankdata(p)
+    return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
 def metrics_at(y_true: Any, y_prob: Any, threshold: float) -> dict[str, Any]:
     """Screening metrics with 'pneumonia' meaning probability >= threshold."""
     y, p = _arrays(y_true, y_prob)
