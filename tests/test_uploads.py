@@ -41,7 +41,7 @@ def _ids(releases: list[sessions.Release]) -> list[str]:
 # ---------------------------------------------------------------- which uploads go
 
 
-def test_the_issues_batch_keeps_the_newest_films_within_the_session_budget() -> None:
+def test_fifty_large_films_keep_the_newest_within_the_session_budget() -> None:
     """50 films of 49 MB in one session: the 40 oldest go, the 10 newest (490 MB) stay within 512 MB."""
     held = _uploads("a", [49 * MB] * 50)
     releases = uploads_to_release(held, 512 * MB, 2048 * MB)
