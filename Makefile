@@ -68,7 +68,7 @@ test-fast: setup
 # The library's figures (bench/results*.json), then the app's, measured in a real browser (artifacts/).
 bench: setup browser
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
-	$(PY) -m pytest -q -m bench tests/test_browser.py
+	$(PY) -m pytest -q -m bench tests/test_browser.py tests/test_requirements.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache artifacts

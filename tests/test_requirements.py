@@ -127,6 +127,8 @@ _PROBE = textwrap.dedent(
         film = read_item({film!r})
         one = reading.Reading("film.jpeg", XRay(film, "film.jpeg", "JPEG", film.shape, {{}}), 0.9, "PNEUMONIA")
         out["report_bytes"] = len(study_pdf([one], loaded, numbers=[2]))
+    import resource
+    out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     out["tensorflow_imported"] = sorted(
         m for m in sys.modules if m.split(".")[0] in {blocked!r} and sys.modules[m] is not None
     )
@@ -135,7 +137,7 @@ _PROBE = textwrap.dedent(
 )
 
 
-def _probe(tmp_path: Path, models: Path, report: bool = False) -> dict:
+def _probe(tmp_path: Path, models: Path, report: bool = False, python: str = sys.executable) -> dict:
     film = next(iter(sorted((ROOT / "data" / "samples").glob("PNEUMONIA/*.jpeg"))))
     script = _PROBE.format(
         blocked=BLOCKED_MODULES,
@@ -152,9 +154,7 @@ def _probe(tmp_path: Path, models: Path, report: bool = False) -> dict:
         "PNEUMO_ALLOW_CHANGES": "1",
         "PNEUMO_ENGINE": "auto",
     }
-    done = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900
-    )
+    done = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     lines = [line for line in done.stdout.splitlines() if line.startswith("PROBE")]
     assert done.returncode == 0 and lines, done.stderr[-4000:]
     return json.loads(lines[-1][len("PROBE") :])
@@ -206,3 +206,45 @@ def test_a_model_the_serving_install_cannot_fully_serve_degrades_with_a_message(
     else:
         assert errors == []
     assert found["tensorflow_imported"] == []
+
+
+@pytest.mark.bench  # installs requirements.txt from the package index into a new environment: minutes
+def test_every_page_runs_in_a_fresh_serving_install(tmp_path: Path) -> None:
+    """requirements.txt alone, installed into a fresh virtual environment (PNEUMO_SERVING_VENV names one made
+    earlier, to measure again without reinstalling): every page through AppTest and a PDF report, TensorFlow
+    absent for real rather than blocked, and the demo's peak resident memory recorded in artifacts/."""
+    venv = Path(os.environ.get("PNEUMO_SERVING_VENV") or tmp_path / "serving")
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "-r", "requirements.txt"],
+            check=True,
+            cwd=ROOT,
+            timeout=3600,
+        )
+    missing = subprocess.run([str(python), "-c", "import tensorflow"], capture_output=True, text=True)
+    assert missing.returncode != 0 and "No module named 'tensorflow'" in missing.stderr
+    found = _probe(tmp_path, _models_copy(tmp_path), report=True, python=str(python))
+    for page in ("pages/home.py", "pages/predict.py", "pages/threshold.py", "pages/explore.py", "pages/train.py"):
+        assert not found[page]["exceptions"] and not found[page]["errors"], (page, found[page])
+    assert len(found["pages/predict.py"]["metrics"]) == 2 and found["report_bytes"] > 10_000
+    versions = subprocess.run(
+        [str(python), "-m", "pip", "list", "--format", "json"], capture_output=True, text=True, check=True
+    ).stdout
+    artifacts = ROOT / "artifacts"
+    artifacts.mkdir(exist_ok=True)
+    (artifacts / "serving_install.json").write_text(
+        json.dumps(
+            {
+                "what": "requirements.txt alone in a fresh virtual environment: AppTest on every page with the "
+                "two sample films read, then a PDF report; peak resident memory of that process",
+                "peak_rss_mb": found["peak_rss_mb"],
+                "packages": len(json.loads(versions)),
+                "tensorflow_installed": False,
+            },
+            indent=2,
+        )
+    )
+    # Streamlit Community Cloud gives an app about 0.7-2.7 GB: the demo must fit the smallest box.
+    assert found["peak_rss_mb"] < 700, found["peak_rss_mb"]
