@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -30,20 +34,48 @@ def test_samples_carry_attribution() -> None:
     assert len(list((ROOT / "data" / "samples").glob("*/*.jpeg"))) == 48
 
 
-def test_no_import_cycle_between_modules() -> None:
-    """No module of pneumo reaches itself through the imports of others, module-level or deferred (grimp reads
-    every import statement, inside functions too). The layers contract (lint-imports) orders the subpackages;
-    this keeps the modules within one layer from leaning on each other both ways."""
+def _import_cycles(package: str) -> set[str]:
+    """Every chain by which a module of package reaches itself through the imports of others, module-level or
+    deferred (grimp reads every import statement, inside functions too)."""
     import grimp
 
-    graph = grimp.build_graph("pneumo")
+    graph = grimp.build_graph(package, cache_dir=None)
     cycles = set()
     for module in sorted(graph.modules):
         for imported in graph.find_modules_directly_imported_by(module):
             back = graph.find_shortest_chain(importer=imported, imported=module)
             if back:
                 cycles.add(" → ".join((module, *back)))
+    return cycles
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """No module of pneumo reaches itself through the imports of others. The layers contract (lint-imports) orders
+    the subpackages; this keeps the modules within one layer from leaning on each other both ways."""
+    cycles = _import_cycles("pneumo")
     assert not cycles, " ; ".join(sorted(cycles))
+
+
+def test_the_cycle_check_sees_imports_through_the_package_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package made here whose cycles pass only through `from package import name` (a module, deferred inside a
+    function; a name the package's __init__ takes from a module) and `import package.module`: a check reading
+    only `from package.module import …` would find none of them."""
+    pkg = tmp_path / "cyclic"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("from cyclic.c import VALUE\n")
+    (pkg / "a.py").write_text("from cyclic import b\n")
+    (pkg / "b.py").write_text("def later() -> None:\n    from cyclic import a\n")
+    (pkg / "c.py").write_text("VALUE = 1\n\n\ndef again() -> None:\n    from cyclic import VALUE\n")
+    (pkg / "d.py").write_text("import cyclic.e\n")
+    (pkg / "e.py").write_text("import cyclic.d\n")
+    (pkg / "alone.py").write_text("from cyclic.c import VALUE\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cycles = _import_cycles("cyclic")
+    assert {" ".join(sorted(set(chain.split(" → ")))) for chain in cycles} == {
+        "cyclic.a cyclic.b",
+        "cyclic cyclic.c",
+        "cyclic.d cyclic.e",
+    }
 
 
 def test_layers_contract_holds() -> None:

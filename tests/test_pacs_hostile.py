@@ -489,7 +489,7 @@ def test_an_oversized_answer_is_refused_without_reading_it(
     server.on("GET", f"/studies/{re.escape(BAD)}/metadata", lambda r: r.stream(declared, length=size))
     server.pacs.add(GOOD)
     # An instance answer without a length, past a cap lowered for the test: read up to the cap, then refused.
-    monkeypatch.setattr(client, "MAX_INSTANCE_BYTES", 2 * 2**20, raising=False)
+    monkeypatch.setattr(client, "MAX_INSTANCE_BYTES", 2 * 2**20)  # read by retrieve_instance at each call
     endless = (b"\0" * 2**20 for _ in range(128))
     server.on(
         "GET", f"/studies/{re.escape(GOOD)}/series/.*", lambda r: r.stream(endless, content_type="application/dicom")

@@ -1,8 +1,9 @@
 """pneumo and a PACS over DICOMweb: QIDO-RS search, WADO-RS retrieve, STOW-RS store.
 
-The modules, bottom up: config (where the server is, errors), dicomjson, client (the server), studies (what is
-screened), priors (what was screened before), results, writers (the SR and the overlay written back) and
-screening (the runs). The names below are the public ones the CLI and the app use.
+The modules, bottom up: config (where the server is, errors), dicomjson, transport (every request bounded in time
+and size), bodies (DICOM JSON, multipart and STOW bodies), client (the server), studies (what is screened), priors
+(what was screened before), results, writers (the SR and the overlay written back) and screening (the runs). The
+names below are the public ones the CLI and the app use.
 """
 
 from __future__ import annotations
