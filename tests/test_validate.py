@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -155,3 +156,85 @@ def test_a_damaged_checks_file_is_named_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "checks.json").write_text(json.dumps({"clean": {}, "bootstrap_95": {}}))
     with pytest.raises(ValueError, match="checks.json: no stress"):
         check_row(tmp_path)
+
+
+# ---------------------------------------------------------------- the explanation checks share their maps
+
+
+def _tiny_explained_model() -> Any:
+    """A network with fixed weights (no training, no random initialisation): a 3×3 mean filter thresholded at two
+    brightnesses (the bright opacity of a synthetic pneumonia, and the body around the lungs), averaged and scored,
+    so its Grad-CAM maps and deletion curves are the same on every run."""
+    import keras
+    from keras import layers
+
+    from pneumo.core.card import ModelCard
+    from pneumo.model.loading import LoadedModel
+
+    inp = keras.Input((64, 64, 1))
+    conv = layers.Conv2D(2, 3, padding="same", activation="relu", name="feat")
+    dense = layers.Dense(1, activation="sigmoid")
+    model = keras.Model(inp, dense(layers.GlobalAveragePooling2D()(conv(inp))))
+    conv.set_weights([np.full((3, 3, 1, 2), 1 / 9, "float32"), np.array([-0.6, -0.5], "float32")])
+    dense.set_weights([np.array([[10000.0], [100.0]], "float32"), np.array([-4.5], "float32")])
+    card = ModelCard(name="tiny", architecture="tiny test", threshold=0.5, gradcam_layer="feat")
+    return LoadedModel(model, card, Path("tiny.keras"))
+
+
+def _tiny_films() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    return np.stack([synthetic_xray(rng, 64, pneumonia=bool(i % 2)) for i in range(10)]).astype(np.float32)
+
+
+def test_explanation_checks_compute_one_map_per_film(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both figures from one Grad-CAM map per film: 8 films drawn, 8 maps computed (each figure computing its own
+    maps made 16)."""
+    loaded, films = _tiny_explained_model(), _tiny_films()
+    computed = []
+    real = V.gradcam
+
+    def counted(model: Any, image: np.ndarray, **kwargs: Any) -> np.ndarray:
+        computed.append(kwargs.get("target"))
+        return real(model, image, **kwargs)
+
+    monkeypatch.setattr(V, "gradcam", counted)
+    faithfulness, anatomy = V.explanation_checks(loaded, films, 0.4, limit=8, seed=1)
+    assert faithfulness["n"] == anatomy["n"] == 8
+    assert len(computed) == 8 and sorted(computed) == [0, 0, 0, 1, 1, 1, 1, 1]
+    computed.clear()
+    assert V.explanation_faithfulness(loaded, films, 0.4, limit=8, seed=1) == faithfulness
+    assert V.map_anatomy(loaded, films, 0.4, limit=8, seed=1) == anatomy
+    assert len(computed) == 16  # each on its own draws and explains the films again
+
+
+def test_explanation_figures_are_those_computed_before_the_maps_were_shared() -> None:
+    """The figures below were computed on this network and these films by explanation_faithfulness and map_anatomy
+    as they stood before they shared their maps (each drew its films and computed its own Grad-CAM maps; the random
+    baseline drew from the generator that picked the films). Sharing the maps must change none of them: a random
+    baseline drawn from a fresh generator, another draw of films or other decided classes would."""
+    faithfulness, anatomy = V.explanation_checks(_tiny_explained_model(), _tiny_films(), 0.4, limit=8, seed=1)
+    deletion = {
+        "Grad-CAM (model)": (0.402, 0.1167, 0.8776),
+        "average map": (0.4124, 0.1245, 0.8923),
+        "centred blob": (0.472, 0.2368, 0.864),
+        "random map": (0.4759, 0.2347, 0.8781),
+        "flat map": (0.475, 0.2334, 0.8776),
+    }
+    assert [row["map"] for row in faithfulness["table"]] == list(deletion)
+    for row in faithfulness["table"]:
+        got = (row["deletion score (all)"], row["decided PNEUMONIA"], row["decided NORMAL"])
+        assert got == pytest.approx(deletion[row["map"]], abs=2e-4), row["map"]
+    assert (faithfulness["n"], faithfulness["n_pneumonia"], faithfulness["beats_average_map"]) == (8, 5, True)
+    inside = {  # heat inside lungs (all, decided PNEUMONIA, decided NORMAL), peak inside lungs
+        "Grad-CAM (model)": (0.1933, 0.3093, 0.0, 0.5),
+        "average map": (0.3668, 0.3607, 0.3769, 1.0),
+        "centred blob": (0.5489, 0.5663, 0.5199, 0.0),
+        "flat map": (0.2667, 0.2752, 0.2525, None),
+    }
+    assert [row["map"] for row in anatomy["table"]] == list(inside)
+    for row in anatomy["table"]:
+        expected = inside[row["map"]]
+        got = tuple(row[f"heat inside lungs{k}"] for k in ("", ", decided PNEUMONIA", ", decided NORMAL"))
+        assert got == pytest.approx(expected[:3], abs=2e-4), row["map"]
+        assert row["peak inside lungs"] == expected[3], row["map"]
+    assert (anatomy["n"], anatomy["lung_field_found"]) == (8, 1.0)

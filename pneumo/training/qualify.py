@@ -142,6 +142,8 @@ def shift_checks(
         f"{threshold:.4f} with patient-bootstrap 95 % intervals"
     )
     groups = val_df["patient_id"].astype(str).to_numpy()
+    # One set of Grad-CAM maps serves both explanation figures (faithfulness and where the maps fall).
+    explanation, anatomy = V.explanation_checks(loaded, images, threshold, limit=explain_limit)
     return {
         "framing": V.decision_block(labels, groups, {**framed, **probs}, threshold, how),
         "threshold": threshold,
@@ -151,6 +153,6 @@ def shift_checks(
         "clean_probabilities": probs["clean"].tolist(),
         "bootstrap_95": V.bootstrap(labels, probs["clean"], val_df["patient_id"].to_numpy(), threshold),
         "stress": {k: v for k, v in stress.to_dict().items() if k != "probabilities"},
-        "explanation": V.explanation_faithfulness(loaded, images, threshold, limit=explain_limit),
-        "explanation_anatomy": V.map_anatomy(loaded, images, threshold, limit=explain_limit),
+        "explanation": explanation,
+        "explanation_anatomy": anatomy,
     }
