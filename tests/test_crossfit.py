@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -194,3 +195,87 @@ def test_shipped_model_served_by_onnx_reproduces_the_stored_out_of_fold_scores(s
     ensemble = loaded.predict(images)
     assert np.abs(ensemble - served.mean(axis=1)).max() < 1e-5
     assert np.abs(ensemble - stored).max() > 1e-2  # served ≠ out of fold: the card's figures are the members'
+
+
+# ---------------------------------------------------------------- leave-population-out runs on a built model
+
+RECIPE = {"model": "shift_cnn", "augmentation": "frame", "epochs": 24, "image_size": 224}
+
+
+def _built_model(folder: Path) -> Path:
+    from pneumo.core.card import ModelCard
+
+    folder.mkdir()
+    (folder / "model.keras").write_bytes(b"not read: the figures come from the run's predictions")
+    ModelCard(name="ens", architecture="ensemble", threshold=0.5, training={"config": dict(RECIPE)}).write(
+        folder / "card.json"
+    )
+    return folder
+
+
+def _population_run(folder: Path, split: str = "family", **recipe: object) -> Path:
+    folder.mkdir()
+    # Held-out normals (the population) beside pneumonias: at 0.5, 3 of 4 normals stay below, 2 of 2 flagged.
+    pd.DataFrame(
+        {
+            "path": [f"f{i}.png" for i in range(6)],
+            "label": [0, 0, 0, 0, 1, 1],
+            "probability": [0.1, 0.2, 0.3, 0.7, 0.6, 0.9],
+        }
+    ).to_csv(folder / "val_predictions.csv", index=False)
+    (folder / "config.json").write_text(json.dumps({**RECIPE, **recipe, "split": split}))
+    (folder / "data_summary.json").write_text(json.dumps({"split": "NORMAL2-IM normals held out"}))
+    return folder
+
+
+def test_population_runs_are_recorded_at_the_models_threshold_once(tmp_path: Path) -> None:
+    from pneumo.core.card import ModelCard
+
+    model = _built_model(tmp_path / "model")
+    run = _population_run(tmp_path / "pop-family")
+    rows = crossfit.record_population_runs(model, [run])
+    assert rows[0]["specificity"] == pytest.approx(3 / 4) and rows[0]["sensitivity"] == pytest.approx(1.0)
+    assert rows[0]["n"] == 6 and rows[0]["held_out"] == "NORMAL2-IM normals held out"
+    crossfit.record_population_runs(model, [run])  # recorded again: replaced, not added
+    held = ModelCard.read(model / "card.json").shift_checks["leave_population_out"]
+    assert [r["run"] for r in held] == ["pop-family"]
+
+
+@pytest.mark.parametrize(
+    ("split", "recipe", "said"),
+    [
+        ("family", {"epochs": 3}, "another recipe than the model's members: epochs 3 (the model's: 24)"),
+        ("patient", {}, "holds out no population"),
+    ],
+)
+def test_a_population_run_of_another_kind_is_refused_and_nothing_written(
+    tmp_path: Path, split: str, recipe: dict, said: str
+) -> None:
+    model = _built_model(tmp_path / "model")
+    before = (model / "card.json").read_bytes()
+    run = _population_run(tmp_path / "run", split, **recipe)
+    with pytest.raises(ValueError, match=said.replace("(", r"\(").replace(")", r"\)")):
+        crossfit.record_population_runs(model, [run])
+    assert (model / "card.json").read_bytes() == before
+
+
+def test_population_fold_command_reports_records_and_refuses_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    model = _built_model(tmp_path / "model")
+    run = _population_run(tmp_path / "pop-family")
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "pneumo", "population-fold", *args], capture_output=True, text=True, cwd=ROOT
+        )
+
+    shown = cli(str(run), "--model", str(model), "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)[0]["specificity"] == pytest.approx(0.75)
+    assert "leave_population_out" not in json.loads((model / "card.json").read_text())["shift_checks"]
+    recorded = cli(str(run), "--model", str(model), "--record")
+    assert recorded.returncode == 0 and "specificity 0.750" in recorded.stdout
+    refused = cli(str(tmp_path / "nowhere"), "--model", str(model), "--record")
+    assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr

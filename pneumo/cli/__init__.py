@@ -24,6 +24,7 @@ from pneumo.cli.modelling import (
     cmd_calibrate_probability,
     cmd_ensemble,
     cmd_export,
+    cmd_population_fold,
     cmd_sweep,
     cmd_train,
     cmd_validate,
@@ -73,6 +74,17 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--overwrite", action="store_true", help="replace an earlier ensemble in --out")
     p.set_defaults(func=cmd_ensemble)
+
+    p = sub.add_parser(
+        "population-fold",
+        help="leave-population-out runs (train --split family) at a built model's threshold: how its recipe "
+        "does on a population it never saw",
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished leave-population-out runs")
+    p.add_argument("--model", help="default: the shipped model")
+    p.add_argument("--record", action="store_true", help="store the figures in the model's card")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_population_fold)
 
     p = sub.add_parser("evaluate", help="metrics of a model on a labelled folder")
     p.add_argument("--model", help="path to a .keras model (default: the shipped model)")

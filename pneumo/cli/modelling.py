@@ -102,6 +102,35 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_population_fold(args: argparse.Namespace) -> int:
+    from pneumo.training.crossfit import held_out_run_figures, record_population_runs
+
+    model = model_file(args.model)
+    if not model.exists():
+        raise ValueError(f"--model {args.model}: no model there")
+    model_dir = model.parent
+    if args.record:
+        check_writable(card_path(model_dir / "model.keras"))  # a read-only card is refused before any work
+        rows = record_population_runs(model_dir, args.runs)
+        print(f"recorded in {card_path(model_dir / 'model.keras')}", file=sys.stderr)
+    else:
+        threshold = read_card(model_dir / "model.keras").threshold
+        rows = [held_out_run_figures(Path(r), threshold) for r in args.runs]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+
+    def three(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    for r in rows:
+        print(
+            f"{r['run']} (held out: {r['held_out']}): n = {r['n']}, ROC AUC {three(r['roc_auc'])}, "
+            f"sensitivity {three(r['sensitivity'])}, specificity {three(r['specificity'])}"
+        )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     path = Path(args.model) if args.model else DEFAULT_MODEL_PATH
     path = path / "model.keras" if path.is_dir() else path

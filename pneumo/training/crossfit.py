@@ -34,9 +34,8 @@ from pneumo.evaluation.metrics import metrics_at
 from pneumo.evaluation.validate import (
     bootstrap,
     decision_checks,
-    explanation_faithfulness,
+    explanation_checks,
     load_images,
-    map_anatomy,
 )
 from pneumo.model.loading import OOF_FILE, load_model
 from pneumo.training import runs
@@ -223,8 +222,9 @@ def populations(frame: pd.DataFrame, threshold: float, bands: int = 5) -> dict[s
     return out
 
 
-def _held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
-    """A leave-population-out run (e.g. --split family) at the ensemble's threshold."""
+def held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
+    """A leave-population-out run (e.g. --split family) at the ensemble's threshold: one network of the
+    ensemble's recipe that never saw the held-out population, scored on it."""
     preds = pd.read_csv(run_dir / "val_predictions.csv")
     config = files.read_json(run_dir / "config.json", {}) or {}
     m = metrics_at(preds["label"], preds["probability"], threshold)
@@ -232,8 +232,48 @@ def _held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
         "run": run_dir.name,
         "split": config.get("split"),
         "held_out": (files.read_json(run_dir / "data_summary.json", {}) or {}).get("split", ""),
+        "recipe": {k: config.get(k) for k in RECIPE_KEYS},
         **{k: m[k] for k in ("n", "roc_auc", "sensitivity", "specificity", "accuracy")},
     }
+
+
+RECIPE_KEYS = ("model", "augmentation", "epochs", "image_size")
+
+
+def record_population_runs(model_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Report leave-population-out runs at a built ensemble's threshold and store them in its card
+    (shift_checks.leave_population_out), replacing earlier rows of the same run names.
+
+    A run of another recipe than the ensemble's members says nothing of how the shipped recipe transfers:
+    refused, as is a run that is not a finished leave-population-out run; nothing is written then."""
+    from pneumo.core.card import update_card
+
+    card_file = Path(model_dir) / "card.json"
+    card = ModelCard.read(card_file)
+    want = {k: (card.training.get("config") or {}).get(k) for k in RECIPE_KEYS}
+    rows = []
+    for run in map(Path, run_dirs):
+        config = files.read_json(run / "config.json", {}) or {}
+        if not (run / "val_predictions.csv").is_file():
+            raise ValueError(f"{run}: not a finished training run (no val_predictions.csv)")
+        if config.get("split") not in ("family", "temporal"):
+            raise ValueError(
+                f"{run}: split '{config.get('split')}' holds out no population (train with --split family)"
+            )
+        got = {k: config.get(k) for k in RECIPE_KEYS}
+        differ = {k: (got[k], want[k]) for k in RECIPE_KEYS if want[k] is not None and got[k] != want[k]}
+        if differ:
+            named = ", ".join(f"{k} {a} (the model's: {b})" for k, (a, b) in differ.items())
+            raise ValueError(f"{run}: another recipe than the model's members: {named}")
+        rows.append(held_out_run_figures(run, card.threshold))
+
+    def change(c: ModelCard) -> None:
+        names = {r["run"] for r in rows}
+        kept = [r for r in c.shift_checks.get("leave_population_out", []) if r.get("run") not in names]
+        c.shift_checks["leave_population_out"] = kept + rows
+
+    update_card(card_file, change, create=False)
+    return rows
 
 
 def _stress_by_fold(fold_dirs: list[Path]) -> dict[str, Any]:
@@ -267,9 +307,9 @@ def member_faithfulness(fold_dirs: list[Path], threshold: float, limit: int = 96
         member = load_model(d / "model.keras")
         held = pd.read_csv(d / "val_predictions.csv")
         images = load_images(held["path"].tolist(), member.input_size)
-        figure = explanation_faithfulness(member, images, threshold, limit=limit, seed=k)
+        # One set of Grad-CAM maps serves both figures (faithfulness and where the maps fall).
+        figure, anatomy = explanation_checks(member, images, threshold, limit=limit, seed=k)
         tables.append(pd.DataFrame(figure["table"]).set_index("map"))
-        anatomy = map_anatomy(member, images, threshold, limit=limit, seed=k)
         parts.append(
             {
                 "fold": k,
@@ -388,7 +428,7 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
         },
         shift_checks={
             "populations": populations(oof, t),
-            "leave_population_out": [_held_out_run_figures(r, t) for r in pops],
+            "leave_population_out": [held_out_run_figures(r, t) for r in pops],
             "stress": _stress_by_fold(folds),
             "framing": decision_checks(loaded, oof, t, limit=FRAMING_FILMS),
         },
