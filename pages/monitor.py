@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -28,6 +29,7 @@ target = controls[2].number_input(
     max_value=1.0,
     value=None,
     step=0.01,
+    placeholder="the card's own",
     key="monitor-target",
     help="Empty: the card's own target recall.",
 )
@@ -48,6 +50,9 @@ st.markdown(
     f"Model **{plain(report.model)}** at operating point **{plain(report.operating_point)}**, "
     f"threshold **{report.threshold:.4f}**."
 )
+if report.model_sha256:
+    # The readings counted are this file's (by its SHA-256), not every model that shares the card's name.
+    st.caption(f"Readings of the model file with SHA-256 `{report.model_sha256[:16]}…`")
 if report.readings == 0:
     st.info(
         "No readings of this model are logged yet. Readings are logged by `python -m pneumo predict --log` and by "
@@ -66,12 +71,14 @@ c = report.confusion
 with st.container(horizontal=True, gap="medium"):
     st.metric("Readings", report.readings, width="content")
     st.metric("With a verdict", report.verdicts, width="content")
+    # The bound under each figure is not a change since anything: no arrow (an arrow reads as "up since last time").
     value, low = bounded(report.sensitivity, report.sensitivity_lower_95)
     st.metric(
         "Sensitivity vs readers",
         value,
         low,
         delta_color="off",
+        delta_arrow="off",
         help=f"{c['tp']} of {c['tp'] + c['fn']} films readers called PNEUMONIA were flagged at the threshold in "
         "force; the small figure is the one-sided 95 % Clopper-Pearson lower bound.",
         width="content",
@@ -82,37 +89,100 @@ with st.container(horizontal=True, gap="medium"):
         value,
         low,
         delta_color="off",
+        delta_arrow="off",
         help=f"{c['tn']} of {c['tn'] + c['fp']} films readers called NORMAL were not flagged.",
         width="content",
     )
+if report.verdicts:
+    # Said beside the figures, not only in the help: a large share of judged films without a decision is itself news.
+    st.caption(
+        f"Sensitivity and specificity count {report.films} film(s) with a verdict and a decision"
+        + (
+            f"; {report.left_out} judged film(s) had none (not assessable or unreadable) and are left out."
+            if report.left_out
+            else "."
+        )
+    )
 for alert in report.alerts:
-    if alert.direction == "card claims more":
+    if alert.direction == "card claims more":  # the model does worse than its card says
         st.error(plain(alert.message), icon=":material/notification_important:")
-    else:
+    elif alert.figure == "not assessable":  # films unlike the training films: a shift, not yet a worse figure
+        st.warning(plain(alert.message), icon=":material/warning:")
+    else:  # better than claimed: the card undersells, worth a look
         st.warning(plain(alert.message), icon=":material/info:")
 claimed = report.claim
 st.caption(
     f"The card's claim ({plain(claimed.source)}): sensitivity "
     f"{'n/a' if claimed.sensitivity is None else f'{claimed.sensitivity:.3f}'}, specificity "
-    f"{'n/a' if claimed.specificity is None else f'{claimed.specificity:.3f}'}."
+    f"{'n/a' if claimed.specificity is None else f'{claimed.specificity:.3f}'}"
+    + (
+        f"; its input check marks {claimed.not_assessable:.1%} of real held-out films not assessable."
+        if claimed.not_assessable is not None
+        else "."
+    )
 )
 
 st.subheader(f"By {report.by}")
+SHARES = {  # column: (header, what it is a share of); shown in per cent with one decimal, every row alike
+    "flagged": ("flagged", "Readings at or above their own threshold, among readings with a decision."),
+    "not_assessable": ("not assessable", "Readings the input check did not take for a film the model can read."),
+    "rejected": ("unreadable", "Inputs that could not be decoded, among all readings."),
+    "agreement": (
+        "agreement",
+        "Readings whose flag matches the reader's verdict, among judged readings with a decision.",
+    ),
+}
 table = pd.DataFrame([vars(p) for p in report.periods])
+for column in SHARES:
+    table[column] = table[column].astype(float) * 100.0
 st.dataframe(
     table,
     hide_index=True,
     width="stretch",
     column_config={
-        "start": st.column_config.TextColumn(report.by),
-        "flagged": st.column_config.NumberColumn("share flagged", format="percent"),
-        "not_assessable": st.column_config.NumberColumn("share not assessable", format="percent"),
-        "rejected": st.column_config.NumberColumn("share unreadable", format="percent"),
-        "agreement": st.column_config.NumberColumn("agreement with readers", format="percent"),
+        "start": st.column_config.TextColumn(report.by if report.by == "day" else "week of"),
+        "readings": st.column_config.NumberColumn("readings"),
+        "verdicts": st.column_config.NumberColumn("verdicts", help="Readings with a reader's verdict."),
+        **{
+            column: st.column_config.NumberColumn(f"{header} %", format="%.1f", help=what)
+            for column, (header, what) in SHARES.items()
+        },
     },
+    column_order=["start", "readings", "flagged", "not_assessable", "rejected", "verdicts", "agreement"],
 )
 if len(table) > 1:
-    st.line_chart(table.set_index("start")[["flagged", "not_assessable", "agreement"]])
+    # One tick per day or week, read level (not text set on end, no noon ticks between days); named series in per
+    # cent on a fixed 0-100 scale, like the table, so a small wobble is not drawn as a cliff.
+    shown = ["flagged", "not_assessable", "agreement"]
+    long = (
+        table.assign(start=pd.to_datetime(table["start"]))[["start", *shown]]
+        .rename(columns={k: SHARES[k][0] for k in shown})
+        .melt("start", var_name="figure", value_name="per cent")
+    )
+    step = "day" if report.by == "day" else "week"
+    chart = (
+        alt.Chart(long)
+        .mark_line(point=True)
+        .encode(
+            x=alt.X(
+                "start:T",
+                title=report.by if report.by == "day" else "week of",
+                axis=alt.Axis(format="%d %b", labelAngle=0, tickCount={"interval": step, "step": 1}),
+            ),
+            y=alt.Y("per cent:Q", scale=alt.Scale(domain=[0, 100])),
+            color=alt.Color(
+                "figure:N", sort=[SHARES[k][0] for k in shown], legend=alt.Legend(orient="bottom", title=None)
+            ),
+            tooltip=[
+                alt.Tooltip("start:T", title=step, format="%a %d %b %Y"),
+                "figure:N",
+                alt.Tooltip("per cent:Q", format=".1f"),
+            ],
+        )
+    )
+    st.altair_chart(
+        chart, width="stretch", alt=f"Share flagged, not assessable and agreement with readers, by {report.by}."
+    )
 
 st.subheader("Operating point from the verdicts")
 if report.proposed:

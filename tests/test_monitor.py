@@ -229,6 +229,86 @@ def test_a_film_counts_once_at_the_point_in_force(tmp_path: Path) -> None:
     assert [(a.figure, a.direction) for a in lower.alerts] == [("sensitivity", "card claims less")]
 
 
+def test_two_model_files_under_one_card_name_are_monitored_apart(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two networks whose cards share a name each read four films; a reading logged before model files were hashed
+    carries the name only. The monitor of each file counts its own readings (and the old one, saying so), never the
+    other's; calibrate --from-verdicts sets its point on the same films."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    one, two = _card(tmp_path / "one"), _card(tmp_path / "two")
+    (one / "model.keras").write_bytes(b"network one")
+    (two / "model.keras").write_bytes(b"network two")
+    sha_one, sha_two = (hashlib.sha256(b).hexdigest() for b in (b"network one", b"network two"))
+    films = {  # file hash: [(probability, label)]
+        sha_one: [(0.9, 1), (0.2, 1), (0.1, 0), (0.05, 0)],  # at 0.3: tp 1, fn 1, tn 2, fp 0
+        sha_two: [(0.8, 0), (0.7, 0), (0.9, 1), (0.95, 1)],  # at 0.3: tp 2, fn 0, tn 0, fp 2
+        None: [(0.6, 1)],  # logged before model files were hashed: tp 1
+    }
+    entries, labels = [], []
+    for number, (model_sha, scored) in enumerate(films.items()):
+        for i, (p, y) in enumerate(scored):
+            entries.append(
+                R.NewReading(
+                    R.ReadingSource.upload(f"{number}-{i}.png"),
+                    MODEL,
+                    "c" * 12,
+                    "shipped",
+                    THRESHOLD,
+                    p,
+                    "PNEUMONIA" if p >= THRESHOLD else "NORMAL",
+                    pixel_sha256=hashlib.sha256(f"film {number} {i}".encode()).hexdigest(),
+                    time=DAY0 + timedelta(hours=number),
+                    model_sha256=model_sha,
+                )
+            )
+            labels.append(y)
+    ids = R.add_readings(entries, user="u", url=url)
+    for reading_id, y in zip(ids, labels):
+        R.add_verdict(reading_id, "PNEUMONIA" if y else "NORMAL", user="dr b", url=url)
+    assert main(["monitor", "--model", str(one), "--json", "--database", url]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["model_sha256"] == sha_one and first["readings"] == 5
+    assert (first["by_name_only"], first["other_files"]) == (1, 4)
+    assert first["confusion"] == {"tp": 2, "fn": 1, "tn": 2, "fp": 0}
+    assert any("4 reading(s) under the name site-model were made by another model file" in n for n in first["notes"])
+    second = R.monitor_model(two, url=url)
+    assert second.confusion == {"tp": 3, "fn": 0, "tn": 0, "fp": 2} and second.other_files == 4
+    # The site point from the verdicts: on model one's five films only (3 pneumonia, 2 normal).
+    monkeypatch.setenv(R.ENV_DATABASE_URL, url)
+    command = ["calibrate", "--model", str(one), "--from-verdicts", "--target-recall", "0.9", "--name", "ward"]
+    assert main([*command, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["n"], summary["n_positive"]) == (5, 3)
+    # Recall 0.9 of three pneumonia films needs all three: the lowest is 0.2, midway to the next lower score, 0.1.
+    assert summary["threshold"] == pytest.approx(0.15)
+
+
+def test_films_the_input_check_refuses_far_more_often_than_on_held_out_films_raise_an_alert(tmp_path: Path) -> None:
+    """Ten scored readings and one unreadable input, no verdict at all: 5 of the 10 not assessable, against a card
+    whose input check marks 2 % of held-out films so. The alert needs no verdict; one of ten is within chance."""
+
+    def rows(refused: int) -> list:
+        return [
+            R.MonitorRow(i, DAY0, f"film {i}", THRESHOLD, 0.5, NOT_ASSESSABLE if i < refused else "PNEUMONIA", None)
+            for i in range(10)
+        ] + [R.MonitorRow(10, DAY0, "reading 10", THRESHOLD, None, None, None, error=True)]
+
+    claim = R.Claim(None, None, "card", not_assessable=0.02)
+    report = R.compute(rows(5), threshold=THRESHOLD, claim=claim, model=MODEL)
+    [alert] = report.alerts
+    low, _ = _bounds(5, 10)  # scipy's exact interval: about 0.222
+    assert (alert.figure, alert.successes, alert.trials, alert.claimed) == ("not assessable", 5, 10, 0.02)
+    assert alert.bound == pytest.approx(low) and low > 0.02
+    assert alert.message.startswith("not assessable: 5 of 10 scored readings (50.0%; one-sided 95 % lower bound 22.2%)")
+    assert _bounds(1, 10)[0] < 0.02 and R.compute(rows(1), threshold=THRESHOLD, claim=claim).alerts == []
+    assert R.compute(rows(5), threshold=THRESHOLD, claim=R.Claim(None, None, "card")).alerts == []  # no rate: none
+    # The rate comes from the card's input check section.
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    model = _card(tmp_path / "m", input_check={"false_alarm_rate_on_held_out": 0.02})
+    assert R.monitor_model(model, url=url).claim.not_assessable == 0.02
+
+
 def test_the_claim_is_of_the_point_in_force(tmp_path: Path) -> None:
     from pneumo.integrations.records.monitor import card_point
     from pneumo.model.loading import read_card

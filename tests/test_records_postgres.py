@@ -20,7 +20,7 @@ from pneumo.integrations import records as R
 from pneumo.integrations.records.db import VERSIONS_DIR
 from tests.conftest import ROOT
 from tests.test_monitor import _card, _simulated_site
-from tests.test_records import _entry, _trail
+from tests.test_records import _entry, _legacy_reading, _trail
 from tests.test_records import _fresh_engines as _fresh_engines  # autouse: no engine kept between tests
 
 pytestmark = pytest.mark.timeout(120)
@@ -44,35 +44,40 @@ def _rows(url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def test_migrations_run_on_open_and_an_older_database_is_upgraded_keeping_its_rows(postgres, tmp_path: Path) -> None:
     versions = tmp_path / "versions"
     versions.mkdir()
-    for migration in VERSIONS_DIR.glob("0*.py"):
-        shutil.copy(migration, versions)
+    shutil.copy(VERSIONS_DIR / "0001_initial.py", versions)  # the database as the first pneumo made it
     url = postgres()
     first = R.open_records(url, versions=[versions])
-    assert first.dialect == "postgresql" and first.revision == R.head_revision() == "0001"
-    [reading_id] = R.add_readings([_entry("film.png", 0.7, digest="a" * 64)], records=first)
+    assert first.dialect == "postgresql" and first.revision == "0001"
+    reading_id = _legacy_reading(first, "film.png", 0.7, "a" * 64)
     triggers = _rows(url, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal ORDER BY tgname")
     assert [t for (t,) in triggers] == [
         f"{table}_{kind}" for table in ("events", "readings", "verdicts") for kind in ("append_only", "no_truncate")
     ]
     R.close_all()
-    # A second revision, as a later pneumo would ship it: a new column and a new table.
-    (versions / "0002_note.py").write_text(
+    # This pneumo's migrations (0002 adds readings.model_sha256), then one a later pneumo would ship after them.
+    for migration in VERSIONS_DIR.glob("0*.py"):
+        shutil.copy(migration, versions)
+    (versions / "0099_note.py").write_text(
         '"""A note on readings."""\n'
         "import sqlalchemy as sa\nfrom alembic import op\n\n"
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+        f'revision = "0099"\ndown_revision = "{R.head_revision()}"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade() -> None:\n"
         '    op.add_column("readings", sa.Column("note", sa.Text))\n'
         '    op.create_table("notes", sa.Column("id", sa.Integer, primary_key=True))\n'
     )
     second = R.open_records(url, versions=[versions])
-    assert second.revision == "0002"
-    assert _rows(url, "SELECT version_num FROM alembic_version") == [("0002",)]
+    assert second.revision == "0099"
+    assert _rows(url, "SELECT version_num FROM alembic_version") == [("0099",)]
     columns = _rows(url, "SELECT column_name FROM information_schema.columns WHERE table_name = 'readings'")
-    assert ("note",) in columns
+    assert ("note",) in columns and ("model_sha256",) in columns
     assert _rows(url, "SELECT to_regclass('notes') IS NOT NULL") == [(True,)]
-    assert _rows(url, "SELECT id, probability, pixel_sha256 FROM readings") == [(reading_id, 0.7, "a" * 64)]
+    assert _rows(url, "SELECT id, probability, pixel_sha256, model_sha256 FROM readings") == [
+        (reading_id, 0.7, "a" * 64, None)
+    ]
+    assert len(_rows(url, "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")) == 6  # the guards kept
     # The kept reading still matches its audit event, and the new revision's database takes readings.
-    R.add_readings([_entry("later.png", 0.2)], records=second)
+    R.add_readings([_entry("later.png", 0.2, model_sha256="b" * 64)], records=second)
+    assert _rows(url, "SELECT model_sha256 FROM readings ORDER BY id") == [(None,), ("b" * 64,)]
     assert R.verify(second).ok
 
 
@@ -129,8 +134,11 @@ def test_first_opens_at_once_create_the_schema_once(postgres) -> None:
         for process in processes:
             if process.poll() is None:
                 process.kill()
-    assert [(p.returncode, out, err[-2000:]) for p, (out, err) in zip(processes, outcomes)] == [(0, "0001\n", "")] * 3
-    assert _rows(url, "SELECT version_num FROM alembic_version") == [("0001",)]
+    head = R.head_revision()
+    assert [(p.returncode, out, err[-2000:]) for p, (out, err) in zip(processes, outcomes)] == [
+        (0, f"{head}\n", "")
+    ] * 3
+    assert _rows(url, "SELECT version_num FROM alembic_version") == [(head,)]
 
 
 def test_rows_are_append_only_in_the_database_itself(postgres) -> None:

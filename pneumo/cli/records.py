@@ -48,8 +48,16 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--verify",
         action="store_true",
-        help="check every event's hash and link, and every reading and verdict against its event; "
-        "exit 2 naming the first bad one",
+        help="check every event's hash and link, every reading and verdict against its event, and the end of the "
+        "trail against its head file; exit 2 naming the first bad one. Prints the head (the newest event's id "
+        "and hash): record it elsewhere and give it to --expect-head later",
+    )
+    p.add_argument(
+        "--expect-head",
+        dest="expect_head",
+        metavar="SHA256",
+        help="with --verify: a head recorded earlier; fail when no event of the trail carries it (events removed "
+        "from the end are found this way even by someone who also rewrote the head file)",
     )
     p.add_argument("--database", help=DATABASE_HELP)
     p.set_defaults(func=cmd_audit_log)
@@ -59,7 +67,7 @@ def add_parsers(sub: Any) -> None:
         help="the model in use: readings, share flagged, agreement by day; sensitivity and specificity against "
         "readers' verdicts with bounds; alerts; the site point the verdicts propose",
     )
-    p.add_argument("--model", help="default: the shipped model (its card's name selects the readings)")
+    p.add_argument("--model", help="default: the shipped model (its file's SHA-256 selects the readings)")
     add_operating_point_flag(p)
     p.add_argument("--since", type=parse_day, help="readings from this day on (YYYY-MM-DD, UTC)")
     p.add_argument("--by", choices=("day", "week"), default="day", help="period of the table (default: day)")
@@ -115,18 +123,19 @@ def cmd_verdicts_import(args: argparse.Namespace) -> int:
     else:
         print(
             f"{report.rows} row(s): {report.matched} matched, {report.unmatched_count} unmatched, "
-            f"{report.invalid_count} invalid; {report.stored} verdict(s) stored by {terminal_safe(report.reader)}, "
-            f"{report.unchanged} already recorded; {report.readings} reading(s) covered"
+            f"{report.ambiguous_count} ambiguous (not applied), {report.invalid_count} invalid; {report.stored} "
+            f"verdict(s) stored by {terminal_safe(report.reader)}, {report.unchanged} already recorded; "
+            f"{report.readings} reading(s) covered"
         )
-        for entry in report.unmatched + report.invalid:
+        listed = sorted(report.unmatched + report.ambiguous + report.invalid, key=lambda e: e["line"])
+        for entry in listed:
             value = entry.get("path", entry.get("sha256", ""))
             print(f"  line {entry['line']}: {terminal_safe(value)}: {terminal_safe(entry['why'])}", file=sys.stderr)
-        shown = len(report.unmatched) + len(report.invalid)
-        if shown < report.unmatched_count + report.invalid_count:
-            more = report.unmatched_count + report.invalid_count - shown
-            print(f"  … and {more} more (--json)", file=sys.stderr)
+        left = report.unmatched_count + report.ambiguous_count + report.invalid_count
+        if len(listed) < left:
+            print(f"  … and {left - len(listed)} more (--json)", file=sys.stderr)
     # As predict does for a rejected input: what could be stored is stored, and the status says not everything was.
-    return 2 if report.unmatched_count or report.invalid_count else 0
+    return 2 if report.unmatched_count or report.ambiguous_count or report.invalid_count else 0
 
 
 def cmd_audit_log(args: argparse.Namespace) -> int:
@@ -135,9 +144,15 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
     from pneumo.core.text import terminal_safe
     from pneumo.integrations.records import iter_events, open_records, verify
 
+    expect = getattr(args, "expect_head", None)
+    if expect is not None:
+        if not args.verify:
+            raise ValueError("--expect-head goes with --verify")
+        if len(expect.strip()) != 64 or any(c not in "0123456789abcdef" for c in expect.strip().lower()):
+            raise ValueError(f"--expect-head: a SHA-256 is 64 hexadecimal digits, not {expect[:80]!r}")
     records = open_records(args.database)
     if args.verify:
-        result = verify(records)
+        result = verify(records, expect_head=expect)
         if args.json:
             print(json.dumps(result.to_dict(), indent=2))
         if not result.ok:
@@ -147,6 +162,21 @@ def cmd_audit_log(args: argparse.Namespace) -> int:
             return 2
         if not args.json:
             print(f"audit trail intact: {result.events} event(s), every reading and verdict matches its event")
+            if result.head_event is not None:
+                print(
+                    f"head: event {result.head_event} sha256 {result.head_sha256} (record it; check it later with "
+                    "--expect-head)"
+                )
+            if result.head_file is None:
+                print(
+                    "note: no head file for this database (set PNEUMO_AUDIT_HEAD): removing the newest events is found "
+                    "only with --expect-head",
+                    file=sys.stderr,
+                )
+            elif result.head_file_event is None and result.events:
+                print(
+                    f"note: no head file yet at {result.head_file}: it is written with the next event", file=sys.stderr
+                )
         return 0
     since = datetime.combine(args.since, time(0), tzinfo=timezone.utc) if args.since else None
     for event in iter_events(records, since=since):
@@ -187,6 +217,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         f"{report.model} at '{report.operating_point}' (threshold {report.threshold:.4f}): {report.readings} "
         f"reading(s), {report.verdicts} with a verdict, {report.films} film(s) counted"
     )
+    if report.model_sha256:
+        print(f"model file sha256 {report.model_sha256} (readings are selected by it)")
     print(f"{report.by:<10}  readings  flagged  not assessable  verdicts  agreement")
     for period in report.periods:
 

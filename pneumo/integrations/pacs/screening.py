@@ -97,6 +97,30 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
     reading itself stays in the result)."""
     if result.status != SCREENED or result.reading is None or result.source is None:
         return
+    where = f"{pacs.display_url}/studies/{result.study_uid}"
+    try:
+        sr, overlay, pdf = _results_to_store(pacs, loaded, result, output)
+    except Exception as exc:  # nothing could be sent: the audit trail says so too (the reading is logged all the same)
+        _store_event(where, "failed", {"instance": result.sop_uid, "error": f"not written ({_one_line(exc)})"[:500]})
+        raise
+    try:
+        pacs.store(result.study_uid, [d for d in (overlay, pdf, sr) if d is not None])
+    except PacsError as exc:
+        _store_event(where, "failed", {"instance": result.sop_uid, "error": str(exc)[:500]})
+        raise
+    result.stored = {
+        "sr": str(sr.SOPInstanceUID),
+        **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {}),
+        **({"pdf": str(pdf.SOPInstanceUID)} if pdf is not None else {}),
+    }
+    _store_event(where, "ok", {"instance": result.sop_uid, **result.stored})
+
+
+def _results_to_store(
+    pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output: _StudyOutput | None
+) -> tuple[Any, Any, Any]:
+    """The SR, the overlay SC (or None) and the PDF (or None) of one screened image, ready to store."""
+    assert result.reading is not None and result.source is not None  # push_result's precondition
     output = output or _new_output()
     output.count += 1
     overlay = region = heatmap = None
@@ -140,18 +164,7 @@ def push_result(pacs: Pacs, loaded: LoadedModel, result: InstanceResult, output:
         region=region,
         pdf=pdf,
     )
-    where = f"{pacs.display_url}/studies/{result.study_uid}"
-    try:
-        pacs.store(result.study_uid, [d for d in (overlay, pdf, sr) if d is not None])
-    except PacsError as exc:
-        _store_event(where, "failed", {"instance": result.sop_uid, "error": str(exc)[:500]})
-        raise
-    result.stored = {
-        "sr": str(sr.SOPInstanceUID),
-        **({"sc": str(overlay.SOPInstanceUID)} if overlay is not None else {}),
-        **({"pdf": str(pdf.SOPInstanceUID)} if pdf is not None else {}),
-    }
-    _store_event(where, "ok", {"instance": result.sop_uid, **result.stored})
+    return sr, overlay, pdf
 
 
 def _store_event(where: str, outcome: str, details: dict[str, Any]) -> None:

@@ -1,8 +1,9 @@
 """The readings database: readings, readers' verdicts, the audit trail and the monitor.
 
 Modules, bottom up: schema (the tables), db (the URL, opening and migrating: Alembic from code, alembic/ beside this
-file), audit (the hash-chained events), readings (logging readings), verdicts (readers' verdicts) and monitor (the
-figures). SQLAlchemy is imported with this package: the CLI imports it inside the commands that need it.
+file), audit (the hash-chained events and the head file), readings (logging readings), verdicts (readers' verdicts),
+monitor (the figures) and reopen (a logged reading's film found again from its source). SQLAlchemy is imported with
+this package: the CLI imports it inside the commands that need it.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ from pneumo.integrations.records.readings import (
     current_user,
     log_pacs_run,
     log_readings,
+    model_file_sha256,
     new_reading,
     pixel_sha256,
     read_before,
     reading_ids_by_instance,
     recent_readings,
 )
+from pneumo.integrations.records.reopen import Reopened, reopen
 from pneumo.integrations.records.verdicts import ImportReport, add_verdict, import_verdicts, label_of, latest_verdict
 
 __all__ = [
@@ -69,6 +72,7 @@ __all__ = [
     "NewReading",
     "ReadingSource",
     "Records",
+    "Reopened",
     "RecordsError",
     "Verification",
     "add_readings",
@@ -86,6 +90,7 @@ __all__ = [
     "try_log_event",
     "log_pacs_run",
     "log_readings",
+    "model_file_sha256",
     "monitor_model",
     "new_reading",
     "open_records",
@@ -94,5 +99,6 @@ __all__ = [
     "reading_ids_by_instance",
     "recent_readings",
     "redacted",
+    "reopen",
     "verify",
 ]

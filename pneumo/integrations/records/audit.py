@@ -7,20 +7,40 @@ leaves the next event pointing at a hash no event has. A reading's and a verdict
 its row, so an edited or removed reading or verdict is found too.
 
 What the chain cannot show on its own: the newest events removed together with the rows they record (the chain is
-then a shorter, intact chain). A deployment that must prove that keeps a copy of the last hash elsewhere (the
-audit-log export, or `verify`'s line, in another system's log), or uses a PostgreSQL role that may only INSERT.
+then a shorter, intact chain). Two cheap guards, each with its limit:
+
+- The head file: every write that appends events also writes the newest event's id and hash to a small JSON file
+  outside the database (beside an SQLite file, `pneumo.db.audit-head.json`; anywhere PNEUMO_AUDIT_HEAD names, which
+  PostgreSQL needs, having no file of its own). verify fails when the trail no longer holds that event with that
+  hash, and a writer that finds it gone leaves the file as it is rather than move it past the evidence. It catches
+  a database restored from an older copy, events deleted by hand or by a tool, a database replaced by a rebuilt
+  chain. It cannot catch someone who rewrites the head file as well: whoever can write both files can make them
+  agree. Kept elsewhere (another volume, a file only the writing account may change) it raises that bar, no more.
+  Concurrent writers may leave it a few events behind the newest: it then guards fewer events, never wrongly.
+- The head printed by `audit-log --verify` (the newest event's id and hash): recorded by an operator in another
+  system (a ticket, a log the database's owner cannot change), `audit-log --verify --expect-head HASH` later fails
+  when no event of the trail carries that hash. This is the guard that holds against the database's owner.
+
+A PostgreSQL role that may only INSERT on these tables is stronger than either.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import event as sa_event
 from sqlalchemy import select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
 
 from pneumo.integrations.records.db import Records, RecordsError, open_records
@@ -52,6 +72,12 @@ KINDS = frozenset(
 )
 OK, REFUSED, FAILED = "ok", "refused", "failed"
 PG_CHAIN_LOCK = 0x706E65756D6F  # "pneumo": the advisory lock PostgreSQL writers take before appending
+
+
+ENV_AUDIT_HEAD = "PNEUMO_AUDIT_HEAD"  # where the head file is kept (any backend); default: beside an SQLite file
+HEAD_SUFFIX = ".audit-head.json"
+HEAD_MAX_BYTES = 64 * 1024
+_log = logging.getLogger(__name__)
 
 
 def now() -> datetime:
@@ -101,8 +127,11 @@ def event_sha256(event: EventRow | Mapping[str, Any]) -> str:
 
 
 def reading_sha256(row: ReadingRow) -> str:
-    """The hash of a reading row as stored (its id included), recorded in its event."""
-    payload = {
+    """The hash of a reading row as stored (its id included), recorded in its event.
+
+    model_sha256 (migration 0002) is hashed only when it holds a value: a reading logged before that column existed
+    hashes as it did then, and a value added to it or removed from a newer row afterwards changes the hash."""
+    payload: dict[str, Any] = {
         "id": row.id,
         "time": _time_text(row.time),
         **{
@@ -127,6 +156,8 @@ def reading_sha256(row: ReadingRow) -> str:
             )
         },
     }
+    if row.model_sha256 is not None:
+        payload["model_sha256"] = row.model_sha256
     return hashlib.sha256(_canonical(payload)).hexdigest()
 
 
@@ -149,6 +180,126 @@ def _check_text(value: Any, what: str, limit: int) -> str:
     if len(value) > limit:
         raise RecordsError(f"an audit event's {what} has at most {limit} characters")
     return value
+
+
+# ---------------------------------------------------------------------- the head file
+
+
+@dataclass(frozen=True)
+class Head:
+    """The newest event a writer appended: its id and hash, as the head file keeps them."""
+
+    event_id: int
+    sha256: str
+
+
+def head_file(url: Any, environ: Mapping[str, str] | None = None) -> Path | None:
+    """Where the head file of the database at url is kept: PNEUMO_AUDIT_HEAD, else beside an SQLite file; None for a
+    database with no file (PostgreSQL without PNEUMO_AUDIT_HEAD, SQLite in memory)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(ENV_AUDIT_HEAD):
+        return Path(environ[ENV_AUDIT_HEAD]).expanduser()
+    try:
+        parsed = make_url(str(url)) if not hasattr(url, "get_backend_name") else url
+    except (ArgumentError, ValueError):
+        return None
+    database = parsed.database or ""
+    if parsed.get_backend_name() != "sqlite" or not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    found = Path(database).expanduser().resolve()
+    return found.with_name(found.name + HEAD_SUFFIX)
+
+
+def read_head(path: Path) -> Head | None:
+    """The head a file records; None when there is no such file. RecordsError, naming the file, for one that cannot
+    be read or is not a head file."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(HEAD_MAX_BYTES + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise RecordsError(f"{path}: the audit head file cannot be read ({exc.strerror or exc})") from None
+    try:
+        if len(data) > HEAD_MAX_BYTES:
+            raise ValueError(f"over {HEAD_MAX_BYTES} bytes")
+        found = json.loads(data)
+        head = Head(int(found["event_id"]), str(found["sha256"]))
+        if head.event_id < 1 or len(head.sha256) != 64:
+            raise ValueError("no event id and SHA-256")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RecordsError(f"{path}: not an audit head file ({exc})") from None
+    return head
+
+
+def _write_head(path: Path, head: Head) -> None:
+    """Replace the head file, atomically (a reader sees the old file or the new one, never half of one); only ever
+    forward, so that a writer that committed earlier but got here later does not move it back."""
+    try:
+        earlier = read_head(path)
+    except RecordsError:
+        earlier = None  # unreadable: the newest head replaces it, and verify has said what it found
+    if earlier is not None and earlier.event_id >= head.event_id:
+        return
+    body = json.dumps({"event_id": head.event_id, "sha256": head.sha256, "written": _time_text(now())}) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:  # the mode the file had (mkstemp's 0600 would shut out other accounts that verify or write the trail)
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o644
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(body)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _head_holds(session: Session, path: Path) -> bool:
+    """Whether the trail still holds the event the head file records (or there is no head file yet): only then may
+    a writer move the file forward. Otherwise the file is the evidence that events were removed, and stays."""
+    try:
+        head = read_head(path)
+    except RecordsError as exc:
+        _log.warning("audit head not advanced: %s", exc)
+        return False
+    if head is None:
+        return True
+    found = session.execute(select(EventRow.sha256).where(EventRow.id == head.event_id)).scalar_one_or_none()
+    if found != head.sha256:
+        _log.warning(
+            "audit head not advanced: %s records event %d, which the trail no longer holds with that hash "
+            "(run `pneumo audit-log --verify`)",
+            path,
+            head.event_id,
+        )
+        return False
+    return True
+
+
+def _track_head(session: Session, row: EventRow) -> None:
+    """Note the newest event appended in this session; once, check the head file and arrange for it to be written
+    when the transaction commits (not before: a rolled-back event must not become the head)."""
+    info = session.info
+    if "pneumo_head_file" not in info:
+        path = head_file(session.get_bind().engine.url)
+        info["pneumo_head_file"] = path if path is not None and _head_holds(session, path) else None
+        if info["pneumo_head_file"] is not None:
+            sa_event.listen(session, "after_commit", _after_commit)
+    info["pneumo_head"] = Head(int(row.id), str(row.sha256))
+
+
+def _after_commit(session: Session) -> None:
+    path, head = session.info.get("pneumo_head_file"), session.info.pop("pneumo_head", None)
+    if path is None or head is None:
+        return
+    try:
+        _write_head(path, head)
+    except OSError as exc:  # the events are committed: a head file that cannot be written costs the guard, not them
+        _log.warning("audit head file %s not written: %s", path, exc.strerror or exc)
 
 
 def append_event(
@@ -185,6 +336,7 @@ def append_event(
     row.sha256 = event_sha256(row)
     session.add(row)
     session.flush()
+    _track_head(session, row)
     return row
 
 
@@ -259,6 +411,10 @@ class Verification:
     events: int
     problems: list[str] = field(default_factory=list)
     first_bad_event: int | None = None
+    head_event: int | None = None  # the newest event: what an operator records elsewhere (with its hash)
+    head_sha256: str | None = None
+    head_file: str | None = None  # the head file checked, None when the database has none
+    head_file_event: int | None = None  # the event it records, None when there is no such file yet
 
     @property
     def ok(self) -> bool:
@@ -269,6 +425,10 @@ class Verification:
             "ok": self.ok,
             "events": self.events,
             "first_bad_event": self.first_bad_event,
+            "head_event": self.head_event,
+            "head_sha256": self.head_sha256,
+            "head_file": self.head_file,
+            "head_file_event": self.head_file_event,
             "problems": list(self.problems),
         }
 
@@ -276,11 +436,21 @@ class Verification:
 MAX_PROBLEMS = 100
 
 
-def verify(records: Records, batch: int = 1000) -> Verification:
+def verify(records: Records, batch: int = 1000, expect_head: str | None = None) -> Verification:
     """Walk the chain from the first event: each event's hash recomputed, each event's previous hash against the
     event before it; then every reading and verdict row against the hash its event recorded (and every such event
-    against a row that still exists)."""
+    against a row that still exists); then the end of the chain against the head file (the newest events removed)
+    and, when given, against expect_head: a hash an operator recorded, which some event must still carry."""
     result = Verification(events=0)
+    checkpoint_path = head_file(records.engine.url)
+    checkpoint: Head | None = None
+    if checkpoint_path is not None:
+        result.head_file = str(checkpoint_path)
+        checkpoint = read_head(checkpoint_path)  # RecordsError naming the file: the check cannot be made
+        result.head_file_event = checkpoint.event_id if checkpoint else None
+    found_checkpoint: str | None = None
+    expected = expect_head.strip().lower() if expect_head else None
+    expected_found = False
 
     def bad(message: str, event_id: int | None) -> None:
         if result.first_bad_event is None and event_id is not None and not result.problems:
@@ -307,6 +477,9 @@ def verify(records: Records, batch: int = 1000) -> Verification:
                     row.id,
                 )
             previous, previous_id = row.sha256, row.id
+            if checkpoint is not None and row.id == checkpoint.event_id:
+                found_checkpoint = row.sha256
+            expected_found = expected_found or row.sha256 == expected
             if row.kind in recorded and isinstance(row.details, dict):
                 target, digest = row.details.get("id"), row.details.get("row_sha256")
                 if isinstance(target, int) and isinstance(digest, str):
@@ -327,4 +500,24 @@ def verify(records: Records, batch: int = 1000) -> Verification:
             for target, (event_id, _) in sorted(recorded[kind].items()):
                 if target not in seen:
                     bad(f"event {event_id} records {kind} {target}, which is gone (removed)", event_id)
+    result.head_event, result.head_sha256 = previous_id, (previous if previous_id is not None else None)
+    ends = f"event {previous_id}" if previous_id is not None else "no event"
+    if checkpoint is not None and found_checkpoint is None:
+        bad(
+            f"the trail ends at {ends}, but the head file {checkpoint_path} records event {checkpoint.event_id}: "
+            "the newest events were removed (truncated), or the database was replaced by an older or another one",
+            None,
+        )
+    elif checkpoint is not None and found_checkpoint != checkpoint.sha256:
+        bad(
+            f"event {checkpoint.event_id} does not carry the hash the head file {checkpoint_path} records for it: "
+            "the trail was rewritten from there, or the database was replaced by another one",
+            checkpoint.event_id,
+        )
+    if expected is not None and not expected_found:
+        bad(
+            f"no event carries the expected head {expected[:64]}: the trail ends at {ends}; the events up to the "
+            "recorded head were removed or rewritten",
+            None,
+        )
     return result

@@ -19,6 +19,7 @@ Definitions, each chosen so that a figure means one thing:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select
 
 from pneumo.core.card import SHIPPED_POINT, ModelCard
 from pneumo.evaluation.site import lower_bound
@@ -48,6 +49,10 @@ class Claim:
     sensitivity: float | None
     specificity: float | None
     source: str
+    # The share of real films the card's input check marks not assessable (its false-alarm rate on held-out films),
+    # when the card records one: a site whose films the check refuses far more often sends films unlike the training
+    # films, whatever sensitivity and specificity say of the films it does read.
+    not_assessable: float | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class MonitorRow:
     decision: str | None
     verdict: str | None
     error: bool = False
+    # Logged before readings recorded their model file's hash (migration 0002): selected by the card's name alone.
+    by_name_only: bool = False
 
 
 @dataclass
@@ -79,8 +86,10 @@ class Period:
 class Alert:
     """A figure where the card's claim lies outside the one-sided 95 % bound the verdicts give."""
 
-    figure: str  # "sensitivity" or "specificity"
-    direction: str  # "card claims more" (the model does worse than claimed) or "card claims less"
+    figure: str  # "sensitivity", "specificity" or "not assessable"
+    # "card claims more" (the model does worse than claimed), "card claims less" (better), or, for not assessable,
+    # "more than the input check expects" (the films are unlike those the model was made for)
+    direction: str
     claimed: float
     bound: float
     observed: float
@@ -112,6 +121,9 @@ class MonitorReport:
     proposed: dict[str, Any] | None = None
     periods: list[Period] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    model_sha256: str | None = None  # the model file whose readings these are
+    by_name_only: int = 0  # readings counted by the card's name alone (logged before model hashes were kept)
+    other_files: int = 0  # readings under the same name by another model file: left out
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -206,6 +218,31 @@ def _alert(figure: str, claimed: float | None, k: int, n: int) -> Alert | None:
     return None
 
 
+def _not_assessable_alert(rows: Sequence[MonitorRow], expected: float | None) -> Alert | None:
+    """An alert when the share of scored readings the input check marked not assessable has a one-sided 95 % lower
+    bound above the share the card's input check gives real held-out films. Needs no verdict: the readings alone
+    show it. Sensitivity and specificity leave these films out, so they cannot show it."""
+    scored = [r for r in rows if r.probability is not None]
+    k, n = sum(r.decision == NOT_ASSESSABLE for r in scored), len(scored)
+    if expected is None or n == 0:
+        return None
+    low = lower_bound(k, n, CONFIDENCE)
+    if low is None or low <= expected:
+        return None
+    return Alert(
+        "not assessable",
+        "more than the input check expects",
+        expected,
+        low,
+        k / n,
+        k,
+        n,
+        f"not assessable: {k} of {n} scored readings ({k / n:.1%}; one-sided 95 % lower bound {low:.1%}) against "
+        f"{expected:.1%} of real held-out films in the card's input check: these films are unlike the training "
+        "films, and sensitivity and specificity leave them out",
+    )
+
+
 def compute(
     rows: Sequence[MonitorRow],
     *,
@@ -259,6 +296,9 @@ def compute(
         alert = _alert(figure, claimed, k, n)
         if alert is not None:
             report.alerts.append(alert)
+    refused = _not_assessable_alert(rows, claim.not_assessable)
+    if refused is not None:
+        report.alerts.append(refused)
     if positives == 0:
         report.notes.append("No verdict of PNEUMONIA on an assessable film: sensitivity is unknown.")
     if negatives == 0:
@@ -277,15 +317,35 @@ def compute(
     return report
 
 
-def load_rows(records: Records, model: str | None = None, since: date | None = None) -> list[MonitorRow]:
-    """The logged readings (of one model, from a day on) with the newest verdict on each, oldest first."""
+def _since(since: date) -> datetime:
     from datetime import time, timezone
 
+    return datetime.combine(since, time(0), tzinfo=timezone.utc)
+
+
+def _of_model(model: str | None, model_sha256: str | None) -> Any:
+    """The readings of one model: those its file read (by the file's hash), and those logged before readings kept
+    that hash under its card's name; by the name alone when the model has no file to hash."""
+    if model_sha256:
+        same_file = ReadingRow.model_sha256 == model_sha256
+        if not model:
+            return same_file
+        return or_(same_file, and_(ReadingRow.model_sha256.is_(None), ReadingRow.model == model))
+    return ReadingRow.model == model if model else None
+
+
+def load_rows(
+    records: Records, model: str | None = None, since: date | None = None, model_sha256: str | None = None
+) -> list[MonitorRow]:
+    """The logged readings (of one model, from a day on) with the newest verdict on each, oldest first. model: the
+    card's name; model_sha256: the model file's hash, which selects the readings that file made (and, with model,
+    the readings logged before that hash was recorded, by name)."""
     query = select(ReadingRow).order_by(ReadingRow.time, ReadingRow.id)
-    if model:
-        query = query.where(ReadingRow.model == model)
+    chosen = _of_model(model, model_sha256)
+    if chosen is not None:
+        query = query.where(chosen)
     if since is not None:
-        query = query.where(ReadingRow.time >= datetime.combine(since, time(0), tzinfo=timezone.utc))
+        query = query.where(ReadingRow.time >= _since(since))
     with records.reading() as session:
         readings = list(session.scalars(query))
         latest = latest_by_reading(session, [r.id for r in readings])
@@ -299,9 +359,49 @@ def load_rows(records: Records, model: str | None = None, since: date | None = N
                 decision=r.decision,
                 verdict=latest[r.id].label if r.id in latest else None,
                 error=r.error is not None,
+                by_name_only=bool(model_sha256) and r.model_sha256 is None,
             )
             for r in readings
         ]
+
+
+def other_files(records: Records, model: str, model_sha256: str | None, since: date | None = None) -> int:
+    """How many readings carry this card's name but were made by another model file (left out of its figures)."""
+    if not model_sha256:
+        return 0
+    query = (
+        select(func.count())
+        .select_from(ReadingRow)
+        .where(
+            ReadingRow.model == model,
+            ReadingRow.model_sha256.is_not(None),
+            ReadingRow.model_sha256 != model_sha256,
+        )
+    )
+    if since is not None:
+        query = query.where(ReadingRow.time >= _since(since))
+    with records.reading() as session:
+        return int(session.execute(query).scalar_one())
+
+
+def selection_notes(model: str, model_sha256: str | None, by_name_only: int, others: int) -> list[str]:
+    """What the monitor says of the readings it chose for a model file."""
+    notes = []
+    if not model_sha256:
+        notes.append(
+            f"The model has no file to hash: readings are selected by the card's name ({model}) alone, and another "
+            "model under that name would be counted with it."
+        )
+    if by_name_only:
+        notes.append(
+            f"{by_name_only} reading(s) were logged before readings recorded their model file's hash: they are "
+            f"counted by the card's name ({model}) alone, and may include readings by another model of that name."
+        )
+    if others:
+        notes.append(
+            f"{others} reading(s) under the name {model} were made by another model file (a different hash): left out."
+        )
+    return notes
 
 
 def card_point(card: ModelCard, model_path: str | Path | None, operating_point: str | None) -> tuple[str, float, Claim]:
@@ -345,6 +445,13 @@ def card_point(card: ModelCard, model_path: str | Path | None, operating_point: 
     return name, threshold, Claim(None, None, "no figures at the threshold in force")
 
 
+def input_check_rate(card: ModelCard) -> float | None:
+    """The share of real held-out films the card's input check marks not assessable, when the card records it."""
+    check = (card.extra or {}).get("input_check") or {}  # kept among the card's extra sections
+    rate = _number(check.get("false_alarm_rate_on_held_out")) if isinstance(check, dict) else None
+    return rate if rate is not None and 0.0 <= rate <= 1.0 else None
+
+
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
@@ -382,18 +489,23 @@ def monitor_model(
     url: str | None = None,
     records: Records | None = None,
 ) -> MonitorReport:
-    """The monitor for a model (its card's name selects its readings) at an operating point of its card."""
+    """The monitor for a model at an operating point of its card: the readings its model file made (selected by the
+    file's SHA-256), with those logged before readings recorded that hash counted by the card's name (said in a
+    note)."""
+    from pneumo.integrations.records.readings import model_file_sha256
     from pneumo.model.loading import model_file, read_card
 
     path = model_file(model_path)
     card = read_card(path)
     name, threshold, claim = card_point(card, path, operating_point)
+    claim = dataclasses.replace(claim, not_assessable=input_check_rate(card))
     if target_recall is None:
         recorded = (card.validation or {}).get("operating_point") or {}
         target_recall = _number(recorded.get("target_recall")) or DEFAULT_TARGET_RECALL
+    digest = model_file_sha256(path)
     records = records or open_records(url)
-    rows = load_rows(records, model=card.name, since=since)
-    return compute(
+    rows = load_rows(records, model=card.name, since=since, model_sha256=digest)
+    report = compute(
         rows,
         threshold=threshold,
         claim=claim,
@@ -403,6 +515,11 @@ def monitor_model(
         since=since,
         target_recall=target_recall,
     )
+    report.model_sha256 = digest
+    report.by_name_only = sum(r.by_name_only for r in rows)
+    report.other_files = other_files(records, card.name, digest, since)
+    report.notes += selection_notes(card.name, digest, report.by_name_only, report.other_files)
+    return report
 
 
 def verdict_calibration(
@@ -415,20 +532,24 @@ def verdict_calibration(
     records: Records | None = None,
 ) -> Any:
     """A site operating point (pneumo.evaluation.site.SiteCalibration, the site rule and its bounds) set on the
-    readers' verdicts on this model's logged readings: each film once, as the monitor counts it. Nothing is written
-    (pneumo.evaluation.site.record does that)."""
+    readers' verdicts on this model's logged readings (its file's, as monitor_model selects them): each film once, as
+    the monitor counts it. Nothing is written (pneumo.evaluation.site.record does that)."""
     import hashlib
 
     from pneumo.evaluation.site import figures
+    from pneumo.integrations.records.readings import model_file_sha256
     from pneumo.model.loading import model_file, read_card
 
-    card = read_card(model_file(model_path))
+    path = model_file(model_path)
+    card = read_card(path)
+    model_digest = model_file_sha256(path)
     records = records or open_records(url)
-    films, left_out = films_with_verdicts(load_rows(records, model=card.name, since=since))
+    rows = load_rows(records, model=card.name, since=since, model_sha256=model_digest)
+    films, left_out = films_with_verdicts(rows)
     if not films:
         raise RecordsError(
-            f"no reading of {card.name} with a reader's verdict in {records.url}: log readings (predict --log) and "
-            "import verdicts (verdicts import) first"
+            f"no reading of {card.name} (model file {path}) with a reader's verdict in {records.url}: log readings "
+            "(predict --log) and import verdicts (verdicts import) first"
         )
     digest = hashlib.sha256("\n".join(sorted(f for f, _, _ in films)).encode()).hexdigest()[:16]
     result = figures(
@@ -437,11 +558,19 @@ def verdict_calibration(
         [p for _, _, p in films],
         target_recall,
         data=f"readers' verdicts in {records.url} (model {card.name}"
+        + (f", file sha256 {model_digest[:16]}" if model_digest else "")
         + (f", from {since.isoformat()}" if since else "")
         + ")",
         file_list_sha256_16=digest,
     )
+    extras = []
     if left_out:
-        extra = f"{left_out} film(s) with a verdict had no decision (not assessable or unreadable) and are left out."
-        result.note = f"{result.note} {extra}" if result.note else extra
+        extras.append(
+            f"{left_out} film(s) with a verdict had no decision (not assessable or unreadable) and are left out."
+        )
+    extras += selection_notes(
+        card.name, model_digest, sum(r.by_name_only for r in rows), other_files(records, card.name, model_digest, since)
+    )
+    if extras:
+        result.note = " ".join([result.note, *extras] if result.note else extras)
     return result

@@ -10,6 +10,7 @@ import dataclasses
 import getpass
 import hashlib
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -51,6 +52,42 @@ def pixel_sha256(pixels: np.ndarray) -> str:
     return hashlib.sha256(film.tobytes() + str(film.shape).encode()).hexdigest()
 
 
+_MODEL_HASHES: dict[tuple[str, int, int], str] = {}
+_MODEL_HASHES_LOCK = threading.Lock()
+
+
+def model_file_sha256(path: str | Path | None) -> str | None:
+    """The SHA-256 of a model file, which every reading records and the monitor selects by; None when there is no
+    such file (a model built in memory). Kept per path, size and modification time: a batch, or a page rerun, hashes
+    a file of megabytes once, and a model file replaced in place is hashed again."""
+    if path is None:
+        return None
+    try:
+        resolved = Path(path).expanduser().resolve()
+        stat = resolved.stat()
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_file():
+        return None
+    key = (str(resolved), stat.st_size, stat.st_mtime_ns)
+    with _MODEL_HASHES_LOCK:
+        found = _MODEL_HASHES.get(key)
+    if found is None:
+        digest = hashlib.sha256()
+        try:
+            with open(resolved, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError:
+            return None
+        found = digest.hexdigest()
+        with _MODEL_HASHES_LOCK:
+            if len(_MODEL_HASHES) > 64:  # a long-lived app that saw many model files keeps the newest few
+                _MODEL_HASHES.clear()
+            _MODEL_HASHES[key] = found
+    return found
+
+
 @dataclass(frozen=True)
 class ReadingSource:
     """Where a film came from: an upload's name, a file's path, or a PACS instance's UIDs (and its path)."""
@@ -86,6 +123,7 @@ class NewReading:
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
     time: datetime | None = None  # now, when None
+    model_sha256: str | None = None  # the model file's SHA-256 (model_file_sha256), when it was read from a file
 
 
 def new_reading(
@@ -98,6 +136,7 @@ def new_reading(
     return NewReading(
         source=source,
         model=str(loaded.card.name),
+        model_sha256=model_file_sha256(loaded.path),
         card_hash=card_hash(loaded),
         operating_point=str(getattr(loaded, "operating_point", "shipped")),
         threshold=float(loaded.threshold),
@@ -128,6 +167,12 @@ def _check(entry: NewReading) -> None:
         raise RecordsError(f"a probability lies in [0, 1], not {entry.probability}")
     if not 0.0 <= entry.threshold <= 1.0:
         raise RecordsError(f"a threshold lies in [0, 1], not {entry.threshold}")
+    if entry.model_sha256 is not None and not _is_sha256(entry.model_sha256):
+        raise RecordsError(f"a model file's SHA-256 is 64 hexadecimal digits, not {entry.model_sha256[:80]!r}")
+
+
+def _is_sha256(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)
 
 
 def add_readings(
@@ -159,6 +204,7 @@ def add_readings(
                 instance_uid=entry.source.instance_uid,
                 pixel_sha256=entry.pixel_sha256,
                 model=entry.model,
+                model_sha256=entry.model_sha256,
                 card_hash=entry.card_hash,
                 operating_point=entry.operating_point,
                 threshold=float(entry.threshold),
@@ -224,20 +270,30 @@ def log_pacs_run(
 ) -> list[int]:
     """Store the films a PACS run (pneumo.integrations.pacs.ScreenRun) read itself, with the run's drift check; ids.
 
-    Films reported from an earlier SR ("already screened"), skipped or failed on the server's side are not
-    readings made now and are left out. A film's pixel hash comes from pixel_hashes (by SOP instance UID) or from
-    its reading's film when the run kept pixels; otherwise it is None, and the film is known by its UIDs."""
-    from pneumo.integrations.pacs.results import SCREENED  # here: the PACS package imports this module's callers
+    Films reported from an earlier SR ("already screened"), skipped, unreadable or failed on the server's side before
+    they were read are not readings made now and are left out. A film that was read but whose results could not be
+    stored back (the STOW-RS refused, or the SR could not be written) was read all the same: it is logged, its
+    warnings saying the results are not in the PACS (the failed store is also its own PACS store event). A film's
+    pixel hash comes from pixel_hashes (by SOP instance UID) or from its reading's film when the run kept pixels;
+    otherwise it is None, and the film is known by its UIDs."""
+    from pneumo.integrations.pacs.results import (
+        FAILED,
+        SCREENED,
+    )  # here: the PACS package imports this module's callers
 
     entries: list[NewReading] = []
     for result in run.results:
         reading = getattr(result, "reading", None)
-        if result.status != SCREENED or reading is None:
+        if reading is None or reading.error or reading.probability is None:
+            continue  # nothing was read: retrieving or decoding the film failed, or it came from an earlier SR
+        if result.status not in (SCREENED, FAILED):
             continue
         source = ReadingSource(PACS, result.path, result.study_uid, result.series_uid, result.sop_uid)
         known = (pixel_hashes or {}).get(result.sop_uid or "")
         entry = new_reading(reading, loaded, source, known)
         entry.warnings = [str(w) for w in result.warnings]  # the run's own notes (untrusted SRs) included
+        if result.status == FAILED:  # read, then the store-back failed: screening sets FAILED only then for a read film
+            entry.warnings.append(f"results not stored in the PACS: {str(result.error or 'unknown failure')[:500]}")
         entries.append(entry)
     return add_readings(entries, user=user, drift=getattr(run, "drift", None), url=url)
 

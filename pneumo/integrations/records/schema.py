@@ -69,6 +69,10 @@ class ReadingRow(Base):
     pixel_sha256: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str] = mapped_column(String(200), nullable=False)
     card_hash: Mapped[str] = mapped_column(String(64), nullable=False)
+    # The SHA-256 of the model file that read the film (migration 0002): the card's name is chosen by whoever
+    # trains, so two different networks may share it, and the card's hash changes whenever a threshold or site
+    # point is saved. None for readings logged before 0002, or by a model read from no file.
+    model_sha256: Mapped[str | None] = mapped_column(String(64))
     operating_point: Mapped[str] = mapped_column(String(200), nullable=False)
     threshold: Mapped[float] = mapped_column(Float(precision=53), nullable=False)
     # None for an input that could not be read (error says why): it has no score and no decision.
@@ -85,6 +89,7 @@ class ReadingRow(Base):
         Index("ix_readings_source_name", "source_name"),
         Index("ix_readings_instance_uid", "instance_uid"),
         Index("ix_readings_model", "model"),
+        Index("ix_readings_model_sha256", "model_sha256"),
     )
 
 

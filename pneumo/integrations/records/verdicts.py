@@ -13,13 +13,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import or_, select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from pneumo.core.paths import CLASS_NAMES
 from pneumo.integrations.records.audit import VERDICT, append_event, now, verdict_sha256
 from pneumo.integrations.records.db import Records, RecordsError, open_records
-from pneumo.integrations.records.readings import pixel_sha256
+from pneumo.integrations.records.readings import FILE, PACS, UPLOAD, pixel_sha256
 from pneumo.integrations.records.schema import ReadingRow, VerdictRow
 
 NORMAL, PNEUMONIA = CLASS_NAMES
@@ -121,8 +121,12 @@ class ImportReport:
     readings: int = 0  # distinct readings a verdict now applies to
     unmatched: list[dict[str, Any]] = field(default_factory=list)
     invalid: list[dict[str, Any]] = field(default_factory=list)
+    # Rows whose name matches readings of more than one film (an upload's bare name, or a path read twice with
+    # different content): not applied, since the verdict could land on the wrong film.
+    ambiguous: list[dict[str, Any]] = field(default_factory=list)
     unmatched_count: int = 0
     invalid_count: int = 0
+    ambiguous_count: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -165,7 +169,7 @@ def _path_candidates(value: str, base: Path) -> list[str]:
 
 
 def _by_pixels(names: Sequence[str]) -> str | None:
-    """The pixel hash of the first of these files that decodes: a film moved or renamed since it was read."""
+    """The pixel hash of the first of these files that decodes (the film as it is now, wherever it was read)."""
     from pneumo.data.decode import load_xray
     from pneumo.data.pixels import InvalidImageError
 
@@ -176,6 +180,69 @@ def _by_pixels(names: Sequence[str]) -> str | None:
             except (InvalidImageError, OSError, ValueError):
                 continue
     return None
+
+
+def _film(row: ReadingRow) -> str:
+    """What one film is known by (the monitor's key): its pixel hash, else its PACS instance, else the reading."""
+    return row.pixel_sha256 or (f"instance {row.instance_uid}" if row.instance_uid else f"reading {row.id}")
+
+
+def _every_reading_of(session: Session, rows: Sequence[ReadingRow]) -> list[int]:
+    """The readings found, with every other reading of the same pixels (the film read again, by another model)."""
+    ids = {r.id for r in rows}
+    hashes = sorted({r.pixel_sha256 for r in rows if r.pixel_sha256})
+    for start in range(0, len(hashes), 500):
+        ids |= set(
+            session.scalars(select(ReadingRow.id).where(ReadingRow.pixel_sha256.in_(hashes[start : start + 500])))
+        )
+    return sorted(ids)
+
+
+def _match_path(session: Session, value: str, base: Path, decode: bool) -> tuple[list[int], str | None, bool]:
+    """The readings a path row names: (their ids, why none or why not applied, whether that is an ambiguity).
+
+    In order, the first that finds anything decides:
+    1. the pixel hash of the file at that path, when it exists and decodes (with decode): the film the reader has
+       in front of them, wherever and under whatever name it was read. A file that decodes to pixels no reading has
+       matches nothing: a reading of another film that once lay at that path must not take its verdict;
+    2. the exact path: a file reading's absolute path (the row resolved against the CSV's folder, then the working
+       directory), a PACS instance's DICOMweb path or SOP instance UID;
+    3. the bare name as written: an upload's name, which carries no folder, so readings of different films may
+       share it.
+    Where 2 or 3 find readings of more than one film, the row is ambiguous and nothing is applied."""
+    names = _path_candidates(value, base)
+    resolved = [n for n in names if Path(n).is_absolute()]
+    if decode:
+        digest = _by_pixels(resolved)
+        if digest is not None:
+            ids = list(session.scalars(select(ReadingRow.id).where(ReadingRow.pixel_sha256 == digest)))
+            if ids:
+                return sorted(ids), None, False
+            return [], "the file at this path holds a film no logged reading has (changed since it was read?)", False
+    exact = select(ReadingRow).where(
+        or_(
+            and_(ReadingRow.source_kind == FILE, ReadingRow.source_name.in_(resolved)),
+            and_(
+                ReadingRow.source_kind == PACS, or_(ReadingRow.source_name == value, ReadingRow.instance_uid == value)
+            ),
+        )
+    )
+    bare = select(ReadingRow).where(ReadingRow.source_kind == UPLOAD, ReadingRow.source_name == value)
+    for query, how in ((exact, "path"), (bare, "name")):
+        rows = list(session.scalars(query.order_by(ReadingRow.id)))
+        if not rows:
+            continue
+        films = sorted({_film(r) for r in rows})
+        if len(films) > 1:
+            shown = ", ".join(f[:20] for f in films[:3]) + (" …" if len(films) > 3 else "")
+            return (
+                [],
+                f"this {how} matches {len(rows)} readings of {len(films)} different films ({shown}); not applied: "
+                "give the film's sha256 (or its full path) instead",
+                True,
+            )
+        return _every_reading_of(session, rows), None, False
+    return [], "no logged reading of this film", False
 
 
 def import_verdicts(
@@ -189,10 +256,11 @@ def import_verdicts(
     """Match each row of a `path,label` or `sha256,label` CSV to logged readings and record the reader's verdict
     on each, all in one transaction.
 
-    A sha256 row matches readings by pixel hash (pneumo.integrations.records.readings.pixel_sha256); a path row
-    matches a reading's stored source (a file's absolute path, an upload's name, a PACS instance's path or its SOP
-    instance UID), else, with decode, the pixel hash of the file at that path. A row matches every reading of its
-    film (the same film read twice, or by two models). A row whose label is not PNEUMONIA/NORMAL is invalid."""
+    A sha256 row matches readings by pixel hash (pneumo.integrations.records.readings.pixel_sha256). A path row
+    matches by the pixel hash of the file at that path first (with decode), then by exact path (a file's absolute
+    path, a PACS instance's path or SOP instance UID), then by an upload's bare name (_match_path); a name that
+    matches readings of more than one film is ambiguous, reported and not applied. A row matches every reading of
+    its film (the same film read twice, or by two models). A row whose label is not PNEUMONIA/NORMAL is invalid."""
     path = Path(csv_path).expanduser()
     rows, key = _read_rows(path)
     report = ImportReport(file=str(path), reader=_reader(reader))
@@ -214,31 +282,23 @@ def import_verdicts(
                 why = f"label {row.get('label', '')[:40]!r} is not PNEUMONIA or NORMAL" if value else f"no {key}"
                 note(report.invalid, {"line": number, key: value[:300], "why": why})
                 continue
+            problem: str | None = None
+            ambiguous = False
             if key == "sha256":
                 query = select(ReadingRow.id).where(ReadingRow.pixel_sha256 == value.lower())
+                ids = list(session.scalars(query.order_by(ReadingRow.id)))
             else:
-                names = _path_candidates(value, base)
-                query = select(ReadingRow.id).where(
-                    or_(ReadingRow.source_name.in_(names), ReadingRow.instance_uid == value)
-                )
-            ids = list(session.scalars(query.order_by(ReadingRow.id)))
-            if not ids and key == "path" and decode:
-                digest = _by_pixels(_path_candidates(value, base))
-                if digest is not None:
-                    ids = list(
-                        session.scalars(
-                            select(ReadingRow.id).where(ReadingRow.pixel_sha256 == digest).order_by(ReadingRow.id)
-                        )
-                    )
-            if ids and key == "path":  # every reading of the film found, not only those under this name
-                films = select(ReadingRow.pixel_sha256).where(
-                    ReadingRow.id.in_(ids), ReadingRow.pixel_sha256.is_not(None)
-                )
-                same = select(ReadingRow.id).where(ReadingRow.pixel_sha256.in_(films))
-                ids = sorted(set(ids) | set(session.scalars(same)))
+                ids, problem, ambiguous = _match_path(session, value, base, decode)
+            if ambiguous:
+                report.ambiguous_count += 1
+                note(report.ambiguous, {"line": number, key: value[:300], "why": problem})
+                continue
             if not ids:
                 report.unmatched_count += 1
-                note(report.unmatched, {"line": number, key: value[:300], "why": "no logged reading of this film"})
+                note(
+                    report.unmatched,
+                    {"line": number, key: value[:300], "why": problem or "no logged reading of this film"},
+                )
                 continue
             report.matched += 1
             mine = {
