@@ -3,9 +3,11 @@
 import pandas as pd
 import streamlit as st
 
-from pneumo.app import plots
+from pneumo.app import plots, texts
 from pneumo.app.ui import (
     DISCLAIMER,
+    LAST_DRIFT_KEY,
+    USE_SAMPLES_KEY,
     active_model,
     card_summary,
     data_root,
@@ -15,7 +17,7 @@ from pneumo.app.ui import (
     require_entry_point,
     stored_predictions,
 )
-from pneumo.core.paths import CLASS_NAMES
+from pneumo.evaluation import card_figures
 from pneumo.evaluation import metrics as E
 from pneumo.model.loading import STORED_KINDS, stored_predictions_file
 
@@ -24,26 +26,8 @@ require_entry_point()
 
 @st.cache_data(show_spinner=False, max_entries=4)
 def label_suspects(path: str, mtime: float) -> list[bool] | None:
-    """The label audit's verdict on each stored row (label_suspect, in file order), or None when the file has
-    none. The validated reader keeps path, label and probability only; this column says which pneumonias the
-    threshold rule's recall target was asked of."""
-    try:
-        column = pd.read_csv(path, usecols=["label_suspect"], dtype=str, keep_default_na=False)["label_suspect"]
-    except (ValueError, OSError):  # no such column, or a file the validated reader refuses anyway
-        return None
-    return [value.strip().lower() == "true" for value in column]
-
-
-def by_label_in_words(counts: dict[str, int]) -> str:
-    """The audit's suspects by given label ({"1": 32}) as words: "32 labelled PNEUMONIA"."""
-    parts = []
-    for key, n in sorted(counts.items()):
-        try:
-            name = CLASS_NAMES[int(key)]
-        except (ValueError, IndexError):
-            name = str(key)  # a label this version does not know: shown as the card holds it
-        parts.append(f"{int(n):,} labelled {name}")
-    return " and ".join(parts) or "none"
+    """The stored file's label_suspect column (card_figures.label_suspects), read again when the file changes."""
+    return card_figures.label_suspects(path)
 
 
 st.title("pneumo — chest X-ray pneumonia screening")
@@ -54,7 +38,7 @@ st.markdown(
     "the analyst: understand a collection, train on it with live curves, and set the operating point."
 )
 if st.button("Try it on a sample X-ray →", type="primary"):
-    st.session_state["use_samples"] = True
+    st.session_state[USE_SAMPLES_KEY] = True
     st.switch_page("pages/predict.py")
 
 
@@ -67,36 +51,25 @@ with left:
     else:
         card = loaded.card
         for caution in card.cautions():
-            st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
+            st.warning(texts.caution_line(caution), icon=":material/report:")
         st.markdown(
             f"**{plain(card.name)}** · {plain(card.architecture)} · input {loaded.input_size}×{loaded.input_size} "
             f"grayscale · {(card.parameters or 0):,} parameters"
         )
-        point = getattr(loaded, "operating_point", None) or "shipped"
-        st.markdown(
-            f"**Operating point in force: {plain(point)}**, threshold **{loaded.threshold:.4f}**  \n"
-            f"{plain(card.threshold_rule)}"
-        )
-        last_drift = st.session_state.get("last_drift")
+        st.markdown(texts.operating_point_line(loaded.operating_point, loaded.threshold, card.threshold_rule))
+        last_drift = st.session_state.get(LAST_DRIFT_KEY)
         if last_drift:
-            st.caption(f"Drift of the last batch read on Predict: {plain(last_drift)}")
+            st.caption(texts.last_drift_line(last_drift))
 
         st.markdown("##### Evaluations on films the model never saw")
         if card.external_evaluations:
             evaluations = pd.DataFrame(card.external_evaluations)
             st.dataframe(
-                evaluations[
-                    [
-                        c
-                        for c in ("name", "date", "n", "threshold", "roc_auc", "sensitivity", "specificity", "accuracy")
-                        if c in evaluations
-                    ]
-                ],
+                evaluations[card_figures.shown_columns(evaluations, card_figures.EVALUATION_COLUMNS)],
                 hide_index=True,
                 width="stretch",
                 column_config={
-                    k: st.column_config.NumberColumn(format="%.4f")
-                    for k in ("threshold", "roc_auc", "sensitivity", "specificity", "accuracy")
+                    k: st.column_config.NumberColumn(format="%.4f") for k in card_figures.EVALUATION_FIGURES
                 },
             )
             st.caption(
@@ -113,25 +86,7 @@ with left:
             st.markdown("##### Site operating points (each set on a site's own labelled films)")
             sites = pd.DataFrame(card.site_operating_points)
             st.dataframe(
-                sites[
-                    [
-                        c
-                        for c in (
-                            "name",
-                            "date",
-                            "n",
-                            "n_positive",
-                            "threshold",
-                            "sensitivity",
-                            "sensitivity_lower_95",
-                            "specificity",
-                            "specificity_lower_95",
-                        )
-                        if c in sites
-                    ]
-                ],
-                hide_index=True,
-                width="stretch",
+                sites[card_figures.shown_columns(sites, card_figures.SITE_COLUMNS)], hide_index=True, width="stretch"
             )
 
         stored = stored_predictions_file(loaded.path)
@@ -139,35 +94,23 @@ with left:
             try:
                 preds = stored_predictions(str(stored), stored.stat().st_mtime)[0]
             except ValueError as exc:
-                st.error(f"The stored predictions cannot be used: {plain(exc)}", icon=":material/error:")
+                st.error(texts.stored_unusable(exc), icon=":material/error:")
                 st.stop()
-            suspects = label_suspects(str(stored), stored.stat().st_mtime)
-            if suspects is not None and len(suspects) == len(preds):
-                preds = preds.assign(label_suspect=suspects)
+            preds = card_figures.with_suspects(preds, label_suspects(str(stored), stored.stat().st_mtime))
             preds = preds[preds["probability"].notna()]
             figures = E.metrics_at(preds["label"], preds["probability"], loaded.threshold)
-            kind = STORED_KINDS[stored.name]
-            st.markdown(
-                f"##### {kind.capitalize()} figures "
-                f"({'in-distribution' if card.in_distribution else 'shifted hold-out'})"
-            )
+            st.markdown(texts.stored_figures_heading(STORED_KINDS[stored.name], card.in_distribution))
             st.caption(
                 f"{plain(card.validation.get('split') or card.training_data.get('split', ''))}; n = {figures['n']:,}, "
                 f"recomputed from {stored.name} at the threshold in force ({loaded.threshold:.4f})."
             )
             st.dataframe(figure_table(figures), hide_index=True, width="stretch")
-            if "label_suspect" in preds and (preds["label"] == 1).any():
-                # The rule above ("sensitivity >= 0.97 on the films the label audit trusts") and this table's
-                # sensitivity count different pneumonias: both are said, at the threshold in force.
-                positives = preds[preds["label"] == 1]
-                trusted = positives[~positives["label_suspect"]]
+            # The rule above ("sensitivity >= 0.97 on the films the label audit trusts") and this table's
+            # sensitivity count different pneumonias: both are said, at the threshold in force.
+            trusted = card_figures.trusted_sensitivity(preds, loaded.threshold)
+            if trusted is not None:
                 target = (card.validation.get("operating_point") or {}).get("target_recall")
-                asked = f" (the rule's sensitivity ≥ {target:.2f} is asked of these)" if target is not None else ""
-                st.caption(
-                    f"Sensitivity **{figures['sensitivity']:.4f}** in the table is on **all {len(positives):,} "
-                    f"pneumonia films**, suspected label errors included; on the **{len(trusted):,} the label audit "
-                    f"trusts** it is **{(trusted['probability'] >= loaded.threshold).mean():.4f}**{asked}."
-                )
+                st.caption(texts.trusted_sensitivity_line(figures["sensitivity"], trusted, target))
             if card.in_distribution:
                 st.caption(
                     "Children of the same hospital and period as the training films: expect lower figures on "
@@ -175,12 +118,7 @@ with left:
                 )
         audit_info = card.extra.get("label_audit")
         if audit_info:
-            st.caption(
-                f"Label audit: {audit_info['suspects']} of {audit_info['n']:,} training films "
-                f"({audit_info['suspect_share']:.1%}) are suspected label errors "
-                f"({by_label_in_words(audit_info.get('suspects_by_label') or {})}); the threshold's recall target "
-                "is asked of the others. See the Dataset Explorer."
-            )
+            st.caption(texts.label_audit_line(audit_info))
 
         pops = card.shift_checks.get("populations")
         if pops:
@@ -219,9 +157,8 @@ with left:
         framing = card.shift_checks.get("framing")
         if framing and framing.get("conditions"):
             st.markdown("##### Does the decision depend on how the film is framed?")
-            zooms = tuple((framing.get("worst_in_range") or {}).get("zooms") or (0.85, 1.3))
             st.plotly_chart(
-                plots.framing_chart(framing["conditions"], zooms),
+                plots.framing_chart(framing["conditions"], card_figures.watched_zooms(framing)),
                 width="stretch",
                 key="framing",
                 config={"displayModeBar": False},
@@ -231,15 +168,10 @@ with left:
                 f"{plain(framing.get('how', ''))}. Shaded: the zooms a caution watches."
             )
             st.dataframe(
-                pd.DataFrame(framing["conditions"] + (framing.get("stress") or []))[
-                    ["condition", "n", "sensitivity", "specificity", "flagged_fraction", "roc_auc"]
-                ],
+                pd.DataFrame(framing["conditions"] + (framing.get("stress") or []))[list(card_figures.FRAMING_COLUMNS)],
                 hide_index=True,
                 width="stretch",
-                column_config={
-                    k: st.column_config.NumberColumn(format="%.3f")
-                    for k in ("sensitivity", "specificity", "flagged_fraction", "roc_auc")
-                },
+                column_config={k: st.column_config.NumberColumn(format="%.3f") for k in card_figures.FRAMING_FIGURES},
             )
         else:
             st.caption(
@@ -254,7 +186,7 @@ with left:
         td = card.training_data
         if td:
             st.markdown(
-                f"Trained on {td.get('train_images', '?')} images of {td.get('images', '?')}; "
+                f"Trained on {plain(td.get('train_images', '?'))} images of {plain(td.get('images', '?'))}; "
                 f"{plain(td.get('split', ''))}."
             )
         with st.expander("Model card"):
@@ -273,7 +205,7 @@ with right:
     root = data_root()
     st.markdown("**Data folder:**")
     st.text(str(root) if root else "none configured")
-    st.markdown(f"**Device:** {device_description()}")
+    st.markdown(f"**Device:** {plain(device_description())}")
     st.markdown(
         "**Limits:** trained on pediatric (ages 1–5) anterior-posterior films from one hospital; not validated on "
         "adults, lateral views or other sites."

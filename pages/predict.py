@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
-from pneumo.app import viewer, worklist
+from pneumo.app import texts, viewer, worklist
 from pneumo.app.cards import (
     CARD_MAPS_OFF_KEY,
     CARD_MUTED_KEY,
@@ -32,6 +32,8 @@ from pneumo.app.sessions import current_session, enforce_upload_budgets
 from pneumo.app.settings import SAMPLES_DIR
 from pneumo.app.ui import (
     DISCLAIMER,
+    LAST_DRIFT_KEY,
+    USE_SAMPLES_KEY,
     active_model,
     model_state_key,
     plain,
@@ -40,6 +42,7 @@ from pneumo.app.ui import (
     settings,
 )
 from pneumo.app.verdicts import (
+    load_verdicts,
     log_batch_once,
     pacs_reading_ids,
     read_before_notes,
@@ -54,7 +57,6 @@ from pneumo.integrations.report import safe_csv
 from pneumo.model import reading as predict
 
 require_entry_point()
-CARDS_PER_PAGE = 25
 LIST_SIDE = 384  # the 8-bit film kept for every reading of a batch; cards on screen fetch theirs at display size
 
 st.title("Predict")
@@ -83,17 +85,7 @@ band = controls[0].number_input(
     help="Cases this close to the threshold are labelled 'UNCERTAIN — review'.",
 )
 opacity = controls[1].slider("Heatmap opacity", 0.0, 1.0, 0.45, 0.05)
-controls[2].markdown(
-    f"Operating point **{plain(loaded.operating_point)}**, threshold **{loaded.threshold:.4f}**  \n"
-    f"{plain(loaded.card.threshold_rule)}"
-    + (
-        f"  \nProbabilities are calibrated out of fold (at the training films' "
-        f"{loaded.card.extra['probability_calibration']['prevalence']:.0%} pneumonia); the threshold is the model's "
-        f"score {loaded.threshold:.4f}, probability {loaded.card.probability(loaded.threshold):.3f}."
-        if loaded.card.calibrated
-        else ""
-    )
-)
+controls[2].markdown(texts.predict_operating_point(loaded))
 
 pacs_config = ui_pacs_config()
 source_kind = (
@@ -118,29 +110,16 @@ else:
         help="The format is read from the content, not the file name.",
     )
     if released:
-
-        def size(n: int) -> str:
-            return f"{n / 2**20:,.0f} MB" if n >= 10 * 2**20 else f"{n / 2**20:.2f} MB"
-
-        names = ", ".join(plain(r.upload.name) for r in released[:5]) + (
-            f" and {len(released) - 5} more" if len(released) > 5 else ""
-        )
-        why = (
-            f"this session may hold {size(budgets.session_upload_bytes)} of uploads"
-            if any(r.budget == "session" for r in released)
-            else f"the server holds at most {size(budgets.server_upload_bytes)} of every visitor's uploads"
-        )
         st.warning(
-            f"**{len(released)} earlier upload(s) released**, the oldest first: {why}. No longer held: "
-            f"{names}. Upload them again, in a smaller batch, to read them.",
+            texts.release_notice(released, budgets.session_upload_bytes, budgets.server_upload_bytes),
             icon=":material/delete_sweep:",
         )
     # Streamlit made the widget's files before this run started: one released just now is still among them.
     gone = {r.upload.file_id for r in released}
     files = [(u.name, u) for u in uploads or [] if u.file_id not in gone]
 if not files and pacs_run is None:
-    st.session_state.setdefault("use_samples", False)
-    use = st.toggle("Use the bundled sample images", key="use_samples")
+    st.session_state.setdefault(USE_SAMPLES_KEY, False)
+    use = st.toggle("Use the bundled sample images", key=USE_SAMPLES_KEY)
     if use:
         samples = sorted(SAMPLES_DIR.glob("*/*.jpeg"))
         picked = st.multiselect(
@@ -158,11 +137,7 @@ pixel_hashes: list[str | None] = []  # each upload's film hash, as the readings 
 if pacs_run is not None:
     pacs_readings = pacs_run.readings()  # the run's own readings; a card shows a compacted copy of its one
     readings = [predict.pack(predict.compact(r, LIST_SIDE)) for r in pacs_readings]
-    digests = [
-        hashlib.sha256(f"{r.study_uid}/{r.sop_uid}".encode()).hexdigest()
-        for r in pacs_run.results
-        if r.reading is not None
-    ]
+    digests = [worklist.pacs_digest(r.study_uid, r.sop_uid) for r in pacs_run.results if r.reading is not None]
 bar, update = progress_bar("Reading…") if len(files) > 1 else (None, None)
 session = current_session()  # one decode at a time per visitor (pneumo.app.cards.session_slot)
 for i, (name, source) in enumerate(files):
@@ -198,12 +173,14 @@ def batch_drift() -> Any:
 
 
 # Every reading is stored once per batch (readings database), with its batch's drift result; PACS readings were
-# stored by the screening itself. The ids let a reader's verdict on a card land on its reading.
+# stored by the screening itself. The ids let a reader's verdict on a card land on its reading. What the database
+# says of the batch (the verdicts, films read before, the history) is read once per batch, not on every rerun.
+batch_key = [*digests, model_key, str(band), str(loaded.threshold)]
 if pacs_run is None:
     reading_ids = log_batch_once(
         readings,
         loaded,
-        [*digests, model_key, str(band), str(loaded.threshold)],
+        batch_key,
         sources=[ReadingSource.upload(name) for name, _ in files],
         pixel_hashes=pixel_hashes,
         drift=batch_drift,
@@ -211,12 +188,13 @@ if pacs_run is None:
 else:
     reading_ids = pacs_reading_ids(pacs_run, loaded)
 # A film read before (the same pixels, by any model) says when and with what result.
-earlier_notes = read_before_notes(pixel_hashes if pacs_run is None else [None] * len(readings), reading_ids)
-st.session_state["last_drift"] = None  # until this batch's check is made (a run cut short leaves none)
+earlier_notes = read_before_notes(pixel_hashes if pacs_run is None else [None] * len(readings), reading_ids, batch_key)
+load_verdicts(reading_ids)
+st.session_state[LAST_DRIFT_KEY] = None  # until this batch's check is made (a run cut short leaves none)
 # The batch's drift check shows here, but is made after the cards: a reader wants those first.
 drift_box = st.container()
 for caution in loaded.card.cautions():
-    st.warning(f"**This model carries a caution:** {caution}.", icon=":material/report:")
+    st.warning(texts.caution_line(caution), icon=":material/report:")
 
 
 def heatmap(i: int) -> np.ndarray:
@@ -226,7 +204,7 @@ def heatmap(i: int) -> np.ndarray:
 
 table = predict.worklist(readings, loaded)  # the CSV's rows
 sequence = worklist.sequence(readings)  # the reading order of the worklist, the cards and the viewer
-viewable = [i for i in sequence if readings[i].xray is not None]
+viewable = worklist.viewable(readings)
 VIEWER = "predict-viewer"  # session state: (item index, digest) of the film open in the full-size viewer
 st.subheader("Worklist")
 rows = worklist.rows(readings)
@@ -250,13 +228,6 @@ downloads[0].download_button(
     "text/csv",
     help="Path, probability, decision, warnings, threshold, model name, card hash and time.",
 )
-
-COLOURS = {
-    predict.PNEUMONIA: "red",
-    predict.NORMAL: "green",
-    predict.UNCERTAIN: "orange",
-    predict.NOT_ASSESSABLE: "gray",
-}
 
 
 def film_source(i: int) -> Upload | predict.Reading:
@@ -298,15 +269,9 @@ def show_card(i: int) -> None:
                     "Probability of pneumonia",
                     f"{reading.shown:.3f}",
                     width="content",
-                    help=(
-                        f"Calibrated out of fold; the model's score is {reading.probability:.4f}."
-                        if reading.calibrated is not None
-                        else None
-                    )
-                    if scored
-                    else "Listed, not a decision: the input check does not take this film for one the model can read.",
+                    help=worklist.score_help(reading),
                 )
-            st.markdown(f"Decision  \n:{COLOURS[reading.decision]}-badge[**{reading.decision}**]", width="content")
+            st.markdown(f"Decision  \n{worklist.badge(reading.decision)}", width="content")
             if reading.decision == predict.NOT_ASSESSABLE or reading.repeat_of is not None or reading.warnings:
                 with st.container(key=f"{CARD_NOTES_KEY}-{i}"):  # the rest of the row (card_rules)
                     if reading.decision == predict.NOT_ASSESSABLE:
@@ -364,66 +329,46 @@ def show_card(i: int) -> None:
 # Every card's pictures laid out, the maps over their films at the slider's opacity: a change of opacity
 # re-sends this rule only, not the pictures.
 st.html(f"<style>{card_rules(opacity)}</style>")
-attention, rest = worklist.sections(readings)
-# Cards in pages of CARDS_PER_PAGE, in worklist order: the worklist above lists every film, and a batch of
-# hundreds of films does not hold hundreds of pictures per session in the browser and the server.
-pages_total = max(1, -(-len(sequence) // CARDS_PER_PAGE))
+# Cards in pages (worklist.CARDS_PER_PAGE), in worklist order.
+pages_total = worklist.page_count(len(sequence))
 page_no = 1
 if pages_total > 1:
     page_no = int(
-        st.number_input(
-            f"Cards, page of {CARDS_PER_PAGE} (1–{pages_total})",
-            1,
-            pages_total,
-            1,
-            key=f"card-page:{hash(tuple(digests))}",
-        )
+        st.number_input(worklist.page_label(pages_total), 1, pages_total, 1, key=f"card-page:{hash(tuple(digests))}")
     )
-shown = set(sequence[(page_no - 1) * CARDS_PER_PAGE : page_no * CARDS_PER_PAGE])
-if any(readings[i].xray is not None for i in shown):  # said once for every card's maps
+card_page = worklist.card_page(sequence, page_no)
+if any(readings[i].xray is not None for i in card_page.items):  # said once for every card's maps
     st.caption(
         "In the maps, warm colours mark the regions that drove the model towards its decision for that "
         "image; they are not a segmentation of disease. Each map is scaled to its own peak (1.0 on the bar): "
         "compare regions within a film, not colours between films."
     )
-if any(i in shown for i in attention):
-    st.subheader(f"Needs attention ({len(attention)})")
-    for i in attention:
-        if i in shown:
-            show_card(i)
-if any(i in shown for i in rest):
-    st.subheader("Readings, highest probability first")
-    for i in rest:
-        if i in shown:
-            show_card(i)
-if pages_total > 1:
-    st.caption(
-        f"Cards {(page_no - 1) * CARDS_PER_PAGE + 1}–{min(page_no * CARDS_PER_PAGE, len(sequence))} of "
-        f"{len(sequence)}; every film is in the worklist and the reports."
-    )
+for title, items in worklist.page_sections(readings, card_page):
+    st.subheader(title)
+    for i in items:
+        show_card(i)
+if card_page.caption:
+    st.caption(card_page.caption)
 
 # The batch-level check, in its place above the worklist; the batch PDF carries its words.
 with drift_box:
     if len(readings) > 1:
         # Drift is a property of a batch, not of a film: one test over every film read here.
         drift_result = batch_drift()
-        if drift_result is None:
-            st.caption(f"Drift check: {drift.why_unavailable(loaded, len(assessed))}.")
+        if drift_result is not None:  # the same words on the Overview and in the batch PDF
+            st.session_state[LAST_DRIFT_KEY] = texts.drift_summary(
+                drift_result.shifted, drift_result.method, drift_result.n, drift_result.p_value
+            )
+        notice = texts.batch_drift_notice(
+            drift_result, None if drift_result is not None else drift.why_unavailable(loaded, len(assessed))
+        )
+        if notice.kind == "error":
+            st.error(notice.text, icon=":material/trending_up:")
         else:
-            test = f"{drift_result.method}, n = {drift_result.n}, p = {drift_result.p_value:.2g}"
-            # The same words on the Overview and in the batch PDF.
-            st.session_state["last_drift"] = f"{'shifted' if drift_result.shifted else 'no shift detected'} ({test})"
-            if drift_result.shifted:
-                st.error(
-                    f"**This batch is unlike the films the operating point was set on** ({plain(test)}). "
-                    f"{plain(drift.advice(True, drift_result.p_value, drift_result.n))}",
-                    icon=":material/trending_up:",
-                )
-            else:
-                st.caption(f"Drift check: no shift detected ({plain(test)}).")
+            st.caption(notice.text)
 downloads[1].download_button(
     "Download study report (PDF)",
-    batch_pdf_on_click(readings, digests, loaded, model_key, st.session_state.get("last_drift")),
+    batch_pdf_on_click(readings, digests, loaded, model_key, st.session_state.get(LAST_DRIFT_KEY)),
     "pneumo_report.pdf",
     "application/pdf",
     key=f"pdf-batch-{model_key}",
@@ -439,14 +384,13 @@ def show_viewer() -> None:
     # The film from the state, not an argument: a rerun of the dialog alone calls it with the arguments it was
     # first called with.
     i = st.session_state[VIEWER][0]
-    at = viewable.index(i)
+    at, before, after = worklist.neighbours(viewable, i)
     steps = {
-        "Previous film": (at - 1, "P", ":material/arrow_back:"),
-        "Next film": (at + 1, "N", ":material/arrow_forward:"),
+        "Previous film": (before, "P", ":material/arrow_back:"),
+        "Next film": (after, "N", ":material/arrow_forward:"),
     }
     with st.container(horizontal=True, vertical_alignment="center", key="viewer-nav"):
-        for label, (to, key, icon) in steps.items():
-            j = viewable[to] if 0 <= to < len(viewable) else None
+        for label, (j, key, icon) in steps.items():
             st.button(
                 label,
                 key=f"viewer-{key}",
@@ -456,17 +400,10 @@ def show_viewer() -> None:
                 on_click=st.session_state.__setitem__,
                 args=(VIEWER, (j, digests[j])) if j is not None else None,
             )
-        st.markdown(f"Film **{at + 1}** of {len(viewable)} in worklist order")
+        st.markdown(f"Film **{at}** of {len(viewable)} in worklist order")
     reading = readings[i]
     scored = worklist.scored(reading)
-    score = (
-        f"probability of pneumonia **{reading.shown:.3f}**"
-        if scored
-        else f":gray[probability {reading.shown:.3f}, listed: no decision is made]"
-    )
-    st.markdown(
-        f"**Item {i + 1}** · :{COLOURS[reading.decision]}-badge[**{reading.decision}**] · {score}",
-    )
+    st.markdown(f"**Item {i + 1}** · {worklist.badge(reading.decision)} · {worklist.viewer_score(reading)}")
     st.text(Path(reading.name).name)
     for warning in reading.warnings:
         st.warning(plain(warning), icon=":material/warning:")
@@ -487,23 +424,17 @@ def show_viewer() -> None:
     film = native_film(film_source(i))
     figure = viewer.film_figure(film, centre, width, heatmap(i) if layer else None, opacity)
     st.plotly_chart(figure, config=viewer.CONFIG, key="viewer-figure")
-    st.caption(
-        f"The film at its own resolution ({film.shape[1]}×{film.shape[0]} px), window centre {centre}, width "
-        f"{width} of gray levels 0–255. Drag to pan, scroll or pinch to zoom, double-click to fit."
-        + (" The map is scaled to its own peak (1.0 on the bar)." if layer else "")
-    )
+    st.caption(viewer.view_caption(film.shape, centre, width, layer))
 
 
-opened = st.session_state.get(VIEWER)
-if opened is not None:
-    if opened[0] in viewable and digests[opened[0]] == opened[1]:
-        show_viewer()
-    else:  # a film of an earlier batch
-        del st.session_state[VIEWER]
+if worklist.still_open(st.session_state.get(VIEWER), viewable, digests):
+    show_viewer()
+else:  # none open, or a film of an earlier batch
+    st.session_state.pop(VIEWER, None)
 
 # The signed-in (or local) user's own history: what was read, when, by which model (no films are stored).
 with st.expander("Your recent readings", icon=":material/history:"):
-    history = recent_history()
+    history = recent_history(batch_key=batch_key)
     if history:
         st.dataframe(history, hide_index=True, width="stretch")
     else:

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -693,3 +694,71 @@ def test_a_film_read_again_says_when_it_was_read_and_the_history_lists_it(app_en
     assert "PNEUMONIA" in notes[1][0] or "NORMAL" in notes[1][0] or "UNCERTAIN" in notes[1][0]
     listed = next(d.value for d in at.dataframe if "film" in d.value.columns)
     assert {"first-visit.png", "second-visit.png"} <= set(listed["film"])
+
+
+def test_predict_asks_the_database_once_per_batch_and_again_only_for_a_saved_verdict(
+    app_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every click reruns the page: the verdicts, the films read before and the history are read when a batch
+    arrives, and a saved verdict is read again for its own reading, not on every rerun."""
+    from pneumo.app import verdicts
+    from pneumo.integrations import records
+
+    asked: list[str] = []
+
+    def counted(name: str, real: Any) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            asked.append(name)
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(verdicts, "_latest_verdicts", counted("verdicts", verdicts._latest_verdicts))
+    monkeypatch.setattr(records, "read_before", counted("read before", records.read_before))
+    monkeypatch.setattr(records, "recent_readings", counted("history", records.recent_readings))
+    at = _open("pages/predict.py")
+    at.toggle(key="use_samples").set_value(True).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(asked) == ["history", "read before", "verdicts"]
+    next(s for s in at.slider if s.label == "Heatmap opacity").set_value(0.6).run()
+    at.run()
+    assert sorted(asked) == ["history", "read before", "verdicts"]  # two reruns, nothing asked again
+    agree = next(b for b in at.button if b.label.startswith(("Agree", "Reader:")))
+    agree.click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert sorted(asked) == ["history", "read before", "verdicts", "verdicts"]  # the saved verdict, read back
+    assert any(c.value.startswith("Verdict: ") for c in at.caption), [c.value for c in at.caption]
+    at.run()
+    assert len(asked) == 4
+
+
+def _verdicts_page() -> None:
+    import streamlit as st
+
+    from pneumo.app.verdicts import load_verdicts, verdict_buttons
+
+    load_verdicts([11, 12])
+    for reading_id in (11, 12):
+        verdict_buttons(reading_id, "PNEUMONIA")
+    st.button("rerun")
+
+
+def test_a_database_that_cannot_be_read_is_said_on_each_card_and_asked_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pneumo.app import verdicts
+    from pneumo.integrations.records import RecordsError
+
+    asked: list[list[int]] = []
+
+    def refuse(ids: list[int], url: str) -> dict:
+        asked.append(list(ids))
+        raise RecordsError("database is locked")
+
+    monkeypatch.setattr(verdicts, "_latest_verdicts", refuse)
+    monkeypatch.setenv("PNEUMO_USER", "dr app")  # verdicts are given by a named reader
+    at = AppTest.from_function(_verdicts_page, default_timeout=30)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [c.value for c in at.caption] == ["Verdicts unavailable: database is locked"] * 2
+    assert not any(b.label.startswith("Agree") for b in at.button)
+    at.button[0].click().run()
+    assert asked == [[11, 12]]  # both readings in one query, and not again on the rerun

@@ -304,3 +304,29 @@ def test_without_tensorflow_the_app_says_training_needs_the_full_install(monkeyp
     assert not ui.training_available()
     assert "no TensorFlow" in ui.device_description()
     assert "pip install -e ." in ui.TRAINING_NEEDS and "make run" in ui.TRAINING_NEEDS
+
+
+def test_the_explorer_s_films_are_decoded_once_and_again_when_the_file_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun of the Dataset Explorer (a click, a verdict) shows its grids again without decoding any film."""
+    import os
+
+    from pneumo.app import ui
+    from pneumo.data import overview
+
+    decoded: list[str] = []
+    real = overview.thumbnail
+    monkeypatch.setattr(overview, "thumbnail", lambda path, side=640: decoded.append(path) or real(path, side))
+    film = write_png(tmp_path / "a.png", synthetic_xray(np.random.default_rng(1), size=800))
+    first = ui.film_thumbnail(str(film))
+    assert first.dtype == np.uint8 and first.shape == (640, 640)  # kept small: 800 px down to 640
+    assert ui.film_thumbnail(str(film)) is first and decoded == [str(film)]
+    write_png(film, synthetic_xray(np.random.default_rng(2), size=300))
+    os.utime(film, ns=(1, 1))
+    assert ui.film_thumbnail(str(film)).shape == (300, 300) and len(decoded) == 2
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises((ValueError, OSError)):
+        ui.film_thumbnail(str(tmp_path / "bad.png"))
+    with pytest.raises(OSError):
+        ui.film_thumbnail(str(tmp_path / "gone.png"))

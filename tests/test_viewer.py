@@ -169,3 +169,91 @@ def test_scored_means_a_decision_was_made() -> None:
     assert worklist.scored(_reading("a.png", 0.31, predict.UNCERTAIN))
     assert not worklist.scored(_reading("a.png", 0.96, predict.NOT_ASSESSABLE, "colour image: photo"))
     assert not worklist.scored(_reading("a.png", None, None, error="empty file"))
+
+
+def test_cards_come_in_pages_of_25_in_worklist_order() -> None:
+    assert [worklist.page_count(n) for n in (0, 1, 25, 26, 50, 200)] == [1, 1, 1, 2, 2, 8]
+    assert worklist.page_count(7, per_page=3) == 3
+    assert worklist.page_label(8) == "Cards, page of 25 (1–8)"
+    order = list(range(59, -1, -1))  # 60 films, the worklist's order reversing the batch's
+    first = worklist.card_page(order, 1)
+    assert first.items == list(range(59, 34, -1)) and (first.first, first.last, first.of) == (1, 25, 60)
+    assert first.caption == "Cards 1–25 of 60; every film is in the worklist and the reports."
+    last = worklist.card_page(order, 3)
+    assert last.items == list(range(9, -1, -1)) and last.caption == (
+        "Cards 51–60 of 60; every film is in the worklist and the reports."
+    )
+    assert worklist.card_page(order, 9).number == 3 and worklist.card_page(order, 0).items == first.items
+    one = worklist.card_page([2, 0, 1], 1)
+    assert one.items == [2, 0, 1] and one.pages == 1 and one.caption is None  # one page: nothing to say
+    assert worklist.card_page(list(range(200)), 1).caption.startswith("Cards 1–25 of 200;")
+
+
+def test_a_page_of_cards_keeps_its_headings_only_where_it_has_cards() -> None:
+    readings = [
+        _reading("warned.png", 0.5, predict.PNEUMONIA, "repeats item 2"),
+        _reading("low.png", 0.1, predict.NORMAL),
+        _reading("broken.png", None, None, error="empty file"),
+        _reading("high.png", 0.9, predict.PNEUMONIA),
+    ]
+    # Reading order: broken (2), warned (0), then high (3), low (1).
+    both = worklist.card_page(worklist.sequence(readings), 1, per_page=3)
+    assert worklist.page_sections(readings, both) == [
+        ("Needs attention (2)", [2, 0]),
+        ("Readings, highest probability first", [3]),
+    ]
+    rest = worklist.card_page(worklist.sequence(readings), 2, per_page=3)
+    assert worklist.page_sections(readings, rest) == [("Readings, highest probability first", [1])]
+    attention = worklist.card_page(worklist.sequence(readings), 1, per_page=1)
+    assert worklist.page_sections(readings, attention) == [("Needs attention (2)", [2])]  # the batch's count
+
+
+def test_the_viewer_steps_through_the_films_in_worklist_order() -> None:
+    viewable = [4, 0, 2]
+    assert worklist.neighbours(viewable, 4) == (1, None, 0)
+    assert worklist.neighbours(viewable, 0) == (2, 4, 2)
+    assert worklist.neighbours(viewable, 2) == (3, 0, None)
+    assert worklist.neighbours([7], 7) == (1, None, None)
+
+
+def test_a_decision_s_badge_and_a_pacs_film_s_key() -> None:
+    assert worklist.badge(predict.PNEUMONIA) == ":red-badge[**PNEUMONIA**]"
+    assert worklist.badge(predict.NOT_ASSESSABLE) == ":gray-badge[**NOT ASSESSABLE**]"
+    assert worklist.badge("something new") == ":gray-badge[**something new**]"
+    # The key of instance 1.2.3 of study 1.2: the SHA-256 of "1.2/1.2.3".
+    assert (
+        worklist.pacs_digest("1.2", "1.2.3") == "5e3b3f62503fb97c695d92a700db0ebb2603c5030855da6eca0cd004d3c5b761"
+    )  # sha256sum of it
+    assert worklist.pacs_digest("1.2", "1.2.3") != worklist.pacs_digest("1.2", "1.2.4")
+
+
+def test_the_viewer_opens_only_a_film_of_this_batch_and_says_what_it_shows() -> None:
+    readings = [
+        _reading("a.png", 0.2, predict.NORMAL),
+        _reading("broken.png", None, None, error="empty file"),
+        _reading("b.png", 0.9, predict.PNEUMONIA),
+    ]
+    assert worklist.viewable(readings) == [2, 0]  # worklist order, the unreadable file left out
+    digests = ["da", "dbroken", "db"]
+    assert worklist.still_open((2, "db"), [2, 0], digests)
+    assert not worklist.still_open((2, "an earlier batch's film"), [2, 0], digests)
+    assert not worklist.still_open((1, "dbroken"), [2, 0], digests)  # no film to show
+    assert not worklist.still_open((7, "dz"), [2, 0], digests) and not worklist.still_open(None, [2, 0], digests)
+    assert viewer.view_caption((1024, 800), 128, 256, False) == (
+        "The film at its own resolution (800×1024 px), window centre 128, width 256 of gray levels 0–255. Drag to "
+        "pan, scroll or pinch to zoom, double-click to fit."
+    )
+    assert viewer.view_caption((10, 20), 80, 140, True).endswith(
+        "double-click to fit. The map is scaled to its own peak (1.0 on the bar)."
+    )
+
+
+def test_a_score_is_said_as_a_decision_s_or_as_listed_only() -> None:
+    plain_score = _reading("a.png", 0.25, predict.NORMAL)
+    assert worklist.score_help(plain_score) is None
+    assert worklist.viewer_score(plain_score) == "probability of pneumonia **0.250**"
+    calibrated = predict.Reading("c.png", None, 0.4321, predict.NORMAL, calibrated=0.2)
+    assert worklist.score_help(calibrated) == "Calibrated out of fold; the model's score is 0.4321."
+    photo = _reading("photo.png", 0.937, predict.NOT_ASSESSABLE, "colour image")
+    assert worklist.score_help(photo) == worklist.NOT_SCORED_HELP
+    assert worklist.viewer_score(photo) == ":gray[probability 0.937, listed: no decision is made]"

@@ -8,7 +8,7 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
-from pneumo.app import auth
+from pneumo.app import auth, texts
 from pneumo.app.ui import plain, progress_bar, settings
 from pneumo.integrations import pacs
 from pneumo.model.loading import LoadedModel
@@ -96,7 +96,7 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
     # a site point picked in the sidebar afterwards must not show them under its own.
     run_key = f"pacs-run:{model_key}:{loaded.operating_point}:{loaded.threshold!r}"
     if st.button(
-        f"Screen {len(chosen)} selected stud{'y' if len(chosen) == 1 else 'ies'}",
+        texts.screen_label(len(chosen)),
         disabled=not chosen,
         type="primary",
         key="pacs-screen",
@@ -118,10 +118,7 @@ def pacs_source(config: Any, loaded: LoadedModel, model_key: str) -> Any:
         st.warning(plain(run.log_note), icon=":material/database:")
     skipped = [r for r in run.results if r.status in (pacs.SKIPPED, pacs.ALREADY)]
     if skipped:
-        st.caption(
-            f"{len(skipped)} image(s) not read: "
-            + "; ".join(plain(f"{r.path}: {r.skipped or r.status}") for r in skipped[:6])
-        )
+        st.caption(texts.skipped_line([f"{r.path}: {r.skipped or r.status}" for r in skipped]))
     allowed = auth.can(auth.SEND_TO_PACS) and config.may_send(settings().allow_changes)
     unsent = [r for r in run.results if r.status == pacs.SCREENED and not r.stored]
     if (

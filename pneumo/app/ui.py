@@ -6,7 +6,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -22,8 +21,10 @@ from streamlit.runtime.pages_manager import PagesManager
 
 from pneumo.app.sessions import _trim_forever
 from pneumo.app.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
+from pneumo.app.texts import plain
 from pneumo.core.memory import release_file_pages
 from pneumo.data import collection as D
+from pneumo.data import overview
 from pneumo.evaluation import drift, site
 from pneumo.model import explain
 from pneumo.model.loading import LoadedModel, card_path, load_model, read_card
@@ -31,8 +32,13 @@ from pneumo.model.loading import LoadedModel, card_path, load_model, read_card
 # pneumo.evaluation.metrics (scikit-learn, ~2 s) is imported where used: only predicting a labelled folder needs it.
 
 ENTRY_MARK = "_entry_point_ran"
+# Session state shared by pages: the Overview's "Try it on a sample" switches on Predict's sample toggle (its widget
+# key), and Predict leaves the last batch's drift check in words for the Overview.
+USE_SAMPLES_KEY = "use_samples"
+LAST_DRIFT_KEY = "last_drift"
+RESEARCH_ONLY = "Research use only — not a medical device."
 DISCLAIMER = (
-    "**Research use only — not a medical device.** pneumo has not been cleared by any regulator; its output "
+    f"**{RESEARCH_ONLY}** pneumo has not been cleared by any regulator; its output "
     "must not be used to diagnose or treat patients without a qualified clinician's own reading."
 )
 
@@ -207,15 +213,6 @@ def device_description(wait_s: float = 0.0) -> str:
     return _DEVICE.get("description", "checking…")
 
 
-_MARKUP = re.compile(r"([\\`*_{}\[\]()#+\-.!|:<>~$&=])")
-
-
-def plain(text: Any) -> str:
-    """A visitor's text (a file name, a DICOM field, a card string) for a Markdown element, every markup
-    character escaped: links, images, badges and colours in a name show as the characters they are."""
-    return _MARKUP.sub(r"\\\1", " ".join(str(text).split()))
-
-
 def progress_bar(text: str) -> tuple[Any, Callable[[int, int], None]]:
     """A progress bar and its callback(done, total), drawn at most ten times a second.
 
@@ -272,6 +269,26 @@ def folder_predictions(loaded: LoadedModel, root: Path, model_key: str) -> Any:
     return result
 
 
+# Films shown in the Dataset Explorer's grids, decoded once and kept small (overview.thumbnail) for every session,
+# bounded by the bytes they hold: a rerun (a click, a verdict) shows them again without decoding a file.
+_THUMBNAILS: LRUCache = LRUCache(maxsize=48 * 2**20, getsizeof=lambda image: image.nbytes)
+_THUMBNAILS_LOCK = threading.Lock()
+
+
+def film_thumbnail(path: str) -> Any:
+    """A dataset item as a grid shows it (8-bit, at most overview.THUMBNAIL_SIDE px), decoded again only when its
+    file changed; ValueError or OSError when it cannot be read. Shared: the caller must not change it."""
+    key = (path, *overview.file_stamp(path))
+    with _THUMBNAILS_LOCK:
+        hit = _THUMBNAILS.get(key)
+    if hit is None:
+        hit = overview.thumbnail(path)  # outside the lock: two sessions may decode one film once each, never wait
+        with _THUMBNAILS_LOCK:
+            if hit.nbytes <= _THUMBNAILS.maxsize:
+                _THUMBNAILS[key] = hit
+    return hit
+
+
 def sidebar(cfg: AppSettings) -> None:
     """Model and data pickers; values live in session_state for every page."""
     with st.sidebar:
@@ -306,8 +323,8 @@ def sidebar(cfg: AppSettings) -> None:
             remember_choice("data_root", str(roots[labels.index(picked)]))
         else:
             st.session_state["data_root"] = None
-        st.caption(f"Device: {device_description()}")
-        st.caption("Research use only — not a medical device.")
+        st.caption(f"Device: {plain(device_description())}")
+        st.caption(RESEARCH_ONLY)
 
 
 def operating_point_picker(model_path: Path) -> None:

@@ -1,12 +1,13 @@
 """The records database in the app: its URL from the deployment, logging a batch once, and a reader's verdict on
-one reading (agree / disagree), saved with who and when. The maths and the storage are in
-pneumo.integrations.records; this is Streamlit glue only."""
+one reading (agree / disagree), saved with who and when. What the database says of a batch (its verdicts, films
+read before, the user's history) is asked once per batch and kept in the session's state: Streamlit reruns the page
+on every click. The maths and the storage are in pneumo.integrations.records; this is Streamlit glue only."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import streamlit as st
 
@@ -19,13 +20,37 @@ from pneumo.integrations.records import (
     add_readings,
     add_verdict,
     database_url,
-    latest_verdict,
     new_reading,
 )
 from pneumo.model.reading import NORMAL, PNEUMONIA
 
 LOGGED_KEY = "_records_logged"  # session state: batch key -> reading ids, so a rerun never logs a batch again
 NOTICE_KEY = "_records_notice"  # session state: the last verdict's outcome, shown beside its buttons
+# Session state: reading id -> (its newest verdict or None, why it could not be read or None). Read for a whole batch
+# in one query, and again for one reading after a verdict on it is saved: never on every rerun of the page.
+VERDICTS_KEY = "_records_verdicts"
+BATCH_READS_KEY = "_records_batch_reads"  # session state: (what, batch key) -> what was read once for that batch
+KEPT_BATCHES = 64  # a long session keeps what it read for its newest batches only
+KEPT_VERDICTS = 4096
+
+T = TypeVar("T")
+
+
+def _digest(batch_key: Sequence[Any]) -> str:
+    return hashlib.sha256("\n".join(map(str, batch_key)).encode()).hexdigest()
+
+
+def once_per_batch(what: str, batch_key: Sequence[Any], read: Callable[[], T]) -> T:
+    """read() for this batch (batch_key: what makes it, as for log_batch_once), made on the session's first run of
+    the batch only and kept in its state: the page reruns on every click, the database is asked once."""
+    kept: dict[tuple[str, str], Any] = st.session_state.setdefault(BATCH_READS_KEY, {})
+    key = (what, _digest(batch_key))
+    if key not in kept:
+        value = read()
+        while len(kept) >= KEPT_BATCHES:
+            kept.pop(next(iter(kept)))
+        kept[key] = value
+    return kept[key]
 
 
 def app_database_url() -> str:
@@ -68,7 +93,7 @@ def log_batch_once(
     drift: the batch's drift check, or a function giving it, called only when the batch is logged (a rerun then
     costs nothing). When the database fails, a warning says so and the ids are None (the page works on; no
     verdicts)."""
-    digest = hashlib.sha256("\n".join(map(str, batch_key)).encode()).hexdigest()
+    digest = _digest(batch_key)
     logged: dict[str, list[int | None]] = st.session_state.setdefault(LOGGED_KEY, {})
     if digest in logged:
         return logged[digest]
@@ -88,19 +113,61 @@ def log_batch_once(
     except RecordsError as exc:
         st.warning(f"These readings were not logged: {plain(exc)}", icon=":material/database:")
         ids = [None] * len(readings)
-    if len(logged) >= 64:  # a long session keeps the newest batches only
+    if len(logged) >= KEPT_BATCHES:
         logged.pop(next(iter(logged)))
     logged[digest] = ids
     return ids
 
 
 def _save(reading_id: int, label: str, user: str, url: str) -> None:
-    """The buttons' callback (runs before the page's next run): the verdict, or why it was not saved."""
+    """The buttons' callback (runs before the page's next run): the verdict, or why it was not saved. A saved
+    verdict is read again for its reading on the next run."""
     try:
         add_verdict(reading_id, label, user=user, origin="app", url=url)
         st.session_state[NOTICE_KEY] = (reading_id, None)
     except RecordsError as exc:
         st.session_state[NOTICE_KEY] = (reading_id, str(exc))
+    else:
+        st.session_state.get(VERDICTS_KEY, {}).pop(reading_id, None)
+
+
+def _latest_verdicts(reading_ids: Sequence[int], url: str) -> dict[int, dict[str, Any]]:
+    """The newest verdict on each of these readings that has one, in one query, as latest_verdict gives it."""
+    from pneumo.integrations.records import open_records
+    from pneumo.integrations.records.verdicts import latest_by_reading
+
+    records = open_records(url)
+    with records.reading() as session:
+        return {
+            reading_id: {
+                "id": row.id,
+                "label": row.label,
+                "user": row.user,
+                "time": row.time.isoformat(),
+                "origin": row.origin,
+            }
+            for reading_id, row in latest_by_reading(session, [int(i) for i in reading_ids]).items()
+        }
+
+
+def load_verdicts(reading_ids: Sequence[int | None], *, url: str | None = None) -> None:
+    """Read the newest verdict on each of a batch's readings that this session does not know yet, in one query
+    (verdict_buttons shows them); a database that cannot be read is noted for each, and said on its card."""
+    if not auth.can(auth.VERDICT):  # a role without verdicts is shown none
+        return
+    known: dict[int, tuple[dict[str, Any] | None, str | None]] = st.session_state.setdefault(VERDICTS_KEY, {})
+    wanted = list(dict.fromkeys(i for i in reading_ids if i is not None and i not in known))
+    if not wanted:
+        return
+    try:
+        found = _latest_verdicts(wanted, url or app_database_url())
+    except RecordsError as exc:
+        read: dict[int, tuple[dict[str, Any] | None, str | None]] = {i: (None, str(exc)) for i in wanted}
+    else:
+        read = {i: (found.get(i), None) for i in wanted}
+    for old in list(known)[: max(0, len(known) + len(read) - KEPT_VERDICTS)]:
+        del known[old]
+    known.update(read)
 
 
 def verdict_buttons(reading_id: int | None, decision: str | None, *, url: str | None = None) -> str | None:
@@ -111,10 +178,13 @@ def verdict_buttons(reading_id: int | None, decision: str | None, *, url: str | 
         return None
     url = url or app_database_url()
     user = app_user()
-    try:
-        current = latest_verdict(reading_id, url=url)
-    except RecordsError as exc:
-        st.caption(f"Verdicts unavailable: {plain(exc)}")
+    known = st.session_state.get(VERDICTS_KEY, {})
+    if reading_id not in known:  # a reading outside the batch read by load_verdicts
+        load_verdicts([reading_id], url=url)
+        known = st.session_state[VERDICTS_KEY]
+    current, problem = known[reading_id]
+    if problem is not None:
+        st.caption(f"Verdicts unavailable: {plain(problem)}")
         return None
     if decision in (PNEUMONIA, NORMAL):
         other = NORMAL if decision == PNEUMONIA else PNEUMONIA
@@ -149,35 +219,44 @@ def verdict_buttons(reading_id: int | None, decision: str | None, *, url: str | 
 
 def pacs_reading_ids(pacs_run: Any, loaded: Any) -> list[int | None]:
     """The reading ids of a PACS run's readings, in the order of run.readings(): the screening logged them itself
-    (screen_studies(..., log=True)); here they are found by SOP instance UID for this model and card. None where a
-    film was not logged, or for every film when the database fails (said once)."""
+    (screen_studies(..., log=True)); here they are found by SOP instance UID for this model and card, once per run
+    of the page's session. None where a film was not logged, or for every film when the database fails (said)."""
     from pneumo.integrations.records import reading_ids_by_instance
     from pneumo.model.reading import card_hash
 
     screened = [r for r in pacs_run.results if r.reading is not None]
-    try:
-        by_uid = reading_ids_by_instance(
-            [r.sop_uid or "" for r in screened],
-            model=str(loaded.card.name),
-            card_hash=card_hash(loaded),
-            url=app_database_url(),
-        )
-    except RecordsError as exc:
-        st.warning(f"Verdicts unavailable for these readings: {plain(exc)}", icon=":material/database:")
-        return [None] * len(screened)
-    return [by_uid.get(r.sop_uid or "") for r in screened]
+    uids = [r.sop_uid or "" for r in screened]
+    model, card = str(loaded.card.name), card_hash(loaded)
+
+    def read() -> tuple[list[int | None], str | None]:
+        try:
+            by_uid = reading_ids_by_instance(uids, model=model, card_hash=card, url=app_database_url())
+        except RecordsError as exc:
+            return [None] * len(uids), str(exc)
+        return [by_uid.get(uid) for uid in uids], None
+
+    ids, problem = once_per_batch("pacs-ids", [*uids, model, card], read)
+    if problem is not None:
+        st.warning(f"Verdicts unavailable for these readings: {plain(problem)}", icon=":material/database:")
+    return ids
 
 
-def read_before_notes(pixel_hashes: Sequence[str | None], reading_ids: Sequence[int | None]) -> list[str | None]:
+def read_before_notes(
+    pixel_hashes: Sequence[str | None], reading_ids: Sequence[int | None], batch_key: Sequence[Any] | None = None
+) -> list[str | None]:
     """For each card, one line when its film (by pixel hash) was read before: when, by which model, with what
-    result; None otherwise, or for every card when the database cannot be read (the readings stand alone)."""
+    result; None otherwise, or for every card when the database cannot be read (the readings stand alone).
+    Asked once per batch (batch_key, as for log_batch_once; the hashes and ids when not given)."""
     from pneumo.integrations.records import read_before
 
-    try:
-        earlier = read_before(pixel_hashes, reading_ids, url=app_database_url())
-    except (RecordsError, OSError):
-        return [None] * len(reading_ids)
-    return [None if e is None else history_line(e) for e in earlier]
+    def read() -> list[str | None]:
+        try:
+            earlier = read_before(pixel_hashes, reading_ids, url=app_database_url())
+        except (RecordsError, OSError):
+            return [None] * len(reading_ids)
+        return [None if e is None else history_line(e) for e in earlier]
+
+    return once_per_batch("read-before", [*pixel_hashes, *reading_ids, *(batch_key or [])], read)
 
 
 def history_line(reading: dict[str, Any]) -> str:
@@ -192,10 +271,13 @@ def history_line(reading: dict[str, Any]) -> str:
     )
 
 
-def recent_history(limit: int = 20) -> list[dict[str, Any]]:
-    """This session's user's newest readings as table rows (empty when the database cannot be read)."""
+def recent_history(limit: int = 20, batch_key: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+    """This session's user's newest readings as table rows (empty when the database cannot be read); with a
+    batch_key, read once per batch (the batch's own readings are logged before)."""
     from pneumo.integrations.records import recent_readings
 
+    if batch_key is not None:
+        return once_per_batch("history", [app_user(), limit, *batch_key], lambda: recent_history(limit))
     try:
         rows = recent_readings(app_user(), limit, url=app_database_url())
     except (RecordsError, OSError):

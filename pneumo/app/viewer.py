@@ -126,6 +126,16 @@ def film_figure(
     )
 
 
+def view_caption(shape: tuple[int, ...], centre: float, width: float, layer: bool) -> str:
+    """What the viewer says under a film of this shape (rows, columns) shown through the window (centre, width),
+    with or without its map layer."""
+    return (
+        f"The film at its own resolution ({shape[1]}×{shape[0]} px), window centre {centre}, width {width} of gray "
+        "levels 0–255. Drag to pan, scroll or pinch to zoom, double-click to fit."
+        + (" The map is scaled to its own peak (1.0 on the bar)." if layer else "")
+    )
+
+
 def layers(fig: go.Figure) -> list[str]:
     """The names of a viewer figure's layers, bottom first ("X-ray", and "Grad-CAM" when the map is shown)."""
     return [str(trace.name) for trace in fig.data]

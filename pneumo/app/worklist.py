@@ -6,6 +6,7 @@ text (file names, warnings quoting them) is never markup. The CSV download keeps
 
 from __future__ import annotations
 
+import hashlib
 import html
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,10 +48,129 @@ def sequence(readings: list[predict.Reading]) -> list[int]:
     return attention + rest
 
 
+# The cards come in pages of this many, in worklist order: the worklist lists every film, and a batch of hundreds of
+# films does not hold hundreds of pictures per session in the browser and the server.
+CARDS_PER_PAGE = 25
+ATTENTION_TITLE = "Needs attention"
+REST_TITLE = "Readings, highest probability first"
+# Streamlit's badge colours, by decision (the cards and the viewer).
+BADGES = {
+    predict.PNEUMONIA: "red",
+    predict.NORMAL: "green",
+    predict.UNCERTAIN: "orange",
+    predict.NOT_ASSESSABLE: "gray",
+}
+
+
+def badge(decision: str) -> str:
+    """A decision as a card and the viewer show it: a bold badge in the decision's colour (Streamlit Markdown)."""
+    return f":{BADGES.get(decision, 'gray')}-badge[**{decision}**]"
+
+
+@dataclass(frozen=True)
+class CardPage:
+    """One page of cards: its number (from 1), how many pages there are, and its items (indices into the batch)
+    in worklist order; `first` and `last` count positions in the worklist from 1, `of` its length."""
+
+    number: int
+    pages: int
+    items: list[int]
+    first: int
+    last: int
+    of: int
+
+    @property
+    def caption(self) -> str | None:
+        """Which cards this page holds, said under them once there is more than one page."""
+        if self.pages < 2:
+            return None
+        return f"Cards {self.first}–{self.last} of {self.of}; every film is in the worklist and the reports."
+
+
+def pacs_digest(study_uid: str | None, sop_uid: str | None) -> str:
+    """What a PACS film is known by in a batch (its pictures' cache keys, its widgets): its study and instance
+    UIDs, as an upload is known by its bytes' digest."""
+    return hashlib.sha256(f"{study_uid}/{sop_uid}".encode()).hexdigest()
+
+
+def page_count(n: int, per_page: int = CARDS_PER_PAGE) -> int:
+    """Pages of per_page cards for n films: at least one, a last page partly filled."""
+    return max(1, -(-n // per_page))
+
+
+def page_label(pages: int, per_page: int = CARDS_PER_PAGE) -> str:
+    """The page picker's label."""
+    return f"Cards, page of {per_page} (1–{pages})"
+
+
+def card_page(order: list[int], number: int, per_page: int = CARDS_PER_PAGE) -> CardPage:
+    """Page `number` of the cards of a batch in reading order (sequence); a number out of range is brought to the
+    nearest page."""
+    pages = page_count(len(order), per_page)
+    number = min(max(int(number), 1), pages)
+    start = (number - 1) * per_page
+    items = order[start : start + per_page]
+    return CardPage(number, pages, items, start + 1, min(start + per_page, len(order)), len(order))
+
+
+def page_sections(readings: list[predict.Reading], page: CardPage) -> list[tuple[str, list[int]]]:
+    """The page's cards under their headings, in worklist order: those that need attention (titled with how many
+    the whole batch holds), then the rest; a heading with no card on this page is left out."""
+    attention, rest = sections(readings)
+    shown = set(page.items)
+    out = []
+    for title, items in ((f"{ATTENTION_TITLE} ({len(attention)})", attention), (REST_TITLE, rest)):
+        on_page = [i for i in items if i in shown]
+        if on_page:
+            out.append((title, on_page))
+    return out
+
+
+def neighbours(viewable: list[int], item: int) -> tuple[int, int | None, int | None]:
+    """Where `item` stands in the viewer's order (the worklist's films that have one), from 1, and the films
+    before and after it, None at either end."""
+    at = viewable.index(item)
+    return at + 1, viewable[at - 1] if at > 0 else None, viewable[at + 1] if at + 1 < len(viewable) else None
+
+
 def scored(reading: predict.Reading) -> bool:
     """Whether a reading's probability stands for a decision: a film the input check does not take for a chest
     film has its probability listed (CSV, PDF, PACS), not shown as a score."""
     return reading.probability is not None and reading.decision not in (None, predict.NOT_ASSESSABLE)
+
+
+def viewable(readings: list[predict.Reading]) -> list[int]:
+    """The films the full-size viewer steps through: those with a decoded film, in worklist order."""
+    return [i for i in sequence(readings) if readings[i].xray is not None]
+
+
+def still_open(opened: tuple[int, str] | None, shown: list[int], digests: list[str]) -> bool:
+    """Whether the viewer's film (item index, digest) is one of this batch's viewable films; a film of an earlier
+    batch (another film at that index, or an index past this batch) is not."""
+    if opened is None:
+        return False
+    item, digest = opened
+    return item in shown and 0 <= item < len(digests) and digests[item] == digest
+
+
+NOT_SCORED_HELP = "Listed, not a decision: the input check does not take this film for one the model can read."
+
+
+def score_help(reading: predict.Reading) -> str | None:
+    """The help beside a card's probability: which scale it is on where calibrated, or why it is no score."""
+    if not scored(reading):
+        return NOT_SCORED_HELP
+    if reading.calibrated is not None and reading.probability is not None:
+        return f"Calibrated out of fold; the model's score is {reading.probability:.4f}."
+    return None
+
+
+def viewer_score(reading: predict.Reading) -> str:
+    """The viewer's probability (Streamlit Markdown): in bold where it stands for a decision, greyed where it is
+    listed only."""
+    if scored(reading):
+        return f"probability of pneumonia **{reading.shown:.3f}**"
+    return f":gray[probability {reading.shown:.3f}, listed: no decision is made]"
 
 
 def _short(text: str) -> str:

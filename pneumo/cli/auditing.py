@@ -10,6 +10,7 @@ import sys
 from pneumo.cli.common import _decision_line, _progress
 from pneumo.data.collection import summarize
 from pneumo.evaluation.audit import audit_folder, review_path, summary
+from pneumo.evaluation.card_figures import by_label_in_words
 from pneumo.evaluation.drift import check_paths, expand
 from pneumo.evaluation.drift_reference import build
 from pneumo.integrations import docs
@@ -35,7 +36,7 @@ def cmd_audit_labels(args: argparse.Namespace) -> int:
         return 0
     print(
         f"{info['suspects']} of {info['n']} films are suspected label errors ({info['suspect_share']:.1%}); "
-        f"by given label: {info['suspects_by_label']}"
+        f"{by_label_in_words(info['suspects_by_label'])}"
     )
     for r in suspects.itertuples():
         print(f"{r.score:.4f}  label {int(r.label)}  p={r.probability:.4f}  {r.source:<11}  {r.path}")
