@@ -47,12 +47,14 @@ from pneumo.app.verdicts import (
     pacs_reading_ids,
     read_before_notes,
     recent_history,
+    reopen_reading,
+    reopenable,
     verdict_buttons,
 )
 from pneumo.core.memory import trim
-from pneumo.data.pixels import resize
+from pneumo.data.pixels import resize, to_uint8
 from pneumo.evaluation import drift
-from pneumo.integrations.records import ReadingSource, pixel_sha256
+from pneumo.integrations.records import ReadingSource, RecordsError, pixel_sha256
 from pneumo.integrations.report import safe_csv
 from pneumo.model import reading as predict
 
@@ -128,8 +130,59 @@ if not files and pacs_run is None:
             default=[str(p.relative_to(SAMPLES_DIR)) for p in samples[:1] + samples[-1:]],
         )
         files = [(name, SAMPLES_DIR / name) for name in picked]
+
+
+def show_reopened(reading_id: int, source: str) -> None:
+    """A logged reading drawn again from its source: its stored decision, the film, and its map when the loaded
+    model is the one that read it."""
+    try:
+        found = reopen_reading(reading_id, ui_pacs_config() if source == "pacs" else None)
+    except (RecordsError, ValueError) as exc:
+        st.error(plain(exc), icon=":material/block:")
+        return
+    st.markdown(texts.reopened_line(found.row, found.found_at, found.checked))
+    again = predict.pack(predict.compact(found.reading))
+    heat = None
+    if found.same_model(loaded):
+        heat = card_heatmaps(loaded, found.pixel_sha256 or f"reading-{reading_id}", model_key, again)["gradcam"]
+    else:
+        st.caption("The model in use did not make this reading: its map is not drawn.")
+    assert found.reading.xray is not None  # reopen refuses a reading without a film
+    centre, width = viewer.PRESETS[next(iter(viewer.PRESETS))]
+    film = to_uint8(found.reading.xray.pixels)
+    figure = viewer.film_figure(film, centre, width, heat, opacity)
+    st.plotly_chart(figure, config=viewer.CONFIG, key=f"reopen-figure-{reading_id}")
+
+
+def history_panel(batch_key: Any) -> None:
+    """The signed-in (or local) user's own history: what was read, when, by which model (no films are stored),
+    with the readings of files and PACS films that can be opened again. Shown with or without a batch; with one,
+    read once per batch."""
+    with st.expander("Your recent readings", icon=":material/history:"):
+        history = recent_history(batch_key=batch_key)
+        if history:
+            st.dataframe(history, hide_index=True, width="stretch")
+        else:
+            st.caption("No readings of yours are stored yet.")
+        choices = {h["reading"]: h for h in reopenable(history)}
+        if choices:
+            # Films read from a file or a PACS can be drawn again, with their maps, once the source still holds the
+            # same pixels (no film is stored); an upload's cannot.
+            chosen = st.selectbox(
+                "Open a reading again",
+                list(choices),
+                index=None,
+                format_func=lambda n: f"#{n} · {choices[n]['time (UTC)']} · {choices[n]['film']}",
+                key=f"reopen-pick:{model_key}",
+                placeholder="a reading of a file or a PACS film",
+            )
+            if chosen is not None:
+                show_reopened(int(chosen), choices[chosen]["source"])
+
+
 if not files and pacs_run is None:
     st.info("Drop one or more X-rays above, or switch on the sample images.")
+    history_panel(None)
     st.stop()
 
 digests, readings = [], []
@@ -432,10 +485,5 @@ if worklist.still_open(st.session_state.get(VIEWER), viewable, digests):
 else:  # none open, or a film of an earlier batch
     st.session_state.pop(VIEWER, None)
 
-# The signed-in (or local) user's own history: what was read, when, by which model (no films are stored).
-with st.expander("Your recent readings", icon=":material/history:"):
-    history = recent_history(batch_key=batch_key)
-    if history:
-        st.dataframe(history, hide_index=True, width="stretch")
-    else:
-        st.caption("No readings of yours are stored yet.")
+
+history_panel(batch_key)

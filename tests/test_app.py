@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -717,6 +718,8 @@ def test_predict_asks_the_database_once_per_batch_and_again_only_for_a_saved_ver
     monkeypatch.setattr(records, "read_before", counted("read before", records.read_before))
     monkeypatch.setattr(records, "recent_readings", counted("history", records.recent_readings))
     at = _open("pages/predict.py")
+    assert asked == ["history"]  # the empty page shows the user's history (no batch to key it by)
+    asked.clear()
     at.toggle(key="use_samples").set_value(True).run()
     assert not at.exception, [e.value for e in at.exception]
     assert sorted(asked) == ["history", "read before", "verdicts"]
@@ -762,3 +765,44 @@ def test_a_database_that_cannot_be_read_is_said_on_each_card_and_asked_once(monk
     assert not any(b.label.startswith("Agree") for b in at.button)
     at.button[0].click().run()
     assert asked == [[11, 12]]  # both readings in one query, and not again on the rerun
+
+
+def test_a_reading_of_a_file_opens_again_with_its_map_until_the_file_changes(
+    app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """predict --log reads a film from disk; the same user's Predict page lists it under "Your recent readings"
+    and draws it again from the file with its stored decision and a map. Once the file holds other pixels, it is
+    refused in one line and nothing is drawn."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    user = f"reopen-{tmp_path.stat().st_ino}"
+    monkeypatch.setenv("PNEUMO_USER", user)
+    film = tmp_path / "ward" / "film.png"
+    film.parent.mkdir()
+    ramp = np.add.outer(np.linspace(0, 200, 256), np.linspace(0, 55, 256)).astype(np.uint8)
+    Image.fromarray(ramp).save(film)
+    done = subprocess.run(
+        [sys.executable, "-m", "pneumo", "predict", "--log", "--json", str(film)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    decision = json.loads(done.stdout)[0]["prediction"]
+    at = _open("pages/predict.py")
+    pick = next(s for s in at.selectbox if s.label == "Open a reading again")
+    assert len(pick.options) == 1 and "film.png" in pick.options[0]
+    charts = len(at.get("plotly_chart"))
+    pick.set_value(int(pick.options[0].split("·")[0].strip().lstrip("#"))).run()
+    assert not at.exception, [e.value for e in at.exception]
+    line = next(m.value for m in at.markdown if "found again at" in m.value)
+    assert f"**{decision}**" in line and str(film) in line and "pixel hash" in line
+    assert len(at.get("plotly_chart")) == charts + 1  # the film drawn again
+    Image.fromarray(255 - ramp).save(film)  # other pixels at the same path
+    at.run()
+    assert any("holds other pixels" in e.value for e in at.error), [e.value for e in at.error]
+    assert not any("found again at" in m.value for m in at.markdown)

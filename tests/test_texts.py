@@ -174,3 +174,21 @@ def test_the_pacs_source_names_what_it_screens_and_what_it_skipped() -> None:
     line = texts.skipped_line(skipped)
     assert line.startswith("8 image(s) not read: s0/i\\.dcm\\: not a chest film; s1/i")
     assert line.count(";") == 5  # six named
+
+
+def test_a_reopened_reading_says_what_it_decided_and_where_its_film_was_found() -> None:
+    row = {
+        "id": 7,
+        "time": "2026-12-07T08:01:02.5",
+        "model": "ens[1](x)",
+        "operating_point": "shipped",
+        "threshold": 0.28414,
+        "decision": "PNEUMONIA",
+        "probability": 0.9312,
+    }
+    line = texts.reopened_line(row, "/ward/a`b.png", "pixel hash")
+    assert line.startswith("Reading **#7** · 2026-12-07 08:01:02 UTC · ens\\[1\\]\\(x\\) at shipped")
+    assert "(threshold 0.2841): **PNEUMONIA**, score 0.931" in line
+    assert "found again at ``/ward/a`b.png`` (recognised by its pixel hash)" in line
+    rejected = texts.reopened_line({**row, "decision": None, "probability": None}, "x.png", "instance UID")
+    assert "**no decision** · found again" in rejected

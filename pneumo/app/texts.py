@@ -273,3 +273,17 @@ UNKNOWN_STATE_ICON = ":material/help:"
 def run_status(state: str, device: Any) -> str:
     """The live view's status: the state's icon and name, the device under it."""
     return f"**Status:** {STATE_ICONS.get(state, UNKNOWN_STATE_ICON)} {code_span(state)}  \n{plain(device or '')}"
+
+
+def reopened_line(row: Mapping[str, Any], found_at: str, checked: str) -> str:
+    """What a reading opened again was: when, by which model at which point, what it decided, and where its film
+    was found (and how it was recognised)."""
+    score = row.get("probability")
+    decision = row.get("decision") or "no decision"
+    return (
+        f"Reading **#{int(row['id'])}** · {str(row.get('time', ''))[:19].replace('T', ' ')} UTC · "
+        f"{plain(row.get('model', ''))} at {plain(row.get('operating_point', ''))} (threshold "
+        f"{float(row.get('threshold') or 0):.4f}): **{plain(decision)}**"
+        + (f", score {float(score):.3f}" if score is not None else "")
+        + f" · found again at {code_span(found_at)} (recognised by its {plain(checked)})"
+    )

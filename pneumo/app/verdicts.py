@@ -284,6 +284,8 @@ def recent_history(limit: int = 20, batch_key: Sequence[Any] | None = None) -> l
         return []
     return [
         {
+            "reading": r["id"],
+            "source": r.get("source_kind") or "",
             "time (UTC)": str(r["time"])[:19].replace("T", " "),
             "film": r.get("source_name") or r.get("instance_uid") or "",
             "decision": r.get("decision") or "rejected",
@@ -293,3 +295,22 @@ def recent_history(limit: int = 20, batch_key: Sequence[Any] | None = None) -> l
         }
         for r in rows
     ]
+
+
+def reopenable(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of recent_history whose film can be found again: read from a file or a PACS, with a score (an
+    upload's pixels were never kept, and a film that could not be read has nothing to show)."""
+    return [h for h in history if h.get("source") in ("file", "pacs") and h.get("score") is not None]
+
+
+def reopen_reading(reading_id: int, pacs_config: Any = None) -> Any:
+    """A logged reading's film found again (pneumo.integrations.records.reopen), through the deployment's PACS
+    when one is configured; RecordsError (one line) when it cannot be."""
+    from pneumo.integrations.records.reopen import reopen
+
+    client = None
+    if pacs_config is not None:
+        from pneumo.integrations import pacs
+
+        client = pacs.Pacs.from_config(pacs_config)
+    return reopen(reading_id, pacs=client, url=app_database_url())
