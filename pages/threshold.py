@@ -165,7 +165,8 @@ c = E.curves(y, p)
 right.plotly_chart(plots.roc_pr(c.roc, c.pr, m), width="stretch")
 left2, right2 = st.columns(2)
 left2.plotly_chart(plots.probability_histogram(y, p, threshold), width="stretch")
-right2.plotly_chart(plots.calibration(E.calibration(y, p)), width="stretch")
+shown = E.calibration(y, [loaded.card.probability(v) for v in p]) if loaded.card.calibrated else None
+right2.plotly_chart(plots.calibration(E.calibration(y, p), shown), width="stretch")
 st.caption(f"n = {m['n']} · ROC AUC {m['roc_auc']:.4f} · PR AUC {m['pr_auc']:.4f}")
 
 save_cols = st.columns([2, 3])

@@ -806,3 +806,23 @@ def test_a_reading_of_a_file_opens_again_with_its_map_until_the_file_changes(
     at.run()
     assert any("holds other pixels" in e.value for e in at.error), [e.value for e in at.error]
     assert not any("found again at" in m.value for m in at.markdown)
+
+
+def test_threshold_calibration_chart_shows_the_probability_a_reading_shows(app_env: Path) -> None:
+    """A card that maps scores to probabilities draws both curves (the reader is told the probability, not the
+    score); a card without the map draws the score alone."""
+    import json as _json
+
+    def traces(at: AppTest) -> list[str]:
+        for chart in at.get("plotly_chart"):
+            figure = _json.loads(chart.proto.spec)
+            if figure.get("layout", {}).get("title", {}).get("text") == "Calibration":
+                return [t.get("name") for t in figure["data"]]
+        raise AssertionError("no calibration chart")
+
+    assert traces(_open("pages/threshold.py")) == ["perfect", "score", "probability shown"]
+    card = app_env / "models" / "card.json"
+    data = _json.loads(card.read_text())
+    data.pop("probability_calibration")  # extras are stored at the top level of the card
+    card.write_text(_json.dumps(data))
+    assert traces(_open("pages/threshold.py")) == ["perfect", "model"]

@@ -187,20 +187,26 @@ def probability_histogram(y: np.ndarray, p: np.ndarray, threshold: float) -> go.
     return fig.update_layout(**LAYOUT)
 
 
-def calibration(cal: pd.DataFrame) -> go.Figure:
+def calibration(cal: pd.DataFrame, shown: pd.DataFrame | None = None) -> go.Figure:
+    """Observed pneumonia rate against the mean predicted value per bin: the model's score, and, for a card that
+    maps scores to probabilities, the probability a reading shows (the one the reader is told)."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="gray"), name="perfect"))
-    fig.add_trace(
-        go.Scatter(
-            x=cal["predicted"],
-            y=cal["observed"],
-            mode="lines+markers",
-            name="model",
-            text=cal["count"],
-            hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}",
+    curves = [(cal, "score" if shown is not None else "model")]
+    if shown is not None:
+        curves.append((shown, "probability shown"))
+    for table, name in curves:
+        fig.add_trace(
+            go.Scatter(
+                x=table["predicted"],
+                y=table["observed"],
+                mode="lines+markers",
+                name=name,
+                text=table["count"],
+                hovertemplate=name + ": predicted %{x:.2f}<br>observed %{y:.2f}<br>n=%{text}",
+            )
         )
-    )
-    fig.update_xaxes(title="mean predicted probability", range=[0, 1])
+    fig.update_xaxes(title="mean predicted value", range=[0, 1])
     fig.update_yaxes(title="observed pneumonia rate", range=[0, 1])
     return fig.update_layout(title="Calibration", height=340, **LAYOUT)
 
