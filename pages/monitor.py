@@ -116,7 +116,7 @@ st.caption(
     f"{'n/a' if claimed.sensitivity is None else f'{claimed.sensitivity:.3f}'}, specificity "
     f"{'n/a' if claimed.specificity is None else f'{claimed.specificity:.3f}'}"
     + (
-        f"; its input check marks {claimed.not_assessable:.1%} of real held-out films not assessable."
+        f"; its input check may mark up to {claimed.not_assessable:.1%} of real held-out films not assessable."
         if claimed.not_assessable is not None
         else "."
     )

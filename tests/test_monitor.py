@@ -307,6 +307,18 @@ def test_films_the_input_check_refuses_far_more_often_than_on_held_out_films_rai
     url = f"sqlite:///{tmp_path / 'r.db'}"
     model = _card(tmp_path / "m", input_check={"false_alarm_rate_on_held_out": 0.02})
     assert R.monitor_model(model, url=url).claim.not_assessable == 0.02
+    # Measured on a known number of films, the claim is what that measurement allows at most: 0 of 522 refused
+    # allows up to 1 - 0.05 ** (1 / 522) = 0.572 %, so a single refused film among a hundred is no alarm.
+    model = _card(tmp_path / "m2", input_check={"false_alarm_rate_on_held_out": 0.0, "calibration_images": 522})
+    allowed = R.monitor_model(model, url=url).claim.not_assessable
+    assert allowed == pytest.approx(1 - 0.05 ** (1 / 522))
+    one_in_100 = [
+        R.MonitorRow(i, DAY0, f"f{i}", THRESHOLD, 0.5, NOT_ASSESSABLE if i == 0 else "NORMAL", None) for i in range(100)
+    ]
+    assert (
+        R.compute(one_in_100, threshold=THRESHOLD, claim=R.Claim(None, None, "card", not_assessable=allowed)).alerts
+        == []
+    )
 
 
 def test_the_claim_is_of_the_point_in_force(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from pneumo.cli.modelling import (
     cmd_calibrate_probability,
     cmd_ensemble,
     cmd_export,
+    cmd_input_check,
     cmd_population_fold,
     cmd_sweep,
     cmd_train,
@@ -219,6 +220,15 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         "stress condition for power; default 1000)",
     )
     p.set_defaults(func=cmd_drift_reference)
+
+    p = sub.add_parser(
+        "input-check",
+        help="fit the wrong-input check again (warning and refusal levels, orientation classifier) on the films "
+        "the model was checked on, save it beside the model and record it in its card",
+    )
+    p.add_argument("--model", help="default: the shipped model")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_input_check)
 
     p = sub.add_parser("calibrate", help="set a named site operating point on a site's labelled films, with bounds")
     p.add_argument("--model", help="default: the shipped model")

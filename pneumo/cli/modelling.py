@@ -212,6 +212,29 @@ def cmd_calibrate_probability(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_input_check(args: argparse.Namespace) -> int:
+    from pneumo.training.qualify import refit_input_check
+
+    model = model_file(args.model)
+    if not model.exists():
+        raise ValueError(f"--model {args.model}: no model there")
+    check_writable(card_path(model))  # a read-only card is refused before any work
+    section = refit_input_check(model)
+    print(f"recorded in {card_path(model)}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(section, indent=2))
+        return 0
+    refused, warned = section["refused_share"], section["warned_share"]
+    print(
+        f"warning level {section['warning_distance']:.2f}, refusal level {section['refusal_distance']:.2f} "
+        f"(fitted on {section['fitted_on']})\n"
+        f"real films ({section['calibration_images']}, not used to fit): "
+        f"{section['false_alarm_rate_on_held_out']:.1%} refused, {section['warned_rate_on_held_out']:.1%} warned\n"
+        + "\n".join(f"{case}: {refused[case]:.1%} refused, {warned[case]:.1%} warned" for case in refused)
+    )
+    return 0
+
+
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, typed and documented from the field itself."""
     for f in fields(TrainConfig):

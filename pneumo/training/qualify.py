@@ -98,20 +98,69 @@ def export_for_serving(loaded: Any) -> dict[str, Any]:
 
 
 def fit_input_check(loaded: Any, images: np.ndarray, run_dir: Path) -> dict[str, Any]:
-    """Fit the wrong-input check on the held-out films' features and save it beside the model."""
+    """Fit the wrong-input check on the held-out films (density, warning and refusal levels, orientation
+    classifier), save it beside the model, and return the card's section for it."""
+
+    def features_of(batch: list[np.ndarray] | np.ndarray) -> np.ndarray:
+        return quality.features(loaded, batch)
+
     try:
-        density = quality.fit(quality.features(loaded, images))
+        density = quality.fit(features_of(images), images=images, features_of=features_of)
     except ValueError as exc:
         return {"available": False, "reason": str(exc)}
     density.save(run_dir / quality.FILE_NAME)
+    return input_check_section(density, quality.detection_rates(loaded, images, density))
+
+
+def input_check_section(density: quality.FeatureDensity, rates: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The card's record of a fitted input check: its levels, and what it does to held-out films and wrong inputs."""
     return {
         "available": True,
-        "alarm_distance": density.alarm,
-        "false_alarm_rate_on_held_out": density.false_alarm_rate,
+        "warning_distance": density.alarm,
+        "refusal_distance": density.refusal_level,
+        "refusal_rule": f"{quality.REFUSAL_FACTOR:g} × the warning level (the calibration films' "
+        f"{quality.ALARM_QUANTILE:g}th percentile); inverted or turned films refused by the orientation classifier",
+        # The monitor compares the share of readings refused with this figure: the share of real films refused.
+        "false_alarm_rate_on_held_out": density.refusal_rate,
+        "warned_rate_on_held_out": density.false_alarm_rate,
+        "measured_on": "the calibration half of the held-out films, used to fit neither the density nor the "
+        "orientation classifier",
         "fit_images": density.n_fit,
         "calibration_images": density.n_calibrate,
-        "warned_share": quality.detection_rates(loaded, images, density),
+        "orientation_classifier": density.orientation is not None,
+        "refused_share": rates["refused"],
+        "warned_share": rates["warned"],
+        "shares_note": "of up to 200 held-out films (both halves) as they are and once inverted or turned, and of "
+        "up to 50 noise images; warned: decided, with a warning",
     }
+
+
+def refit_input_check(model_path: str | Path | None = None) -> dict[str, Any]:
+    """Fit a saved model's input check again on the films it was checked on, save it beside the model and
+    record it in its card (under the card's lock). The films: fold 1's out-of-fold films for a cross-fitted
+    ensemble (its features are its first member's, which never saw them), else the validation predictions'.
+    A check file written before the refusal level and the orientation classifier gains both."""
+    from pneumo.core.card import update_card
+    from pneumo.evaluation import validate as V
+    from pneumo.evaluation.drift_reference import predictions_for_reference
+    from pneumo.model.loading import card_path, load_model
+
+    loaded = load_model(model_path)
+    card = card_path(loaded.path)
+    files.check_writable(card)  # a read-only card is refused before the work
+    files.check_writable(loaded.path.with_name(quality.FILE_NAME))
+    frame, what = predictions_for_reference(loaded.path)
+    images = V.load_images(frame["path"].tolist(), loaded.input_size)
+    section = fit_input_check(loaded, images, loaded.path.parent)
+    if not section["available"]:
+        raise ValueError(f"{loaded.path}: {section['reason']}")
+    section["fitted_on"] = what
+
+    def put(changed: ModelCard) -> None:
+        changed.extra["input_check"] = section
+
+    update_card(card, put, create=False)
+    return section
 
 
 def shift_checks(

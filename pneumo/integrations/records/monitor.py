@@ -238,7 +238,7 @@ def _not_assessable_alert(rows: Sequence[MonitorRow], expected: float | None) ->
         k,
         n,
         f"not assessable: {k} of {n} scored readings ({k / n:.1%}; one-sided 95 % lower bound {low:.1%}) against "
-        f"{expected:.1%} of real held-out films in the card's input check: these films are unlike the training "
+        f"at most {expected:.1%} of real held-out films in the card's input check: these films are unlike the training "
         "films, and sensitivity and specificity leave them out",
     )
 
@@ -446,10 +446,19 @@ def card_point(card: ModelCard, model_path: str | Path | None, operating_point: 
 
 
 def input_check_rate(card: ModelCard) -> float | None:
-    """The share of real held-out films the card's input check marks not assessable, when the card records it."""
+    """The share of real held-out films the card's input check may mark not assessable, when the card records it:
+    the one-sided 95 % upper bound of what it measured where the card says on how many films (0 of 522 allows up to
+    0.6 %: a measured 0 must not make a single refused film an alarm), else the measured share itself."""
     check = (card.extra or {}).get("input_check") or {}  # kept among the card's extra sections
     rate = _number(check.get("false_alarm_rate_on_held_out")) if isinstance(check, dict) else None
-    return rate if rate is not None and 0.0 <= rate <= 1.0 else None
+    if rate is None or not 0.0 <= rate <= 1.0:
+        return None
+    films = _number(check.get("calibration_images"))
+    if films is None or films < 1:
+        return rate
+    n = int(films)
+    bound = upper_bound(round(rate * n), n, CONFIDENCE)
+    return rate if bound is None else bound
 
 
 def _number(value: Any) -> float | None:
