@@ -1,5 +1,6 @@
-"""`python -m pneumo screen` on Ray Data (pneumo.integrations.archive): the rows predict gives, error rows, resuming,
-and the same rows from a two-node cluster on this machine.
+"""`python -m pneumo screen` on Ray Data (pneumo.integrations.archive): the rows predict gives, error rows, resuming
+(files fixed or changed since are screened again, and readers see one row per file), the readings database with
+--log, and the same rows from a two-node cluster on this machine.
 
 One local Ray serves the module (its start-up is the slow part); the cluster test stops it and starts its own two
 nodes on loopback addresses, stopped by their process groups at the end.
@@ -7,11 +8,13 @@ nodes on loopback addresses, stopped by their process groups at the end.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -24,7 +27,7 @@ import pytest
 
 from pneumo.cli import main
 from pneumo.core.files import file_lock
-from pneumo.integrations import archive
+from pneumo.integrations import archive, archive_job, archive_store
 from tests.conftest import ROOT, free_ports, make_folder, synthetic_xray, write_png
 
 
@@ -45,7 +48,7 @@ def _ensure_local_ray() -> None:
     """A local Ray as `screen` starts one (loopback, no dashboard), unless one runs already."""
     import ray
 
-    archive._quiet_ray()
+    archive_job.quiet_ray()
     if not ray.is_initialized():
         ray.init(
             address="local",
@@ -83,7 +86,8 @@ def first_run(films: Path, tmp_path_factory: pytest.TempPathFactory, _ray_module
 
 
 def _rows(out: Path) -> dict[str, dict[str, Any]]:
-    rows = archive.read_results(out).to_pylist()
+    """Every row ever written to `out`, by path; a file with two rows fails."""
+    rows = archive.read_results(out, history=True).to_pylist()
     by_path = {r["path"]: r for r in rows}
     assert len(by_path) == len(rows), "a file has two rows"
     return by_path
@@ -133,22 +137,30 @@ def test_rows_match_predict(
     )
 
 
-def test_rerun_adds_nothing_and_says_so(
+def test_rerun_skips_what_was_read_and_tries_the_unreadable_again(
     local_ray: None, films: Path, first_run: tuple[Path, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
     shutil.copytree(first_run[0], out)
-    before = sorted(p.name for p in out.iterdir())
+    before = set(archive.part_files(out))
     capsys.readouterr()
-    assert main(["screen", str(films), "--out", str(out), "--batch-size", "4", "--json"]) == 0
+    # The two unreadable files are read again (still unreadable: exit status 2); the 13 films are not.
+    assert main(["screen", str(films), "--out", str(out), "--batch-size", "4", "--json"]) == 2
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["screened"], summary["skipped"], summary["errors"], summary["parts"]) == (0, N_FILES, 0, 0)
-    assert summary["out"] == str(out) and summary["films_per_s"] == 0.0
-    assert sorted(p.name for p in out.iterdir()) == before
+    assert (summary["screened"], summary["skipped"], summary["errors"], summary["parts"]) == (2, N_FILES - 2, 2, 1)
+    assert (summary["retried"], summary["changed"], summary["files"]) == (2, 0, N_FILES)
+    assert summary["out"] == str(out)
+    assert set(archive.part_files(out)) > before and len(archive.part_files(out)) == len(before) + 1
+    # Readers see one row per file; the history keeps both error rows of each unreadable file.
     assert archive.read_results(out).num_rows == N_FILES
-    # The text form says how many were skipped.
-    assert main(["screen", str(films), "--out", str(out)]) == 0
-    assert f"all {N_FILES} files were already screened" in capsys.readouterr().out
+    assert archive.read_results(out, history=True).num_rows == N_FILES + 2
+    # Without the unreadable files, a rerun has nothing to do, and the text form says how many it skipped.
+    good = tmp_path / "good"
+    shutil.copytree(films, good, ignore=shutil.ignore_patterns("notes.png", "empty.jpg"))
+    assert main(["screen", str(good), "--out", str(tmp_path / "o2")]) == 0
+    capsys.readouterr()
+    assert main(["screen", str(good), "--out", str(tmp_path / "o2")]) == 0
+    assert f"all {N_FILES - 2} files were already screened" in capsys.readouterr().out
 
 
 def test_interrupted_run_resumes_without_duplicates(
@@ -159,18 +171,124 @@ def test_interrupted_run_resumes_without_duplicates(
     # An interruption: the last part never got its name, and its temporary file is still there.
     lost = archive.part_files(out)[-1]
     lost.rename(out / f".{lost.name}.abc123.part")
-    kept = archive.read_results(out).num_rows
+    kept = archive.read_results(out, ["error"]).column("error").to_pylist()
+    unreadable = sum(error is not None for error in kept)
+    assert unreadable == 2  # both unreadable files sit in the parts kept, so the rerun reads them again
     extra = write_png(films.parent / "more" / "new.png", synthetic_xray(np.random.default_rng(7), 64))
     summary = archive.screen([films, extra], out, batch_size=4)
-    assert summary.skipped == kept
-    assert summary.screened == N_FILES - kept + 1
-    rows = _rows(out)
-    assert len(rows) == N_FILES + 1 and str(extra) in rows
+    assert (summary.skipped, summary.retried) == (len(kept) - unreadable, unreadable)
+    assert summary.screened == N_FILES - len(kept) + 1 + unreadable
+    current = archive.read_results(out)
+    assert current.num_rows == summary.files == N_FILES + 1 and str(extra) in current.column("path").to_pylist()
     assert not list(out.glob(".*.part")), "the dead run's temporary file is cleared"
-    # Another card (a changed threshold, a recorded evaluation) or operating point screens everything again.
-    assert archive._prior(out, "another-card", summary.operating_point) == {}
-    assert len(archive._prior(out, summary.card_hash, "site-b")) == 0
-    assert len(archive._prior(out, summary.card_hash, summary.operating_point)) == N_FILES + 1
+    # Another card (a changed threshold, a recorded evaluation) or operating point screens everything again; the
+    # same screens only the two unreadable files again.
+    paths = archive.collect_paths([films, extra])
+    assert len(archive_store.plan(out, paths, "another-card", summary.operating_point).todo) == N_FILES + 1
+    assert len(archive_store.plan(out, paths, summary.card_hash, "site-b").todo) == N_FILES + 1
+    again = archive_store.plan(out, paths, summary.card_hash, summary.operating_point)
+    assert (len(again.todo), again.retried, again.changed, len(again.done)) == (2, 2, 0, N_FILES - 1)
+
+
+def test_a_fixed_file_and_a_replaced_film_are_screened_again(local_ray: None, tmp_path: Path) -> None:
+    """A rerun reads again a file that was unreadable (since fixed) and a film replaced at the same path, and the
+    current rows are the new ones: one per file, with the new content's SHA-256."""
+    folder = tmp_path / "films"
+    rng = np.random.default_rng(11)
+    first = write_png(folder / "a.png", synthetic_xray(rng, 64))
+    write_png(folder / "b.png", synthetic_xray(rng, 64, pneumonia=True))
+    broken = folder / "c.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    out = tmp_path / "out"
+    one = archive.screen([folder], out, batch_size=2)
+    assert (one.screened, one.errors) == (3, 1)
+    rows = {r["path"]: r for r in archive.read_results(out).to_pylist()}
+    assert rows[str(broken)]["error"] and rows[str(first)]["size"] == first.stat().st_size
+    assert rows[str(first)]["mtime_ns"] == first.stat().st_mtime_ns
+    old_pixels = rows[str(first)]["pixel_hash"]
+
+    write_png(broken, synthetic_xray(rng, 64))  # fixed
+    write_png(first, synthetic_xray(rng, 64, pneumonia=True))  # another film under the same name
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # a coarse clock
+    two = archive.screen([folder], out, batch_size=2)
+    assert (two.screened, two.skipped, two.retried, two.changed, two.errors) == (2, 1, 1, 1, 0)
+    current = {r["path"]: r for r in archive.read_results(out).to_pylist()}
+    assert len(current) == 3 == two.files
+    assert current[str(broken)]["error"] is None and current[str(broken)]["probability"] is not None
+    assert current[str(first)]["sha256"] == hashlib.sha256(first.read_bytes()).hexdigest()
+    assert current[str(first)]["pixel_hash"] != old_pixels
+    history = archive.read_results(out, ["path"], history=True).column("path").to_pylist()
+    assert sorted(history) == sorted([str(first), str(first), str(broken), str(broken), str(folder / "b.png")])
+    # A third run finds nothing to do.
+    three = archive.screen([folder], out, batch_size=2)
+    assert (three.screened, three.skipped) == (0, 3)
+
+
+def test_readers_take_the_newest_row_and_older_parts_read_as_changed(tmp_path: Path) -> None:
+    """Parts written by hand: the newest row of a path is its current one, in write order; a part from before the
+    size and mtime_ns columns reads them as null, so a rerun screens its files again rather than trusting them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    film = write_png(tmp_path / "films" / "a.png", synthetic_xray(np.random.default_rng(3), 64))
+    out = tmp_path / "out"
+    out.mkdir()
+    old = {c: [None] for c in archive.COLUMNS if c not in ("size", "mtime_ns")}
+    old.update(path=[str(film)], card_hash=["card"], operating_point=["shipped"], warnings=[[]], probability=[0.1])
+    pq.write_table(pa.table(old), out / "part-20240101T000000-aaaaaaaa-000000.parquet")
+    plan = archive_store.plan(out, [str(film)], "card", "shipped")
+    assert (plan.changed, plan.retried, [p for _, p in plan.todo]) == (1, 0, [str(film)])
+
+    size, mtime = film.stat().st_size, film.stat().st_mtime_ns
+    writer = archive_store.PartWriter(out)
+    row = {**{c: v[0] for c, v in old.items()}, "size": size, "mtime_ns": mtime, "probability": 0.7}
+    other = {**row, "path": str(tmp_path / "films" / "b.png"), "probability": 0.2}
+    writer.write(pa.Table.from_pylist([row, other], schema=archive_store.schema()))
+    assert archive.part_files(out)[-1].name.startswith(f"part-{writer.run_id}")  # after the older part by name
+    current = archive.read_results(out).to_pylist()
+    assert [(r["path"], r["probability"]) for r in current] == [(str(film), 0.7), (other["path"], 0.2)]
+    assert archive.read_results(out, history=True).num_rows == 3
+    plan = archive_store.plan(out, [str(film)], "card", "shipped")
+    assert (plan.todo, plan.done) == ([], {str(film): None})
+    os.utime(film, ns=(mtime, mtime + 10**9))
+    assert archive_store.plan(out, [str(film)], "card", "shipped").changed == 1
+
+
+def test_log_stores_one_reading_per_screened_film(
+    local_ray: None,
+    films: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """--log: each screened film is one reading in the readings database, with its file as the source and the row's
+    probability, decision and error; a rerun logs only the files it reads again."""
+    database = tmp_path / "records.db"
+    monkeypatch.setenv("PNEUMO_DATABASE_URL", f"sqlite:///{database}")
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["screen", str(films), "--out", str(out), "--batch-size", "4", "--log", "--json"]) == 2
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["logged"] == N_FILES
+    assert f"logged {N_FILES} reading(s) to sqlite:///" in captured.err
+    with sqlite3.connect(database) as db:
+        logged = db.execute(
+            "SELECT source_kind, source_name, probability, decision, error, card_hash FROM readings ORDER BY id"
+        ).fetchall()
+    rows = {Path(r["path"]).resolve(): r for r in archive.read_results(out).to_pylist()}
+    assert len(logged) == N_FILES and {r[0] for r in logged} == {"file"}
+    assert sorted(Path(r[1]) for r in logged) == sorted(rows)
+    for _, name, probability, decision, error, card in logged:
+        row = rows[Path(name)]
+        assert (probability, decision, card) == (row["probability"], row["prediction"], row["card_hash"])
+        assert (error is None) == (row["error"] is None)
+        if error:  # the reason alone, as predict --log stores it; the row names the file as well
+            assert row["error"] == f"{row['path']}: {error}"
+    # A rerun reads the two unreadable files again, and logs those two.
+    assert main(["screen", str(films), "--out", str(out), "--batch-size", "4", "--log"]) == 2
+    assert "logged 2 reading(s)" in capsys.readouterr().err
+    with sqlite3.connect(database) as db:
+        assert db.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == N_FILES + 2
 
 
 def test_drift_over_the_run_is_the_drift_check_of_its_films(local_ray: None, tmp_path: Path) -> None:
@@ -235,9 +353,9 @@ def test_refusals_are_one_line(films: Path, tmp_path: Path, capsys: pytest.Captu
     assert a_file.read_text() == "a user's file"
     # A cluster address nothing answers at is one line at once (Ray itself would retry for minutes).
     with pytest.raises(ConnectionError, match="no Ray cluster answers there"):
-        archive._check_reachable(f"127.0.0.1:{free_ports(1)[0]}")
+        archive_job.check_reachable(f"127.0.0.1:{free_ports(1)[0]}")
     with pytest.raises(ValueError, match="RAY_ADDRESS nonsense: expected HOST:PORT"):
-        archive._check_reachable("nonsense", "RAY_ADDRESS")
+        archive_job.check_reachable("nonsense", "RAY_ADDRESS")
     with pytest.raises(SystemExit):
         main(["screen", str(films), "--out", str(tmp_path / "o"), "--batch-size", "0"])
     # A folder another run is writing is refused before any work.
@@ -368,3 +486,73 @@ def test_two_node_cluster_gives_the_same_rows(
             assert row["probability"] is None
         else:
             assert row["probability"] == pytest.approx(want["probability"], abs=1e-6)
+
+
+def test_readme_figures_quote_the_screening_bench() -> None:
+    """The README's screening figures and its million-film estimate are written from bench/screen-results.json
+    (python -m pneumo docs; tests/test_docs.py keeps the README equal to it): results made here land in the text."""
+    from pneumo.integrations import docs
+
+    def spread(median: float) -> dict[str, float]:
+        return {"median": median, "p10": median - 1, "p90": median + 1}
+
+    ms = {
+        name: spread(value)
+        for name, value in {
+            "read_ms": 0.05,
+            "decode_ms": 2.5,
+            "network_ms": 3.25,
+            "input_check_ms": 0.5,
+            "driver_ms": 0.25,
+            "film_work_ms": 3.0,
+            "film_work_full_size_dicom_ms": 61.0,
+        }.items()
+    }
+    results = {
+        "command": "python bench/screen.py --films 0 --rounds 3 --batch-size 32",
+        "when": "2026-01-02T03:04:05+00:00",
+        "films": 5216,
+        "film_source": "shared training folder",
+        "film_side_px": 224,
+        "machine": {"cores": 2},
+        "rounds": 3,
+        "load_average_1min_before_each_round": [1.5, 3.25],
+        "films_per_s": {"screen_2_actors": spread(120.0), "screen_1_actor": spread(70.0), "evaluate": spread(90.0)},
+        "steady_films_per_s": {"screen_2_actors": spread(140.0), "screen_1_actor": spread(75.0)},
+        "screen_over_evaluate": spread(1.33),
+        "two_actors_over_one": spread(1.87),
+        "ray_start_s": spread(4.0),
+        "ms_per_film": ms,
+        "full_size_films": {"px": [2048, 2500], "bytes": {"dicom": 10_240_000, "jpeg": 260_000}},
+        "estimate": {
+            "films": 1_000_000,
+            "actor_ms_per_full_size_film": 71.0,
+            "assumed_node_cores": 16,
+            "parallel_efficiency": 0.935,
+            "node_films_per_s": 210.7,
+            "node_read_mb_s": 2157.6,
+            "hours_on_nodes": {"1": 1.32, "4": 0.33, "16": 0.08},
+            "nodes_until_storage_limit": {"1 Gb/s link": 0.05, "10 Gb/s link": 12.4},
+            "hours_to_read_at_bandwidth": {"1 Gb/s link": 25.86, "10 Gb/s link": 2.59},
+            "film_mb": 10.24,
+            "assumed_bandwidth_mb_s": {"1 Gb/s link": 110.0, "10 Gb/s link": 1100.0},
+            "driver_films_per_s_limit": 4000,
+            "jpeg": {"film_mb": 0.26, "node_read_mb_s": 38.9, "nodes_until_storage_limit": {"1 Gb/s link": 2.83}},
+            "nodes_until_driver_limit": 19.0,
+        },
+    }
+    text = docs.screen_figures(results)
+    assert text.startswith("Measured by `python bench/screen.py --films 0 --rounds 3 --batch-size 32` (2026-01-02")
+    assert "5,216 films of the shared training folder (224 px JPEGs) on 2 cores, 3 interleaved rounds" in text
+    assert "load average 1.5–3.2" in text
+    assert "| `screen`, 2 actors | 120.0 [119.0–121.0] | 140.0 [139.0–141.0] |" in text
+    assert "| `evaluate` (probabilities, metrics, drift check) | 90.0 [89.0–91.0] | — |" in text
+    assert "two actors over one: 1.87 [0.87–2.87]" in text and "decoding 2.5" in text
+    assert "an uncompressed DICOM of 10.2 MB) costs 61 ms" in text
+    assert "reads 211 films/s and asks the archive for 2158 MB/s" in text
+    assert "1.3 h on 1 node, 20 min on 4 nodes, 5 min on 16 nodes" in text
+    assert "which must deliver 10.2 TB: a 1 Gb/s link (110 MB/s) feeds 0.05 of one node and takes 25.9 h" in text
+    assert "a 10 Gb/s link (1,100 MB/s) feeds 12 nodes and takes 2.6 h however many nodes read." in text
+    assert "feeds 0.05 of one node and takes 25.9 h" in text
+    assert "JPEG exports (0.26 MB a film here) asks 39 MB/s a node: a 1 Gb/s link then feeds 2.8 nodes." in text
+    assert "keeps up with 4,000 films/s (19 nodes)" in text

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -111,6 +112,74 @@ def test_a_server_sharing_its_cores_gets_sessions_that_sleep(exported: Path) -> 
     assert spinning(shared.engine.session) == "0" and spinning(shared.engine.cam_session) == "0"
     images = [np.random.default_rng(i).random((64, 64)).astype("float32") for i in range(3)]
     np.testing.assert_array_equal(alone.predict(images), shared.predict(images))
+
+
+def test_a_screening_actor_gets_a_one_thread_session(exported: Path) -> None:
+    """threads: one ONNX Runtime thread per operator for a process that is one of several per machine (a screening
+    actor), in the session load_model opens and checks; the same probabilities as the all-core session."""
+    one, every = load_model(exported, shared_cores=True, threads=1), load_model(exported)
+    assert one.engine.session.get_session_options().intra_op_num_threads == 1
+    assert one.engine.cam_session.get_session_options().intra_op_num_threads == 1
+    images = [np.random.default_rng(i).random((70, 64)).astype("float32") for i in range(3)]
+    np.testing.assert_allclose(one.predict(images), every.predict(images), atol=1e-6, rtol=0)
+
+
+class _CountingSession:
+    """An ONNX Runtime session that counts its runs and the outputs each asked for."""
+
+    def __init__(self, session: Any) -> None:
+        self.session, self.runs = session, []
+
+    def run(self, names: Any, feeds: Any) -> Any:
+        self.runs.append((tuple(names or ()), len(next(iter(feeds.values())))))
+        return self.session.run(names, feeds)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.session, name)
+
+
+def test_probabilities_and_features_come_from_one_pass(exported: Path) -> None:
+    """predict_with_features: the probability and the input check's pooled features of a batch from one run of the
+    graph per batch, equal to what predict and input_check.features give in two."""
+    loaded = load_model(exported)
+    images = [np.random.default_rng(i).random((80 + i, 70)).astype("float32") for i in range(5)]
+    want_p, want_f = loaded.predict(images), quality.features(loaded, images)
+    counting = _CountingSession(loaded.engine.session)
+    loaded.engine.session = counting
+    probabilities, features = loaded.predict_with_features(images, batch_size=4)
+    assert counting.runs == [(("probability", "features"), 4), (("probability", "features"), 1)]
+    np.testing.assert_allclose(probabilities, want_p, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(features, want_f, atol=1e-5, rtol=1e-5)
+    assert features.shape[0] == 5 and np.ptp(want_p) > 1e-4
+    # The input check given those features says what it says when it runs the network itself, and runs nothing.
+    density = quality.fit(np.random.default_rng(0).normal(features.mean(0), 1.0, (40, features.shape[1])))
+    accepted = 0
+    for k, image in enumerate(images):
+        counting.runs.clear()
+        given = quality.inspect(loaded, image, density, own_features=features[k : k + 1])
+        if not given.warnings:  # a refused film is looked at turned and inverted, which needs the network
+            assert counting.runs == []
+            accepted += 1
+        assert given == quality.inspect(loaded, image, density)
+    assert accepted > 0
+
+
+def test_a_prepared_batch_is_served_as_it_is(exported: Path) -> None:
+    """prepare resizes each film into one float32 batch, as stacking and converting did; a batch already at the
+    input size passes through without a copy (bench/run.py found a second preparation cost 1 ms a film)."""
+    from pneumo.data.pixels import resize
+
+    loaded = load_model(exported)
+    images = [np.random.default_rng(i).random((90, 64 + i)) for i in range(3)]  # float64, as a caller may hold
+    batch = loaded.prepare(images)
+    assert batch.dtype == np.float32 and batch.shape == (3, 64, 64, 1) and batch.flags.c_contiguous
+    expected = np.stack([resize(img, 64) for img in images])[..., None].astype(np.float32)
+    np.testing.assert_array_equal(batch, expected)
+    again = loaded.prepare(batch)
+    assert np.shares_memory(again, batch)
+    np.testing.assert_array_equal(loaded.prepare(batch[..., 0]), batch)  # n × size × size: films, resized as such
+    np.testing.assert_array_equal(loaded.prepare(images[0]), batch[:1])
+    np.testing.assert_array_equal(loaded.predict(batch), loaded.predict(images))
 
 
 def test_a_stale_export_is_never_served(exported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

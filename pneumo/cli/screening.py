@@ -21,7 +21,8 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         help="screen an archive (folders, files, CSV manifests) on Ray into Parquet; a rerun resumes",
         description="Read every film with the model, as predict does, on a pool of Ray actors; one Parquet row "
         "per file under --out. A second run with the same --out skips the files already screened there by "
-        "the same model card and operating point.",
+        "the same model card and operating point, and screens again those that were unreadable then or whose "
+        "size or modification time has changed since; a reader of --out takes each file's newest row.",
     )
     p.add_argument(
         "sources",
@@ -55,6 +56,12 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
         action="store_true",
         help="also test this run's films as one batch against the model's drift reference (one more pass per film)",
     )
+    p.add_argument(
+        "--log",
+        action="store_true",
+        help="also store one reading per screened film in the readings database (PNEUMO_DATABASE_URL), "
+        "as predict --log does",
+    )
     p.add_argument("--json", action="store_true", help="print the run's summary as JSON")
     p.set_defaults(func=cmd_screen)
     return p
@@ -72,6 +79,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         actors=args.actors,
         drift=args.drift,
+        log=args.log,
         # A bar only on a terminal: a log file or a pipe gets the summary alone.
         progress=_progress("screen") if sys.stderr.isatty() else None,
     )
@@ -82,5 +90,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
             print(f"caution: this model {caution}", file=sys.stderr)
         for line in summary_lines(summary):
             print(line)
+    if args.log:
+        print(f"logged {summary.logged} reading(s) to {summary.log_url}", file=sys.stderr)
     # predict's rule: an input that could not be read makes the exit status 2 (its row says why).
     return 2 if summary.errors else 0

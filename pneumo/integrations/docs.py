@@ -18,6 +18,7 @@ from typing import Any
 from pneumo.core.card import ModelCard
 from pneumo.core.files import atomic_write_text
 from pneumo.core.paths import DEFAULT_MODEL_DIR, PROJECT_ROOT
+from pneumo.evaluation.card_figures import by_label_in_words
 
 README = PROJECT_ROOT / "README.md"
 EXPERIMENTS = DEFAULT_MODEL_DIR / "EXPERIMENTS.md"
@@ -72,14 +73,15 @@ def model_table(card: ModelCard) -> str:
     for held in card.shift_checks.get("leave_population_out", []):
         lines += [
             "",
-            f"Leave-population-out ({held['held_out']}): n = {held['n']:,}, ROC AUC {_f(held['roc_auc'])}, "
+            f"Leave-population-out ({held['held_out']}): one network of the same recipe, trained without that "
+            f"population, scored on it: n = {held['n']:,}, ROC AUC {_f(held['roc_auc'])}, "
             f"sensitivity {_f(held['sensitivity'], 3)}, specificity {_f(held['specificity'], 3)} at this threshold.",
         ]
     if audit:
         lines += [
             "",
             f"Label audit: {audit['suspects']} of {audit['n']:,} films ({audit['suspect_share']:.1%}) suspected "
-            f"label errors, by given label {audit['suspects_by_label']}.",
+            f"label errors ({by_label_in_words(audit['suspects_by_label'])}).",
         ]
     faith = card.extra.get("explanation")
     if faith:
@@ -202,10 +204,86 @@ def module_map(package: Path = PACKAGE) -> str:
     return "\n".join(lines[1:])
 
 
+SCREEN_BENCH = PROJECT_ROOT / "bench" / "screen-results.json"
+
+
+def _duration(hours: float) -> str:
+    """Hours as a reader takes them in: minutes below one hour."""
+    return f"{hours:,.1f} h" if hours >= 1 else f"{hours * 60:.0f} min"
+
+
+def _nodes(count: float) -> str:
+    """A number of nodes in words: a share of one below one, whole nodes from ten."""
+    if count < 1:
+        return f"{count:.2f} of one node"
+    return f"{count:.0f} nodes" if count >= 10 else f"{count:.1f} nodes"
+
+
+def screen_figures(results: dict[str, Any]) -> str:
+    """The README's screening figures and its estimate for a million films, from bench/screen-results.json."""
+
+    def mid(block: dict[str, Any], digits: int = 1) -> str:
+        return f"{block['median']:,.{digits}f} [{block['p10']:,.{digits}f}–{block['p90']:,.{digits}f}]"
+
+    rate, steady, ms = results["films_per_s"], results["steady_films_per_s"], results["ms_per_film"]
+    loads = results.get("load_average_1min_before_each_round") or [0.0]
+    est = results["estimate"]
+    full = results["full_size_films"]
+    hours = est["hours_on_nodes"]
+    limits, reading = est["nodes_until_storage_limit"], est["hours_to_read_at_bandwidth"]
+    jpeg, first = est["jpeg"], next(iter(est["nodes_until_storage_limit"]))
+    bandwidth = est["assumed_bandwidth_mb_s"]
+    return "\n".join(
+        [
+            f"Measured by `{results['command']}` ({results['when'][:10]}, `bench/screen-results.json`): "
+            f"{results['films']:,} films of the {results['film_source']} ({results['film_side_px']} px JPEGs) on "
+            f"{results['machine']['cores']} cores, {results['rounds']} interleaved rounds, median [p10–p90]. Other "
+            f"work shared the cores (1-minute load average {min(loads):.1f}–{max(loads):.1f} before the rounds), so "
+            "the ratios, taken within each round, say more than the rates.",
+            "",
+            "| run | films/s, whole call | films/s once the actors are up |",
+            "| --- | --- | --- |",
+            f"| `screen`, 2 actors | {mid(rate['screen_2_actors'])} | {mid(steady['screen_2_actors'])} |",
+            f"| `screen`, 1 actor | {mid(rate['screen_1_actor'])} | {mid(steady['screen_1_actor'])} |",
+            f"| `evaluate` (probabilities, metrics, drift check) | {mid(rate['evaluate'])} | — |",
+            "",
+            f"`screen` over `evaluate`: {mid(results['screen_over_evaluate'], 2)}; two actors over one: "
+            f"{mid(results['two_actors_over_one'], 2)}; Ray's start-up {mid(results['ray_start_s'], 1)} s a run. "
+            f"One film's parts (ms): reading its bytes {ms['read_ms']['median']:.2f} (from the page cache), "
+            f"decoding {ms['decode_ms']['median']:.1f}, the network {ms['network_ms']['median']:.1f} (32 films at "
+            f"once, one thread, probability and features in one pass), the input check "
+            f"{ms['input_check_ms']['median']:.2f}, the driver's part {ms['driver_ms']['median']:.2f}. A full-size "
+            f"film ({full['px'][0]:,} × {full['px'][1]:,} px, an uncompressed DICOM of "
+            f"{full['bytes']['dicom'] / 1e6:.1f} MB) costs {ms['film_work_full_size_dicom_ms']['median']:.0f} ms of "
+            f"hashing, decoding and resizing where a training film costs {ms['film_work_ms']['median']:.1f}.",
+            "",
+            f"A paper estimate for {est['films']:,} such films: one actor takes "
+            f"{est['actor_ms_per_full_size_film']:.0f} ms a film, so a {est['assumed_node_cores']}-core node (one "
+            "actor per core, at the "
+            f"{est['parallel_efficiency']:.2f} parallel efficiency measured here) reads {est['node_films_per_s']:.0f}"
+            f" films/s and asks the archive for {est['node_read_mb_s']:.0f} MB/s. That is "
+            + ", ".join(f"{_duration(hours[n])} on {n} node{'s' if n != '1' else ''}" for n in hours)
+            + ", as long as the archive keeps up. The films are read where they lie, so the nodes together stop "
+            "scaling at the storage's or the PACS's read bandwidth, which must deliver "
+            f"{est['films'] * est['film_mb'] / 1e6:,.1f} TB: "
+            + "; ".join(
+                f"a {link} ({bandwidth[link]:,.0f} MB/s) feeds {_nodes(limits[link])} and takes "
+                f"{_duration(reading[link])} however many nodes read"
+                for link in limits
+            )
+            + f". An archive of JPEG exports ({jpeg['film_mb']:.2f} MB a film here) asks "
+            f"{jpeg['node_read_mb_s']:.0f} MB/s a node: a {first} then feeds "
+            f"{_nodes(jpeg['nodes_until_storage_limit'][first])}. The one driver, which writes every Parquet part, "
+            f"keeps up with {est['driver_films_per_s_limit']:,} films/s ({_nodes(est['nodes_until_driver_limit'])}).",
+        ]
+    )
+
+
 BLOCKS: dict[str, tuple[Path, Callable[[], str]]] = {
     "model-table": (README, lambda: model_table(_card())),
     "experiments-shipped": (EXPERIMENTS, lambda: model_table(_card())),
     "bench-table": (README, lambda: bench_table(load_json(BENCH))),
+    "screen-figures": (README, lambda: screen_figures(load_json(SCREEN_BENCH))),
     "module-map": (README, module_map),
 }
 

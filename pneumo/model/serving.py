@@ -347,18 +347,19 @@ def _register_gradient_ops() -> None:
             ctx.make_node("Mul", [dy, slope], outputs=node.output, name=node.name)
 
 
-def _session(path: Path, spin: bool = True) -> Any:
-    """An ONNX Runtime session over every core for each operator.
+def _session(path: Path, spin: bool = True, threads: int | None = None) -> Any:
+    """An ONNX Runtime session over every core for each operator (or `threads` of them).
 
     spin: the pool's threads busy-wait between operators (the fastest when nothing else wants the cores:
     the command line, the benchmark). A process that shares its cores (the dashboard, with its web server
     and often the browser beside it) passes False: spinning threads then take the cores from the work
-    they wait for, and 25 films took 6.0 s to show instead of 3.8-4.2 s on 2 cores.
+    they wait for, and 25 films took 6.0 s to show instead of 3.8-4.2 s on 2 cores. threads: fewer than every
+    core, for a process that is one of several on the machine (a screening actor: one per core).
     """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count() or 1
+    options.intra_op_num_threads = max(1, threads or os.cpu_count() or 1)
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -372,9 +373,9 @@ def _metadata(session: Any) -> dict[str, str]:
 class OnnxEngine:
     """ONNX Runtime sessions over an exported model: probabilities, pooled features, Grad-CAM maps."""
 
-    def __init__(self, path: str | Path, spin: bool = True):
+    def __init__(self, path: str | Path, spin: bool = True, threads: int | None = None):
         self.path = Path(path)
-        self.session = _session(self.path, spin)
+        self.session = _session(self.path, spin, threads)
         self.input_name = self.session.get_inputs()[0].name
         self.input_size = int(self.session.get_inputs()[0].shape[1])
         self.has_features = "features" in [o.name for o in self.session.get_outputs()]
@@ -384,7 +385,7 @@ class OnnxEngine:
         cam_path = self.path.with_name(CAM_NAME)
         if cam_path.exists():
             try:
-                session = _session(cam_path, spin)
+                session = _session(cam_path, spin, threads)
             except Exception:  # a damaged Grad-CAM graph: the traced TensorFlow one serves instead
                 session = None
             if session is not None and _metadata(session).get(SOURCE_KEY) == self.source_sha256:
@@ -392,6 +393,10 @@ class OnnxEngine:
 
     def probabilities(self, batch: np.ndarray) -> np.ndarray:
         return self.session.run(["probability"], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+
+    def outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """Several outputs of one pass of the network (the probability and the pooled features share it)."""
+        return self.session.run(names, {self.input_name: np.ascontiguousarray(batch, np.float32)})
 
     @property
     def has_members(self) -> bool:
@@ -434,8 +439,11 @@ def engine_choice() -> str:
     return choice
 
 
-def open_onnx(model_path: str | Path, notes: list[str] | None = None, spin: bool = True) -> OnnxEngine | None:
+def open_onnx(
+    model_path: str | Path, notes: list[str] | None = None, spin: bool = True, threads: int | None = None
+) -> OnnxEngine | None:
     """The ONNX engine for a model file, or None (no export, a stale one, no onnxruntime, or turned off).
+    threads: ONNX Runtime's threads per operator (default: every core).
 
     An export whose graph fails the stored probe is refused: one line on the "pneumo.model.serving" logger (and in
     notes, when given), and None, so TensorFlow serves; with PNEUMO_ENGINE=onnx, ValueError instead.
@@ -449,7 +457,7 @@ def open_onnx(model_path: str | Path, notes: list[str] | None = None, spin: bool
             )
         return None
     try:
-        engine = OnnxEngine(path, spin)
+        engine = OnnxEngine(path, spin, threads)
     except ImportError:
         if choice == "onnx":
             raise
