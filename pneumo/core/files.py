@@ -8,6 +8,7 @@ file that breaks either is named, never parsed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import stat
@@ -39,6 +40,16 @@ def _is_number(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return not isinstance(value, int) or abs(value) < 2**63
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB chunks (a model or an archive's film is never held whole); OSError
+    when it cannot be read."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def check_writable(path: str | Path) -> None:

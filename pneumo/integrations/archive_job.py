@@ -13,7 +13,6 @@ early once they pass HELD_BYTES (full-size films of 20 MB and more each).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import sys
@@ -23,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from pneumo.core import files
 from pneumo.core.card import ModelCard
 from pneumo.core.files import now_iso
 from pneumo.integrations.archive_store import file_key, schema
@@ -43,16 +43,11 @@ EXTRA = ("index", "node", "drift_distance", "drift_score", "reason", "pixel_sha2
 
 
 def file_sha256(path: str) -> str | None:
-    """SHA-256 of a file's bytes, read in 1 MiB chunks (an archive's films are read once more, never held whole);
-    None when it cannot be opened."""
-    digest = hashlib.sha256()
+    """SHA-256 of a file's bytes (read in chunks, never held whole); None when it cannot be opened."""
     try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        return files.file_sha256(path)
     except OSError:
         return None
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,6 @@ not, or has no probe, is refused with one line and TensorFlow serves.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pneumo.core.files import atomic_write_bytes, atomic_write_json
+from pneumo.core.files import atomic_write_bytes, atomic_write_json, file_sha256
 from pneumo.model.input_check import feature_model
 
 # TensorFlow, tf2onnx and ONNX Runtime are imported where used: exporting needs the first two and serving the last;
@@ -48,14 +47,6 @@ _log = logging.getLogger("pneumo.model.serving")
 
 class ExportError(RuntimeError):
     """The model could not be exported to ONNX (missing converter, unsupported operation)."""
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def onnx_path(model_path: str | Path) -> Path:

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from pneumo.core.files import file_sha256
 from pneumo.data.pixels import shrink, to_uint8
 from pneumo.integrations.records.audit import READING, append_event, jsonable, now, reading_sha256
 from pneumo.integrations.records.db import Records, RecordsError, open_records
@@ -73,14 +74,10 @@ def model_file_sha256(path: str | Path | None) -> str | None:
     with _MODEL_HASHES_LOCK:
         found = _MODEL_HASHES.get(key)
     if found is None:
-        digest = hashlib.sha256()
         try:
-            with open(resolved, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            found = file_sha256(resolved)
         except OSError:
             return None
-        found = digest.hexdigest()
         with _MODEL_HASHES_LOCK:
             if len(_MODEL_HASHES) > 64:  # a long-lived app that saw many model files keeps the newest few
                 _MODEL_HASHES.clear()
