@@ -143,7 +143,9 @@ def show_reopened(reading_id: int, source: str) -> None:
     st.markdown(texts.reopened_line(found.row, found.found_at, found.checked))
     again = predict.pack(predict.compact(found.reading))
     heat = None
-    if found.same_model(loaded):
+    if not worklist.scored(found.reading):  # as on the cards: no map over a film the model cannot read
+        st.caption("Map off: the input check did not take this for a film the model can read.")
+    elif found.same_model(loaded):
         heat = card_heatmaps(loaded, found.pixel_sha256 or f"reading-{reading_id}", model_key, again)["gradcam"]
     else:
         st.caption("The model in use did not make this reading: its map is not drawn.")

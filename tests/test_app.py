@@ -771,8 +771,8 @@ def test_a_reading_of_a_file_opens_again_with_its_map_until_the_file_changes(
     app_env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """predict --log reads a film from disk; the same user's Predict page lists it under "Your recent readings"
-    and draws it again from the file with its stored decision and a map. Once the file holds other pixels, it is
-    refused in one line and nothing is drawn."""
+    and draws it again from the file with its stored decision and a map, when the file lies in a folder the app may
+    open. Once the file holds other pixels, it is refused in one line and nothing is drawn."""
     import subprocess
     import sys
 
@@ -780,12 +780,16 @@ def test_a_reading_of_a_file_opens_again_with_its_map_until_the_file_changes(
 
     user = f"reopen-{tmp_path.stat().st_ino}"
     monkeypatch.setenv("PNEUMO_USER", user)
+    monkeypatch.setenv("PNEUMO_DATA_ROOTS", str(tmp_path / "ward"))  # the app may open files there only
     film = tmp_path / "ward" / "film.png"
-    film.parent.mkdir()
+    outside = tmp_path / "elsewhere" / "other.png"  # logged by the command line, outside what the app may open
+    for path in (film, outside):
+        path.parent.mkdir()
     ramp = np.add.outer(np.linspace(0, 200, 256), np.linspace(0, 55, 256)).astype(np.uint8)
     Image.fromarray(ramp).save(film)
+    Image.fromarray(ramp[::-1]).save(outside)
     done = subprocess.run(
-        [sys.executable, "-m", "pneumo", "predict", "--log", "--json", str(film)],
+        [sys.executable, "-m", "pneumo", "predict", "--log", "--json", str(film), str(outside)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -795,7 +799,7 @@ def test_a_reading_of_a_file_opens_again_with_its_map_until_the_file_changes(
     decision = json.loads(done.stdout)[0]["prediction"]
     at = _open("pages/predict.py")
     pick = next(s for s in at.selectbox if s.label == "Open a reading again")
-    assert len(pick.options) == 1 and "film.png" in pick.options[0]
+    assert len(pick.options) == 1 and "film.png" in pick.options[0]  # other.png is listed, not offered
     charts = len(at.get("plotly_chart"))
     pick.set_value(int(pick.options[0].split("·")[0].strip().lstrip("#"))).run()
     assert not at.exception, [e.value for e in at.exception]

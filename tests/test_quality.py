@@ -373,3 +373,30 @@ def test_a_page_of_text_is_refused_as_flat_white_and_a_film_is_not() -> None:
     square = np.zeros((1000, 1000), np.float32)
     square[:500, :500] = 1.0
     assert quality.blank_share(square) == pytest.approx(0.25, abs=0.01)
+
+
+def test_refitting_a_models_check_records_it_and_a_card_that_refuses_leaves_the_old_check(
+    tiny_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shutil
+
+    from pneumo.core import card as card_module
+    from pneumo.core.card import ModelCard
+    from pneumo.core.files import LockTimeout
+    from pneumo.training.qualify import refit_input_check
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    check = run / quality.FILE_NAME
+    section = refit_input_check(run / "model.keras")
+    assert ModelCard.read(run / "card.json").extra["input_check"]["refusal_distance"] == section["refusal_distance"]
+    before = b"the check file in force before this refit"  # not what a refit writes: a restore shows
+    check.write_bytes(before)
+
+    def held(*args: object, **kwargs: object) -> None:
+        raise LockTimeout(f"{run / 'card.json'} is being updated by another process; tried for 0 s")
+
+    monkeypatch.setattr(card_module, "update_card", held)
+    with pytest.raises(LockTimeout):
+        refit_input_check(run / "model.keras")
+    assert check.read_bytes() == before  # the check in force is still the one the card describes

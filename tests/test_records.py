@@ -969,3 +969,20 @@ def test_a_film_read_before_names_its_newest_earlier_reading_and_history_is_the_
     assert R.read_before(["a" * 64], [later[0]], url=url)[0]["id"] == again[0]  # the newest earlier one
     assert [r["source_name"] for r in R.recent_readings("bob", url=url)] == ["a-third.png", "a-copy.png"]
     assert [r["source_name"] for r in R.recent_readings("ann", 1, url=url)] == ["b.png"]
+
+
+def test_a_failed_reading_of_a_path_neither_takes_a_verdict_nor_makes_it_ambiguous(tmp_path: Path) -> None:
+    """A file unreadable at first, then fixed and read again (then moved): its path has a failed reading (no film)
+    and a good one. The verdict goes to the good one; the failed one is no second film and takes none."""
+    url = _url(tmp_path)
+    path = str(tmp_path / "gone" / "x.png")
+    ids = R.add_readings(
+        [_entry(path, None, error="not an image"), _entry(path, 0.8, digest="f" * 64)],
+        url=url,
+    )
+    table = tmp_path / "v.csv"
+    table.write_text(f"path,label\n{path},PNEUMONIA\n")
+    report = R.import_verdicts(table, reader="dr m", url=url, decode=False)
+    assert (report.matched, report.ambiguous_count, report.unmatched_count, report.stored) == (1, 0, 0, 1)
+    assert R.latest_verdict(ids[0], url=url) is None
+    assert (R.latest_verdict(ids[1], url=url) or {}).get("label") == "PNEUMONIA"

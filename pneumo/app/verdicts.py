@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import streamlit as st
 
 from pneumo.app import auth
-from pneumo.app.ui import plain
+from pneumo.app.ui import plain, settings
 from pneumo.integrations.records import (
     NewReading,
     ReadingSource,
@@ -298,9 +298,19 @@ def recent_history(limit: int = 20, batch_key: Sequence[Any] | None = None) -> l
 
 
 def reopenable(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows of recent_history whose film can be found again: read from a file or a PACS, with a score (an
-    upload's pixels were never kept, and a film that could not be read has nothing to show)."""
-    return [h for h in history if h.get("source") in ("file", "pacs") and h.get("score") is not None]
+    """The rows of recent_history whose film can be found again: read from a file inside the folders this app may
+    open (a path logged by the command line may lie anywhere), or from a PACS, with a score (an upload's pixels were
+    never kept, and a film that could not be read has nothing to show)."""
+    allowed = settings()
+
+    def offered(h: dict[str, Any]) -> bool:
+        if h.get("score") is None:
+            return False
+        if h.get("source") == "file":
+            return allowed.resolve_inside_roots(str(h.get("film") or "")) is not None
+        return h.get("source") == "pacs"
+
+    return [h for h in history if offered(h)]
 
 
 def reopen_reading(reading_id: int, pacs_config: Any = None) -> Any:
@@ -313,4 +323,7 @@ def reopen_reading(reading_id: int, pacs_config: Any = None) -> Any:
         from pneumo.integrations import pacs
 
         client = pacs.Pacs.from_config(pacs_config)
-    return reopen(reading_id, pacs=client, url=app_database_url())
+    found = reopen(reading_id, pacs=client, url=app_database_url())
+    if found.row.get("source_kind") == "file" and settings().resolve_inside_roots(found.found_at) is None:
+        raise RecordsError(f"reading {reading_id}: its file lies outside the folders this app may open")
+    return found

@@ -151,6 +151,8 @@ def refit_input_check(model_path: str | Path | None = None) -> dict[str, Any]:
     files.check_writable(loaded.path.with_name(quality.FILE_NAME))
     frame, what = predictions_for_reference(loaded.path)
     images = V.load_images(frame["path"].tolist(), loaded.input_size)
+    check_file = loaded.path.with_name(quality.FILE_NAME)
+    before = check_file.read_bytes() if check_file.is_file() else None
     section = fit_input_check(loaded, images, loaded.path.parent)
     if not section["available"]:
         raise ValueError(f"{loaded.path}: {section['reason']}")
@@ -159,7 +161,16 @@ def refit_input_check(model_path: str | Path | None = None) -> dict[str, Any]:
     def put(changed: ModelCard) -> None:
         changed.extra["input_check"] = section
 
-    update_card(card, put, create=False)
+    try:
+        update_card(card, put, create=False)
+    except BaseException:
+        # The card could not take the new levels (its lock held too long, made read-only meanwhile): the check
+        # file goes back to what it was, so the check in force and the card that describes it never disagree.
+        if before is None:
+            check_file.unlink(missing_ok=True)
+        else:
+            files.atomic_write_bytes(check_file, before)
+        raise
     return section
 
 

@@ -229,7 +229,9 @@ def _match_path(session: Session, value: str, base: Path, decode: bool) -> tuple
     )
     bare = select(ReadingRow).where(ReadingRow.source_kind == UPLOAD, ReadingRow.source_name == value)
     for query, how in ((exact, "path"), (bare, "name")):
-        rows = list(session.scalars(query.order_by(ReadingRow.id)))
+        # A reading whose input could not be read has no film to judge: it neither takes a verdict nor counts as
+        # another film beside a good reading of the same path (a file fixed and read again).
+        rows = [r for r in session.scalars(query.order_by(ReadingRow.id)) if r.error is None]
         if not rows:
             continue
         films = sorted({_film(r) for r in rows})
