@@ -52,7 +52,7 @@ from pneumo.app.verdicts import (
     verdict_buttons,
 )
 from pneumo.core.memory import trim
-from pneumo.data.pixels import resize, to_uint8
+from pneumo.data.pixels import resize
 from pneumo.evaluation import drift
 from pneumo.integrations.records import ReadingSource, RecordsError, pixel_sha256
 from pneumo.integrations.report import safe_csv
@@ -149,9 +149,8 @@ def show_reopened(reading_id: int, source: str) -> None:
         heat = card_heatmaps(loaded, found.pixel_sha256 or f"reading-{reading_id}", model_key, again)["gradcam"]
     else:
         st.caption("The model in use did not make this reading: its map is not drawn.")
-    assert found.reading.xray is not None  # reopen refuses a reading without a film
     centre, width = viewer.PRESETS[next(iter(viewer.PRESETS))]
-    film = to_uint8(found.reading.xray.pixels)
+    film = native_film(found.reading)  # reopen refuses a reading without a film
     figure = viewer.film_figure(film, centre, width, heat, opacity)
     st.plotly_chart(figure, config=viewer.CONFIG, key=f"reopen-figure-{reading_id}")
 

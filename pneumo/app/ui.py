@@ -19,6 +19,7 @@ import streamlit as st
 from cachetools import LRUCache
 from streamlit.runtime.pages_manager import PagesManager
 
+from pneumo.app.cards import SharedCache
 from pneumo.app.sessions import _trim_forever
 from pneumo.app.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
 from pneumo.app.texts import plain
@@ -271,22 +272,13 @@ def folder_predictions(loaded: LoadedModel, root: Path, model_key: str) -> Any:
 
 # Films shown in the Dataset Explorer's grids, decoded once and kept small (overview.thumbnail) for every session,
 # bounded by the bytes they hold: a rerun (a click, a verdict) shows them again without decoding a file.
-_THUMBNAILS: LRUCache = LRUCache(maxsize=48 * 2**20, getsizeof=lambda image: image.nbytes)
-_THUMBNAILS_LOCK = threading.Lock()
+_THUMBNAILS = SharedCache(48 * 2**20, lambda image: image.nbytes)
 
 
 def film_thumbnail(path: str) -> Any:
     """A dataset item as a grid shows it (8-bit, at most overview.THUMBNAIL_SIDE px), decoded again only when its
     file changed; ValueError or OSError when it cannot be read. Shared: the caller must not change it."""
-    key = (path, *overview.file_stamp(path))
-    with _THUMBNAILS_LOCK:
-        hit = _THUMBNAILS.get(key)
-    if hit is None:
-        hit = overview.thumbnail(path)  # outside the lock: two sessions may decode one film once each, never wait
-        with _THUMBNAILS_LOCK:
-            if hit.nbytes <= _THUMBNAILS.maxsize:
-                _THUMBNAILS[key] = hit
-    return hit
+    return _THUMBNAILS.get((path, *overview.file_stamp(path)), lambda: overview.thumbnail(path))
 
 
 def sidebar(cfg: AppSettings) -> None:
