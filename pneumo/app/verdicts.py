@@ -24,7 +24,7 @@ from pneumo.integrations.records import (
 )
 from pneumo.model.reading import NORMAL, PNEUMONIA
 
-LOGGED_KEY = "_records_logged"  # session state: batch key -> reading ids, so a rerun never logs a batch again
+LOGGED_KEY = "_records_logged"  # session state: ("logged", batch key) -> reading ids: a rerun never logs a batch again
 NOTICE_KEY = "_records_notice"  # session state: the last verdict's outcome, shown beside its buttons
 # Session state: reading id -> (its newest verdict or None, why it could not be read or None). Read for a whole batch
 # in one query, and again for one reading after a verdict on it is saved: never on every rerun of the page.
@@ -40,10 +40,11 @@ def _digest(batch_key: Sequence[Any]) -> str:
     return hashlib.sha256("\n".join(map(str, batch_key)).encode()).hexdigest()
 
 
-def once_per_batch(what: str, batch_key: Sequence[Any], read: Callable[[], T]) -> T:
+def once_per_batch(what: str, batch_key: Sequence[Any], read: Callable[[], T], store: str = BATCH_READS_KEY) -> T:
     """read() for this batch (batch_key: what makes it, as for log_batch_once), made on the session's first run of
-    the batch only and kept in its state: the page reruns on every click, the database is asked once."""
-    kept: dict[tuple[str, str], Any] = st.session_state.setdefault(BATCH_READS_KEY, {})
+    the batch only and kept in its state under store (the newest KEPT_BATCHES entries): the page reruns on every
+    click, the database is asked once."""
+    kept: dict[tuple[str, str], Any] = st.session_state.setdefault(store, {})
     key = (what, _digest(batch_key))
     if key not in kept:
         value = read()
@@ -93,30 +94,26 @@ def log_batch_once(
     drift: the batch's drift check, or a function giving it, called only when the batch is logged (a rerun then
     costs nothing). When the database fails, a warning says so and the ids are None (the page works on; no
     verdicts)."""
-    digest = _digest(batch_key)
-    logged: dict[str, list[int | None]] = st.session_state.setdefault(LOGGED_KEY, {})
-    if digest in logged:
-        return logged[digest]
-    entries: list[NewReading] = [
-        new_reading(
-            r,
-            loaded,
-            sources[i] if sources is not None else ReadingSource.upload(r.name),
-            pixel_hashes[i] if pixel_hashes is not None else None,
-        )
-        for i, r in enumerate(readings)
-    ]
-    ids: list[int | None]
-    try:
-        batch_drift = drift() if callable(drift) else drift
-        ids = list(add_readings(entries, user=app_user(), drift=batch_drift, url=app_database_url()))
-    except RecordsError as exc:
-        st.warning(f"These readings were not logged: {plain(exc)}", icon=":material/database:")
-        ids = [None] * len(readings)
-    if len(logged) >= KEPT_BATCHES:
-        logged.pop(next(iter(logged)))
-    logged[digest] = ids
-    return ids
+
+    def log() -> list[int | None]:
+        entries: list[NewReading] = [
+            new_reading(
+                r,
+                loaded,
+                sources[i] if sources is not None else ReadingSource.upload(r.name),
+                pixel_hashes[i] if pixel_hashes is not None else None,
+            )
+            for i, r in enumerate(readings)
+        ]
+        try:
+            batch_drift = drift() if callable(drift) else drift
+            return list(add_readings(entries, user=app_user(), drift=batch_drift, url=app_database_url()))
+        except RecordsError as exc:
+            st.warning(f"These readings were not logged: {plain(exc)}", icon=":material/database:")
+            return [None] * len(readings)
+
+    # Its own store: the batches' reads never push a batch's log out, which would log it again.
+    return once_per_batch("logged", batch_key, log, store=LOGGED_KEY)
 
 
 def _save(reading_id: int, label: str, user: str, url: str) -> None:
