@@ -5,10 +5,11 @@ which run a visitor may activate. The files a page polls every few seconds are r
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from cachetools import LRUCache
 
 from pneumo.core import files
 from pneumo.training.runs import RunInfo
@@ -18,8 +19,7 @@ ETA_AFTER_STEPS = 10  # the first steps include tracing: an ETA from them says l
 HYPERPARAMETERS = ("split", "augmentation", "mixup", "epochs", "batch_size", "learning_rate", "image_size", "seed")
 ACTIVATABLE_STATES = ("finished", "stopped")
 
-_JSON_CACHE: OrderedDict[tuple[str, int, int], dict[str, Any]] = OrderedDict()
-_JSON_CACHE_SIZE = 512
+_JSON_CACHE: LRUCache = LRUCache(maxsize=512)
 _JSON_LOCK = threading.Lock()
 
 
@@ -34,15 +34,11 @@ def json_object(path: str | Path) -> dict[str, Any]:
     key = (str(path), stat.st_mtime_ns, stat.st_size)
     with _JSON_LOCK:
         hit = _JSON_CACHE.get(key)
-        if hit is not None:
-            _JSON_CACHE.move_to_end(key)
-            return dict(hit)
-    value = files.read_json_object(path)
-    with _JSON_LOCK:
-        _JSON_CACHE[key] = value
-        while len(_JSON_CACHE) > _JSON_CACHE_SIZE:
-            _JSON_CACHE.popitem(last=False)
-    return dict(value)
+    if hit is None:
+        hit = files.read_json_object(path)
+        with _JSON_LOCK:
+            _JSON_CACHE[key] = hit
+    return dict(hit)
 
 
 def run_config(run_dir: str | Path) -> dict[str, Any]:
