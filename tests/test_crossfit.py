@@ -279,3 +279,6 @@ def test_population_fold_command_reports_records_and_refuses_in_one_line(tmp_pat
     assert recorded.returncode == 0 and "specificity 0.750" in recorded.stdout
     refused = cli(str(tmp_path / "nowhere"), "--model", str(model), "--record")
     assert refused.returncode == 2 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    # Shown without --record, the same runs are checked the same way.
+    shown = cli(str(tmp_path / "nowhere"), "--model", str(model))
+    assert shown.returncode == 2 and "not a finished training run" in shown.stderr, shown.stderr

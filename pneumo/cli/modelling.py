@@ -103,7 +103,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_population_fold(args: argparse.Namespace) -> int:
-    from pneumo.training.crossfit import held_out_run_figures, record_population_runs
+    from pneumo.training.crossfit import population_run_figures, record_population_runs
 
     model = model_file(args.model)
     if not model.exists():
@@ -114,8 +114,7 @@ def cmd_population_fold(args: argparse.Namespace) -> int:
         rows = record_population_runs(model_dir, args.runs)
         print(f"recorded in {card_path(model_dir / 'model.keras')}", file=sys.stderr)
     else:
-        threshold = read_card(model_dir / "model.keras").threshold
-        rows = [held_out_run_figures(Path(r), threshold) for r in args.runs]
+        rows = population_run_figures(model_dir, args.runs)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

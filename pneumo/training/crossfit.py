@@ -240,16 +240,12 @@ def held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
 RECIPE_KEYS = ("model", "augmentation", "epochs", "image_size")
 
 
-def record_population_runs(model_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Report leave-population-out runs at a built ensemble's threshold and store them in its card
-    (shift_checks.leave_population_out), replacing earlier rows of the same run names.
+def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Leave-population-out runs reported at a built ensemble's threshold (held_out_run_figures).
 
-    A run of another recipe than the ensemble's members says nothing of how the shipped recipe transfers:
-    refused, as is a run that is not a finished leave-population-out run; nothing is written then."""
-    from pneumo.core.card import update_card
-
-    card_file = Path(model_dir) / "card.json"
-    card = ModelCard.read(card_file)
+    A run of another recipe than the ensemble's members says nothing of how the shipped recipe transfers: refused,
+    as is a run that is not a finished leave-population-out run (ValueError, one line)."""
+    card = ModelCard.read(Path(model_dir) / "card.json")
     want = {k: (card.training.get("config") or {}).get(k) for k in RECIPE_KEYS}
     rows = []
     for run in map(Path, run_dirs):
@@ -266,13 +262,22 @@ def record_population_runs(model_dir: str | Path, run_dirs: Sequence[str | Path]
             named = ", ".join(f"{k} {a} (the model's: {b})" for k, (a, b) in differ.items())
             raise ValueError(f"{run}: another recipe than the model's members: {named}")
         rows.append(held_out_run_figures(run, card.threshold))
+    return rows
+
+
+def record_population_runs(model_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """population_run_figures, stored in the model's card (shift_checks.leave_population_out), replacing earlier
+    rows of the same run names; a refused run writes nothing."""
+    from pneumo.core.card import update_card
+
+    rows = population_run_figures(model_dir, run_dirs)
 
     def change(c: ModelCard) -> None:
         names = {r["run"] for r in rows}
         kept = [r for r in c.shift_checks.get("leave_population_out", []) if r.get("run") not in names]
         c.shift_checks["leave_population_out"] = kept + rows
 
-    update_card(card_file, change, create=False)
+    update_card(Path(model_dir) / "card.json", change, create=False)
     return rows
 
 
