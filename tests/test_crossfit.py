@@ -94,6 +94,21 @@ def test_folds_partition_the_films_by_patient(folds: tuple[Path, list[Path]]) ->
         crossfit.fold_runs(dirs[:2])
 
 
+def test_members_framed_differently_make_no_ensemble(folds: tuple[Path, list[Path]], tmp_path: Path) -> None:
+    import shutil
+
+    from pneumo.core.card import ModelCard
+
+    _, dirs = folds
+    copies = [Path(shutil.copytree(d, tmp_path / d.name)) for d in dirs]
+    card = ModelCard.read(copies[1] / "card.json")
+    card.extra["framing"] = "lungs"
+    card.write(copies[1] / "card.json")
+    with pytest.raises(ValueError, match=r"different framings \(lungs, none\)"):
+        crossfit.ensemble_folds(copies, tmp_path / "ens")
+    assert not (tmp_path / "ens" / "model.keras").exists()
+
+
 def test_cross_fitted_ensemble_card_and_served_members(folds: tuple[Path, list[Path]], tmp_path: Path) -> None:
     from pneumo.core.card import ModelCard
     from pneumo.data.collection import read_item
@@ -246,6 +261,7 @@ def test_population_runs_are_recorded_at_the_models_threshold_once(tmp_path: Pat
     [
         ("family", {"epochs": 3}, "another recipe than the model's members: epochs 3 (the model's: 24)"),
         ("patient", {}, "holds out no population"),
+        ("family", {"framing": "lungs"}, "another recipe than the model's members: framing lungs (the model's: none)"),
     ],
 )
 def test_a_population_run_of_another_kind_is_refused_and_nothing_written(

@@ -347,10 +347,13 @@ def test_a_swapped_graph_is_refused_through_the_cli_with_one_line(exported: Path
     assert len(warning) == 1 and "refused" in warning[0] and "Traceback" not in out.stderr
     import keras
 
+    from pneumo.core.card import ModelCard
     from pneumo.data.collection import read_item
 
     model = keras.models.load_model(folder / "model.keras", compile=False)
-    expected = float(np.asarray(model(LoadedModel(model, None, folder).prepare(read_item(str(image)))))[0, 0])
+    expected = float(
+        np.asarray(model(LoadedModel(model, ModelCard.default("swapped"), folder).prepare(read_item(str(image)))))[0, 0]
+    )
     assert json.loads(out.stdout)[0]["probability"] == pytest.approx(expected, abs=1e-4)
 
 

@@ -166,3 +166,23 @@ def test_training_records_the_sweep_and_sweep_command_recomputes_it(
     assert as_sent["specificity"] == pytest.approx(float((normals < card.threshold).mean()), abs=1e-9)
     assert main(["sweep", "--model", str(run / "model.keras"), "--limit", "10"]) == 2
     assert "at least 50" in capsys.readouterr().err
+
+
+def test_sweep_at_recall_uses_the_threshold_keeping_that_sensitivity(
+    tiny_run: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import pandas as pd
+
+    from pneumo.cli import main
+
+    stored = pd.read_csv(tiny_run / "val_predictions.csv")
+    positives = np.sort(stored.loc[stored["label"] == 1, "probability"].to_numpy())[::-1]
+    want = positives[int(np.ceil(0.75 * len(positives))) - 1]  # the lowest positive score 75 % of them keep
+    assert main(["sweep", "--model", str(tiny_run), "--limit", "60", "--at-recall", "0.75", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["threshold"] == pytest.approx(want)
+    as_sent = next(r for r in out["conditions"] if r["condition"] == "zoom 1×")
+    assert as_sent["sensitivity"] >= 0.75
+    before = (tiny_run / "card.json").read_bytes()
+    assert main(["sweep", "--model", str(tiny_run), "--at-recall", "0.75", "--record"]) == 2
+    assert "cannot be recorded" in capsys.readouterr().err and (tiny_run / "card.json").read_bytes() == before

@@ -266,6 +266,12 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="default: the shipped model")
     p.add_argument("--limit", type=int, default=1500, help="films scored, sampled by patient (default: 1500)")
+    p.add_argument(
+        "--at-recall",
+        type=float,
+        help="at the highest threshold keeping this sensitivity on the stored predictions, not the card's "
+        "(compares recipes at equal recall)",
+    )
     p.add_argument("--record", action="store_true", help="store the result in the model's card (shift_checks.framing)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sweep)

@@ -168,7 +168,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         check_writable(card_path(loaded.path))  # a read-only card is refused before any work
     if args.limit < 50:
         raise ValueError(f"--limit must be at least 50 films, got {args.limit}")
-    block = sweep_model(loaded, limit=args.limit, progress=_progress("framing and stress"))
+    if args.at_recall is not None and args.record:  # the card's figures are at the card's own threshold
+        raise ValueError("--at-recall compares models at equal recall; it cannot be recorded in the card")
+    if args.at_recall is not None and not 0.5 <= args.at_recall <= 1.0:
+        raise ValueError(f"--at-recall must lie between 0.5 and 1, got {args.at_recall}")
+    block = sweep_model(loaded, limit=args.limit, progress=_progress("framing and stress"), at_recall=args.at_recall)
     if args.record:
         from pneumo.evaluation.framing import record_in_card
 

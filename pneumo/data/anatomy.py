@@ -5,8 +5,10 @@ smooth, take the darkest part of the chest's usual zone, keep the largest region
 largest right of it, close and fill them. A film where that finds no pair, or a pair covering under 6 % or over
 50 % of the film, falls back to a fixed chest box and says so.
 
-Used for the framing cue of the shortcut audit (how much of the film the lung field fills) and for the share of
-a map's heat inside the lungs.
+Used for the framing cue of the shortcut audit (how much of the film the lung field fills), for the share of
+a map's heat inside the lungs, and for a model's canonical framing: a model whose card names the "lungs" framing
+sees every film cropped to its lung field (with a margin) in training and serving alike, so how tightly the film
+was framed reaches the network much less.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ WORK_SIDE = 128  # the analysis runs at this side: the lung outline needs no mor
 FALLBACK_BOX = (0.15, 0.15, 0.85, 0.75)  # x0, y0, x1, y1 as fractions of the width and height
 SEARCH_BOX = (0.04, 0.08, 0.96, 0.85)  # where lungs are looked for
 DARK_PERCENTILE = 35  # the darkest 35 % of the search zone: two lungs fill about a third of it
+# Canonical framings a model may name (its card's "framing"): the whole film, or its lung field's box.
+FRAMINGS = ("none", "lungs")
+# The lungs' box is widened by this share of its size on each side, so the costophrenic angles and the apices,
+# where the image analysis cuts short, stay in view.
+FRAMING_MARGIN = 0.08
 
 
 @dataclass(frozen=True)
@@ -130,3 +137,47 @@ def peak_inside(heat: np.ndarray, mask: np.ndarray) -> bool:
         heat = cv2.resize(heat, (mask.shape[1], mask.shape[0]), interpolation=cv2.INTER_LINEAR)
     y, x = np.unravel_index(int(np.argmax(heat)), heat.shape)
     return bool(mask[y, x])
+
+
+def framing_box(img: np.ndarray, framing: str) -> tuple[int, int, int, int]:
+    """The part of a 2-D film a model with this canonical framing sees, as pixel bounds (y0, y1, x0, x1): the
+    whole film for "none"; for "lungs", the lung field's box widened by FRAMING_MARGIN, or the whole film when no
+    lung field is found (a fixed box would crop a film that is not framed like a chest film in the first place)."""
+    h, w = np.shape(img)[:2]
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; known: {', '.join(FRAMINGS)}")
+    if framing == "none":
+        return 0, h, 0, w
+    field = lung_field(img)
+    if not field.found:
+        return 0, h, 0, w
+    x0, y0, x1, y1 = field.box
+    mx, my = FRAMING_MARGIN * (x1 - x0), FRAMING_MARGIN * (y1 - y0)
+    top, bottom = max(0, int((y0 - my) * h)), min(h, int(np.ceil((y1 + my) * h)))
+    left, right = max(0, int((x0 - mx) * w)), min(w, int(np.ceil((x1 + mx) * w)))
+    return top, bottom, left, right
+
+
+def apply_framing(img: np.ndarray, framing: str) -> np.ndarray:
+    """The film as a model with this canonical framing sees it, before resizing (a view, no copy)."""
+    y0, y1, x0, x1 = framing_box(img, framing)
+    return np.asarray(img)[y0:y1, x0:x1]
+
+
+def framed_input(img: np.ndarray, framing: str, size: int) -> np.ndarray:
+    """A film as the network's input: framed, then resized to size × size (pneumo.data.pixels.resize). The one
+    place training, the checks and serving turn a film into what the network sees."""
+    from pneumo.data.pixels import resize
+
+    return resize(apply_framing(img, framing) if framing != "none" else img, size)
+
+
+def place_map(heat: np.ndarray, shape: tuple[int, int], box: tuple[int, int, int, int]) -> np.ndarray:
+    """A map computed on the framed film, drawn back onto the whole film (shape): stretched into the framing's
+    box, zero outside it, where the network saw nothing."""
+    import cv2
+
+    y0, y1, x0, x1 = box
+    out = np.zeros(shape, np.float32)
+    out[y0:y1, x0:x1] = cv2.resize(np.asarray(heat, np.float32), (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out

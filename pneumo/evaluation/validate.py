@@ -408,10 +408,16 @@ def decision_block(
 
 
 def sweep_model(
-    loaded: Any, limit: int = 1500, seed: int = 0, progress: Callable[[int, int], None] | None = None
+    loaded: Any,
+    limit: int = 1500,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    at_recall: float | None = None,
 ) -> dict[str, Any]:
     """The decision checks of a model on the predictions stored beside it (out of fold for a cross-fitted
-    ensemble, its held-out films for a single run), at its card's threshold."""
+    ensemble, its held-out films for a single run), at its card's threshold, or with at_recall at the highest
+    threshold keeping that sensitivity on every stored prediction: recipes whose cards set their thresholds by
+    different rules are then compared at equal recall."""
     from pneumo.core.predictions import read_predictions
     from pneumo.model.loading import stored_predictions_file
 
@@ -429,7 +435,12 @@ def sweep_model(
         patient_id=raw["patient_id"].astype(str).to_numpy(),
         **({"fold": raw["fold"].to_numpy()} if "fold" in raw else {}),
     )
-    return decision_checks(loaded, frame, loaded.threshold, limit=limit, seed=seed, progress=progress)
+    threshold = loaded.threshold
+    if at_recall is not None:
+        from pneumo.evaluation.metrics import threshold_for_recall
+
+        threshold = threshold_for_recall(frame["label"].to_numpy(int), frame["probability"].to_numpy(), at_recall)
+    return decision_checks(loaded, frame, threshold, limit=limit, seed=seed, progress=progress)
 
 
 def map_anatomy(loaded: Any, images: np.ndarray, threshold: float, limit: int = 96, seed: int = 0) -> dict[str, Any]:

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from pneumo import import_tensorflow_quietly
+from pneumo.data.anatomy import framing_box, place_map
 from pneumo.data.pixels import to_uint8
 from pneumo.model.input_check import check
 from pneumo.model.loading import LoadedModel
@@ -165,6 +166,10 @@ def gradcams(
     if unknown:
         raise ValueError(f"method must be one of {METHODS}")
     batch = loaded.prepare(image)
+    # A model with a canonical framing saw only part of the film: its map is drawn back into that part.
+    film = np.asarray(image)
+    film = film[..., 0] if film.ndim == 3 else film
+    box = framing_box(film, loaded.framing)
     if target is None:
         target = int(loaded.predict(image)[0] >= loaded.threshold)
     sign = np.array([1.0 if target else -1.0], np.float32)
@@ -195,7 +200,7 @@ def gradcams(
             )
             cam = np.asarray(cam[0], dtype=np.float32)
         cam = np.nan_to_num(np.asarray(cam, dtype=np.float32))
-        cam = cv2.resize(cam, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_LINEAR)
+        cam = place_map(cam, film.shape, box)
         span = float(cam.max() - cam.min())
         maps[method] = (cam - cam.min()) / span if span > 1e-8 else np.zeros_like(cam)
     return maps

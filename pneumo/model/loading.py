@@ -22,7 +22,7 @@ from pneumo.core.files import check_writable, now_iso
 # TensorFlow and Keras are imported where used: the dashboard serves through ONNX Runtime and must not load them
 # (~600 MB resident).
 from pneumo.core.paths import DEFAULT_MODEL_PATH
-from pneumo.data.pixels import resize
+from pneumo.data.anatomy import FRAMINGS, framed_input
 from pneumo.model import input_check
 from pneumo.model.architectures import ARCHITECTURES
 from pneumo.model.input_check import FILE_NAME, FeatureDensity
@@ -78,6 +78,12 @@ class ServingCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class PreparedBatch(np.ndarray):
+    """A batch LoadedModel.prepare made (n × size × size × 1, float32): served as it is when passed again. A
+    model with a canonical framing cannot tell its own prepared batch from films that happen to have the input's
+    shape by the shape alone, and cropping twice would zoom in twice."""
 
 
 @dataclass
@@ -136,25 +142,35 @@ class LoadedModel:
         arch = ARCHITECTURES.get(self.card.architecture)
         return arch.gradcam_layer if arch else _last_conv_layer(self.model)
 
+    @property
+    def framing(self) -> str:
+        """The canonical framing every film gets before the network (pneumo.data.anatomy.FRAMINGS), from the
+        card: "none" for cards written before framings existed."""
+        return str(self.card.extra.get("framing", "none"))
+
     def prepare(self, images: list[np.ndarray] | np.ndarray) -> np.ndarray:
-        """Resize [0, 1] gray images to the model input and stack them into a batch (n × size × size × 1, float32).
+        """Frame [0, 1] gray images as the model was trained (its canonical framing), resize them to the model
+        input and stack them into a batch (n × size × size × 1, float32, a PreparedBatch).
 
         Each film is resized straight into its place in one float32 batch: one copy per film, where stacking and
-        then converting made three. A batch already at the input size (what this returned before) is served as
-        it is, with no copy when it is float32, so a caller that prepares once and predicts many times pays the
-        preparation once (bench/run.py measured 1 ms per film for a second pass)."""
+        then converting made three. A batch this returned is served as it is (with no copy), and so is, for a
+        model without a framing step, any batch already at the input size, so a caller that prepares once and
+        predicts many times pays the preparation once (bench/run.py measured 1 ms per film for a second
+        pass)."""
         size = self.input_size
+        framing = self.framing
         if isinstance(images, np.ndarray):
-            if images.ndim == 4 and images.shape[1:] == (size, size, 1):
-                return np.ascontiguousarray(images, dtype=np.float32)
+            ready = images.ndim == 4 and images.shape[1:] == (size, size, 1)
+            if ready and (framing == "none" or isinstance(images, PreparedBatch)):
+                return np.ascontiguousarray(images, dtype=np.float32).view(PreparedBatch)
             if images.ndim == 2:
                 images = images[None]
             elif images.ndim == 4 and images.shape[-1] == 1:
                 images = images[..., 0]
         batch = np.empty((len(images), size, size, 1), np.float32)
         for i, img in enumerate(images):
-            batch[i, :, :, 0] = resize(img, size)
-        return batch
+            batch[i, :, :, 0] = framed_input(img, framing, size)
+        return batch.view(PreparedBatch)
 
     def predict(self, images: list[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Probability of pneumonia for each [0, 1] grayscale image."""
@@ -295,6 +311,11 @@ def load_model(path: str | Path | None = None, shared_cores: bool = False, threa
     if not model_path.exists():
         raise FileNotFoundError(f"no model at {model_path}")
     card = read_card(model_path)  # a bad card is refused before the model is loaded
+    framing = card.extra.get("framing", "none")
+    if framing not in FRAMINGS:  # serving without the step the network was trained with would be silently wrong
+        raise ModelLoadError(
+            f"{card_path(model_path)}: framing {framing!r} is not one this version knows ({', '.join(FRAMINGS)})"
+        )
     notes: list[str] = []
     engine = open_onnx(model_path, notes, spin=not shared_cores, threads=threads)
     return LoadedModel(

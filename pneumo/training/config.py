@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from pneumo.data.anatomy import FRAMINGS
 from pneumo.model.architectures import ARCHITECTURES, get_architecture
 
 # TensorFlow is imported where used: the CLI imports this module at start, through pneumo.training.job.
@@ -87,6 +88,12 @@ class TrainConfig:
     folds: int = _opt(5, "with --split fold: how many folds partition the images", minimum=2, maximum=100)
     val_fraction: float = _opt(0.15, "share of images held out for validation", minimum=0.05, maximum=0.45)
     augmentation: str = _opt("shift", "augmentation recipe", choices=AUGMENTATIONS)
+    framing: str = _opt(
+        "none",
+        "canonical framing before the network, in training and serving alike: none, or lungs (each film cropped "
+        "to its lung field, found by image analysis)",
+        choices=FRAMINGS,
+    )
     mixup: float = _opt(0.0, "mixup Beta(α, α) parameter; 0 turns it off", minimum=0.0, maximum=2.0)
     work_resolution_augmentation: bool = _opt(
         False,

@@ -237,7 +237,8 @@ def held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
     }
 
 
-RECIPE_KEYS = ("model", "augmentation", "epochs", "image_size")
+RECIPE_KEYS = ("model", "augmentation", "framing", "epochs", "image_size")
+RECIPE_DEFAULTS = {"framing": "none"}  # what a config.json written before the key existed meant
 
 
 def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -246,7 +247,7 @@ def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]
     A run of another recipe than the ensemble's members says nothing of how the shipped recipe transfers: refused,
     as is a run that is not a finished leave-population-out run (ValueError, one line)."""
     card = ModelCard.read(Path(model_dir) / "card.json")
-    want = {k: (card.training.get("config") or {}).get(k) for k in RECIPE_KEYS}
+    want = {k: (card.training.get("config") or {}).get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
     rows = []
     for run in map(Path, run_dirs):
         config = files.read_json(run / "config.json", {}) or {}
@@ -256,7 +257,7 @@ def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]
             raise ValueError(
                 f"{run}: split '{config.get('split')}' holds out no population (train with --split family)"
             )
-        got = {k: config.get(k) for k in RECIPE_KEYS}
+        got = {k: config.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
         differ = {k: (got[k], want[k]) for k in RECIPE_KEYS if want[k] is not None and got[k] != want[k]}
         if differ:
             named = ", ".join(f"{k} {a} (the model's: {b})" for k, (a, b) in differ.items())
@@ -361,6 +362,9 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
     from pneumo.training.ensemble import average_model
 
     members = [load_model(d / "model.keras") for d in folds]
+    framings = {m.framing for m in members}
+    if len(framings) > 1:  # one averaged network sees one framing of each film
+        raise ValueError(f"the fold runs were trained with different framings ({', '.join(sorted(framings))})")
     save_model(average_model([m.model for m in members]), out / "model.keras")
     oof = oof_predictions(folds)
     audited = audit.audit(oof)
@@ -396,6 +400,7 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
         shutil.copyfile(folds[0] / "ood.npz", out / "ood.npz")
     loaded = load_model(out / "model.keras")
     loaded.card.gradcam_layer = first.gradcam_layer
+    loaded.card.extra["framing"] = members[0].framing  # the checks below frame films as the members learned
     serving = export_for_serving(loaded)
     configs = [m.card.training.get("config", {}) for m in members]
     card = ModelCard(
@@ -467,6 +472,7 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
                 "fitted_on": "fold 1's held-out films, by the first member (which never trained on them)",
             },
             "serving": serving,
+            "framing": members[0].framing,
             "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
             "output": "sigmoid probability of PNEUMONIA (mean of the members)",
         },

@@ -120,5 +120,11 @@ def prepare(
         },
     )
     # Read as the checks after training read them, so an epoch's val_auc is the card's figure for that model.
-    val_images = V.load_images(val_df["path"].tolist(), size)[..., None]
+    # A canonical framing is applied as LoadedModel.prepare applies it to these same films in the checks.
+    val_images = V.load_images(val_df["path"].tolist(), size)
+    if config.framing != "none":
+        from pneumo.data.anatomy import framed_input
+
+        val_images = np.stack([framed_input(x, config.framing, size) for x in val_images]).astype(np.float32)
+    val_images = val_images[..., None]
     return TrainingData(frame, dataset.layout, train_df, val_df, shard, weights, summary, val_images)

@@ -159,6 +159,7 @@ def _train(config: TrainConfig, run_dir: Path, hook: MetricsHook | None, started
         class_weights=data.class_weights,
         mixup=config.mixup,
         augment_size=arch.augmentation_size(size) if config.work_resolution_augmentation else None,
+        framing=config.framing,
     )
     steps = L.steps_per_epoch(len(data.train_df), config.batch_size)
     schedule = L.learning_rate_schedule(config, steps)
@@ -213,6 +214,8 @@ def _check_and_card(
 
     phase("checking the model on held-out and stressed images")
     best = load_model(run_dir / MODEL_FILE)
+    # The card is written after the checks, which must already see the films framed as the network learned them.
+    best.card.extra["framing"] = config.framing
     beat = lambda done, total: phase("checking the model on held-out and stressed images", done, total)  # noqa: E731
     history = metrics_log.epochs_of(metrics_log.read_metrics(run_dir))
     files.atomic_write_json(run_dir / "history.json", history)

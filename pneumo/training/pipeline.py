@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data import transforms as T
+from pneumo.data.anatomy import apply_framing
 from pneumo.data.collection import DatasetError, read_item
 from pneumo.data.pixels import resize
 
@@ -107,6 +108,7 @@ def make_dataset(
     class_weights: dict[int, float] | None = None,
     mixup: float = 0.0,
     augment_size: int | None = None,
+    framing: str = "none",
 ) -> Any:
     """A tf.data pipeline of (image, label[, weight]) batches: parallel decode and resize, cached,
     augmented, mixed, prefetched.
@@ -120,6 +122,9 @@ def make_dataset(
     on a CPU is most of a training step's input cost. (The network's per-image standardisation, taken
     before its pooling, then sees the pooled image's variance: within a few per cent of the full one
     for films, far inside the contrast augmentation's range.)
+
+    framing: the model's canonical framing (pneumo.data.anatomy.FRAMINGS), applied to every film before
+    augmentation, exactly as LoadedModel.prepare applies it when the model serves.
     """
     import tensorflow as tf
 
@@ -140,7 +145,9 @@ def make_dataset(
     # threshold. The cache below makes it a first-epoch cost only.
     def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
         def load(p: bytes) -> np.ndarray:
-            return resize(read_item(p.decode()), image_size)[..., None].astype(np.float32)
+            # Framed as LoadedModel.prepare frames a film it serves: at the film's own resolution.
+            film = apply_framing(read_item(p.decode()), framing)
+            return resize(film, image_size)[..., None].astype(np.float32)
 
         img = tf.numpy_function(load, [path], tf.float32)
         return tf.ensure_shape(img, (image_size, image_size, 1)), label

@@ -74,6 +74,7 @@ def finish_run(
         extra={
             "input_check": input_check,
             "serving": serving,
+            "framing": loaded.framing,
             "explanation": checks["explanation"],
             "explanation_anatomy": checks["explanation_anatomy"],
             "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
