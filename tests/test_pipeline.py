@@ -128,3 +128,16 @@ def test_training_batches_depend_on_the_seed_alone_and_change_every_epoch(tmp_pa
     one, two = epochs(3)
     per_image = lambda x: np.sort(x.reshape(len(x), -1).mean(axis=1))  # noqa: E731 - order-free summary
     assert np.abs(per_image(one) - per_image(two)).max() > 1e-3
+
+
+def test_every_named_recipe_is_a_preset_and_the_two_frame_recipes_differ_only_in_black_borders() -> None:
+    from dataclasses import replace
+
+    from pneumo.training.config import AUGMENTATIONS
+
+    for name in AUGMENTATIONS:
+        P.Augmentation.preset(name)  # each choice the CLI and the Train form offer builds
+    frame, mirror = P.Augmentation.preset("frame"), P.Augmentation.preset("frame_mirror")
+    assert frame is not None and mirror is not None
+    assert frame.black_border == 0.3 and mirror.black_border == 0.0
+    assert replace(frame, black_border=0.0) == mirror

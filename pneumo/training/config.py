@@ -57,7 +57,7 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         raise ValueError(f"{name} must be {wanted}; got {type(value).__name__} {str(value)[:40]!r}")
 
 
-AUGMENTATIONS = ("none", "basic", "shift", "frame")
+AUGMENTATIONS = ("none", "basic", "shift", "frame", "frame_mirror")
 KEEP = ("last", "best")
 
 

@@ -448,7 +448,9 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
                     "run": d.name,
                     "fold": k,
                     "seed": c.get("seed"),
-                    "recipe": f"{m.card.architecture} ({c.get('augmentation')} augmentation, {c.get('epochs')} epochs)",
+                    "recipe": f"{m.card.architecture} ({c.get('augmentation')} augmentation, "
+                    + (f"{m.framing} framing, " if m.framing != "none" else "")
+                    + f"{c.get('epochs')} epochs)",
                     "oof_roc_auc": m.card.validation.get("roc_auc"),
                     "seconds": m.card.training.get("seconds"),
                 }

@@ -57,8 +57,8 @@ class Augmentation:
     @classmethod
     def preset(cls, name: str) -> Augmentation | None:
         """Named recipes: 'none', 'basic' (small geometry and exposure), 'shift' (acquisition shift) and 'frame'
-        (acquisition shift with framing from 0.7× to 1.6×, aspect and translation: the decision must not depend on
-        how tightly the film is framed, see pneumo.evaluation.framing)."""
+        (acquisition shift with framing from 0.7× to 1.6×, aspect and translation, and black borders on 30 % of films:
+        the decision must not depend on how tightly the film is framed, see pneumo.evaluation.framing)."""
         presets = {
             "none": None,
             "basic": cls(),
@@ -72,6 +72,21 @@ class Augmentation:
                 gamma=0.5,
                 blur=0.8,
                 noise=0.03,
+            ),
+            # The frame recipe with the film's edge always mirrored: the alternative the black-border draws
+            # replaced (models/EXPERIMENTS.md), kept so that its figures can be reproduced.
+            "frame_mirror": cls(
+                rotation_deg=10.0,
+                shift=0.10,
+                zoom=0.0,
+                aspect=0.20,
+                brightness=0.12,
+                contrast=0.25,
+                gamma=0.5,
+                blur=0.8,
+                noise=0.03,
+                zoom_min=0.7,
+                zoom_max=1.6,
             ),
             "frame": cls(
                 black_border=0.3,
