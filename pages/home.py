@@ -53,8 +53,8 @@ with left:
         for caution in card.cautions():
             st.warning(texts.caution_line(caution), icon=":material/report:")
         st.markdown(
-            f"**{plain(card.name)}** · {plain(card.architecture)} · input {loaded.input_size}×{loaded.input_size} "
-            f"grayscale · {(card.parameters or 0):,} parameters"
+            f"**{plain(card.name)}** · {plain(card.architecture)} · input "
+            f"{texts.input_line(loaded.input_size, loaded.framing)} · {(card.parameters or 0):,} parameters"
         )
         st.markdown(texts.operating_point_line(loaded.operating_point, loaded.threshold, card.threshold_rule))
         last_drift = st.session_state.get(LAST_DRIFT_KEY)

@@ -64,6 +64,8 @@ def test_home_shows_card_and_disclaimer(app_env: Path) -> None:
     card = json.loads((app_env / "models" / "card.json").read_text())
     assert any("not a medical device" in w.value for w in at.warning)
     assert any(f"{card['threshold']:.4f}" in m.value for m in at.markdown)
+    side = card["input_size"]  # a model without a canonical framing reads the whole film
+    assert any(f"input {side}×{side} grayscale · " in m.value for m in at.markdown)
     figures = _figures(at)
     assert set(figures) >= {"ROC AUC", "Sensitivity", "Specificity"}
     # Four digits: 0.9996 must not read as 1.000.

@@ -192,3 +192,8 @@ def test_a_reopened_reading_says_what_it_decided_and_where_its_film_was_found() 
     assert "found again at ``/ward/a`b.png`` (recognised by its pixel hash)" in line
     rejected = texts.reopened_line({**row, "decision": None, "probability": None}, "x.png", "instance UID")
     assert "**no decision** · found again" in rejected
+
+
+def test_the_input_line_says_when_films_are_cropped_to_the_lungs() -> None:
+    assert texts.input_line(224, "none") == "224×224 grayscale"
+    assert texts.input_line(224, "lungs") == "224×224 grayscale, each film cropped to its lung field first"

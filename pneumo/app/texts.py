@@ -54,6 +54,12 @@ def caution_line(caution: str) -> str:
     return f"**This model carries a caution:** {plain(caution)}."
 
 
+def input_line(size: Any, framing: str) -> str:
+    """What the network reads of a film: its input side, and its canonical framing when it has one."""
+    cropped = ", each film cropped to its lung field first" if framing == "lungs" else ""
+    return f"{size}×{size} grayscale{cropped}"
+
+
 def operating_point_line(name: Any, threshold: float, rule: Any) -> str:
     """The Overview's operating point in force: its name ("shipped" for the card's own), threshold and rule."""
     return f"**Operating point in force: {plain(name or 'shipped')}**, threshold **{threshold:.4f}**  \n{plain(rule)}"

@@ -22,7 +22,7 @@ from streamlit.runtime.pages_manager import PagesManager
 from pneumo.app.cards import SharedCache
 from pneumo.app.sessions import _trim_forever
 from pneumo.app.settings import CACHE_DIR, PROJECT_ROOT, SAMPLES_DIR, AppSettings
-from pneumo.app.texts import plain
+from pneumo.app.texts import input_line, plain
 from pneumo.core.memory import release_file_pages
 from pneumo.data import collection as D
 from pneumo.data import overview
@@ -384,7 +384,7 @@ def card_summary(card: Any) -> Any:
         ("name", card.name),
         ("architecture", card.architecture),
         ("parameters", f"{card.parameters or 0:,}"),
-        ("input", f"{card.input_size} px grayscale"),
+        ("input", input_line(card.input_size, card.extra.get("framing", "none"))),
         ("threshold", f"{card.threshold:.4f}"),
         ("threshold rule", card.threshold_rule),
         ("validation", f"{v.get('kind', '?')}: {v.get('split', '')}"),
