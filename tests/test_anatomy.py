@@ -74,6 +74,11 @@ def test_a_framed_model_frames_every_film_once() -> None:
     assert not np.array_equal(loaded.prepare(same_shape), same_shape)
     assert np.array_equal(_model("none").prepare(same_shape), same_shape)
     assert np.allclose(loaded.predict(films), loaded.predict(batch))
+    # A batch another model prepared without framing is films to this one: framed, not passed through.
+    unframed = _model("none").prepare(films)
+    again = loaded.prepare(unframed)
+    assert np.array_equal(again[..., 0], np.stack([framed_input(f, "lungs", SIZE) for f in unframed[..., 0]]))
+    assert not np.array_equal(again, unframed)
 
 
 def test_a_framed_models_map_lies_inside_its_framing_box() -> None:

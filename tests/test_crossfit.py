@@ -106,7 +106,7 @@ def test_members_framed_differently_make_no_ensemble(folds: tuple[Path, list[Pat
     card.write(copies[1] / "card.json")
     with pytest.raises(ValueError, match=r"different framings \(lungs, none\)"):
         crossfit.ensemble_folds(copies, tmp_path / "ens")
-    assert not (tmp_path / "ens" / "model.keras").exists()
+    assert not (tmp_path / "ens").exists()  # refused before the output folder is claimed
 
 
 def test_cross_fitted_ensemble_card_and_served_members(folds: tuple[Path, list[Path]], tmp_path: Path) -> None:

@@ -317,3 +317,32 @@ def test_two_workers_train_one_model_over_tf_config(tmp_path: Path) -> None:
     # statistics (momentum 0.99) are still mostly their initial values: two orders of the same images give
     # held-out AUCs that differ by chance (measured: 0.72 and 0.69). 0.25 only catches a figure of another kind.
     assert abs(epochs[0][-1]["val_auc"] - epochs[1][-1]["val_auc"]) <= 0.25
+
+
+def test_an_ensemble_frames_films_as_its_members_learned_them(tiny_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pneumo.core.card import ModelCard
+    from pneumo.data.collection import read_item
+    from pneumo.training.job import ensemble
+
+    runs = [Path(shutil.copytree(tiny_run, tmp_path / name)) for name in ("a", "b")]
+    for run in runs:  # the members' cards say they were trained on films cropped to the lungs
+        card = ModelCard.read(run / "card.json")
+        card.extra["framing"] = "lungs"
+        card.write(run / "card.json")
+    made = ensemble(runs, tmp_path / "ens")
+    assert made.extra["framing"] == "lungs" and "cropped to its lung field" in made.extra["input"]
+    loaded = load_model(tmp_path / "ens")
+    assert loaded.framing == "lungs"
+    # Its stored figures come from framed films: the served model, which frames them, reproduces them.
+    preds = pd.read_csv(tmp_path / "ens" / "val_predictions.csv")
+    served = loaded.predict([read_item(p) for p in preds["path"]])
+    np.testing.assert_allclose(served, preds["probability"], atol=1e-5)
+
+    card = ModelCard.read(runs[1] / "card.json")
+    card.extra["framing"] = "none"
+    card.write(runs[1] / "card.json")
+    with pytest.raises(ValueError, match=r"different framings \(lungs, none\)"):
+        ensemble(runs, tmp_path / "mixed")
+    assert not (tmp_path / "mixed").exists()  # refused before the output folder is claimed

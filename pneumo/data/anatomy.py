@@ -164,6 +164,12 @@ def apply_framing(img: np.ndarray, framing: str) -> np.ndarray:
     return np.asarray(img)[y0:y1, x0:x1]
 
 
+def input_description(framing: str) -> str:
+    """The card's words for what the network reads of a film under this canonical framing."""
+    framed = ", cropped to its lung field first (pneumo.data.anatomy)" if framing == "lungs" else ""
+    return f"single-channel grayscale, float32 in [0, 1]{framed}, resized to input_size × input_size (area)"
+
+
 def framed_input(img: np.ndarray, framing: str, size: int) -> np.ndarray:
     """A film as the network's input: framed, then resized to size × size (pneumo.data.pixels.resize). The one
     place training, the checks and serving turn a film into what the network sees."""

@@ -268,6 +268,7 @@ def check_row(run_dir: str | Path) -> dict[str, Any]:
         "split": config.get("split", "patient"),
         "model": config.get("model"),
         "augmentation": config.get("augmentation"),
+        "framing": config.get("framing", "none"),
         "mixup": config.get("mixup", 0.0),
         "seed": config.get("seed"),
         "n": clean["n"],
@@ -307,7 +308,7 @@ def _deletion(checks: dict[str, Any], name: str = "Grad-CAM (model)") -> float |
 def compare(run_dirs: list[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Runs side by side, and per recipe (runs differing only in seed) the mean and spread over seeds."""
     rows = pd.DataFrame([check_row(r) for r in run_dirs])
-    keys = ["split", "model", "augmentation", "mixup"]
+    keys = ["split", "model", "augmentation", "framing", "mixup"]
     figures = [
         "auc",
         "specificity",

@@ -171,7 +171,7 @@ def gradcams(
     film = film[..., 0] if film.ndim == 3 else film
     box = framing_box(film, loaded.framing)
     if target is None:
-        target = int(loaded.predict(image)[0] >= loaded.threshold)
+        target = int(loaded.predict(batch)[0] >= loaded.threshold)
     sign = np.array([1.0 if target else -1.0], np.float32)
     onnx = (
         loaded.engine

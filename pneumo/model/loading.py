@@ -7,7 +7,7 @@ export (pneumo.model.serving) is served by ONNX Runtime, which starts in a fract
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,9 +81,25 @@ class ServingCache:
 
 
 class PreparedBatch(np.ndarray):
-    """A batch LoadedModel.prepare made (n × size × size × 1, float32): served as it is when passed again. A
-    model with a canonical framing cannot tell its own prepared batch from films that happen to have the input's
-    shape by the shape alone, and cropping twice would zoom in twice."""
+    """A batch LoadedModel.prepare made (n × size × size × 1, float32), with the canonical framing it was made
+    with: served as it is when passed again to a model of that framing. A model with a canonical framing cannot
+    tell its own prepared batch from films that happen to have the input's shape by the shape alone, and cropping
+    twice would zoom in twice. Slices and element-wise results keep the mark; np.stack and np.concatenate drop
+    it (their result is then taken for films)."""
+
+    framing: str = "none"
+
+    def __array_finalize__(self, obj: Any) -> None:
+        self.framing = getattr(obj, "framing", "none")
+
+
+def common_framing(model_paths: Sequence[str | Path]) -> str:
+    """The one canonical framing of models to be averaged, read from their cards; ValueError naming the framings
+    when they differ (one averaged network sees each film one way)."""
+    found = {str(read_card(Path(p)).extra.get("framing", "none")) for p in model_paths}
+    if len(found) > 1:
+        raise ValueError(f"the runs were trained with different framings ({', '.join(sorted(found))})")
+    return found.pop() if found else "none"
 
 
 @dataclass
@@ -161,8 +177,8 @@ class LoadedModel:
         framing = self.framing
         if isinstance(images, np.ndarray):
             ready = images.ndim == 4 and images.shape[1:] == (size, size, 1)
-            if ready and (framing == "none" or isinstance(images, PreparedBatch)):
-                return np.ascontiguousarray(images, dtype=np.float32).view(PreparedBatch)
+            if ready and (framing == "none" or getattr(images, "framing", None) == framing):
+                return _mark(np.ascontiguousarray(images, dtype=np.float32), framing)
             if images.ndim == 2:
                 images = images[None]
             elif images.ndim == 4 and images.shape[-1] == 1:
@@ -170,7 +186,7 @@ class LoadedModel:
         batch = np.empty((len(images), size, size, 1), np.float32)
         for i, img in enumerate(images):
             batch[i, :, :, 0] = framed_input(img, framing, size)
-        return batch.view(PreparedBatch)
+        return _mark(batch, framing)
 
     def predict(self, images: list[np.ndarray] | np.ndarray, batch_size: int = 32) -> np.ndarray:
         """Probability of pneumonia for each [0, 1] grayscale image."""
@@ -234,6 +250,12 @@ class LoadedModel:
         return tf.function(
             lambda x: model(x, training=False), input_signature=[tf.TensorSpec([None, size, size, 1], tf.float32)]
         )
+
+
+def _mark(batch: np.ndarray, framing: str) -> PreparedBatch:
+    out = batch.view(PreparedBatch)
+    out.framing = framing
+    return out
 
 
 def _last_conv_layer(model: Any) -> str:

@@ -26,6 +26,7 @@ import pandas as pd
 from pneumo.core import files
 from pneumo.core.card import ModelCard
 from pneumo.core.paths import PROJECT_ROOT
+from pneumo.data.anatomy import input_description
 from pneumo.data.collection import parse_name
 from pneumo.data.splits import patient_number, series
 from pneumo.evaluation import audit
@@ -37,7 +38,7 @@ from pneumo.evaluation.validate import (
     explanation_checks,
     load_images,
 )
-from pneumo.model.loading import OOF_FILE, load_model
+from pneumo.model.loading import OOF_FILE, common_framing, load_model
 from pneumo.training import runs
 from pneumo.training.qualify import export_for_serving
 
@@ -346,6 +347,7 @@ def ensemble_folds(
 ) -> ModelCard:
     """The mean of the fold models, with its operating point and figures from the predictions out of fold."""
     folds = fold_runs(run_dirs)
+    common_framing([d / "model.keras" for d in folds])  # refused before the output folder is claimed
     pops = [Path(r) for r in population_runs or []]
     if Path(out_dir).resolve() in {r.resolve() for r in folds + pops}:
         raise ValueError(f"{out_dir}: the ensemble cannot be written into one of its members")
@@ -362,9 +364,6 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
     from pneumo.training.ensemble import average_model
 
     members = [load_model(d / "model.keras") for d in folds]
-    framings = {m.framing for m in members}
-    if len(framings) > 1:  # one averaged network sees one framing of each film
-        raise ValueError(f"the fold runs were trained with different framings ({', '.join(sorted(framings))})")
     save_model(average_model([m.model for m in members]), out / "model.keras")
     oof = oof_predictions(folds)
     audited = audit.audit(oof)
@@ -475,7 +474,7 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
             },
             "serving": serving,
             "framing": members[0].framing,
-            "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
+            "input": input_description(members[0].framing),
             "output": "sigmoid probability of PNEUMONIA (mean of the members)",
         },
     )

@@ -12,7 +12,7 @@ import pandas as pd
 
 from pneumo.core import files
 from pneumo.core.card import ModelCard
-from pneumo.model.loading import load_model
+from pneumo.model.loading import common_framing, load_model
 from pneumo.training import runs
 from pneumo.training.callbacks import save_model
 from pneumo.training.config import library_versions
@@ -38,6 +38,7 @@ def ensemble(
         for name in ("model.keras", "val_predictions.csv"):
             if not (r / name).is_file():
                 raise ValueError(f"{r}: not a finished run (no {name})")
+    common_framing([r / "model.keras" for r in members])
     with runs.claim(out_dir, overwrite) as out:
         runs.write_status(out, "running", pid=os.getpid(), started=files.now_iso(), heartbeat=files.now_iso())
         card = _ensemble(members, out, target_recall)
@@ -84,9 +85,12 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
         f"seed {cfg.get('seed')})"
         for c, cfg in zip(cards, configs)
     ]
+    averaged = load_model(out_dir / "model.keras")
+    # The checks below must frame the films as the members learned them; finish_run writes it into the card.
+    averaged.card.extra["framing"] = members[0].framing
     return finish_run(
         out_dir,
-        load_model(out_dir / "model.keras"),
+        averaged,
         vals[0][["path", "label", "patient_id"]],
         target_recall,
         architecture=f"ensemble of {len(members)} × {first.architecture}"

@@ -11,6 +11,7 @@ import numpy as np
 
 from pneumo.core import files
 from pneumo.core.card import ModelCard
+from pneumo.data.anatomy import input_description
 from pneumo.model import input_check as quality
 from pneumo.model.serving import ExportError, export_onnx, open_onnx
 
@@ -77,7 +78,7 @@ def finish_run(
             "framing": loaded.framing,
             "explanation": checks["explanation"],
             "explanation_anatomy": checks["explanation_anatomy"],
-            "input": "single-channel grayscale, float32 in [0, 1], resized to input_size × input_size (area)",
+            "input": input_description(loaded.framing),
             "output": "sigmoid probability of PNEUMONIA",
         },
     )

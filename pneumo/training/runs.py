@@ -89,7 +89,7 @@ _CONFIG_NUMBERS = (
     "target_recall",
     "max_images",
 )
-_CONFIG_TEXT = ("data", "model", "split", "augmentation", "keep", "weights", "notes")
+_CONFIG_TEXT = ("data", "model", "split", "augmentation", "framing", "keep", "weights", "notes")
 _CONFIG_FLAGS = ("class_weighting", "mixed_precision", "work_resolution_augmentation", "augment")
 
 

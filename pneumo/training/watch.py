@@ -16,7 +16,19 @@ from pneumo.training.runs import RunInfo
 
 ETA_AFTER_STEPS = 10  # the first steps include tracing: an ETA from them says little
 # The hyperparameters the runs table shows, from each run's config.json.
-HYPERPARAMETERS = ("split", "augmentation", "mixup", "epochs", "batch_size", "learning_rate", "image_size", "seed")
+HYPERPARAMETERS = (
+    "split",
+    "augmentation",
+    "framing",
+    "mixup",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "image_size",
+    "seed",
+)
+# What a config.json written before a key existed meant by leaving it out.
+WRITTEN_BEFORE = {"framing": "none"}
 ACTIVATABLE_STATES = ("finished", "stopped")
 
 _JSON_CACHE: LRUCache = LRUCache(maxsize=512)
@@ -98,7 +110,7 @@ def table_row(run: RunInfo) -> dict[str, Any]:
         "kept model's val AUC": run.kept_val_auc,
         "best val AUC": run.best_val_auc,
         "val films (n)": val_size(run.path),  # what both AUCs are measured on
-        **{k: config.get(k) for k in HYPERPARAMETERS},
+        **{k: config.get(k, WRITTEN_BEFORE.get(k)) for k in HYPERPARAMETERS},
         "epochs done": run.epochs_done,
         "duration (min)": round((run.duration_s or 0) / 60, 1),
         "started": run.started,
