@@ -134,6 +134,21 @@ def test_cross_fitted_ensemble_card_and_served_members(folds: tuple[Path, list[P
     assert np.abs(served[np.arange(36), oof.fold] - oof.probability).max() < 1e-4
     assert np.allclose(served.mean(axis=1), loaded.predict([read_item(p) for p in oof.path]), atol=1e-5)
 
+    # One fold alone, at equal recall: fold 1's films, each scored by member 1, at the threshold that keeps 3 in 4
+    # of that fold's pneumonias.
+    from pneumo.evaluation.validate import sweep_model
+
+    one = oof[oof.fold == 1]
+    block = sweep_model(loaded, limit=100, at_recall=0.75, fold=1)
+    ranked = np.sort(one.probability[one.label == 1].to_numpy())[::-1]
+    assert block["threshold"] == pytest.approx(ranked[math.ceil(0.75 * len(ranked)) - 1])
+    as_sent = next(r for r in block["conditions"] if r["condition"] == "zoom 1×")
+    assert as_sent["n"] == len(one)
+    normals = one.probability[one.label == 0]
+    assert as_sent["specificity"] == pytest.approx(float((normals < block["threshold"]).mean()), abs=1e-9)
+    with pytest.raises(ValueError, match="no films in fold 7"):
+        sweep_model(loaded, fold=7)
+
 
 def test_shipped_card_recall_holds_on_its_stored_out_of_fold_scores() -> None:
     """The shipped card's operating point, recomputed by hand from models/oof_predictions.csv: every

@@ -186,3 +186,7 @@ def test_sweep_at_recall_uses_the_threshold_keeping_that_sensitivity(
     before = (tiny_run / "card.json").read_bytes()
     assert main(["sweep", "--model", str(tiny_run), "--at-recall", "0.75", "--record"]) == 2
     assert "cannot be recorded" in capsys.readouterr().err and (tiny_run / "card.json").read_bytes() == before
+    assert main(["sweep", "--model", str(tiny_run), "--fold", "1", "--record"]) == 2
+    assert "cannot be recorded" in capsys.readouterr().err and (tiny_run / "card.json").read_bytes() == before
+    assert main(["sweep", "--model", str(tiny_run), "--fold", "1"]) == 2  # a single run has no folds
+    assert "no fold column" in capsys.readouterr().err

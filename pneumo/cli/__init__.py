@@ -272,6 +272,12 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         help="at the highest threshold keeping this sensitivity on the stored predictions, not the card's "
         "(compares recipes at equal recall)",
     )
+    p.add_argument(
+        "--fold",
+        type=int,
+        help="a cross-fitted ensemble's fold K alone, each film scored by member K (compares with a single run "
+        "held out on the same fold)",
+    )
     p.add_argument("--record", action="store_true", help="store the result in the model's card (shift_checks.framing)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_sweep)

@@ -172,7 +172,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ValueError("--at-recall compares models at equal recall; it cannot be recorded in the card")
     if args.at_recall is not None and not 0.5 <= args.at_recall <= 1.0:
         raise ValueError(f"--at-recall must lie between 0.5 and 1, got {args.at_recall}")
-    block = sweep_model(loaded, limit=args.limit, progress=_progress("framing and stress"), at_recall=args.at_recall)
+    if args.fold is not None and args.record:  # the card's figures are the whole model's
+        raise ValueError("--fold measures one member on its own fold; it cannot be recorded in the card")
+    block = sweep_model(
+        loaded, limit=args.limit, progress=_progress("framing and stress"), at_recall=args.at_recall, fold=args.fold
+    )
     if args.record:
         from pneumo.evaluation.framing import record_in_card
 

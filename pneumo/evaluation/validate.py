@@ -414,11 +414,13 @@ def sweep_model(
     seed: int = 0,
     progress: Callable[[int, int], None] | None = None,
     at_recall: float | None = None,
+    fold: int | None = None,
 ) -> dict[str, Any]:
     """The decision checks of a model on the predictions stored beside it (out of fold for a cross-fitted
     ensemble, its held-out films for a single run), at its card's threshold, or with at_recall at the highest
     threshold keeping that sensitivity on every stored prediction: recipes whose cards set their thresholds by
-    different rules are then compared at equal recall."""
+    different rules are then compared at equal recall. fold: a cross-fitted ensemble's fold K alone, scored by
+    its member K, so that one member compares with a single run held out on the same fold."""
     from pneumo.core.predictions import read_predictions
     from pneumo.model.loading import stored_predictions_file
 
@@ -436,6 +438,12 @@ def sweep_model(
         patient_id=raw["patient_id"].astype(str).to_numpy(),
         **({"fold": raw["fold"].to_numpy()} if "fold" in raw else {}),
     )
+    if fold is not None:
+        if "fold" not in frame:
+            raise ValueError(f"{stored.name}: no fold column; --fold needs a cross-fitted ensemble's predictions")
+        frame = frame[frame["fold"] == fold].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError(f"{stored.name}: no films in fold {fold}")
     threshold = loaded.threshold
     if at_recall is not None:
         from pneumo.evaluation.metrics import threshold_for_recall
