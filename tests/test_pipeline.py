@@ -140,4 +140,8 @@ def test_every_named_recipe_is_a_preset_and_the_two_frame_recipes_differ_only_in
     frame, mirror = P.Augmentation.preset("frame"), P.Augmentation.preset("frame_mirror")
     assert frame is not None and mirror is not None
     assert frame.black_border == 0.3 and mirror.black_border == 0.0
+    # Both draw framing log-uniformly from 0.7× to 1.6× with ±0.2 aspect and ±10 % shifts (the figures in
+    # models/EXPERIMENTS.md were measured with these).
+    for recipe in (frame, mirror):
+        assert (recipe.zoom_min, recipe.zoom_max, recipe.aspect, recipe.shift) == (0.7, 1.6, 0.2, 0.1)
     assert replace(frame, black_border=0.0) == mirror

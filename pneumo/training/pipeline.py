@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,22 @@ class Augmentation:
         """Named recipes: 'none', 'basic' (small geometry and exposure), 'shift' (acquisition shift) and 'frame'
         (acquisition shift with framing from 0.7× to 1.6×, aspect and translation, and black borders on 30 % of films:
         the decision must not depend on how tightly the film is framed, see pneumo.evaluation.framing)."""
+        frame = cls(
+            black_border=0.3,
+            rotation_deg=10.0,
+            shift=0.10,
+            zoom=0.0,
+            aspect=0.20,
+            brightness=0.12,
+            contrast=0.25,
+            gamma=0.5,
+            blur=0.8,
+            noise=0.03,
+            zoom_min=0.7,
+            zoom_max=1.6,
+        )
+        # frame_mirror: the frame recipe with the film's edge always mirrored, the alternative the black-border
+        # draws replaced (models/EXPERIMENTS.md), kept so that its figures can be reproduced.
         presets = {
             "none": None,
             "basic": cls(),
@@ -73,35 +89,8 @@ class Augmentation:
                 blur=0.8,
                 noise=0.03,
             ),
-            # The frame recipe with the film's edge always mirrored: the alternative the black-border draws
-            # replaced (models/EXPERIMENTS.md), kept so that its figures can be reproduced.
-            "frame_mirror": cls(
-                rotation_deg=10.0,
-                shift=0.10,
-                zoom=0.0,
-                aspect=0.20,
-                brightness=0.12,
-                contrast=0.25,
-                gamma=0.5,
-                blur=0.8,
-                noise=0.03,
-                zoom_min=0.7,
-                zoom_max=1.6,
-            ),
-            "frame": cls(
-                black_border=0.3,
-                rotation_deg=10.0,
-                shift=0.10,
-                zoom=0.0,
-                aspect=0.20,
-                brightness=0.12,
-                contrast=0.25,
-                gamma=0.5,
-                blur=0.8,
-                noise=0.03,
-                zoom_min=0.7,
-                zoom_max=1.6,
-            ),
+            "frame": frame,
+            "frame_mirror": replace(frame, black_border=0.0),
         }
         try:
             return presets[name]
