@@ -9,17 +9,17 @@ from typing import Any
 from tqdm import tqdm
 
 
-def _bar(total: int, desc: str) -> Any:
-    return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True)
+def _bar(total: int, desc: str, unit: str = "img") -> Any:
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
-def _progress(desc: str) -> Any:
-    """A callback(done, total) drawing a tqdm bar on stderr."""
+def _progress(desc: str, unit: str = "img") -> Any:
+    """A callback(done, total) drawing a tqdm bar on stderr, counting `unit`s (films unless said)."""
     state: dict[str, Any] = {}
 
     def update(done: int, total: int) -> None:
         if "bar" not in state:
-            state["bar"] = _bar(total, desc)
+            state["bar"] = _bar(total, desc, unit)
         bar = state["bar"]
         bar.update(done - bar.n)
         if done >= total:

@@ -175,7 +175,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.fold is not None and args.record:  # the card's figures are the whole model's
         raise ValueError("--fold measures one member on its own fold; it cannot be recorded in the card")
     block = sweep_model(
-        loaded, limit=args.limit, progress=_progress("framing and stress"), at_recall=args.at_recall, fold=args.fold
+        loaded,
+        limit=args.limit,
+        progress=_progress("framing and stress", "condition"),
+        at_recall=args.at_recall,
+        fold=args.fold,
     )
     if args.record:
         from pneumo.evaluation.framing import record_in_card
