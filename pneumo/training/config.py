@@ -58,6 +58,8 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
 
 
 AUGMENTATIONS = ("none", "basic", "shift", "frame", "frame_mirror")
+# What a config.json written before a key existed meant by leaving it out.
+WRITTEN_BEFORE = {"framing": "none"}
 KEEP = ("last", "best")
 
 

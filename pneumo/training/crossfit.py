@@ -40,6 +40,7 @@ from pneumo.evaluation.validate import (
 )
 from pneumo.model.loading import OOF_FILE, common_framing, load_model
 from pneumo.training import runs
+from pneumo.training.config import WRITTEN_BEFORE
 from pneumo.training.qualify import export_for_serving
 
 # pneumo.training.job's helpers are imported where used: they are lazy re-exports that load TensorFlow.
@@ -239,7 +240,6 @@ def held_out_run_figures(run_dir: Path, threshold: float) -> dict[str, Any]:
 
 
 RECIPE_KEYS = ("model", "augmentation", "framing", "epochs", "image_size")
-RECIPE_DEFAULTS = {"framing": "none"}  # what a config.json written before the key existed meant
 
 
 def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
@@ -248,7 +248,7 @@ def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]
     A run of another recipe than the ensemble's members says nothing of how the shipped recipe transfers: refused,
     as is a run that is not a finished leave-population-out run (ValueError, one line)."""
     card = ModelCard.read(Path(model_dir) / "card.json")
-    want = {k: (card.training.get("config") or {}).get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
+    want = {k: (card.training.get("config") or {}).get(k, WRITTEN_BEFORE.get(k)) for k in RECIPE_KEYS}
     rows = []
     for run in map(Path, run_dirs):
         config = files.read_json(run / "config.json", {}) or {}
@@ -258,7 +258,7 @@ def population_run_figures(model_dir: str | Path, run_dirs: Sequence[str | Path]
             raise ValueError(
                 f"{run}: split '{config.get('split')}' holds out no population (train with --split family)"
             )
-        got = {k: config.get(k, RECIPE_DEFAULTS.get(k)) for k in RECIPE_KEYS}
+        got = {k: config.get(k, WRITTEN_BEFORE.get(k)) for k in RECIPE_KEYS}
         differ = {k: (got[k], want[k]) for k in RECIPE_KEYS if want[k] is not None and got[k] != want[k]}
         if differ:
             named = ", ".join(f"{k} {a} (the model's: {b})" for k, (a, b) in differ.items())
@@ -347,18 +347,18 @@ def ensemble_folds(
 ) -> ModelCard:
     """The mean of the fold models, with its operating point and figures from the predictions out of fold."""
     folds = fold_runs(run_dirs)
-    common_framing([d / "model.keras" for d in folds])  # refused before the output folder is claimed
+    framing = common_framing([d / "model.keras" for d in folds])  # refused before the output folder is claimed
     pops = [Path(r) for r in population_runs or []]
     if Path(out_dir).resolve() in {r.resolve() for r in folds + pops}:
         raise ValueError(f"{out_dir}: the ensemble cannot be written into one of its members")
     with runs.claim(out_dir, overwrite) as out:
         runs.write_status(out, "running", pid=os.getpid(), started=files.now_iso(), heartbeat=files.now_iso())
-        card = _ensemble_folds(folds, pops, out, target_recall)
+        card = _ensemble_folds(folds, pops, out, target_recall, framing)
         runs.write_status(out, "finished", ended=files.now_iso())
     return card
 
 
-def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recall: float) -> ModelCard:
+def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recall: float, framing: str) -> ModelCard:
     from pneumo.training.callbacks import save_model
     from pneumo.training.config import library_versions
     from pneumo.training.ensemble import average_model
@@ -399,7 +399,7 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
         shutil.copyfile(folds[0] / "ood.npz", out / "ood.npz")
     loaded = load_model(out / "model.keras")
     loaded.card.gradcam_layer = first.gradcam_layer
-    loaded.card.extra["framing"] = members[0].framing  # the checks below frame films as the members learned
+    loaded.card.extra["framing"] = framing  # the checks below frame films as the members learned
     serving = export_for_serving(loaded)
     configs = [m.card.training.get("config", {}) for m in members]
     card = ModelCard(
@@ -473,8 +473,8 @@ def _ensemble_folds(folds: list[Path], pops: list[Path], out: Path, target_recal
                 "fitted_on": "fold 1's held-out films, by the first member (which never trained on them)",
             },
             "serving": serving,
-            "framing": members[0].framing,
-            "input": input_description(members[0].framing),
+            "framing": framing,
+            "input": input_description(framing),
             "output": "sigmoid probability of PNEUMONIA (mean of the members)",
         },
     )

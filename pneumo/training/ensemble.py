@@ -38,10 +38,10 @@ def ensemble(
         for name in ("model.keras", "val_predictions.csv"):
             if not (r / name).is_file():
                 raise ValueError(f"{r}: not a finished run (no {name})")
-    common_framing([r / "model.keras" for r in members])
+    framing = common_framing([r / "model.keras" for r in members])
     with runs.claim(out_dir, overwrite) as out:
         runs.write_status(out, "running", pid=os.getpid(), started=files.now_iso(), heartbeat=files.now_iso())
-        card = _ensemble(members, out, target_recall)
+        card = _ensemble(members, out, target_recall, framing)
         runs.write_status(out, "finished", ended=files.now_iso())
     return card
 
@@ -61,7 +61,7 @@ def average_model(networks: list[Any]) -> Any:
     return keras.Model(inp, keras.layers.Average(name="mean_probability")(outputs), name="ensemble")
 
 
-def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> ModelCard:
+def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float, framing: str) -> ModelCard:
     members = [load_model(r / "model.keras") for r in run_dirs]
     vals = [pd.read_csv(r / "val_predictions.csv") for r in run_dirs]
     if any(set(v["path"]) != set(vals[0]["path"]) for v in vals[1:]):
@@ -87,7 +87,7 @@ def _ensemble(run_dirs: list[Path], out_dir: Path, target_recall: float) -> Mode
     ]
     averaged = load_model(out_dir / "model.keras")
     # The checks below must frame the films as the members learned them; finish_run writes it into the card.
-    averaged.card.extra["framing"] = members[0].framing
+    averaged.card.extra["framing"] = framing
     return finish_run(
         out_dir,
         averaged,

@@ -10,9 +10,8 @@ import numpy as np
 import pandas as pd
 
 from pneumo.data import transforms as T
-from pneumo.data.anatomy import apply_framing
+from pneumo.data.anatomy import framed_input
 from pneumo.data.collection import DatasetError, read_item
-from pneumo.data.pixels import resize
 
 # TensorFlow is imported where used: only training builds tf.data pipelines, and this module's NumPy helpers must
 # not load it.
@@ -150,8 +149,7 @@ def make_dataset(
     def decode_python(path: Any, label: Any) -> tuple[Any, Any]:
         def load(p: bytes) -> np.ndarray:
             # Framed as LoadedModel.prepare frames a film it serves: at the film's own resolution.
-            film = apply_framing(read_item(p.decode()), framing)
-            return resize(film, image_size)[..., None].astype(np.float32)
+            return framed_input(read_item(p.decode()), framing, image_size)[..., None].astype(np.float32)
 
         img = tf.numpy_function(load, [path], tf.float32)
         return tf.ensure_shape(img, (image_size, image_size, 1)), label

@@ -12,6 +12,7 @@ from typing import Any
 from cachetools import LRUCache
 
 from pneumo.core import files
+from pneumo.training.config import WRITTEN_BEFORE
 from pneumo.training.runs import RunInfo
 
 ETA_AFTER_STEPS = 10  # the first steps include tracing: an ETA from them says little
@@ -27,8 +28,6 @@ HYPERPARAMETERS = (
     "image_size",
     "seed",
 )
-# What a config.json written before a key existed meant by leaving it out.
-WRITTEN_BEFORE = {"framing": "none"}
 ACTIVATABLE_STATES = ("finished", "stopped")
 
 _JSON_CACHE: LRUCache = LRUCache(maxsize=512)
